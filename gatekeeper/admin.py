@@ -1,0 +1,52 @@
+"""The admin listener: health, readiness and metrics, on a port of its own.
+
+Never served on the public port: the frontend's users must not be able to
+read metrics or, later, trigger reloads.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .state import STATE, AppState
+from .status import status_document
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process alive and its event loop answering."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 only when the upstream answers its probe and we are not draining."""
+    st = request.app[STATE]
+    reasons = []
+    if st.draining:
+        reasons.append("draining")
+    if st.upstream_up is not True:
+        reasons.append("upstream_unavailable" if st.upstream_up is False else "upstream_unknown")
+    body = {"ready": not reasons, "reasons": reasons}
+    return web.json_response(body, status=503 if reasons else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    return web.Response(
+        body=generate_latest(st.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(status_document(request.app[STATE]))
+
+
+def build_admin_app(state: AppState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app

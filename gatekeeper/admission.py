@@ -1,0 +1,214 @@
+"""Admission: may this generation start now, and if not, why and for how long?
+
+Pure: plain values in, a decision out. No aiohttp, no psutil, no I/O; time is
+passed in by the caller (read from the loop clock by the adapter), so the
+whole module is tested with tables.
+
+Invariants (the reliability contract of issue #2):
+
+1. ``in_flight`` counts tickets handed out and not yet released. ``Gate.try_admit``
+   checks and increments in one synchronous step, so under asyncio no burst of
+   requests can ever overshoot ``max_in_flight``: there is no ``await`` between
+   the check and the increment.
+2. Every ``Ticket`` is released exactly once. ``Ticket.release`` is idempotent;
+   the proxy calls it from a ``finally``, so success, upstream error, timeout,
+   client gone, cancellation and shutdown all end in one release.
+3. Lowering ``max_in_flight`` (a reload) never touches running tickets; it only
+   stops new admissions until the count falls below the new limit.
+
+Reasons are checked in this order, so a client hears the most useful one:
+``draining`` (come back to the new instance) > ``busy`` (someone else's song
+is running; the ETA is known) > ``cpu`` > ``memory``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    reject_above: float
+    recover_below: float
+
+
+def next_overloaded(overloaded: bool, reading: float, t: Thresholds) -> bool:
+    """Hysteresis: trip above ``reject_above``, clear only below ``recover_below``."""
+    if overloaded:
+        return reading >= t.recover_below
+    return reading > t.reject_above
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """The monitor's latest view: readings and the hysteresis state derived from them."""
+
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    cpu_overloaded: bool = False
+    memory_overloaded: bool = False
+    sampled_at: float = 0.0
+
+    def advance(
+        self, cpu: float, memory: float, cpu_t: Thresholds, mem_t: Thresholds, now: float
+    ) -> ResourceState:
+        return ResourceState(
+            cpu_percent=cpu,
+            memory_percent=memory,
+            cpu_overloaded=next_overloaded(self.cpu_overloaded, cpu, cpu_t),
+            memory_overloaded=next_overloaded(self.memory_overloaded, memory, mem_t),
+            sampled_at=now,
+        )
+
+
+class DurationEstimator:
+    """Expected generation duration: the median of the last ``window`` completed ones.
+
+    The median ignores the odd 30-second failure or 40-minute outlier that a
+    mean would chase. Until anything completes it answers the configured prior.
+    """
+
+    def __init__(self, prior: float, window: int = 20):
+        self.prior = prior
+        self._recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    @property
+    def samples(self) -> int:
+        return len(self._recent)
+
+    @property
+    def expected(self) -> float:
+        return statistics.median(self._recent) if self._recent else self.prior
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The admission settings the gate decides against (a projection of the config)."""
+
+    max_in_flight: int
+    retry_after_default: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str  # busy | cpu | memory | draining
+    retry_after: int
+
+
+@dataclass
+class Ticket:
+    """One admitted generation. ``release`` frees its slot exactly once."""
+
+    route: str
+    started_at: float
+    _on_release: Callable[[Ticket], None] = field(repr=False)
+    released: bool = False
+
+    def release(self) -> bool:
+        """Free the slot; True the first time, False (and no effect) afterwards."""
+        if self.released:
+            return False
+        self.released = True
+        self._on_release(self)
+        return True
+
+
+def retry_after(expected: float, running_elapsed: list[float], default: int) -> int:
+    """Honest Retry-After: time left of the generation closest to finishing, ≥ 1 s.
+
+    With nothing running there is nothing to wait for that we can measure, so
+    the configured default applies.
+    """
+    if not running_elapsed:
+        return default
+    remaining = expected - max(running_elapsed)
+    return max(1, math.ceil(remaining))
+
+
+def decide(
+    *,
+    in_flight: int,
+    limits: Limits,
+    resources: ResourceState,
+    draining: bool,
+    expected: float,
+    running_elapsed: list[float],
+) -> Rejection | None:
+    """None to admit, else the rejection with its reason and Retry-After."""
+    eta = retry_after(expected, running_elapsed, limits.retry_after_default)
+    if draining:
+        return Rejection("draining", limits.retry_after_default)
+    if in_flight >= limits.max_in_flight:
+        return Rejection("busy", eta)
+    if resources.cpu_overloaded:
+        return Rejection("cpu", eta)
+    if resources.memory_overloaded:
+        return Rejection("memory", eta)
+    return None
+
+
+class Gate:
+    """The exact in-flight counter plus the decision, in one synchronous call.
+
+    ``limits``, ``resources`` and ``draining`` are plain attributes the adapters
+    replace (reload, monitor, shutdown); reading them is free.
+    """
+
+    def __init__(self, limits: Limits, estimator: DurationEstimator):
+        self.limits = limits
+        self.estimator = estimator
+        self.resources = ResourceState()
+        self.draining = False
+        self._tickets: dict[int, Ticket] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tickets)
+
+    def running(self) -> list[Ticket]:
+        return sorted(self._tickets.values(), key=lambda t: t.started_at)
+
+    def elapsed(self, now: float) -> list[float]:
+        return [now - t.started_at for t in self._tickets.values()]
+
+    def check(self, now: float) -> Rejection | None:
+        """The decision a new admit request would get now, without taking a slot."""
+        return decide(
+            in_flight=self.in_flight,
+            limits=self.limits,
+            resources=self.resources,
+            draining=self.draining,
+            expected=self.estimator.expected,
+            running_elapsed=self.elapsed(now),
+        )
+
+    def reasons(self, now: float) -> list[str]:
+        """Every reason a new admit request would be refused now (``check`` gives the first)."""
+        out = []
+        if self.draining:
+            out.append("draining")
+        if self.in_flight >= self.limits.max_in_flight:
+            out.append("busy")
+        if self.resources.cpu_overloaded:
+            out.append("cpu")
+        if self.resources.memory_overloaded:
+            out.append("memory")
+        return out
+
+    def try_admit(self, route: str, now: float) -> Ticket | Rejection:
+        rejection = self.check(now)
+        if rejection is not None:
+            return rejection
+        ticket = Ticket(route=route, started_at=now, _on_release=self._release)
+        self._tickets[id(ticket)] = ticket
+        return ticket
+
+    def _release(self, ticket: Ticket) -> None:
+        del self._tickets[id(ticket)]

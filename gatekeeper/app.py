@@ -1,0 +1,296 @@
+"""Wiring and lifecycle: build the state, the two aiohttp apps, run them, drain, stop.
+
+Nothing imports this module except ``cli``. Lifecycle follows aiohttp's
+``AppRunner`` → ``TCPSite`` → ``cleanup()``; background loops (resource
+monitor, upstream probe) are ``cleanup_ctx`` generators that cancel and await
+their task.
+
+Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
+turns 503, admit routes answer ``draining``, pass routes keep working — and
+gatekeeper waits for running generations up to ``shutdown.drain_timeout``
+before closing. aiohttp's own shutdown timeout only applies after that wait,
+to whatever passthrough requests are still open. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .admin import build_admin_app
+from .config import Config
+from .metrics import Metrics
+from .monitor import Monitor
+from .probe import probe_loop
+from .proxy import ProxyHandler, RequestRecord
+from .state import STATE, AppState, Runtime
+
+log = logging.getLogger("gatekeeper")
+access_log = logging.getLogger("gatekeeper.access")
+
+# After the drain, how long open passthrough requests (downloads) get before aiohttp
+# cancels them. Generations are not affected: the drain already waited for them.
+CLOSE_GRACE_SECONDS = 10.0
+
+
+def log_request(rec: RequestRecord) -> None:
+    fields: dict[str, Any] = {
+        "request_id": rec.request_id,
+        "client": rec.client,
+        "method": rec.method,
+        "path": rec.path,
+        "route": rec.route,
+        "action": rec.action,
+        "decision": rec.decision,
+        "reason": rec.reason,
+        "status": rec.status,
+        "upstream_status": rec.upstream_status,
+        "bytes_in": rec.bytes_in,
+        "bytes_out": rec.bytes_out,
+        "queue_s": rec.queue_seconds,
+        "upstream_s": rec.upstream_seconds,
+        "total_s": rec.total_seconds,
+    }
+    if rec.client_gone:
+        fields["client_gone"] = True
+    access_log.info("request", extra={"fields": fields})
+
+
+def wire_metrics(st: AppState) -> None:
+    """Point the state-mirroring gauges at the live state, read at scrape time."""
+    m, gate = st.metrics, st.gate
+
+    def oldest_elapsed() -> float:
+        elapsed = gate.elapsed(st.clock())
+        return max(elapsed) if elapsed else 0.0
+
+    m.in_flight.set_function(lambda: gate.in_flight)
+    m.max_in_flight.set_function(lambda: gate.limits.max_in_flight)
+    m.generation_elapsed.set_function(oldest_elapsed)
+    m.generation_expected.set_function(lambda: gate.estimator.expected)
+    m.cpu_percent.set_function(lambda: gate.resources.cpu_percent)
+    m.memory_percent.set_function(lambda: gate.resources.memory_percent)
+    m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
+    m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
+    m.upstream_up.set_function(lambda: float(st.upstream_up is True))
+
+
+async def create_state(
+    config: Config, *, clock: Callable[[], float] | None = None, metrics: Metrics | None = None
+) -> AppState:
+    """Build the shared state; must run in the event loop that will serve it."""
+    loop = asyncio.get_running_loop()
+    st = AppState.create(
+        Runtime.build(config),
+        metrics if metrics is not None else Metrics(version=__version__),
+        clock if clock is not None else loop.time,
+    )
+    wire_metrics(st)
+    st.metrics.config_reloads.labels("success")  # exists from the start, at 0
+    st.metrics.config_last_reload_success.set_to_current_time()
+    return st
+
+
+def _background(
+    st: AppState, *, monitor: bool, probe: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = []
+        if monitor:
+            mon = Monitor(lambda: st.config, _publish_resources(st), clock=st.clock)
+            mon.sample_once()  # admission must not start on all-zero readings
+            tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
+        if probe:
+            tasks.append(
+                asyncio.create_task(
+                    probe_loop(lambda: st.config, lambda up: setattr(st, "upstream_up", up)),
+                    name="gatekeeper-probe",
+                )
+            )
+        yield
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    return ctx
+
+
+def _publish_resources(st: AppState) -> Callable[[Any], None]:
+    def publish(state: Any) -> None:
+        st.gate.resources = state
+
+    return publish
+
+
+def build_proxy_app(st: AppState, *, monitor: bool = True, probe: bool = True) -> web.Application:
+    app = web.Application()
+    app[STATE] = st
+    handler = ProxyHandler(st, on_record=log_request)
+    # One catch-all route: every method and path is the upstream's business, not ours.
+    app.router.add_route("*", "/{tail:.*}", handler)
+    app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe))
+
+    async def close_pools(_: web.Application) -> None:
+        await st.runtime.close()
+
+    app.on_cleanup.append(close_pools)
+    return app
+
+
+def describe(config: Config) -> list[str]:
+    """The effective rules in a few lines (``gatekeeper check`` and the startup log)."""
+    a, up = config.admission, config.upstream
+    r = a.resources
+    lines = [
+        f"listen {config.listen}, admin_listen {config.admin_listen}",
+        f"upstream {up.url}",
+        "  gated pool: timeouts " + _kv(asdict(up.timeouts)) + "; limits " + _kv(asdict(up.limits)),
+        "  passthrough pool: timeouts "
+        + _kv(asdict(up.passthrough.timeouts))
+        + "; limits "
+        + _kv(asdict(up.passthrough.limits)),
+        f"admission: max_in_flight={a.max_in_flight} reject_status={a.reject_status} "
+        f"retry_after_default={a.retry_after_default}s expected_seconds={a.expected_seconds:g} "
+        f"on_client_disconnect={a.on_client_disconnect}",
+        f"resources: source={r.source}{' file=' + r.file if r.file else ''} "
+        f"every {a.sample_interval:g}s; cpu reject>{r.cpu_percent.reject_above:g} "
+        f"recover<{r.cpu_percent.recover_below:g}; memory reject>{r.memory_percent.reject_above:g}"
+        f" recover<{r.memory_percent.recover_below:g}",
+        f"limits: max_body_bytes={config.limits.max_body_bytes}",
+        f"routes ({len(config.routes)}, first match wins; unmatched pass):",
+    ]
+    for rt in config.routes:
+        methods = ",".join(sorted(rt.methods)) if rt.methods else "*"
+        extra = f" -> {rt.status or 403}" if rt.action == "block" else ""
+        lines.append(f"  {rt.name}: {methods} {rt.path} {rt.action}{extra}")
+    lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
+    return lines
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
+
+
+class Gatekeeper:
+    """The running process: two listeners, background loops, drain and stop."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.state: AppState | None = None
+        self._runners: list[web.AppRunner] = []
+        self.proxy_urls: list[str] = []
+        self.admin_urls: list[str] = []
+
+    async def start(self) -> None:
+        cfg = self.config
+        st = self.state = await create_state(cfg)
+        proxy = web.AppRunner(
+            build_proxy_app(st), access_log=None, shutdown_timeout=CLOSE_GRACE_SECONDS
+        )
+        admin = web.AppRunner(build_admin_app(st), access_log=None, shutdown_timeout=1.0)
+        for runner, where, urls in (
+            (proxy, cfg.listen, self.proxy_urls),
+            (admin, cfg.admin_listen, self.admin_urls),
+        ):
+            await runner.setup()
+            self._runners.append(runner)
+            site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+            await site.start()
+            urls.extend(_urls(runner))
+        for line in describe(cfg):
+            log.info("config: %s", line)
+
+    async def drain(self) -> bool:
+        """Stop admitting; wait for running generations. True when none was left running."""
+        assert self.state is not None
+        st, sd = self.state, self.config.shutdown
+        st.gate.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + sd.drain_timeout
+        next_log = loop.time()
+        while st.gate.in_flight > 0:
+            now = loop.time()
+            if now >= deadline:
+                log.warning(
+                    "drain timeout (%gs) reached with %d generation(s) still running; closing",
+                    sd.drain_timeout,
+                    st.gate.in_flight,
+                )
+                return False
+            if now >= next_log:
+                running = ", ".join(
+                    f"{t.route} running {now - t.started_at:.0f}s" for t in st.gate.running()
+                )
+                log.info(
+                    "draining: waiting for %d generation(s) (%s); %.0fs left of drain_timeout",
+                    st.gate.in_flight,
+                    running,
+                    deadline - now,
+                )
+                next_log = now + sd.drain_log_interval
+            await asyncio.sleep(0.1)
+        log.info("drained: no generation running")
+        return True
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+
+def _urls(runner: web.AppRunner) -> list[str]:
+    out = []
+    for addr in runner.addresses:
+        host, port = addr[0], addr[1]
+        out.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    return out
+
+
+async def serve(config: Config, *, ready: Callable[[Gatekeeper], None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM, drain, stop. Returns the process exit code."""
+    gk = Gatekeeper(config)
+    await gk.start()
+    if ready is not None:
+        ready(gk)
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    code = 0
+    forced = False
+    try:
+        first = await signals.get()
+        log.info(
+            "received %s: draining (send it again to exit at once)", signal.Signals(first).name
+        )
+        drain = asyncio.create_task(gk.drain())
+        second = asyncio.create_task(signals.get())
+        done, _ = await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second in done:
+            log.warning("second signal: exiting now, abandoning running generations")
+            drain.cancel()
+            code, forced = 1, True
+        else:
+            second.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if forced:
+            # "At once": give open connections one second, not CLOSE_GRACE_SECONDS.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await gk.stop()
+        else:
+            await gk.stop()
+    log.info("gatekeeper stopped")
+    return code

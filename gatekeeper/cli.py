@@ -1,0 +1,271 @@
+"""The ``gatekeeper`` command line: argument parsing and nothing else.
+
+    gatekeeper run --config rules.yaml [--upstream URL] [--listen H:P] [--admin-listen H:P]
+    gatekeeper check --config rules.yaml
+    gatekeeper engine-sim [--listen H:P] [--seconds N] ...
+    gatekeeper demo
+
+Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, enginesim
+from .config import Config, load_config_file
+from .errors import ConfigError
+from .logs import setup_logging
+
+PACKAGED_RULES = Path(__file__).with_name("rules.yaml")
+
+
+def default_config_path() -> Path:
+    """``./rules.yaml`` when there is one, else the documented default shipped in the package."""
+    local = Path("rules.yaml")
+    return local if local.is_file() else PACKAGED_RULES
+
+
+def _load(path: str | None) -> Config:
+    return load_config_file(path or default_config_path())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .app import describe
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{cfg.source}: OK")
+    for line in describe(cfg):
+        print("  " + line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import Gatekeeper, serve
+
+    setup_logging(args.log_format, args.log_level)
+    try:
+        cfg = _load(args.config).with_overrides(
+            upstream=args.upstream, listen=args.listen, admin_listen=args.admin_listen
+        )
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    def ready(gk: Gatekeeper) -> None:
+        for url in gk.proxy_urls:
+            print(f"gatekeeper proxy listening on {url} -> upstream {cfg.upstream.url}", flush=True)
+        for url in gk.admin_urls:
+            print(f"gatekeeper admin listening on {url}", flush=True)
+
+    try:
+        return asyncio.run(serve(cfg, ready=ready))
+    except OSError as exc:  # typically: address already in use
+        print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_engine_sim(args: argparse.Namespace) -> int:
+    return enginesim.main(args)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _spawn(
+    argv: list[str], expect: str, timeout: float = 20.0
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a child and wait for the line announcing it listens."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if expect in line:
+            return proc, line.strip()
+    proc.kill()
+    raise RuntimeError(f"{' '.join(argv)} did not start (exit code {proc.poll()})")
+
+
+def _stop(proc: subprocess.Popen[str], signals: int = 2) -> None:
+    for _ in range(signals):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .display import status_line
+
+    config = args.config or str(default_config_path())
+    try:
+        load_config_file(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    host = "127.0.0.1"
+    engine = f"{host}:{args.engine_port}"
+    public = f"{host}:{args.port}"
+    admin = f"{host}:{args.admin_port}"
+    py = sys.executable
+    children: list[subprocess.Popen[str]] = []
+    try:
+        sim, _ = _spawn(
+            [
+                py,
+                "-m",
+                "gatekeeper",
+                "engine-sim",
+                "--listen",
+                engine,
+                "--seconds",
+                str(args.seconds),
+                "--memory-mb",
+                str(args.memory_mb),
+            ],
+            "listening",
+        )
+        children.append(sim)
+        gk, _ = _spawn(
+            [
+                py,
+                "-m",
+                "gatekeeper",
+                "run",
+                "--config",
+                config,
+                "--upstream",
+                f"http://{engine}",
+                "--listen",
+                public,
+                "--admin-listen",
+                admin,
+                "--log-level",
+                "WARNING",
+            ],
+            "admin listening",
+        )
+        children.append(gk)
+    except RuntimeError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        for child in children:
+            _stop(child)
+        return 1
+    url = f"http://{public}"
+    print(
+        f"""
+gatekeeper demo: an engine simulator ({args.seconds:g}s per song) behind gatekeeper.
+
+  frontend URL (point your frontend here):  {url}
+  status page / metrics / status JSON:      http://{admin}/  /metrics  /status
+  engine simulator (direct, bypassing):     http://{engine}
+
+Generate a song (copy-paste; run it twice at once to see the second one turned away):
+
+  curl -sS -X POST {url}/generate -H 'Content-Type: application/json' \\
+       -d '{{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}}' \\
+       -o song.wav -D - && ls -l song.wav
+
+Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
+
+Live status (Ctrl-C to stop):
+""",
+        flush=True,
+    )
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    try:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while gk.poll() is None:
+                try:
+                    line = status_line(client.get(f"http://{admin}/status").json())
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    line = f"(status unavailable: {exc})"
+                if tty:
+                    width = os.get_terminal_size().columns if tty else 200
+                    print("\r" + line[: width - 1].ljust(width - 1), end="", flush=True)
+                elif time.monotonic() - last_print >= args.log_every:
+                    print(line, flush=True)
+                    last_print = time.monotonic()
+                time.sleep(1.0)
+        print("\ndemo: gatekeeper exited unexpectedly", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo: stopping", flush=True)
+        return 0
+    finally:
+        for child in reversed(children):
+            _stop(child)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="A sidecar reverse proxy that admits one AI music generation at a time.",
+    )
+    p.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy and the admin listener")
+    run.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
+    run.add_argument("--upstream", help="engine URL, overrides upstream.url")
+    run.add_argument("--listen", help="HOST:PORT of the public listener, overrides listen")
+    run.add_argument("--admin-listen", help="HOST:PORT of the admin listener")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a rules file without starting")
+    check.add_argument("--config", help="rules file (default: ./rules.yaml)")
+    check.set_defaults(func=cmd_check)
+
+    sim = sub.add_parser("engine-sim", help="run the bundled engine simulator")
+    enginesim.add_arguments(sim)
+    sim.set_defaults(func=cmd_engine_sim)
+
+    demo = sub.add_parser("demo", help="engine simulator + gatekeeper + a live status line")
+    demo.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
+    demo.add_argument("--port", type=int, default=8080, help="gatekeeper public port")
+    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.add_argument("--engine-port", type=int, default=8000)
+    demo.add_argument("--seconds", type=float, default=60.0, help="simulated song duration")
+    demo.add_argument("--memory-mb", type=int, default=256, help="memory per simulated song")
+    demo.add_argument(
+        "--log-every",
+        type=float,
+        default=5.0,
+        help="seconds between status lines when stdout is not a terminal",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

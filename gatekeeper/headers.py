@@ -1,0 +1,75 @@
+"""Header rewriting for a transparent proxy (pure: multidicts in, multidicts out).
+
+RFC 9110 §7.6.1: a proxy removes the hop-by-hop fields — ``Connection``, every
+field ``Connection`` names, and the well-known connection-specific fields —
+and forwards everything else unchanged, repeated fields included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+
+REQUEST_ID = "X-Request-ID"
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def _connection_tokens(headers: Headers) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", []):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def end_to_end(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields (and without ``drop``), order and repeats kept."""
+    remove = HOP_BY_HOP | _connection_tokens(headers) | {d.lower() for d in drop}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in remove)
+
+
+def upstream_request_headers(
+    incoming: Headers, *, client_ip: str | None, scheme: str, request_id: str
+) -> CIMultiDict[str]:
+    """The headers the engine sees: the frontend's, minus hop-by-hop, plus X-Forwarded-*.
+
+    ``Host`` is kept as the frontend sent it (the engine may build URLs from it);
+    ``X-Forwarded-For`` is appended to, never replaced (RFC 7239 semantics of the
+    de-facto header); ``X-Forwarded-Proto``/``-Host`` describe our listener.
+    """
+    out = end_to_end(incoming)
+    prior = ", ".join(out.getall("X-Forwarded-For", []))
+    if client_ip:
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    out["X-Forwarded-Proto"] = scheme
+    host = incoming.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def downstream_response_headers(upstream: Headers) -> CIMultiDict[str]:
+    """The headers the frontend sees: the engine's, minus hop-by-hop.
+
+    ``Content-Length`` is kept when the engine sent one (the body is relayed
+    byte-exact); without it aiohttp frames the body with chunked encoding
+    itself, so the two are never sent together.
+    """
+    return end_to_end(upstream)

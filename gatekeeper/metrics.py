@@ -1,0 +1,117 @@
+"""Every Prometheus metric gatekeeper exports, defined once, on a registry passed in.
+
+Names and labels are a contract (issue #3): the Grafana dashboard, the alert
+rules and the tests use them. Never the global default registry: two apps in
+one test process must not share counters.
+
+Gauges that mirror live state (in-flight count, age of the running generation)
+are wired by the app with ``set_function`` so a scrape reads the truth at that
+instant instead of a value someone forgot to update.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Resolution at the seed's scale: sub-second passthrough calls up to 30-minute jobs.
+DURATION_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    450,
+    600,
+    750,
+    900,
+    1200,
+    1800,
+)
+
+OUTCOMES = ("admitted", "passed", "rejected", "blocked")
+ERROR_KINDS = ("connect", "timeout", "pool", "protocol", "client_disconnect")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, version: str = "0"):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gatekeeper_requests",
+            "Requests by route and outcome.",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "gatekeeper_rejections",
+            "Requests turned away, by route and reason code.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gatekeeper_in_flight", "Admitted generations running now.", registry=r
+        )
+        self.max_in_flight = Gauge(
+            "gatekeeper_max_in_flight", "Current admission limit.", registry=r
+        )
+        self.generation_elapsed = Gauge(
+            "gatekeeper_generation_elapsed_seconds",
+            "Age of the oldest running generation (0 when idle).",
+            registry=r,
+        )
+        self.generation_expected = Gauge(
+            "gatekeeper_generation_expected_seconds",
+            "Current estimate of one generation's duration.",
+            registry=r,
+        )
+        self.cpu_percent = Gauge(
+            "gatekeeper_cpu_percent", "System CPU % as admission sees it (smoothed).", registry=r
+        )
+        self.memory_percent = Gauge(
+            "gatekeeper_memory_percent", "System memory % as admission sees it.", registry=r
+        )
+        self.overloaded = Gauge(
+            "gatekeeper_overloaded",
+            "1 while a resource is over its threshold (hysteresis).",
+            ["resource"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gatekeeper_upstream_request_duration_seconds",
+            "Time from sending a request upstream to the end of its response.",
+            ["route", "code"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gatekeeper_upstream_errors",
+            "Upstream failures by route and kind.",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "gatekeeper_upstream_up",
+            "1 when the periodic upstream probe got an answer.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "gatekeeper_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.config_last_reload_success = Gauge(
+            "gatekeeper_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+            registry=r,
+        )
+        self.build_info = Info("gatekeeper_build", "gatekeeper build.", registry=r)
+        self.build_info.info({"version": version})
+        for res in ("cpu", "memory"):
+            self.overloaded.labels(res).set(0)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)

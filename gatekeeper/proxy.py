@@ -1,0 +1,388 @@
+"""The proxy handler: adapt an aiohttp request, ask admission, relay bytes both ways.
+
+The path of one request (see docs/architecture.md):
+
+1. refuse anything that would make us an open proxy (CONNECT, absolute-form);
+2. match a route; ``block`` is answered here and never forwarded;
+3. refuse a declared ``Content-Length`` over ``limits.max_body_bytes`` (413);
+4. ``admit`` routes take a ``Ticket`` from the gate — or get the rejection
+   with ``Retry-After`` at once, with no I/O at all;
+5. stream the request body to the pool's upstream session and the response
+   body back, chunk by chunk as it arrives (never read whole);
+6. release the upstream connection and the ticket in ``finally`` blocks,
+   exactly once, whatever happened.
+
+Client disconnects: aiohttp does not cancel handlers, so we notice a client
+that left either when writing to it fails, or — while waiting minutes for the
+engine's response head — with a cheap timer that polls the transport. What
+happens then is ``admission.on_client_disconnect``: ``finish`` keeps reading
+the engine's response to its end and holds the slot (the engine is still
+computing; admitting another song would put two on the box), ``cancel`` closes
+the upstream connection and frees the slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .admission import Rejection, Ticket
+from .config import Config, Route
+from .errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, UpstreamError
+from .headers import REQUEST_ID, downstream_response_headers, upstream_request_headers
+from .state import AppState, Runtime
+from .upstream import ClientGone, Exchange, UpstreamPool
+
+log = logging.getLogger("gatekeeper.proxy")
+access_log = logging.getLogger("gatekeeper.access")
+
+# How often a request waiting for the engine checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+
+# Errors raised by aiohttp when writing to a client that has gone.
+_CLIENT_WRITE_ERRORS = (ConnectionError, aiohttp.ClientConnectionResetError)
+
+
+@dataclass
+class RequestRecord:
+    """What the access log says about one request (issue #5 §3)."""
+
+    request_id: str
+    client: str | None
+    method: str
+    path: str
+    route: str = "-"
+    action: str = "-"
+    decision: str = "-"  # admitted|passed|rejected|blocked
+    reason: str | None = None
+    status: int | None = None  # what the client got
+    upstream_status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = 0.0
+    queue_seconds: float = 0.0
+    upstream_seconds: float | None = None
+    total_seconds: float = 0.0
+    client_gone: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def json_error(
+    status: int,
+    reason: str,
+    detail: str,
+    *,
+    retry_after: int | None = None,
+    request_id: str | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"detail": detail, "reason": reason}
+    headers = {"X-Gatekeeper-Reason": reason}
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+        headers["Retry-After"] = str(retry_after)
+    if request_id is not None:
+        headers[REQUEST_ID] = request_id
+    return web.Response(
+        status=status,
+        headers=headers,
+        text=json.dumps(body, ensure_ascii=False),
+        content_type="application/json",
+    )
+
+
+class _ClientWatch:
+    """Polls the client's transport while we wait on the engine; cancels the handler if
+    the client is gone. A timer, not a task: cheap enough for every request."""
+
+    def __init__(self, request: web.BaseRequest, loop: asyncio.AbstractEventLoop):
+        self._request = request
+        self._loop = loop
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def start(self) -> None:
+        self._handle = self._loop.call_later(DISCONNECT_POLL_SECONDS, self._poll)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _poll(self) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self.fired = True
+            self._handle = None
+            if self._task is not None:
+                self._task.cancel(msg="client disconnected")
+            return
+        self._handle = self._loop.call_later(DISCONNECT_POLL_SECONDS, self._poll)
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+class ProxyHandler:
+    def __init__(self, state: AppState, on_record: Callable[[RequestRecord], None] | None = None):
+        self.state = state
+        self.on_record = on_record
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        st = self.state
+        rt = st.runtime  # one snapshot of the rules for the whole request
+        cfg = rt.config
+        now = st.clock()
+        rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        rec = RequestRecord(rid, request.remote, request.method, request.path, started=now)
+        try:
+            return await self._handle(request, rt, rec)
+        except HttpError as exc:
+            return self._error(cfg, exc, rec)
+        finally:
+            rec.total_seconds = st.clock() - now
+            if self.on_record is not None:
+                self.on_record(rec)
+
+    # ------------------------------------------------------------------ decision
+
+    async def _handle(
+        self, request: web.BaseRequest, rt: Runtime, rec: RequestRecord
+    ) -> web.StreamResponse:
+        st, cfg = self.state, rt.config
+        method = request.method
+        if method == "CONNECT":
+            raise MethodNotAllowed("CONNECT is not supported: gatekeeper is not a forward proxy")
+        target = request.message.path
+        # Origin-form only (RFC 9112 §3.2.1); asterisk-form for OPTIONS. An absolute-form
+        # target must never make us fetch another host.
+        if not (target.startswith("/") or (method == "OPTIONS" and target == "*")):
+            raise BadRequest(
+                "request target must be a path (origin-form); gatekeeper only forwards "
+                "to its configured upstream"
+            )
+        route = rt.router.match(method, request.path)
+        rec.route, rec.action = route.name, route.action
+        if route.action == "block":
+            return self._blocked(cfg, route, rec)
+        max_body = cfg.limits.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > max_body:
+            raise BodyTooLarge(
+                f"request body of {declared} bytes exceeds limits.max_body_bytes ({max_body})"
+            )
+        if route.action == "pass":
+            self._count(route, "passed", rec)
+            return await self._forward(request, rt, route, rt.passthrough, None, rec)
+        result = st.gate.try_admit(route.name, st.clock())
+        if isinstance(result, Rejection):
+            return self._rejected(cfg, route, result, rec)
+        ticket = result
+        self._count(route, "admitted", rec)
+        try:
+            return await self._forward(request, rt, route, rt.gated, ticket, rec)
+        finally:
+            ticket.release()
+
+    def _count(self, route: Route, outcome: str, rec: RequestRecord) -> None:
+        rec.decision = outcome
+        self.state.count(route.name, outcome)
+
+    def _rejected(
+        self, cfg: Config, route: Route, rej: Rejection, rec: RequestRecord
+    ) -> web.Response:
+        self._count(route, "rejected", rec)
+        self.state.count_rejection(route.name, rej.reason)
+        rec.reason = rej.reason
+        res = self.state.gate.resources
+        detail = cfg.message(
+            rej.reason,
+            retry_after=rej.retry_after,
+            in_flight=self.state.gate.in_flight,
+            max_in_flight=self.state.gate.limits.max_in_flight,
+            cpu_percent=res.cpu_percent,
+            memory_percent=res.memory_percent,
+            route=route.name,
+        )
+        resp = json_error(
+            cfg.admission.reject_status,
+            rej.reason,
+            detail,
+            retry_after=rej.retry_after,
+            request_id=rec.request_id,
+        )
+        rec.status = resp.status
+        return resp
+
+    def _blocked(self, cfg: Config, route: Route, rec: RequestRecord) -> web.Response:
+        self._count(route, "blocked", rec)
+        self.state.count_rejection(route.name, "blocked")
+        rec.reason = "blocked"
+        detail = route.detail or cfg.message("blocked", route=route.name)
+        resp = json_error(route.status or 403, "blocked", detail, request_id=rec.request_id)
+        rec.status = resp.status
+        return resp
+
+    def _error(self, cfg: Config, exc: HttpError, rec: RequestRecord) -> web.Response:
+        route = rec.route if rec.route != "-" else "default"
+        rec.reason = exc.reason
+        if isinstance(exc, UpstreamError):
+            self.state.metrics.upstream_errors.labels(route, exc.kind).inc()
+            log.warning(
+                "upstream error: request_id=%s route=%s kind=%s status=%d: %s",
+                rec.request_id,
+                route,
+                exc.kind,
+                exc.status,
+                exc.detail,
+            )
+            detail = cfg.message(exc.reason, route=route)
+        else:
+            if rec.decision == "-":  # refused before any admission decision was counted
+                rec.decision = "rejected"
+                self.state.count(route, "rejected")
+            self.state.count_rejection(route, exc.reason)
+            detail = exc.detail
+        resp = json_error(exc.status, exc.reason, detail, request_id=rec.request_id)
+        rec.status = resp.status
+        return resp
+
+    # ------------------------------------------------------------------ relaying
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        rt: Runtime,
+        route: Route,
+        pool: UpstreamPool,
+        ticket: Ticket | None,
+        rec: RequestRecord,
+    ) -> web.StreamResponse:
+        st, cfg = self.state, rt.config
+        loop = asyncio.get_running_loop()
+        finish = ticket is not None and cfg.admission.on_client_disconnect == "finish"
+        headers = upstream_request_headers(
+            request.headers,
+            client_ip=request.remote,
+            scheme=request.scheme,
+            request_id=rec.request_id,
+        )
+        body = request.content.iter_any() if request.body_exists else None
+        sent_at = st.clock()
+        rec.queue_seconds = sent_at - rec.started
+        # With ``finish`` the engine's answer is awaited even if the client left; otherwise
+        # a vanished client cancels the wait (and the upstream request) promptly.
+        watch = None if finish else _ClientWatch(request, loop)
+        if watch is not None:
+            watch.start()
+        try:
+            exchange = await pool.send(
+                request.method,
+                request.raw_path,
+                headers,
+                body,
+                max_body_bytes=cfg.limits.max_body_bytes,
+            )
+        except asyncio.CancelledError:
+            if watch is None or not watch.fired:
+                raise
+            # Our own watch cancelled us: the client left while the engine worked.
+            task = asyncio.current_task()
+            if task is not None and task.uncancel() > 0:
+                raise  # a real cancellation (shutdown) is also pending
+            return self._client_left(route, rec, "waiting for the upstream response")
+        except ClientGone:
+            return self._client_left(route, rec, "sending the request body")
+        finally:
+            if watch is not None:
+                watch.stop()
+        rec.bytes_in = int(request.content_length or 0)
+        return await self._relay(request, route, exchange, ticket, finish, sent_at, rec)
+
+    def _client_left(self, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
+        rec.client_gone = True
+        rec.reason = "client_disconnect"
+        self.state.metrics.upstream_errors.labels(route.name, "client_disconnect").inc()
+        log.info(
+            "client went away while %s: request_id=%s route=%s", when, rec.request_id, route.name
+        )
+        # Nobody will read this; aiohttp drops it on the closed transport.
+        return web.Response(status=499)
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        exchange: Exchange,
+        ticket: Ticket | None,
+        finish: bool,
+        sent_at: float,
+        rec: RequestRecord,
+    ) -> web.StreamResponse:
+        st = self.state
+        upstream = exchange.response
+        rec.upstream_status = upstream.status
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out.headers.extend(downstream_response_headers(upstream.headers))
+        out.headers[REQUEST_ID] = rec.request_id
+        complete = False
+        try:
+            try:
+                await out.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    rec.bytes_out += len(chunk)
+                    await out.write(chunk)
+                complete = True
+            except _CLIENT_WRITE_ERRORS:
+                rec.client_gone = True
+                st.metrics.upstream_errors.labels(route.name, "client_disconnect").inc()
+                if finish:
+                    log.info(
+                        "client went away mid-response; finishing the generation: request_id=%s",
+                        rec.request_id,
+                    )
+                    async for _ in upstream.content.iter_any():
+                        pass  # the engine is still working; its slot stays taken until it ends
+                    complete = True
+                return out
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The response head is out, so no error status can be sent: abort the
+                # connection rather than pass a truncated body off as complete.
+                kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+                st.metrics.upstream_errors.labels(route.name, kind).inc()
+                log.warning(
+                    "upstream failed mid-response, aborting client connection: "
+                    "request_id=%s route=%s kind=%s after %d bytes: %r",
+                    rec.request_id,
+                    route.name,
+                    kind,
+                    rec.bytes_out,
+                    exc,
+                )
+                rec.reason = f"upstream_{kind}_mid_body"
+                if request.transport is not None:
+                    request.transport.abort()
+                return out
+        finally:
+            exchange.close(reuse=complete)
+            elapsed = st.clock() - sent_at
+            rec.upstream_seconds = elapsed
+            if complete:
+                st.metrics.upstream_duration.labels(route.name, str(upstream.status)).observe(
+                    elapsed
+                )
+                if ticket is not None and 200 <= upstream.status < 300:
+                    st.gate.estimator.observe(elapsed)
+        rec.status = upstream.status
+        await out.write_eof()
+        return out

@@ -1,0 +1,99 @@
+"""The live state shared by the proxy and admin handlers.
+
+``Runtime`` bundles everything derived from one validated ``Config`` (the
+compiled router and the two upstream pools). A request takes one ``Runtime``
+reference at its start and uses it to the end, so a reload — which builds a
+new ``Runtime`` and swaps ``AppState.runtime`` in one assignment — can never
+hand a request half of the old rules and half of the new.
+
+``AppState`` holds what outlives a reload: the admission gate (running
+generations keep their slots across reloads), metrics, the monitor's view,
+the upstream probe's verdict and the draining flag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .admission import DurationEstimator, Gate, Limits
+from .config import Config
+from .metrics import Metrics
+from .routes import Router
+from .upstream import UpstreamPool
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    router: Router
+    gated: UpstreamPool
+    passthrough: UpstreamPool
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        """Must run inside the event loop (aiohttp sessions bind to it)."""
+        up = config.upstream
+        return cls(
+            config=config,
+            router=Router(config.routes),
+            gated=UpstreamPool("gated", up.url, up.gated),
+            passthrough=UpstreamPool("passthrough", up.url, up.passthrough),
+        )
+
+    async def close(self) -> None:
+        await self.gated.close()
+        await self.passthrough.close()
+
+
+def admission_limits(config: Config) -> Limits:
+    return Limits(
+        max_in_flight=config.admission.max_in_flight,
+        retry_after_default=config.admission.retry_after_default,
+    )
+
+
+@dataclass
+class AppState:
+    runtime: Runtime
+    gate: Gate
+    metrics: Metrics
+    clock: Callable[[], float]
+    upstream_up: bool | None = None  # None until the first probe answered
+    started_monotonic: float = 0.0
+    started_wall: float = field(default_factory=time.time)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
+    )
+    rejections_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def count(self, route: str, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.metrics.requests.labels(route, outcome).inc()
+
+    def count_rejection(self, route: str, reason: str) -> None:
+        self.rejections_by_reason[reason] = self.rejections_by_reason.get(reason, 0) + 1
+        self.metrics.rejections.labels(route, reason).inc()
+
+    @classmethod
+    def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:
+        cfg = runtime.config
+        gate = Gate(admission_limits(cfg), DurationEstimator(cfg.admission.expected_seconds))
+        return cls(
+            runtime=runtime, gate=gate, metrics=metrics, clock=clock, started_monotonic=clock()
+        )
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def draining(self) -> bool:
+        return self.gate.draining
+
+
+# The typed key under which both aiohttp apps (proxy and admin) find the shared state.
+STATE = web.AppKey("state", AppState)
