@@ -1,0 +1,125 @@
+"""Helpers for tests that run real processes on real sockets.
+
+``Proc`` starts ``python -m gatekeeper ...`` (the real CLI, exactly what a user
+runs), waits for the line announcing it listens, and stops it with SIGTERM.
+Its combined output goes to a file so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str, *candidates: str) -> str:
+    """Path of a system binary; skip the test if missing, fail when CI requires it."""
+    for cand in (name, *candidates):
+        path = shutil.which(cand) or (cand if os.path.isabs(cand) and os.access(cand, os.X_OK) else None)
+        if path:
+            return path
+    msg = f"{name} not installed (apt-get install it; .ci/run does)"
+    if REQUIRE_E2E:
+        pytest.fail(msg + " and GATEKEEPER_REQUIRE_E2E=1")
+    pytest.skip(msg)
+
+
+class Proc:
+    """A running ``gatekeeper`` subcommand."""
+
+    def __init__(self, args: list[str], log_path: Path, *, ready: str, timeout: float = 20.0):
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "w+b")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gatekeeper", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.output()
+            if re.search(ready, text):
+                self.lines = text.splitlines()
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"gatekeeper {' '.join(args)} did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url_after(self, label: str) -> str:
+        m = re.search(re.escape(label) + r"\s+(http://[0-9.:\[\]]+)", self.output())
+        assert m, f"no {label!r} line in output:\n{self.output()}"
+        return m.group(1)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_engine(tmp_path: Path, *extra: str, seconds: float = 1.0) -> tuple[Proc, str]:
+    port = free_port()
+    p = Proc(
+        ["engine-sim", "--listen", f"127.0.0.1:{port}", "--seconds", str(seconds), "--no-cpu",
+         "--memory-mb", "1", *extra],
+        tmp_path / f"engine-{port}.log",
+        ready=r"listening on http://",
+    )
+    return p, f"http://127.0.0.1:{port}"
+
+
+def start_gatekeeper(
+    tmp_path: Path, rules: str, upstream: str, *extra: str
+) -> tuple[Proc, str, str]:
+    """Write ``rules`` to a file and run ``gatekeeper run``; returns (proc, proxy, admin URLs)."""
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / f"rules-{port}.yaml"
+    cfg.write_text(rules)
+    p = Proc(
+        ["run", "--config", str(cfg), "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+         "--admin-listen", f"127.0.0.1:{admin}", *extra],
+        tmp_path / f"gatekeeper-{port}.log",
+        ready=r"admin listening on http://",
+    )
+    return p, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
