@@ -237,7 +237,7 @@ class ProxyHandler:
         route = rec.route if rec.route != "-" else "default"
         rec.reason = exc.reason
         if isinstance(exc, UpstreamError):
-            self.state.metrics.upstream_errors.labels(route, exc.kind).inc()
+            self.state.count_upstream_error(route, exc.kind)
             log.warning(
                 "upstream error: request_id=%s route=%s kind=%s status=%d: %s",
                 rec.request_id,
@@ -312,7 +312,7 @@ class ProxyHandler:
     def _client_left(self, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
         rec.client_gone = True
         rec.reason = "client_disconnect"
-        self.state.metrics.upstream_errors.labels(route.name, "client_disconnect").inc()
+        self.state.count_upstream_error(route.name, "client_disconnect")
         log.info(
             "client went away while %s: request_id=%s route=%s", when, rec.request_id, route.name
         )
@@ -345,7 +345,7 @@ class ProxyHandler:
                 complete = True
             except _CLIENT_WRITE_ERRORS:
                 rec.client_gone = True
-                st.metrics.upstream_errors.labels(route.name, "client_disconnect").inc()
+                st.count_upstream_error(route.name, "client_disconnect")
                 if finish:
                     log.info(
                         "client went away mid-response; finishing the generation: request_id=%s",
@@ -359,7 +359,7 @@ class ProxyHandler:
                 # The response head is out, so no error status can be sent: abort the
                 # connection rather than pass a truncated body off as complete.
                 kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
-                st.metrics.upstream_errors.labels(route.name, kind).inc()
+                st.count_upstream_error(route.name, kind)
                 log.warning(
                     "upstream failed mid-response, aborting client connection: "
                     "request_id=%s route=%s kind=%s after %d bytes: %r",

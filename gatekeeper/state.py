@@ -69,6 +69,13 @@ class AppState:
         default_factory=lambda: {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
     )
     rejections_by_reason: dict[str, int] = field(default_factory=dict)
+    upstream_errors_by_kind: dict[str, int] = field(default_factory=dict)
+    # Set by the reload feature: True from a failed reload until the next good one.
+    config_reload_failed: bool = False
+
+    def count_upstream_error(self, route: str, kind: str) -> None:
+        self.upstream_errors_by_kind[kind] = self.upstream_errors_by_kind.get(kind, 0) + 1
+        self.metrics.upstream_errors.labels(route, kind).inc()
 
     def count(self, route: str, outcome: str) -> None:
         self.counts[outcome] += 1
