@@ -137,7 +137,8 @@ def build_proxy_app(st: AppState, *, monitor: bool = True, probe: bool = True) -
     app[STATE] = st
     handler = ProxyHandler(st, on_record=log_request)
     # One catch-all route: every method and path is the upstream's business, not ours.
-    app.router.add_route("*", "/{tail:.*}", handler)
+    # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
+    app.router.add_route("*", "/{tail:.*}", handler.__call__)
     app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe))
 
     async def close_pools(_: web.Application) -> None:

@@ -39,6 +39,7 @@ from .config import Config, Route
 from .errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, UpstreamError
 from .headers import REQUEST_ID, downstream_response_headers, upstream_request_headers
 from .state import AppState, Runtime
+from .status import status_document
 from .upstream import ClientGone, Exchange, UpstreamPool
 
 log = logging.getLogger("gatekeeper.proxy")
@@ -163,7 +164,7 @@ class ProxyHandler:
         method = request.method
         if method == "CONNECT":
             raise MethodNotAllowed("CONNECT is not supported: gatekeeper is not a forward proxy")
-        target = request.message.path
+        target = request.raw_path  # the target as sent (Request.message is deprecated)
         # Origin-form only (RFC 9112 §3.2.1); asterisk-form for OPTIONS. An absolute-form
         # target must never make us fetch another host.
         if not (target.startswith("/") or (method == "OPTIONS" and target == "*")):
@@ -171,6 +172,10 @@ class ProxyHandler:
                 "request target must be a path (origin-form); gatekeeper only forwards "
                 "to its configured upstream"
             )
+        # Issue #3 §2: the status JSON, same-origin for the frontend; never forwarded.
+        # Other methods on that path are the upstream's business, like any path.
+        if method in ("GET", "HEAD") and request.path == cfg.status_path:
+            return self._status(rec)
         route = rt.router.match(method, request.path)
         rec.route, rec.action = route.name, route.action
         if route.action == "block":
@@ -193,6 +198,13 @@ class ProxyHandler:
             return await self._forward(request, rt, route, rt.gated, ticket, rec)
         finally:
             ticket.release()
+
+    def _status(self, rec: RequestRecord) -> web.Response:
+        rec.route, rec.action, rec.decision, rec.status = "status", "status", "status", 200
+        resp = web.json_response(status_document(self.state))
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers[REQUEST_ID] = rec.request_id
+        return resp
 
     def _count(self, route: Route, outcome: str, rec: RequestRecord) -> None:
         rec.decision = outcome

@@ -1,0 +1,157 @@
+"""The status JSON on the public listener (issue #3 §2): ``status_path`` in rules.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gatekeeper.admin import build_admin_app
+from gatekeeper.admission import Ticket
+from gatekeeper.app import build_proxy_app, create_state
+from gatekeeper.config import load_config
+from gatekeeper.state import AppState, Runtime
+
+RULES = """
+upstream:
+  url: {upstream}
+admission:
+  expected_seconds: 120
+routes:
+  - name: generate
+    match: {{methods: [POST], path: /generate}}
+    action: admit
+{extra}
+"""
+
+
+async def _upstream(aiohttp_server: Any) -> tuple[TestServer, list[str]]:
+    """A fake engine on a real socket that records the paths it was asked for."""
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.json_response({"engine": True, "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return await aiohttp_server(app), seen
+
+
+async def _gatekeeper(
+    aiohttp_client: Any, upstream: TestServer, extra: str = ""
+) -> tuple[TestClient[Any, Any], AppState]:
+    cfg = load_config(RULES.format(upstream=str(upstream.make_url("")), extra=extra))
+    st = await create_state(cfg)
+    client = await aiohttp_client(build_proxy_app(st, monitor=False, probe=False))
+    return client, st
+
+
+async def test_default_status_path_serves_the_admin_status_json(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """GET /_gatekeeper/status on the public port answers the same document as admin /status."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, st = await _gatekeeper(aiohttp_client, upstream)
+    admin = await aiohttp_client(build_admin_app(st))
+    resp = await client.get("/_gatekeeper/status?cache=bust")
+    assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = await resp.json()
+    admin_body = await (await admin.get("/status")).json()
+    for doc in (body, admin_body):
+        doc.pop("uptime_seconds")
+    assert body == admin_body
+    assert body["accepting"] is True
+    assert body["max_in_flight"] == 1
+    assert body["expected_seconds"] == 120
+    assert seen == []  # never forwarded
+
+
+async def test_status_path_shows_a_running_generation(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """While a generation holds the slot the public status says busy, with its route."""
+    upstream, _ = await _upstream(aiohttp_server)
+    client, st = await _gatekeeper(aiohttp_client, upstream)
+    ticket = st.gate.try_admit("generate", st.clock())
+    assert isinstance(ticket, Ticket)
+    try:
+        body = await (await client.get("/_gatekeeper/status")).json()
+    finally:
+        ticket.release()
+    assert body["accepting"] is False
+    assert body["reasons"] == ["busy"]
+    assert body["in_flight"] == 1
+    assert [r["route"] for r in body["running"]] == ["generate"]
+    assert body["running"][0]["expected_seconds"] == 120
+    assert 1 <= body["retry_after"] <= 120
+
+
+async def test_head_on_status_path_has_no_body(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """HEAD on the status path answers 200 JSON headers and no body, not forwarded."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, _ = await _gatekeeper(aiohttp_client, upstream)
+    resp = await client.head("/_gatekeeper/status")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.read() == b""
+    assert seen == []
+
+
+async def test_status_path_is_not_counted_as_traffic(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Polling the status path changes no request counter (a frontend polls every second)."""
+    upstream, _ = await _upstream(aiohttp_server)
+    client, st = await _gatekeeper(aiohttp_client, upstream)
+    for _ in range(3):
+        assert (await client.get("/_gatekeeper/status")).status == 200
+    assert st.counts == {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
+
+
+async def test_other_methods_on_status_path_are_proxied(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Only GET and HEAD are answered locally; a POST to that path goes upstream."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, _ = await _gatekeeper(aiohttp_client, upstream)
+    resp = await client.post("/_gatekeeper/status", data=b"x")
+    assert (await resp.json())["engine"] is True
+    assert seen == ["POST /_gatekeeper/status"]
+
+
+async def test_custom_status_path(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """A configured status_path moves the document; the default path is then proxied."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, _ = await _gatekeeper(aiohttp_client, upstream, "status_path: /api/gk-status")
+    assert "accepting" in await (await client.get("/api/gk-status")).json()
+    assert (await (await client.get("/_gatekeeper/status")).json())["engine"] is True
+    assert seen == ["GET /_gatekeeper/status"]
+
+
+async def test_null_status_path_disables_it(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """status_path: null serves nothing locally: the path is proxied upstream like any other."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, _ = await _gatekeeper(aiohttp_client, upstream, "status_path: null")
+    body = await (await client.get("/_gatekeeper/status")).json()
+    assert body == {"engine": True, "path": "/_gatekeeper/status"}
+    assert seen == ["GET /_gatekeeper/status"]
+
+
+async def test_status_path_follows_a_reload(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """The path is read from the request's Runtime, so swapping the config moves it at once."""
+    upstream, seen = await _upstream(aiohttp_server)
+    client, st = await _gatekeeper(aiohttp_client, upstream)
+    old = st.runtime
+    st.runtime = Runtime.build(replace(old.config, status_path=None))
+    await old.close()
+    body = await (await client.get("/_gatekeeper/status")).json()
+    assert body["engine"] is True
+    old = st.runtime
+    st.runtime = Runtime.build(replace(old.config, status_path="/_gatekeeper/status"))
+    await old.close()
+    assert "accepting" in await (await client.get("/_gatekeeper/status")).json()
+    assert seen == ["GET /_gatekeeper/status"]
