@@ -115,3 +115,24 @@ class Metrics:
             self.overloaded.labels(res).set(0)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self._alert_metrics(r)
+
+    def _alert_metrics(self, r: CollectorRegistry) -> None:
+        """The built-in alerts (issue #4)."""
+        self.alerts_firing = Gauge(
+            "gatekeeper_alerts_firing",
+            "1 while the built-in alert is firing, 0 otherwise (one series per rule).",
+            ["alertname", "severity"],
+            registry=r,
+        )
+        self.alert_notifications = Counter(
+            "gatekeeper_alert_notifications",
+            "Alert delivery attempts by receiver and result (success, failure, dropped).",
+            ["receiver", "result"],
+            registry=r,
+        )
+        self.config_reload_failed = Gauge(
+            "gatekeeper_config_reload_failed",
+            "1 from a failed config reload until the next good one (alert signal).",
+            registry=r,
+        )

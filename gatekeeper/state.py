@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -72,6 +73,8 @@ class AppState:
     upstream_errors_by_kind: dict[str, int] = field(default_factory=dict)
     # Set by the reload feature: True from a failed reload until the next good one.
     config_reload_failed: bool = False
+    # Set by the alert loop (issue #4): the firing alerts as /status lists them.
+    alerts_firing: list[dict[str, Any]] = field(default_factory=list)
 
     def count_upstream_error(self, route: str, kind: str) -> None:
         self.upstream_errors_by_kind[kind] = self.upstream_errors_by_kind.get(kind, 0) + 1

@@ -56,4 +56,5 @@ def status_document(st: AppState) -> dict[str, Any]:
         "counts": dict(st.counts),
         "rejections_by_reason": dict(st.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
+        "alerts": list(st.alerts_firing),
     }

@@ -1,0 +1,191 @@
+"""The alert loop: live state in, the pure evaluator in the middle, delivery out.
+
+Every ``alerts.evaluation_interval`` the loop reads the signals from
+``AppState`` (``SignalReader``), runs ``alerts.Evaluator``, publishes the
+result (``gatekeeper_alerts_firing``, ``AppState.alerts_firing`` for
+``/status``) and hands it to ``notify.Notifier``, which never blocks. The
+config is read from the current ``Runtime`` at every tick, so a reload that
+changes rules, receivers or intervals applies at the next evaluation.
+
+Rates: gatekeeper's counters only ever grow, so "per minute" is the increase
+over the last 60 seconds, taken from the snapshots this loop records at each
+tick (``CounterWindow``). That matches ``rate(x[1m]) * 60`` in the exported
+Prometheus rules; before a full window has passed, the increase since start
+is used (never extrapolated: three rejections in the first second are three,
+not 180 a minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .alerts import Evaluation, Evaluator
+from .config import Config
+from .notify import Batch, Notifier, rfc3339
+from .state import AppState
+
+log = logging.getLogger("gatekeeper.alerts")
+
+
+class CounterWindow:
+    """Increase of a monotonic counter over the last ``window`` seconds (pure)."""
+
+    def __init__(self, window: float, *, start: float, initial: float = 0.0):
+        self.window = window
+        self._samples: deque[tuple[float, float]] = deque([(start, initial)])
+
+    def observe(self, now: float, value: float) -> float:
+        """Record ``value`` at ``now``; returns the increase over the window ending now."""
+        self._samples.append((now, value))
+        # Keep exactly one sample at or before the window's start: the baseline.
+        while len(self._samples) >= 2 and self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+        base = self._samples[0][1]
+        return value - base if value >= base else value  # a reset counts from zero
+
+
+# The counters behind the rate signals: (signal, window seconds, reading from state).
+def _rejections(st: AppState) -> float:
+    return float(sum(st.rejections_by_reason.values()))
+
+
+def _blocked(st: AppState) -> float:
+    return float(st.rejections_by_reason.get("blocked", 0))
+
+
+def _upstream_errors(st: AppState) -> float:
+    # A client hanging up is not the engine's fault.
+    return float(sum(v for k, v in st.upstream_errors_by_kind.items() if k != "client_disconnect"))
+
+
+def _timeouts(st: AppState) -> float:
+    return float(st.upstream_errors_by_kind.get("timeout", 0))
+
+
+RATES: tuple[tuple[str, float, Callable[[AppState], float]], ...] = (
+    ("rejections_per_minute", 60.0, _rejections),
+    ("blocked_per_minute", 60.0, _blocked),
+    ("upstream_errors_per_minute", 60.0, _upstream_errors),
+    ("upstream_timeouts_per_hour", 3600.0, _timeouts),
+)
+
+
+class SignalReader:
+    """Adapter: ``AppState`` → ``{signal: value}`` for the pure evaluator."""
+
+    def __init__(self, st: AppState):
+        self.st = st
+        self._windows = {
+            name: CounterWindow(window, start=st.started_monotonic) for name, window, _ in RATES
+        }
+
+    def read(self, now: float) -> dict[str, float | None]:
+        st, gate = self.st, self.st.gate
+        elapsed = gate.elapsed(now)
+        values: dict[str, float | None] = {
+            "cpu_percent": gate.resources.cpu_percent,
+            "memory_percent": gate.resources.memory_percent,
+            "in_flight": float(gate.in_flight),
+            "upstream_up": None if st.upstream_up is None else float(st.upstream_up),
+            "generation_elapsed_seconds": max(elapsed) if elapsed else 0.0,
+            "config_reload_failed": float(st.config_reload_failed),
+        }
+        for name, _, counter in RATES:
+            values[name] = self._windows[name].observe(now, counter(st))
+        return values
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is alerting: the ``instance`` label and the URL receivers link back to."""
+
+    instance: str
+    external_url: str
+
+    @classmethod
+    def of(cls, config: Config, hostname: str | None = None) -> Identity:
+        host = hostname or socket.gethostname()
+        admin = config.admin_listen
+        a = config.alerts
+        listen_host = admin.host if admin.host not in ("0.0.0.0", "::", "") else host
+        url_host = f"[{listen_host}]" if ":" in listen_host else listen_host
+        return cls(
+            instance=a.instance or f"{host}:{admin.port}",
+            external_url=a.external_url or f"http://{url_host}:{admin.port}",
+        )
+
+
+class AlertLoop:
+    """One ``tick`` per evaluation interval; ``tick`` is callable from tests."""
+
+    def __init__(
+        self,
+        st: AppState,
+        notifier: Notifier,
+        *,
+        wall: Callable[[], float] = time.time,
+        hostname: str | None = None,
+    ):
+        self.st = st
+        self.notifier = notifier
+        self.wall = wall
+        self.hostname = hostname
+        self.reader = SignalReader(st)
+        self.evaluator = Evaluator(instance="")
+        self._series: set[tuple[str, str]] = set()
+
+    def tick(self) -> Evaluation:
+        st = self.st
+        cfg = st.config
+        ident = Identity.of(cfg, self.hostname)
+        self.evaluator.instance = ident.instance
+        self.evaluator.generator_url = ident.external_url + "/"
+        now = st.clock()
+        ev = self.evaluator.evaluate(
+            cfg.alerts.rules,
+            self.reader.read(now),
+            now=now,
+            wall=self.wall(),
+            resend_interval=cfg.alerts.resend_interval,
+        )
+        self._publish(cfg, ev)
+        self.notifier.submit(
+            Batch(ev, cfg.alerts.receivers, cfg.alerts.resend_interval, ident.external_url)
+        )
+        return ev
+
+    def _publish(self, cfg: Config, ev: Evaluation) -> None:
+        firing = {a.name for a in ev.firing}
+        gauge = self.st.metrics.alerts_firing
+        series = {(r.alert, r.severity) for r in cfg.alerts.rules}
+        for name, severity in self._series - series:  # rules a reload removed
+            gauge.remove(name, severity)
+        for name, severity in series:
+            gauge.labels(name, severity).set(1.0 if name in firing else 0.0)
+        self._series = series
+        self.st.alerts_firing = [
+            {
+                "alertname": a.name,
+                "severity": a.severity,
+                "summary": a.annotations.get("summary", ""),
+                "runbook": a.annotations.get("runbook", ""),
+                "since": rfc3339(a.starts_at),
+            }
+            for a in ev.firing
+        ]
+        for a in ev.changed:
+            log.debug("alert %s is now %s", a.name, a.status)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # a bug here must never take the proxy down with it
+                log.exception("alert evaluation failed; retrying at the next interval")
+            await asyncio.sleep(self.st.config.alerts.evaluation_interval)
