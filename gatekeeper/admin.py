@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .reload import RELOADER, Reloader
 from .state import STATE, AppState
 from .status import status_document
 
@@ -42,9 +43,18 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(status_document(request.app[STATE]))
 
 
-def build_admin_app(state: AppState) -> web.Application:
+async def reload_rules(request: web.Request) -> web.Response:
+    """Re-read rules.yaml (issue #5 §1): 200 with what changed, 400 with every error."""
+    outcome = await request.app[RELOADER].reload("POST /reload")
+    return web.json_response(outcome.to_json(), status=200 if outcome.ok else 400)
+
+
+def build_admin_app(state: AppState, reloader: Reloader | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state
+    if reloader is not None:
+        app[RELOADER] = reloader
+        app.router.add_post("/reload", reload_rules)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -27,10 +27,12 @@ from aiohttp import web
 from . import __version__
 from .admin import build_admin_app
 from .config import Config
+from .logs import redact_url
 from .metrics import Metrics
 from .monitor import Monitor
 from .probe import probe_loop
 from .proxy import ProxyHandler, RequestRecord
+from .reload import Overrides, Reloader
 from .state import STATE, AppState, Runtime
 
 log = logging.getLogger("gatekeeper")
@@ -132,9 +134,16 @@ def _publish_resources(st: AppState) -> Callable[[Any], None]:
     return publish
 
 
-def build_proxy_app(st: AppState, *, monitor: bool = True, probe: bool = True) -> web.Application:
+def build_proxy_app(
+    st: AppState, *, monitor: bool = True, probe: bool = True, reloader: Reloader | None = None
+) -> web.Application:
     app = web.Application()
     app[STATE] = st
+    if reloader is not None:
+        # Tracks which requests may hold which pools, so a reload closes old pools only
+        # once idle; and runs the file watcher (issue #5 §1).
+        app.middlewares.append(reloader.middleware())
+        app.cleanup_ctx.append(reloader.cleanup_ctx())
     handler = ProxyHandler(st, on_record=log_request)
     # One catch-all route: every method and path is the upstream's business, not ours.
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
@@ -154,7 +163,7 @@ def describe(config: Config) -> list[str]:
     r = a.resources
     lines = [
         f"listen {config.listen}, admin_listen {config.admin_listen}",
-        f"upstream {up.url}",
+        f"upstream {redact_url(up.url)}",
         "  gated pool: timeouts " + _kv(asdict(up.timeouts)) + "; limits " + _kv(asdict(up.limits)),
         "  passthrough pool: timeouts "
         + _kv(asdict(up.passthrough.timeouts))
@@ -185,9 +194,11 @@ def _kv(d: dict[str, Any]) -> str:
 class Gatekeeper:
     """The running process: two listeners, background loops, drain and stop."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, overrides: Overrides | None = None):
         self.config = config
+        self.overrides = overrides or Overrides()
         self.state: AppState | None = None
+        self.reloader: Reloader | None = None
         self._runners: list[web.AppRunner] = []
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
@@ -195,10 +206,11 @@ class Gatekeeper:
     async def start(self) -> None:
         cfg = self.config
         st = self.state = await create_state(cfg)
+        rl = self.reloader = Reloader(st, cfg.source, self.overrides)
         proxy = web.AppRunner(
-            build_proxy_app(st), access_log=None, shutdown_timeout=CLOSE_GRACE_SECONDS
+            build_proxy_app(st, reloader=rl), access_log=None, shutdown_timeout=CLOSE_GRACE_SECONDS
         )
-        admin = web.AppRunner(build_admin_app(st), access_log=None, shutdown_timeout=1.0)
+        admin = web.AppRunner(build_admin_app(st, rl), access_log=None, shutdown_timeout=1.0)
         for runner, where, urls in (
             (proxy, cfg.listen, self.proxy_urls),
             (admin, cfg.admin_listen, self.admin_urls),
@@ -208,13 +220,17 @@ class Gatekeeper:
             site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
             await site.start()
             urls.extend(_urls(runner))
+        log.info("gatekeeper %s: rules from %s", __version__, cfg.source)
         for line in describe(cfg):
             log.info("config: %s", line)
+        for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):
+            log.info("%s listener bound to %s", name, ", ".join(urls))
 
     async def drain(self) -> bool:
         """Stop admitting; wait for running generations. True when none was left running."""
         assert self.state is not None
-        st, sd = self.state, self.config.shutdown
+        st = self.state
+        sd = st.config.shutdown  # the live rules: a reload may have changed the drain timeout
         st.gate.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + sd.drain_timeout
@@ -257,13 +273,24 @@ def _urls(runner: web.AppRunner) -> list[str]:
     return out
 
 
-async def serve(config: Config, *, ready: Callable[[Gatekeeper], None] | None = None) -> int:
-    """Run until SIGINT/SIGTERM, drain, stop. Returns the process exit code."""
-    gk = Gatekeeper(config)
-    await gk.start()
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[Gatekeeper], None] | None = None,
+    overrides: Overrides | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM, drain, stop; SIGHUP reloads. Returns the exit code."""
+    gk = Gatekeeper(config, overrides)
+    try:
+        await gk.start()
+    except BaseException:  # e.g. port in use: close what was opened (pools, sessions)
+        await gk.stop()
+        raise
     if ready is not None:
         ready(gk)
     loop = asyncio.get_running_loop()
+    assert gk.reloader is not None
+    loop.add_signal_handler(signal.SIGHUP, gk.reloader.trigger, "SIGHUP")
     signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
@@ -284,6 +311,8 @@ async def serve(config: Config, *, ready: Callable[[Gatekeeper], None] | None = 
         else:
             second.cancel()
     finally:
+        # SIGHUP stays handled until the loop closes: a reload racing the shutdown must not
+        # kill the process with SIGHUP's default action.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if forced:

@@ -55,24 +55,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Gatekeeper, serve
+    from .logs import redact_url
+    from .reload import Overrides
 
     setup_logging(args.log_format, args.log_level)
+    # Kept for every reload: a flag keeps beating the file (issue #5 §1).
+    overrides = Overrides(args.upstream, args.listen, args.admin_listen)
     try:
-        cfg = _load(args.config).with_overrides(
-            upstream=args.upstream, listen=args.listen, admin_listen=args.admin_listen
-        )
+        cfg = overrides.apply(_load(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
 
     def ready(gk: Gatekeeper) -> None:
+        upstream = redact_url(cfg.upstream.url)
         for url in gk.proxy_urls:
-            print(f"gatekeeper proxy listening on {url} -> upstream {cfg.upstream.url}", flush=True)
+            print(f"gatekeeper proxy listening on {url} -> upstream {upstream}", flush=True)
         for url in gk.admin_urls:
             print(f"gatekeeper admin listening on {url}", flush=True)
 
     try:
-        return asyncio.run(serve(cfg, ready=ready))
+        return asyncio.run(serve(cfg, ready=ready, overrides=overrides))
     except OSError as exc:  # typically: address already in use
         print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -12,8 +12,18 @@ import logging
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ACCESS = logging.getLogger("gatekeeper.access")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo (``user:password@``, or a bare token) masked: the startup
+    log and reload summaries must not leak credentials (issue #5 §3)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _fmt_value(v: Any) -> str:

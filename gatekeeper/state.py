@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from .admission import DurationEstimator, Gate, Limits
-from .config import Config
+from .config import Config, Pool
 from .metrics import Metrics
 from .routes import Router
 from .upstream import UpstreamPool
@@ -43,6 +43,28 @@ class Runtime:
             router=Router(config.routes),
             gated=UpstreamPool("gated", up.url, up.gated),
             passthrough=UpstreamPool("passthrough", up.url, up.passthrough),
+        )
+
+    def successor(self, config: Config) -> Runtime:
+        """The runtime for a reloaded ``config`` (issue #5 §1).
+
+        A pool whose URL, timeouts and limits did not change is kept, warm
+        connections included; a changed one is built anew for new requests.
+        The caller closes the pools the successor no longer holds, once no
+        request uses them any more (``reload.Reloader``).
+        """
+        up = config.upstream
+
+        def pool(old: UpstreamPool, settings: Pool) -> UpstreamPool:
+            if old.base == up.url.rstrip("/") and old.pool == settings:
+                return old
+            return UpstreamPool(old.name, up.url, settings)
+
+        return Runtime(
+            config=config,
+            router=Router(config.routes),
+            gated=pool(self.gated, up.gated),
+            passthrough=pool(self.passthrough, up.passthrough),
         )
 
     async def close(self) -> None:
