@@ -137,14 +137,14 @@ def _publish_resources(st: AppState) -> Callable[[Any], None]:
 def build_proxy_app(
     st: AppState, *, monitor: bool = True, probe: bool = True, reloader: Reloader | None = None
 ) -> web.Application:
-    app = web.Application()
+    handler = ProxyHandler(st, on_record=log_request)
+    app = web.Application(middlewares=[handler.refuse_foreign_targets])
     app[STATE] = st
     if reloader is not None:
         # Tracks which requests may hold which pools, so a reload closes old pools only
         # once idle; and runs the file watcher (issue #5 §1).
         app.middlewares.append(reloader.middleware())
         app.cleanup_ctx.append(reloader.cleanup_ctx())
-    handler = ProxyHandler(st, on_record=log_request)
     # One catch-all route: every method and path is the upstream's business, not ours.
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
     app.router.add_route("*", "/{tail:.*}", handler.__call__)

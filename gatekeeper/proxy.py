@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,15 +129,54 @@ class _ClientWatch:
         self._handle = self._loop.call_later(DISCONNECT_POLL_SECONDS, self._poll)
 
 
+def _release_when_done(ticket: Ticket) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
+    def done(job: asyncio.Task[web.StreamResponse]) -> None:
+        ticket.release()
+        if not job.cancelled():
+            job.exception()  # retrieved: the handler may be gone and never await it
+
+    return done
+
+
 def client_gone(request: web.BaseRequest) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def check_target(request: web.BaseRequest) -> None:
+    """Refuse anything that would make gatekeeper fetch from somewhere other than its upstream."""
+    if request.method == "CONNECT":
+        raise MethodNotAllowed("CONNECT is not supported: gatekeeper is not a forward proxy")
+    target = request.raw_path  # the target as sent
+    # Origin-form only (RFC 9112 §3.2.1), plus asterisk-form for OPTIONS. An absolute-form
+    # target must never make us fetch another host.
+    if not (target.startswith("/") or (request.method == "OPTIONS" and target == "*")):
+        raise BadRequest(
+            "request target must be a path (origin-form); gatekeeper only forwards "
+            "to its configured upstream"
+        )
 
 
 class ProxyHandler:
     def __init__(self, state: AppState, on_record: Callable[[RequestRecord], None] | None = None):
         self.state = state
         self.on_record = on_record
+
+    @web.middleware
+    async def refuse_foreign_targets(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Runs before aiohttp's router, which would answer 404 to CONNECT's authority-form."""
+        try:
+            check_target(request)
+        except HttpError as exc:
+            rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+            rec = RequestRecord(rid, request.remote, request.method, request.path)
+            resp = self._error(self.state.config, exc, rec)
+            if self.on_record is not None:
+                self.on_record(rec)
+            return resp
+        return await handler(request)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         st = self.state
@@ -161,17 +200,7 @@ class ProxyHandler:
         self, request: web.BaseRequest, rt: Runtime, rec: RequestRecord
     ) -> web.StreamResponse:
         st, cfg = self.state, rt.config
-        method = request.method
-        if method == "CONNECT":
-            raise MethodNotAllowed("CONNECT is not supported: gatekeeper is not a forward proxy")
-        target = request.raw_path  # the target as sent (Request.message is deprecated)
-        # Origin-form only (RFC 9112 §3.2.1); asterisk-form for OPTIONS. An absolute-form
-        # target must never make us fetch another host.
-        if not (target.startswith("/") or (method == "OPTIONS" and target == "*")):
-            raise BadRequest(
-                "request target must be a path (origin-form); gatekeeper only forwards "
-                "to its configured upstream"
-            )
+        method = request.method  # the target was checked by refuse_foreign_targets
         # Issue #3 §2: the status JSON, same-origin for the frontend; never forwarded.
         # Other methods on that path are the upstream's business, like any path.
         if method in ("GET", "HEAD") and request.path == cfg.status_path:
@@ -194,10 +223,17 @@ class ProxyHandler:
             return self._rejected(cfg, route, result, rec)
         ticket = result
         self._count(route, "admitted", rec)
-        try:
-            return await self._forward(request, rt, route, rt.gated, ticket, rec)
-        finally:
-            ticket.release()
+        if cfg.admission.on_client_disconnect == "cancel":
+            try:
+                return await self._forward(request, rt, route, rt.gated, ticket, rec)
+            finally:
+                ticket.release()
+        # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing that
+        # happens to this handler task (the client leaving, a server configured to cancel
+        # handlers, shutdown) can free the slot while the engine is still computing.
+        job = asyncio.create_task(self._forward(request, rt, route, rt.gated, ticket, rec))
+        job.add_done_callback(_release_when_done(ticket))
+        return await asyncio.shield(job)
 
     def _status(self, rec: RequestRecord) -> web.Response:
         rec.route, rec.action, rec.decision, rec.status = "status", "status", "status", 200

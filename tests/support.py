@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def free_port() -> int:
 def find_binary(name: str, *candidates: str) -> str:
     """Path of a system binary; skip the test if missing, fail when CI requires it."""
     for cand in (name, *candidates):
-        path = shutil.which(cand) or (cand if os.path.isabs(cand) and os.access(cand, os.X_OK) else None)
+        executable = os.path.isabs(cand) and os.access(cand, os.X_OK)
+        path = shutil.which(cand) or (cand if executable else None)
         if path:
             return path
     msg = f"{name} not installed (apt-get install it; .ci/run does)"
@@ -101,8 +103,17 @@ class Proc:
 def start_engine(tmp_path: Path, *extra: str, seconds: float = 1.0) -> tuple[Proc, str]:
     port = free_port()
     p = Proc(
-        ["engine-sim", "--listen", f"127.0.0.1:{port}", "--seconds", str(seconds), "--no-cpu",
-         "--memory-mb", "1", *extra],
+        [
+            "engine-sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--seconds",
+            str(seconds),
+            "--no-cpu",
+            "--memory-mb",
+            "1",
+            *extra,
+        ],
         tmp_path / f"engine-{port}.log",
         ready=r"listening on http://",
     )
@@ -117,9 +128,31 @@ def start_gatekeeper(
     cfg = tmp_path / f"rules-{port}.yaml"
     cfg.write_text(rules)
     p = Proc(
-        ["run", "--config", str(cfg), "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
-         "--admin-listen", f"127.0.0.1:{admin}", *extra],
+        [
+            "run",
+            "--config",
+            str(cfg),
+            "--upstream",
+            upstream,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+            *extra,
+        ],
         tmp_path / f"gatekeeper-{port}.log",
         ready=r"admin listening on http://",
     )
     return p, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; returns its last value (assert on it)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

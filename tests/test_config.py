@@ -1,0 +1,197 @@
+"""Config loading: defaults, the documented rules.yaml, and errors with path + line + value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.config import Config, HostPort, load_config, load_config_file, parse_duration
+from gatekeeper.errors import ConfigError
+
+
+def problems(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_config(textwrap.dedent(text))
+    return [(p.line, p.path, p.message) for p in info.value.problems]
+
+
+def test_packaged_rules_yaml_documents_the_defaults(repo_root: Path) -> None:
+    """rules.yaml (top level and packaged) loads to exactly the built-in defaults."""
+    top = load_config_file(repo_root / "rules.yaml")
+    packaged = load_config_file(repo_root / "gatekeeper" / "rules.yaml")
+    assert replace(top, source="") == replace(Config(), source="")
+    assert replace(packaged, source="") == replace(Config(), source="")
+
+
+def test_seed_settings_are_the_defaults() -> None:
+    """The seed's httpx timeouts and limits are the gated pool's defaults, named as there."""
+    up = Config().upstream
+    assert (up.timeouts.connect, up.timeouts.read, up.timeouts.write, up.timeouts.pool) == (
+        30.0,
+        900.0,
+        30.0,
+        10.0,
+    )
+    assert (up.limits.max_connections, up.limits.max_keepalive_connections) == (2, 1)
+    assert up.limits.keepalive_expiry == 30.0
+    assert Config().shutdown.drain_timeout == 900.0
+
+
+def test_empty_file_is_all_defaults() -> None:
+    """An empty document means every default."""
+    assert replace(load_config(""), source="") == replace(Config(), source="")
+
+
+def test_every_problem_is_reported_with_line_and_value() -> None:
+    """All problems are listed together, each with its YAML path, line and bad value."""
+    text = """\
+        listen: nowhere
+        upstream:
+          url: ftp://engine
+          timeouts:
+            read: soon
+        admission:
+          max_in_flight: two
+          resources:
+            cpu_percent:
+              reject_abve: 95
+              recover_below: 200
+        routes:
+          - name: gen
+            match: {path: generate, methods: [FETCH]}
+            action: allow
+        """
+    got = problems(text)
+    paths = {(line, path) for line, path, _ in got}
+    assert (1, "listen") in paths
+    assert (3, "upstream.url") in paths
+    assert (5, "upstream.timeouts.read") in paths
+    assert (7, "admission.max_in_flight") in paths
+    assert (10, "admission.resources.cpu_percent.reject_abve") in paths
+    assert (11, "admission.resources.cpu_percent.recover_below") in paths
+    assert (14, "routes[0].match.path") in paths
+    assert (14, "routes[0].match.methods") in paths
+    assert (15, "routes[0].action") in paths
+    with pytest.raises(ConfigError) as info:
+        load_config(textwrap.dedent(text), source="bad.yaml")
+    message = str(info.value)
+    assert "bad.yaml:line 7: admission.max_in_flight: must be an integer (got 'two')" in message
+    assert "reject_abve: unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        ("admission: {on_client_disconnect: stop}", "admission.on_client_disconnect", "one of"),
+        ("admission: {reject_status: 200}", "admission.reject_status", ">= 400"),
+        ("admission: {resources: {source: file}}", "admission.resources.file", "required"),
+        (
+            "admission: {resources: {memory_percent: {reject_above: 70, recover_below: 80}}}",
+            "admission.resources.memory_percent.recover_below",
+            "<= reject_above",
+        ),
+        (
+            "upstream: {limits: {max_connections: 1, max_keepalive_connections: 2}}",
+            "upstream.limits.max_keepalive_connections",
+            "<= max_connections",
+        ),
+        ("upstream: {timeouts: {pool: -1}}", "upstream.timeouts.pool", "> 0"),
+        ("upstream: {timeouts: {pool: soon}}", "upstream.timeouts.pool", "duration"),
+        ("limits: {max_body_bytes: 1.5}", "limits.max_body_bytes", "integer"),
+        ("messages: {busy: 'wait {minutes}'}", "messages.busy", "unknown placeholder"),
+        ("messages: {bsy: hi}", "messages.bsy", "unknown reason code"),
+        (
+            "routes: [{name: a, match: {path: /a}, action: pass, status: 410}]",
+            "routes[0].status",
+            "only applies to action 'block'",
+        ),
+        ("routes: [{match: {path: /a}, action: pass}]", "routes[0].name", "required"),
+        ("routes: [{name: a, match: {path: '/a**'}, action: pass}]", "routes[0].match.path", "**"),
+        ("routes: {name: a}", "routes", "list"),
+        ("reload: {watch: yes please}", "reload.watch", "true or false"),
+        ("admin_listen: 0.0.0.0:8080", "admin_listen", "differ"),
+        ("speling: 1", "speling", "unknown key"),
+    ],
+)
+def test_invalid_values_table(text: str, path: str, fragment: str) -> None:
+    """Each invalid value is named by its path with a message saying what is expected."""
+    got = problems(text)
+    assert any(p == path and fragment in msg for _, p, msg in got), got
+
+
+def test_yaml_syntax_error_has_a_line() -> None:
+    """Broken YAML is reported with its line, not a traceback."""
+    got = problems("admission:\n  max_in_flight: [1\n")
+    assert got[0][0] is not None and "invalid YAML" in got[0][2]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30.0),
+        (2.5, 2.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("15 m", 900.0),
+        ("soon", None),
+        (True, None),
+        ([1], None),
+    ],
+)
+def test_durations(value: object, seconds: float | None) -> None:
+    """Durations are numbers of seconds or strings with ms/s/m/h units."""
+    assert parse_duration(value) == seconds
+
+
+def test_overrides_are_validated() -> None:
+    """CLI overrides apply over the file and are validated like it."""
+    cfg = Config().with_overrides(upstream="http://engine:9000/", listen="127.0.0.1:0")
+    assert cfg.upstream.url == "http://engine:9000"
+    assert cfg.listen == HostPort("127.0.0.1", 0)
+    with pytest.raises(ConfigError, match="--upstream"):
+        Config().with_overrides(upstream="engine:9000")
+
+
+def test_message_formatting() -> None:
+    """Messages render their placeholders; the defaults speak Chinese and English."""
+    msg = Config().message("busy", retry_after=42)
+    assert "42" in msg and "请" in msg and "retry" in msg
+
+
+def test_check_command_exit_codes(tmp_path: Path, repo_root: Path) -> None:
+    """`gatekeeper check` exits 0 with a summary, or 2 listing every problem with its line."""
+    ok = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "check", "--config", str(repo_root / "rules.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout and "generate: POST /generate admit" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("admission:\n  max_in_flight: -1\n  sample_intervall: 1\nlisten: x\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert "3 problem(s)" in res.stderr
+    assert "line 2: admission.max_in_flight: must be >= 0 (got -1)" in res.stderr
+    assert "line 3: admission.sample_intervall: unknown key" in res.stderr
+    assert "line 4: listen: must be HOST:PORT" in res.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "check", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2 and "cannot read file" in missing.stderr

@@ -1,0 +1,57 @@
+"""Table tests of route matching (globs, methods, first match wins)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatekeeper.config import DEFAULT_ROUTES, Route
+from gatekeeper.routes import PASS_ROUTE, Router, compile_glob
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("/generate", "/generate", True),
+        ("/generate", "/generate/", False),
+        ("/generate", "/generatex", False),
+        ("/files/*.wav", "/files/a.wav", True),
+        ("/files/*.wav", "/files/x/a.wav", False),  # * stays within one segment
+        ("/files/*", "/files/", True),
+        ("/files/**", "/files", True),
+        ("/files/**", "/files/a/b/c.wav", True),
+        ("/files/**", "/filesx/a", False),
+        ("/api/**/status", "/api/status", True),
+        ("/api/**/status", "/api/a/b/status", True),
+        ("/api/**/status", "/api/a/b/statusx", False),
+        ("/**", "/", True),
+        ("/**", "/anything/at/all", True),
+        ("/a.b", "/aXb", False),  # regex metacharacters are literal
+        ("/v1/*/generate", "/v1/song/generate", True),
+        ("/v1/*/generate", "/v1/a/b/generate", False),
+    ],
+)
+def test_glob_table(pattern: str, path: str, matches: bool) -> None:
+    """`*` matches within a segment, a whole `**` segment matches any number of segments."""
+    assert (compile_glob(pattern).match(path) is not None) is matches
+
+
+def test_default_routes() -> None:
+    """Default rules: POST /generate admits, POST /batch-generate blocks, the rest passes."""
+    router = Router(DEFAULT_ROUTES)
+    assert router.match("POST", "/generate").action == "admit"
+    assert router.match("GET", "/generate") is PASS_ROUTE
+    assert router.match("POST", "/batch-generate").action == "block"
+    assert router.match("GET", "/progress/1") is PASS_ROUTE
+
+
+def test_first_match_wins() -> None:
+    """Routes are tried in order; a later broader route never shadows an earlier one."""
+    router = Router(
+        (
+            Route(name="health", path="/api/health", action="pass"),
+            Route(name="api", path="/api/**", action="admit", methods=frozenset({"POST", "GET"})),
+        )
+    )
+    assert router.match("GET", "/api/health").name == "health"
+    assert router.match("GET", "/api/x").name == "api"
+    assert router.match("DELETE", "/api/x") is PASS_ROUTE
