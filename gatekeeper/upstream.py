@@ -81,6 +81,7 @@ class _KeepaliveCappedConnector(aiohttp.TCPConnector):
 class BodyState:
     """Shared between the request-body relay and the error mapping."""
 
+    limit: int
     sent: int = 0
     too_large: bool = False
     client_error: BaseException | None = None
@@ -205,7 +206,7 @@ class UpstreamPool:
                 self.active -= 1
                 self._permits.release()
 
-        state = BodyState()
+        state = BodyState(limit=max_body_bytes)
         watch = _WriteWatch(t.write)
         data = None if body is None else _relay_body(body, state, max_body_bytes, watch)
         write_expired = False
@@ -248,7 +249,10 @@ def _map_error(
     if state.client_error is not None:
         return ClientGone(str(state.client_error))
     if state.too_large:
-        return BodyTooLarge("request body exceeds limits.max_body_bytes")
+        return BodyTooLarge(
+            f"request body exceeds limits.max_body_bytes ({state.limit} bytes); "
+            f"{state.sent} bytes were received when it was refused"
+        )
     if write_expired:
         return UpstreamTimeout(f"the upstream did not accept the request body within {write:g}s")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):

@@ -1,0 +1,324 @@
+"""End to end: the real ``gatekeeper run`` process in front of the real ``gatekeeper engine-sim``.
+
+Everything crosses real sockets between real processes, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from support import Proc, free_port, start_engine, start_gatekeeper
+
+from gatekeeper.enginesim import gzip_plain_body
+
+GEN = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop"}
+
+
+def rules(admission: str = "", upstream: str = "", tail: str = "") -> str:
+    """Rules text: short intervals, plus extra indented lines under admission/upstream."""
+    return (
+        "admission:\n  expected_seconds: 30\n  sample_interval: 0.1\n"
+        + admission
+        + "upstream:\n  probe:\n    interval: 0.5\n"
+        + upstream
+        + tail
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
+    proc, url = start_engine(tmp_path_factory.mktemp("engine"), seconds=1.5)
+    yield proc, url
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gk(
+    engine: tuple[Proc, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Proc, str, str]]:
+    proc, url, admin = start_gatekeeper(tmp_path_factory.mktemp("gk"), rules(), engine[1])
+    yield proc, url, admin
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.output()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    conn = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
+        yield s
+
+
+async def get_json(s: aiohttp.ClientSession, url: str) -> Any:
+    async with s.get(url) as r:
+        return await r.json()
+
+
+async def in_flight(s: aiohttp.ClientSession, admin: str) -> int:
+    return int((await get_json(s, admin + "/status"))["in_flight"])
+
+
+async def wait_in_flight(s: aiohttp.ClientSession, admin: str, n: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while await in_flight(s, admin) != n:
+        assert time.monotonic() < deadline, f"in_flight never became {n}"
+        await asyncio.sleep(0.05)
+
+
+async def test_exact_admission_under_burst(
+    gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
+) -> None:
+    """200 simultaneous generations through the real process: exactly 1 reaches the engine."""
+    _, url, admin = gk
+    await http.post(engine[1] + "/_sim/reset")
+
+    async def one() -> tuple[int, float]:
+        t0 = time.monotonic()
+        async with http.post(url + "/generate", json=GEN) as r:
+            await r.read()
+            return r.status, time.monotonic() - t0
+
+    results = await asyncio.gather(*(one() for _ in range(200)))
+    statuses = [s for s, _ in results]
+    assert statuses.count(200) == 1 and statuses.count(503) == 199
+    st = await get_json(http, engine[1] + "/_sim/stats")
+    assert st["requests"].get("POST /generate") == 1
+    assert st["peak_active_generations"] == 1
+    await wait_in_flight(http, admin, 0)
+    rejected = sorted(t for s, t in results if s == 503)
+    print(
+        f"\nburst of 200: rejections answered in p50 {rejected[len(rejected) // 2] * 1000:.0f} ms"
+    )
+
+
+async def test_wav_generated_through_proxy(
+    gk: tuple[Proc, str, str], http: aiohttp.ClientSession
+) -> None:
+    """A generation through gatekeeper returns the engine's WAV, byte-exact, then frees the slot."""
+    _, url, admin = gk
+    async with http.post(url + "/generate", json=GEN) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "audio/wav"
+        wav = await r.read()
+    assert wav[:4] == b"RIFF" and len(wav) == int(r.headers["Content-Length"])
+    assert await in_flight(http, admin) == 0
+
+
+async def test_client_leaving_holds_slot_until_engine_finishes(
+    gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
+) -> None:
+    """finish: a client that leaves mid-generation keeps the slot held until the engine is done."""
+    _, url, admin = gk
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({**GEN, "seconds": 2.0}).encode()
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    await wait_in_flight(http, admin, 1)
+    writer.transport.abort()
+    await asyncio.sleep(0.8)
+    assert await in_flight(http, admin) == 1  # the engine is still computing
+    async with http.post(url + "/generate", json=GEN) as r:
+        assert r.status == 503 and r.headers["X-Gatekeeper-Reason"] == "busy"
+    await wait_in_flight(http, admin, 0)
+    st = await get_json(http, engine[1] + "/_sim/stats")
+    assert st["active_generations"] == 0
+
+
+async def test_cancel_mode_frees_slot_at_once(
+    engine: tuple[Proc, str], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """cancel: a client that leaves frees the slot within a second, the upstream call dropped."""
+    proc, url, admin = start_gatekeeper(
+        tmp_path, rules(admission="  on_client_disconnect: cancel\n"), engine[1]
+    )
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps({**GEN, "seconds": 20}).encode()
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /generate HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await wait_in_flight(http, admin, 1)
+        t0 = time.monotonic()
+        writer.transport.abort()
+        await wait_in_flight(http, admin, 0, timeout=3)
+        print(f"\ncancel: slot freed {time.monotonic() - t0:.2f} s after the client left")
+    finally:
+        assert proc.stop() == 0
+
+
+async def test_upstream_errors_free_the_slot(
+    engine: tuple[Proc, str], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """502 on a dead engine, 504 on a read timeout, each with JSON; the slot is freed each time."""
+    dead, url, admin = start_gatekeeper(tmp_path, rules(), f"http://127.0.0.1:{free_port()}")
+    try:
+        async with http.post(url + "/generate", json=GEN) as r:
+            assert r.status == 502
+            assert (await r.json())["reason"] == "upstream_unavailable"
+        assert await in_flight(http, admin) == 0
+    finally:
+        dead.stop()
+    slow_rules = rules(
+        upstream="  timeouts:\n    read: 0.5\n",
+        tail="routes:\n  - name: slow\n    match: {path: /_sim/sleep}\n    action: admit\n",
+    )
+    slow, url, admin = start_gatekeeper(tmp_path, slow_rules, engine[1])
+    try:
+        t0 = time.monotonic()
+        async with http.get(url + "/_sim/sleep?seconds=5") as r:
+            assert r.status == 504
+            body = await r.json()
+        assert body["reason"] == "upstream_timeout"
+        assert time.monotonic() - t0 < 4
+        assert await in_flight(http, admin) == 0
+        async with http.get(admin + "/metrics") as r:
+            text = await r.text()
+        assert 'gatekeeper_upstream_errors_total{kind="timeout",route="slow"} 1.0' in text
+    finally:
+        slow.stop()
+
+
+async def test_sse_first_event_before_upstream_finishes(
+    gk: tuple[Proc, str, str], http: aiohttp.ClientSession
+) -> None:
+    """The engine's SSE progress reaches the client event by event while it still generates."""
+    _, url, _ = gk
+    async with http.post(url + "/generate/stream", json={**GEN, "seconds": 1.0}) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        first = await r.content.readuntil(b"\n\n")
+        t_first = time.monotonic()
+        rest = await r.read()
+        t_done = time.monotonic()
+    assert b"event: progress" in first
+    assert b"event: done" in rest and b"event: done" not in first
+    assert t_done - t_first > 0.5  # the rest was still being generated
+
+
+async def test_gzip_and_headers_through_real_process(
+    gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
+) -> None:
+    """gzip bytes pass byte-identical; hop-by-hop response headers go, end-to-end ones stay."""
+    _, url, _ = gk
+    async with http.get(engine[1] + "/_sim/gzip") as r:
+        direct = await r.read()
+    async with http.get(url + "/_sim/gzip") as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        relayed = await r.read()
+    assert relayed == direct and gzip.decompress(relayed) == gzip_plain_body()
+    async with http.get(url + "/_sim/headers") as r:
+        assert "X-Hop" not in r.headers and "Keep-Alive" not in r.headers
+        assert "Upgrade" not in r.headers and "Trailer" not in r.headers
+        assert r.headers["X-End"] == "1" and len(r.headers.getall("Set-Cookie")) == 2
+
+
+async def test_block_and_open_proxy_refusals(
+    gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
+) -> None:
+    """Blocked routes and absolute-form targets are answered by gatekeeper, never forwarded."""
+    _, url, _ = gk
+    await http.post(engine[1] + "/_sim/reset")
+    async with http.post(url + "/batch-generate", json={"items": [GEN]}) as r:
+        assert r.status == 410 and (await r.json())["reason"] == "blocked"
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {engine[1]}/_sim/echo HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400")
+    assert (await get_json(http, engine[1] + "/_sim/stats"))["requests"] == {}
+
+
+async def test_hysteresis_through_file_source(
+    engine: tuple[Proc, str], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A fire drill through the readings file: cpu trips at >90, holds at 80, clears under 75."""
+    res = tmp_path / "res.json"
+    res.write_text('{"cpu_percent": 10, "memory_percent": 10}')
+    text = rules(admission=f"  resources:\n    source: file\n    file: {res}\n")
+    proc, url, _ = start_gatekeeper(tmp_path, text, engine[1])
+    try:
+
+        async def decision(cpu: float) -> tuple[int, str | None]:
+            res.write_text(json.dumps({"cpu_percent": cpu, "memory_percent": 10}))
+            await asyncio.sleep(0.4)
+            async with http.post(url + "/generate", json={**GEN, "seconds": 0.05}) as r:
+                await r.read()
+                return r.status, r.headers.get("X-Gatekeeper-Reason")
+
+        assert await decision(95) == (503, "cpu")
+        assert await decision(80) == (503, "cpu")
+        assert await decision(70) == (200, None)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+def test_rss_bounded_while_streaming_1gib(engine: tuple[Proc, str], tmp_path: Path) -> None:
+    """A 1 GiB download and a 1 GiB upload pass with gatekeeper's RSS growing < 20 MiB."""
+    proc, url, _ = start_gatekeeper(tmp_path, "limits:\n  max_body_bytes: 2147483648\n", engine[1])
+    ps = psutil.Process(proc.proc.pid)
+    size = 1 << 30
+    peak = [ps.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], ps.memory_info().rss)
+            time.sleep(0.02)
+
+    import httpx
+
+    base = ps.memory_info().rss
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        digest = hashlib.sha256()
+        got = 0
+        t0 = time.monotonic()
+        with httpx.Client(timeout=60) as c, c.stream("GET", f"{url}/download?bytes={size}") as r:
+            for chunk in r.iter_raw(1 << 20):
+                got += len(chunk)
+        down_s = time.monotonic() - t0
+
+        def body() -> Iterator[bytes]:
+            block = b"\xa5" * (1 << 20)
+            for _ in range(size >> 20):
+                digest.update(block)
+                yield block
+
+        t0 = time.monotonic()
+        with httpx.Client(timeout=60) as c:
+            answer = c.post(f"{url}/upload", content=body()).json()
+        up_s = time.monotonic() - t0
+    finally:
+        stop.set()
+        sampler.join()
+        proc.stop()
+    assert got == size
+    assert answer == {"bytes": size, "sha256": digest.hexdigest()}
+    growth = (peak[0] - base) / (1 << 20)
+    print(
+        f"\n1 GiB down {size / down_s / 1e6:.0f} MB/s, up {size / up_s / 1e6:.0f} MB/s; "
+        f"gatekeeper RSS {base / (1 << 20):.0f} MiB, peak growth {growth:.1f} MiB"
+    )
+    assert growth < 20
