@@ -6,6 +6,9 @@ read metrics or, later, trigger reloads.
 
 from __future__ import annotations
 
+import functools
+from importlib import resources
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -49,6 +52,28 @@ async def reload_rules(request: web.Request) -> web.Response:
     return web.json_response(outcome.to_json(), status=200 if outcome.ok else 400)
 
 
+# The live status page (issue #3 §3): inline CSS and JS only, so it may load nothing else.
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'"
+)
+
+
+@functools.cache
+def _status_page() -> bytes:
+    return (resources.files(__package__) / "static" / "status.html").read_bytes()
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """One self-contained HTML page that polls ./status every second."""
+    return web.Response(
+        body=_status_page(),
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": _PAGE_CSP},
+    )
+
+
 def build_admin_app(state: AppState, reloader: Reloader | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state
@@ -59,4 +84,5 @@ def build_admin_app(state: AppState, reloader: Reloader | None = None) -> web.Ap
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    app.router.add_get("/", status_page)
     return app

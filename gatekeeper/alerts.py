@@ -90,16 +90,45 @@ def humanize(v: float) -> str:
     return f"{v:.4g}{prefix}"
 
 
-_TEMPLATE = re.compile(r"\{\{\s*(\$value(?:\s*\|\s*humanize)?|\$labels\.(\w+))\s*\}\}")
+def humanize_duration(v: float) -> str:
+    """Prometheus' ``humanizeDuration``: ``18m 0s``, ``2h 0m 5s``, ``1d 0h 0m 0s``."""
+    if not math.isfinite(v):
+        return f"{v:.4g}"
+    if abs(v) >= 1:
+        sign = "-" if v < 0 else ""
+        t = int(abs(v))
+        d, h, m, sec = t // 86400, t // 3600 % 24, t // 60 % 60, t % 60
+        if d:
+            return f"{sign}{d}d {h}h {m}m {sec}s"
+        if h:
+            return f"{sign}{h}h {m}m {sec}s"
+        if m:
+            return f"{sign}{m}m {sec}s"
+        return f"{sign}{abs(v):.4g}s"
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if v == 0 or abs(v) >= 1:
+            break
+        prefix, v = p, v * 1000
+    return f"{v:.4g}{prefix}s"
+
+
+_TEMPLATE = re.compile(
+    r"\{\{\s*(\$value(?:\s*\|\s*(humanizeDuration|humanize))?|\$labels\.(\w+))\s*\}\}"
+)
 
 
 def render(template: str, value: float, labels: Mapping[str, str]) -> str:
     """Expand the template subset config allows, exactly as Prometheus would."""
 
     def expand(m: re.Match[str]) -> str:
-        if m.group(2) is not None:
-            return labels.get(m.group(2), "")
-        return humanize(value) if "humanize" in m.group(1) else format_value(value)
+        if m.group(3) is not None:
+            return labels.get(m.group(3), "")
+        if m.group(2) == "humanize":
+            return humanize(value)
+        if m.group(2) == "humanizeDuration":
+            return humanize_duration(value)
+        return format_value(value)
 
     return _TEMPLATE.sub(expand, template)
 

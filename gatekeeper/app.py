@@ -26,10 +26,12 @@ from aiohttp import web
 
 from . import __version__
 from .admin import build_admin_app
+from .alerting import AlertLoop
 from .config import Config
 from .logs import redact_url
 from .metrics import Metrics
 from .monitor import Monitor
+from .notify import Notifier
 from .probe import probe_loop
 from .proxy import ProxyHandler, RequestRecord
 from .reload import Overrides, Reloader
@@ -83,6 +85,7 @@ def wire_metrics(st: AppState) -> None:
     m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
     m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
     m.upstream_up.set_function(lambda: float(st.upstream_up is True))
+    m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
 
 
 async def create_state(
@@ -127,6 +130,20 @@ def _background(
     return ctx
 
 
+def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The alert loop and its delivery tasks (issue #4), off the proxy path."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with Notifier(st.metrics) as notifier:
+            task = asyncio.create_task(AlertLoop(st, notifier).run(), name="gatekeeper-alerts")
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
 def _publish_resources(st: AppState) -> Callable[[Any], None]:
     def publish(state: Any) -> None:
         st.gate.resources = state
@@ -135,7 +152,12 @@ def _publish_resources(st: AppState) -> Callable[[Any], None]:
 
 
 def build_proxy_app(
-    st: AppState, *, monitor: bool = True, probe: bool = True, reloader: Reloader | None = None
+    st: AppState,
+    *,
+    monitor: bool = True,
+    probe: bool = True,
+    reloader: Reloader | None = None,
+    alerts: bool = True,
 ) -> web.Application:
     handler = ProxyHandler(st, on_record=log_request)
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
@@ -149,6 +171,8 @@ def build_proxy_app(
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe))
+    if alerts:
+        app.cleanup_ctx.append(_alerting(st))
 
     async def close_pools(_: web.Application) -> None:
         await st.runtime.close()

@@ -4,6 +4,7 @@
     gatekeeper check --config rules.yaml
     gatekeeper engine-sim [--listen H:P] [--seconds N] ...
     gatekeeper demo
+    gatekeeper alert-rules [--config rules.yaml]
 
 Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
 """
@@ -223,6 +224,29 @@ Live status (Ctrl-C to stop):
             _stop(child)
 
 
+# --------------------------------------------------------------------------- alert-rules
+
+
+def cmd_alert_rules(args: argparse.Namespace) -> int:
+    from .promrules import rule_file
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sys.stdout.write(rule_file(cfg))
+    return 0
+
+
+def _add_alert_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rules = sub.add_parser(
+        "alert-rules", help="print the alert rules as a Prometheus rule file (issue #4)"
+    )
+    rules.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
+    rules.set_defaults(func=cmd_alert_rules)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -265,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between status lines when stdout is not a terminal",
     )
     demo.set_defaults(func=cmd_demo)
+    _add_alert_commands(sub)
     return p
 
 

@@ -328,8 +328,8 @@ def default_alert_rules(read_timeout: float = 900.0) -> tuple[AlertRule, ...]:
             threshold=read_timeout,
             for_seconds=60.0,
             severity="critical",
-            summary="生成任务卡住 / A generation has run for {{ $value | humanize }}s, longer"
-            " than the upstream read timeout; every other request gets busy",
+            summary="生成任务卡住 / A generation has run for {{ $value | humanizeDuration }},"
+            " longer than the upstream read timeout; every other request gets busy",
             runbook="Check the engine's progress for the running job; if it is hung, restart"
             " the engine: the slot is freed when its connection closes.",
         ),
@@ -881,7 +881,9 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The only template constructs gatekeeper renders itself; Prometheus renders them the
 # same way, so a rule reads the same in both (see alerts.render).
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
-_TEMPLATE_OK = re.compile(r"^\s*(\$value(\s*\|\s*humanize)?|\$labels\.[A-Za-z_][A-Za-z0-9_]*)\s*$")
+_TEMPLATE_OK = re.compile(
+    r"^\s*(\$value(\s*\|\s*(humanize|humanizeDuration))?|\$labels\.[A-Za-z_][A-Za-z0-9_]*)\s*$"
+)
 
 
 def parse_expr(text: object) -> tuple[str, str, float] | str:
@@ -908,7 +910,7 @@ def _check_annotation(v: Any) -> str | None:
         if not _TEMPLATE_OK.match(m.group(1)):
             return (
                 f"unsupported template {m.group(0)!r}; allowed: {{{{ $value }}}},"
-                " {{ $value | humanize }}, {{ $labels.<name> }}"
+                " {{ $value | humanize }}, {{ $value | humanizeDuration }}, {{ $labels.<name> }}"
             )
     if "{{" in _TEMPLATE.sub("", v):
         return "unclosed '{{' template"

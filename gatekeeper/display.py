@@ -50,3 +50,69 @@ def status_line(doc: dict[str, Any]) -> str:
         f" | admitted {counts.get('admitted', 0)} rejected {counts.get('rejected', 0)}"
         f" blocked {counts.get('blocked', 0)} | engine {up} | {state}"
     )
+
+
+# --------------------------------------------------------------------------- gatekeeper status
+
+_UP = {True: "up", False: "DOWN (probe failed)", None: "unknown (no probe answered yet)"}
+
+
+def _resource_line(doc: dict[str, Any], key: str, label: str, width: int) -> str:
+    value = float(doc.get(key, 0.0))
+    th = (doc.get("thresholds") or {}).get(key, {})
+    over = (doc.get("overloaded") or {}).get(label, False)
+    line = f"  {label:<11} {value:5.1f}% {bar(value / 100, width)}"
+    if th:
+        line += f" reject >{th['reject_above']:g}% recover <{th['recover_below']:g}%"
+    return line + ("  OVERLOADED" if over else "")
+
+
+def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> list[str]:
+    """The status document as a multi-line summary for ``gatekeeper status``."""
+    reasons = doc.get("reasons") or []
+    state = "accepting generations" if doc.get("accepting") else "NOT accepting: "
+    state += ", ".join(reasons)
+    lines = [f"gatekeeper{' at ' + source if source else ''}: {state}"]
+    running = doc.get("running") or []
+    if running:
+        for gen in running:
+            one = dict(doc, running=[gen])
+            lines.append(f"  {gen['route']:<11} " + generation_line(one, width))
+    else:
+        lines.append(f"  {'generation':<11} idle")
+    limit = f"  {'in-flight':<11} {doc.get('in_flight', 0)}/{doc.get('max_in_flight', 0)}"
+    if doc.get("retry_after") is not None:
+        limit += f"   (a new request now gets Retry-After: {doc['retry_after']})"
+    lines.append(limit)
+    expected = float(doc.get("expected_seconds", 0.0))
+    samples = int(doc.get("expected_samples", 0))
+    basis = (
+        f"median of the last {samples} generation(s)"
+        if samples
+        else "initial estimate (admission.expected_seconds)"
+    )
+    lines.append(f"  {'expected':<11} {duration(expected)} per generation, {basis}")
+    lines.append(_resource_line(doc, "cpu_percent", "cpu", width))
+    lines.append(_resource_line(doc, "memory_percent", "memory", width))
+    lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
+    counts = doc.get("counts") or {}
+    outcomes = ("admitted", "passed", "rejected", "blocked")
+    lines.append(f"  {'requests':<11} " + "  ".join(f"{k} {counts.get(k, 0)}" for k in outcomes))
+    by_reason = doc.get("rejections_by_reason") or {}
+    if by_reason:
+        pairs = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append(f"  {'turned away':<11} " + ", ".join(f"{k} {v}" for k, v in pairs))
+    if "alerts" in doc:
+        alerts = doc.get("alerts") or []
+        if not alerts:
+            lines.append(f"  {'alerts':<11} none firing")
+        for a in alerts:
+            lines.append(
+                f"  {'ALERT':<11} [{a.get('severity', '?')}] {a.get('alertname', '?')}: "
+                f"{a.get('summary', '')}"
+            )
+    if doc.get("draining"):
+        lines.append(f"  {'draining':<11} shutting down, waiting for running generations")
+    if "uptime_seconds" in doc:
+        lines.append(f"  {'uptime':<11} {duration(float(doc['uptime_seconds']))}")
+    return lines

@@ -101,6 +101,11 @@ class Metrics:
             "1 when the periodic upstream probe got an answer.",
             registry=r,
         )
+        self.draining = Gauge(
+            "gatekeeper_draining",
+            "1 while shutting down: waiting for running generations, admitting none.",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "gatekeeper_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

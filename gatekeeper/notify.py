@@ -130,9 +130,15 @@ def _common(maps: list[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
 
 
-def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int,
+    rng: Callable[[], float] = random.random,
+    *,
+    initial: float = BACKOFF_INITIAL,
+    cap: float = BACKOFF_MAX,
+) -> float:
     """Seconds before retry ``attempt`` (1, 2, ...): doubling, capped, jittered to 50-100%."""
-    base = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (attempt - 1))
+    base = min(cap, initial * 2.0 ** (attempt - 1))
     return base * (0.5 + 0.5 * rng())
 
 
@@ -181,7 +187,9 @@ class _Receiver:
                 except DeliveryError as exc:
                     self.failures += 1
                     self.n.count(self.receiver.name, "failure")
-                    delay = backoff_delay(self.failures, self.n.rng)
+                    delay = backoff_delay(
+                        self.failures, self.n.rng, initial=self.n.backoff[0], cap=self.n.backoff[1]
+                    )
                     if self.failures == 1 or self.failures % 10 == 0:
                         log.warning(
                             "alert delivery to %s failed (attempt %d), retrying in %.1fs: %s",
@@ -254,9 +262,11 @@ class Notifier:
         queue_size: int = QUEUE_SIZE,
         rng: Callable[[], float] = random.random,
         wall: Callable[[], float] = time.time,
+        backoff: tuple[float, float] = (BACKOFF_INITIAL, BACKOFF_MAX),
     ):
         self.metrics = metrics
         self.rng = rng
+        self.backoff = backoff
         self.wall = wall
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=queue_size)
         self.client = httpx.AsyncClient(

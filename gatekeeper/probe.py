@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from .config import Config
+from .logs import redact_url
 
 log = logging.getLogger("gatekeeper.probe")
 
@@ -36,7 +37,7 @@ async def probe_loop(config: Callable[[], Config], publish: Callable[[bool], Non
             up = await probe_once(client, cfg)
             if up != last:
                 (log.info if up else log.warning)(
-                    "upstream %s is %s", cfg.upstream.url, "up" if up else "DOWN"
+                    "upstream %s is %s", redact_url(cfg.upstream.url), "up" if up else "DOWN"
                 )
                 last = up
             publish(up)

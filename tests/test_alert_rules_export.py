@@ -1,0 +1,149 @@
+"""`gatekeeper alert-rules`: the same rules as PromQL, checked by the real promtool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import find_binary
+
+from gatekeeper.alerting import RATES
+from gatekeeper.config import SIGNALS, load_config, load_config_file
+from gatekeeper.promrules import SIGNAL_PROMQL, prom_duration, promql, rule_file
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGED = ROOT / "gatekeeper" / "rules.yaml"
+CHECKED_IN = ROOT / "deploy" / "prometheus" / "gatekeeper-rules.yml"
+PROMTOOL_TESTS = ROOT / "tests" / "promtool" / "gatekeeper-rules-test.yml"
+
+
+def test_checked_in_rule_file_is_not_stale() -> None:
+    """deploy/prometheus/gatekeeper-rules.yml is exactly the export of the default rules."""
+    want = rule_file(load_config_file(PACKAGED))
+    assert CHECKED_IN.read_text(encoding="utf-8") == want, (
+        "stale: run `gatekeeper alert-rules --config gatekeeper/rules.yaml"
+        " > deploy/prometheus/gatekeeper-rules.yml`"
+    )
+
+
+def test_cli_prints_the_rule_file(tmp_path: Path) -> None:
+    """The CLI command prints the export; a bad --config exits 2 with the problem's line."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "alert-rules", "--config", str(PACKAGED)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == CHECKED_IN.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alerts:\n  rules:\n    - {alert: A, expr: 'gpu > 1'}\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "gatekeeper", "alert-rules", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert "line 3: alerts.rules[0].expr: unknown signal 'gpu'" in res.stderr
+
+
+def test_export_matches_the_built_in_rules() -> None:
+    """Same names, thresholds, for, labels and annotations as the rules gatekeeper evaluates."""
+    cfg = load_config_file(PACKAGED)
+    doc = yaml.safe_load(rule_file(cfg))
+    (group,) = doc["groups"]
+    assert group["name"] == "gatekeeper"
+    assert len(group["rules"]) == len(cfg.alerts.rules)
+    for exported, rule in zip(group["rules"], cfg.alerts.rules, strict=True):
+        assert exported["alert"] == rule.alert
+        assert exported["expr"] == f"{SIGNAL_PROMQL[rule.signal]} {rule.op} {rule.threshold:g}"
+        assert exported.get("for", "0s") == (
+            prom_duration(rule.for_seconds) if rule.for_seconds else "0s"
+        )
+        assert exported["labels"] == {"service": "gatekeeper", "severity": rule.severity}
+        assert exported["annotations"] == {"summary": rule.summary, "runbook": rule.runbook}
+
+
+def test_custom_rule_export() -> None:
+    """A user's rule keeps its own labels and odd durations; rates become rate()*60."""
+    cfg = load_config(
+        "alerts:\n  rules:\n"
+        "    - {alert: Blocked, expr: 'blocked_per_minute >= 2.5', for: 90s, severity: info,"
+        " summary: s, runbook: r, labels: {team: music}}\n"
+    )
+    (entry,) = yaml.safe_load(rule_file(cfg))["groups"][0]["rules"]
+    assert entry == {
+        "alert": "Blocked",
+        "expr": 'sum by (instance) (rate(gatekeeper_rejections_total{reason="blocked"}[1m]))'
+        " * 60 >= 2.5",
+        "for": "90s",
+        "labels": {"team": "music", "service": "gatekeeper", "severity": "info"},
+        "annotations": {"summary": "s", "runbook": "r"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(120, "2m"), (90, "90s"), (3600, "1h"), (0.5, "500ms"), (5400, "90m"), (1.25, "1250ms")],
+)
+def test_prom_duration(seconds: float, text: str) -> None:
+    """Durations are written in Prometheus' syntax, in the largest exact unit."""
+    assert prom_duration(seconds) == text
+
+
+def test_every_signal_has_promql_and_a_rate_window() -> None:
+    """Each signal translates to PromQL; the rate signals are signals (the reader's own test
+    checks it produces every one)."""
+    assert set(SIGNAL_PROMQL) == set(SIGNALS)
+    assert {name for name, _, _ in RATES} <= set(SIGNALS)
+
+
+def test_promql_of_every_default_rule_names_an_exported_metric() -> None:
+    """Every expression uses a metric gatekeeper exports (by name, from a live registry)."""
+    from prometheus_client import generate_latest
+
+    from gatekeeper.metrics import Metrics
+
+    m = Metrics()
+    m.rejections.labels("generate", "busy").inc()
+    m.upstream_errors.labels("generate", "timeout").inc()
+    exposed = generate_latest(m.registry).decode()
+    for rule in load_config_file(PACKAGED).alerts.rules:
+        metric = promql(rule).split("(")[-1].split("[")[0].split("{")[0].split(")")[0].strip()
+        assert f"\n{metric}" in exposed or exposed.startswith(metric), (rule.alert, metric)
+
+
+def test_promtool_check_rules() -> None:
+    """The real promtool accepts the checked-in rule file."""
+    promtool = find_binary("promtool")
+    res = subprocess.run(
+        [promtool, "check", "rules", str(CHECKED_IN)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 7 rules found" in res.stdout
+
+
+def test_promtool_unit_tests_cover_every_rule_firing_and_not() -> None:
+    """`promtool test rules` passes, with a firing and a silent case for every default rule."""
+    tests: dict[str, Any] = yaml.safe_load(PROMTOOL_TESTS.read_text(encoding="utf-8"))
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for t in tests["tests"]:
+        for case in t["alert_rule_test"]:
+            hot = [a["exp_labels"]["instance"] for a in case["exp_alerts"]]
+            (firing if hot else silent).add(case["alertname"])
+            assert "calm" not in hot  # the calm instance never fires
+    names = {r.alert for r in load_config_file(PACKAGED).alerts.rules}
+    assert firing == names and silent == names
+    promtool = find_binary("promtool")
+    res = subprocess.run(
+        [promtool, "test", "rules", PROMTOOL_TESTS.name],
+        cwd=PROMTOOL_TESTS.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
