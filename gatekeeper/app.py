@@ -85,6 +85,7 @@ def wire_metrics(st: AppState) -> None:
     m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
     m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
     m.upstream_up.set_function(lambda: float(st.upstream_up is True))
+    m.draining.set_function(lambda: float(gate.draining))
     m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
 
 

@@ -4,6 +4,8 @@
     gatekeeper check --config rules.yaml
     gatekeeper engine-sim [--listen H:P] [--seconds N] ...
     gatekeeper demo
+    gatekeeper status [--admin URL] [--watch]
+    gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
 
 Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
@@ -224,6 +226,124 @@ Live status (Ctrl-C to stop):
             _stop(child)
 
 
+# --------------------------------------------------------------------------- status, dashboard
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+
+
+def default_admin_url(config: str | None) -> str:
+    """The admin URL from ``--config`` or ``./rules.yaml``, else the documented default.
+
+    A wildcard listen address (0.0.0.0, ::) is reached through loopback.
+    """
+    path = Path(config) if config else Path("rules.yaml")
+    if config is None and not path.is_file():
+        return DEFAULT_ADMIN_URL
+    hp = load_config_file(path).admin_listen  # ConfigError is reported by the caller
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(hp.host, hp.host)
+    return f"http://[{host}]:{hp.port}" if ":" in host else f"http://{host}:{hp.port}"
+
+
+def _admin_base(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url.removesuffix("/status")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    import httpx
+
+    from .display import status_report
+
+    try:
+        base = _admin_base(args.admin) if args.admin else default_admin_url(args.config)
+    except ConfigError as exc:
+        print(f"{exc}\n(pass --admin URL to skip reading the rules file)", file=sys.stderr)
+        return 2
+    url = base + "/status"
+
+    def fetch(client: httpx.Client) -> dict[str, object]:
+        resp = client.get(url)
+        resp.raise_for_status()
+        doc = resp.json()
+        if not isinstance(doc, dict) or "accepting" not in doc:
+            raise ValueError(f"{url} did not answer a gatekeeper status document")
+        return doc
+
+    def render(doc: dict[str, object]) -> str:
+        if args.json:
+            return json.dumps(doc, indent=2, ensure_ascii=False)
+        width = max(10, min(40, shutil.get_terminal_size().columns - 60))
+        return "\n".join(status_report(doc, base, width))
+
+    errors = (httpx.HTTPError, ValueError)
+    with httpx.Client(timeout=args.timeout, trust_env=False) as client:
+        if not args.watch:
+            try:
+                print(render(fetch(client)))
+            except errors as exc:
+                print(f"gatekeeper status: cannot read {url}: {exc}", file=sys.stderr)
+                print("is gatekeeper running? is --admin right?", file=sys.stderr)
+                return 1
+            return 0
+        # --watch: a live view, redrawn each second; survives gatekeeper restarts.
+        tty = sys.stdout.isatty()
+        try:
+            while True:
+                try:
+                    frame = render(fetch(client))
+                except errors as exc:
+                    frame = f"gatekeeper at {base}: unreachable ({exc}); retrying every second"
+                stamp = time.strftime("%H:%M:%S")
+                if tty:  # home + clear screen, then the frame: no scrolling, no flicker
+                    print("\x1b[H\x1b[2J" + frame + f"\n\n{stamp}  Ctrl-C to stop", flush=True)
+                else:
+                    print(f"--- {stamp}\n{frame}", flush=True)
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            print()
+            return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import json
+
+    from .dashboard import dashboard
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(json.dumps(dashboard(cfg), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _add_observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status", help="show a running gatekeeper's status (one-shot or --watch)"
+    )
+    status.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"admin listener URL (default: ./rules.yaml's admin_listen, else {DEFAULT_ADMIN_URL})",
+    )
+    status.add_argument("--config", help="rules file to take admin_listen from")
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
+    status.set_defaults(func=cmd_status)
+
+    dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON for the rules")
+    dash.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
+    dash.set_defaults(func=cmd_dashboard)
+
+
 # --------------------------------------------------------------------------- alert-rules
 
 
@@ -289,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between status lines when stdout is not a terminal",
     )
     demo.set_defaults(func=cmd_demo)
+    _add_observability_commands(sub)
     _add_alert_commands(sub)
     return p
 

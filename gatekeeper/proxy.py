@@ -380,57 +380,73 @@ class ProxyHandler:
         st = self.state
         upstream = exchange.response
         rec.upstream_status = upstream.status
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        out.headers.extend(downstream_response_headers(upstream.headers))
-        out.headers[REQUEST_ID] = rec.request_id
-        complete = False
+        upstream_done = False  # the engine's body was read to its end
         try:
+            out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            out.headers.extend(downstream_response_headers(upstream.headers))
+            out.headers[REQUEST_ID] = rec.request_id
             try:
                 await out.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     rec.bytes_out += len(chunk)
                     await out.write(chunk)
-                complete = True
+                upstream_done = True
+                await out.write_eof()
+                rec.status = upstream.status
             except _CLIENT_WRITE_ERRORS:
                 rec.client_gone = True
                 st.count_upstream_error(route.name, "client_disconnect")
-                if finish:
+                if finish and not upstream_done:
                     log.info(
                         "client went away mid-response; finishing the generation: request_id=%s",
                         rec.request_id,
                     )
-                    async for _ in upstream.content.iter_any():
-                        pass  # the engine is still working; its slot stays taken until it ends
-                    complete = True
-                return out
+                    upstream_done = await self._discard_rest(request, upstream, route, rec)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                # The response head is out, so no error status can be sent: abort the
-                # connection rather than pass a truncated body off as complete.
-                kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
-                st.count_upstream_error(route.name, kind)
-                log.warning(
-                    "upstream failed mid-response, aborting client connection: "
-                    "request_id=%s route=%s kind=%s after %d bytes: %r",
-                    rec.request_id,
-                    route.name,
-                    kind,
-                    rec.bytes_out,
-                    exc,
-                )
-                rec.reason = f"upstream_{kind}_mid_body"
-                if request.transport is not None:
-                    request.transport.abort()
-                return out
+                self._upstream_broke(request, route, rec, exc)
+            return out
         finally:
-            exchange.close(reuse=complete)
+            exchange.close(reuse=upstream_done)
             elapsed = st.clock() - sent_at
             rec.upstream_seconds = elapsed
-            if complete:
-                st.metrics.upstream_duration.labels(route.name, str(upstream.status)).observe(
-                    elapsed
-                )
+            if upstream_done:
+                code = str(upstream.status)
+                st.metrics.upstream_duration.labels(route.name, code).observe(elapsed)
                 if ticket is not None and 200 <= upstream.status < 300:
                     st.gate.estimator.observe(elapsed)
-        rec.status = upstream.status
-        await out.write_eof()
-        return out
+
+    async def _discard_rest(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        route: Route,
+        rec: RequestRecord,
+    ) -> bool:
+        """Read the engine's answer to its end for nobody; the slot stays taken meanwhile."""
+        try:
+            async for _ in upstream.content.iter_any():
+                pass
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._upstream_broke(request, route, rec, exc)
+            return False
+        return True
+
+    def _upstream_broke(
+        self, request: web.BaseRequest, route: Route, rec: RequestRecord, exc: BaseException
+    ) -> None:
+        """The response head is out, so no error status can be sent: abort the client
+        connection rather than pass a truncated body off as complete."""
+        kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+        self.state.count_upstream_error(route.name, kind)
+        log.warning(
+            "upstream failed mid-response, aborting client connection: "
+            "request_id=%s route=%s kind=%s after %d bytes: %r",
+            rec.request_id,
+            route.name,
+            kind,
+            rec.bytes_out,
+            exc,
+        )
+        rec.reason = f"upstream_{kind}_mid_body"
+        if request.transport is not None:
+            request.transport.abort()

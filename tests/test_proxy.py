@@ -595,3 +595,34 @@ async def test_pass_routes_not_starved_by_generation(engine: TestServer, gatekee
     resp = await gen
     assert resp.status == 200
     resp.release()
+
+
+async def test_finish_drains_after_client_leaves_mid_response(
+    engine: TestServer, gatekeeper: Any
+) -> None:
+    """finish: a client leaving mid-body keeps the slot until the engine's body has ended."""
+    admit_stall = [{"name": "stall", "match": {"path": "/_sim/stall"}, "action": "admit"}]
+    gk = await gatekeeper(rules(url(engine), routes=admit_stall))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"GET /_sim/stall?after=100&seconds=1&tail=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+    await asyncio.sleep(0.4)
+    assert gk.state.gate.in_flight == 1  # the engine's answer is still being read
+    assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1}
+
+
+async def test_engine_failing_while_draining_for_a_gone_client(
+    engine: TestServer, gatekeeper: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that breaks while gatekeeper drains for a gone client frees the slot quietly."""
+    routes = [{"name": "abort", "match": {"path": "/_sim/abort"}, "action": "admit"}]
+    gk = await gatekeeper(rules(url(engine), routes=routes))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"GET /_sim/abort?after=2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+    assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1, "protocol": 1}
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
