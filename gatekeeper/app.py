@@ -7,9 +7,13 @@ their task.
 
 Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
 turns 503, admit routes answer ``draining``, pass routes keep working — and
-gatekeeper waits for running generations up to ``shutdown.drain_timeout``
-before closing. aiohttp's own shutdown timeout only applies after that wait,
-to whatever passthrough requests are still open. A second signal exits at once.
+gatekeeper waits for running generations up to ``shutdown.drain_timeout``,
+then, if it waited for one, serves pass routes ``shutdown.linger`` longer so
+the job's result can be downloaded, then closes and exits 0. aiohttp's own
+shutdown timeout (``CLOSE_GRACE_SECONDS``) only applies after that wait, to
+passthrough requests still open. An expired drain timeout (exit 0, logged as a
+warning) or a second signal (exit 1) cancels what still runs within
+``FORCED_GRACE_SECONDS``. SIGHUP reloads the rules (``reload``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ access_log = logging.getLogger("gatekeeper.access")
 # After the drain, how long open passthrough requests (downloads) get before aiohttp
 # cancels them. Generations are not affected: the drain already waited for them.
 CLOSE_GRACE_SECONDS = 10.0
+# After a second signal or an expired drain timeout: open requests are cancelled this soon.
+FORCED_GRACE_SECONDS = 0.5
 
 
 def log_request(rec: RequestRecord) -> None:
@@ -260,6 +266,7 @@ class Gatekeeper:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + sd.drain_timeout
         next_log = loop.time()
+        waited = st.gate.in_flight > 0
         while st.gate.in_flight > 0:
             now = loop.time()
             if now >= deadline:
@@ -281,11 +288,33 @@ class Gatekeeper:
                 )
                 next_log = now + sd.drain_log_interval
             await asyncio.sleep(0.1)
-        log.info("drained: no generation running")
+        linger = min(sd.linger, deadline - loop.time()) if waited else 0.0
+        if linger > 0:
+            # The job's client fetches its result right after the generation ends (e.g.
+            # GET /result/{id} after an SSE "done"): keep pass routes served a little longer.
+            log.info(
+                "drained: no generation running; serving pass routes %.1fs more "
+                "(shutdown.linger) so the last result can be fetched",
+                linger,
+            )
+            await asyncio.sleep(linger)
+        else:
+            log.info("drained: no generation running")
         return True
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Close the listeners and every connection.
+
+        ``grace`` (seconds) bounds how long open requests may still run before their
+        handlers are cancelled; None means the runners' own shutdown timeouts
+        (``CLOSE_GRACE_SECONDS`` on the proxy). aiohttp treats 0 as "no limit", hence
+        the floor.
+        """
         for runner in reversed(self._runners):
+            if grace is not None and runner.server is not None:
+                for site in list(runner.sites):
+                    await site.stop()
+                await runner.server.shutdown(max(grace, 0.01))
             await runner.cleanup()
         self._runners.clear()
 
@@ -320,7 +349,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     code = 0
-    forced = False
+    grace: float | None = None  # how long open requests get once the listeners close
     try:
         first = await signals.get()
         log.info(
@@ -332,20 +361,24 @@ async def serve(
         if second in done:
             log.warning("second signal: exiting now, abandoning running generations")
             drain.cancel()
-            code, forced = 1, True
+            code, grace = 1, FORCED_GRACE_SECONDS
         else:
             second.cancel()
+            if not drain.result():
+                # The drain timeout is the bound: generations still running are cut now,
+                # not CLOSE_GRACE_SECONDS later.
+                grace = FORCED_GRACE_SECONDS
     finally:
         # SIGHUP stays handled until the loop closes: a reload racing the shutdown must not
         # kill the process with SIGHUP's default action.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if forced:
-            # "At once": give open connections one second, not CLOSE_GRACE_SECONDS.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await gk.stop()
-        else:
+        if grace is None:
             await gk.stop()
-    log.info("gatekeeper stopped")
+        else:
+            # Belt and braces: an exit "at once" must not hang on a stuck cleanup.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace + 2.0):
+                    await gk.stop(grace)
+    log.info("gatekeeper stopped", extra={"fields": {"exit_code": code}})
     return code

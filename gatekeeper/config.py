@@ -196,6 +196,9 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
 class Shutdown:
     drain_timeout: float = 900.0
     drain_log_interval: float = 10.0
+    # After the last awaited generation ends, keep serving pass routes this long so the
+    # client can fetch its result (e.g. GET /result/{id}) before the listener closes.
+    linger: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -1075,6 +1078,7 @@ def _build(root: _Section, problems: list[ConfigProblem]) -> Config:
         # Default: as long as the upstream read timeout, i.e. the longest a generation may run.
         drain_timeout=sd.duration("drain_timeout", upstream.timeouts.read, positive=False),
         drain_log_interval=sd.duration("drain_log_interval", d.shutdown.drain_log_interval),
+        linger=sd.duration("linger", d.shutdown.linger, positive=False),
     )
     sd.close()
     rl = root.section("reload")
