@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .alerts import Evaluation, Evaluator
 from .config import Config
+from .logs import redact_url
 from .notify import Batch, Notifier, rfc3339
 from .state import AppState
 
@@ -119,6 +120,22 @@ class Identity:
             instance=a.instance or f"{host}:{admin.port}",
             external_url=a.external_url or f"http://{url_host}:{admin.port}",
         )
+
+
+def describe(config: Config) -> list[str]:
+    """The alert settings in a few lines (``gatekeeper check`` and the startup log)."""
+    a = config.alerts
+    receivers = ", ".join(
+        f"{r.name} ({r.type}{' ' + redact_url(r.url) if r.url else ''})" for r in a.receivers
+    )
+    lines = [
+        f"alerts: {len(a.rules)} rule(s) every {a.evaluation_interval:g}s, "
+        f"resend every {a.resend_interval:g}s; receivers: {receivers or 'none'}"
+    ]
+    for r in a.rules:
+        for_ = f" for {r.for_seconds:g}s" if r.for_seconds else ""
+        lines.append(f"  {r.alert}: {r.expr}{for_} [{r.severity}]")
+    return lines
 
 
 class AlertLoop:

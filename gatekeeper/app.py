@@ -31,6 +31,7 @@ from aiohttp import web
 from . import __version__
 from .admin import build_admin_app
 from .alerting import AlertLoop
+from .alerting import describe as describe_alerts
 from .config import Config
 from .logs import redact_url
 from .metrics import Metrics
@@ -215,6 +216,7 @@ def describe(config: Config) -> list[str]:
         extra = f" -> {rt.status or 403}" if rt.action == "block" else ""
         lines.append(f"  {rt.name}: {methods} {rt.path} {rt.action}{extra}")
     lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
+    lines += describe_alerts(config)
     return lines
 
 
