@@ -107,6 +107,7 @@ async def create_state(
         clock if clock is not None else loop.time,
     )
     wire_metrics(st)
+    st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
     st.metrics.config_last_reload_success.set_to_current_time()
     return st

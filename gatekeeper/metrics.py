@@ -11,6 +11,8 @@ instant instead of a value someone forgot to update.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Resolution at the seed's scale: sub-second passthrough calls up to 30-minute jobs.
@@ -37,6 +39,8 @@ DURATION_BUCKETS = (
 
 OUTCOMES = ("admitted", "passed", "rejected", "blocked")
 ERROR_KINDS = ("connect", "timeout", "pool", "protocol", "client_disconnect")
+# Rejection reasons of an admit route that exist (at 0) from the start; see prime_routes.
+ADMIT_REASONS = ("busy", "cpu", "memory", "draining")
 
 
 class Metrics:
@@ -121,6 +125,30 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         self._alert_metrics(r)
+
+    def prime_routes(self, routes: Iterable[tuple[str, str]]) -> None:
+        """Create each configured route's usual series at 0: (name, action) pairs.
+
+        A counter series that is born at 1 has no earlier sample, so Prometheus'
+        ``increase()``/``rate()`` never see that first request: a route's first
+        rejection would be missing from the dashboard (issue #3).
+        """
+        for name, action in routes:
+            outcomes: tuple[str, ...]
+            reasons: tuple[str, ...]
+            if action == "admit":
+                outcomes, reasons = ("admitted", "rejected"), ADMIT_REASONS
+            elif action == "block":
+                outcomes, reasons = ("blocked",), ("blocked",)
+            else:
+                outcomes, reasons = ("passed",), ()
+            for outcome in outcomes:
+                self.requests.labels(name, outcome)
+            for reason in reasons:
+                self.rejections.labels(name, reason)
+            if action != "block":
+                for kind in ERROR_KINDS:
+                    self.upstream_errors.labels(name, kind)
 
     def _alert_metrics(self, r: CollectorRegistry) -> None:
         """The built-in alerts (issue #4)."""

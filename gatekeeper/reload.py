@@ -314,6 +314,7 @@ class Reloader:
         ended = self.usage.advance()
         st.config_reload_failed = False
         st.metrics.config_reloads.labels("success").inc()
+        st.prime_metrics()  # new routes' series at 0 (issue #3)
         st.metrics.config_last_reload_success.set(self.wall_clock())
         for pool in (old_rt.gated, old_rt.passthrough):
             if pool is not new_rt.gated and pool is not new_rt.passthrough:

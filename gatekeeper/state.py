@@ -23,7 +23,7 @@ from aiohttp import web
 from .admission import DurationEstimator, Gate, Limits
 from .config import Config, Pool
 from .metrics import Metrics
-from .routes import Router
+from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
 
 
@@ -109,6 +109,12 @@ class AppState:
     def count_rejection(self, route: str, reason: str) -> None:
         self.rejections_by_reason[reason] = self.rejections_by_reason.get(reason, 0) + 1
         self.metrics.rejections.labels(route, reason).inc()
+
+    def prime_metrics(self) -> None:
+        """Series of the current routes (and the default pass route) at 0; at start and
+        after each reload."""
+        routes = (*self.config.routes, PASS_ROUTE)
+        self.metrics.prime_routes((r.name, r.action) for r in routes)
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:
