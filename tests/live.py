@@ -32,6 +32,7 @@ admission:
     memory_percent: {{reject_above: 90, recover_below: 80}}
 shutdown:
   drain_timeout: 500ms
+{extra}
 """
 
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
@@ -112,13 +113,18 @@ def start_live(
     memory: float = 37.5,
     cpu_reject: float = 85,
     cpu_recover: float = 70,
+    extra: str = "",
 ) -> Live:
     res = tmp_path / "resources.json"
     engine, upstream = start_engine(tmp_path, seconds=engine_seconds)
     procs.append(engine)
     write_resources(res, cpu, memory)
     rules = RULES.format(
-        expected=expected, resources=res, cpu_reject=cpu_reject, cpu_recover=cpu_recover
+        expected=expected,
+        resources=res,
+        cpu_reject=cpu_reject,
+        cpu_recover=cpu_recover,
+        extra=extra,
     )
     gk, proxy, admin = start_gatekeeper(tmp_path, rules, upstream)
     procs.append(gk)

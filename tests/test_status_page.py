@@ -101,15 +101,31 @@ def chromium_dom(url: str, tmp_path: Path, budget_ms: int = 3000) -> str:
     return res.stdout
 
 
+# Issue #4's alert rules: one that fires as soon as a generation runs.
+ALERT_RULES = """
+alerts:
+  evaluation_interval: 100ms
+  receivers: [{name: log, type: log}]
+  rules:
+    - alert: SongRunning
+      expr: in_flight >= 1
+      for: 0s
+      severity: warning
+      summary: "a song is being generated"
+      runbook: "nothing to do"
+"""
+
+
 @pytest.fixture
 def busy_gatekeeper(tmp_path: Path, procs: list[Proc]) -> Iterator[Live]:
     """A gatekeeper with one admitted generation running, one busy rejection and one
     blocked batch request; CPU 42.5 % and memory 37.5 % from a resource file."""
-    live = start_live(tmp_path, procs, engine_seconds=60, expected=120)
+    live = start_live(tmp_path, procs, engine_seconds=60, expected=120, extra=ALERT_RULES)
     try:
         live.start_generation()
         assert live.post("/generate", json={}).status_code == 503
         assert live.post("/batch-generate", json={}).status_code == 410
+        live.wait_status(lambda d: bool(d.get("alerts")))
         yield live
     finally:
         live.close()
@@ -119,7 +135,7 @@ def busy_gatekeeper(tmp_path: Path, procs: list[Proc]) -> Iterator[Live]:
 def test_status_page_renders_live_values_in_chromium(busy_gatekeeper: Live, tmp_path: Path) -> None:
     """Headless chromium shows in-flight 1/1, the running route with its progress, "not
     accepting: busy", the file-sourced CPU/memory with their thresholds, the counts and
-    the rejection reasons, engine up and no firing alert."""
+    the rejection reasons, engine up and the firing alert."""
     started = time.monotonic()
     dom = Dom(chromium_dom(busy_gatekeeper.admin + "/", tmp_path))
     elapsed = time.monotonic() - started
@@ -146,7 +162,11 @@ def test_status_page_renders_live_values_in_chromium(busy_gatekeeper: Live, tmp_
     rows = re.findall(r'<tr data-reason="(\w+)" data-count="(\d+)">', dom.html)
     assert sorted(rows) == [("blocked", "1"), ("busy", "1")]
     assert dom.t("upstream") == "up"
-    assert dom.attrs["alerts"]["data-count"] == "0" and dom.t("alerts") == "none"
+    assert dom.attrs["alerts"]["data-count"] == "1"
+    assert re.search(r'<li data-alertname="SongRunning" data-severity="warning">', dom.html)
+    assert "SongRunning [warning]" in dom.t("alerts")
+    assert "a song is being generated" in dom.t("alerts")
+    assert "firing for" in dom.t("alerts") and "nothing to do" in dom.t("alerts")
     assert dom.attrs["error"]["data-visible"] == "false"
     assert elapsed < 30
 
@@ -154,7 +174,8 @@ def test_status_page_renders_live_values_in_chromium(busy_gatekeeper: Live, tmp_
 @pytest.mark.e2e
 def test_status_page_says_why_when_cpu_is_overloaded(tmp_path: Path, procs: list[Proc]) -> None:
     """With CPU over its reject threshold and nothing running, the page says "not
-    accepting: cpu", marks CPU overloaded and shows the generation as idle."""
+    accepting: cpu", marks CPU overloaded, shows the generation as idle and no alert
+    (the default CPU alert waits 2 minutes)."""
     live = start_live(tmp_path, procs, engine_seconds=1, cpu=97.5)
     try:
         live.wait_status(lambda d: d["overloaded"]["cpu"] is True)
@@ -169,3 +190,4 @@ def test_status_page_says_why_when_cpu_is_overloaded(tmp_path: Path, procs: list
     assert dom.attrs["generations"]["data-count"] == "0"
     assert dom.t("idle").startswith("idle")
     assert dom.t("in-flight") == "0/1"
+    assert dom.attrs["alerts"]["data-count"] == "0" and dom.t("alerts") == "none"
