@@ -354,7 +354,6 @@ class ProxyHandler:
         finally:
             if watch is not None:
                 watch.stop()
-        rec.bytes_in = int(request.content_length or 0)
         return await self._relay(request, route, exchange, ticket, finish, sent_at, rec)
 
     def _client_left(self, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
@@ -407,6 +406,7 @@ class ProxyHandler:
             return out
         finally:
             exchange.close(reuse=upstream_done)
+            rec.bytes_in = exchange.body.sent  # counted, so chunked uploads are logged too
             elapsed = st.clock() - sent_at
             rec.upstream_seconds = elapsed
             if upstream_done:

@@ -127,9 +127,15 @@ async def _relay_body(
 class Exchange:
     """An upstream response whose permit and connection are released exactly once."""
 
-    def __init__(self, response: aiohttp.ClientResponse, release_permit: Callable[[], None]):
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        release_permit: Callable[[], None],
+        body: BodyState | None = None,
+    ):
         self.response = response
         self._permit: Callable[[], None] | None = release_permit
+        self.body = body if body is not None else BodyState(limit=0)
 
     @property
     def status(self) -> int:
@@ -230,7 +236,7 @@ class UpstreamPool:
             if mapped is None:
                 raise
             raise mapped from exc
-        return Exchange(response, release_permit)
+        return Exchange(response, release_permit, state)
 
     async def close(self) -> None:
         await self.session.close()

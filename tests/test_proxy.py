@@ -475,12 +475,16 @@ async def test_write_timeout(gatekeeper: Any) -> None:
         t0 = time.monotonic()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         elapsed = time.monotonic() - t0
-        pump.cancel()
+        # aiohttp lingers to discard the unread rest of the upload; let the client finish it.
+        await asyncio.wait_for(pump, 10)
         writer.transport.abort()
         assert head.startswith(b"HTTP/1.1 504")
         assert b"X-Gatekeeper-Reason: upstream_timeout" in head
         assert elapsed < 5  # the write timeout fired; nothing waited for the upstream
         assert await eventually(lambda: gk.state.gate.in_flight == 0)
+        # aiohttp discards the unread rest of the upload ("lingering"); a server shut down in
+        # the middle of that waits out its 10 s lingering_time, so let it finish first.
+        await asyncio.sleep(0.5)
     finally:
         for w in stalled:
             w.transport.abort()
@@ -626,3 +630,23 @@ async def test_engine_failing_while_draining_for_a_gone_client(
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
     assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1, "protocol": 1}
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+async def test_access_log_counts_streamed_bytes(
+    engine: TestServer, gatekeeper: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access line counts the bytes really relayed, also for chunked uploads."""
+    gk = await gatekeeper(rules(url(engine)))
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"u" * 100_000
+
+    with caplog.at_level("INFO", logger="gatekeeper.access"):
+        async with gk.client.post("/upload", data=chunks()) as r:
+            assert (await r.json())["bytes"] == 1_000_000
+    fields = [
+        getattr(rec, "fields", {}) for rec in caplog.records if rec.name == "gatekeeper.access"
+    ]
+    assert fields[-1]["bytes_in"] == 1_000_000
+    assert fields[-1]["bytes_out"] > 0 and fields[-1]["decision"] == "passed"
