@@ -29,14 +29,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    reject_above: float
-    recover_below: float
+from .config import Threshold
 
 
-def next_overloaded(overloaded: bool, reading: float, t: Thresholds) -> bool:
+def next_overloaded(overloaded: bool, reading: float, t: Threshold) -> bool:
     """Hysteresis: trip above ``reject_above``, clear only below ``recover_below``."""
     if overloaded:
         return reading >= t.recover_below
@@ -54,7 +50,7 @@ class ResourceState:
     sampled_at: float = 0.0
 
     def advance(
-        self, cpu: float, memory: float, cpu_t: Thresholds, mem_t: Thresholds, now: float
+        self, cpu: float, memory: float, cpu_t: Threshold, mem_t: Threshold, now: float
     ) -> ResourceState:
         return ResourceState(
             cpu_percent=cpu,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from .admission import ResourceState, Thresholds
+from .admission import ResourceState
 from .config import Config, Resources
 
 log = logging.getLogger("gatekeeper.monitor")
@@ -121,8 +121,8 @@ class Monitor:
         self.state = self.state.advance(
             cpu,
             mem,
-            Thresholds(res.cpu_percent.reject_above, res.cpu_percent.recover_below),
-            Thresholds(res.memory_percent.reject_above, res.memory_percent.recover_below),
+            res.cpu_percent,
+            res.memory_percent,
             self._clock(),
         )
         self._publish(self.state)

@@ -10,14 +10,14 @@ from gatekeeper.admission import (
     Limits,
     Rejection,
     ResourceState,
-    Thresholds,
     Ticket,
     decide,
     next_overloaded,
     retry_after,
 )
+from gatekeeper.config import Threshold
 
-CPU = Thresholds(reject_above=90, recover_below=75)
+CPU = Threshold(reject_above=90, recover_below=75)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_hysteresis_table(overloaded: bool, reading: float, expected: bool) -> N
 
 def test_resource_state_sequence() -> None:
     """A reading series walks the hysteresis state for both resources independently."""
-    mem = Thresholds(90, 80)
+    mem = Threshold(90, 80)
     st = ResourceState()
     seen = []
     for cpu, m in [(50, 50), (95, 50), (80, 95), (70, 85), (70, 79)]:
