@@ -56,6 +56,8 @@ FORCED_GRACE_SECONDS = 0.5
 
 
 def log_request(rec: RequestRecord) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return  # --log-level WARNING: do not even build the fields
     fields: dict[str, Any] = {
         "request_id": rec.request_id,
         "client": rec.client,

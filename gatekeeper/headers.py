@@ -40,8 +40,10 @@ def _connection_tokens(headers: Headers) -> set[str]:
 
 def end_to_end(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields (and without ``drop``), order and repeats kept."""
-    remove = HOP_BY_HOP | _connection_tokens(headers) | {d.lower() for d in drop}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in remove)
+    remove = HOP_BY_HOP
+    if "Connection" in headers or drop:
+        remove = remove | _connection_tokens(headers) | {d.lower() for d in drop}
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in remove])
 
 
 def upstream_request_headers(

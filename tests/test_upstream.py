@@ -1,0 +1,100 @@
+"""Upstream pool parts without sockets: permits (pool limit + pool timeout) and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from gatekeeper.config import Timeouts
+from gatekeeper.errors import (
+    BodyTooLarge,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gatekeeper.upstream import BodyState, ClientGone, Permits, _map_error
+
+
+async def test_permits_fast_path_and_fifo() -> None:
+    """Free permits are taken synchronously; waiters are served in arrival order."""
+    p = Permits(1)
+    assert p.try_take() and not p.try_take()
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await p.take()
+        order.append(i)
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    for _ in range(3):
+        p.give()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+    p.give()
+    assert p.try_take()
+
+
+async def test_cancelled_waiter_never_loses_a_permit() -> None:
+    """A waiter cancelled (pool timeout) before or after being handed a permit loses none."""
+    p = Permits(1)
+    assert p.try_take()
+    t1 = asyncio.create_task(p.take())
+    t2 = asyncio.create_task(p.take())
+    await asyncio.sleep(0)
+    t1.cancel()  # cancelled while waiting
+    await asyncio.sleep(0)
+    p.give()  # goes to t2
+    await t2
+    t3 = asyncio.create_task(p.take())
+    await asyncio.sleep(0)
+    p.give()  # handed to t3 ...
+    t3.cancel()  # ... which is cancelled before it runs: the permit must pass on
+    with pytest.raises(asyncio.CancelledError):
+        await t3
+    with pytest.raises(asyncio.CancelledError):
+        await t1
+    assert p.try_take() and not p.try_take()
+
+
+def _state(**kw: object) -> BodyState:
+    s = BodyState(limit=10)
+    for k, v in kw.items():
+        setattr(s, k, v)
+    return s
+
+
+@pytest.mark.parametrize(
+    ("exc", "state", "write_expired", "expected"),
+    [
+        (
+            aiohttp.ClientConnectorError(None, OSError(111, "refused")),
+            {},
+            False,  # type: ignore[arg-type]
+            UpstreamUnavailable,
+        ),
+        (aiohttp.ConnectionTimeoutError(), {}, False, UpstreamUnavailable),
+        (aiohttp.SocketTimeoutError(), {}, False, UpstreamTimeout),
+        (TimeoutError(), {}, True, UpstreamTimeout),
+        (aiohttp.ServerDisconnectedError(), {}, False, UpstreamProtocolError),
+        (aiohttp.ClientOSError(), {"too_large": True}, False, BodyTooLarge),
+        (aiohttp.ClientOSError(), {"client_error": ConnectionResetError()}, False, ClientGone),
+    ],
+)
+def test_error_mapping_table(
+    exc: BaseException, state: dict[str, object], write_expired: bool, expected: type
+) -> None:
+    """Each aiohttp failure maps to the error (status, reason) the client is answered with."""
+    got = _map_error(exc, _state(**state), write_expired=write_expired, timeouts=Timeouts())
+    assert type(got) is expected
+
+
+def test_cancellation_is_never_translated() -> None:
+    """CancelledError is re-raised as is, never mapped to an HTTP error."""
+    assert (
+        _map_error(asyncio.CancelledError(), _state(), write_expired=False, timeouts=Timeouts())
+        is None
+    )
