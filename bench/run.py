@@ -641,7 +641,14 @@ async def section_c(svcs: Services, plan: Plan) -> None:
                     )
                     done |= more
                 overflows = listen_overflows() - overflows_before
+                # The 499 "no"s can all be out before the one admitted request has crossed
+                # gatekeeper to the engine; give it a few seconds to arrive (or not).
                 stats = await _sim_stats(session, engine)
+                for _ in range(50):
+                    if stats["requests"].get("POST /generate", 0):
+                        break
+                    await asyncio.sleep(0.1)
+                    stats = await _sim_stats(session, engine)
             finally:
                 for t in tasks:
                     t.cancel()
