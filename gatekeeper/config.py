@@ -165,6 +165,10 @@ class Admission:
 @dataclass(frozen=True)
 class BodyLimits:
     max_body_bytes: int = 100 * 1024 * 1024
+    # Max gap between two chunks of a request body from the client (nginx's
+    # client_body_timeout): a client trickling an upload must not hold the one
+    # generation slot while the engine waits for the rest.
+    client_body_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -1066,7 +1070,8 @@ def _build(root: _Section, problems: list[ConfigProblem]) -> Config:
     upstream = _upstream(root.section("upstream"), problems)
     lim = root.section("limits")
     limits = BodyLimits(
-        max_body_bytes=lim.integer("max_body_bytes", d.limits.max_body_bytes, minimum=0)
+        max_body_bytes=lim.integer("max_body_bytes", d.limits.max_body_bytes, minimum=0),
+        client_body_timeout=lim.duration("client_body_timeout", d.limits.client_body_timeout),
     )
     lim.close()
     admission = _admission(root.section("admission"))

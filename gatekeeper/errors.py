@@ -10,6 +10,7 @@ an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
     └── HttpError                    answered by gatekeeper itself
         ├── BadRequest       400     absolute-form / authority-form request target
         ├── MethodNotAllowed 405     CONNECT: gatekeeper is never an open proxy
+        ├── ClientTimeout    408     the client paused its upload past limits.client_body_timeout
         ├── BodyTooLarge     413     request body over limits.max_body_bytes
         └── UpstreamError            the engine failed us
             ├── UpstreamUnavailable  502  upstream_unavailable (connect failed, or
@@ -84,6 +85,11 @@ class BadRequest(HttpError):
 class MethodNotAllowed(HttpError):
     status = 405
     reason = "method_not_allowed"
+
+
+class ClientTimeout(HttpError):
+    status = 408
+    reason = "client_timeout"
 
 
 class BodyTooLarge(HttpError):

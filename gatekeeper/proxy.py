@@ -340,6 +340,7 @@ class ProxyHandler:
                 headers,
                 body,
                 max_body_bytes=cfg.limits.max_body_bytes,
+                client_body_timeout=cfg.limits.client_body_timeout,
             )
         except asyncio.CancelledError:
             if watch is None or not watch.fired:

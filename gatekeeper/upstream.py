@@ -44,6 +44,7 @@ from yarl import URL
 from .config import Pool, Timeouts
 from .errors import (
     BodyTooLarge,
+    ClientTimeout,
     UpstreamBusy,
     UpstreamError,
     UpstreamProtocolError,
@@ -124,8 +125,10 @@ class BodyState:
     """Shared between the request-body relay and the error mapping."""
 
     limit: int
+    idle_timeout: float = 60.0
     sent: int = 0
     too_large: bool = False
+    client_timeout: bool = False
     client_error: BaseException | None = None
 
 
@@ -146,13 +149,24 @@ class _WriteWatch:
 
 
 async def _relay_body(
-    source: AsyncIterator[bytes], state: BodyState, max_bytes: int, watch: _WriteWatch
+    source: AsyncIterator[bytes],
+    state: BodyState,
+    max_bytes: int,
+    watch: _WriteWatch,
+    idle_timeout: float,
 ) -> AsyncIterator[bytes]:
     while True:
         try:
-            chunk = await anext(source)
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(source)
         except StopAsyncIteration:
             return
+        except TimeoutError as exc:  # the client stopped sending mid-body
+            state.client_timeout = True
+            raise ClientTimeout(
+                f"no request body data from the client for {idle_timeout:g}s "
+                "(limits.client_body_timeout)"
+            ) from exc
         except Exception as exc:  # the client's side of the relay broke
             state.client_error = exc
             raise ClientGone(str(exc)) from exc
@@ -233,6 +247,7 @@ class UpstreamPool:
         body: AsyncIterator[bytes] | None,
         *,
         max_body_bytes: int,
+        client_body_timeout: float = 60.0,
     ) -> Exchange:
         """Send a request; return once the response head arrived. Raises our errors."""
         t = self.pool.timeouts
@@ -255,7 +270,7 @@ class UpstreamPool:
                 self.active -= 1
                 self._permits.give()
 
-        state = BodyState(limit=max_body_bytes)
+        state = BodyState(limit=max_body_bytes, idle_timeout=client_body_timeout)
         url = URL(self.base + raw_target, encoded=True)
         write_expired = False
         try:
@@ -265,7 +280,7 @@ class UpstreamPool:
                 )
             else:
                 watch = _WriteWatch(t.write)
-                data = _relay_body(body, state, max_body_bytes, watch)
+                data = _relay_body(body, state, max_body_bytes, watch, client_body_timeout)
                 async with asyncio.timeout(None) as deadline:
                     watch.deadline = deadline
                     try:
@@ -299,6 +314,11 @@ def _map_error(
         return None  # never swallowed, never translated
     if state.client_error is not None:
         return ClientGone(str(state.client_error))
+    if state.client_timeout:
+        return ClientTimeout(
+            f"the client sent no request body data for {state.idle_timeout:g}s "
+            "(limits.client_body_timeout)"
+        )
     if state.too_large:
         return BodyTooLarge(
             f"request body exceeds limits.max_body_bytes ({state.limit} bytes); "

@@ -650,3 +650,20 @@ async def test_access_log_counts_streamed_bytes(
     ]
     assert fields[-1]["bytes_in"] == 1_000_000
     assert fields[-1]["bytes_out"] > 0 and fields[-1]["decision"] == "passed"
+
+
+async def test_trickling_upload_times_out_and_frees_slot(
+    engine: TestServer, gatekeeper: Any
+) -> None:
+    """A client pausing mid-upload past limits.client_body_timeout gets 408; the slot is freed."""
+    gk = await gatekeeper(rules(url(engine), limits={"client_body_timeout": 0.3}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
+    await writer.drain()
+    assert await eventually(lambda: gk.state.gate.in_flight == 1)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.transport.abort()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"X-Gatekeeper-Reason: client_timeout" in head
+    assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert gk.state.rejections_by_reason == {"client_timeout": 1}

@@ -10,6 +10,7 @@ import pytest
 from gatekeeper.config import Timeouts
 from gatekeeper.errors import (
     BodyTooLarge,
+    ClientTimeout,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -81,6 +82,7 @@ def _state(**kw: object) -> BodyState:
         (TimeoutError(), {}, True, UpstreamTimeout),
         (aiohttp.ServerDisconnectedError(), {}, False, UpstreamProtocolError),
         (aiohttp.ClientOSError(), {"too_large": True}, False, BodyTooLarge),
+        (aiohttp.ClientOSError(), {"client_timeout": True}, False, ClientTimeout),
         (aiohttp.ClientOSError(), {"client_error": ConnectionResetError()}, False, ClientGone),
     ],
 )
