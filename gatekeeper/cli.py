@@ -196,6 +196,9 @@ Generate a song (copy-paste; run it twice at once to see the second one turned a
 
 Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
 
+Retry-After starts from admission.expected_seconds (600 s: the real engine's 5-15 min)
+and is learned from completed songs; after the first one it follows the simulator.
+
 Live status (Ctrl-C to stop):
 """,
         flush=True,
