@@ -177,9 +177,8 @@ def build_proxy_app(
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
     app[STATE] = st
     if reloader is not None:
-        # Tracks which requests may hold which pools, so a reload closes old pools only
-        # once idle; and runs the file watcher (issue #5 §1).
-        app.middlewares.append(reloader.middleware())
+        # The file watcher (issue #5 §1); the proxy handler counts which requests may
+        # hold which pools (AppState.usage), so a reload closes old pools only once idle.
         app.cleanup_ctx.append(reloader.cleanup_ctx())
     # One catch-all route: every method and path is the upstream's business, not ours.
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.

@@ -28,7 +28,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -43,7 +43,6 @@ from .status import status_document
 from .upstream import ClientGone, Exchange, UpstreamPool
 
 log = logging.getLogger("gatekeeper.proxy")
-access_log = logging.getLogger("gatekeeper.access")
 
 # How often a request waiting for the engine checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
@@ -73,7 +72,11 @@ class RequestRecord:
     upstream_seconds: float | None = None
     total_seconds: float = 0.0
     client_gone: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Bookkeeping, not logged: the reload epoch held, the finish job, who logs the line.
+    epoch: int = 0
+    job: asyncio.Task[web.StreamResponse] | None = None
+    handler_done: bool = False
+    logged: bool = False
 
 
 def json_error(
@@ -129,20 +132,6 @@ class _ClientWatch:
         self._handle = self._loop.call_later(DISCONNECT_POLL_SECONDS, self._poll)
 
 
-def _release_when_done(ticket: Ticket) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
-    def done(job: asyncio.Task[web.StreamResponse]) -> None:
-        ticket.release()
-        if not job.cancelled():
-            job.exception()  # retrieved: the handler may be gone and never await it
-
-    return done
-
-
-def client_gone(request: web.BaseRequest) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
 def check_target(request: web.BaseRequest) -> None:
     """Refuse anything that would make gatekeeper fetch from somewhere other than its upstream."""
     if request.method == "CONNECT":
@@ -171,28 +160,57 @@ class ProxyHandler:
             check_target(request)
         except HttpError as exc:
             rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
-            rec = RequestRecord(rid, request.remote, request.method, request.path)
+            rec = RequestRecord(
+                rid, request.remote, request.method, request.path, started=self.state.clock()
+            )
             resp = self._error(self.state.config, exc, rec)
-            if self.on_record is not None:
-                self.on_record(rec)
+            self._log(rec)
             return resp
         return await handler(request)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         st = self.state
+        # Counted under the current reload epoch *before* taking the snapshot, so a reload
+        # retires old pools only once no request that may hold them is open (reload.py).
+        epoch = st.usage.enter()
         rt = st.runtime  # one snapshot of the rules for the whole request
         cfg = rt.config
         now = st.clock()
         rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         rec = RequestRecord(rid, request.remote, request.method, request.path, started=now)
+        rec.epoch = epoch
         try:
             return await self._handle(request, rt, rec)
         except HttpError as exc:
             return self._error(cfg, exc, rec)
         finally:
-            rec.total_seconds = st.clock() - now
-            if self.on_record is not None:
-                self.on_record(rec)
+            st.usage.leave(epoch)
+            rec.handler_done = True
+            if rec.job is None or rec.job.done():
+                self._log(rec)  # else the finish job, still running, logs it when it ends
+
+    def _log(self, rec: RequestRecord) -> None:
+        if rec.logged:
+            return
+        rec.logged = True
+        rec.total_seconds = self.state.clock() - rec.started
+        if self.on_record is not None:
+            self.on_record(rec)
+
+    def _job_done(
+        self, ticket: Ticket, rec: RequestRecord
+    ) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
+        """The end of a ``finish`` exchange: free its slot and its epoch, exactly once."""
+
+        def done(job: asyncio.Task[web.StreamResponse]) -> None:
+            ticket.release()
+            self.state.usage.leave(rec.epoch)
+            if not job.cancelled():
+                job.exception()  # retrieved: the handler may be gone and never await it
+            if rec.handler_done:
+                self._log(rec)
+
+        return done
 
     # ------------------------------------------------------------------ decision
 
@@ -231,8 +249,11 @@ class ProxyHandler:
         # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing that
         # happens to this handler task (the client leaving, a server configured to cancel
         # handlers, shutdown) can free the slot while the engine is still computing.
+        # The job holds the rules' epoch too, so a reload never closes its pool under it.
+        self.state.usage.join(rec.epoch)
         job = asyncio.create_task(self._forward(request, rt, route, rt.gated, ticket, rec))
-        job.add_done_callback(_release_when_done(ticket))
+        rec.job = job
+        job.add_done_callback(self._job_done(ticket, rec))
         return await asyncio.shield(job)
 
     def _status(self, rec: RequestRecord) -> web.Response:

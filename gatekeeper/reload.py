@@ -46,7 +46,7 @@ from aiohttp import web
 from .config import Config, Route, load_config
 from .errors import ConfigError, ConfigProblem
 from .logs import redact_url
-from .state import AppState, admission_limits
+from .state import AppState, RuntimeUsage, admission_limits
 from .upstream import UpstreamPool
 
 log = logging.getLogger("gatekeeper.reload")
@@ -174,49 +174,6 @@ class Outcome:
         return body
 
 
-class RuntimeUsage:
-    """Which generations of the rules may still be in use by a running request.
-
-    Every proxied request is counted under the *epoch* (number of reloads) current
-    when it entered; the handler's ``Runtime`` snapshot is taken after that, so it
-    is never older than its epoch. Hence the pools of epoch ``e`` are unused as
-    soon as no request of an epoch ``<= e`` is still open — whatever the handler
-    awaits before or after its snapshot.
-    """
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self._open: dict[int, int] = {}
-        self._changed = asyncio.Event()
-
-    def enter(self) -> int:
-        e = self.epoch
-        self._open[e] = self._open.get(e, 0) + 1
-        return e
-
-    def leave(self, epoch: int) -> None:
-        left = self._open[epoch] - 1
-        if left:
-            self._open[epoch] = left
-        else:
-            del self._open[epoch]
-            self._changed.set()
-            self._changed = asyncio.Event()
-
-    def advance(self) -> int:
-        """Start a new epoch (a reload swapped the runtime); returns the one that ended."""
-        self.epoch += 1
-        return self.epoch - 1
-
-    def open_through(self, epoch: int) -> int:
-        """Requests still open that entered at ``epoch`` or before."""
-        return sum(n for e, n in self._open.items() if e <= epoch)
-
-    async def wait_idle_through(self, epoch: int) -> None:
-        while self.open_through(epoch):
-            await self._changed.wait()
-
-
 # --------------------------------------------------------------------------- the adapter
 
 
@@ -235,12 +192,16 @@ class Reloader:
     state: AppState
     path: str
     overrides: Overrides = field(default_factory=Overrides)
-    usage: RuntimeUsage = field(default_factory=RuntimeUsage)
     wall_clock: Callable[[], float] = time.time
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _seen: _Seen = field(default_factory=_Seen, init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
     _retiring: set[UpstreamPool] = field(default_factory=set, init=False)
+
+    @property
+    def usage(self) -> RuntimeUsage:
+        """Which requests may still hold which rules; counted by the proxy handler."""
+        return self.state.usage
 
     def __post_init__(self) -> None:
         self._seen = self._look()
@@ -414,22 +375,6 @@ class Reloader:
             await self.close()
 
         return ctx
-
-    def middleware(self) -> Any:
-        """Counts every proxied request under the epoch it entered (see ``RuntimeUsage``)."""
-        usage = self.usage
-
-        @web.middleware
-        async def track(
-            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
-            epoch = usage.enter()
-            try:
-                return await handler(request)
-            finally:
-                usage.leave(epoch)
-
-        return track
 
 
 # The admin app finds the reloader under this key (``POST /reload``).

@@ -22,12 +22,11 @@ from gatekeeper.reload import (
     Outcome,
     Overrides,
     Reloader,
-    RuntimeUsage,
     diff,
     keep_restart_only,
     problem_json,
 )
-from gatekeeper.state import AppState
+from gatekeeper.state import AppState, RuntimeUsage
 
 # --------------------------------------------------------------------------- pure tables
 
@@ -468,6 +467,36 @@ async def test_upstream_change_applies_to_new_requests_and_old_pool_closes_when_
         await asyncio.sleep(0.01)
     assert old.gated.session.closed and old.passthrough.session.closed
     assert not rig.st.runtime.gated.session.closed
+
+
+async def test_reload_never_closes_a_pool_under_a_finish_job_whose_client_left(
+    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]]
+) -> None:
+    """The client leaves (its handler is cancelled), a reload replaces the pools: the
+    generation still holds its slot and its old pool until the engine answers."""
+    a = await fake_engine(aiohttp_server, "A")
+    b = await fake_engine(aiohttp_server, "B")
+    rig = await make_rig(a.url, max=1)
+    old = rig.st.runtime
+    assert rig.proxy.server.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", rig.proxy.server.port)
+    writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    await a.until_waiting(1)
+    writer.transport.abort()  # aiohttp's test server cancels the handler now
+    await asyncio.sleep(0.1)
+    status, _ = await rig.reload(url=b.url)
+    assert status == 200
+    await asyncio.sleep(0.2)
+    assert rig.st.gate.in_flight == 1  # the engine is still computing
+    assert not old.gated.session.closed  # and its connection was not cut by the reload
+    a.release.set()
+    for _ in range(100):
+        if rig.st.gate.in_flight == 0 and old.gated.session.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert rig.st.gate.in_flight == 0 and old.gated.session.closed
+    assert a.seen == ["POST /generate"]
 
 
 async def test_unchanged_pools_are_kept_warm(
