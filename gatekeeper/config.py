@@ -543,8 +543,8 @@ class _Section:
         exclusive_min: bool = False,
     ) -> float:
         def check(v: Any) -> str | None:
-            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-                return "must be a number"
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                return "must be a finite number"
             if v < minimum or (exclusive_min and v == minimum):
                 return f"must be {'>' if exclusive_min else '>='} {minimum:g}"
             if v > maximum:
@@ -620,7 +620,7 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return None if math.isnan(value) else float(value)
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
@@ -652,6 +652,10 @@ def _check_url(value: object, path: str, line: int | None, problems: list[Config
         parts = urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
         ok = ok and not parts.query and not parts.fragment
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535
+        except ValueError:
+            ok = False
     if not ok:
         problems.append(
             ConfigProblem(path, line, "must be an http:// or https:// URL with a host", value, True)

@@ -88,7 +88,7 @@ class Permits:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.give()  # we were handed a permit but will not use it
-            else:
+            elif fut in self._waiters:  # give() may already have dropped our cancelled future
                 self._waiters.remove(fut)
             raise
 

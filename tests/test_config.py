@@ -116,6 +116,13 @@ def test_every_problem_is_reported_with_line_and_value() -> None:
         ("reload: {watch: yes please}", "reload.watch", "true or false"),
         ("admin_listen: 0.0.0.0:8080", "admin_listen", "differ"),
         ("speling: 1", "speling", "unknown key"),
+        ("upstream: {url: 'http://127.0.0.1:99999'}", "upstream.url", "URL"),
+        ("admission: {expected_seconds: .inf}", "admission.expected_seconds", "duration"),
+        (
+            "admission: {resources: {cpu_percent: {reject_above: .nan}}}",
+            "admission.resources.cpu_percent.reject_above",
+            "finite",
+        ),
     ],
 )
 def test_invalid_values_table(text: str, path: str, fragment: str) -> None:

@@ -61,6 +61,19 @@ async def test_cancelled_waiter_never_loses_a_permit() -> None:
     assert p.try_take() and not p.try_take()
 
 
+async def test_waiter_cancelled_then_permit_given_in_the_same_tick() -> None:
+    """Cancel a waiter, give() before it resumes: it raises CancelledError, nothing else."""
+    p = Permits(1)
+    assert p.try_take()
+    waiter = asyncio.create_task(p.take())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    p.give()  # skips the cancelled future, so the permit stays free
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert p.try_take() and not p.try_take()
+
+
 def _state(**kw: object) -> BodyState:
     s = BodyState(limit=10)
     for k, v in kw.items():
