@@ -169,6 +169,9 @@ class BodyLimits:
     # client_body_timeout): a client trickling an upload must not hold the one
     # generation slot while the engine waits for the rest.
     client_body_timeout: float = 60.0
+    # Max time one write of the response to the client may take (nginx's send_timeout):
+    # a client that stops reading must not hold the slot after the engine is done.
+    client_send_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -1076,6 +1079,7 @@ def _build(root: _Section, problems: list[ConfigProblem]) -> Config:
     limits = BodyLimits(
         max_body_bytes=lim.integer("max_body_bytes", d.limits.max_body_bytes, minimum=0),
         client_body_timeout=lim.duration("client_body_timeout", d.limits.client_body_timeout),
+        client_send_timeout=lim.duration("client_send_timeout", d.limits.client_send_timeout),
     )
     lim.close()
     admission = _admission(root.section("admission"))

@@ -77,6 +77,7 @@ class RequestRecord:
     job: asyncio.Task[web.StreamResponse] | None = None
     handler_done: bool = False
     logged: bool = False
+    drained: bool = False  # the engine's answer was read to its end for a gone client
 
 
 def json_error(
@@ -376,7 +377,9 @@ class ProxyHandler:
         finally:
             if watch is not None:
                 watch.stop()
-        return await self._relay(request, route, exchange, ticket, finish, sent_at, rec)
+        return await self._relay(
+            request, route, exchange, ticket, finish, sent_at, rec, cfg.limits.client_send_timeout
+        )
 
     def _client_left(self, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
         rec.client_gone = True
@@ -397,6 +400,7 @@ class ProxyHandler:
         finish: bool,
         sent_at: float,
         rec: RequestRecord,
+        send_timeout: float,
     ) -> web.StreamResponse:
         st = self.state
         upstream = exchange.response
@@ -406,24 +410,39 @@ class ProxyHandler:
             out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             out.headers.extend(downstream_response_headers(upstream.headers))
             out.headers[REQUEST_ID] = rec.request_id
+            # A client that stops reading (a suspended tab, a hostile peer) must not hold the
+            # slot: every write to it must complete within limits.client_send_timeout.
+            loop = asyncio.get_running_loop()
+            stalled = asyncio.timeout(None)
             try:
-                await out.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    rec.bytes_out += len(chunk)
-                    await out.write(chunk)
-                upstream_done = True
-                await out.write_eof()
+                async with stalled:
+                    stalled.reschedule(loop.time() + send_timeout)
+                    await out.prepare(request)
+                    stalled.reschedule(None)
+                    async for chunk in upstream.content.iter_any():
+                        rec.bytes_out += len(chunk)
+                        stalled.reschedule(loop.time() + send_timeout)
+                        await out.write(chunk)
+                        stalled.reschedule(None)
+                    upstream_done = True
+                    stalled.reschedule(loop.time() + send_timeout)
+                    await out.write_eof()
                 rec.status = upstream.status
-            except _CLIENT_WRITE_ERRORS:
-                rec.client_gone = True
-                st.count_upstream_error(route.name, "client_disconnect")
-                if finish and not upstream_done:
-                    log.info(
-                        "client went away mid-response; finishing the generation: request_id=%s",
-                        rec.request_id,
+            except (*_CLIENT_WRITE_ERRORS, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError) and not stalled.expired():
+                    self._upstream_broke(request, route, rec, exc)  # the engine went silent
+                else:
+                    await self._client_left_mid_response(
+                        request,
+                        upstream,
+                        route,
+                        rec,
+                        finish and not upstream_done,
+                        stalled=stalled.expired(),
+                        send_timeout=send_timeout,
                     )
-                    upstream_done = await self._discard_rest(request, upstream, route, rec)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                    upstream_done = upstream_done or rec.drained
+            except aiohttp.ClientError as exc:
                 self._upstream_broke(request, route, rec, exc)
             return out
         finally:
@@ -436,6 +455,37 @@ class ProxyHandler:
                 st.metrics.upstream_duration.labels(route.name, code).observe(elapsed)
                 if ticket is not None and 200 <= upstream.status < 300:
                     st.gate.estimator.observe(elapsed)
+
+    async def _client_left_mid_response(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        route: Route,
+        rec: RequestRecord,
+        finish: bool,
+        *,
+        stalled: bool,
+        send_timeout: float,
+    ) -> None:
+        rec.client_gone = True
+        self.state.count_upstream_error(route.name, "client_disconnect")
+        if stalled:
+            rec.reason = "client_stalled"
+            log.info(
+                "client read nothing for %gs (limits.client_send_timeout); dropping it: "
+                "request_id=%s route=%s",
+                send_timeout,
+                rec.request_id,
+                route.name,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+        if finish:
+            log.info(
+                "client went away mid-response; finishing the generation: request_id=%s",
+                rec.request_id,
+            )
+            rec.drained = await self._discard_rest(request, upstream, route, rec)
 
     async def _discard_rest(
         self,

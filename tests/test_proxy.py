@@ -667,3 +667,26 @@ async def test_trickling_upload_times_out_and_frees_slot(
     assert b"X-Gatekeeper-Reason: client_timeout" in head
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
     assert gk.state.rejections_by_reason == {"client_timeout": 1}
+
+
+@pytest.mark.parametrize("mode", ["finish", "cancel"])
+async def test_client_that_stops_reading_is_dropped_and_frees_slot(
+    engine: TestServer, gatekeeper: Any, mode: str
+) -> None:
+    """A client that stops reading the answer is dropped after client_send_timeout; slot freed."""
+    routes = [{"name": "dl", "match": {"path": "/download"}, "action": "admit"}]
+    gk = await gatekeeper(
+        rules(
+            url(engine),
+            routes=routes,
+            limits={"client_send_timeout": 0.5},
+            admission={"on_client_disconnect": mode},
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    writer.write(b"GET /download?bytes=67108864 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")  # then never read again, never close
+    assert gk.state.gate.in_flight == 1
+    assert await eventually(lambda: gk.state.gate.in_flight == 0, timeout=10)
+    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1}
+    writer.transport.abort()
