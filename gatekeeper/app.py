@@ -41,6 +41,7 @@ from .probe import probe_loop
 from .proxy import ProxyHandler, RequestRecord
 from .reload import Overrides, Reloader
 from .state import STATE, AppState, Runtime
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("gatekeeper")
 access_log = logging.getLogger("gatekeeper.access")
@@ -135,11 +136,7 @@ def _background(
                 )
             )
         yield
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
 
     return ctx
 
@@ -151,9 +148,7 @@ def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
         async with Notifier(st.metrics) as notifier:
             task = asyncio.create_task(AlertLoop(st, notifier).run(), name="gatekeeper-alerts")
             yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     return ctx
 

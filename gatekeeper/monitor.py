@@ -131,7 +131,13 @@ class Monitor:
     async def run(self) -> None:
         while True:
             before = (self.state.cpu_overloaded, self.state.memory_overloaded)
-            state = self.sample_once()
+            try:
+                state = self.sample_once()
+            except Exception:
+                # A dead monitor would freeze admission on its last readings forever.
+                log.exception("resource sampling failed; retrying next interval")
+                await asyncio.sleep(self._config().admission.sample_interval)
+                continue
             after = (state.cpu_overloaded, state.memory_overloaded)
             if before != after:
                 log.warning(

@@ -30,7 +30,6 @@ Receiver types (``alerts.receivers[].type``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -45,6 +44,7 @@ from . import __version__
 from .alerts import Alert, Evaluation
 from .config import Receiver
 from .metrics import Metrics
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("gatekeeper.alerts")
 
@@ -283,11 +283,7 @@ class Notifier:
 
     async def __aexit__(self, *exc: object) -> None:
         tasks = [t for t in (self._task, *(w.task for w in self.receivers.values())) if t]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
         await self.client.aclose()
 
     def submit(self, batch: Batch) -> None:

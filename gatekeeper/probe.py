@@ -34,7 +34,11 @@ async def probe_loop(config: Callable[[], Config], publish: Callable[[bool], Non
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         while True:
             cfg = config()
-            up = await probe_once(client, cfg)
+            try:
+                up = await probe_once(client, cfg)
+            except Exception:  # never let the probe die: readyz would freeze on its last word
+                log.exception("upstream probe failed unexpectedly")
+                up = False
             if up != last:
                 (log.info if up else log.warning)(
                     "upstream %s is %s", redact_url(cfg.upstream.url), "up" if up else "DOWN"

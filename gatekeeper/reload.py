@@ -31,7 +31,6 @@ What a reload guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -47,6 +46,7 @@ from .config import Config, Route, load_config
 from .errors import ConfigError, ConfigProblem
 from .logs import redact_url
 from .state import AppState, RuntimeUsage, admission_limits
+from .tasks import cancel_and_wait
 from .upstream import UpstreamPool
 
 log = logging.getLogger("gatekeeper.reload")
@@ -354,11 +354,7 @@ class Reloader:
 
     async def close(self) -> None:
         """Cancel pending work and close pools still waiting to retire (shutdown)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(list(self._tasks))
         for pool in list(self._retiring):
             await pool.close()
         self._retiring.clear()
@@ -369,9 +365,7 @@ class Reloader:
         async def ctx(app: web.Application) -> AsyncIterator[None]:
             watcher = asyncio.create_task(self.watch(), name="gatekeeper-reload-watch")
             yield
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait([watcher])
             await self.close()
 
         return ctx
