@@ -128,6 +128,22 @@ def retry_after(expected: float, running_elapsed: list[float], default: int) -> 
     return max(1, math.ceil(remaining))
 
 
+def reasons(
+    *, in_flight: int, limits: Limits, resources: ResourceState, draining: bool
+) -> list[str]:
+    """Every reason a new admit request is refused now, most useful first (see above)."""
+    out = []
+    if draining:
+        out.append("draining")
+    if in_flight >= limits.max_in_flight:
+        out.append("busy")
+    if resources.cpu_overloaded:
+        out.append("cpu")
+    if resources.memory_overloaded:
+        out.append("memory")
+    return out
+
+
 def decide(
     *,
     in_flight: int,
@@ -137,17 +153,13 @@ def decide(
     expected: float,
     running_elapsed: list[float],
 ) -> Rejection | None:
-    """None to admit, else the rejection with its reason and Retry-After."""
-    eta = retry_after(expected, running_elapsed, limits.retry_after_default)
-    if draining:
+    """None to admit, else the rejection with its (first) reason and Retry-After."""
+    why = reasons(in_flight=in_flight, limits=limits, resources=resources, draining=draining)
+    if not why:
+        return None
+    if why[0] == "draining":  # the wait is for a new instance, not for this engine
         return Rejection("draining", limits.retry_after_default)
-    if in_flight >= limits.max_in_flight:
-        return Rejection("busy", eta)
-    if resources.cpu_overloaded:
-        return Rejection("cpu", eta)
-    if resources.memory_overloaded:
-        return Rejection("memory", eta)
-    return None
+    return Rejection(why[0], retry_after(expected, running_elapsed, limits.retry_after_default))
 
 
 class Gate:
@@ -187,16 +199,12 @@ class Gate:
 
     def reasons(self, now: float) -> list[str]:
         """Every reason a new admit request would be refused now (``check`` gives the first)."""
-        out = []
-        if self.draining:
-            out.append("draining")
-        if self.in_flight >= self.limits.max_in_flight:
-            out.append("busy")
-        if self.resources.cpu_overloaded:
-            out.append("cpu")
-        if self.resources.memory_overloaded:
-            out.append("memory")
-        return out
+        return reasons(
+            in_flight=self.in_flight,
+            limits=self.limits,
+            resources=self.resources,
+            draining=self.draining,
+        )
 
     def try_admit(self, route: str, now: float) -> Ticket | Rejection:
         rejection = self.check(now)

@@ -211,10 +211,7 @@ def describe(config: Config) -> list[str]:
         f"limits: max_body_bytes={config.limits.max_body_bytes}",
         f"routes ({len(config.routes)}, first match wins; unmatched pass):",
     ]
-    for rt in config.routes:
-        methods = ",".join(sorted(rt.methods)) if rt.methods else "*"
-        extra = f" -> {rt.status or 403}" if rt.action == "block" else ""
-        lines.append(f"  {rt.name}: {methods} {rt.path} {rt.action}{extra}")
+    lines += [f"  {rt.summary()}" for rt in config.routes]
     lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
     lines += describe_alerts(config)
     return lines

@@ -183,6 +183,12 @@ class Route:
     status: int | None = None
     detail: str | None = None
 
+    def summary(self) -> str:
+        """One line for people: ``name: METHODS path action [-> status]``."""
+        methods = ",".join(sorted(self.methods)) if self.methods else "*"
+        extra = f" -> {self.status or 403}" if self.action == "block" else ""
+        return f"{self.name}: {methods} {self.path} {self.action}{extra}"
+
 
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route(name="generate", path="/generate", action="admit", methods=frozenset({"POST"})),

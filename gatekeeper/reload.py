@@ -87,9 +87,7 @@ class Change:
 def _plain(value: Any, key: str) -> Any:
     """A JSON-ready, secret-free rendering of one config value."""
     if isinstance(value, Route):
-        methods = ",".join(sorted(value.methods)) if value.methods else "*"
-        extra = f" -> {value.status or 403}" if value.action == "block" else ""
-        return f"{value.name}: {methods} {value.path} {value.action}{extra}"
+        return value.summary()
     if isinstance(value, tuple | list):
         return [_plain(v, key) for v in value]
     if key.endswith("url") and isinstance(value, str):

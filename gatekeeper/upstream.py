@@ -122,14 +122,15 @@ class _KeepaliveCappedConnector(aiohttp.TCPConnector):
 
 @dataclass
 class BodyState:
-    """Shared between the request-body relay and the error mapping."""
+    """Shared between the request-body relay and the error mapping.
 
-    limit: int
-    idle_timeout: float = 60.0
+    aiohttp's writer wraps whatever the body iterator raises in a
+    ``ClientConnectionError``, so the relay parks its own verdict here for
+    ``_map_error`` to return as is.
+    """
+
     sent: int = 0
-    too_large: bool = False
-    client_timeout: bool = False
-    client_error: BaseException | None = None
+    refusal: BaseException | None = None  # ClientGone | ClientTimeout | BodyTooLarge
 
 
 class _WriteWatch:
@@ -162,18 +163,21 @@ async def _relay_body(
         except StopAsyncIteration:
             return
         except TimeoutError as exc:  # the client stopped sending mid-body
-            state.client_timeout = True
-            raise ClientTimeout(
-                f"no request body data from the client for {idle_timeout:g}s "
+            state.refusal = ClientTimeout(
+                f"the client sent no request body data for {idle_timeout:g}s "
                 "(limits.client_body_timeout)"
-            ) from exc
+            )
+            raise state.refusal from exc
         except Exception as exc:  # the client's side of the relay broke
-            state.client_error = exc
-            raise ClientGone(str(exc)) from exc
+            state.refusal = ClientGone(str(exc))
+            raise state.refusal from exc
         state.sent += len(chunk)
         if state.sent > max_bytes:
-            state.too_large = True
-            raise BodyTooLarge(f"request body exceeds limits.max_body_bytes ({max_bytes} bytes)")
+            state.refusal = BodyTooLarge(
+                f"request body exceeds limits.max_body_bytes ({max_bytes} bytes); "
+                f"{state.sent} bytes were received when it was refused"
+            )
+            raise state.refusal
         watch.arm()
         # aiohttp resumes us once the socket has taken the chunk: that wait is the write.
         yield chunk
@@ -191,11 +195,7 @@ class Exchange:
     ):
         self.response = response
         self._permit: Callable[[], None] | None = release_permit
-        self.body = body if body is not None else BodyState(limit=0)
-
-    @property
-    def status(self) -> int:
-        return self.response.status
+        self.body = body if body is not None else BodyState()
 
     def close(self, *, reuse: bool) -> None:
         """``reuse`` only when the body was read to its end; otherwise the socket dies."""
@@ -237,7 +237,6 @@ class UpstreamPool:
             cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep cookies between users
             skip_auto_headers=_AUTO_HEADERS,
         )
-        self.active = 0
 
     async def send(
         self,
@@ -260,17 +259,15 @@ class UpstreamPool:
                     f"no free connection to the upstream within {t.pool:g}s "
                     f"(pool {self.name!r}, max_connections={self.pool.limits.max_connections})"
                 ) from None
-        self.active += 1
         released = False
 
         def release_permit() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.active -= 1
                 self._permits.give()
 
-        state = BodyState(limit=max_body_bytes, idle_timeout=client_body_timeout)
+        state = BodyState()
         url = URL(self.base + raw_target, encoded=True)
         write_expired = False
         try:
@@ -312,18 +309,8 @@ def _map_error(
     connect, read, write = timeouts.connect, timeouts.read, timeouts.write
     if isinstance(exc, asyncio.CancelledError):
         return None  # never swallowed, never translated
-    if state.client_error is not None:
-        return ClientGone(str(state.client_error))
-    if state.client_timeout:
-        return ClientTimeout(
-            f"the client sent no request body data for {state.idle_timeout:g}s "
-            "(limits.client_body_timeout)"
-        )
-    if state.too_large:
-        return BodyTooLarge(
-            f"request body exceeds limits.max_body_bytes ({state.limit} bytes); "
-            f"{state.sent} bytes were received when it was refused"
-        )
+    if state.refusal is not None:
+        return state.refusal
     if write_expired:
         return UpstreamTimeout(f"the upstream did not accept the request body within {write:g}s")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):

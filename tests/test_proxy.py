@@ -69,13 +69,12 @@ class ProductionLikeServer(TestServer):
     """aiohttp's TestServer cancels handlers when a client disconnects; ``gatekeeper run``'s
     AppRunner does not (aiohttp's default). Test what production runs."""
 
-    def __init__(self, app: Any, *, handler_cancellation: bool = False, **kwargs: Any):
-        super().__init__(app, **kwargs)
-        self._handler_cancellation = handler_cancellation
+    def __init__(self, app: Any, *, handler_cancellation: bool = False, **runner_kwargs: Any):
+        super().__init__(app)
+        self._runner_kwargs = {"handler_cancellation": handler_cancellation, **runner_kwargs}
 
     async def _make_runner(self, **kwargs: Any) -> Any:
-        kwargs["handler_cancellation"] = self._handler_cancellation
-        return await super()._make_runner(**kwargs)
+        return await super()._make_runner(**{**kwargs, **self._runner_kwargs})
 
 
 @pytest.fixture
@@ -560,20 +559,29 @@ async def test_client_gone_during_upload_frees_slot(engine: TestServer, gatekeep
     assert gk.state.gate.in_flight == 0
 
 
-async def test_cancellation_releases_slot(
-    engine: TestServer, aiohttp_client: ClientFactory
-) -> None:
-    """Shutting the server down mid-generation cancels the handler and the slot is released."""
-    state = await create_state(rules(url(engine)))
+@pytest.mark.parametrize("mode", ["finish", "cancel"])
+async def test_shutdown_mid_generation_releases_slot(engine: TestServer, mode: str) -> None:
+    """Shutting down mid-generation (handlers cancelled, pools closed) releases the slot."""
+    state = await create_state(rules(url(engine), admission={"on_client_disconnect": mode}))
     app = build_proxy_app(state, monitor=False, probe=False)
-    server = TestServer(app)
+    # Handlers are cancelled by the shutdown (after 0.5 s), not when the client leaves.
+    server = ProductionLikeServer(app, shutdown_timeout=0.5)
     await server.start_server()
-    task = asyncio.create_task(_post_and_vanish(server.port or 0, 3.0))
+    assert server.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    body = json.dumps({**GEN, "seconds": 3.0}).encode()
+    writer.write(
+        b"POST /generate HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
     assert await eventually(lambda: state.gate.in_flight == 1)
-    assert state.gate.in_flight == 1
+    t0 = time.monotonic()
     await server.close()
-    await task
     assert state.gate.in_flight == 0
+    assert time.monotonic() - t0 < 2.5  # not after the engine's 3 s
+    writer.transport.abort()
 
 
 async def test_keepalive_cap(engine: TestServer, gatekeeper: Any) -> None:

@@ -75,7 +75,7 @@ async def test_waiter_cancelled_then_permit_given_in_the_same_tick() -> None:
 
 
 def _state(**kw: object) -> BodyState:
-    s = BodyState(limit=10)
+    s = BodyState()
     for k, v in kw.items():
         setattr(s, k, v)
     return s
@@ -94,9 +94,9 @@ def _state(**kw: object) -> BodyState:
         (aiohttp.SocketTimeoutError(), {}, False, UpstreamTimeout),
         (TimeoutError(), {}, True, UpstreamTimeout),
         (aiohttp.ServerDisconnectedError(), {}, False, UpstreamProtocolError),
-        (aiohttp.ClientOSError(), {"too_large": True}, False, BodyTooLarge),
-        (aiohttp.ClientOSError(), {"client_timeout": True}, False, ClientTimeout),
-        (aiohttp.ClientOSError(), {"client_error": ConnectionResetError()}, False, ClientGone),
+        (aiohttp.ClientOSError(), {"refusal": BodyTooLarge("x")}, False, BodyTooLarge),
+        (aiohttp.ClientOSError(), {"refusal": ClientTimeout("x")}, False, ClientTimeout),
+        (aiohttp.ClientOSError(), {"refusal": ClientGone("x")}, False, ClientGone),
     ],
 )
 def test_error_mapping_table(
