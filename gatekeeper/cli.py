@@ -45,11 +45,7 @@ def _load(path: str | None) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     from .app import describe
 
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    cfg = _load(args.config)
     print(f"{cfg.source}: OK")
     for line in describe(cfg):
         print("  " + line)
@@ -64,11 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format, args.log_level)
     # Kept for every reload: a flag keeps beating the file (issue #5 §1).
     overrides = Overrides(args.upstream, args.listen, args.admin_listen)
-    try:
-        cfg = overrides.apply(_load(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    cfg = overrides.apply(_load(args.config))
 
     def ready(gk: Gatekeeper) -> None:
         upstream = redact_url(cfg.upstream.url)
@@ -126,11 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .display import status_line
 
     config = args.config or str(default_config_path())
-    try:
-        load_config_file(config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    load_config_file(config)  # fail here, with every problem listed, not in a child
     host = "127.0.0.1"
     engine = f"{host}:{args.engine_port}"
     public = f"{host}:{args.port}"
@@ -317,12 +305,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from .dashboard import dashboard
 
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(json.dumps(dashboard(cfg), indent=2, ensure_ascii=False))
+    print(json.dumps(dashboard(_load(args.config)), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -353,12 +336,7 @@ def _add_observability_commands(sub: argparse._SubParsersAction[argparse.Argumen
 def cmd_alert_rules(args: argparse.Namespace) -> int:
     from .promrules import rule_file
 
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    sys.stdout.write(rule_file(cfg))
+    sys.stdout.write(rule_file(_load(args.config)))
     return 0
 
 
@@ -419,5 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:  # every command: the problems, each with its line; exit 2
+        print(exc, file=sys.stderr)
+        return 2
     return code
