@@ -7,6 +7,7 @@ Its combined output goes to a file so a failing test can show it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -168,11 +169,35 @@ def start_gatekeeper(
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Poll ``predicate`` until true or ``timeout``; returns its last value (assert on it)."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Await ``check()`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def send_generation(base_url: str, body: dict[str, object]) -> asyncio.StreamWriter:
+    """POST /generate over a raw socket and return the writer, so a test can vanish."""
+    import json
+
+    host, port = base_url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+    return writer

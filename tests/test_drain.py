@@ -8,14 +8,13 @@ import json
 import signal
 import time
 import wave
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
-from support import Proc, start_engine, start_gatekeeper
+from support import Proc, poll, start_engine, start_gatekeeper
 
 from gatekeeper import app as app_module
 from gatekeeper.app import Gatekeeper
@@ -36,15 +35,6 @@ shutdown:
 """
 
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def wav_frames(body: bytes) -> int:

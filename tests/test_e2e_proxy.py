@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from support import Proc, free_port, start_engine, start_gatekeeper
+from support import Proc, free_port, send_generation, start_engine, start_gatekeeper
 
 from gatekeeper.enginesim import gzip_plain_body
 
@@ -129,15 +129,7 @@ async def test_client_leaving_holds_slot_until_engine_finishes(
 ) -> None:
     """finish: a client that leaves mid-generation keeps the slot held until the engine is done."""
     _, url, admin = gk
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({**GEN, "seconds": 2.0}).encode()
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    await writer.drain()
+    writer = await send_generation(url, {**GEN, "seconds": 2.0})
     await wait_in_flight(http, admin, 1)
     writer.transport.abort()
     await asyncio.sleep(0.8)
@@ -159,15 +151,7 @@ async def test_cancel_mode_frees_slot_at_once(
         engine[1],
     )
     try:
-        host, port = url.removeprefix("http://").split(":")
-        body = json.dumps({**GEN, "seconds": 20}).encode()
-        _, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            b"POST /generate HTTP/1.1\r\nHost: x\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
+        writer = await send_generation(url, {**GEN, "seconds": 20})
         await wait_in_flight(http, admin, 1)
         t0 = time.monotonic()
         writer.transport.abort()

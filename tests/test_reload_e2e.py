@@ -7,15 +7,13 @@ import asyncio
 import io
 import json
 import signal
-import time
 import wave
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import Proc, start_engine, start_gatekeeper
+from support import Proc, poll, start_engine, start_gatekeeper
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +33,6 @@ reload:
 """
 
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def metric(text: str, sample: str) -> float:
