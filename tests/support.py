@@ -87,12 +87,7 @@ class Proc:
         return self.proc.wait(timeout=timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -100,6 +95,17 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: any process a test started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def start_engine(tmp_path: Path, *extra: str, seconds: float = 1.0) -> tuple[Proc, str]:

@@ -19,7 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Proc, find_binary, free_port, start_engine, start_gatekeeper
+from support import (
+    Proc,
+    find_binary,
+    free_port,
+    start_engine,
+    start_gatekeeper,
+    stop_process,
+)
 from test_alerts_delivery import Hook
 
 from gatekeeper.config import default_alert_rules
@@ -120,12 +127,7 @@ receivers:
             time.sleep(0.05)
         yield url, hook
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

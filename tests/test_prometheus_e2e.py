@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from live import Live, start_live
-from support import Proc, find_binary, free_port
+from support import Proc, find_binary, free_port, stop_process
 
 from gatekeeper import metrics as metrics_module
 from gatekeeper.config import load_config_file
@@ -98,18 +98,8 @@ scrape_configs:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-    stop(proc)
+    stop_process(proc)
     raise AssertionError("prometheus did not become ready:\n" + log.read_text(errors="replace"))
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +145,7 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, Pro
         yield live, prom
     finally:
         live.close()
-        stop(prom.proc)
+        stop_process(prom.proc)
         for p in reversed(procs):
             p.stop()
 
