@@ -23,7 +23,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -31,9 +30,8 @@ from aiohttp import web
 from . import __version__
 from .admin import build_admin_app
 from .alerting import AlertLoop
-from .alerting import describe as describe_alerts
 from .config import Config
-from .logs import redact_url
+from .describe import config_warnings, describe
 from .metrics import Metrics
 from .monitor import Monitor
 from .notify import Notifier
@@ -189,38 +187,6 @@ def build_proxy_app(
     return app
 
 
-def describe(config: Config) -> list[str]:
-    """The effective rules in a few lines (``gatekeeper check`` and the startup log)."""
-    a, up = config.admission, config.upstream
-    r = a.resources
-    lines = [
-        f"listen {config.listen}, admin_listen {config.admin_listen}",
-        f"upstream {redact_url(up.url)}",
-        "  gated pool: timeouts " + _kv(asdict(up.timeouts)) + "; limits " + _kv(asdict(up.limits)),
-        "  passthrough pool: timeouts "
-        + _kv(asdict(up.passthrough.timeouts))
-        + "; limits "
-        + _kv(asdict(up.passthrough.limits)),
-        f"admission: max_in_flight={a.max_in_flight} reject_status={a.reject_status} "
-        f"retry_after_default={a.retry_after_default}s expected_seconds={a.expected_seconds:g} "
-        f"on_client_disconnect={a.on_client_disconnect}",
-        f"resources: source={r.source}{' file=' + r.file if r.file else ''} "
-        f"every {a.sample_interval:g}s; cpu reject>{r.cpu_percent.reject_above:g} "
-        f"recover<{r.cpu_percent.recover_below:g}; memory reject>{r.memory_percent.reject_above:g}"
-        f" recover<{r.memory_percent.recover_below:g}",
-        f"limits: max_body_bytes={config.limits.max_body_bytes}",
-        f"routes ({len(config.routes)}, first match wins; unmatched pass):",
-    ]
-    lines += [f"  {rt.summary()}" for rt in config.routes]
-    lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
-    lines += describe_alerts(config)
-    return lines
-
-
-def _kv(d: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
-
-
 class Gatekeeper:
     """The running process: two listeners, background loops, drain and stop."""
 
@@ -258,6 +224,8 @@ class Gatekeeper:
         log.info("gatekeeper %s: rules from %s", __version__, cfg.source)
         for line in describe(cfg):
             log.info("config: %s", line)
+        for warning in config_warnings(cfg):
+            log.warning("config: %s", warning)
         for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):
             log.info("%s listener bound to %s", name, ", ".join(urls))
 

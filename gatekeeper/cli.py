@@ -43,12 +43,17 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .app import describe
+    from .describe import config_warnings, describe
 
     cfg = _load(args.config)
-    print(f"{cfg.source}: OK")
+    warnings = config_warnings(cfg)
+    print(
+        f"{Path(cfg.source).resolve()}: OK" + (f" ({len(warnings)} warning(s))" if warnings else "")
+    )
     for line in describe(cfg):
         print("  " + line)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -44,8 +44,10 @@ class ConfigProblem:
     has_value: bool = False
 
     def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "line ?"
-        text = f"{where}: {self.path or '<root>'}: {self.message}"
+        # "line 3: upstream.url: must be ..." / "cannot read file: ..." (no line, no key)
+        parts = [f"line {self.line}"] if self.line is not None else []
+        parts += [self.path] if self.path else []
+        text = ": ".join([*parts, self.message])
         if self.has_value:
             text += f" (got {self.value!r})"
         return text
@@ -58,7 +60,7 @@ class ConfigError(GatekeeperError):
         self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
         self.source = source
         lines = [f"{source}: {len(self.problems)} problem(s):"]
-        lines += [f"  {source}:{p}" for p in self.problems]
+        lines += [f"  {source}:{p}" if p.line else f"  {source}: {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 
 

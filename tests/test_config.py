@@ -42,9 +42,11 @@ def test_seed_settings_are_the_defaults() -> None:
     assert Config().shutdown.drain_timeout == 900.0
 
 
-def test_empty_file_is_all_defaults() -> None:
-    """An empty document means every default."""
-    assert replace(load_config(""), source="") == replace(Config(), source="")
+def test_empty_file_is_all_defaults_with_a_warning() -> None:
+    """An empty document means every default, and says so as a warning."""
+    cfg = load_config("")
+    assert replace(cfg, source="", warnings=()) == replace(Config(), source="")
+    assert len(cfg.warnings) == 1 and "every key has its default" in cfg.warnings[0]
 
 
 def test_every_problem_is_reported_with_line_and_value() -> None:
@@ -116,6 +118,25 @@ def test_every_problem_is_reported_with_line_and_value() -> None:
         ("reload: {watch: yes please}", "reload.watch", "true or false"),
         ("admin_listen: 0.0.0.0:8080", "admin_listen", "differ"),
         ("speling: 1", "speling", "unknown key"),
+        (
+            "admission: {resources: {cpu_percent: {reject_abve: 80}}}",
+            "admission.resources.cpu_percent.reject_abve",
+            "unknown key; did you mean 'reject_above'?",
+        ),
+        (
+            "admission: {on_client_disconnect: cancle}",
+            "admission.on_client_disconnect",
+            "'cancel'?",
+        ),
+        ("admission: {max_in_flight: 0}", "admission.max_in_flight", "must be >= 1"),
+        ("limits: {header_timeout: 0}", "limits.header_timeout", "> 0"),
+        ("limits: {max_client_connections: 0}", "limits.max_client_connections", ">= 1"),
+        ("limits: {spool_memory_bytes: -1}", "limits.spool_memory_bytes", ">= 0"),
+        (
+            "limits: {client_body_timeout: 60s, client_body_deadline: 30s}",
+            "limits.client_body_deadline",
+            ">= client_body_timeout",
+        ),
         ("upstream: {url: 'http://127.0.0.1:99999'}", "upstream.url", "URL"),
         ("admission: {expected_seconds: .inf}", "admission.expected_seconds", "duration"),
         (
@@ -135,6 +156,32 @@ def test_yaml_syntax_error_has_a_line() -> None:
     """Broken YAML is reported with its line, not a traceback."""
     got = problems("admission:\n  max_in_flight: [1\n")
     assert got[0][0] is not None and "invalid YAML" in got[0][2]
+
+
+def test_yaml_syntax_error_names_the_file_not_a_unicode_string() -> None:
+    """A YAML syntax error is reported against the file, with line and column."""
+    with pytest.raises(ConfigError) as info:
+        load_config("admission:\n  max_in_flight: [1\n", source="/etc/gatekeeper/rules.yaml")
+    text = str(info.value)
+    assert "<unicode string>" not in text
+    assert "/etc/gatekeeper/rules.yaml:line " in text and "column" in text, text
+
+
+def test_unreadable_file_says_so_without_a_fake_line(tmp_path: Path) -> None:
+    """A missing file reads '<file>: cannot read file: <why>', not 'line ?: <root>'."""
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    text = str(info.value)
+    assert f"  {path}: cannot read file: No such file or directory" in text, text
+    assert "line ?" not in text and "<root>" not in text
+
+
+def test_new_limits_keys_have_documented_defaults() -> None:
+    """The edge limits of issue #8 default to: 10s head, 1000 connections, 1 MiB spool, 10m body."""
+    lim = load_config("limits: {}").limits
+    assert (lim.header_timeout, lim.max_client_connections) == (10.0, 1000)
+    assert (lim.spool_memory_bytes, lim.client_body_deadline) == (1 << 20, 600.0)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +228,7 @@ def test_check_command_exit_codes(tmp_path: Path, repo_root: Path) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout and "generate: POST /generate admit" in ok.stdout
+    assert "OK" in ok.stdout and "generate: POST /generate/** admit" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("admission:\n  max_in_flight: -1\n  sample_intervall: 1\nlisten: x\n")
     res = subprocess.run(
@@ -192,7 +239,7 @@ def test_check_command_exit_codes(tmp_path: Path, repo_root: Path) -> None:
     )
     assert res.returncode == 2
     assert "3 problem(s)" in res.stderr
-    assert "line 2: admission.max_in_flight: must be >= 0 (got -1)" in res.stderr
+    assert "line 2: admission.max_in_flight: must be >= 1 (0 would reject" in res.stderr
     assert "line 3: admission.sample_intervall: unknown key" in res.stderr
     assert "line 4: listen: must be HOST:PORT" in res.stderr
     missing = subprocess.run(

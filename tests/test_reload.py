@@ -65,8 +65,8 @@ admission:
                 Change(
                     "routes",
                     [
-                        "generate: POST /generate admit",
-                        "batch-generate: POST /batch-generate block -> 410",
+                        "generate: POST /generate/** admit",
+                        "batch-generate: POST /batch-generate/** block -> 410",
                     ],
                     ["g: * /g admit"],
                 )

@@ -113,7 +113,8 @@ async def test_rules_change_under_running_generations(tmp_path: Path, procs: lis
             {
                 "path": "admission.max_in_flight",
                 "line": 4,
-                "message": "must be >= 0",
+                "message": "must be >= 1 (0 would reject every generation as busy;"
+                " to stop generations on purpose, use a block route)",
                 "value": -3,
             }
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gatekeeper.config import DEFAULT_ROUTES, Route
-from gatekeeper.routes import PASS_ROUTE, Router, compile_glob
+from gatekeeper.routes import PASS_ROUTE, Router, compile_glob, lint, normalize_path
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,80 @@ def test_first_match_wins() -> None:
     assert router.match("GET", "/api/health").name == "health"
     assert router.match("GET", "/api/x").name == "api"
     assert router.match("DELETE", "/api/x") is PASS_ROUTE
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("/generate", "/generate"),
+        ("/", "/"),
+        ("//generate", "/generate"),
+        ("/generate/", "/generate"),
+        ("/generate//", "/generate"),
+        ("/./generate", "/generate"),
+        ("/generate/.", "/generate"),
+        ("/x/../generate", "/generate"),
+        ("/../../generate", "/generate"),
+        ("/generate;v=1", "/generate"),
+        ("/generate;x/stream", "/generate/stream"),
+        ("/GENERATE", "/GENERATE"),
+        ("/files/a.wav", "/files/a.wav"),
+        ("/files/.hidden", "/files/.hidden"),
+        ("/a/..b", "/a/..b"),
+    ],
+)
+def test_normalize_path_table(raw: str, normal: str) -> None:
+    """Spellings of the same path collapse to one form; case and real names are kept."""
+    assert normalize_path(raw) == normal
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//generate",
+        "/generate/",
+        "/generate;x",
+        "/./generate",
+        "/x/../generate",
+        "/generate/stream",
+    ],
+)
+def test_default_routes_gate_every_spelling_of_generate(path: str) -> None:
+    """Non-normal spellings of POST /generate (and paths under it) are admitted, not passed."""
+    assert Router(DEFAULT_ROUTES).match("POST", path).name == "generate"
+
+
+def test_default_rules_lint_clean() -> None:
+    """The shipped routes have no gated path a client can walk around."""
+    assert lint(DEFAULT_ROUTES) == []
+
+
+@pytest.mark.parametrize(
+    ("routes", "warned"),
+    [
+        ((Route(name="g", path="/generate", action="admit", methods=frozenset({"POST"})),), True),
+        ((Route(name="g", path="/generate/**", action="admit"),), False),
+        ((Route(name="g", path="/generate/*", action="admit"),), False),
+        (
+            (
+                Route(name="g", path="/generate", action="admit"),
+                Route(name="rest", path="/generate/**", action="block"),
+            ),
+            False,
+        ),
+        (
+            (
+                Route(name="g", path="/generate", action="admit", methods=frozenset({"POST"})),
+                Route(name="pt", path="/generate/**", action="pass"),
+            ),
+            True,
+        ),
+        ((Route(name="p", path="/generate", action="pass"),), False),
+    ],
+)
+def test_lint_table(routes: tuple[Route, ...], warned: bool) -> None:
+    """An exact admit path whose sub-paths pass unadmitted is warned about, with a fix."""
+    warnings = lint(routes)
+    assert bool(warnings) is warned, warnings
+    if warned:
+        assert "use path: /generate/**" in warnings[0]

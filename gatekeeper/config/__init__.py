@@ -1,0 +1,84 @@
+"""rules.yaml: the schema, its defaults, and validation with YAML line numbers.
+
+The config is a tree of frozen dataclasses, built once from text (or a file)
+and never mutated: a reload builds a new ``Config`` and swaps one reference.
+
+Validation collects *every* problem before failing, each naming its YAML path,
+its line and the bad value, because an operator fixing a file at 3 a.m. should
+not play whack-a-mole. Unknown keys are errors, with the closest known key
+suggested: a typo such as ``reject_abve`` must never silently leave a threshold
+at its default.
+
+One module per section, each owning its dataclasses, defaults and reader::
+
+    values     durations, HOST:PORT, URLs, path globs (no YAML)
+    reader     Section: typed getters over a YAML mapping, problems with lines
+    upstream   upstream.*            admission  admission.*
+    limits     limits.*              routes     routes[]
+    messages   messages.*            alerts     alerts.*
+    root       Config, shutdown, reload, load_config / load_config_file
+
+Usage::
+
+    cfg = load_config(text, source="rules.yaml")   # raises ConfigError
+    cfg.admission.max_in_flight
+"""
+
+from .admission import Admission, Resources, Threshold
+from .alerts import (
+    OPERATORS,
+    RECEIVER_TYPES,
+    RESERVED_LABELS,
+    SEVERITIES,
+    SIGNALS,
+    AlertRule,
+    Alerts,
+    Receiver,
+    default_alert_rules,
+    parse_expr,
+)
+from .limits import BodyLimits, Limits
+from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
+from .root import Config, Reload, Shutdown, load_config, load_config_file
+from .routes import ACTIONS, DEFAULT_ROUTES, HTTP_METHODS, Action, Route
+from .upstream import PASSTHROUGH_LIMITS, Pool, PoolLimits, Probe, Timeouts, Upstream
+from .values import HostPort, parse_duration
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_MESSAGES",
+    "DEFAULT_ROUTES",
+    "HTTP_METHODS",
+    "MESSAGE_FIELDS",
+    "OPERATORS",
+    "PASSTHROUGH_LIMITS",
+    "REASONS",
+    "RECEIVER_TYPES",
+    "RESERVED_LABELS",
+    "SEVERITIES",
+    "SIGNALS",
+    "Action",
+    "Admission",
+    "AlertRule",
+    "Alerts",
+    "BodyLimits",
+    "Config",
+    "HostPort",
+    "Limits",
+    "Pool",
+    "PoolLimits",
+    "Probe",
+    "Receiver",
+    "Reload",
+    "Resources",
+    "Route",
+    "Shutdown",
+    "Threshold",
+    "Timeouts",
+    "Upstream",
+    "default_alert_rules",
+    "load_config",
+    "load_config_file",
+    "parse_duration",
+    "parse_expr",
+]

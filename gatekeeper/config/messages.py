@@ -1,0 +1,77 @@
+"""``messages``: the human text of gatekeeper's own answers, by reason code."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from .reader import Section
+
+# Reason codes answered to clients (issue #2); messages are keyed by them.
+REASONS: tuple[str, ...] = (
+    "busy",
+    "cpu",
+    "memory",
+    "blocked",
+    "draining",
+    "upstream_unavailable",
+    "upstream_timeout",
+    "upstream_busy",
+)
+# Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
+MESSAGE_FIELDS = frozenset(
+    {"retry_after", "in_flight", "max_in_flight", "cpu_percent", "memory_percent", "route"}
+)
+
+# The seed's users read Chinese; the English half serves everyone else.
+DEFAULT_MESSAGES: Mapping[str, str] = {
+    "busy": "引擎正在生成另一首歌曲（每首约 5–15 分钟），请约 {retry_after} 秒后再试。"
+    " / The engine is busy generating another song; please retry in about {retry_after} s.",
+    "cpu": "服务器 CPU 负载过高（{cpu_percent:.0f}%），暂不接受新的生成任务，"
+    "请约 {retry_after} 秒后再试。"
+    " / The server CPU is overloaded ({cpu_percent:.0f}%); please retry in about {retry_after} s.",
+    "memory": "服务器内存不足（已用 {memory_percent:.0f}%），暂不接受新的生成任务，"
+    "请约 {retry_after} 秒后再试。"
+    " / The server is low on memory ({memory_percent:.0f}% used);"
+    " please retry in about {retry_after} s.",
+    "blocked": "该接口已停用。 / This endpoint is disabled.",
+    "draining": "服务正在重启，暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
+    " / The service is restarting and accepts no new generations;"
+    " please retry in about {retry_after} s.",
+    "upstream_unavailable": "音乐生成引擎暂时无法连接，请稍后再试。"
+    " / The music engine cannot be reached; please try again later.",
+    "upstream_timeout": "音乐生成引擎响应超时。 / The music engine did not answer in time.",
+    "upstream_busy": "音乐生成引擎连接繁忙，请稍后再试。"
+    " / All connections to the music engine are busy; please try again shortly.",
+}
+
+
+def check_message(v: Any) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must be a non-empty string"
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+    except ValueError as exc:
+        return f"invalid format string: {exc}"
+    unknown = {n.split(".")[0].split("[")[0] for n in names} - MESSAGE_FIELDS
+    if "" in unknown or unknown:
+        return (
+            "unknown placeholder(s) {"
+            + "}, {".join(sorted(unknown))
+            + "}; allowed: "
+            + ", ".join(sorted(MESSAGE_FIELDS))
+        )
+    return None
+
+
+def read_messages(sec: Section) -> dict[str, str]:
+    messages = dict(DEFAULT_MESSAGES)
+    for key in REASONS:
+        messages[key] = sec.get(key, messages[key], check_message)
+    for key, (key_node, _) in sec.items.items():
+        if key not in REASONS:
+            sec.problem(key, key_node, "unknown reason code; known: " + ", ".join(REASONS))
+            sec.used.add(key)
+    sec.close()
+    return messages

@@ -1,0 +1,180 @@
+"""The whole rules file: ``Config``, the small top-level sections, and loading.
+
+``load_config`` composes the YAML (keeping line numbers), hands each section to
+its own module's reader, and raises one ``ConfigError`` listing every problem.
+What is valid but probably not meant (an empty file) becomes a warning on the
+returned ``Config``, printed by ``gatekeeper check`` and the startup log.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, ConfigProblem
+from .admission import Admission, read_admission
+from .alerts import Alerts, read_alerts
+from .limits import Limits, read_limits
+from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, read_messages
+from .reader import Section, line_of, value_of
+from .routes import DEFAULT_ROUTES, Route, read_routes
+from .upstream import Upstream, read_upstream
+from .values import HostPort, check_path_glob, check_url, parse_hostport
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    drain_timeout: float = 900.0
+    drain_log_interval: float = 10.0
+    # After the last awaited generation ends, keep serving pass routes this long so the
+    # client can fetch its result (e.g. GET /result/{id}) before the listener closes.
+    linger: float = 5.0
+
+
+@dataclass(frozen=True)
+class Reload:
+    watch: bool = False
+    watch_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: HostPort = HostPort("0.0.0.0", 8080)  # noqa: RUF009 - frozen
+    admin_listen: HostPort = HostPort("127.0.0.1", 9090)  # noqa: RUF009 - frozen
+    upstream: Upstream = field(default_factory=Upstream)
+    limits: Limits = field(default_factory=Limits)
+    admission: Admission = field(default_factory=Admission)
+    routes: tuple[Route, ...] = DEFAULT_ROUTES
+    messages: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MESSAGES))
+    status_path: str | None = "/_gatekeeper/status"
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    reload: Reload = field(default_factory=Reload)
+    alerts: Alerts = field(default_factory=Alerts)
+    # Where the config came from, for reloads and messages; not a YAML key.
+    source: str = "<defaults>"
+    # Valid but probably not meant (e.g. an empty file); not a YAML key.
+    warnings: tuple[str, ...] = ()
+
+    def with_overrides(
+        self,
+        *,
+        upstream: str | None = None,
+        listen: str | None = None,
+        admin_listen: str | None = None,
+    ) -> Config:
+        """Apply command-line overrides, validated like the file; raises ConfigError."""
+        problems: list[ConfigProblem] = []
+        cfg = self
+        if upstream is not None:
+            url = check_url(upstream, "--upstream", None, problems, cfg.upstream.url)
+            cfg = replace(cfg, upstream=replace(cfg.upstream, url=url))
+        if listen is not None:
+            hp = parse_hostport(listen, "--listen", None, problems)
+            cfg = replace(cfg, listen=hp or cfg.listen)
+        if admin_listen is not None:
+            hp = parse_hostport(admin_listen, "--admin-listen", None, problems)
+            cfg = replace(cfg, admin_listen=hp or cfg.admin_listen)
+        if problems:
+            raise ConfigError(problems, source="command line")
+        return cfg
+
+    def message(self, reason: str, **fields: Any) -> str:
+        template = self.messages.get(reason) or DEFAULT_MESSAGES.get(reason, reason)
+        values = {k: fields.get(k, 0) for k in MESSAGE_FIELDS}
+        try:
+            return template.format(**values)
+        except (ValueError, KeyError, IndexError):  # validated at load; belt and braces
+            return template
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Read and validate a rules file; raises ConfigError (also for unreadable files)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([ConfigProblem("", None, f"cannot read file: {reason}")], str(p)) from exc
+    return load_config(text, source=str(p))
+
+
+def load_config(text: str, source: str = "<string>") -> Config:
+    """Parse and validate rules text; raises ConfigError listing every problem."""
+    stream = io.StringIO(text)
+    stream.name = source  # PyYAML names the stream in its error marks
+    try:
+        root = yaml.compose(stream, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        text_ = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+        if mark is not None:
+            text_ += f" at column {mark.column + 1}"
+        raise ConfigError([ConfigProblem("", line, text_)], source) from exc
+    problems: list[ConfigProblem] = []
+    if root is None:
+        warning = "the file has no settings: every key has its default value"
+        return Config(source=source, warnings=(warning,))
+    cfg = _build(Section(root, "", problems), problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return replace(cfg, source=source)
+
+
+def _listeners(root: Section, problems: list[ConfigProblem]) -> tuple[HostPort, HostPort]:
+    d = Config()
+    found = {"listen": d.listen, "admin_listen": d.admin_listen}
+    for key in found:
+        node = root.node_of(key)
+        if node is not None:
+            hp = parse_hostport(value_of(node), key, line_of(node), problems)
+            if hp is not None:
+                found[key] = hp
+    listen, admin_listen = found["listen"], found["admin_listen"]
+    if listen == admin_listen and listen.port != 0:
+        root.problem(
+            "admin_listen", root.node_of("admin_listen"), "must differ from listen", str(listen)
+        )
+    return listen, admin_listen
+
+
+def _build(root: Section, problems: list[ConfigProblem]) -> Config:
+    d = Config()
+    listen, admin_listen = _listeners(root, problems)
+    upstream = read_upstream(root.section("upstream"), problems)
+    sd = root.section("shutdown")
+    shutdown = Shutdown(
+        # Default: as long as the upstream read timeout, i.e. the longest a generation may run.
+        drain_timeout=sd.duration("drain_timeout", upstream.timeouts.read, positive=False),
+        drain_log_interval=sd.duration("drain_log_interval", d.shutdown.drain_log_interval),
+        linger=sd.duration("linger", d.shutdown.linger, positive=False),
+    )
+    sd.close()
+    rl = root.section("reload")
+    reload = Reload(
+        watch=rl.boolean("watch", d.reload.watch),
+        watch_interval=rl.duration("watch_interval", d.reload.watch_interval),
+    )
+    rl.close()
+    cfg = Config(
+        listen=listen,
+        admin_listen=admin_listen,
+        upstream=upstream,
+        limits=read_limits(root.section("limits")),
+        admission=read_admission(root.section("admission")),
+        routes=read_routes(root.node_of("routes"), problems),
+        messages=read_messages(root.section("messages")),
+        status_path=root.get("status_path", d.status_path, check_path_glob, allow_none=True),
+        shutdown=shutdown,
+        reload=reload,
+        alerts=read_alerts(root.section("alerts"), problems, upstream.timeouts.read),
+    )
+    root.close()
+    return cfg

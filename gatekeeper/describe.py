@@ -1,0 +1,53 @@
+"""The effective rules for people: ``gatekeeper check`` and the startup log.
+
+``describe`` says what is in force in a few lines; ``config_warnings`` says what
+is valid but probably not meant (an empty file, a gated path a client can walk
+around), so an operator sees it before a user does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from .alerting import describe as describe_alerts
+from .config import Config
+from .logs import redact_url
+from .routes import lint
+
+
+def describe(config: Config) -> list[str]:
+    """The effective rules in a few lines (``gatekeeper check`` and the startup log)."""
+    a, up = config.admission, config.upstream
+    r = a.resources
+    lines = [
+        f"listen {config.listen}, admin_listen {config.admin_listen}",
+        f"upstream {redact_url(up.url)}",
+        "  gated pool: timeouts " + _kv(asdict(up.timeouts)) + "; limits " + _kv(asdict(up.limits)),
+        "  passthrough pool: timeouts "
+        + _kv(asdict(up.passthrough.timeouts))
+        + "; limits "
+        + _kv(asdict(up.passthrough.limits)),
+        f"admission: max_in_flight={a.max_in_flight} reject_status={a.reject_status} "
+        f"retry_after_default={a.retry_after_default}s expected_seconds={a.expected_seconds:g} "
+        f"on_client_disconnect={a.on_client_disconnect}",
+        f"resources: source={r.source}{' file=' + r.file if r.file else ''} "
+        f"every {a.sample_interval:g}s; cpu reject>{r.cpu_percent.reject_above:g} "
+        f"recover<{r.cpu_percent.recover_below:g}; memory reject>{r.memory_percent.reject_above:g}"
+        f" recover<{r.memory_percent.recover_below:g}",
+        "limits: " + _kv(asdict(config.limits)),
+        f"routes ({len(config.routes)}, first match wins; unmatched pass):",
+    ]
+    lines += [f"  {rt.summary()}" for rt in config.routes]
+    lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
+    lines += describe_alerts(config)
+    return lines
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Every warning about a valid config: the loader's, then the route lint's."""
+    return [*config.warnings, *lint(config.routes)]
