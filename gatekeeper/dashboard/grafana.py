@@ -1,24 +1,182 @@
-"""How Grafana spells the pieces of a panel: targets, thresholds, mappings, options, overrides.
+"""How Grafana spells a panel: stat, time series and bar gauge, with their targets.
 
 Nothing here knows gatekeeper's metrics; ``panels`` says what each panel shows.
+The builders emit keys in one fixed order, that of ``dashboards/gatekeeper.json``
+(the freshness test compares its text), and a fresh object at every level (the
+document is the caller's to change). A panel's queries get the refIds A, B, C...
+in the order they are given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+Panel = dict[str, Any]
+# (PromQL expression, legend); a panel's list of these becomes its targets.
+Query = tuple[str, str]
+# (value the step starts at, None for the base step; color).
+Step = tuple[float | None, str]
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
 
-def target(ref: str, expr: str, legend: str, **extra: Any) -> dict[str, Any]:
-    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend, **extra}
+def stat(
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    *,
+    steps: Sequence[Step],
+    mappings: Sequence[tuple[int, str, str]] = (),
+    decimals: int | None = None,
+    text_mode: str = "value",
+) -> Panel:
+    """A stat panel colored by ``steps``; ``mappings`` turn values into words."""
+    defaults = _present(
+        mappings=_value_map(mappings) if mappings else None,
+        thresholds=_thresholds(steps),
+        color={"mode": "thresholds"},
+        unit="none",
+        decimals=decimals,
+    )
+    options = {
+        "reduceOptions": _reduce(),
+        "orientation": "auto",
+        "textMode": text_mode,
+        "colorMode": "background",
+        "graphMode": "none",
+        "justifyMode": "auto",
+        "wideLayout": True,
+        "showPercentChange": False,
+    }
+    return _panel("stat", title, description, queries, defaults, (), options)
 
 
-def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
+def timeseries(
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    *,
+    unit: str,
+    custom: Mapping[str, Any] | None = None,
+    decimals: int | None = None,
+    maximum: float | None = None,
+    steps: Sequence[Step] = (),
+    overrides: Sequence[Panel] = (),
+) -> Panel:
+    """A time series from 0 up, one line per series; ``custom`` changes the line style."""
+    defaults = _present(
+        custom=_line_style(custom or {}),
+        unit=unit,
+        decimals=decimals,
+        min=0,
+        max=maximum,
+        thresholds=_thresholds(steps) if steps else None,
+        color={"mode": "palette-classic"},
+    )
+    options = {
+        "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom", "calcs": []},
+        "tooltip": {"mode": "multi", "sort": "none"},
+    }
+    return _panel("timeseries", title, description, queries, defaults, overrides, options)
+
+
+def bargauge(
+    title: str,
+    description: str | None,
+    queries: Sequence[Query],
+    *,
+    steps: Sequence[Step],
+    unit: str | None = None,
+    decimals: int | None = None,
+    overrides: Sequence[Panel] = (),
+    display_mode: str = "gradient",
+    name_placement: str = "auto",
+) -> Panel:
+    """Horizontal bars from 0, one per series, colored by ``steps``."""
+    defaults = _present(
+        unit=unit,
+        decimals=decimals,
+        min=0,
+        thresholds=_thresholds(steps),
+        color={"mode": "thresholds"},
+    )
+    options = {
+        "orientation": "horizontal",
+        "displayMode": display_mode,
+        "showUnfilled": True,
+        "reduceOptions": _reduce(),
+        "valueMode": "color",
+        "namePlacement": name_placement,
+        "minVizWidth": 8,
+        "minVizHeight": 16,
+        "sizing": "auto",
+    }
+    return _panel("bargauge", title, description, queries, defaults, overrides, options)
+
+
+def override(name: str, properties: Mapping[str, Any], *, matcher: str = "byName") -> Panel:
+    """Field properties (``{"unit": "s", "custom.lineWidth": 0}``) for the series ``name``."""
+    return {
+        "matcher": {"id": matcher, "options": name},
+        "properties": [{"id": k, "value": v} for k, v in properties.items()],
+    }
+
+
+def colored(pattern: str, color: str) -> Panel:
+    """Series whose name matches the regex ``pattern`` drawn in ``color``."""
+    return override(pattern, {"color": fixed(color)}, matcher="byRegexp")
+
+
+def dashed(name: str, color: str) -> Panel:
+    """The series ``name`` as a dashed, unfilled line in ``color`` (a reference value)."""
+    return override(
+        name,
+        {
+            "custom.lineStyle": {"fill": "dash", "dash": [10, 10]},
+            "custom.fillOpacity": 0,
+            "color": fixed(color),
+        },
+    )
+
+
+def fixed(color: str) -> dict[str, str]:
+    return {"mode": "fixed", "fixedColor": color}
+
+
+def _panel(
+    kind: str,
+    title: str,
+    description: str | None,
+    queries: Sequence[Query],
+    defaults: Panel,
+    overrides: Iterable[Panel],
+    options: Panel,
+) -> Panel:
+    targets = [
+        {"datasource": dict(DS), "refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend}
+        for i, (expr, legend) in enumerate(queries)
+    ]
+    return _present(
+        type=kind,
+        title=title,
+        description=description,
+        targets=targets,
+        fieldConfig={"defaults": defaults, "overrides": list(overrides)},
+        options=options,
+    )
+
+
+def _present(**items: Any) -> Panel:
+    """``items`` in the order given, without those that are None (absent from the JSON)."""
+    return {k: v for k, v in items.items() if v is not None}
+
+
+def _thresholds(steps: Iterable[Step]) -> Panel:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
 
 
-def value_map(*entries: tuple[int, str, str]) -> list[dict[str, Any]]:
+def _value_map(entries: Iterable[tuple[int, str, str]]) -> list[Panel]:
     options = {
         str(value): {"text": text, "color": color, "index": i}
         for i, (value, text, color) in enumerate(entries)
@@ -26,10 +184,14 @@ def value_map(*entries: tuple[int, str, str]) -> list[dict[str, Any]]:
     return [{"type": "value", "options": options}]
 
 
-def timeseries_custom(**over: Any) -> dict[str, Any]:
-    custom: dict[str, Any] = {
+def _reduce() -> Panel:
+    return {"calcs": ["lastNotNull"], "fields": "", "values": False}
+
+
+def _line_style(changes: Mapping[str, Any]) -> Panel:
+    custom: Panel = {
         "drawStyle": "line",
-        "lineInterpolation": "stepAfter",
+        "lineInterpolation": "linear",
         "lineWidth": 2,
         "fillOpacity": 10,
         "showPoints": "never",
@@ -38,64 +200,4 @@ def timeseries_custom(**over: Any) -> dict[str, Any]:
         "thresholdsStyle": {"mode": "off"},
         "axisSoftMin": 0,
     }
-    custom.update(over)
-    return custom
-
-
-def stat_options(*, text_mode: str, color_mode: str) -> dict[str, Any]:
-    return {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "orientation": "auto",
-        "textMode": text_mode,
-        "colorMode": color_mode,
-        "graphMode": "none",
-        "justifyMode": "auto",
-        "wideLayout": True,
-        "showPercentChange": False,
-    }
-
-
-def bar_options() -> dict[str, Any]:
-    return {
-        "orientation": "horizontal",
-        "displayMode": "gradient",
-        "showUnfilled": True,
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "valueMode": "color",
-        "namePlacement": "auto",
-        "minVizWidth": 8,
-        "minVizHeight": 16,
-        "sizing": "auto",
-    }
-
-
-def ts_options() -> dict[str, Any]:
-    return {
-        "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom", "calcs": []},
-        "tooltip": {"mode": "multi", "sort": "none"},
-    }
-
-
-def override(name: str, **props: Any) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [{"id": k, "value": v} for k, v in props.items()],
-    }
-
-
-def override_regex(pattern: str, color: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byRegexp", "options": pattern},
-        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
-    }
-
-
-def dashed(name: str, color: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "custom.fillOpacity", "value": 0},
-            {"id": "color", "value": {"mode": "fixed", "fixedColor": color}},
-        ],
-    }
+    return custom | dict(changes)

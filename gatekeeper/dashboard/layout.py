@@ -2,21 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from . import panels
-from .grafana import DS
+from . import panels as p
+from .grafana import DS, Panel
 
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
 UID = "gatekeeper"
+
+# (width, height, the panel's builder): one panel's place in a row.
+Cell = tuple[int, int, Callable[[Config], Panel]]
+
+# The dashboard top to bottom: each row's title, then its panels left to right.
+# A panel that does not fit the 24 columns starts a new line below the tallest.
+ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
+    (
+        "Admission now",
+        (
+            (6, 6, p.admission),
+            (6, 6, p.why_not),
+            (6, 6, p.in_flight),
+            (6, 6, p.engine),
+            (16, 8, p.generation_elapsed),
+            (8, 8, p.generation_progress),
+        ),
+    ),
+    (
+        "Traffic",
+        (
+            (12, 8, p.requests_per_minute),
+            (12, 8, p.rejections_per_minute),
+            (12, 6, p.requests_in_range),
+            (12, 6, p.rejections_in_range),
+        ),
+    ),
+    ("Resources (what admission sees)", ((12, 8, p.cpu), (12, 8, p.memory))),
+    (
+        "Engine",
+        (
+            (12, 8, p.generation_duration),
+            (12, 8, p.upstream_errors),
+            (24, 5, p.alerts_firing),
+        ),
+    ),
+)
 
 
 class Grid:
     """Assigns unique panel ids and grid positions, row by row (24 columns wide)."""
 
     def __init__(self) -> None:
-        self.panels: list[dict[str, Any]] = []
+        self.panels: list[Panel] = []
         self._y = 0
         self._x = 0
         self._row_h = 0
@@ -35,13 +73,13 @@ class Grid:
         )
         self._y += 1
 
-    def add(self, w: int, h: int, panel: dict[str, Any]) -> None:
+    def add(self, w: int, h: int, panel: Panel) -> None:
         if self._x + w > 24:
             self._newline()
         panel = {
             "id": len(self.panels) + 1,
             "gridPos": {"h": h, "w": w, "x": self._x, "y": self._y},
-            "datasource": DS,
+            "datasource": dict(DS),
             **panel,
         }
         self.panels.append(panel)
@@ -59,7 +97,7 @@ def _instance_variable() -> dict[str, Any]:
         "name": "instance",
         "label": "Instance",
         "type": "query",
-        "datasource": DS,
+        "datasource": dict(DS),
         "definition": query,
         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
         "refresh": 2,  # on time range change: new instances appear
@@ -77,18 +115,13 @@ def _instance_variable() -> dict[str, Any]:
 
 def dashboard(config: Config) -> dict[str, Any]:
     """The Grafana dashboard for ``config``, ready for "Import dashboard"."""
-    lay = Grid()
-    lay.row("Admission now")
-    panels.admission_panels(lay.add, config)
-    panels.generation_panels(lay.add, config)
-    lay.row("Traffic")
-    panels.traffic_panels(lay.add)
-    lay.row("Resources (what admission sees)")
-    panels.resource_panels(lay.add, config)
-    lay.row("Engine")
-    panels.engine_panels(lay.add, config)
+    grid = Grid()
+    for title, row in ROWS:
+        grid.row(title)
+        for w, h, build in row:
+            grid.add(w, h, build(config))
     a, r = config.admission, config.admission.resources
-    used = sorted({p["type"] for p in lay.panels if p["type"] != "row"})
+    used = sorted({panel["type"] for panel in grid.panels if panel["type"] != "row"})
     names = {"stat": "Stat", "timeseries": "Time series", "bargauge": "Bar gauge"}
     return {
         "__inputs": [
@@ -132,7 +165,7 @@ def dashboard(config: Config) -> dict[str, Any]:
         "graphTooltip": 1,
         "id": None,
         "links": [],
-        "panels": lay.panels,
+        "panels": grid.panels,
         "refresh": "10s",
         "schemaVersion": SCHEMA_VERSION,
         "tags": ["gatekeeper", "ai-music", "admission"],

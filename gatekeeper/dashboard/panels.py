@@ -1,4 +1,8 @@
-"""The gatekeeper panels, row by row: what each shows and the PromQL behind it.
+"""The gatekeeper panels: what each shows and the PromQL behind it.
+
+Each panel is a function of the config (those that do not read it still take
+it, so that ``layout.ROWS`` can treat them alike). Where a panel goes is
+``layout``'s business; how Grafana spells it is ``grafana``'s.
 
 Every panel query returns a series on a live gatekeeper even when nothing is
 happening (a panel that says "No data" on a healthy box makes people doubt
@@ -7,26 +11,9 @@ it); the end-to-end test evaluates all of them against a real Prometheus.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from ..config import Config
-from .grafana import (
-    bar_options,
-    dashed,
-    override,
-    override_regex,
-    stat_options,
-    target,
-    thresholds,
-    timeseries_custom,
-    ts_options,
-    value_map,
-)
-from .promql import promql_regex_literal, sel
-
-# Places a panel of width w and height h on the grid (``layout.Grid.add``).
-Place = Callable[[int, int, dict[str, Any]], None]
+from ..config import Config, Threshold
+from .grafana import Panel, bargauge, colored, dashed, fixed, override, stat, timeseries
+from .promql import gauge, in_range, per_minute, promql_regex_literal, sel
 
 # Quantiles of jobs that take minutes need a window of many jobs, not a rate interval.
 DURATION_WINDOW = "1h"
@@ -41,372 +28,216 @@ STATE_CODES = (
     (5, "not accepting: draining", "purple"),
 )
 
+# Why a generation would be turned away now: (0/1 expression, state code, reason).
+_REASONS = (
+    (f"gatekeeper_in_flight{sel()} >= bool gatekeeper_max_in_flight{sel()}", 1, "busy"),
+    ("gatekeeper_overloaded" + sel('resource="cpu"'), 2, "cpu"),
+    ("gatekeeper_overloaded" + sel('resource="memory"'), 3, "memory"),
+    (f"1 - gatekeeper_upstream_up{sel()}", 4, "engine"),
+    (f"gatekeeper_draining{sel()}", 5, "draining"),
+)
 
-def admission_panels(add: Place, config: Config) -> None:
-    busy = f"gatekeeper_in_flight{sel()} >= bool gatekeeper_max_in_flight{sel()}"
-    cpu, memory = sel('resource="cpu"'), sel('resource="memory"')
-    parts = [
-        (busy, 1, "busy"),
-        (f"gatekeeper_overloaded{cpu}", 2, "cpu"),
-        (f"gatekeeper_overloaded{memory}", 3, "memory"),
-        (f"1 - gatekeeper_upstream_up{sel()}", 4, "engine"),
-        (f"gatekeeper_draining{sel()}", 5, "draining"),
-    ]
+_ELAPSED = gauge("gatekeeper_generation_elapsed_seconds")
+_EXPECTED = gauge("gatekeeper_generation_expected_seconds")
+_RUNNING = f"max by (instance) (gatekeeper_in_flight{sel()} > bool 0)"
+
+
+# --------------------------------------------------------------------------- admission now
+
+
+def admission(_config: Config) -> Panel:
     code = " or ".join(
-        f'label_replace(({expr}) * {weight}, "why", "{why}", "", "")' for expr, weight, why in parts
+        f'label_replace(({expr}) * {weight}, "why", "{why}", "", "")'
+        for expr, weight, why in _REASONS
     )
-    add(
-        6,
-        6,
-        {
-            "type": "stat",
-            "title": "Admission",
-            "description": "Would a new generation be admitted now? Otherwise the most severe "
-            "reason: draining > engine down > memory > CPU > busy (a generation is running, "
-            "the normal state of a working box).",
-            "targets": [target("A", f"max by (instance) ({code})", "{{instance}}")],
-            "fieldConfig": {
-                "defaults": {
-                    "mappings": value_map(*STATE_CODES),
-                    "thresholds": thresholds((None, "green"), (1, "blue"), (2, "red")),
-                    "color": {"mode": "thresholds"},
-                    "unit": "none",
-                },
-                "overrides": [],
-            },
-            "options": stat_options(text_mode="value", color_mode="background"),
-        },
-    )
-    reasons = [
-        target(chr(65 + i), f"max by (instance) ({expr})", why)
-        for i, (expr, _, why) in enumerate(parts)
-    ]
-    add(
-        6,
-        6,
-        {
-            "type": "stat",
-            "title": "Why not",
-            "description": "Each reason a generation would be turned away (reason codes of "
-            "X-Gatekeeper-Reason). CPU and memory follow the hysteresis: over reject_above, "
-            "still over until under recover_below.",
-            "targets": reasons,
-            "fieldConfig": {
-                "defaults": {
-                    "mappings": value_map((0, "no", "green"), (1, "YES", "orange")),
-                    "thresholds": thresholds((None, "green"), (1, "orange")),
-                    "color": {"mode": "thresholds"},
-                    "unit": "none",
-                },
-                "overrides": [],
-            },
-            "options": stat_options(text_mode="value_and_name", color_mode="background"),
-        },
-    )
-    add(
-        6,
-        6,
-        {
-            "type": "timeseries",
-            "title": "In flight vs limit",
-            "description": "Admitted generations running, and admission.max_in_flight "
-            f"(configured: {config.admission.max_in_flight}).",
-            "targets": [
-                target("A", f"max by (instance) (gatekeeper_in_flight{sel()})", "in flight"),
-                target("B", f"max by (instance) (gatekeeper_max_in_flight{sel()})", "limit"),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(),
-                    "unit": "none",
-                    "decimals": 0,
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
-                },
-                "overrides": [dashed("limit", "red")],
-            },
-            "options": ts_options(),
-        },
-    )
-    add(
-        6,
-        6,
-        {
-            "type": "stat",
-            "title": "Engine",
-            "description": "Periodic probe of the upstream (upstream.probe): any HTTP answer "
-            "is up. Also drives /readyz.",
-            "targets": [
-                target("A", f"max by (instance) (gatekeeper_upstream_up{sel()})", "{{instance}}")
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "mappings": value_map((1, "up", "green"), (0, "DOWN", "red")),
-                    "thresholds": thresholds((None, "red"), (1, "green")),
-                    "color": {"mode": "thresholds"},
-                    "unit": "none",
-                },
-                "overrides": [],
-            },
-            "options": stat_options(text_mode="value", color_mode="background"),
-        },
+    return stat(
+        "Admission",
+        "Would a new generation be admitted now? Otherwise the most severe "
+        "reason: draining > engine down > memory > CPU > busy (a generation is running, "
+        "the normal state of a working box).",
+        [(f"max by (instance) ({code})", "{{instance}}")],
+        mappings=STATE_CODES,
+        steps=((None, "green"), (1, "blue"), (2, "red")),
     )
 
 
-def generation_panels(add: Place, config: Config) -> None:
-    elapsed = f"max by (instance) (gatekeeper_generation_elapsed_seconds{sel()})"
-    expected = f"max by (instance) (gatekeeper_generation_expected_seconds{sel()})"
-    running = f"max by (instance) (gatekeeper_in_flight{sel()} > bool 0)"
-    add(
-        16,
-        8,
-        {
-            "type": "timeseries",
-            "title": "Running generation: elapsed vs expected",
-            "description": "Age of the oldest running generation (0 when idle) and the current "
-            "estimate of a generation's duration: the median of the last 20 completed ones, "
-            f"starting from admission.expected_seconds ({config.admission.expected_seconds:g} "
-            "s). Retry-After is expected - elapsed.",
-            "targets": [
-                target("A", elapsed, "elapsed"),
-                target("B", expected, "expected"),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(lineInterpolation="linear"),
-                    "unit": "s",
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
-                },
-                "overrides": [dashed("expected", "yellow")],
-            },
-            "options": ts_options(),
-        },
-    )
-    add(
-        8,
-        8,
-        {
-            "type": "bargauge",
-            "title": "Running generation: progress",
-            "description": "elapsed / expected of the oldest running generation, and the time "
-            "left (both 0 when idle). Over 100 % means it overruns the estimate.",
-            "targets": [
-                target("A", f"100 * {elapsed} / {expected}", "progress"),
-                target(
-                    "B",
-                    f"clamp_min({expected} - {elapsed}, 0) * {running}",
-                    "time left",
-                ),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "min": 0,
-                    "thresholds": thresholds((None, "blue"), (100, "orange")),
-                    "color": {"mode": "thresholds"},
-                },
-                "overrides": [
-                    override("progress", unit="percent", max=100),
-                    override("time left", unit="s", max=config.admission.expected_seconds),
-                ],
-            },
-            "options": {
-                "orientation": "horizontal",
-                "displayMode": "basic",
-                "showUnfilled": True,
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "valueMode": "color",
-                "namePlacement": "top",
-                "minVizWidth": 8,
-                "minVizHeight": 16,
-                "sizing": "auto",
-            },
-        },
+def why_not(_config: Config) -> Panel:
+    return stat(
+        "Why not",
+        "Each reason a generation would be turned away (reason codes of "
+        "X-Gatekeeper-Reason). CPU and memory follow the hysteresis: over reject_above, "
+        "still over until under recover_below.",
+        [(f"max by (instance) ({expr})", why) for expr, _, why in _REASONS],
+        mappings=((0, "no", "green"), (1, "YES", "orange")),
+        steps=((None, "green"), (1, "orange")),
+        text_mode="value_and_name",
     )
 
 
-def traffic_panels(add: Place) -> None:
-    per_min = "rate({metric}{sel}[$__rate_interval])) * 60"
-    add(
-        12,
-        8,
-        {
-            "type": "timeseries",
-            "title": "Requests per minute by route and outcome",
-            "description": "admitted (generations started), passed (forwarded without "
-            "admission), rejected (busy, cpu, memory, draining, 413...), blocked (block routes).",
-            "targets": [
-                target(
-                    "A",
-                    "sum by (route, outcome) ("
-                    + per_min.format(metric="gatekeeper_requests_total", sel=sel()),
-                    "{{route}} {{outcome}}",
-                )
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(lineInterpolation="linear"),
-                    "unit": "short",
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
-                },
-                "overrides": [
-                    override_regex(".* rejected", "orange"),
-                    override_regex(".* blocked", "red"),
-                    override_regex(".* admitted", "green"),
-                ],
-            },
-            "options": ts_options(),
-        },
-    )
-    add(
-        12,
-        8,
-        {
-            "type": "timeseries",
-            "title": "Turned away per minute by reason",
-            "description": "Rejections by reason code (the X-Gatekeeper-Reason header): busy, "
-            "cpu, memory, draining, blocked, body_too_large, bad_request, ...",
-            "targets": [
-                target(
-                    "A",
-                    "sum by (reason) ("
-                    + per_min.format(metric="gatekeeper_rejections_total", sel=sel()),
-                    "{{reason}}",
-                )
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(
-                        lineInterpolation="linear", stacking={"mode": "normal", "group": "A"}
-                    ),
-                    "unit": "short",
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
-                },
-                "overrides": [],
-            },
-            "options": ts_options(),
-        },
-    )
-    add(
-        12,
-        6,
-        {
-            "type": "bargauge",
-            "title": "Requests in the time range",
-            "targets": [
-                target(
-                    "A",
-                    "sum by (outcome) (round(increase(gatekeeper_requests_total"
-                    f"{sel()}[$__range])))",
-                    "{{outcome}}",
-                )
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "unit": "short",
-                    "decimals": 0,
-                    "min": 0,
-                    "thresholds": thresholds((None, "blue")),
-                    "color": {"mode": "thresholds"},
-                },
-                "overrides": [],
-            },
-            "options": bar_options(),
-        },
-    )
-    add(
-        12,
-        6,
-        {
-            "type": "bargauge",
-            "title": "Turned away in the time range, by reason",
-            "targets": [
-                target(
-                    "A",
-                    "sum by (reason) (round(increase(gatekeeper_rejections_total"
-                    f"{sel()}[$__range])))",
-                    "{{reason}}",
-                )
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "unit": "short",
-                    "decimals": 0,
-                    "min": 0,
-                    "thresholds": thresholds((None, "orange")),
-                    "color": {"mode": "thresholds"},
-                },
-                "overrides": [],
-            },
-            "options": bar_options(),
-        },
+def in_flight(config: Config) -> Panel:
+    return timeseries(
+        "In flight vs limit",
+        "Admitted generations running, and admission.max_in_flight "
+        f"(configured: {config.admission.max_in_flight}).",
+        [
+            (gauge("gatekeeper_in_flight"), "in flight"),
+            (gauge("gatekeeper_max_in_flight"), "limit"),
+        ],
+        unit="none",
+        custom={"lineInterpolation": "stepAfter"},
+        decimals=0,
+        overrides=[dashed("limit", "red")],
     )
 
 
-def resource_panels(add: Place, config: Config) -> None:
-    res = config.admission.resources
-    for key, label, th in (
-        ("cpu", "CPU", res.cpu_percent),
-        ("memory", "Memory", res.memory_percent),
-    ):
-        resource = sel(f'resource="{key}"')
-        add(
-            12,
-            8,
-            {
-                "type": "timeseries",
-                "title": f"{label} % (reject above {th.reject_above:g}, "
-                f"recover below {th.recover_below:g})",
-                "description": f"The {key} reading admission uses (source: {res.source}). "
-                f"Over {th.reject_above:g} % generations are rejected with reason '{key}' "
-                f"until it falls under {th.recover_below:g} % "
-                f"(admission.resources.{key}_percent in rules.yaml). "
-                "The shaded band is the hysteresis.",
-                "targets": [
-                    target("A", f"max by (instance) (gatekeeper_{key}_percent{sel()})", label),
-                    target(
-                        "B",
-                        f"100 * max by (instance) (gatekeeper_overloaded{resource})",
-                        "overloaded",
-                    ),
-                ],
-                "fieldConfig": {
-                    "defaults": {
-                        "custom": timeseries_custom(
-                            lineInterpolation="linear",
-                            fillOpacity=0,
-                            thresholdsStyle={"mode": "line+area"},
-                        ),
-                        "unit": "percent",
-                        "min": 0,
-                        "max": 100,
-                        "thresholds": thresholds(
-                            (None, "transparent"),
-                            (th.recover_below, "rgba(255, 152, 48, 0.25)"),
-                            (th.reject_above, "rgba(242, 73, 92, 0.35)"),
-                        ),
-                        "color": {"mode": "palette-classic"},
-                    },
-                    "overrides": [
-                        {
-                            "matcher": {"id": "byName", "options": "overloaded"},
-                            "properties": [
-                                {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
-                                {"id": "custom.fillOpacity", "value": 15},
-                                {"id": "custom.lineWidth", "value": 0},
-                                {"id": "custom.lineInterpolation", "value": "stepAfter"},
-                            ],
-                        }
-                    ],
+def engine(_config: Config) -> Panel:
+    return stat(
+        "Engine",
+        "Periodic probe of the upstream (upstream.probe): any HTTP answer is up. "
+        "Also drives /readyz.",
+        [(gauge("gatekeeper_upstream_up"), "{{instance}}")],
+        mappings=((1, "up", "green"), (0, "DOWN", "red")),
+        steps=((None, "red"), (1, "green")),
+    )
+
+
+def generation_elapsed(config: Config) -> Panel:
+    return timeseries(
+        "Running generation: elapsed vs expected",
+        "Age of the oldest running generation (0 when idle) and the current "
+        "estimate of a generation's duration: the median of the last 20 completed ones, "
+        f"starting from admission.expected_seconds ({config.admission.expected_seconds:g} "
+        "s). Retry-After is expected - elapsed.",
+        [(_ELAPSED, "elapsed"), (_EXPECTED, "expected")],
+        unit="s",
+        overrides=[dashed("expected", "yellow")],
+    )
+
+
+def generation_progress(config: Config) -> Panel:
+    return bargauge(
+        "Running generation: progress",
+        "elapsed / expected of the oldest running generation, and the time "
+        "left (both 0 when idle). Over 100 % means it overruns the estimate.",
+        [
+            (f"100 * {_ELAPSED} / {_EXPECTED}", "progress"),
+            (f"clamp_min({_EXPECTED} - {_ELAPSED}, 0) * {_RUNNING}", "time left"),
+        ],
+        steps=((None, "blue"), (100, "orange")),
+        overrides=[
+            override("progress", {"unit": "percent", "max": 100}),
+            override("time left", {"unit": "s", "max": config.admission.expected_seconds}),
+        ],
+        display_mode="basic",
+        name_placement="top",
+    )
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+def requests_per_minute(_config: Config) -> Panel:
+    return timeseries(
+        "Requests per minute by route and outcome",
+        "admitted (generations started), passed (forwarded without "
+        "admission), rejected (busy, cpu, memory, draining, 413...), blocked (block routes).",
+        [(per_minute("route, outcome", "gatekeeper_requests_total"), "{{route}} {{outcome}}")],
+        unit="short",
+        overrides=[
+            colored(".* rejected", "orange"),
+            colored(".* blocked", "red"),
+            colored(".* admitted", "green"),
+        ],
+    )
+
+
+def rejections_per_minute(_config: Config) -> Panel:
+    return timeseries(
+        "Turned away per minute by reason",
+        "Rejections by reason code (the X-Gatekeeper-Reason header): busy, "
+        "cpu, memory, draining, blocked, body_too_large, bad_request, ...",
+        [(per_minute("reason", "gatekeeper_rejections_total"), "{{reason}}")],
+        unit="short",
+        custom={"stacking": {"mode": "normal", "group": "A"}},
+    )
+
+
+def requests_in_range(_config: Config) -> Panel:
+    return _counted("Requests in the time range", "gatekeeper_requests_total", "outcome", "blue")
+
+
+def rejections_in_range(_config: Config) -> Panel:
+    return _counted(
+        "Turned away in the time range, by reason",
+        "gatekeeper_rejections_total",
+        "reason",
+        "orange",
+    )
+
+
+def _counted(title: str, counter: str, label: str, color: str) -> Panel:
+    """Whole counts of ``counter`` in the time range, one bar per value of ``label``."""
+    return bargauge(
+        title,
+        None,
+        [(in_range(label, counter), "{{" + label + "}}")],
+        steps=((None, color),),
+        unit="short",
+        decimals=0,
+    )
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def cpu(config: Config) -> Panel:
+    return _resource(config, "cpu", "CPU", config.admission.resources.cpu_percent)
+
+
+def memory(config: Config) -> Panel:
+    return _resource(config, "memory", "Memory", config.admission.resources.memory_percent)
+
+
+def _resource(config: Config, key: str, label: str, th: Threshold) -> Panel:
+    """The reading admission uses for ``key``, with the hysteresis band drawn on it."""
+    overloaded = gauge("gatekeeper_overloaded", f'resource="{key}"')
+    return timeseries(
+        f"{label} % (reject above {th.reject_above:g}, recover below {th.recover_below:g})",
+        f"The {key} reading admission uses (source: {config.admission.resources.source}). "
+        f"Over {th.reject_above:g} % generations are rejected with reason '{key}' "
+        f"until it falls under {th.recover_below:g} % "
+        f"(admission.resources.{key}_percent in rules.yaml). "
+        "The shaded band is the hysteresis.",
+        [
+            (gauge(f"gatekeeper_{key}_percent"), label),
+            (f"100 * {overloaded}", "overloaded"),
+        ],
+        unit="percent",
+        custom={"fillOpacity": 0, "thresholdsStyle": {"mode": "line+area"}},
+        maximum=100,
+        steps=(
+            (None, "transparent"),
+            (th.recover_below, "rgba(255, 152, 48, 0.25)"),
+            (th.reject_above, "rgba(242, 73, 92, 0.35)"),
+        ),
+        overrides=[
+            override(
+                "overloaded",
+                {
+                    "color": fixed("red"),
+                    "custom.fillOpacity": 15,
+                    "custom.lineWidth": 0,
+                    "custom.lineInterpolation": "stepAfter",
                 },
-                "options": ts_options(),
-            },
-        )
+            )
+        ],
+    )
 
 
-def engine_panels(add: Place, config: Config) -> None:
+# --------------------------------------------------------------------------- engine
+
+
+def generation_duration(config: Config) -> Panel:
     admit = [r.name for r in config.routes if r.action == "admit"]
     routes = "|".join(promql_regex_literal(n) for n in admit) if admit else ".+"
     bucket = (
@@ -414,110 +245,64 @@ def engine_panels(add: Place, config: Config) -> None:
         + sel(f'route=~"{routes}"', 'code=~"2.."')
         + f"[{DURATION_WINDOW}]))"
     )
-    add(
-        12,
-        8,
-        {
-            "type": "timeseries",
-            "title": f"Generation duration p50 / p95 (trailing {DURATION_WINDOW})",
-            "description": "From the gatekeeper_upstream_request_duration_seconds histogram "
-            f"(buckets up to 1800 s) of the admit routes ({', '.join(admit) or 'none'}), "
-            "successful answers only, over the trailing window; and the estimate gatekeeper "
-            "uses for Retry-After.",
-            "targets": [
-                target("A", f"histogram_quantile(0.5, {bucket})", "p50 {{route}}"),
-                target("B", f"histogram_quantile(0.95, {bucket})", "p95 {{route}}"),
-                target(
-                    "C",
-                    f"max by (instance) (gatekeeper_generation_expected_seconds{sel()})",
-                    "estimate",
-                ),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(lineInterpolation="linear"),
-                    "unit": "s",
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
-                },
-                "overrides": [dashed("estimate", "yellow")],
-            },
-            "options": ts_options(),
-        },
+    return timeseries(
+        f"Generation duration p50 / p95 (trailing {DURATION_WINDOW})",
+        "From the gatekeeper_upstream_request_duration_seconds histogram "
+        f"(buckets up to 1800 s) of the admit routes ({', '.join(admit) or 'none'}), "
+        "successful answers only, over the trailing window; and the estimate gatekeeper "
+        "uses for Retry-After.",
+        [
+            (f"histogram_quantile(0.5, {bucket})", "p50 {{route}}"),
+            (f"histogram_quantile(0.95, {bucket})", "p95 {{route}}"),
+            (_EXPECTED, "estimate"),
+        ],
+        unit="s",
+        overrides=[dashed("estimate", "yellow")],
     )
-    add(
-        12,
-        8,
-        {
-            "type": "timeseries",
-            "title": "Upstream errors per minute by kind, and engine up",
-            "description": "connect / timeout / pool / protocol failures talking to the engine, "
-            "and clients that left mid-request (client_disconnect), per minute; 'engine up' "
-            "is the probe (1 = up).",
-            "targets": [
-                target(
-                    "A",
-                    "sum by (kind) (rate(gatekeeper_upstream_errors_total"
-                    f"{sel()}[$__rate_interval])) * 60",
-                    "{{kind}}",
-                ),
-                target("B", f"max by (instance) (gatekeeper_upstream_up{sel()})", "engine up"),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "custom": timeseries_custom(lineInterpolation="linear"),
-                    "unit": "short",
-                    "min": 0,
-                    "color": {"mode": "palette-classic"},
+
+
+def upstream_errors(_config: Config) -> Panel:
+    return timeseries(
+        "Upstream errors per minute by kind, and engine up",
+        "connect / timeout / pool / protocol failures talking to the engine, "
+        "and clients that left mid-request (client_disconnect), per minute; 'engine up' "
+        "is the probe (1 = up).",
+        [
+            (per_minute("kind", "gatekeeper_upstream_errors_total"), "{{kind}}"),
+            (gauge("gatekeeper_upstream_up"), "engine up"),
+        ],
+        unit="short",
+        overrides=[
+            override(
+                "engine up",
+                {
+                    "custom.fillOpacity": 0,
+                    "custom.lineInterpolation": "stepAfter",
+                    "custom.axisPlacement": "right",
+                    "max": 1,
+                    "color": fixed("green"),
                 },
-                "overrides": [
-                    {
-                        "matcher": {"id": "byName", "options": "engine up"},
-                        "properties": [
-                            {"id": "custom.fillOpacity", "value": 0},
-                            {"id": "custom.lineInterpolation", "value": "stepAfter"},
-                            {"id": "custom.axisPlacement", "value": "right"},
-                            {"id": "max", "value": 1},
-                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}},
-                        ],
-                    }
-                ],
-            },
-            "options": ts_options(),
-        },
+            )
+        ],
     )
+
+
+def alerts_firing(_config: Config) -> Panel:
     # Issue #4 exports gatekeeper_alerts_firing{alertname, severity}; the fallback keeps
     # the panel meaningful ("none") on a gatekeeper without alert rules.
     firing = f"max by (alertname, severity) (gatekeeper_alerts_firing{sel()})"
-    add(
-        24,
-        5,
-        {
-            "type": "stat",
-            "title": "Alerts firing",
-            "description": "gatekeeper's own alert rules (alerts: in rules.yaml): 1 while an "
-            "alert fires. Details: the admin status page or Alertmanager.",
-            "targets": [
-                target(
-                    "A",
-                    f"sum(gatekeeper_alerts_firing{sel()}) or vector(0)",
-                    "firing",
-                ),
-                target(
-                    "B",
-                    f'{firing} or on() label_replace(vector(0), "alertname", "none", "", "")',
-                    "{{alertname}} {{severity}}",
-                ),
-            ],
-            "fieldConfig": {
-                "defaults": {
-                    "thresholds": thresholds((None, "green"), (1, "red")),
-                    "color": {"mode": "thresholds"},
-                    "unit": "none",
-                    "decimals": 0,
-                },
-                "overrides": [],
-            },
-            "options": stat_options(text_mode="value_and_name", color_mode="background"),
-        },
+    return stat(
+        "Alerts firing",
+        "gatekeeper's own alert rules (alerts: in rules.yaml): 1 while an "
+        "alert fires. Details: the admin status page or Alertmanager.",
+        [
+            (f"sum(gatekeeper_alerts_firing{sel()}) or vector(0)", "firing"),
+            (
+                f'{firing} or on() label_replace(vector(0), "alertname", "none", "", "")',
+                "{{alertname}} {{severity}}",
+            ),
+        ],
+        steps=((None, "green"), (1, "red")),
+        decimals=0,
+        text_mode="value_and_name",
     )
