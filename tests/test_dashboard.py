@@ -81,6 +81,22 @@ def test_checked_in_dashboard_is_current() -> None:
     assert json.loads(out) == dashboard(load_config_file(PACKAGED_RULES))
 
 
+def test_documents_share_no_objects() -> None:
+    """Changing a generated document in place leaves the next one untouched (no shared dicts)."""
+    config = load_config_file(PACKAGED_RULES)
+    first = dashboard(config)
+    pristine = json.dumps(first)
+
+    def scramble(node: Any) -> None:
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                scramble(child)
+        node.clear()
+
+    scramble(first)
+    assert json.dumps(dashboard(config)) == pristine
+
+
 def test_dashboard_command_reports_config_errors(tmp_path: Path) -> None:
     """`gatekeeper dashboard` on an invalid rules file exits 2 and names the problem."""
     bad = tmp_path / "bad.yaml"
