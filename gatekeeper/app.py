@@ -32,6 +32,7 @@ from .admin import build_admin_app
 from .alerting import AlertLoop
 from .config import Config
 from .describe import config_warnings, describe
+from .edge import Connections, EdgeSite, fd_ceiling
 from .metrics import Metrics
 from .monitor import Monitor
 from .notify import Notifier
@@ -50,6 +51,14 @@ CLOSE_GRACE_SECONDS = 10.0
 
 # listen(2) backlog of both listeners; the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
+# Idle keep-alive connections of the public listener are closed after this (nginx's
+# default). aiohttp's own default is an hour: 1,000 idle clients would hold 1,000 fds.
+KEEPALIVE_SECONDS = 75.0
+# A response sent before the request body was read (413, 408, a rejection) waits at most
+# this long for the rest of the body before the connection closes (aiohttp: 10 s).
+LINGER_SECONDS = 1.0
+# File descriptors kept out of the client-connection cap: upstream pools, logs, sockets.
+FD_RESERVE = 64
 # After a second signal or an expired drain timeout: open requests are cancelled this soon.
 FORCED_GRACE_SECONDS = 0.5
 
@@ -118,10 +127,12 @@ async def create_state(
 
 
 def _background(
-    st: AppState, *, monitor: bool, probe: bool
+    st: AppState, *, monitor: bool, probe: bool, conns: Connections | None = None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks = []
+        if conns is not None:
+            tasks.append(asyncio.create_task(conns.run(), name="gatekeeper-edge"))
         if monitor:
             mon = Monitor(lambda: st.config, _publish_resources(st), clock=st.clock)
             mon.sample_once()  # admission must not start on all-zero readings
@@ -165,8 +176,9 @@ def build_proxy_app(
     probe: bool = True,
     reloader: Reloader | None = None,
     alerts: bool = True,
+    conns: Connections | None = None,
 ) -> web.Application:
-    handler = ProxyHandler(st, on_record=log_request)
+    handler = ProxyHandler(st, on_record=log_request, conns=conns)
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
     app[STATE] = st
     if reloader is not None:
@@ -176,7 +188,7 @@ def build_proxy_app(
     # One catch-all route: every method and path is the upstream's business, not ours.
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
-    app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe))
+    app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe, conns=conns))
     if alerts:
         app.cleanup_ctx.append(_alerting(st))
 
@@ -195,6 +207,7 @@ class Gatekeeper:
         self.overrides = overrides or Overrides()
         self.state: AppState | None = None
         self.reloader: Reloader | None = None
+        self.connections: Connections | None = None
         self._runners: list[web.AppRunner] = []
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
@@ -203,8 +216,25 @@ class Gatekeeper:
         cfg = self.config
         st = self.state = await create_state(cfg)
         rl = self.reloader = Reloader(st, cfg.source, self.overrides)
+        closed = st.metrics.client_connections_closed
+        conns = self.connections = Connections(
+            lambda: st.config.limits, st.clock, lambda reason: closed.labels(reason).inc()
+        )
+        conns.cap_ceiling = fd_ceiling(FD_RESERVE)
+        st.metrics.client_connections.set_function(lambda: conns.open)
+        if conns.cap < cfg.limits.max_client_connections:
+            log.warning(
+                "limits.max_client_connections %d lowered to %d by the open-file limit "
+                "(ulimit -n; the systemd unit sets LimitNOFILE)",
+                cfg.limits.max_client_connections,
+                conns.cap,
+            )
         proxy = web.AppRunner(
-            build_proxy_app(st, reloader=rl), access_log=None, shutdown_timeout=CLOSE_GRACE_SECONDS
+            build_proxy_app(st, reloader=rl, conns=conns),
+            access_log=None,
+            shutdown_timeout=CLOSE_GRACE_SECONDS,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            lingering_time=LINGER_SECONDS,
         )
         admin = web.AppRunner(build_admin_app(st, rl), access_log=None, shutdown_timeout=1.0)
         for runner, where, urls in (
@@ -216,9 +246,20 @@ class Gatekeeper:
             # A deep accept queue: a burst of clients (a retry storm) must hear "busy" in
             # milliseconds, not sit in the kernel's 1 s SYN retry because the default
             # backlog of 128 overflowed (measured in bench/: 22 of 500 dropped).
-            site = web.TCPSite(
-                runner, where.host, where.port, reuse_address=True, backlog=LISTEN_BACKLOG
-            )
+            site: web.TCPSite
+            if runner is proxy:  # the public side: head deadline and connection cap
+                site = EdgeSite(
+                    runner,
+                    where.host,
+                    where.port,
+                    conns=conns,
+                    reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
+                )
+            else:
+                site = web.TCPSite(
+                    runner, where.host, where.port, reuse_address=True, backlog=LISTEN_BACKLOG
+                )
             await site.start()
             urls.extend(_urls(runner))
         log.info("gatekeeper %s: rules from %s", __version__, cfg.source)

@@ -110,6 +110,20 @@ class Metrics:
             "1 while shutting down: waiting for running generations, admitting none.",
             registry=r,
         )
+        self.client_connections = Gauge(
+            "gatekeeper_client_connections",
+            "Client connections open on the public listener.",
+            registry=r,
+        )
+        self.client_connections_closed = Counter(
+            "gatekeeper_client_connections_closed",
+            "Client connections closed by gatekeeper: header_timeout (no complete request"
+            " head in time) or connection_limit (over limits.max_client_connections).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("header_timeout", "connection_limit"):
+            self.client_connections_closed.labels(reason)
         self.config_reloads = Counter(
             "gatekeeper_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

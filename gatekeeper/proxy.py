@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .admission import Rejection, Ticket
 from .config import Config, Route
+from .edge import Connections
 from .errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, UpstreamError
 from .headers import REQUEST_ID, downstream_response_headers, upstream_request_headers
 from .state import AppState, Runtime
@@ -148,15 +149,36 @@ def check_target(request: web.BaseRequest) -> None:
 
 
 class ProxyHandler:
-    def __init__(self, state: AppState, on_record: Callable[[RequestRecord], None] | None = None):
+    def __init__(
+        self,
+        state: AppState,
+        on_record: Callable[[RequestRecord], None] | None = None,
+        conns: Connections | None = None,
+    ):
         self.state = state
         self.on_record = on_record
+        self.conns = conns
 
     @web.middleware
     async def refuse_foreign_targets(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Runs before aiohttp's router, which would answer 404 to CONNECT's authority-form."""
+        """Runs before aiohttp's router, which would answer 404 to CONNECT's authority-form.
+
+        Also the start and end of a request for the connection table (``edge``): from
+        here on no head deadline applies to this connection."""
+        conns = self.conns
+        if conns is None:
+            return await self._checked(request, handler)
+        conns.begin(request.protocol)
+        try:
+            return await self._checked(request, handler)
+        finally:
+            conns.end(request.protocol)
+
+    async def _checked(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             check_target(request)
         except HttpError as exc:

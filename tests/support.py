@@ -44,10 +44,25 @@ def find_binary(name: str, *candidates: str) -> str:
     pytest.skip(msg)
 
 
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class Proc:
     """A running ``gatekeeper`` subcommand."""
 
-    def __init__(self, args: list[str], log_path: Path, *, ready: str, timeout: float = 20.0):
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        *,
+        ready: str,
+        timeout: float = 20.0,
+        nofile: int | None = None,
+    ):
+        """``nofile``: the process's open-file limit (e.g. systemd's usual 1,024)."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "w+b")  # noqa: SIM115 - lives as long as the process
@@ -57,6 +72,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
+            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
         )
         self.lines: list[str] = []
         deadline = time.monotonic() + timeout
@@ -148,7 +164,7 @@ def calm_resources(rules: str, readings: Path) -> str:
 
 
 def start_gatekeeper(
-    tmp_path: Path, rules: str, upstream: str, *extra: str
+    tmp_path: Path, rules: str, upstream: str, *extra: str, nofile: int | None = None
 ) -> tuple[Proc, str, str]:
     """Write ``rules`` to a file and run ``gatekeeper run``; returns (proc, proxy, admin URLs)."""
     port, admin = free_port(), free_port()
@@ -169,6 +185,7 @@ def start_gatekeeper(
         ],
         tmp_path / f"gatekeeper-{port}.log",
         ready=r"admin listening on http://",
+        nofile=nofile,
     )
     return p, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
 

@@ -1,0 +1,270 @@
+"""The public listener's connection table: head deadlines and the connection cap.
+
+Pure tables over ``edge.Connections`` with a fake clock and fake transports, then
+the real ``gatekeeper run`` process under slowloris: 1,000 connections that never
+finish their request head, with the process's open-file limit at systemd's usual
+1,024, while a legitimate client polls and generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from support import start_engine, start_gatekeeper
+
+from gatekeeper.config import Limits
+from gatekeeper.edge import Connections
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.state = "open"
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.state = "closed"
+
+    def abort(self) -> None:
+        self.state = "aborted"
+
+    def is_closing(self) -> bool:
+        return self.state != "open"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def table(
+    cap: int = 3, header_timeout: float = 10.0
+) -> tuple[Connections, Clock, dict[str, FakeTransport]]:
+    clock = Clock()
+    lim = replace(Limits(), max_client_connections=cap, header_timeout=header_timeout)
+    conns = Connections(lambda: lim, clock)
+    return conns, clock, {}
+
+
+def open_conn(conns: Connections, transports: dict[str, FakeTransport], key: str) -> bool:
+    t = FakeTransport()
+    transports[key] = t
+    return conns.opened(key, t)  # type: ignore[arg-type]
+
+
+def test_fresh_connection_must_send_its_head_within_the_timeout() -> None:
+    """A connection that has not completed a head header_timeout after opening gets 408."""
+    conns, clock, ts = table()
+    open_conn(conns, ts, "a")
+    clock.now += 9.9
+    assert conns.sweep() == 0
+    clock.now += 0.1
+    assert conns.sweep() == 1
+    assert ts["a"].written.startswith(b"HTTP/1.1 408 ") and ts["a"].state == "closed"
+    assert conns.open == 0 and conns.closed["header_timeout"] == 1
+
+
+def test_a_running_request_has_no_head_deadline() -> None:
+    """Between begin and end (a 15-minute generation) the connection is never timed out."""
+    conns, clock, ts = table()
+    open_conn(conns, ts, "a")
+    clock.now += 1
+    conns.begin("a")
+    clock.now += 3600
+    assert conns.sweep() == 0 and ts["a"].state == "open"
+
+
+def test_keepalive_deadline_counts_from_the_first_byte_of_the_next_head() -> None:
+    """After a request, idling is keepalive's business; a started head has header_timeout."""
+    conns, clock, ts = table()
+    open_conn(conns, ts, "a")
+    conns.begin("a")
+    conns.end("a")
+    clock.now += 60  # idle keep-alive: not ours to close
+    assert conns.sweep() == 0
+    conns.received("a")  # first byte of the next head
+    clock.now += 9
+    conns.received("a")  # more bytes do not move the deadline
+    assert conns.sweep() == 0
+    clock.now += 1
+    assert conns.sweep() == 1
+
+
+@pytest.mark.parametrize(
+    ("busy", "evicted"),
+    [
+        ((), "a"),  # nobody busy: the oldest goes
+        (("a",), "b"),  # the oldest runs a request: the oldest waiting one goes
+        (("a", "b"), "c"),
+    ],
+)
+def test_over_the_cap_the_oldest_waiting_connection_is_closed(
+    busy: tuple[str, ...], evicted: str
+) -> None:
+    """A new connection over the cap closes the oldest one still waiting for its head."""
+    conns, _, ts = table(cap=3)
+    for key in "abc":
+        open_conn(conns, ts, key)
+    for key in busy:
+        conns.begin(key)
+    assert open_conn(conns, ts, "d") is True
+    assert ts[evicted].state == "aborted"
+    assert [k for k, t in ts.items() if t.state != "open"] == [evicted]
+    assert conns.open == 3 and conns.closed["connection_limit"] == 1
+
+
+def test_when_every_connection_runs_a_request_the_new_one_is_refused() -> None:
+    """Running requests (a generation, its downloads) are never evicted for a newcomer."""
+    conns, _, ts = table(cap=2)
+    for key in "ab":
+        open_conn(conns, ts, key)
+        conns.begin(key)
+    assert open_conn(conns, ts, "c") is False
+    assert ts["a"].state == ts["b"].state == "open"
+    assert conns.open == 2
+
+
+def test_cap_is_lowered_to_what_the_fd_limit_allows() -> None:
+    """The effective cap is min(max_client_connections, the open-file ceiling)."""
+    conns, _, _ = table(cap=1000)
+    conns.cap_ceiling = 960
+    assert conns.cap == 960
+    conns.cap_ceiling = 5000
+    assert conns.cap == 1000
+
+
+def test_pipelined_overlap_keeps_the_connection_busy() -> None:
+    """begin/begin/end leaves one request running: still no deadline."""
+    conns, clock, ts = table()
+    open_conn(conns, ts, "a")
+    conns.begin("a")
+    conns.begin("a")
+    conns.end("a")
+    clock.now += 100
+    assert conns.sweep() == 0
+    conns.end("a")
+    conns.end("a")  # an extra end is ignored, never negative
+    conns.received("a")
+    clock.now += 10
+    assert conns.sweep() == 1
+
+
+# --------------------------------------------------------------------------- real process
+
+SLOW = 1000
+
+
+async def _slowloris(host: str, port: int, opened: list[asyncio.StreamWriter]) -> None:
+    """Open a connection and send a request head that never ends."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return
+    opened.append(writer)
+    writer.write(b"GET /progress HTTP/1.1\r\nHost: x\r\n")
+    try:
+        for _ in range(60):
+            await asyncio.sleep(0.5)
+            writer.write(b"X-a: b\r\n")
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+@pytest.mark.slow
+async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
+    tmp_path: Path,
+) -> None:
+    """1,000 never-ending heads at ulimit -n 1024: polls and a generation are still served."""
+    engine, engine_url = start_engine(tmp_path, seconds=1.0)
+    rules = "limits:\n  header_timeout: 3s\nupstream:\n  probe:\n    interval: 1s\n"
+    gk, url, admin = start_gatekeeper(tmp_path, rules, engine_url, nofile=1024)
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        assert "lowered to 960 by the open-file limit" in gk.output()
+        host, port = url.removeprefix("http://").split(":")
+        attack = [asyncio.create_task(_slowloris(host, int(port), opened)) for _ in range(SLOW)]
+        await asyncio.sleep(1.0)  # every slow connection is open (or was evicted)
+        timings = []
+        async with aiohttp.ClientSession() as http:
+            for _ in range(10):
+                t0 = time.monotonic()
+                async with http.get(url + "/progress") as r:
+                    assert r.status == 200
+                timings.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            async with http.post(url + "/generate", json={"lyrics": "la", "seconds": 1}) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.read())[:4] == b"RIFF"
+            generation = time.monotonic() - t0
+            async with http.get(admin + "/metrics") as r:
+                metrics = await r.text()
+        open_now = _metric(metrics, "gatekeeper_client_connections")
+        evicted = _metric(
+            metrics, 'gatekeeper_client_connections_closed_total{reason="connection_limit"}'
+        )
+        assert open_now <= 960
+        assert evicted >= SLOW - 960  # the cap held: the oldest waiting ones went
+        # The head deadline closes what is left of the attack.
+        await asyncio.sleep(4.0)
+        async with aiohttp.ClientSession() as http, http.get(admin + "/metrics") as r:
+            metrics = await r.text()
+        timed_out = _metric(
+            metrics, 'gatekeeper_client_connections_closed_total{reason="header_timeout"}'
+        )
+        assert timed_out >= 900
+        assert _metric(metrics, "gatekeeper_client_connections") < 10
+        print(
+            f"\nslowloris {SLOW} conns at nofile=1024: poll p50 {sorted(timings)[5] * 1000:.1f} ms,"
+            f" max {max(timings) * 1000:.1f} ms; generation {generation:.2f}s;"
+            f" evicted {evicted:.0f}, head timeouts {timed_out:.0f}"
+        )
+        for task in attack:
+            task.cancel()
+        await asyncio.gather(*attack, return_exceptions=True)
+    finally:
+        for w in opened:
+            w.close()
+        assert gk.stop() == 0
+        engine.stop()
+    assert "Traceback" not in gk.output()
+
+
+async def test_a_connection_that_sends_nothing_gets_408_after_header_timeout(
+    tmp_path: Path,
+) -> None:
+    """Silence after connecting is closed with 408 at header_timeout, logged with the key."""
+    engine, engine_url = start_engine(tmp_path)
+    gk, url, _ = start_gatekeeper(tmp_path, "limits:\n  header_timeout: 1s\n", engine_url)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET / HTTP/1.1\r\nHo")
+        t0 = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), timeout=5)
+        elapsed = time.monotonic() - t0
+        assert data.startswith(b"HTTP/1.1 408 Request Timeout"), data
+        assert 0.9 <= elapsed < 2.5, elapsed
+        writer.close()
+        await asyncio.sleep(0.2)
+    finally:
+        assert gk.stop() == 0
+        engine.stop()
+    assert "limits.header_timeout" in gk.output()
