@@ -32,7 +32,7 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[SimConfig], Awaitable[Client]]
 
 FAST = SimConfig(seconds=0.3, memory_mb=1, burn_cpu=False, batch_size=2)
-ROOT = Path(enginesim.__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
