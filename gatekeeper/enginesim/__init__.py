@@ -10,7 +10,8 @@ Run it with ``gatekeeper engine-sim`` or ``python -m gatekeeper.enginesim``; fla
 ``--no-cpu`` and ``--batch-size``. Once bound it prints
 ``engine-sim listening on http://HOST:PORT``; SIGINT/SIGTERM stop it with exit code 0.
 
-Engine endpoints (errors are FastAPI-style JSON ``{"detail": ...}``, bad input is 422):
+Engine endpoints (errors are FastAPI-style JSON ``{"detail": ...}``, bad input is 422;
+``WORK_ENDPOINTS`` lists the three that start generations):
 
 ``POST /generate``
     Body ``{"lyrics": str, "description": str, "seconds": float?}``. Does the work, then
@@ -76,7 +77,7 @@ Modules, imports pointing downward (nothing here imports the rest of ``gatekeepe
 
     cli      -> app, flags, config      serve until a signal (``main``)
     flags                               the command-line flags (argparse only)
-    app      -> api, testkit, engine    the route table, middleware, shutdown
+    app      -> api, testkit, engine    the route table, middleware, WORK_ENDPOINTS
     api      -> engine, wire, state     the engine's endpoints (generate, progress, ...)
     testkit  -> content, wire, state    the ``/_sim/`` helpers
     state    -> engine                  the app keys and the request statistics
@@ -92,13 +93,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .app import create_app
+    from .app import WORK_ENDPOINTS, create_app
     from .cli import main
     from .config import SimConfig
     from .content import download_content, gzip_plain_body, synthesize_wav
     from .flags import add_arguments
 
 __all__ = [
+    "WORK_ENDPOINTS",
     "SimConfig",
     "add_arguments",
     "create_app",
@@ -112,6 +114,7 @@ __all__ = [
 # add_arguments for every command, and this keeps that to the argparse-only ``flags``:
 # ``gatekeeper run`` and ``check`` never load the simulator itself.
 _MODULE_OF = {
+    "WORK_ENDPOINTS": "app",
     "SimConfig": "config",
     "add_arguments": "flags",
     "create_app": "app",

@@ -1,6 +1,8 @@
 """The engine's own endpoints: generate (plain, SSE, batch), progress, result, transfer.
 
-These are the routes the real engine has; ``testkit`` holds the ``/_sim/`` extras.
+These are the routes the real engine has (``testkit`` holds the ``/_sim/`` extras). A
+handler that starts a generation is decorated with :func:`starts_work`; ``app`` lists
+those routes in ``WORK_ENDPOINTS`` and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ import asyncio
 import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from .config import SimConfig
 from .content import pattern_view
 from .engine import Engine, EngineClosed, Generation
-from .state import ENGINE
+from .state import ENGINE, Handler
 from .wire import (
     CHUNK_SIZE,
     digest_body,
@@ -32,6 +34,20 @@ DEFAULT_DOWNLOAD_BYTES = 100 * 1024 * 1024
 MAX_BATCH_ITEMS = 64
 DEFAULT_LYRICS = "[verse]\nla la la, a simulated song\n[chorus]\nla la la"
 DEFAULT_DESCRIPTION = "simulated pop, female vocals, 120 bpm"
+
+_WORK_HANDLERS: set[Handler] = set()
+H = TypeVar("H", bound=Handler)
+
+
+def starts_work(handler: H) -> H:
+    """Mark ``handler`` as one that starts generations; its routes belong in WORK_ENDPOINTS."""
+    _WORK_HANDLERS.add(handler)
+    return handler
+
+
+def is_work_handler(handler: object) -> bool:
+    """Whether ``handler`` was marked with :func:`starts_work`."""
+    return handler in _WORK_HANDLERS
 
 
 def _parse_item(config: SimConfig, item: Any, where: str) -> tuple[str, str, float]:
@@ -57,6 +73,10 @@ def _parse_item(config: SimConfig, item: Any, where: str) -> tuple[str, str, flo
 
 
 async def _start(request: web.Request, lyrics: str, description: str, seconds: float) -> Generation:
+    # The one way a handler starts a generation, so an unmarked handler fails here at its
+    # first request instead of going missing from WORK_ENDPOINTS (and the proxy's rules).
+    if not is_work_handler(request.match_info.handler):
+        raise RuntimeError(f"{request.method} {request.path}: a generation needs @starts_work")
     try:
         return await request.app[ENGINE].start(lyrics, description, seconds)
     except EngineClosed:
@@ -119,6 +139,7 @@ async def _pump_progress(engine: Engine, gen: Generation, resp: web.StreamRespon
         pass  # the listener left; the generation itself carries on, as in the real engine
 
 
+@starts_work
 async def generate(request: web.Request) -> web.StreamResponse:
     if request.query.get("stream") == "sse":
         return await generate_stream(request)
@@ -131,6 +152,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return _wav_response(gen)
 
 
+@starts_work
 async def generate_stream(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     item = _parse_item(engine.config, await read_json(request), "body")
@@ -141,6 +163,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@starts_work
 async def batch_generate(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request)

@@ -9,6 +9,15 @@ from .config import SimConfig
 from .engine import Engine
 from .state import ENGINE, STATS, Handler, Stats
 
+# Every route whose handler starts a generation (marked ``@api.starts_work``): what a
+# gatekeeper in front of the simulator has to admit. tests/test_enginesim.py checks this
+# against the router, so a new work route cannot be added without listing it here.
+WORK_ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("POST", "/generate"),
+    ("POST", "/generate/stream"),
+    ("POST", "/batch-generate"),
+)
+
 _UNRECORDED = frozenset({"/_sim/stats", "/_sim/reset"})
 
 
