@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, enginesim
+from . import __version__
 from .config import Config, load_config_file
 from .errors import ConfigError
 from .logs import setup_logging
@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_engine_sim(args: argparse.Namespace) -> int:
+    from . import enginesim
+
     return enginesim.main(args)
 
 
@@ -357,6 +359,8 @@ def _add_alert_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import enginesim
+
     p = argparse.ArgumentParser(
         prog="gatekeeper",
         description="A sidecar reverse proxy that admits one AI music generation at a time.",

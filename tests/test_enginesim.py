@@ -26,13 +26,14 @@ from pytest_aiohttp import AiohttpClient
 
 from gatekeeper import enginesim
 from gatekeeper.enginesim import SimConfig, create_app, download_content, gzip_plain_body
+from gatekeeper.enginesim.api import generate, is_work_handler
 
 T = TypeVar("T")
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[SimConfig], Awaitable[Client]]
 
 FAST = SimConfig(seconds=0.3, memory_mb=1, burn_cpu=False, batch_size=2)
-ROOT = Path(enginesim.__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -426,6 +427,46 @@ async def test_shutdown_kills_running_workers(make_client: MakeClient) -> None:
         assert resp.status in (500, 503)
     except aiohttp.ClientError:
         pass  # the connection may be closed before the error answer is read
+
+
+def test_work_endpoints_are_exactly_the_routes_that_start_work() -> None:
+    """WORK_ENDPOINTS lists every route of the real router whose handler starts generations."""
+    working = set()
+    for route in create_app(FAST).router.routes():
+        assert route.resource is not None  # every simulator route belongs to a resource
+        if is_work_handler(route.handler):
+            working.add((route.method, route.resource.canonical))
+    assert working == set(enginesim.WORK_ENDPOINTS)
+    assert len(enginesim.WORK_ENDPOINTS) == len(working)  # no entry listed twice
+    assert {("POST", "/generate"), ("POST", "/batch-generate")} <= working
+
+
+async def test_an_unmarked_handler_cannot_start_a_generation(aiohttp_client: AiohttpClient) -> None:
+    """A route whose handler lacks @starts_work fails with 500 and starts no generation."""
+    app = create_app(FAST)
+
+    async def unlisted(request: web.Request) -> web.StreamResponse:
+        return await generate(request)
+
+    app.router.add_post("/unlisted", unlisted)
+    client = await aiohttp_client(app)
+    resp = await client.post("/unlisted", json={"lyrics": "sneaky"})
+    assert resp.status == 500
+    assert await listed_generations(client) == []
+
+
+async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -> None:
+    """`gatekeeper run`/`check` parse their flags without importing the simulator itself."""
+    code = (
+        "import sys; from gatekeeper.cli import build_parser; build_parser(); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('gatekeeper.enginesim'))))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert out.decode().split() == ["gatekeeper.enginesim", "gatekeeper.enginesim.flags"]
 
 
 async def test_main_serves_over_a_socket_and_exits_0_on_sigterm() -> None:
