@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gatekeeper.config import DEFAULT_ROUTES, Route
+from gatekeeper.config import DEFAULT_ROUTES, Route, load_config_file
+from gatekeeper.enginesim import WORK_ENDPOINTS
 from gatekeeper.routes import PASS_ROUTE, Router, compile_glob, lint, normalize_path
 
 
@@ -132,3 +135,12 @@ def test_lint_table(routes: tuple[Route, ...], warned: bool) -> None:
     assert bool(warnings) is warned, warnings
     if warned:
         assert "use path: /generate/**" in warnings[0]
+
+
+def test_shipped_rules_gate_every_engine_sim_work_endpoint(repo_root: Path) -> None:
+    """Every endpoint of the bundled engine that starts work is admitted or blocked."""
+    router = Router(load_config_file(repo_root / "rules.yaml").routes)
+    for method, path in WORK_ENDPOINTS:
+        for spelling in (path, path + "/", "/" + path, path + ";v=1"):
+            route = router.match(method, spelling)
+            assert route.action in ("admit", "block"), (method, spelling, route)
