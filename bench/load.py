@@ -30,8 +30,8 @@ class Load:
     p50: float
     p99: float
     requests: int
-    errors: int  # non-2xx/3xx (wrk) or transport errors (hey)
-    statuses: dict[str, int]
+    errors: int  # non-2xx/3xx + socket errors (wrk) or transport errors (hey)
+    statuses: dict[str, int]  # by status code (hey); {"non-2xx/3xx": n} (wrk)
 
 
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -66,7 +66,7 @@ def parse_wrk(out: str) -> Load:
         p99=_wrk_duration(p99.group(1)) if p99 else 0.0,
         requests=int(grab(r"^\s+(\d+) requests in")),
         errors=errors,
-        statuses={},
+        statuses={"non-2xx/3xx": int(non2xx.group(1))} if non2xx else {},
     )
 
 

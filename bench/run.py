@@ -72,7 +72,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "b": ("nginx", "haproxy", "hey"),
     "c": (),
     "d": ("haproxy",),
-    "e": ("nginx", "wrk"),
+    "e": ("nginx", "wrk", "hey"),
 }
 
 
