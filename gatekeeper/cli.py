@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -80,141 +76,10 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     return enginesim.main(args)
 
 
-# --------------------------------------------------------------------------- demo
-
-
-def _spawn(
-    argv: list[str], expect: str, timeout: float = 20.0
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a child and wait for the line announcing it listens."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if expect in line:
-            return proc, line.strip()
-    proc.kill()
-    raise RuntimeError(f"{' '.join(argv)} did not start (exit code {proc.poll()})")
-
-
-def _stop(proc: subprocess.Popen[str], signals: int = 2) -> None:
-    for _ in range(signals):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import httpx
+    from .demo import run
 
-    from .display import status_line
-
-    config = args.config or str(default_config_path())
-    load_config_file(config)  # fail here, with every problem listed, not in a child
-    host = "127.0.0.1"
-    engine = f"{host}:{args.engine_port}"
-    public = f"{host}:{args.port}"
-    admin = f"{host}:{args.admin_port}"
-    py = sys.executable
-    children: list[subprocess.Popen[str]] = []
-    try:
-        sim, _ = _spawn(
-            [
-                py,
-                "-m",
-                "gatekeeper",
-                "engine-sim",
-                "--listen",
-                engine,
-                "--seconds",
-                str(args.seconds),
-                "--memory-mb",
-                str(args.memory_mb),
-            ],
-            "listening",
-        )
-        children.append(sim)
-        gk, _ = _spawn(
-            [
-                py,
-                "-m",
-                "gatekeeper",
-                "run",
-                "--config",
-                config,
-                "--upstream",
-                f"http://{engine}",
-                "--listen",
-                public,
-                "--admin-listen",
-                admin,
-                "--log-level",
-                "WARNING",
-            ],
-            "admin listening",
-        )
-        children.append(gk)
-    except RuntimeError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        for child in children:
-            _stop(child)
-        return 1
-    url = f"http://{public}"
-    print(
-        f"""
-gatekeeper demo: an engine simulator ({args.seconds:g}s per song) behind gatekeeper.
-
-  frontend URL (point your frontend here):  {url}
-  status page / metrics / status JSON:      http://{admin}/  /metrics  /status
-  engine simulator (direct, bypassing):     http://{engine}
-
-Generate a song (copy-paste; run it twice at once to see the second one turned away):
-
-  curl -sS -X POST {url}/generate -H 'Content-Type: application/json' \\
-       -d '{{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}}' \\
-       -o song.wav -D - && ls -l song.wav
-
-Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
-
-Retry-After starts from admission.expected_seconds (600 s: the real engine's 5-15 min)
-and is learned from completed songs; after the first one it follows the simulator.
-
-Live status (Ctrl-C to stop):
-""",
-        flush=True,
-    )
-    tty = sys.stdout.isatty()
-    last_print = 0.0
-    try:
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while gk.poll() is None:
-                try:
-                    line = status_line(client.get(f"http://{admin}/status").json())
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    line = f"(status unavailable: {exc})"
-                if tty:
-                    width = os.get_terminal_size().columns if tty else 200
-                    print("\r" + line[: width - 1].ljust(width - 1), end="", flush=True)
-                elif time.monotonic() - last_print >= args.log_every:
-                    print(line, flush=True)
-                    last_print = time.monotonic()
-                time.sleep(1.0)
-        print("\ndemo: gatekeeper exited unexpectedly", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ndemo: stopping", flush=True)
-        return 0
-    finally:
-        for child in reversed(children):
-            _stop(child)
+    return run(args, args.config or str(default_config_path()))
 
 
 # --------------------------------------------------------------------------- status, dashboard

@@ -15,7 +15,8 @@ from support import free_port
 
 
 def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path) -> None:
-    """The demo prints its URL and curl, proxies a generation, shows status, exits on Ctrl-C."""
+    """The demo prints its URL and curl, starts from the song length as its estimate,
+    proxies a generation, shows status, exits on Ctrl-C."""
     port, admin, engine = free_port(), free_port(), free_port()
     log = tmp_path / "demo.log"
     # The default rules, but readings from a calm file: under the test suite the box's
@@ -57,7 +58,10 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                 time.sleep(0.1)
             text = log.read_text()
             assert f"frontend URL (point your frontend here):  http://127.0.0.1:{port}" in text
-            assert f"curl -sS -X POST http://127.0.0.1:{port}/generate" in text
+            assert f"curl -sS --fail-with-body -X POST http://127.0.0.1:{port}/generate" in text
+            # The first estimate is the simulator's song length, not the real engine's 600 s.
+            first_status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
+            assert first_status["expected_seconds"] == 1.5, first_status
             children = psutil.Process(proc.pid).children(recursive=True)
             assert len(children) >= 2
             with httpx.Client(timeout=30) as c:
