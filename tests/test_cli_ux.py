@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gatekeeper.config import load_config
+from gatekeeper.config import Admission, Config, Resources, load_config
 from gatekeeper.demo import CLEAR_LINE, LiveLine, demo_rules
+from gatekeeper.monitor import Monitor, Reading
 
 
 class FakeStream(io.StringIO):
@@ -93,3 +98,37 @@ def test_end_moves_below_the_live_line() -> None:
     live.show("status")
     live.end()
     assert out.getvalue().endswith("status\n")
+
+
+# --------------------------------------------------------------------------- log levels
+
+
+async def test_overload_is_a_warning_and_recovery_is_info(caplog: pytest.LogCaptureFixture) -> None:
+    """`overloaded=True` is logged at WARNING, the way back to `overloaded=False` at INFO:
+    an operator scanning for warnings sees the trouble, not the good news."""
+    readings = iter([(50.0, 10.0), (95.0, 10.0), (60.0, 10.0)])
+    done = asyncio.Event()
+
+    def factory(_: Resources) -> Callable[[], Reading]:
+        def sample() -> Reading:
+            try:
+                return next(readings)
+            except StopIteration:
+                done.set()
+                return (60.0, 10.0)
+
+        return sample
+
+    res = Resources(cpu_smoothing=1.0)
+    cfg = replace(Config(), admission=replace(Admission(sample_interval=0.01), resources=res))
+    mon = Monitor(lambda: cfg, lambda s: None, clock=lambda: 0.0, sampler_factory=factory)
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    task = asyncio.create_task(mon.run())
+    await asyncio.wait_for(done.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    changes = [(r.levelname, r.getMessage()) for r in caplog.records if "changed" in r.msg]
+    assert [level for level, _ in changes] == ["WARNING", "INFO"], changes
+    assert "cpu 95.0% overloaded=True" in changes[0][1]
+    assert "overloaded=False" in changes[1][1]
