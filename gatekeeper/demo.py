@@ -173,6 +173,19 @@ def _stop_all(children: list[subprocess.Popen[str]]) -> None:
         _stop(child)
 
 
+SONG_REQUEST = '{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}'
+
+
+def curl_generate(url: str, output: str) -> str:
+    """The copy-paste generation command. ``--fail-with-body`` (curl >= 7.76): a 503 exits
+    22 so ``&& ls`` does not run, and its JSON answer stays readable in ``output``."""
+    return (
+        f"curl -sS --fail-with-body -X POST {url}/generate -H 'Content-Type: application/json' \\\n"
+        f"       -d '{SONG_REQUEST}' \\\n"
+        f"       -o {output} -D - && ls -l {output}"
+    )
+
+
 def banner(args: argparse.Namespace, url: str, admin: str, engine: str) -> str:
     return f"""
 gatekeeper demo: an engine simulator ({args.seconds:g}s per song) behind gatekeeper.
@@ -183,14 +196,15 @@ gatekeeper demo: an engine simulator ({args.seconds:g}s per song) behind gatekee
 
 Generate a song (copy-paste):
 
-  curl -sS --fail-with-body -X POST {url}/generate -H 'Content-Type: application/json' \\
-       -d '{{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}}' \\
-       -o song.wav -D - && ls -l song.wav
+  {curl_generate(url, "song1.wav")}
 
-Run it again (with -o song2.wav) while the first one runs: the answer is 503 with
-Retry-After, the seconds the running song has left. The demo's rules set
-admission.expected_seconds to {args.seconds:g}s (the real engine's default is 600 s);
-after each song the estimate follows the measured durations.
+While it runs, in a second terminal: 503 with Retry-After, the seconds the running
+song has left (song2.wav then holds gatekeeper's JSON answer, and `ls` does not run):
+
+  {curl_generate(url, "song2.wav")}
+
+The demo's rules set admission.expected_seconds to {args.seconds:g}s (the real engine's
+default is 600 s); after each song the estimate follows the measured durations.
 
 Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
 

@@ -59,6 +59,9 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
             text = log.read_text()
             assert f"frontend URL (point your frontend here):  http://127.0.0.1:{port}" in text
             assert f"curl -sS --fail-with-body -X POST http://127.0.0.1:{port}/generate" in text
+            # Two distinct files for the "run it twice" example: a 503 never lands in song1.wav.
+            assert "-o song1.wav -D - && ls -l song1.wav" in text
+            assert "-o song2.wav -D - && ls -l song2.wav" in text
             # The first estimate is the simulator's song length, not the real engine's 600 s.
             first_status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
             assert first_status["expected_seconds"] == 1.5, first_status
