@@ -8,13 +8,16 @@
     gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
 
-Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
+Exit codes: 0 success, 2 invalid configuration or usage, 141 (128 + SIGPIPE, as for
+`yes | head`) when the reader of stdout went away, 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -260,11 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a shell reports for a command killed by SIGPIPE (128 + 13), e.g. `yes | head`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (`gatekeeper status | head -3`): stop quietly.
+
+    Python ignores SIGPIPE, so a write raises BrokenPipeError instead of ending the
+    process like a Unix tool. Pointing stdout at /dev/null keeps the interpreter's own
+    final flush from raising it again; the exit status is what the signal would give.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
     except ConfigError as exc:  # every command: the problems, each with its line; exit 2
         print(exc, file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _broken_pipe()
     return code

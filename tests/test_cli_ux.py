@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -132,3 +135,42 @@ async def test_overload_is_a_warning_and_recovery_is_info(caplog: pytest.LogCapt
     assert [level for level, _ in changes] == ["WARNING", "INFO"], changes
     assert "cpu 95.0% overloaded=True" in changes[0][1]
     assert "overloaded=False" in changes[1][1]
+
+
+# --------------------------------------------------------------------------- pipes
+
+
+def run_into_closed_pipe(*argv: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``gatekeeper ARGV`` with stdout a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, deterministically
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "gatekeeper", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("argv", [["check"], ["dashboard"], ["alert-rules"]])
+def test_closed_pipe_exits_141_without_a_traceback(argv: list[str], tmp_path: Path) -> None:
+    """A reader that went away ends the command quietly with 141 (128 + SIGPIPE), like
+    a Unix tool: no BrokenPipeError traceback, no "Exception ignored" message."""
+    res = run_into_closed_pipe(*argv, cwd=tmp_path)
+    assert res.returncode == 141, res.stderr
+    assert res.stderr == b""
+
+
+def test_head_in_a_shell_pipeline(tmp_path: Path) -> None:
+    """`gatekeeper dashboard | head -n 0` under `set -o pipefail`: the pipeline's status
+    is 141, as for any Unix tool cut short, and stderr stays empty."""
+    script = f"set -o pipefail; {sys.executable} -m gatekeeper dashboard | head -n 0"
+    res = subprocess.run(
+        ["bash", "-c", script], capture_output=True, cwd=tmp_path, timeout=60, check=False
+    )
+    assert res.returncode == 141, res.stderr
+    assert res.stderr == b""
