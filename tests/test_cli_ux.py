@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import logging
@@ -174,3 +175,77 @@ def test_head_in_a_shell_pipeline(tmp_path: Path) -> None:
     )
     assert res.returncode == 141, res.stderr
     assert res.stderr == b""
+
+
+# --------------------------------------------------------------------------- --help and check
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    from gatekeeper.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_subcommand_has_a_description_and_every_option_a_help_with_its_default() -> None:
+    """`gatekeeper COMMAND --help` says what the command does, what each option is for and
+    what applies when it is not given (flags excepted: off is their default)."""
+    for name, parser in subcommands().items():
+        assert parser.description, name
+        help_text = parser.format_help()
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings}"
+            if action.default not in (None, False):
+                rendered = parser._get_formatter()._expand_help(action)
+                assert f"default: {action.default}" in rendered, (name, rendered)
+            if action.default is None:
+                assert "default" in action.help, f"{name} {action.option_strings}"
+        assert "(default: None)" not in help_text, name
+
+
+def test_no_internal_references_in_help() -> None:
+    """No "(issue #4)" or similar in anything a user reads in --help."""
+    from gatekeeper.cli import build_parser
+
+    texts = [build_parser().format_help()] + [p.format_help() for p in subcommands().values()]
+    for text in texts:
+        assert "issue" not in text.lower() and "§" not in text, text
+
+
+def gk(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatekeeper", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_check_names_the_packaged_file_outside_a_checkout(tmp_path: Path) -> None:
+    """Without --config and without ./rules.yaml, check says on its first line that it
+    checked the packaged default, by absolute path."""
+    import gatekeeper
+
+    res = gk("check", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    packaged = Path(gatekeeper.__file__).with_name("rules.yaml")
+    note = "(the packaged default: no --config and no ./rules.yaml here)"
+    assert first == f"checked {packaged} {note}: OK"
+
+
+def test_check_names_the_file_it_checked(tmp_path: Path) -> None:
+    """./rules.yaml or --config: the first line is "checked <absolute path>: OK" or
+    ": INVALID" (the problems follow on stderr, exit 2)."""
+    (tmp_path / "rules.yaml").write_text("admission:\n  max_in_flight: 2\n")
+    res = gk("check", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == f"checked {tmp_path / 'rules.yaml'}: OK"
+    (tmp_path / "bad.yaml").write_text("admission:\n  max_in_flight: two\n")
+    res = gk("check", "--config", "bad.yaml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stdout.splitlines()[0] == f"checked {tmp_path / 'bad.yaml'}: INVALID"
+    assert "line 2: admission.max_in_flight" in res.stderr
