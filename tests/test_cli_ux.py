@@ -249,3 +249,20 @@ def test_check_names_the_file_it_checked(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stdout.splitlines()[0] == f"checked {tmp_path / 'bad.yaml'}: INVALID"
     assert "line 2: admission.max_in_flight" in res.stderr
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+def test_packaging_metadata_is_current(repo_root: Path) -> None:
+    """pyproject uses the SPDX license string (no deprecated table) and finds
+    gatekeeper.static as a package, so `pip install .` prints no setuptools warning."""
+    import tomllib
+
+    meta = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"
+    assert meta["build-system"]["requires"] == ["setuptools>=77"]
+    packages = meta["tool"]["setuptools"]["packages"]
+    # A plain list ["gatekeeper"] would leave out gatekeeper.static (the status page).
+    assert packages == {"find": {"include": ["gatekeeper", "gatekeeper.*"]}}
+    assert "static/*" in meta["tool"]["setuptools"]["package-data"]["gatekeeper"]
