@@ -266,3 +266,13 @@ def test_packaging_metadata_is_current(repo_root: Path) -> None:
     # A plain list ["gatekeeper"] would leave out gatekeeper.static (the status page).
     assert packages == {"find": {"include": ["gatekeeper", "gatekeeper.*"]}}
     assert "static/*" in meta["tool"]["setuptools"]["package-data"]["gatekeeper"]
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def test_systemd_unit_raises_the_descriptor_limit(repo_root: Path) -> None:
+    """The unit lifts the 1,024-descriptor default: 1,000 slow clients must not exhaust it."""
+    unit = (repo_root / "deploy/systemd/gatekeeper.service").read_text()
+    values = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("LimitNOFILE=")]
+    assert values == ["65536"]
