@@ -132,7 +132,7 @@ def _spawn(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None and proc.stderr is not None
-    relay(proc.stderr, live)
+    errors = relay(proc.stderr, live)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -142,6 +142,7 @@ def _spawn(
             relay(proc.stdout, live)  # keep draining: a full pipe would block the child
             return proc
     _stop(proc)
+    errors.join(timeout=2.0)  # the child's own reason (e.g. address in use) comes first
     raise RuntimeError(f"`{' '.join(argv[2:4])}` did not start (exit code {proc.poll()})")
 
 
