@@ -8,21 +8,21 @@
     gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
 
-Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
+Exit codes: 0 success, 2 invalid configuration or usage, 141 (128 + SIGPIPE, as for
+`yes | head`) when the reader of stdout went away, 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, load_config_file
@@ -45,11 +45,19 @@ def _load(path: str | None) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     from .describe import config_warnings, describe
 
-    cfg = _load(args.config)
+    # Name the file on the first line, whatever the outcome: without --config outside a
+    # checkout this is the packaged default, which a reader would not guess.
+    path = Path(args.config) if args.config else default_config_path()
+    where = os.path.abspath(path)  # not resolve(): ./rules.yaml may be a symlink
+    if not args.config and path == PACKAGED_RULES:
+        where += " (the packaged default: no --config and no ./rules.yaml here)"
+    try:
+        cfg = load_config_file(path)
+    except ConfigError:
+        print(f"checked {where}: INVALID", flush=True)
+        raise
     warnings = config_warnings(cfg)
-    print(
-        f"{Path(cfg.source).resolve()}: OK" + (f" ({len(warnings)} warning(s))" if warnings else "")
-    )
+    print(f"checked {where}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     for line in describe(cfg):
         print("  " + line)
     for warning in warnings:
@@ -87,141 +95,10 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     return enginesim.main(args)
 
 
-# --------------------------------------------------------------------------- demo
-
-
-def _spawn(
-    argv: list[str], expect: str, timeout: float = 20.0
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a child and wait for the line announcing it listens."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if expect in line:
-            return proc, line.strip()
-    proc.kill()
-    raise RuntimeError(f"{' '.join(argv)} did not start (exit code {proc.poll()})")
-
-
-def _stop(proc: subprocess.Popen[str], signals: int = 2) -> None:
-    for _ in range(signals):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import httpx
+    from .demo import run
 
-    from .display import status_line
-
-    config = args.config or str(default_config_path())
-    load_config_file(config)  # fail here, with every problem listed, not in a child
-    host = "127.0.0.1"
-    engine = f"{host}:{args.engine_port}"
-    public = f"{host}:{args.port}"
-    admin = f"{host}:{args.admin_port}"
-    py = sys.executable
-    children: list[subprocess.Popen[str]] = []
-    try:
-        sim, _ = _spawn(
-            [
-                py,
-                "-m",
-                "gatekeeper",
-                "engine-sim",
-                "--listen",
-                engine,
-                "--seconds",
-                str(args.seconds),
-                "--memory-mb",
-                str(args.memory_mb),
-            ],
-            "listening",
-        )
-        children.append(sim)
-        gk, _ = _spawn(
-            [
-                py,
-                "-m",
-                "gatekeeper",
-                "run",
-                "--config",
-                config,
-                "--upstream",
-                f"http://{engine}",
-                "--listen",
-                public,
-                "--admin-listen",
-                admin,
-                "--log-level",
-                "WARNING",
-            ],
-            "admin listening",
-        )
-        children.append(gk)
-    except RuntimeError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        for child in children:
-            _stop(child)
-        return 1
-    url = f"http://{public}"
-    print(
-        f"""
-gatekeeper demo: an engine simulator ({args.seconds:g}s per song) behind gatekeeper.
-
-  frontend URL (point your frontend here):  {url}
-  status page / metrics / status JSON:      http://{admin}/  /metrics  /status
-  engine simulator (direct, bypassing):     http://{engine}
-
-Generate a song (copy-paste; run it twice at once to see the second one turned away):
-
-  curl -sS -X POST {url}/generate -H 'Content-Type: application/json' \\
-       -d '{{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}}' \\
-       -o song.wav -D - && ls -l song.wav
-
-Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
-
-Retry-After starts from admission.expected_seconds (600 s: the real engine's 5-15 min)
-and is learned from completed songs; after the first one it follows the simulator.
-
-Live status (Ctrl-C to stop):
-""",
-        flush=True,
-    )
-    tty = sys.stdout.isatty()
-    last_print = 0.0
-    try:
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while gk.poll() is None:
-                try:
-                    line = status_line(client.get(f"http://{admin}/status").json())
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    line = f"(status unavailable: {exc})"
-                if tty:
-                    width = os.get_terminal_size().columns if tty else 200
-                    print("\r" + line[: width - 1].ljust(width - 1), end="", flush=True)
-                elif time.monotonic() - last_print >= args.log_every:
-                    print(line, flush=True)
-                    last_print = time.monotonic()
-                time.sleep(1.0)
-        print("\ndemo: gatekeeper exited unexpectedly", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ndemo: stopping", flush=True)
-        return 0
-    finally:
-        for child in reversed(children):
-            _stop(child)
+    return run(args, args.config or str(default_config_path()))
 
 
 # --------------------------------------------------------------------------- status, dashboard
@@ -316,27 +193,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_observability_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
-        "status", help="show a running gatekeeper's status (one-shot or --watch)"
-    )
-    status.add_argument(
-        "--admin",
-        metavar="URL",
-        help=f"admin listener URL (default: ./rules.yaml's admin_listen, else {DEFAULT_ADMIN_URL})",
-    )
-    status.add_argument("--config", help="rules file to take admin_listen from")
-    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
-    status.set_defaults(func=cmd_status)
-
-    dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON for the rules")
-    dash.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
-    dash.set_defaults(func=cmd_dashboard)
-
-
 # --------------------------------------------------------------------------- alert-rules
 
 
@@ -347,51 +203,110 @@ def cmd_alert_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_alert_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rules = sub.add_parser(
-        "alert-rules", help="print the alert rules as a Prometheus rule file (issue #4)"
-    )
-    rules.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
-    rules.set_defaults(func=cmd_alert_rules)
-
-
 # --------------------------------------------------------------------------- parser
 
+CONFIG_HELP = "rules file (default: ./rules.yaml if there is one, else the packaged default)"
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import enginesim
+if TYPE_CHECKING:  # generic only in the type stubs
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-    p = argparse.ArgumentParser(
-        prog="gatekeeper",
-        description="A sidecar reverse proxy that admits one AI music generation at a time.",
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, unless its help already says it or there is none
+    to show (an off flag; an unset option whose help explains what applies instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(sub: Subparsers, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line ``summary`` (in ``gatekeeper --help``) and a
+    ``description`` (in ``gatekeeper NAME --help``); every option's help shows its default."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the proxy and the admin listener")
-    run.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
-    run.add_argument("--upstream", help="engine URL, overrides upstream.url")
-    run.add_argument("--listen", help="HOST:PORT of the public listener, overrides listen")
-    run.add_argument("--admin-listen", help="HOST:PORT of the admin listener")
-    run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+def _add_run_commands(sub: Subparsers) -> None:
+    from . import enginesim  # the package loads its modules lazily (flags only, here)
+
+    run = _command(
+        sub,
+        "run",
+        "run the proxy and the admin listener",
+        "Serve the public proxy (point the frontend here) and the admin listener (status "
+        "page, /healthz, /readyz, /metrics, /status) until SIGINT/SIGTERM, which drains: "
+        "running generations finish first. SIGHUP reloads the rules file.",
+    )
+    run.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    run.add_argument(
+        "--upstream", metavar="URL", help="engine URL (default: the file's upstream.url)"
+    )
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="public listener (default: the file's listen)"
+    )
+    run.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="admin listener (default: the file's admin_listen)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: key=value lines for people; json: one object per line for a log pipeline",
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="lowest level logged; INFO includes one access-log line per request",
+    )
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a rules file without starting")
-    check.add_argument("--config", help="rules file (default: ./rules.yaml)")
+    check = _command(
+        sub,
+        "check",
+        "validate a rules file without starting",
+        "Validate a rules file the way `run` and a reload do. The first line names the "
+        "file checked; exit 0 with a summary of the effective rules, or 2 with every "
+        "problem and its line.",
+    )
+    check.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     check.set_defaults(func=cmd_check)
 
-    sim = sub.add_parser("engine-sim", help="run the bundled engine simulator")
+    sim = _command(
+        sub,
+        "engine-sim",
+        "run the bundled engine simulator",
+        "A stand-in for the music engine: POST /generate loads a CPU core and holds memory "
+        "for --seconds, then answers a WAV. Used by the demo and the tests.",
+    )
     enginesim.add_arguments(sim)
     sim.set_defaults(func=cmd_engine_sim)
 
-    demo = sub.add_parser("demo", help="engine simulator + gatekeeper + a live status line")
-    demo.add_argument("--config", help="rules file (default: ./rules.yaml, else the packaged one)")
-    demo.add_argument("--port", type=int, default=8080, help="gatekeeper public port")
-    demo.add_argument("--admin-port", type=int, default=9090)
-    demo.add_argument("--engine-port", type=int, default=8000)
-    demo.add_argument("--seconds", type=float, default=60.0, help="simulated song duration")
-    demo.add_argument("--memory-mb", type=int, default=256, help="memory per simulated song")
+    demo = _command(
+        sub,
+        "demo",
+        "engine simulator + gatekeeper + a live status line",
+        "Start the engine simulator and gatekeeper in front of it on 127.0.0.1, print a "
+        "copy-paste curl and show a live status line until Ctrl-C. The rules are --config "
+        "with admission.expected_seconds set to --seconds.",
+    )
+    demo.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    demo.add_argument("--port", type=int, default=8080, help="gatekeeper's public port")
+    demo.add_argument("--admin-port", type=int, default=9090, help="gatekeeper's admin port")
+    demo.add_argument("--engine-port", type=int, default=8000, help="the simulator's port")
+    demo.add_argument("--seconds", type=float, default=60.0, help="duration of one simulated song")
+    demo.add_argument(
+        "--memory-mb", type=int, default=256, help="memory held per simulated song, in MiB"
+    )
     demo.add_argument(
         "--log-every",
         type=float,
@@ -399,16 +314,93 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between status lines when stdout is not a terminal",
     )
     demo.set_defaults(func=cmd_demo)
+
+
+def _add_observability_commands(sub: Subparsers) -> None:
+    status = _command(
+        sub,
+        "status",
+        "show a running gatekeeper's status (one-shot or --watch)",
+        "Read a running gatekeeper's /status from its admin listener and print it for a "
+        "person (or --json for scripts). Exit 1 when it cannot be reached.",
+    )
+    status.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"admin listener URL (default: admin_listen of --config or ./rules.yaml, "
+        f"else {DEFAULT_ADMIN_URL})",
+    )
+    status.add_argument(
+        "--config",
+        metavar="PATH",
+        help="rules file to take admin_listen from (default: ./rules.yaml if there is one)",
+    )
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
+    status.set_defaults(func=cmd_status)
+
+    dash = _command(
+        sub,
+        "dashboard",
+        "print the Grafana dashboard JSON for the rules",
+        "Print a Grafana dashboard (JSON, for Dashboards > Import) whose panels draw the "
+        "rules' CPU and memory thresholds and cover their admit routes.",
+    )
+    dash.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    dash.set_defaults(func=cmd_dashboard)
+
+    rules = _command(
+        sub,
+        "alert-rules",
+        "print the alert rules as a Prometheus rule file",
+        "Print the rules' alerts.rules as a Prometheus rule file (group gatekeeper): the "
+        "same alerts gatekeeper evaluates itself, as PromQL over its metrics.",
+    )
+    rules.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    rules.set_defaults(func=cmd_alert_rules)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="A sidecar reverse proxy that admits one AI music generation at a time.",
+        epilog="`gatekeeper COMMAND --help` describes each command. Exit codes: 0 success, "
+        "2 invalid rules or usage, 141 output pipe closed (as `yes | head`), 1 anything else.",
+    )
+    p.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(sub)
     _add_observability_commands(sub)
-    _add_alert_commands(sub)
     return p
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), e.g. `yes | head`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (`gatekeeper status | head -3`): stop quietly.
+
+    Python ignores SIGPIPE, so a write raises BrokenPipeError instead of ending the
+    process like a Unix tool. Pointing stdout at /dev/null keeps the interpreter's own
+    final flush from raising it again; the exit status is what the signal would give.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
     except ConfigError as exc:  # every command: the problems, each with its line; exit 2
         print(exc, file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _broken_pipe()
     return code

@@ -140,7 +140,10 @@ class Monitor:
                 continue
             after = (state.cpu_overloaded, state.memory_overloaded)
             if before != after:
-                log.warning(
+                # A resource newly over its threshold is a WARNING; a recovery is good news.
+                worse = any(now and not was for was, now in zip(before, after, strict=True))
+                log.log(
+                    logging.WARNING if worse else logging.INFO,
                     "resource state changed: cpu %.1f%% overloaded=%s, memory %.1f%% overloaded=%s",
                     state.cpu_percent,
                     state.cpu_overloaded,

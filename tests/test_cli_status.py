@@ -247,3 +247,24 @@ def test_watch_redraws_every_second_until_ctrl_c(busy: Live) -> None:
     assert all("NOT accepting: busy" in g and "generating [" in g for g in gens)
     uptimes = [next(ln for ln in f if "uptime" in ln) for f in frames[:2]]
     assert uptimes[0] != uptimes[1] or gens[0] != gens[1]  # the view is live, not a repeat
+
+
+@pytest.mark.parametrize("watch", [False, True])
+def test_status_into_a_closed_pipe_exits_quietly(busy: Live, watch: bool) -> None:
+    """`gatekeeper status | head -3` whose reader has gone: exit 141 (128 + SIGPIPE),
+    no BrokenPipeError traceback; --watch stops at its first frame the same way."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "gatekeeper", "status", "--admin", busy.admin]
+            + (["--watch"] if watch else []),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert res.returncode == 141, res.stderr
+    assert res.stderr == ""

@@ -15,7 +15,8 @@ from support import free_port
 
 
 def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path) -> None:
-    """The demo prints its URL and curl, proxies a generation, shows status, exits on Ctrl-C."""
+    """The demo prints its URL and curl, starts from the song length as its estimate,
+    proxies a generation, shows status, exits on Ctrl-C."""
     port, admin, engine = free_port(), free_port(), free_port()
     log = tmp_path / "demo.log"
     # The default rules, but readings from a calm file: under the test suite the box's
@@ -57,7 +58,13 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                 time.sleep(0.1)
             text = log.read_text()
             assert f"frontend URL (point your frontend here):  http://127.0.0.1:{port}" in text
-            assert f"curl -sS -X POST http://127.0.0.1:{port}/generate" in text
+            assert f"curl -sS --fail-with-body -X POST http://127.0.0.1:{port}/generate" in text
+            # Two distinct files for the "run it twice" example: a 503 never lands in song1.wav.
+            assert "-o song1.wav -D - && ls -l song1.wav" in text
+            assert "-o song2.wav -D - && ls -l song2.wav" in text
+            # The first estimate is the simulator's song length, not the real engine's 600 s.
+            first_status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
+            assert first_status["expected_seconds"] == 1.5, first_status
             children = psutil.Process(proc.pid).children(recursive=True)
             assert len(children) >= 2
             with httpx.Client(timeout=30) as c:
@@ -80,3 +87,65 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
     assert code == 0, log.read_text()
     assert "Traceback" not in log.read_text()
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_log_lines_and_the_live_line_share_a_terminal(tmp_path: Path, repo_root: Path) -> None:
+    """On a real terminal a child's log line is written whole above the live status line
+    (cleared first, redrawn after), never glued to it or missing its first character."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    port, admin, engine = free_port(), free_port(), free_port()
+    readings = tmp_path / "readings.json"
+    readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    rules = (repo_root / "rules.yaml").read_text()
+    rules = rules.replace("source: psutil", "source: file").replace(
+        "file: null", f"file: {readings}"
+    )
+    (tmp_path / "rules.yaml").write_text(rules)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    argv = ["demo", "--port", str(port), "--admin-port", str(admin)]
+    argv += ["--engine-port", str(engine), "--seconds", "1", "--memory-mb", "8"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatekeeper", *argv],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=tmp_path,
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(needle: bytes, timeout: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while needle not in screen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+        assert needle in screen, screen.decode(errors="replace")[-2000:]
+
+    try:
+        read_until(b"| engine up | accepting", 30)  # the live line is drawn
+        readings.write_text('{"cpu_percent": 97, "memory_percent": 5}')
+        read_until(b"overloaded=True", 15)
+        read_until(b"NOT accepting (cpu)", 15)  # redrawn after the log line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        os.close(master)
+    text = screen.decode(errors="replace")
+    log_line = next(ln for ln in text.split("\n") if "overloaded=True" in ln)
+    # The live line was cleared right before the log line, which starts with its full year.
+    pattern = r"\r\x1b\[K(20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} WARNING [^\r]*)"
+    m = re.search(pattern, log_line)
+    assert m, log_line
+    assert "overloaded=True" in m.group(1) and "in-flight" not in m.group(1), log_line
+    assert code == 0 and "Traceback" not in text
