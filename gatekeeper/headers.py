@@ -7,6 +7,8 @@ and forwards everything else unchanged, repeated fields included.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -27,6 +29,10 @@ HOP_BY_HOP = frozenset(
 )
 
 REQUEST_ID = "X-Request-ID"
+# A client's X-Request-ID is kept only if it looks like an id: it goes into every log
+# line and upstream, so 8,000 characters or control bytes must not (issue #8).
+REQUEST_ID_MAX = 128
+_REQUEST_ID_OK = re.compile(rf"[A-Za-z0-9._~:/+=@-]{{1,{REQUEST_ID_MAX}}}\Z")
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -75,3 +81,16 @@ def downstream_response_headers(upstream: Headers) -> CIMultiDict[str]:
     itself, so the two are never sent together.
     """
     return end_to_end(upstream)
+
+
+def request_id(incoming: Headers) -> str:
+    """The client's ``X-Request-ID`` if it is a plausible id, else a fresh one.
+
+    Valid: 1-128 characters of letters, digits and ``._~:/+=@-`` (UUIDs, hex, base64,
+    W3C trace ids). Anything else is replaced, never truncated: a truncated id would
+    silently correlate with the wrong request downstream.
+    """
+    given = incoming.get(REQUEST_ID)
+    if given is not None and _REQUEST_ID_OK.match(given):
+        return given
+    return uuid.uuid4().hex

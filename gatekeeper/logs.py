@@ -14,6 +14,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 ACCESS = logging.getLogger("gatekeeper.access")
 
 
@@ -65,12 +67,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every unparsable request (smuggling shapes, oversized heads, garbage)
+    as ``Error handling request`` with a traceback at ERROR. That is a client's mistake
+    answered with 400, not ours: one INFO line without a traceback, so a hostile client
+    can neither flood the log with tracebacks nor page anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+            record.msg = "malformed request from %s refused with %d: %s"
+            record.args = (_peer(record), exc.code, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _peer(record: logging.LogRecord) -> str:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return str(args[0]) if args else "?"
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # httpx logs every probe request at INFO: noise every few seconds, forever.

@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,13 @@ from .admission import Rejection, Ticket
 from .config import Config, Route
 from .edge import Connections
 from .errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, UpstreamError
-from .headers import REQUEST_ID, downstream_response_headers, upstream_request_headers
+from .headers import (
+    REQUEST_ID,
+    downstream_response_headers,
+    request_id,
+    upstream_request_headers,
+)
+from .spool import Spool, take_body
 from .state import AppState, Runtime
 from .status import status_document
 from .upstream import ClientGone, Exchange, UpstreamPool
@@ -182,7 +187,7 @@ class ProxyHandler:
         try:
             check_target(request)
         except HttpError as exc:
-            rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+            rid = request_id(request.headers)
             rec = RequestRecord(
                 rid, request.remote, request.method, request.path, started=self.state.clock()
             )
@@ -199,7 +204,7 @@ class ProxyHandler:
         rt = st.runtime  # one snapshot of the rules for the whole request
         cfg = rt.config
         now = st.clock()
-        rid = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        rid = request_id(request.headers)
         rec = RequestRecord(rid, request.remote, request.method, request.path, started=now)
         rec.epoch = epoch
         try:
@@ -259,14 +264,34 @@ class ProxyHandler:
         if route.action == "pass":
             self._count(route, "passed", rec)
             return await self._forward(request, rt, route, rt.passthrough, None, rec)
+        # Reject at once while nothing is read: a busy engine costs no upload.
+        early = st.gate.check(st.clock())
+        if early is not None:
+            return self._rejected(cfg, route, early, rec)
+        # Take the whole body *before* the ticket (spool.py): a slow upload never holds
+        # the slot, and the engine only starts work whose input is complete.
+        spool: Spool | None = None
+        if request.body_exists:
+            try:
+                spool = await take_body(
+                    request.content.iter_any(),
+                    max_bytes=max_body,
+                    idle_timeout=cfg.limits.client_body_timeout,
+                    deadline=cfg.limits.client_body_deadline,
+                    memory_limit=cfg.limits.spool_memory_bytes,
+                )
+            except ClientGone:
+                return self._client_left(route, rec, "sending the request body")
         result = st.gate.try_admit(route.name, st.clock())
-        if isinstance(result, Rejection):
+        if isinstance(result, Rejection):  # the slot went to someone else meanwhile
+            if spool is not None:
+                spool.close()
             return self._rejected(cfg, route, result, rec)
         ticket = result
         self._count(route, "admitted", rec)
         if cfg.admission.on_client_disconnect == "cancel":
             try:
-                return await self._forward(request, rt, route, rt.gated, ticket, rec)
+                return await self._forward(request, rt, route, rt.gated, ticket, rec, spool)
             finally:
                 ticket.release()
         # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing that
@@ -274,7 +299,7 @@ class ProxyHandler:
         # handlers, shutdown) can free the slot while the engine is still computing.
         # The job holds the rules' epoch too, so a reload never closes its pool under it.
         self.state.usage.join(rec.epoch)
-        job = asyncio.create_task(self._forward(request, rt, route, rt.gated, ticket, rec))
+        job = asyncio.create_task(self._forward(request, rt, route, rt.gated, ticket, rec, spool))
         rec.job = job
         job.add_done_callback(self._job_done(ticket, rec))
         return await asyncio.shield(job)
@@ -346,6 +371,10 @@ class ProxyHandler:
             self.state.count_rejection(route, exc.reason)
             detail = exc.detail
         resp = json_error(exc.status, exc.reason, detail, request_id=rec.request_id)
+        if exc.status in (408, 413):
+            # The rest of the body is unwanted: close after the answer (with a 1 s
+            # lingering read, app.LINGER_SECONDS) instead of reading it for keep-alive.
+            resp.force_close()
         rec.status = resp.status
         return resp
 
@@ -359,6 +388,24 @@ class ProxyHandler:
         pool: UpstreamPool,
         ticket: Ticket | None,
         rec: RequestRecord,
+        spool: Spool | None = None,
+    ) -> web.StreamResponse:
+        """Send the request upstream and relay the answer; the spool is closed at the end."""
+        try:
+            return await self._exchange(request, rt, route, pool, ticket, rec, spool)
+        finally:
+            if spool is not None:
+                spool.close()
+
+    async def _exchange(
+        self,
+        request: web.BaseRequest,
+        rt: Runtime,
+        route: Route,
+        pool: UpstreamPool,
+        ticket: Ticket | None,
+        rec: RequestRecord,
+        spool: Spool | None,
     ) -> web.StreamResponse:
         st, cfg = self.state, rt.config
         loop = asyncio.get_running_loop()
@@ -369,7 +416,12 @@ class ProxyHandler:
             scheme=request.scheme,
             request_id=rec.request_id,
         )
-        body = request.content.iter_any() if request.body_exists else None
+        body: AsyncIterator[bytes] | None
+        if spool is not None:
+            body = spool.chunks()
+            headers["Content-Length"] = str(spool.size)  # was chunked, or the same
+        else:
+            body = request.content.iter_any() if request.body_exists else None
         sent_at = st.clock()
         rec.queue_seconds = sent_at - rec.started
         # With ``finish`` the engine's answer is awaited even if the client left; otherwise

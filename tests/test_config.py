@@ -178,9 +178,9 @@ def test_unreadable_file_says_so_without_a_fake_line(tmp_path: Path) -> None:
 
 
 def test_new_limits_keys_have_documented_defaults() -> None:
-    """The edge limits of issue #8 default to: 10s head, 1000 connections, 1 MiB spool, 10m body."""
+    """The edge limits of issue #8 default to: 10s head, 4096 connections, 1 MiB spool, 10m body."""
     lim = load_config("limits: {}").limits
-    assert (lim.header_timeout, lim.max_client_connections) == (10.0, 1000)
+    assert (lim.header_timeout, lim.max_client_connections) == (10.0, 4096)
     assert (lim.spool_memory_bytes, lim.client_body_deadline) == (1 << 20, 600.0)
 
 

@@ -544,19 +544,23 @@ async def test_client_gone_cancel_frees_slot_at_once(engine: TestServer, gatekee
     assert gk.state.upstream_errors_by_kind.get("client_disconnect") == 1
 
 
-async def test_client_gone_during_upload_frees_slot(engine: TestServer, gatekeeper: Any) -> None:
-    """A client that leaves mid-upload frees the slot (the engine never got a request)."""
+async def test_client_gone_during_upload_never_takes_the_slot(
+    engine: TestServer, gatekeeper: Any
+) -> None:
+    """An upload is taken before admission: mid-upload the slot is free; leaving costs nothing."""
     gk = await gatekeeper(rules(url(engine)))
     _, writer = await asyncio.open_connection("127.0.0.1", gk.port)
     writer.write(
         b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000
     )
     await writer.drain()
-    assert await eventually(lambda: gk.state.gate.in_flight == 1)
-    assert gk.state.gate.in_flight == 1
+    await asyncio.sleep(0.3)
+    assert gk.state.gate.in_flight == 0  # the body is still being spooled
+    assert (await gk.client.post("/generate", json={**GEN, "seconds": 0.05})).status == 200
     writer.close()
-    assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert await eventually(lambda: gk.state.upstream_errors_by_kind == {"client_disconnect": 1})
     assert gk.state.gate.in_flight == 0
+    assert gk.state.counts["admitted"] == 1  # only the complete one
 
 
 @pytest.mark.parametrize("mode", ["finish", "cancel"])
@@ -663,12 +667,13 @@ async def test_access_log_counts_streamed_bytes(
 async def test_trickling_upload_times_out_and_frees_slot(
     engine: TestServer, gatekeeper: Any
 ) -> None:
-    """A client pausing mid-upload past limits.client_body_timeout gets 408; the slot is freed."""
+    """A client pausing mid-upload past limits.client_body_timeout gets 408, never the slot."""
     gk = await gatekeeper(rules(url(engine), limits={"client_body_timeout": 0.3}))
     reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
     writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
     await writer.drain()
-    assert await eventually(lambda: gk.state.gate.in_flight == 1)
+    await asyncio.sleep(0.1)
+    assert gk.state.gate.in_flight == 0
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.transport.abort()
     assert head.startswith(b"HTTP/1.1 408")

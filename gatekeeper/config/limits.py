@@ -30,7 +30,7 @@ class Limits:
     header_timeout: float = 10.0
     # Client connections open at once on the public listener; over it the oldest one
     # still waiting for its request head is closed (never one with a request running).
-    max_client_connections: int = 1000
+    max_client_connections: int = 4096
     # An admit route's body is spooled before admission: in memory up to this many
     # bytes, in a temporary file beyond (never whole in memory).
     spool_memory_bytes: int = 1024 * 1024
