@@ -237,13 +237,13 @@ Action = Callable[["Chaos", random.Random], Awaitable[str]]
 
 async def gen_ok(c: Chaos, rng: random.Random) -> str:
     """A normal generation, read to its end."""
-    body = _song(rng, 0.05, 0.6)  # below the read timeout: the engine is silent until done
+    body = _song(rng, 0.05, 0.4)  # below the read timeout: the engine is silent until done
     return str(await _exchange(c.target, _head("POST", "/generate", len(body)) + body))
 
 
 async def gen_stream_ok(c: Chaos, rng: random.Random) -> str:
     """An SSE generation read to its end (progress events keep the read timeout away)."""
-    body = _song(rng, 0.2, 1.5)
+    body = _song(rng, 0.2, 1.0)
     return str(await _exchange(c.target, _head("POST", "/generate/stream", len(body)) + body))
 
 
@@ -279,8 +279,9 @@ async def stall_upload(c: Chaos, rng: random.Random) -> str:
     try:
         writer.write(_head("POST", "/generate", len(body) + 10) + body)
         await writer.drain()
-        data = await reader.read()
-    except ConnectionError:
+        # Only the head: after answering, aiohttp lingers up to 10 s for the missing bytes.
+        data = await reader.readuntil(b"\r\n\r\n")
+    except (ConnectionError, asyncio.IncompleteReadError):
         return "0"
     finally:
         writer.transport.abort()
@@ -290,7 +291,7 @@ async def stall_upload(c: Chaos, rng: random.Random) -> str:
 async def drop_mid_response(c: Chaos, rng: random.Random) -> str:
     """The whole request sent; the client vanishes while the engine works or streams."""
     path = rng.choice(["/generate", "/generate/stream"])
-    body = _song(rng, 0.3, 1.2)
+    body = _song(rng, 0.2, 0.9)
     reader, writer = await _connect(c.target)
     writer.write(_head("POST", path, len(body)) + body)
     await writer.drain()
@@ -372,7 +373,15 @@ async def pass_drop(c: Chaos, rng: random.Random) -> str:
     return "dropped"
 
 
+async def burst(c: Chaos, rng: random.Random) -> str:
+    """5-20 generations at the same instant: a race for the slot (at most max_in_flight win)."""
+    n = rng.randrange(5, 21)
+    statuses = await asyncio.gather(*(gen_ok(c, random.Random(rng.random())) for _ in range(n)))
+    return f"won={statuses.count('200')}"
+
+
 ACTIONS: dict[str, tuple[Action, int]] = {
+    "burst": (burst, 1),
     "gen_ok": (gen_ok, 4),
     "gen_stream_ok": (gen_stream_ok, 1),
     "drop_before_headers": (drop_before_headers, 2),
@@ -395,6 +404,7 @@ ACTIONS: dict[str, tuple[Action, int]] = {
 class PhaseResult:
     index: int
     mode: str
+    limit: int
     exchanges: int
     seconds: float
     outcomes: dict[str, Counter[str]]
@@ -411,7 +421,8 @@ class Chaos:
         tmp: Path,
         seed: int,
         *,
-        concurrency: int = 6,
+        concurrency: int = 4,
+        think: float = 0.15,
         max_in_flight: int = 1,
         gatekeeper_max_in_flight: int | None = None,
         actions: dict[str, tuple[Action, int]] | None = None,
@@ -420,10 +431,12 @@ class Chaos:
         self.tmp = tmp
         self.seed = seed
         self.concurrency = concurrency
+        self.think = think  # mean pause of a worker between two exchanges, seconds
         self.max_in_flight = max_in_flight  # the limit the invariants hold gatekeeper to
         # What gatekeeper is actually configured with; differs only to prove the checker
         # catches over-admission.
         self.configured_max = gatekeeper_max_in_flight or max_in_flight
+        self.limit_offset = self.configured_max - max_in_flight
         self.actions = actions or ACTIONS
         self.faults_enabled = faults
         self.rng = random.Random(seed)
@@ -437,6 +450,7 @@ class Chaos:
         self.readings = tmp / "calm.json"
         self.readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
         self.results: list[PhaseResult] = []
+        self.slowest: dict[str, float] = {}  # action -> longest exchange, seconds
         self._ledger = EngineLedger()
         self._engine_lock = asyncio.Lock()
 
@@ -574,11 +588,11 @@ class Chaos:
     async def _fault_loop(self, faults: Counter[str], stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.rng.uniform(0.5, 2.5)):
+                async with asyncio.timeout(self.rng.uniform(1.0, 3.0)):
                     await stop.wait()
             if stop.is_set():
                 return
-            kind = self.rng.choice(["kill_engine", "sighup", "post_reload"])
+            kind = self.rng.choices(["kill_engine", "sighup", "post_reload"], [2, 1, 1])[0]
             faults[kind] += 1
             if kind == "kill_engine":
                 await self.kill_engine()
@@ -608,6 +622,7 @@ class Chaos:
     async def _run_one(self, i: int, name: str, outcomes: dict[str, Counter[str]]) -> None:
         rng = random.Random(f"{self.seed}:{i}:params")
         action = self.actions[name][0]
+        t0 = time.monotonic()
         try:
             async with asyncio.timeout(EXCHANGE_TIMEOUT):
                 outcome = await action(self, rng)
@@ -617,13 +632,23 @@ class Chaos:
         except (ConnectionError, aiohttp.ClientError, asyncio.IncompleteReadError):
             outcome = "conn_error"
         outcomes.setdefault(name, Counter())[outcome] += 1
+        took = time.monotonic() - t0
+        self.slowest[name] = max(self.slowest.get(name, 0.0), took)
+        if took > 2 * READ_TIMEOUT:
+            self.note(f"exchange {i} {name} -> {outcome} took {took:.2f}s")
 
-    async def phase(self, exchanges: int, mode: str) -> PhaseResult:
-        """Run one phase in ``mode`` and check the invariants; raises on a violation."""
+    async def phase(self, exchanges: int, mode: str, limit: int | None = None) -> PhaseResult:
+        """Run one phase in ``mode`` and ``limit``, check the invariants; raise on a violation.
+
+        The mode and the limit change by a reload at the start, never mid-phase: lowering the
+        limit under running generations legitimately leaves more running than the new limit.
+        """
         index = len(self.results)
-        if mode != self.mode:
+        limit = limit or self.max_in_flight
+        if mode != self.mode or limit != self.max_in_flight:
+            self.max_in_flight, self.configured_max = limit, limit + self.limit_offset
             await self.set_mode(mode)
-        self.note(f"phase {index} start: mode {mode}, {exchanges} exchanges")
+        self.note(f"phase {index} start: mode {mode}, limit {limit}, {exchanges} exchanges")
         await self._engine_reset()
         base = self.admitted(await self.metrics())
         outcomes: dict[str, Counter[str]] = {}
@@ -639,6 +664,10 @@ class Chaos:
         async def worker() -> None:
             while queue:
                 i, name = queue.pop(0)
+                # Think time, so that the slot is often free when an exchange arrives.
+                await asyncio.sleep(
+                    random.Random(f"{self.seed}:{i}:think").expovariate(1 / self.think)
+                )
                 await self._run_one(i, name, outcomes)
 
         try:
@@ -667,8 +696,10 @@ class Chaos:
         violations = check_invariants(obs)
         if stuck:
             violations.append(f"{stuck} exchange(s) took longer than {EXCHANGE_TIMEOUT}s")
+        if "Traceback" in self.gk.output():
+            violations.append("gatekeeper logged a traceback")
         result = PhaseResult(
-            index, mode, exchanges, seconds, outcomes, faults, engine.peak_active, violations
+            index, mode, limit, exchanges, seconds, outcomes, faults, engine.peak_active, violations
         )
         self.results.append(result)
         self.note(
@@ -804,7 +835,8 @@ class Chaos:
         for name in sorted(actions):
             c = actions[name]
             detail = " ".join(f"{k}={v}" for k, v in sorted(c.items()))
-            lines.append(f"  {name:<20} {sum(c.values()):>5}  {detail}")
+            slowest = self.slowest.get(name, 0.0)
+            lines.append(f"  {name:<20} {sum(c.values()):>5}  max {slowest:4.1f}s  {detail}")
         lines.append(
             "  faults: "
             + " ".join(f"{k}={v}" for k, v in sorted(faults.items()))
@@ -813,7 +845,8 @@ class Chaos:
         for r in self.results:
             verdict = "ok" if not r.violations else "; ".join(r.violations)
             lines.append(
-                f"  phase {r.index} {r.mode:<6} {r.exchanges:>4} exchanges {r.seconds:5.1f}s "
+                f"  phase {r.index} {r.mode:<6} limit {r.limit} {r.exchanges:>4} exchanges "
+                f"{r.seconds:5.1f}s "
                 f"engine peak {r.engine_peak_active}: invariants {verdict}"
             )
         return "\n".join(lines)
