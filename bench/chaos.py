@@ -8,13 +8,12 @@ Run with the project's virtualenv from the repository root::
 
 The driver is ``tests/chaos.py`` (the fast CI run is ``tests/test_chaos.py``). It starts
 ``gatekeeper engine-sim`` and ``gatekeeper run`` on 127.0.0.1 free ports, runs phases of
-``--phase-size`` exchanges that alternate ``on_client_disconnect`` (finish, cancel) and
-``max_in_flight`` (1, 1, 2, 2), with engine kills, SIGHUP and ``POST /reload`` in the
-middle, checks the invariants after each phase, and ends with a SIGTERM drain. It stops
-at ``--exchanges`` or after ``--minutes``, whichever comes first (the phase running
-then is completed). Exit status: 0 every invariant held, 1 one failed (the message
-names the seed to replay and the temp dir is kept).
-"""
+``--phase-size`` exchanges that alternate ``on_client_disconnect`` (finish, cancel, and
+mixed: toggled by reloads mid-phase) and ``max_in_flight`` (1 and 2), with engine kills,
+SIGHUP and ``POST /reload`` in the middle, checks the invariants after each phase, and
+ends with a SIGTERM drain. It stops at ``--exchanges`` or after ``--minutes``, whichever
+comes first (the phase running then is completed). Exit status: 0 every invariant held, 1
+one failed (the message names the seed to replay and the temp dir is kept)."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from chaos import Chaos, InvariantViolation
 
-SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2)]
+SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1), ("mixed", 2)]
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> int:

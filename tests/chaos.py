@@ -3,12 +3,12 @@
 A run is a list of *phases*. Each phase sends a fixed number of *exchanges*, several at a
 time, each one an *action* drawn from a seeded ``random.Random`` (a normal generation, a
 client vanishing before its headers are complete, mid-upload or mid-response, a client
-task cancelled, an engine that hangs past the read timeout, pass-route traffic...), while a
-*fault* task disturbs the system at random moments (engine killed with SIGKILL and
-restarted on the same port, SIGHUP with a rewritten rules file, ``POST /reload``).
-Phases alternate ``admission.on_client_disconnect`` between ``finish`` and ``cancel``
-(switched by a reload). After each phase the driver waits (bounded) for quiescence and
-checks the invariants:
+task cancelled, an engine that hangs past the read timeout, pass-route traffic...), while
+a *fault* task disturbs the system at random moments (engine killed with SIGKILL and
+restarted on the same port, SIGHUP with a rewritten rules file, ``POST /reload``). Phases
+alternate ``admission.on_client_disconnect`` between ``finish`` and ``cancel`` (switched
+by a reload); a ``mixed`` phase also toggles it by reloads mid-phase. After each phase the
+driver waits (bounded) for quiescence and checks the invariants:
 
 - ``/status`` and ``/metrics`` report 0 in flight and nothing running;
 - ``/status`` counts and rejection reasons equal the sums of the Prometheus counters;
@@ -441,7 +441,8 @@ class Chaos:
         self.faults_enabled = faults
         self.rng = random.Random(seed)
         self.log: list[str] = []
-        self.mode = "finish"
+        self.mode = "finish"  # on_client_disconnect in the rules file now
+        self.phase_mode = "finish"  # the phase's: finish, cancel or mixed (toggled by reloads)
         self.retry_after = 3
         self.reloads = 0
         self.next_exchange = 0
@@ -451,6 +452,7 @@ class Chaos:
         self.readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
         self.results: list[PhaseResult] = []
         self.slowest: dict[str, float] = {}  # action -> longest exchange, seconds
+        self.drain_outcomes: dict[str, Counter[str]] = {}  # traffic during the SIGTERM drain
         self._ledger = EngineLedger()
         self._engine_lock = asyncio.Lock()
 
@@ -592,10 +594,15 @@ class Chaos:
                     await stop.wait()
             if stop.is_set():
                 return
-            kind = self.rng.choices(["kill_engine", "sighup", "post_reload"], [2, 1, 1])[0]
+            kinds, weights = ["kill_engine", "sighup", "post_reload", "toggle_mode"], [2, 1, 1, 0]
+            if self.phase_mode == "mixed":
+                weights[-1] = 3
+            kind = self.rng.choices(kinds, weights)[0]
             faults[kind] += 1
             if kind == "kill_engine":
                 await self.kill_engine()
+            elif kind == "toggle_mode":
+                await self.set_mode("cancel" if self.mode == "finish" else "finish")
             else:
                 await self.reload("sighup" if kind == "sighup" else "post")
 
@@ -645,9 +652,11 @@ class Chaos:
         """
         index = len(self.results)
         limit = limit or self.max_in_flight
-        if mode != self.mode or limit != self.max_in_flight:
+        self.phase_mode = mode
+        start_mode = "finish" if mode == "mixed" else mode
+        if start_mode != self.mode or limit != self.max_in_flight:
             self.max_in_flight, self.configured_max = limit, limit + self.limit_offset
-            await self.set_mode(mode)
+            await self.set_mode(start_mode)
         self.note(f"phase {index} start: mode {mode}, limit {limit}, {exchanges} exchanges")
         await self._engine_reset()
         base = self.admitted(await self.metrics())
@@ -762,7 +771,7 @@ class Chaos:
     # ---------------------------------------------------------------- shutdown
 
     async def sigterm_phase(self) -> dict[str, Any]:
-        """SIGTERM with a generation running: accounting holds while draining, exit 0."""
+        """SIGTERM with a generation running and hostile traffic: accounting holds, exit 0."""
         self.note("phase sigterm start")
         body = json.dumps({**SONG, "seconds": 1.0}).encode()
         song = asyncio.create_task(
@@ -773,6 +782,15 @@ class Chaos:
             if time.monotonic() > deadline:
                 raise InvariantViolation(self._report("the drain phase's generation never ran"))
             await asyncio.sleep(0.02)
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                i, name = self._schedule(1)[0]
+                await asyncio.sleep(random.Random(f"{self.seed}:{i}:think").random() * self.think)
+                await self._run_one(i, name, self.drain_outcomes)
+
+        workers = [asyncio.create_task(traffic()) for _ in range(self.concurrency)]
         self.gk.signal(signal.SIGTERM)
         seen: list[int] = []
         refused: Counter[int] = Counter()
@@ -788,6 +806,8 @@ class Chaos:
             await asyncio.sleep(0.02)
         delivered = await song
         code = await asyncio.to_thread(self.gk.wait, 15)
+        stop.set()
+        await asyncio.gather(*workers)
         problems = []
         if any(n > self.max_in_flight or n < 0 for n in seen):
             problems.append(
@@ -801,6 +821,9 @@ class Chaos:
             problems.append(f"gatekeeper exited {code} after a drain")
         if "Traceback" in self.gk.output():
             problems.append("gatekeeper logged a traceback")
+        stuck = sum(c["STUCK"] for c in self.drain_outcomes.values())
+        if stuck:
+            problems.append(f"{stuck} exchange(s) took longer than {EXCHANGE_TIMEOUT}s")
         result = {
             "exit": code,
             "delivered": delivered,
@@ -830,8 +853,13 @@ class Chaos:
             faults.update(r.faults)
             for name, c in r.outcomes.items():
                 actions.setdefault(name, Counter()).update(c)
+        for name, c in self.drain_outcomes.items():
+            actions.setdefault(name, Counter()).update(c)
         total = sum(sum(c.values()) for c in actions.values())
-        lines = [f"chaos seed {self.seed}: {total} exchanges in {len(self.results)} phases"]
+        lines = [
+            f"chaos seed {self.seed}: {total} exchanges in {len(self.results)} phases"
+            " and the SIGTERM drain"
+        ]
         for name in sorted(actions):
             c = actions[name]
             detail = " ".join(f"{k}={v}" for k, v in sorted(c.items()))

@@ -11,7 +11,7 @@ import pytest
 from chaos import ACTIONS, Chaos, InvariantViolation, Observation, check_invariants, parse_metrics
 
 SEED = int(os.environ.get("GATEKEEPER_CHAOS_SEED", "20261203"))
-PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("finish", 1)]
+PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1)]
 
 
 async def test_chaos_fast_run(tmp_path: Path) -> None:
