@@ -373,6 +373,28 @@ async def pass_drop(c: Chaos, rng: random.Random) -> str:
     return "dropped"
 
 
+async def pipelined(c: Chaos, rng: random.Random) -> str:
+    """Two keep-alive requests written at once on one connection, maybe abandoned early."""
+    first, second = _song(rng, 0.05, 0.4), _song(rng, 0.05, 0.4)
+    raw = b""
+    for body in (first, second):
+        raw += _head("POST", "/generate", len(body)).replace(b"Connection: close", b"X-K: 1")
+        raw += body
+    reader, writer = await _connect(c.target)
+    writer.write(raw)
+    await writer.drain()
+    got = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(rng.choice([0.1, 0.5, 3.0])):
+            while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+    writer.transport.abort()
+    return f"answers={got.count(b'HTTP/1.1 ')}"
+
+
 async def burst(c: Chaos, rng: random.Random) -> str:
     """5-20 generations at the same instant: a race for the slot (at most max_in_flight win)."""
     n = rng.randrange(5, 21)
@@ -382,6 +404,7 @@ async def burst(c: Chaos, rng: random.Random) -> str:
 
 ACTIONS: dict[str, tuple[Action, int]] = {
     "burst": (burst, 1),
+    "pipelined": (pipelined, 1),
     "gen_ok": (gen_ok, 4),
     "gen_stream_ok": (gen_stream_ok, 1),
     "drop_before_headers": (drop_before_headers, 2),

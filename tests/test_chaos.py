@@ -14,6 +14,7 @@ SEED = int(os.environ.get("GATEKEEPER_CHAOS_SEED", "20261203"))
 PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1)]
 
 
+@pytest.mark.slow
 async def test_chaos_fast_run(tmp_path: Path) -> None:
     """Hostile clients, engine kills and reloads in both modes: no leak, no over-admission."""
     async with Chaos(tmp_path, SEED) as c:
@@ -96,6 +97,7 @@ def test_checker_tolerates_engine_peak_in_cancel_mode() -> None:
     assert check_invariants(_observation(mode="cancel", engine_peak_active=3)) == []
 
 
+@pytest.mark.slow
 async def test_driver_catches_a_gatekeeper_admitting_two(tmp_path: Path) -> None:
     """A gatekeeper configured with max_in_flight 2, held to 1: the phase raises with the seed."""
     only_songs = {"gen_ok": ACTIONS["gen_ok"]}
