@@ -485,21 +485,11 @@ class Chaos:
         self.engine = self._start_engine()
         self._write_rules()
         port, admin_port = free_port(), free_port()
-        self.gk = Proc(
-            [
-                "run",
-                "--config",
-                str(self.rules),
-                "--upstream",
-                f"http://127.0.0.1:{self.engine_port}",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--admin-listen",
-                f"127.0.0.1:{admin_port}",
-            ],
-            self.tmp / "gatekeeper.log",
-            ready=r"admin listening on http://",
-        )
+        try:
+            self.gk = self._start_gatekeeper(port, admin_port)
+        except BaseException:
+            self.engine.stop()
+            raise
         self.target = Target("127.0.0.1", port)
         self.proxy = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
@@ -514,6 +504,23 @@ class Chaos:
         await self.http.close()
         self.gk.stop()
         self.engine.stop()
+
+    def _start_gatekeeper(self, port: int, admin_port: int) -> Proc:
+        return Proc(
+            [
+                "run",
+                "--config",
+                str(self.rules),
+                "--upstream",
+                f"http://127.0.0.1:{self.engine_port}",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--admin-listen",
+                f"127.0.0.1:{admin_port}",
+            ],
+            self.tmp / "gatekeeper.log",
+            ready=r"admin listening on http://",
+        )
 
     def _start_engine(self) -> Proc:
         args = ["engine-sim", "--listen", f"127.0.0.1:{self.engine_port}", "--seconds", "0.5"]
@@ -827,10 +834,10 @@ class Chaos:
             except (aiohttp.ClientError, OSError):
                 break  # the listeners closed: the process is exiting
             await asyncio.sleep(0.02)
+        stop.set()  # the listeners are closed: more exchanges would only be refused
+        await asyncio.gather(*workers)
         delivered = await song
         code = await asyncio.to_thread(self.gk.wait, 15)
-        stop.set()
-        await asyncio.gather(*workers)
         problems = []
         if any(n > self.max_in_flight or n < 0 for n in seen):
             problems.append(
