@@ -108,9 +108,11 @@ class Proc:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL (a crash, as far as the process can tell) and close the output file."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._log.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -1,0 +1,109 @@
+"""The chaos driver (tests/chaos.py) against the real CLI and engine-sim: a fast, seeded run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaos import ACTIONS, Chaos, InvariantViolation, Observation, check_invariants, parse_metrics
+
+SEED = int(os.environ.get("GATEKEEPER_CHAOS_SEED", "20261203"))
+PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1)]
+
+
+@pytest.mark.slow
+async def test_chaos_fast_run(tmp_path: Path) -> None:
+    """Hostile clients, engine kills and reloads in both modes: no leak, no over-admission."""
+    async with Chaos(tmp_path, SEED) as c:
+        try:
+            for mode, limit in PHASES:
+                await c.phase(120, mode, limit)
+            await c.sigterm_phase()
+        finally:
+            print("\n" + c.summary())
+
+
+def _observation(**change: object) -> Observation:
+    status = {
+        "in_flight": 0,
+        "running": [],
+        "counts": {"admitted": 3, "rejected": 2},
+        "rejections_by_reason": {"busy": 2},
+    }
+    metrics = parse_metrics(
+        "gatekeeper_in_flight 0\n"
+        'gatekeeper_requests_total{route="generate",outcome="admitted"} 3\n'
+        'gatekeeper_requests_total{route="generate",outcome="rejected"} 2\n'
+        'gatekeeper_rejections_total{route="generate",reason="busy"} 2\n'
+    )
+    fields: dict[str, Any] = {
+        "status": status,
+        "metrics": metrics,
+        "engine_peak_active": 1,
+        "engine_requests": {"POST /generate": 3},
+        "admitted_delta": {"generate": 3},
+        "sampled_in_flight_max": 1,
+        "max_in_flight": 1,
+        "mode": "finish",
+        "fresh_generation": 200,
+    }
+    fields.update(change)
+    return Observation(**fields)
+
+
+def test_checker_passes_a_clean_observation() -> None:
+    """A quiescent, consistent observation breaks no invariant."""
+    assert check_invariants(_observation()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"status_in_flight": 1}, "/status in_flight is 1 at quiescence"),
+        ({"metrics_in_flight": 1}, "gatekeeper_in_flight is 1.0 at quiescence"),
+        ({"running": [{"route": "generate"}]}, "still lists running"),
+        ({"counts": {"admitted": 4, "rejected": 2}}, "counts[admitted]=4"),
+        ({"rejections_by_reason": {"busy": 1}}, "rejections[busy]=1"),
+        ({"sampled_in_flight_max": 2}, "in_flight reached 2 > max_in_flight 1"),
+        ({"engine_requests": {"POST /generate": 4}}, "engine received 4 POST /generate"),
+        ({"engine_peak_active": 2}, "engine ran 2 generations at once"),
+        ({"fresh_generation": 503}, "fresh generation after quiescence got 503"),
+    ],
+)
+def test_checker_fails_on_each_leak(change: dict[str, Any], expected: str) -> None:
+    """Each injected leak or over-admission is reported: a checker that cannot fail is a defect."""
+    obs = _observation()
+    status = dict(obs.status)
+    metrics = dict(obs.metrics)
+    fields: dict[str, Any] = {}
+    for key, value in change.items():
+        if key == "status_in_flight":
+            status["in_flight"] = value
+        elif key == "metrics_in_flight":
+            metrics[("gatekeeper_in_flight", frozenset())] = float(value)
+        elif key in status:
+            status[key] = value
+        else:
+            fields[key] = value
+    bad = check_invariants(replace(obs, status=status, metrics=metrics, **fields))
+    assert any(expected in b for b in bad), bad
+
+
+def test_checker_tolerates_engine_peak_in_cancel_mode() -> None:
+    """cancel mode: the engine computing abandoned songs is by design, not over-admission."""
+    assert check_invariants(_observation(mode="cancel", engine_peak_active=3)) == []
+
+
+@pytest.mark.slow
+async def test_driver_catches_a_gatekeeper_admitting_two(tmp_path: Path) -> None:
+    """A gatekeeper configured with max_in_flight 2, held to 1: the phase raises with the seed."""
+    only_songs = {"gen_ok": ACTIONS["gen_ok"]}
+    async with Chaos(
+        tmp_path, SEED, concurrency=4, gatekeeper_max_in_flight=2, actions=only_songs, faults=False
+    ) as c:
+        with pytest.raises(InvariantViolation, match=f"seed {SEED}") as err:
+            await c.phase(40, "finish")
+    assert "> max_in_flight 1" in str(err.value)
