@@ -31,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -232,7 +232,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._made = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         if not self._conns.opened(self._inner, transport):
             transport.abort()  # connection_lost follows; aiohttp never sees this one
             return

@@ -7,8 +7,9 @@ and forwards everything else unchanged, repeated fields included.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -93,4 +94,15 @@ def request_id(incoming: Headers) -> str:
     given = incoming.get(REQUEST_ID)
     if given is not None and _REQUEST_ID_OK.match(given):
         return given
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+# A fresh id: 16 random hex digits fixed per process, then a 16-digit counter. Unique
+# across processes and restarts like uuid4().hex (same length), but without a getrandom
+# syscall per request: uuid4 was 14 % of the CPU of a rejection (py-spy, bench/).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"

@@ -1,0 +1,100 @@
+"""What the proxy does with one request, decided before any I/O (PURE).
+
+``plan`` answers "why was this request rejected?" (or passed, or admitted) in
+one place, from plain facts: the method, the path, the declared body length,
+the rules and the gate's state at this instant. The aiohttp handler
+(``proxy``) only carries the plan out. The outcomes, in the order they are
+tried:
+
+=====================  =========================================================
+``ServeStatus``        GET/HEAD of ``status_path``: gatekeeper's own status JSON
+``Refuse`` (blocked)   a ``block`` route: its status and detail, never forwarded
+``Refuse`` (413)       a declared ``Content-Length`` over ``limits.max_body_bytes``
+``Forward`` (pass)     a ``pass`` route (or no route): the passthrough pool
+``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now* (draining,
+                       busy, cpu, memory), with Retry-After; no body is read
+``Forward`` (admit)    an ``admit`` route with a free slot: the body is spooled,
+                       then the ticket taken (the gate decides again at that
+                       moment; the slot may have gone meanwhile)
+=====================  =========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .admission import Gate
+from .config import Config, Route
+from .routes import Router
+
+
+@dataclass(frozen=True, slots=True)
+class ServeStatus:
+    """Answer with the status document."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer without forwarding. ``detail`` None: render the reason's message."""
+
+    route: Route
+    status: int
+    reason: str
+    outcome: str  # "blocked" | "rejected"
+    retry_after: int | None = None
+    detail: str | None = None
+    close: bool = False  # the unread body is unwanted: close the connection after
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send it to the engine: ``gated`` takes the body first, then a ticket."""
+
+    route: Route
+    gated: bool
+
+
+Plan = ServeStatus | Refuse | Forward
+
+# aiohttp answers these itself; nothing else reaches plan() with a body it cannot frame.
+_STATUS_METHODS = frozenset({"GET", "HEAD"})
+
+
+def plan(
+    method: str,
+    path: str,
+    content_length: int | None,
+    config: Config,
+    router: Router,
+    gate: Gate,
+    now: float,
+) -> Plan:
+    """The whole decision for one request (see the table above)."""
+    if method in _STATUS_METHODS and path == config.status_path:
+        return ServeStatus()
+    route = router.match(method, path)
+    if route.action == "block":
+        return Refuse(route, route.status or 403, "blocked", "blocked", detail=route.detail)
+    max_body = config.limits.max_body_bytes
+    if content_length is not None and content_length > max_body:
+        return Refuse(
+            route,
+            413,
+            "body_too_large",
+            "rejected",
+            detail=f"request body of {content_length} bytes exceeds limits.max_body_bytes "
+            f"({max_body})",
+            close=True,
+        )
+    if route.action == "pass":
+        return Forward(route, gated=False)
+    rejection = gate.check(now)
+    if rejection is not None:
+        return Refuse(
+            route,
+            config.admission.reject_status,
+            rejection.reason,
+            "rejected",
+            retry_after=rejection.retry_after,
+        )
+    return Forward(route, gated=True)

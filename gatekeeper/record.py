@@ -1,0 +1,36 @@
+"""One request as the access log tells it, plus the lifecycle marks the proxy needs."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the access log says about one request."""
+
+    request_id: str
+    client: str | None
+    method: str
+    path: str
+    route: str = "-"
+    action: str = "-"
+    decision: str = "-"  # admitted|passed|rejected|blocked|status
+    reason: str | None = None
+    status: int | None = None  # what the client got
+    upstream_status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = 0.0
+    queue_seconds: float = 0.0  # arrival to the request leaving for the engine
+    upstream_seconds: float | None = None
+    total_seconds: float = 0.0
+    client_gone: bool = False
+    # Lifecycle, not logged: the reload epoch held, the finish job, who logs the line.
+    epoch: int = 0
+    job: asyncio.Task[web.StreamResponse] | None = None
+    handler_done: bool = False
+    logged: bool = False
