@@ -44,6 +44,21 @@ def find_binary(name: str, *candidates: str) -> str:
     pytest.skip(msg)
 
 
+def raise_fd_limit(needed: int) -> None:
+    """Raise this process's open-file limit (children inherit it) or skip/fail the test."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        msg = f"needs {needed} open files, hard limit is {hard}"
+        if REQUIRE_E2E:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def _limit_files(n: int) -> None:
     import resource
 

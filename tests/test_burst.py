@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from support import REQUIRE_E2E, start_engine, start_gatekeeper
+from support import raise_fd_limit, start_engine, start_gatekeeper
 
 BURST = 1000
 BODY = json.dumps({"lyrics": "storm", "seconds": 3}).encode()
@@ -26,18 +25,6 @@ REQUEST = (
     + f"Content-Length: {len(BODY)}\r\nConnection: close\r\n\r\n".encode()
     + BODY
 )
-
-
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        msg = f"needs {needed} open files, hard limit is {hard}"
-        if REQUIRE_E2E:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 async def _one(host: str, port: int, start: asyncio.Event) -> tuple[bytes, float]:
@@ -56,7 +43,7 @@ async def _one(host: str, port: int, start: asyncio.Event) -> tuple[bytes, float
 @pytest.mark.slow
 async def test_a_burst_of_1000_generations_admits_exactly_one(tmp_path: Path) -> None:
     """1,000 at once: one reaches the engine, 999 get 503 busy; pass routes stay served."""
-    _raise_fd_limit(4 * BURST)  # our sockets, gatekeeper's (inherited limit), headroom
+    raise_fd_limit(4 * BURST)  # our sockets, gatekeeper's (inherited limit), headroom
     engine, engine_url = start_engine(tmp_path, seconds=3)
     gk, url, admin = start_gatekeeper(tmp_path, "", engine_url)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import start_engine, start_gatekeeper
+from support import raise_fd_limit, start_engine, start_gatekeeper
 
 from gatekeeper.config import Limits
 from gatekeeper.edge import Connections
@@ -193,6 +193,7 @@ async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
     tmp_path: Path,
 ) -> None:
     """1,000 never-ending heads at ulimit -n 1024: polls and a generation are still served."""
+    raise_fd_limit(3 * SLOW)  # this process's sockets; gatekeeper gets its own 1,024
     engine, engine_url = start_engine(tmp_path, seconds=1.0)
     rules = "limits:\n  header_timeout: 3s\nupstream:\n  probe:\n    interval: 1s\n"
     gk, url, admin = start_gatekeeper(tmp_path, rules, engine_url, nofile=1024)
