@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
-from support import raise_fd_limit, start_engine, start_gatekeeper
+from support import find_binary, raise_fd_limit, start_engine, start_gatekeeper
 
 from gatekeeper.config import Limits
 from gatekeeper.edge import Connections
@@ -269,3 +270,57 @@ async def test_a_connection_that_sends_nothing_gets_408_after_header_timeout(
         assert gk.stop() == 0
         engine.stop()
     assert "limits.header_timeout" in gk.output()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["-H", "-B"])
+async def test_slowhttptest_slow_headers_and_bodies_do_not_lock_out_users(
+    tmp_path: Path, mode: str
+) -> None:
+    """The real slowhttptest (-H slowloris, -B slow body on /generate) with 1,000 connections:
+    a user still polls and generates; no slow body ever holds the generation slot."""
+    tool = find_binary("slowhttptest")
+    raise_fd_limit(3 * SLOW)
+    engine, engine_url = start_engine(tmp_path, seconds=1.0)
+    gk, url, admin = start_gatekeeper(tmp_path, "limits:\n  header_timeout: 5s\n", engine_url)
+    target = url + ("/generate" if mode == "-B" else "/progress")
+    args = ["-c", str(SLOW), "-r", "500", "-i", "1", "-s", "100000", "-l", "12", "-x", "10"]
+    attack = await asyncio.create_subprocess_exec(
+        tool,
+        mode,
+        *args,
+        "-p",
+        "3",
+        "-u",
+        target,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(4.0)  # the slow connections are open
+        async with aiohttp.ClientSession() as http:
+            async with http.get(admin + "/metrics") as r:
+                open_during = _metric(await r.text(), "gatekeeper_client_connections")
+            async with http.get(admin + "/status") as r:
+                assert (await r.json())["in_flight"] == 0  # no slow body holds the slot
+            timings = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                async with http.get(url + "/progress") as r:
+                    assert r.status == 200
+                timings.append(time.monotonic() - t0)
+            async with http.post(url + "/generate", json={"lyrics": "la", "seconds": 1}) as r:
+                assert r.status == 200, await r.text()
+        print(
+            f"\nslowhttptest {mode} {SLOW} conns: {open_during:.0f} open on gatekeeper,"
+            f" poll max {max(timings) * 1000:.1f} ms, generation 200"
+        )
+        if mode == "-B":
+            assert open_during >= 500  # the attack really held connections open
+    finally:
+        if attack.returncode is None:
+            attack.kill()
+        await attack.wait()
+        assert gk.stop() == 0
+        engine.stop()
