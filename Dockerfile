@@ -8,7 +8,7 @@ COPY pyproject.toml README.md ./
 COPY gatekeeper ./gatekeeper
 RUN python -m venv /opt/gatekeeper \
  && /opt/gatekeeper/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/gatekeeper/bin/pip install --no-cache-dir .
+ && /opt/gatekeeper/bin/pip install --no-cache-dir '.[speed]'
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 gatekeeper \

@@ -279,7 +279,7 @@ async def stall_upload(c: Chaos, rng: random.Random) -> str:
     try:
         writer.write(_head("POST", "/generate", len(body) + 10) + body)
         await writer.drain()
-        # Only the head: after answering, aiohttp lingers up to 10 s for the missing bytes.
+        # Only the head: after answering, aiohttp lingers (app.LINGER_SECONDS) for the rest.
         data = await reader.readuntil(b"\r\n\r\n")
     except (ConnectionError, asyncio.IncompleteReadError):
         return "0"
@@ -803,6 +803,10 @@ class Chaos:
     async def sigterm_phase(self) -> dict[str, Any]:
         """SIGTERM with a generation running and hostile traffic: accounting holds, exit 0."""
         self.note("phase sigterm start")
+        # The simulator shares its CPU between generations: work a cancel phase abandoned
+        # would stretch this 1 s song past the 1.5 s read timeout (a 504 that says nothing
+        # about the drain). Start it on an idle engine.
+        await self._engine_reset()
         body = json.dumps({**SONG, "seconds": 1.0}).encode()
         song = asyncio.create_task(
             _exchange(self.target, _head("POST", "/generate", len(body)) + body)
