@@ -53,20 +53,21 @@ class CounterWindow:
 
 # The counters behind the rate signals: (signal, window seconds, reading from state).
 def _rejections(st: AppState) -> float:
-    return float(sum(st.rejections_by_reason.values()))
+    return float(sum(st.counters.rejections_by_reason.values()))
 
 
 def _blocked(st: AppState) -> float:
-    return float(st.rejections_by_reason.get("blocked", 0))
+    return float(st.counters.rejections_by_reason.get("blocked", 0))
 
 
 def _upstream_errors(st: AppState) -> float:
     # A client hanging up is not the engine's fault.
-    return float(sum(v for k, v in st.upstream_errors_by_kind.items() if k != "client_disconnect"))
+    errors = st.counters.upstream_errors_by_kind
+    return float(sum(v for k, v in errors.items() if k != "client_disconnect"))
 
 
 def _timeouts(st: AppState) -> float:
-    return float(st.upstream_errors_by_kind.get("timeout", 0))
+    return float(st.counters.upstream_errors_by_kind.get("timeout", 0))
 
 
 RATES: tuple[tuple[str, float, Callable[[AppState], float]], ...] = (

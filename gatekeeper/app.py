@@ -140,7 +140,7 @@ def _background(
         if probe:
             tasks.append(
                 asyncio.create_task(
-                    probe_loop(lambda: st.config, lambda up: setattr(st, "upstream_up", up)),
+                    probe_loop(lambda: st.config, st.set_upstream_up),
                     name="gatekeeper-probe",
                 )
             )

@@ -45,9 +45,10 @@ from aiohttp import web
 from .config import Config, Route, load_config
 from .errors import ConfigError, ConfigProblem
 from .logs import redact_url
-from .state import AppState, RuntimeUsage, admission_limits
+from .state import AppState, admission_limits
 from .tasks import cancel_and_wait
 from .upstream import UpstreamPool
+from .usage import RuntimeUsage
 
 log = logging.getLogger("gatekeeper.reload")
 

@@ -53,8 +53,8 @@ def status_document(st: AppState) -> dict[str, Any]:
         },
         "upstream_up": st.upstream_up,
         "draining": gate.draining,
-        "counts": dict(st.counts),
-        "rejections_by_reason": dict(st.rejections_by_reason),
+        "counts": dict(st.counters.outcomes),
+        "rejections_by_reason": dict(st.counters.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
     }

@@ -26,7 +26,8 @@ from gatekeeper.reload import (
     keep_restart_only,
     problem_json,
 )
-from gatekeeper.state import AppState, RuntimeUsage
+from gatekeeper.state import AppState
+from gatekeeper.usage import RuntimeUsage
 
 # --------------------------------------------------------------------------- pure tables
 
