@@ -28,22 +28,23 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .accesslog import log_request
 from .admin import build_admin_app
 from .alerting import AlertLoop
 from .config import Config
 from .describe import config_warnings, describe
 from .edge import Connections, EdgeSite, fd_ceiling
+from .gauges import wire_gauges
 from .metrics import Metrics
 from .monitor import Monitor
 from .notify import Notifier
 from .probe import probe_loop
-from .proxy import ProxyHandler, RequestRecord
+from .proxy import ProxyHandler
 from .reload import Overrides, Reloader
 from .state import STATE, AppState, Runtime
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("gatekeeper")
-access_log = logging.getLogger("gatekeeper.access")
 
 # After the drain, how long open passthrough requests (downloads) get before aiohttp
 # cancels them. Generations are not affected: the drain already waited for them.
@@ -63,52 +64,6 @@ FD_RESERVE = 64
 FORCED_GRACE_SECONDS = 0.5
 
 
-def log_request(rec: RequestRecord) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return  # --log-level WARNING: do not even build the fields
-    fields: dict[str, Any] = {
-        "request_id": rec.request_id,
-        "client": rec.client,
-        "method": rec.method,
-        "path": rec.path,
-        "route": rec.route,
-        "action": rec.action,
-        "decision": rec.decision,
-        "reason": rec.reason,
-        "status": rec.status,
-        "upstream_status": rec.upstream_status,
-        "bytes_in": rec.bytes_in,
-        "bytes_out": rec.bytes_out,
-        "queue_s": rec.queue_seconds,
-        "upstream_s": rec.upstream_seconds,
-        "total_s": rec.total_seconds,
-    }
-    if rec.client_gone:
-        fields["client_gone"] = True
-    access_log.info("request", extra={"fields": fields})
-
-
-def wire_metrics(st: AppState) -> None:
-    """Point the state-mirroring gauges at the live state, read at scrape time."""
-    m, gate = st.metrics, st.gate
-
-    def oldest_elapsed() -> float:
-        elapsed = gate.elapsed(st.clock())
-        return max(elapsed) if elapsed else 0.0
-
-    m.in_flight.set_function(lambda: gate.in_flight)
-    m.max_in_flight.set_function(lambda: gate.limits.max_in_flight)
-    m.generation_elapsed.set_function(oldest_elapsed)
-    m.generation_expected.set_function(lambda: gate.estimator.expected)
-    m.cpu_percent.set_function(lambda: gate.resources.cpu_percent)
-    m.memory_percent.set_function(lambda: gate.resources.memory_percent)
-    m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
-    m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
-    m.upstream_up.set_function(lambda: float(st.upstream_up is True))
-    m.draining.set_function(lambda: float(gate.draining))
-    m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
-
-
 async def create_state(
     config: Config, *, clock: Callable[[], float] | None = None, metrics: Metrics | None = None
 ) -> AppState:
@@ -119,7 +74,7 @@ async def create_state(
         metrics if metrics is not None else Metrics(version=__version__),
         clock if clock is not None else loop.time,
     )
-    wire_metrics(st)
+    wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
     st.metrics.config_last_reload_success.set_to_current_time()
@@ -300,7 +255,11 @@ class Gatekeeper:
                     deadline - now,
                 )
                 next_log = now + sd.drain_log_interval
-            await asyncio.sleep(0.1)
+            # Wake when the last generation ends, or in time for the next log line or the
+            # deadline, whichever comes first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadline, next_log)):
+                    await st.gate.wait_idle()
         linger = min(sd.linger, deadline - loop.time()) if waited else 0.0
         if linger > 0:
             # The job's client fetches its result right after the generation ends (e.g.
