@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +12,8 @@ from gatekeeper.admin import build_admin_app
 from gatekeeper.admission import Ticket
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import load_config
-from gatekeeper.state import AppState, Runtime
+from gatekeeper.reload import Reloader
+from gatekeeper.state import AppState
 
 RULES = """
 upstream:
@@ -141,17 +142,22 @@ async def test_null_status_path_disables_it(aiohttp_client: Any, aiohttp_server:
     assert seen == ["GET /_gatekeeper/status"]
 
 
-async def test_status_path_follows_a_reload(aiohttp_client: Any, aiohttp_server: Any) -> None:
-    """The path is read from the request's Runtime, so swapping the config moves it at once."""
+async def test_status_path_follows_a_reload(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The path is read from the request's Runtime, so a reload moves it at once."""
     upstream, seen = await _upstream(aiohttp_server)
-    client, st = await _gatekeeper(aiohttp_client, upstream)
-    old = st.runtime
-    st.runtime = Runtime.build(replace(old.config, status_path=None))
-    await old.close()
+    url = str(upstream.make_url(""))
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(upstream=url, extra=""))
+    st = await create_state(load_config(path.read_text(), source=str(path)))
+    rl = Reloader(st, str(path))
+    client = await aiohttp_client(build_proxy_app(st, monitor=False, probe=False, reloader=rl))
+    path.write_text(RULES.format(upstream=url, extra="status_path: null"))
+    assert (await rl.reload("test")).ok
     body = await (await client.get("/_gatekeeper/status")).json()
     assert body["engine"] is True
-    old = st.runtime
-    st.runtime = Runtime.build(replace(old.config, status_path="/_gatekeeper/status"))
-    await old.close()
+    path.write_text(RULES.format(upstream=url, extra="status_path: /_gatekeeper/status"))
+    assert (await rl.reload("test")).ok
     assert "accepting" in await (await client.get("/_gatekeeper/status")).json()
     assert seen == ["GET /_gatekeeper/status"]
