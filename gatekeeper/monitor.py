@@ -96,7 +96,7 @@ class Monitor:
         self._cpu_smoothed: float | None = None
         self._last_error: str | None = None
         self._sleep = sleep
-        self._reported = (False, False)  # (cpu, memory) overloaded, before this sample
+        self._reported = (False, False)  # (cpu, memory) overloaded, as last logged
         self.state = ResourceState()
 
     def sample_once(self) -> ResourceState:
@@ -134,7 +134,6 @@ class Monitor:
     def poll_once(self) -> float:
         """One step of ``run``: sample, log a change of the overload state, and return the
         seconds until the next step (read live: a reload may change the interval)."""
-        self._reported = (self.state.cpu_overloaded, self.state.memory_overloaded)
         try:
             state = self.sample_once()
         except Exception:
@@ -145,7 +144,11 @@ class Monitor:
         return self._config().admission.sample_interval
 
     def _report(self, state: ResourceState) -> None:
-        """Log the overload state when it differs from the one before the sample."""
+        """Log the overload state when it differs from the last one logged.
+
+        The baseline is "not overloaded", not the first sample: an overload present
+        at start (the app takes that sample before the loop runs) is logged too.
+        """
         before = self._reported
         after = (state.cpu_overloaded, state.memory_overloaded)
         if before == after:

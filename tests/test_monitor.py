@@ -144,3 +144,22 @@ async def test_run_sleeps_the_live_interval_between_steps(tmp_path: Path) -> Non
         await mon.run()
     assert slept == [1.0, 1.0, 3.0, 3.0]
     assert len(published) == 3  # one sample after each completed sleep
+
+
+def test_overload_present_at_the_first_sample_is_logged(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The app takes the first sample itself (sample_once, silent) before the loop runs;
+    the loop's first step still logs that overload as a WARNING, once."""
+    f = tmp_path / "res.json"
+    f.write_text(json.dumps({"cpu_percent": 95, "memory_percent": 10}))
+    cfg = cfg_with(Resources(source="file", file=str(f)))
+    mon = Monitor(lambda: cfg, lambda s: None, clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    assert mon.sample_once().cpu_overloaded
+    assert caplog.records == []
+    mon.poll_once()
+    mon.poll_once()
+    changes = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(changes) == 1 and changes[0][0] == "WARNING", changes
+    assert "cpu 95.0% overloaded=True" in changes[0][1]
