@@ -2,8 +2,9 @@
 
 Nothing imports this module except ``cli``. Lifecycle follows aiohttp's
 ``AppRunner`` → ``TCPSite`` → ``cleanup()``; background loops (resource
-monitor, upstream probe) are ``cleanup_ctx`` generators that cancel and await
-their task.
+monitor, alerts, reload watcher) are ``cleanup_ctx`` generators that cancel and
+await their task. The upstream probe starts only once both listeners are bound
+(``Gatekeeper.start``), so what it reports follows the startup lines.
 
 Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
 turns 503, admit routes answer ``draining``, pass routes keep working — and
@@ -93,16 +94,18 @@ def _background(
             mon.sample_once()  # admission must not start on all-zero readings
             tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
         if probe:
-            tasks.append(
-                asyncio.create_task(
-                    probe_loop(lambda: st.config, st.set_upstream_up),
-                    name="gatekeeper-probe",
-                )
-            )
+            tasks.append(start_probe(st))
         yield
         await cancel_and_wait(tasks)
 
     return ctx
+
+
+def start_probe(st: AppState) -> asyncio.Task[None]:
+    """The periodic upstream probe, publishing its verdict onto ``st``."""
+    return asyncio.create_task(
+        probe_loop(lambda: st.config, st.set_upstream_up), name="gatekeeper-probe"
+    )
 
 
 def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -128,7 +131,7 @@ def build_proxy_app(
     st: AppState,
     *,
     monitor: bool = True,
-    probe: bool = True,
+    probe: bool = False,
     reloader: Reloader | None = None,
     alerts: bool = True,
     conns: Connections | None = None,
@@ -164,6 +167,7 @@ class Gatekeeper:
         self.reloader: Reloader | None = None
         self.connections: Connections | None = None
         self._runners: list[web.AppRunner] = []
+        self._probe: asyncio.Task[None] | None = None
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
 
@@ -224,6 +228,9 @@ class Gatekeeper:
             log.warning("config: %s", warning)
         for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):
             log.info("%s listener bound to %s", name, ", ".join(urls))
+        # Only now: its "upstream ... is DOWN" must follow the startup lines, and must not
+        # be said at all by a gatekeeper that failed to bind.
+        self._probe = start_probe(st)
 
     async def drain(self) -> bool:
         """Stop admitting; wait for running generations. True when none was left running."""
@@ -282,6 +289,9 @@ class Gatekeeper:
         (``CLOSE_GRACE_SECONDS`` on the proxy). aiohttp treats 0 as "no limit", hence
         the floor.
         """
+        if self._probe is not None:
+            await cancel_and_wait([self._probe])
+            self._probe = None
         for runner in reversed(self._runners):
             if grace is not None and runner.server is not None:
                 for site in list(runner.sites):

@@ -3,8 +3,10 @@ what the background loops find (an overload already there, an engine that is dow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,47 @@ async def test_overload_present_at_start_is_logged_after_the_startup_lines(
     assert caplog.records[overload].levelname == "WARNING"
     assert _index(messages, "admin listener bound to") < overload
     assert sum("overloaded=True" in m for m in messages) == 1
+
+
+async def test_probe_reports_a_down_engine_after_the_startup_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The probe starts once the listeners are bound: 'upstream ... is DOWN' follows the
+    startup config lines and the 'listener bound' lines."""
+    with socket.socket() as s:  # a port nothing listens on: the probe is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n"
+        f"upstream: {{url: 'http://127.0.0.1:{port}'}}\n"
+    )
+    caplog.set_level(logging.INFO, logger="gatekeeper")
+    gk = Gatekeeper(cfg)
+    try:
+        await gk.start()
+        assert await eventually(lambda: any("is DOWN" in m for m in _messages(caplog)))
+    finally:
+        await gk.stop()
+    messages = _messages(caplog)
+    down = _index(messages, f"upstream http://127.0.0.1:{port} is DOWN")
+    assert _index(messages, "config: ") < down
+    assert _index(messages, "admin listener bound to") < down
+
+
+async def test_no_probe_runs_when_binding_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """A gatekeeper whose admin port is taken raises from start with no probe task
+    started, so it never reports on the engine."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = load_config(f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:{port}\n")
+        caplog.set_level(logging.INFO, logger="gatekeeper")
+        gk = Gatekeeper(cfg)
+        try:
+            with pytest.raises(OSError):
+                await gk.start()
+            assert [t for t in asyncio.all_tasks() if t.get_name() == "gatekeeper-probe"] == []
+        finally:
+            await gk.stop()
+    assert not [r for r in caplog.records if r.name == "gatekeeper.probe"]
