@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,30 @@ async def test_status_path_follows_a_reload(
     assert (await rl.reload("test")).ok
     assert "accepting" in await (await client.get("/_gatekeeper/status")).json()
     assert seen == ["GET /_gatekeeper/status"]
+
+
+async def test_engine_down_is_a_warning_because_the_gate_still_admits(
+    aiohttp_client: Any,
+) -> None:
+    """With the probe saying the engine is down, the status says accepting (no reason)
+    with an upstream_unavailable warning, and that is what the gate does: it admits the
+    generation, which then gets 502 upstream_unavailable."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    st = await create_state(
+        load_config(RULES.format(upstream=f"http://127.0.0.1:{port}", extra=""))
+    )
+    client = await aiohttp_client(build_proxy_app(st, monitor=False))
+    st.set_upstream_up(False)
+    body = await (await client.get("/_gatekeeper/status")).json()
+    assert body["accepting"] is True
+    assert body["reasons"] == []
+    assert body["warnings"] == ["upstream_unavailable"]
+    assert body["upstream_up"] is False
+    resp = await client.post("/generate", data=b"{}")
+    assert resp.status == 502
+    assert (await resp.json())["reason"] == "upstream_unavailable"
+    assert st.counters.outcomes["admitted"] == 1
+    st.set_upstream_up(True)
+    assert (await (await client.get("/_gatekeeper/status")).json())["warnings"] == []
