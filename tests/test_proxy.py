@@ -211,8 +211,11 @@ async def test_sse_events_arrive_as_they_are_sent(engine: TestServer, gatekeeper
         t_first = time.monotonic()
         rest = await r.read()
         t_end = time.monotonic()
-    assert first.startswith(b"event:") or first.startswith(b"data:") or b"data" in first
-    assert rest.count(b"\n\n") >= 3
+    head, data = first.rsplit(b"\ndata: ", 1)
+    assert head == b"id: 0\nevent: tick"  # the first event whole, not a fragment
+    assert json.loads(data)["seq"] == 0
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert [json.loads(e.rsplit(b"data: ", 1)[1])["seq"] for e in events] == [1, 2, 3]
     # Ordering, not speed: the rest of the stream was still being produced after event 1.
     assert t_end - t_first >= 0.8
 
