@@ -2,7 +2,8 @@
 
 Pure: plain values in, a decision out. No aiohttp, no psutil, no I/O; time is
 passed in by the caller (read from the loop clock by the adapter), so the
-whole module is tested with tables.
+whole module is tested with tables. The one ``asyncio`` object is the event
+behind ``Gate.wait_idle`` (the drain awaits it instead of polling).
 
 Invariants (the reliability contract of issue #2):
 
@@ -23,6 +24,7 @@ is running; the ETA is known) > ``cpu`` > ``memory``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 from collections import deque
@@ -175,6 +177,9 @@ class Gate:
         self.resources = ResourceState()
         self.draining = False
         self._tickets: dict[int, Ticket] = {}
+        # Set while no ticket is held; only ``wait_idle`` awaits it (the shutdown drain).
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def in_flight(self) -> int:
@@ -212,7 +217,15 @@ class Gate:
             return rejection
         ticket = Ticket(route=route, started_at=now, _on_release=self._release)
         self._tickets[id(ticket)] = ticket
+        self._idle.clear()
         return ticket
+
+    async def wait_idle(self) -> None:
+        """Return once no ticket is held: at once if none is, else when the last is released."""
+        while self._tickets:
+            await self._idle.wait()
 
     def _release(self, ticket: Ticket) -> None:
         del self._tickets[id(ticket)]
+        if not self._tickets:
+            self._idle.set()

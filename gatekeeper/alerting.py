@@ -1,11 +1,12 @@
 """The alert loop: live state in, the pure evaluator in the middle, delivery out.
 
 Every ``alerts.evaluation_interval`` the loop reads the signals from
-``AppState`` (``SignalReader``), runs ``alerts.Evaluator``, publishes the
-result (``gatekeeper_alerts_firing``, ``AppState.alerts_firing`` for
-``/status``) and hands it to ``notify.Notifier``, which never blocks. The
-config is read from the current ``Runtime`` at every tick, so a reload that
-changes rules, receivers or intervals applies at the next evaluation.
+``AppState`` (``SignalReader``, over the table in ``signals``), runs
+``alerts.Evaluator``, publishes the result (``gatekeeper_alerts_firing``,
+``AppState.alerts_firing`` for ``/status``) and hands it to
+``notify.Notifier``, which never blocks. The config is read from the current
+``Runtime`` at every tick, so a reload that changes rules, receivers or
+intervals applies at the next evaluation.
 
 Rates: gatekeeper's counters only ever grow, so "per minute" is the increase
 over the last 60 seconds, taken from the snapshots this loop records at each
@@ -29,6 +30,7 @@ from .alerts import Evaluation, Evaluator
 from .config import Config
 from .logs import redact_url
 from .notify import Batch, Notifier, rfc3339
+from .signals import SIGNALS
 from .state import AppState
 
 log = logging.getLogger("gatekeeper.alerts")
@@ -51,54 +53,24 @@ class CounterWindow:
         return value - base if value >= base else value  # a reset counts from zero
 
 
-# The counters behind the rate signals: (signal, window seconds, reading from state).
-def _rejections(st: AppState) -> float:
-    return float(sum(st.rejections_by_reason.values()))
-
-
-def _blocked(st: AppState) -> float:
-    return float(st.rejections_by_reason.get("blocked", 0))
-
-
-def _upstream_errors(st: AppState) -> float:
-    # A client hanging up is not the engine's fault.
-    return float(sum(v for k, v in st.upstream_errors_by_kind.items() if k != "client_disconnect"))
-
-
-def _timeouts(st: AppState) -> float:
-    return float(st.upstream_errors_by_kind.get("timeout", 0))
-
-
-RATES: tuple[tuple[str, float, Callable[[AppState], float]], ...] = (
-    ("rejections_per_minute", 60.0, _rejections),
-    ("blocked_per_minute", 60.0, _blocked),
-    ("upstream_errors_per_minute", 60.0, _upstream_errors),
-    ("upstream_timeouts_per_hour", 3600.0, _timeouts),
-)
-
-
 class SignalReader:
-    """Adapter: ``AppState`` → ``{signal: value}`` for the pure evaluator."""
+    """Adapter: ``AppState`` → ``{signal: value}`` for the pure evaluator (``signals.SIGNALS``)."""
 
     def __init__(self, st: AppState):
         self.st = st
         self._windows = {
-            name: CounterWindow(window, start=st.started_monotonic) for name, window, _ in RATES
+            s.name: CounterWindow(s.window, start=st.started_monotonic)
+            for s in SIGNALS.values()
+            if s.window is not None
         }
 
     def read(self, now: float) -> dict[str, float | None]:
-        st, gate = self.st, self.st.gate
-        elapsed = gate.elapsed(now)
-        values: dict[str, float | None] = {
-            "cpu_percent": gate.resources.cpu_percent,
-            "memory_percent": gate.resources.memory_percent,
-            "in_flight": float(gate.in_flight),
-            "upstream_up": None if st.upstream_up is None else float(st.upstream_up),
-            "generation_elapsed_seconds": max(elapsed) if elapsed else 0.0,
-            "config_reload_failed": float(st.config_reload_failed),
-        }
-        for name, _, counter in RATES:
-            values[name] = self._windows[name].observe(now, counter(st))
+        values: dict[str, float | None] = {}
+        for s in SIGNALS.values():
+            value = s.read(self.st, now)
+            if s.window is not None and value is not None:
+                value = self._windows[s.name].observe(now, value)
+            values[s.name] = value
         return values
 
 

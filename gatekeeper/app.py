@@ -2,8 +2,9 @@
 
 Nothing imports this module except ``cli``. Lifecycle follows aiohttp's
 ``AppRunner`` → ``TCPSite`` → ``cleanup()``; background loops (resource
-monitor, upstream probe) are ``cleanup_ctx`` generators that cancel and await
-their task.
+monitor, alerts, reload watcher) are ``cleanup_ctx`` generators that cancel and
+await their task. The upstream probe starts only once both listeners are bound
+(``Gatekeeper.start``), so what it reports follows the startup lines.
 
 Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
 turns 503, admit routes answer ``draining``, pass routes keep working — and
@@ -28,22 +29,23 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .accesslog import log_request
 from .admin import build_admin_app
 from .alerting import AlertLoop
 from .config import Config
 from .describe import config_warnings, describe
 from .edge import Connections, EdgeSite, fd_ceiling
+from .gauges import wire_gauges
 from .metrics import Metrics
 from .monitor import Monitor
 from .notify import Notifier
 from .probe import probe_loop
-from .proxy import ProxyHandler, RequestRecord
+from .proxy import ProxyHandler
 from .reload import Overrides, Reloader
 from .state import STATE, AppState, Runtime
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("gatekeeper")
-access_log = logging.getLogger("gatekeeper.access")
 
 # After the drain, how long open passthrough requests (downloads) get before aiohttp
 # cancels them. Generations are not affected: the drain already waited for them.
@@ -63,52 +65,6 @@ FD_RESERVE = 64
 FORCED_GRACE_SECONDS = 0.5
 
 
-def log_request(rec: RequestRecord) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return  # --log-level WARNING: do not even build the fields
-    fields: dict[str, Any] = {
-        "request_id": rec.request_id,
-        "client": rec.client,
-        "method": rec.method,
-        "path": rec.path,
-        "route": rec.route,
-        "action": rec.action,
-        "decision": rec.decision,
-        "reason": rec.reason,
-        "status": rec.status,
-        "upstream_status": rec.upstream_status,
-        "bytes_in": rec.bytes_in,
-        "bytes_out": rec.bytes_out,
-        "queue_s": rec.queue_seconds,
-        "upstream_s": rec.upstream_seconds,
-        "total_s": rec.total_seconds,
-    }
-    if rec.client_gone:
-        fields["client_gone"] = True
-    access_log.info("request", extra={"fields": fields})
-
-
-def wire_metrics(st: AppState) -> None:
-    """Point the state-mirroring gauges at the live state, read at scrape time."""
-    m, gate = st.metrics, st.gate
-
-    def oldest_elapsed() -> float:
-        elapsed = gate.elapsed(st.clock())
-        return max(elapsed) if elapsed else 0.0
-
-    m.in_flight.set_function(lambda: gate.in_flight)
-    m.max_in_flight.set_function(lambda: gate.limits.max_in_flight)
-    m.generation_elapsed.set_function(oldest_elapsed)
-    m.generation_expected.set_function(lambda: gate.estimator.expected)
-    m.cpu_percent.set_function(lambda: gate.resources.cpu_percent)
-    m.memory_percent.set_function(lambda: gate.resources.memory_percent)
-    m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
-    m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
-    m.upstream_up.set_function(lambda: float(st.upstream_up is True))
-    m.draining.set_function(lambda: float(gate.draining))
-    m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
-
-
 async def create_state(
     config: Config, *, clock: Callable[[], float] | None = None, metrics: Metrics | None = None
 ) -> AppState:
@@ -119,7 +75,7 @@ async def create_state(
         metrics if metrics is not None else Metrics(version=__version__),
         clock if clock is not None else loop.time,
     )
-    wire_metrics(st)
+    wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
     st.metrics.config_last_reload_success.set_to_current_time()
@@ -138,16 +94,18 @@ def _background(
             mon.sample_once()  # admission must not start on all-zero readings
             tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
         if probe:
-            tasks.append(
-                asyncio.create_task(
-                    probe_loop(lambda: st.config, lambda up: setattr(st, "upstream_up", up)),
-                    name="gatekeeper-probe",
-                )
-            )
+            tasks.append(start_probe(st))
         yield
         await cancel_and_wait(tasks)
 
     return ctx
+
+
+def start_probe(st: AppState) -> asyncio.Task[None]:
+    """The periodic upstream probe, publishing its verdict onto ``st``."""
+    return asyncio.create_task(
+        probe_loop(lambda: st.config, st.set_upstream_up), name="gatekeeper-probe"
+    )
 
 
 def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -173,7 +131,7 @@ def build_proxy_app(
     st: AppState,
     *,
     monitor: bool = True,
-    probe: bool = True,
+    probe: bool = False,
     reloader: Reloader | None = None,
     alerts: bool = True,
     conns: Connections | None = None,
@@ -209,6 +167,7 @@ class Gatekeeper:
         self.reloader: Reloader | None = None
         self.connections: Connections | None = None
         self._runners: list[web.AppRunner] = []
+        self._probe: asyncio.Task[None] | None = None
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
 
@@ -269,6 +228,9 @@ class Gatekeeper:
             log.warning("config: %s", warning)
         for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):
             log.info("%s listener bound to %s", name, ", ".join(urls))
+        # Only now: its "upstream ... is DOWN" must follow the startup lines, and must not
+        # be said at all by a gatekeeper that failed to bind.
+        self._probe = start_probe(st)
 
     async def drain(self) -> bool:
         """Stop admitting; wait for running generations. True when none was left running."""
@@ -300,7 +262,11 @@ class Gatekeeper:
                     deadline - now,
                 )
                 next_log = now + sd.drain_log_interval
-            await asyncio.sleep(0.1)
+            # Wake when the last generation ends, or in time for the next log line or the
+            # deadline, whichever comes first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadline, next_log)):
+                    await st.gate.wait_idle()
         linger = min(sd.linger, deadline - loop.time()) if waited else 0.0
         if linger > 0:
             # The job's client fetches its result right after the generation ends (e.g.
@@ -323,6 +289,9 @@ class Gatekeeper:
         (``CLOSE_GRACE_SECONDS`` on the proxy). aiohttp treats 0 as "no limit", hence
         the floor.
         """
+        if self._probe is not None:
+            await cancel_and_wait([self._probe])
+            self._probe = None
         for runner in reversed(self._runners):
             if grace is not None and runner.server is not None:
                 for site in list(runner.sites):

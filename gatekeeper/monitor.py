@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -85,6 +85,7 @@ class Monitor:
         *,
         clock: Callable[[], float],
         sampler_factory: Callable[[Resources], Callable[[], Reading]] = make_sampler,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self._config = config
         self._publish = publish
@@ -94,6 +95,8 @@ class Monitor:
         self._sampler_for: tuple[str, str | None] | None = None
         self._cpu_smoothed: float | None = None
         self._last_error: str | None = None
+        self._sleep = sleep
+        self._reported = (False, False)  # (cpu, memory) overloaded, as last logged
         self.state = ResourceState()
 
     def sample_once(self) -> ResourceState:
@@ -128,26 +131,43 @@ class Monitor:
         self._publish(self.state)
         return self.state
 
+    def poll_once(self) -> float:
+        """One step of ``run``: sample, log a change of the overload state, and return the
+        seconds until the next step (read live: a reload may change the interval)."""
+        try:
+            state = self.sample_once()
+        except Exception:
+            # A dead monitor would freeze admission on its last readings forever.
+            log.exception("resource sampling failed; retrying next interval")
+        else:
+            self._report(state)
+        return self._config().admission.sample_interval
+
+    def _report(self, state: ResourceState) -> None:
+        """Log the overload state when it differs from the last one logged.
+
+        The baseline is "not overloaded", not the first sample: an overload present
+        at start (the app takes that sample before the loop runs) is logged too.
+        """
+        before = self._reported
+        after = (state.cpu_overloaded, state.memory_overloaded)
+        if before == after:
+            return
+        self._reported = after
+        # A resource newly over its threshold is a WARNING; a recovery is good news.
+        worse = any(now and not was for was, now in zip(before, after, strict=True))
+        log.log(
+            logging.WARNING if worse else logging.INFO,
+            "resource state changed: cpu %.1f%% overloaded=%s, memory %.1f%% overloaded=%s",
+            state.cpu_percent,
+            state.cpu_overloaded,
+            state.memory_percent,
+            state.memory_overloaded,
+        )
+
     async def run(self) -> None:
+        """Step every ``admission.sample_interval``, starting one interval from now (the
+        first reading is the caller's ``sample_once``, taken before admission starts)."""
         while True:
-            before = (self.state.cpu_overloaded, self.state.memory_overloaded)
-            try:
-                state = self.sample_once()
-            except Exception:
-                # A dead monitor would freeze admission on its last readings forever.
-                log.exception("resource sampling failed; retrying next interval")
-                await asyncio.sleep(self._config().admission.sample_interval)
-                continue
-            after = (state.cpu_overloaded, state.memory_overloaded)
-            if before != after:
-                # A resource newly over its threshold is a WARNING; a recovery is good news.
-                worse = any(now and not was for was, now in zip(before, after, strict=True))
-                log.log(
-                    logging.WARNING if worse else logging.INFO,
-                    "resource state changed: cpu %.1f%% overloaded=%s, memory %.1f%% overloaded=%s",
-                    state.cpu_percent,
-                    state.cpu_overloaded,
-                    state.memory_percent,
-                    state.memory_overloaded,
-                )
-            await asyncio.sleep(self._config().admission.sample_interval)
+            await self._sleep(self._config().admission.sample_interval)
+            self.poll_once()

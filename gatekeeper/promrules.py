@@ -6,56 +6,26 @@ rules are exported here as PromQL over the metrics gatekeeper exports, with
 the same names, thresholds, ``for``, labels and annotations (the annotation
 templates gatekeeper accepts are the subset Prometheus renders the same way).
 
-Each signal maps to one PromQL expression aggregated ``by (instance)``, so one
-alert fires per gatekeeper however many label sets a counter has. Rates use
-the same windows as the built-in evaluator (``alerting.RATES``): the increase
-over the last minute (or hour), written as ``rate(...) * 60``.
+Each signal's PromQL comes from ``signals.SIGNALS``, the table the built-in
+evaluator reads too: same metric, same window (the increase over the last
+minute or hour, written as ``rate(...[1m]) * 60``), aggregated ``by (instance)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from .alerts import SERVICE, format_value
 from .config import AlertRule, Config
-
-SIGNAL_PROMQL: Mapping[str, str] = {
-    "cpu_percent": "max by (instance) (gatekeeper_cpu_percent)",
-    "memory_percent": "max by (instance) (gatekeeper_memory_percent)",
-    "in_flight": "max by (instance) (gatekeeper_in_flight)",
-    "rejections_per_minute": "sum by (instance) (rate(gatekeeper_rejections_total[1m])) * 60",
-    "blocked_per_minute": (
-        'sum by (instance) (rate(gatekeeper_rejections_total{reason="blocked"}[1m])) * 60'
-    ),
-    "upstream_errors_per_minute": (
-        "sum by (instance) "
-        '(rate(gatekeeper_upstream_errors_total{kind!="client_disconnect"}[1m])) * 60'
-    ),
-    "upstream_timeouts_per_hour": (
-        'sum by (instance) (rate(gatekeeper_upstream_errors_total{kind="timeout"}[1h])) * 3600'
-    ),
-    "upstream_up": "max by (instance) (gatekeeper_upstream_up)",
-    "generation_elapsed_seconds": "max by (instance) (gatekeeper_generation_elapsed_seconds)",
-    "config_reload_failed": "max by (instance) (gatekeeper_config_reload_failed)",
-}
+from .signals import SIGNALS, prom_duration
 
 GROUP = "gatekeeper"
 
 
 def promql(rule: AlertRule) -> str:
-    return f"{SIGNAL_PROMQL[rule.signal]} {rule.op} {format_value(rule.threshold)}"
-
-
-def prom_duration(seconds: float) -> str:
-    """Seconds in Prometheus' duration syntax: ``2m``, ``90s``, ``1h``, ``500ms``."""
-    ms = round(seconds * 1000)
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
+    return f"{SIGNALS[rule.signal].promql()} {rule.op} {format_value(rule.threshold)}"
 
 
 def rule_entry(rule: AlertRule) -> dict[str, Any]:

@@ -45,9 +45,10 @@ from aiohttp import web
 from .config import Config, Route, load_config
 from .errors import ConfigError, ConfigProblem
 from .logs import redact_url
-from .state import AppState, RuntimeUsage, admission_limits
+from .state import AppState, admission_limits
 from .tasks import cancel_and_wait
 from .upstream import UpstreamPool
+from .usage import RuntimeUsage
 
 log = logging.getLogger("gatekeeper.reload")
 
@@ -191,6 +192,7 @@ class Reloader:
     path: str
     overrides: Overrides = field(default_factory=Overrides)
     wall_clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _seen: _Seen = field(default_factory=_Seen, init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
@@ -340,13 +342,19 @@ class Reloader:
             return False
         return True
 
+    async def poll_once(self) -> Outcome | None:
+        """One step of ``watch``: reload if ``reload.watch`` is on and the file's content
+        changed; the reload's outcome, or None when nothing was reloaded."""
+        if self.state.config.reload.watch and self.changed_on_disk():
+            return await self.reload("watch")
+        return None
+
     async def watch(self) -> None:
-        """Poll while ``reload.watch`` is on; both keys are read live, so a reload can
+        """Step every ``reload.watch_interval``; both keys are read live, so a reload can
         switch watching on or off and change its interval."""
         while True:
-            await asyncio.sleep(self.state.config.reload.watch_interval)
-            if self.state.config.reload.watch and self.changed_on_disk():
-                await self.reload("watch")
+            await self.sleep(self.state.config.reload.watch_interval)
+            await self.poll_once()
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -13,7 +13,6 @@ the upstream probe's verdict and the draining flag.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,56 +22,11 @@ from aiohttp import web
 
 from .admission import DurationEstimator, Gate, Limits
 from .config import Config, Pool
+from .counters import Counters
 from .metrics import Metrics
 from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
-
-
-class RuntimeUsage:
-    """Which generations of the rules may still be in use by a running request.
-
-    Every proxied request is counted under the *epoch* (number of reloads) current
-    when it entered; the handler's ``Runtime`` snapshot is taken after that, so it
-    is never older than its epoch. Hence the pools of epoch ``e`` are unused as
-    soon as no request of an epoch ``<= e`` is still open — whatever the handler
-    awaits before or after its snapshot.
-    """
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self._open: dict[int, int] = {}
-        self._changed = asyncio.Event()
-
-    def enter(self) -> int:
-        e = self.epoch
-        self._open[e] = self._open.get(e, 0) + 1
-        return e
-
-    def join(self, epoch: int) -> None:
-        """One more holder of ``epoch`` (a task that outlives the request's handler)."""
-        self._open[epoch] = self._open.get(epoch, 0) + 1
-
-    def leave(self, epoch: int) -> None:
-        left = self._open[epoch] - 1
-        if left:
-            self._open[epoch] = left
-        else:
-            del self._open[epoch]
-            self._changed.set()
-            self._changed = asyncio.Event()
-
-    def advance(self) -> int:
-        """Start a new epoch (a reload swapped the runtime); returns the one that ended."""
-        self.epoch += 1
-        return self.epoch - 1
-
-    def open_through(self, epoch: int) -> int:
-        """Requests still open that entered at ``epoch`` or before."""
-        return sum(n for e, n in self._open.items() if e <= epoch)
-
-    async def wait_idle_through(self, epoch: int) -> None:
-        while self.open_through(epoch):
-            await self._changed.wait()
+from .usage import RuntimeUsage
 
 
 @dataclass(frozen=True)
@@ -133,32 +87,31 @@ class AppState:
     gate: Gate
     metrics: Metrics
     clock: Callable[[], float]
+    counters: Counters
     upstream_up: bool | None = None  # None until the first probe answered
     started_monotonic: float = 0.0
     started_wall: float = field(default_factory=time.time)
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
-    )
-    rejections_by_reason: dict[str, int] = field(default_factory=dict)
     # Which reload generation ("epoch") of the rules each open request may use.
     usage: RuntimeUsage = field(default_factory=RuntimeUsage)
-    upstream_errors_by_kind: dict[str, int] = field(default_factory=dict)
     # Set by the reload feature: True from a failed reload until the next good one.
     config_reload_failed: bool = False
     # Set by the alert loop (issue #4): the firing alerts as /status lists them.
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
 
-    def count_upstream_error(self, route: str, kind: str) -> None:
-        self.upstream_errors_by_kind[kind] = self.upstream_errors_by_kind.get(kind, 0) + 1
-        self.metrics.upstream_errors.labels(route, kind).inc()
+    def set_upstream_up(self, up: bool) -> None:
+        """The probe's latest verdict (``gatekeeper_upstream_up`` reads it at scrape time)."""
+        self.upstream_up = up
+
+    # The proxy handler's names for the ``Counters`` writers.
 
     def count(self, route: str, outcome: str) -> None:
-        self.counts[outcome] += 1
-        self.metrics.requests.labels(route, outcome).inc()
+        self.counters.request(route, outcome)
 
     def count_rejection(self, route: str, reason: str) -> None:
-        self.rejections_by_reason[reason] = self.rejections_by_reason.get(reason, 0) + 1
-        self.metrics.rejections.labels(route, reason).inc()
+        self.counters.rejection(route, reason)
+
+    def count_upstream_error(self, route: str, kind: str) -> None:
+        self.counters.upstream_error(route, kind)
 
     def prime_metrics(self) -> None:
         """Series of the current routes (and the default pass route) at 0; at start and
@@ -171,7 +124,12 @@ class AppState:
         cfg = runtime.config
         gate = Gate(admission_limits(cfg), DurationEstimator(cfg.admission.expected_seconds))
         return cls(
-            runtime=runtime, gate=gate, metrics=metrics, clock=clock, started_monotonic=clock()
+            runtime=runtime,
+            gate=gate,
+            metrics=metrics,
+            clock=clock,
+            counters=Counters(metrics),
+            started_monotonic=clock(),
         )
 
     @property

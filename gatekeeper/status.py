@@ -2,6 +2,14 @@
 
 One function from live state to a JSON-ready dict, shared by the admin
 ``/status`` endpoint, the public status path, the CLI and the demo.
+
+``accepting`` and ``reasons`` say what the gate would do with a new generation
+now, nothing else. The upstream probe does not gate admission, on purpose: a
+probe can be wrong (a slow health path, a proxy in between), and refusing on
+its word would turn a flaky probe into an outage. So an engine that does not
+answer its probe is a *warning* (``warnings: ["upstream_unavailable"]``): the
+gate still admits, and the request gets 502 ``upstream_unavailable`` if the
+engine really is gone.
 """
 
 from __future__ import annotations
@@ -16,8 +24,7 @@ def status_document(st: AppState) -> dict[str, Any]:
     gate = st.gate
     cfg = st.config
     reasons = gate.reasons(now)
-    if st.upstream_up is False:
-        reasons.append("upstream_unavailable")
+    warnings = ["upstream_unavailable"] if st.upstream_up is False else []
     rejection = gate.check(now)
     expected = gate.estimator.expected
     res = gate.resources
@@ -25,6 +32,7 @@ def status_document(st: AppState) -> dict[str, Any]:
     return {
         "accepting": not reasons,
         "reasons": reasons,
+        "warnings": warnings,
         "in_flight": gate.in_flight,
         "max_in_flight": gate.limits.max_in_flight,
         "running": [
@@ -53,8 +61,8 @@ def status_document(st: AppState) -> dict[str, Any]:
         },
         "upstream_up": st.upstream_up,
         "draining": gate.draining,
-        "counts": dict(st.counts),
-        "rejections_by_reason": dict(st.rejections_by_reason),
+        "counts": dict(st.counters.outcomes),
+        "rejections_by_reason": dict(st.counters.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
     }

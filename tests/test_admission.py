@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gatekeeper.admission import (
@@ -161,3 +163,36 @@ def test_duration_estimator(samples: list[float], expected: float) -> None:
     for s in samples:
         est.observe(s)
     assert est.expected == expected
+
+
+async def _settle(n: int = 10) -> None:
+    """Let ready tasks run without letting the clock advance."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_wait_idle_returns_at_once_when_nothing_runs() -> None:
+    """An idle gate's wait_idle completes without waiting."""
+    gate = Gate(Limits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
+    await asyncio.wait_for(gate.wait_idle(), timeout=1.0)
+
+
+async def test_wait_idle_wakes_when_the_last_ticket_is_released() -> None:
+    """wait_idle waits while any ticket is held and returns as soon as the last one is
+    released: an event, not a poll (no clock time passes between release and return)."""
+    gate = Gate(Limits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
+    a, b = gate.try_admit("generate", 0.0), gate.try_admit("generate", 0.0)
+    assert isinstance(a, Ticket) and isinstance(b, Ticket)
+    waiter = asyncio.create_task(gate.wait_idle())
+    await _settle()
+    a.release()
+    await _settle()
+    assert not waiter.done()  # one generation still runs
+    c = gate.try_admit("generate", 1.0)  # a new one taken before the last ends
+    assert isinstance(c, Ticket)
+    b.release()
+    await _settle()
+    assert not waiter.done()
+    c.release()
+    await _settle()
+    assert waiter.done()

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from support import find_binary
 
-from gatekeeper.alerting import RATES
+from gatekeeper import signals
 from gatekeeper.config import SIGNALS, load_config, load_config_file
-from gatekeeper.promrules import SIGNAL_PROMQL, prom_duration, promql, rule_file
+from gatekeeper.promrules import prom_duration, promql, rule_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = ROOT / "gatekeeper" / "rules.yaml"
@@ -59,7 +59,8 @@ def test_export_matches_the_built_in_rules() -> None:
     assert len(group["rules"]) == len(cfg.alerts.rules)
     for exported, rule in zip(group["rules"], cfg.alerts.rules, strict=True):
         assert exported["alert"] == rule.alert
-        assert exported["expr"] == f"{SIGNAL_PROMQL[rule.signal]} {rule.op} {rule.threshold:g}"
+        want = f"{signals.SIGNALS[rule.signal].promql()} {rule.op} {rule.threshold:g}"
+        assert exported["expr"] == want
         assert exported.get("for", "0s") == (
             prom_duration(rule.for_seconds) if rule.for_seconds else "0s"
         )
@@ -94,11 +95,42 @@ def test_prom_duration(seconds: float, text: str) -> None:
     assert prom_duration(seconds) == text
 
 
-def test_every_signal_has_promql_and_a_rate_window() -> None:
-    """Each signal translates to PromQL; the rate signals are signals (the reader's own test
-    checks it produces every one)."""
-    assert set(SIGNAL_PROMQL) == set(SIGNALS)
-    assert {name for name, _, _ in RATES} <= set(SIGNALS)
+def test_signal_table_covers_exactly_the_names_config_accepts() -> None:
+    """The one signals table (live reader, PromQL, window) has an entry for each signal a
+    rule may name, in config's order, and nothing else."""
+    assert tuple(signals.SIGNALS) == SIGNALS
+    assert all(name == s.name for name, s in signals.SIGNALS.items())
+
+
+@pytest.mark.parametrize(
+    ("name", "promql"),
+    [
+        ("cpu_percent", "max by (instance) (gatekeeper_cpu_percent)"),
+        ("rejections_per_minute", "sum by (instance) (rate(gatekeeper_rejections_total[1m])) * 60"),
+        (
+            "upstream_errors_per_minute",
+            "sum by (instance) "
+            '(rate(gatekeeper_upstream_errors_total{kind!="client_disconnect"}[1m])) * 60',
+        ),
+        (
+            "upstream_timeouts_per_hour",
+            'sum by (instance) (rate(gatekeeper_upstream_errors_total{kind="timeout"}[1h])) * 3600',
+        ),
+        ("config_reload_failed", "max by (instance) (gatekeeper_config_reload_failed)"),
+    ],
+)
+def test_signal_promql(name: str, promql: str) -> None:
+    """Gauges are the highest per instance; a rate over its window is the increase over it."""
+    assert signals.SIGNALS[name].promql() == promql
+
+
+def test_signal_promql_with_an_instance_matcher() -> None:
+    """The dashboard's instance matcher goes first, before the signal's own matchers."""
+    blocked = signals.SIGNALS["blocked_per_minute"].promql('instance=~"$instance"')
+    assert blocked == (
+        "sum by (instance) (rate(gatekeeper_rejections_total"
+        '{instance=~"$instance",reason="blocked"}[1m])) * 60'
+    )
 
 
 def test_promql_of_every_default_rule_names_an_exported_metric() -> None:

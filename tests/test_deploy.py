@@ -207,8 +207,6 @@ def test_prometheus_rule_equals_the_alert_rules_export(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    if done.returncode == 2 and "invalid choice" in done.stderr:
-        pytest.skip("`gatekeeper alert-rules` is not a command yet (issue #4)")
     assert done.returncode == 0, done.stderr
     rule = kube("PrometheusRule", "gatekeeper")
     assert rule["spec"] == yaml.safe_load(done.stdout), "run scripts/gen-prometheusrule"

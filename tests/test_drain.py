@@ -201,9 +201,10 @@ async def test_aiohttp_shutdown_timeout_does_not_cut_the_drain_short(
 ) -> None:
     """With aiohttp's close grace far below the song length, drain + stop still deliver it."""
     monkeypatch.setattr(app_module, "CLOSE_GRACE_SECONDS", 0.05)
+    finish = asyncio.Event()  # the song ends when the test says so, not after a sleep
 
     async def generate(request: web.Request) -> web.Response:
-        await asyncio.sleep(1.0)
+        await finish.wait()
         return web.Response(body=b"x" * 100_000)
 
     engine = web.Application()
@@ -220,7 +221,11 @@ async def test_aiohttp_shutdown_timeout_does_not_cut_the_drain_short(
         async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
             song = asyncio.create_task(c.post(gk.proxy_urls[0] + "/generate"))
             await _running(c, gk.admin_urls[0])
-            assert await gk.drain() is True
+            drain = asyncio.create_task(gk.drain())
+            await asyncio.sleep(0.2)  # four times the close grace: the drain must still wait
+            assert not drain.done()
+            finish.set()
+            assert await drain is True
             await gk.stop()
             resp = await song
     finally:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from pathlib import Path
 
 from prometheus_client import generate_latest
 
 from gatekeeper.app import create_state
-from gatekeeper.config import Route, load_config
+from gatekeeper.config import load_config
 from gatekeeper.metrics import Metrics
-from gatekeeper.state import Runtime
+from gatekeeper.reload import Reloader
 
 RULES = """
 routes:
@@ -51,20 +51,25 @@ def test_prime_routes_creates_the_usual_series_at_zero() -> None:
     assert sample(m, req, route="files", outcome="admitted") is None
 
 
-async def test_state_primes_configured_routes_and_the_default_route() -> None:
+async def test_state_primes_configured_routes_and_the_default_route(tmp_path: Path) -> None:
     """A new gatekeeper exports its routes' series (and the unmatched 'default' pass
-    route's) before any request; after a config swap the new routes' too."""
-    st = await create_state(load_config(RULES))
+    route's) before any request; after a reload the new routes' too."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    st = await create_state(load_config(RULES, source=str(path)))
+    rl = Reloader(st, str(path))
     try:
         text = generate_latest(st.metrics.registry).decode()
         assert 'gatekeeper_requests_total{outcome="admitted",route="generate"} 0.0' in text
         assert 'gatekeeper_rejections_total{reason="blocked",route="batch-generate"} 0.0' in text
         assert 'gatekeeper_requests_total{outcome="passed",route="default"} 0.0' in text
-        old = st.runtime
-        new_route = Route(name="remix", path="/remix", action="admit")
-        st.runtime = Runtime.build(replace(old.config, routes=(*old.config.routes, new_route)))
-        await old.close()
-        st.prime_metrics()
+        remix = "  - name: remix\n    match: {methods: [POST], path: /remix}\n    action: admit\n"
+        path.write_text(RULES + remix)
+        assert (await rl.reload("test")).ok
         assert sample(st.metrics, "gatekeeper_rejections_total", route="remix", reason="busy") == 0
+        assert (
+            sample(st.metrics, "gatekeeper_requests_total", route="remix", outcome="admitted") == 0
+        )
     finally:
+        await rl.close()
         await st.runtime.close()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from gatekeeper.admission import ResourceState
 from gatekeeper.config import Admission, Config, Resources, Threshold
@@ -74,3 +77,89 @@ def test_real_psutil_sample_is_plausible() -> None:
     mon = Monitor(lambda: Config(), lambda s: None, clock=lambda: 1.0)
     st = mon.sample_once()
     assert 0.0 <= st.cpu_percent <= 100.0 and 0.0 < st.memory_percent <= 100.0
+
+
+class Stop(Exception):
+    """Raised by a fake sleep to end an endless loop after a few steps."""
+
+
+def test_poll_once_logs_overload_as_warning_and_recovery_as_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each step logs a change of the overload state (WARNING when worse, INFO when
+    better) and nothing when it stays the same; it returns the live sample interval."""
+    readings = iter([(50.0, 10.0), (95.0, 10.0), (96.0, 10.0), (60.0, 10.0)])
+
+    def factory(_: Resources) -> Callable[[], Reading]:
+        return lambda: next(readings)
+
+    res = Resources(cpu_smoothing=1.0)
+    cfg = replace(Config(), admission=replace(Admission(sample_interval=7.0), resources=res))
+    mon = Monitor(lambda: cfg, lambda s: None, clock=lambda: 0.0, sampler_factory=factory)
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    logged = []
+    for _ in range(4):
+        assert mon.poll_once() == 7.0
+        logged.append([(r.levelname, r.getMessage()) for r in caplog.records])
+        caplog.clear()
+    assert logged[0] == [] and logged[2] == []
+    assert [lvl for lvl, _ in logged[1]] == ["WARNING"]
+    assert "cpu 95.0% overloaded=True" in logged[1][0][1]
+    assert [lvl for lvl, _ in logged[3]] == ["INFO"]
+    assert "overloaded=False" in logged[3][0][1]
+
+
+def test_poll_once_survives_a_sampler_bug(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected exception in sampling is logged and the step still returns."""
+
+    def factory(_: Resources) -> Callable[[], Reading]:
+        def sample() -> Reading:
+            raise RuntimeError("bug")
+
+        return sample
+
+    mon = Monitor(lambda: Config(), lambda s: None, clock=lambda: 0.0, sampler_factory=factory)
+    assert mon.poll_once() == Config().admission.sample_interval
+    assert any("resource sampling failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_run_sleeps_the_live_interval_between_steps(tmp_path: Path) -> None:
+    """run sleeps first (the caller took the first sample), then steps; a changed
+    sample_interval applies at the next sleep."""
+    f = tmp_path / "res.json"
+    f.write_text(json.dumps({"cpu_percent": 10, "memory_percent": 10}))
+    cfgs = [cfg_with(Resources(source="file", file=str(f)))]
+    published: list[ResourceState] = []
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            cfgs.append(replace(cfgs[0], admission=replace(cfgs[0].admission, sample_interval=3)))
+        if len(slept) > 3:
+            raise Stop
+
+    mon = Monitor(lambda: cfgs[-1], published.append, clock=lambda: 0.0, sleep=sleep)
+    with pytest.raises(Stop):
+        await mon.run()
+    assert slept == [1.0, 1.0, 3.0, 3.0]
+    assert len(published) == 3  # one sample after each completed sleep
+
+
+def test_overload_present_at_the_first_sample_is_logged(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The app takes the first sample itself (sample_once, silent) before the loop runs;
+    the loop's first step still logs that overload as a WARNING, once."""
+    f = tmp_path / "res.json"
+    f.write_text(json.dumps({"cpu_percent": 95, "memory_percent": 10}))
+    cfg = cfg_with(Resources(source="file", file=str(f)))
+    mon = Monitor(lambda: cfg, lambda s: None, clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    assert mon.sample_once().cpu_overloaded
+    assert caplog.records == []
+    mon.poll_once()
+    mon.poll_once()
+    changes = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(changes) == 1 and changes[0][0] == "WARNING", changes
+    assert "cpu 95.0% overloaded=True" in changes[0][1]

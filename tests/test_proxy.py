@@ -211,8 +211,11 @@ async def test_sse_events_arrive_as_they_are_sent(engine: TestServer, gatekeeper
         t_first = time.monotonic()
         rest = await r.read()
         t_end = time.monotonic()
-    assert first.startswith(b"event:") or first.startswith(b"data:") or b"data" in first
-    assert rest.count(b"\n\n") >= 3
+    head, data = first.rsplit(b"\ndata: ", 1)
+    assert head == b"id: 0\nevent: tick"  # the first event whole, not a fragment
+    assert json.loads(data)["seq"] == 0
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert [json.loads(e.rsplit(b"data: ", 1)[1])["seq"] for e in events] == [1, 2, 3]
     # Ordering, not speed: the rest of the stream was still being produced after event 1.
     assert t_end - t_first >= 0.8
 
@@ -349,7 +352,10 @@ async def test_exact_admission_under_burst(engine: TestServer, gatekeeper: Any) 
     assert st["requests"]["POST /generate"] == 2
     assert st["peak_active_generations"] == 2
     assert gk.state.gate.in_flight == 0
-    assert gk.state.counts["admitted"] == 2 and gk.state.counts["rejected"] == 198
+    assert (
+        gk.state.counters.outcomes["admitted"] == 2
+        and gk.state.counters.outcomes["rejected"] == 198
+    )
 
 
 async def test_hysteresis_through_file_source(
@@ -390,7 +396,7 @@ async def test_upstream_down_is_502_and_frees_slot(gatekeeper: Any) -> None:
         assert r.status == 502
         assert (await r.json())["reason"] == "upstream_unavailable"
     assert gk.state.gate.in_flight == 0
-    assert gk.state.upstream_errors_by_kind == {"connect": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"connect": 1}
 
 
 async def test_read_timeout_is_504_and_frees_slot(engine: TestServer, gatekeeper: Any) -> None:
@@ -406,7 +412,7 @@ async def test_read_timeout_is_504_and_frees_slot(engine: TestServer, gatekeeper
         assert r.status == 504
         assert (await r.json())["reason"] == "upstream_timeout"
     assert gk.state.gate.in_flight == 0
-    assert gk.state.upstream_errors_by_kind == {"timeout": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"timeout": 1}
 
 
 async def test_pool_timeout_is_503_upstream_busy(engine: TestServer, gatekeeper: Any) -> None:
@@ -441,7 +447,7 @@ async def test_stall_mid_body_past_read_timeout_aborts(engine: TestServer, gatek
     with pytest.raises(aiohttp.ClientPayloadError):
         async with gk.client.get("/_sim/stall?after=100&seconds=3") as r:
             await r.read()
-    assert gk.state.upstream_errors_by_kind == {"timeout": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"timeout": 1}
 
 
 async def test_write_timeout(gatekeeper: Any) -> None:
@@ -541,7 +547,7 @@ async def test_client_gone_cancel_frees_slot_at_once(engine: TestServer, gatekee
     await _post_and_vanish(gk.port, 5.0)
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
     assert gk.state.gate.in_flight == 0
-    assert gk.state.upstream_errors_by_kind.get("client_disconnect") == 1
+    assert gk.state.counters.upstream_errors_by_kind.get("client_disconnect") == 1
 
 
 async def test_client_gone_during_upload_never_takes_the_slot(
@@ -558,9 +564,11 @@ async def test_client_gone_during_upload_never_takes_the_slot(
     assert gk.state.gate.in_flight == 0  # the body is still being spooled
     assert (await gk.client.post("/generate", json={**GEN, "seconds": 0.05})).status == 200
     writer.close()
-    assert await eventually(lambda: gk.state.upstream_errors_by_kind == {"client_disconnect": 1})
+    assert await eventually(
+        lambda: gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1}
+    )
     assert gk.state.gate.in_flight == 0
-    assert gk.state.counts["admitted"] == 1  # only the complete one
+    assert gk.state.counters.outcomes["admitted"] == 1  # only the complete one
 
 
 @pytest.mark.parametrize("mode", ["finish", "cancel"])
@@ -626,7 +634,7 @@ async def test_finish_drains_after_client_leaves_mid_response(
     await asyncio.sleep(0.4)
     assert gk.state.gate.in_flight == 1  # the engine's answer is still being read
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
-    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1}
 
 
 async def test_engine_failing_while_draining_for_a_gone_client(
@@ -640,7 +648,7 @@ async def test_engine_failing_while_draining_for_a_gone_client(
     await reader.readuntil(b"\r\n\r\n")
     writer.transport.abort()
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
-    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1, "protocol": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1, "protocol": 1}
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
 
@@ -679,7 +687,7 @@ async def test_trickling_upload_times_out_and_frees_slot(
     assert head.startswith(b"HTTP/1.1 408")
     assert b"X-Gatekeeper-Reason: client_timeout" in head
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
-    assert gk.state.rejections_by_reason == {"client_timeout": 1}
+    assert gk.state.counters.rejections_by_reason == {"client_timeout": 1}
 
 
 @pytest.mark.parametrize("mode", ["finish", "cancel"])
@@ -701,5 +709,5 @@ async def test_client_that_stops_reading_is_dropped_and_frees_slot(
     await reader.readuntil(b"\r\n\r\n")  # then never read again, never close
     assert gk.state.gate.in_flight == 1
     assert await eventually(lambda: gk.state.gate.in_flight == 0, timeout=10)
-    assert gk.state.upstream_errors_by_kind == {"client_disconnect": 1}
+    assert gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1}
     writer.transport.abort()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,8 @@ from gatekeeper.reload import (
     keep_restart_only,
     problem_json,
 )
-from gatekeeper.state import AppState, RuntimeUsage
+from gatekeeper.state import AppState
+from gatekeeper.usage import RuntimeUsage
 
 # --------------------------------------------------------------------------- pure tables
 
@@ -543,40 +546,98 @@ async def test_cli_overrides_survive_a_reload(
     assert (await (await rig.proxy.get("/x")).json()) == {"engine": "A"}
 
 
-async def test_watch_mode_reloads_on_change_only(
-    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]]
-) -> None:
+class Stop(Exception):
+    """Raised by a fake sleep to end an endless loop after a few steps."""
+
+
+async def test_watch_mode_reloads_on_change_only(tmp_path: Path) -> None:
     """With reload.watch a content change reloads once; a touch or a broken file do not loop."""
-    eng = await fake_engine(aiohttp_server, "A")
-    rig = await make_rig(eng.url, watch="true")
+    p = {"url": "http://127.0.0.1:1", "max": 1, "readings": tmp_path / "r.json"}
+    p.update(cpu_reject=90, cpu_recover=75, watch="true")
+    path = tmp_path / "rules.yaml"
+    mtimes = itertools.count(1_700_000_000 * 10**9, 10**9)
 
-    async def settle(check: Callable[[], bool]) -> None:
-        for _ in range(100):
-            if check():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("watcher did not react")
+    def touch() -> None:
+        # Each write a new mtime: a coarse file-system clock must not hide a change.
+        t = next(mtimes)
+        os.utime(path, ns=(t, t))
 
-    rig.write(max=5)
-    await settle(lambda: rig.st.gate.limits.max_in_flight == 5)
-    assert rig.metric("gatekeeper_config_reloads_total", "result=success") == 1
+    def write(**changes: Any) -> None:
+        p.update(changes)
+        path.write_text(RULES.format(**p))
+        touch()
 
-    rig.path.write_text(rig.path.read_text())  # same bytes, new mtime
-    await asyncio.sleep(0.3)
-    assert rig.metric("gatekeeper_config_reloads_total", "result=success") == 1
+    def reloads(result: str) -> float | None:
+        name = "gatekeeper_config_reloads_total"
+        return st.metrics.registry.get_sample_value(name, {"result": result})
 
-    rig.write(max="x")
-    await settle(lambda: rig.st.config_reload_failed)
-    await asyncio.sleep(0.3)  # six more polls: the same broken file is not retried
-    assert rig.metric("gatekeeper_config_reloads_total", "result=failure") == 1
-    assert rig.st.gate.limits.max_in_flight == 5
+    write()
+    st = await create_state(load_config(path.read_text(), source=str(path)))
+    rl = Reloader(st, str(path))
+    try:
+        assert await rl.poll_once() is None  # nothing changed since start
 
-    rig.write(max=2, watch="false")
-    await settle(lambda: rig.st.gate.limits.max_in_flight == 2)
-    assert rig.st.config_reload_failed is False
-    rig.write(max=3)  # watching is now off
-    await asyncio.sleep(0.3)
-    assert rig.st.gate.limits.max_in_flight == 2
+        write(max=5)
+        out = await rl.poll_once()
+        assert out is not None and out.ok and out.trigger == "watch"
+        assert st.gate.limits.max_in_flight == 5
+        assert await rl.poll_once() is None  # reloaded once, not at every step
+        assert reloads("success") == 1
+
+        path.write_text(path.read_text())  # same bytes, new mtime
+        touch()
+        assert await rl.poll_once() is None
+        assert reloads("success") == 1
+
+        write(max="x")
+        out = await rl.poll_once()
+        assert out is not None and not out.ok
+        assert st.config_reload_failed
+        for _ in range(6):  # the same broken file is not retried
+            assert await rl.poll_once() is None
+        assert reloads("failure") == 1
+        assert st.gate.limits.max_in_flight == 5
+
+        write(max=2, watch="false")
+        out = await rl.poll_once()
+        assert out is not None and out.ok
+        assert st.gate.limits.max_in_flight == 2
+        assert st.config_reload_failed is False
+        write(max=3)  # watching is now off
+        assert await rl.poll_once() is None
+        assert st.gate.limits.max_in_flight == 2
+    finally:
+        await rl.close()
+        await st.runtime.close()
+
+
+async def test_watch_steps_at_the_live_interval(tmp_path: Path) -> None:
+    """watch sleeps reload.watch_interval, then polls; a reload that changes the interval
+    applies at the next sleep."""
+    p = {"url": "http://127.0.0.1:1", "max": 1, "readings": tmp_path / "r.json"}
+    p.update(cpu_reject=90, cpu_recover=75, watch="true")
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(**p))
+    st = await create_state(load_config(path.read_text(), source=str(path)))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            text = RULES.format(**p).replace("watch_interval: 50ms", "watch_interval: 7s")
+            path.write_text(text)
+        if len(slept) == 3:
+            raise Stop
+
+    rl = Reloader(st, str(path), sleep=sleep)
+    try:
+        with pytest.raises(Stop):
+            await rl.watch()
+        assert slept == [0.05, 7.0, 7.0]
+        assert st.config.reload.watch_interval == 7.0
+    finally:
+        await rl.close()
+        await st.runtime.close()
 
 
 async def test_concurrent_reloads_are_serialised(

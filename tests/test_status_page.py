@@ -191,3 +191,25 @@ def test_status_page_says_why_when_cpu_is_overloaded(tmp_path: Path, procs: list
     assert dom.t("idle").startswith("idle")
     assert dom.t("in-flight") == "0/1"
     assert dom.attrs["alerts"]["data-count"] == "0" and dom.t("alerts") == "none"
+
+
+@pytest.mark.e2e
+def test_status_page_says_accepting_with_a_warning_when_the_engine_is_down(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """The probe does not gate admission, so with the engine gone the page says
+    "accepting" plus an "engine unreachable" warning (and why a generation would fail),
+    not "not accepting"."""
+    live = start_live(tmp_path, procs, engine_seconds=1)
+    try:
+        live.engine.kill()
+        live.wait_status(lambda d: d["upstream_up"] is False)
+        dom = Dom(chromium_dom(live.admin + "/", tmp_path))
+    finally:
+        live.close()
+    assert dom.t("state") == "accepting · engine unreachable"
+    assert dom.attrs["state"]["data-kind"] == "bad"
+    assert dom.attrs["admission"]["data-accepting"] == "true"
+    assert dom.t("accepting-text") == "Accepting generations"
+    assert "502 upstream_unavailable" in dom.t("reason-hint")
+    assert dom.t("upstream") == "DOWN"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import socket
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +13,8 @@ from gatekeeper.admin import build_admin_app
 from gatekeeper.admission import Ticket
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import load_config
-from gatekeeper.state import AppState, Runtime
+from gatekeeper.reload import Reloader
+from gatekeeper.state import AppState
 
 RULES = """
 upstream:
@@ -109,7 +111,7 @@ async def test_status_path_is_not_counted_as_traffic(
     client, st = await _gatekeeper(aiohttp_client, upstream)
     for _ in range(3):
         assert (await client.get("/_gatekeeper/status")).status == 200
-    assert st.counts == {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
+    assert st.counters.outcomes == {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
 
 
 async def test_other_methods_on_status_path_are_proxied(
@@ -141,17 +143,49 @@ async def test_null_status_path_disables_it(aiohttp_client: Any, aiohttp_server:
     assert seen == ["GET /_gatekeeper/status"]
 
 
-async def test_status_path_follows_a_reload(aiohttp_client: Any, aiohttp_server: Any) -> None:
-    """The path is read from the request's Runtime, so swapping the config moves it at once."""
+async def test_status_path_follows_a_reload(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The path is read from the request's Runtime, so a reload moves it at once."""
     upstream, seen = await _upstream(aiohttp_server)
-    client, st = await _gatekeeper(aiohttp_client, upstream)
-    old = st.runtime
-    st.runtime = Runtime.build(replace(old.config, status_path=None))
-    await old.close()
+    url = str(upstream.make_url(""))
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(upstream=url, extra=""))
+    st = await create_state(load_config(path.read_text(), source=str(path)))
+    rl = Reloader(st, str(path))
+    client = await aiohttp_client(build_proxy_app(st, monitor=False, probe=False, reloader=rl))
+    path.write_text(RULES.format(upstream=url, extra="status_path: null"))
+    assert (await rl.reload("test")).ok
     body = await (await client.get("/_gatekeeper/status")).json()
     assert body["engine"] is True
-    old = st.runtime
-    st.runtime = Runtime.build(replace(old.config, status_path="/_gatekeeper/status"))
-    await old.close()
+    path.write_text(RULES.format(upstream=url, extra="status_path: /_gatekeeper/status"))
+    assert (await rl.reload("test")).ok
     assert "accepting" in await (await client.get("/_gatekeeper/status")).json()
     assert seen == ["GET /_gatekeeper/status"]
+
+
+async def test_engine_down_is_a_warning_because_the_gate_still_admits(
+    aiohttp_client: Any,
+) -> None:
+    """With the probe saying the engine is down, the status says accepting (no reason)
+    with an upstream_unavailable warning, and that is what the gate does: it admits the
+    generation, which then gets 502 upstream_unavailable."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    st = await create_state(
+        load_config(RULES.format(upstream=f"http://127.0.0.1:{port}", extra=""))
+    )
+    client = await aiohttp_client(build_proxy_app(st, monitor=False))
+    st.set_upstream_up(False)
+    body = await (await client.get("/_gatekeeper/status")).json()
+    assert body["accepting"] is True
+    assert body["reasons"] == []
+    assert body["warnings"] == ["upstream_unavailable"]
+    assert body["upstream_up"] is False
+    resp = await client.post("/generate", data=b"{}")
+    assert resp.status == 502
+    assert (await resp.json())["reason"] == "upstream_unavailable"
+    assert st.counters.outcomes["admitted"] == 1
+    st.set_upstream_up(True)
+    assert (await (await client.get("/_gatekeeper/status")).json())["warnings"] == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..config import Config, Threshold
 from .grafana import Panel, bargauge, colored, dashed, fixed, override, stat, timeseries
-from .promql import gauge, in_range, per_minute, promql_regex_literal, sel
+from .promql import gauge, in_range, per_minute, promql_regex_literal, sel, signal
 
 # Quantiles of jobs that take minutes need a window of many jobs, not a rate interval.
 DURATION_WINDOW = "1h"
@@ -37,7 +37,7 @@ _REASONS = (
     (f"gatekeeper_draining{sel()}", 5, "draining"),
 )
 
-_ELAPSED = gauge("gatekeeper_generation_elapsed_seconds")
+_ELAPSED = signal("generation_elapsed_seconds")
 _EXPECTED = gauge("gatekeeper_generation_expected_seconds")
 _RUNNING = f"max by (instance) (gatekeeper_in_flight{sel()} > bool 0)"
 
@@ -80,7 +80,7 @@ def in_flight(config: Config) -> Panel:
         "Admitted generations running, and admission.max_in_flight "
         f"(configured: {config.admission.max_in_flight}).",
         [
-            (gauge("gatekeeper_in_flight"), "in flight"),
+            (signal("in_flight"), "in flight"),
             (gauge("gatekeeper_max_in_flight"), "limit"),
         ],
         unit="none",
@@ -95,7 +95,7 @@ def engine(_config: Config) -> Panel:
         "Engine",
         "Periodic probe of the upstream (upstream.probe): any HTTP answer is up. "
         "Also drives /readyz.",
-        [(gauge("gatekeeper_upstream_up"), "{{instance}}")],
+        [(signal("upstream_up"), "{{instance}}")],
         mappings=((1, "up", "green"), (0, "DOWN", "red")),
         steps=((None, "red"), (1, "green")),
     )
@@ -209,7 +209,7 @@ def _resource(config: Config, key: str, label: str, th: Threshold) -> Panel:
         f"(admission.resources.{key}_percent in rules.yaml). "
         "The shaded band is the hysteresis.",
         [
-            (gauge(f"gatekeeper_{key}_percent"), label),
+            (signal(f"{key}_percent"), label),
             (f"100 * {overloaded}", "overloaded"),
         ],
         unit="percent",
@@ -269,7 +269,7 @@ def upstream_errors(_config: Config) -> Panel:
         "is the probe (1 = up).",
         [
             (per_minute("kind", "gatekeeper_upstream_errors_total"), "{{kind}}"),
-            (gauge("gatekeeper_upstream_up"), "engine up"),
+            (signal("upstream_up"), "engine up"),
         ],
         unit="short",
         overrides=[

@@ -1,10 +1,15 @@
 """PromQL pieces shared by the panel queries: the instance filter and regex literals.
 
+A panel that shows an alert signal takes its query from ``signals.SIGNALS``
+(``signal``), so the dashboard draws what the alert rules test.
+
 Every metric selector goes through ``sel`` so that each query honours the
 dashboard's ``instance`` variable (a test checks every selector for it).
 """
 
 from __future__ import annotations
+
+from ..signals import SIGNALS
 
 SEL = 'instance=~"$instance"'
 
@@ -25,6 +30,11 @@ def sel(*matchers: str) -> str:
 def gauge(metric: str, *matchers: str) -> str:
     """The gauge ``metric`` as one series per instance (the highest, should it repeat)."""
     return f"max by (instance) ({metric}{sel(*matchers)})"
+
+
+def signal(name: str) -> str:
+    """The alert signal ``name`` as the alert rules ask for it, for the selected instances."""
+    return SIGNALS[name].promql(SEL)
 
 
 def per_minute(by: str, counter: str) -> str:

@@ -1,0 +1,38 @@
+"""The access log: one line per proxied request, built from its ``RequestRecord``.
+
+The proxy handler hands each finished record to ``log_request`` (its
+``on_record``); ``logs`` formats the fields as text or JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .logs import ACCESS
+from .proxy import RequestRecord
+
+
+def log_request(rec: RequestRecord) -> None:
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return  # --log-level WARNING: do not even build the fields
+    fields: dict[str, Any] = {
+        "request_id": rec.request_id,
+        "client": rec.client,
+        "method": rec.method,
+        "path": rec.path,
+        "route": rec.route,
+        "action": rec.action,
+        "decision": rec.decision,
+        "reason": rec.reason,
+        "status": rec.status,
+        "upstream_status": rec.upstream_status,
+        "bytes_in": rec.bytes_in,
+        "bytes_out": rec.bytes_out,
+        "queue_s": rec.queue_seconds,
+        "upstream_s": rec.upstream_seconds,
+        "total_s": rec.total_seconds,
+    }
+    if rec.client_gone:
+        fields["client_gone"] = True
+    ACCESS.info("request", extra={"fields": fields})

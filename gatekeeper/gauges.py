@@ -1,0 +1,31 @@
+"""The gauges that mirror live state, pointed at it once and read at scrape time.
+
+A gauge set by hand is only as true as the last code path that remembered to
+set it; ``set_function`` makes a scrape read the gate, the monitor's view, the
+probe's verdict and the reload flag as they are at that instant.
+"""
+
+from __future__ import annotations
+
+from .state import AppState
+
+
+def wire_gauges(st: AppState) -> None:
+    """Point the state-mirroring gauges of ``st.metrics`` at ``st``."""
+    m, gate = st.metrics, st.gate
+
+    def oldest_elapsed() -> float:
+        elapsed = gate.elapsed(st.clock())
+        return max(elapsed) if elapsed else 0.0
+
+    m.in_flight.set_function(lambda: gate.in_flight)
+    m.max_in_flight.set_function(lambda: gate.limits.max_in_flight)
+    m.generation_elapsed.set_function(oldest_elapsed)
+    m.generation_expected.set_function(lambda: gate.estimator.expected)
+    m.cpu_percent.set_function(lambda: gate.resources.cpu_percent)
+    m.memory_percent.set_function(lambda: gate.resources.memory_percent)
+    m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
+    m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
+    m.upstream_up.set_function(lambda: float(st.upstream_up is True))
+    m.draining.set_function(lambda: float(gate.draining))
+    m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
