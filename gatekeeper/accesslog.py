@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from .logs import ACCESS
-from .proxy import RequestRecord
+from .record import RequestRecord
 
 
 def log_request(rec: RequestRecord) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Threshold
+from .vocab import AdmitReason
 
 
 def next_overloaded(overloaded: bool, reading: float, t: Threshold) -> bool:
@@ -134,15 +135,15 @@ def reasons(
     *, in_flight: int, limits: Limits, resources: ResourceState, draining: bool
 ) -> list[str]:
     """Every reason a new admit request is refused now, most useful first (see above)."""
-    out = []
+    out: list[str] = []
     if draining:
-        out.append("draining")
+        out.append(AdmitReason.DRAINING)
     if in_flight >= limits.max_in_flight:
-        out.append("busy")
+        out.append(AdmitReason.BUSY)
     if resources.cpu_overloaded:
-        out.append("cpu")
+        out.append(AdmitReason.CPU)
     if resources.memory_overloaded:
-        out.append("memory")
+        out.append(AdmitReason.MEMORY)
     return out
 
 

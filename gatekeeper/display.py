@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .vocab import OUTCOMES
+
 
 def bar(fraction: float, width: int = 20) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
@@ -96,7 +98,7 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
     lines.append(_resource_line(doc, "memory_percent", "memory", width))
     lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
     counts = doc.get("counts") or {}
-    outcomes = ("admitted", "passed", "rejected", "blocked")
+    outcomes = OUTCOMES
     lines.append(f"  {'requests':<11} " + "  ".join(f"{k} {counts.get(k, 0)}" for k in outcomes))
     by_reason = doc.get("rejections_by_reason") or {}
     if by_reason:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .vocab import ErrorKind
+
 
 class GatekeeperError(Exception):
     """Base of every error gatekeeper raises on purpose."""
@@ -102,28 +104,28 @@ class BodyTooLarge(HttpError):
 class UpstreamError(HttpError):
     """The upstream failed; ``kind`` is the metric label (connect|timeout|pool|protocol)."""
 
-    kind: str = "protocol"
+    kind: ErrorKind = ErrorKind.PROTOCOL
 
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
     reason = "upstream_unavailable"
-    kind = "connect"
+    kind = ErrorKind.CONNECT
 
 
 class UpstreamBusy(UpstreamError):
     status = 503
     reason = "upstream_busy"
-    kind = "pool"
+    kind = ErrorKind.POOL
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     reason = "upstream_timeout"
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
 
 
 class UpstreamProtocolError(UpstreamUnavailable):
     """The connection broke or spoke nonsense before a complete response head arrived."""
 
-    kind = "protocol"
+    kind = ErrorKind.PROTOCOL

@@ -15,6 +15,11 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+# The label values (outcomes, reasons, error kinds) are defined once, in vocab.py.
+from .vocab import ADMIT_REASONS, ERROR_KINDS, OUTCOMES, Outcome
+
+__all__ = ["ADMIT_REASONS", "DURATION_BUCKETS", "ERROR_KINDS", "OUTCOMES", "Metrics"]
+
 # Resolution at the seed's scale: sub-second passthrough calls up to 30-minute jobs.
 DURATION_BUCKETS = (
     0.05,
@@ -36,11 +41,6 @@ DURATION_BUCKETS = (
     1200,
     1800,
 )
-
-OUTCOMES = ("admitted", "passed", "rejected", "blocked")
-ERROR_KINDS = ("connect", "timeout", "pool", "protocol", "client_disconnect")
-# Rejection reasons of an admit route that exist (at 0) from the start; see prime_routes.
-ADMIT_REASONS = ("busy", "cpu", "memory", "draining")
 
 
 class Metrics:
@@ -151,11 +151,11 @@ class Metrics:
             outcomes: tuple[str, ...]
             reasons: tuple[str, ...]
             if action == "admit":
-                outcomes, reasons = ("admitted", "rejected"), ADMIT_REASONS
+                outcomes, reasons = (Outcome.ADMITTED, Outcome.REJECTED), ADMIT_REASONS
             elif action == "block":
-                outcomes, reasons = ("blocked",), ("blocked",)
+                outcomes, reasons = (Outcome.BLOCKED,), ("blocked",)
             else:
-                outcomes, reasons = ("passed",), ()
+                outcomes, reasons = (Outcome.PASSED,), ()
             for outcome in outcomes:
                 self.requests.labels(name, outcome)
             for reason in reasons:

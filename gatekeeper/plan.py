@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from .admission import Gate
 from .config import Config, Route
 from .routes import Router
+from .vocab import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Refuse:
     route: Route
     status: int
     reason: str
-    outcome: str  # "blocked" | "rejected"
+    outcome: Outcome  # BLOCKED | REJECTED
     retry_after: int | None = None
     detail: str | None = None
     close: bool = False  # the unread body is unwanted: close the connection after
@@ -74,14 +75,14 @@ def plan(
         return ServeStatus()
     route = router.match(method, path)
     if route.action == "block":
-        return Refuse(route, route.status or 403, "blocked", "blocked", detail=route.detail)
+        return Refuse(route, route.status or 403, "blocked", Outcome.BLOCKED, detail=route.detail)
     max_body = config.limits.max_body_bytes
     if content_length is not None and content_length > max_body:
         return Refuse(
             route,
             413,
             "body_too_large",
-            "rejected",
+            Outcome.REJECTED,
             detail=f"request body of {content_length} bytes exceeds limits.max_body_bytes "
             f"({max_body})",
             close=True,
@@ -94,7 +95,7 @@ def plan(
             route,
             config.admission.reject_status,
             rejection.reason,
-            "rejected",
+            Outcome.REJECTED,
             retry_after=rejection.retry_after,
         )
     return Forward(route, gated=True)

@@ -35,6 +35,7 @@ from .spool import Spool, take_body
 from .state import AppState, Runtime
 from .status import status_document
 from .upstream import ClientGone
+from .vocab import Outcome
 
 __all__ = ["ProxyHandler", "RequestRecord", "check_target"]
 
@@ -148,7 +149,7 @@ class ProxyHandler:
             return self._refuse(cfg, decided, rec)
         assert isinstance(decided, Forward)
         if not decided.gated:
-            self._count(route, "passed", rec)
+            self._count(route, Outcome.PASSED, rec)
             return await Relay(st, request, cfg, route, rt.passthrough, rec).run()
         return await self._admit(request, rt, route, rec)
 
@@ -175,11 +176,15 @@ class ProxyHandler:
             if spool is not None:
                 spool.close()
             refusal = Refuse(
-                route, cfg.admission.reject_status, result.reason, "rejected", result.retry_after
+                route,
+                cfg.admission.reject_status,
+                result.reason,
+                Outcome.REJECTED,
+                result.retry_after,
             )
             return self._refuse(cfg, refusal, rec)
         ticket = result
-        self._count(route, "admitted", rec)
+        self._count(route, Outcome.ADMITTED, rec)
         relay = Relay(st, request, cfg, route, rt.gated, rec, ticket=ticket, spool=spool)
         if cfg.admission.on_client_disconnect == "cancel":
             try:
@@ -220,7 +225,7 @@ class ProxyHandler:
         resp.headers[REQUEST_ID] = rec.request_id
         return resp
 
-    def _count(self, route: Route, outcome: str, rec: RequestRecord) -> None:
+    def _count(self, route: Route, outcome: Outcome, rec: RequestRecord) -> None:
         rec.decision = outcome
         self.state.count(route.name, outcome)
 
@@ -275,8 +280,8 @@ class ProxyHandler:
             detail = cfg.message(exc.reason, route=route)
         else:
             if rec.decision == "-":  # refused before any admission decision was counted
-                rec.decision = "rejected"
-                self.state.count(route, "rejected")
+                rec.decision = Outcome.REJECTED
+                self.state.count(route, Outcome.REJECTED)
             self.state.count_rejection(route, exc.reason)
             detail = exc.detail
         resp = json_error(exc.status, exc.reason, detail, request_id=rec.request_id)

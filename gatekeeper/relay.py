@@ -32,6 +32,7 @@ from .record import RequestRecord
 from .spool import Spool
 from .state import AppState
 from .upstream import ClientGone, Exchange, UpstreamPool
+from .vocab import ErrorKind
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -75,8 +76,8 @@ class _ClientWatch:
 def client_left(st: AppState, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
     """Record a client that went away before its answer; the 499 is never seen by anyone."""
     rec.client_gone = True
-    rec.reason = "client_disconnect"
-    st.count_upstream_error(route.name, "client_disconnect")
+    rec.reason = ErrorKind.CLIENT_DISCONNECT
+    st.count_upstream_error(route.name, ErrorKind.CLIENT_DISCONNECT)
     log.info("client went away while %s: request_id=%s route=%s", when, rec.request_id, route.name)
     return web.Response(status=499)  # aiohttp drops it on the closed transport
 
@@ -219,7 +220,7 @@ class Relay:
     ) -> None:
         rec, route = self.rec, self.route
         rec.client_gone = True
-        self.st.count_upstream_error(route.name, "client_disconnect")
+        self.st.count_upstream_error(route.name, ErrorKind.CLIENT_DISCONNECT)
         if stalled:
             rec.reason = "client_stalled"
             log.info(
@@ -252,7 +253,7 @@ class Relay:
         """The response head is out, so no error status can be sent: abort the client
         connection rather than pass a truncated body off as complete."""
         rec, route = self.rec, self.route
-        kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+        kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
         self.st.count_upstream_error(route.name, kind)
         log.warning(
             "upstream failed mid-response, aborting client connection: "

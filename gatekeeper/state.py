@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
 from .usage import RuntimeUsage
+from .vocab import ErrorKind, Outcome
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,13 @@ class AppState:
 
     # The proxy handler's names for the ``Counters`` writers.
 
-    def count(self, route: str, outcome: str) -> None:
+    def count(self, route: str, outcome: Outcome) -> None:
         self.counters.request(route, outcome)
 
     def count_rejection(self, route: str, reason: str) -> None:
         self.counters.rejection(route, reason)
 
-    def count_upstream_error(self, route: str, kind: str) -> None:
+    def count_upstream_error(self, route: str, kind: ErrorKind) -> None:
         self.counters.upstream_error(route, kind)
 
     def prime_metrics(self) -> None:

@@ -1,7 +1,8 @@
 """``alerts``: built-in alert rules (issue #4), their receivers and their validation.
 
-Signals are computed from live state by ``gatekeeper.alerting`` and translated to
-PromQL by ``gatekeeper.promrules``; a test keeps the three in step.
+``SIGNALS`` names what a rule may test; ``gatekeeper.signals`` holds, for each name,
+its live reader and its PromQL (read by the alert loop, the rule export and the
+dashboard), and a test keeps its keys equal to ``SIGNALS``.
 """
 
 from __future__ import annotations
