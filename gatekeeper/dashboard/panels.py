@@ -24,7 +24,9 @@ STATE_CODES = (
     (1, "busy: generating", "blue"),
     (2, "not accepting: CPU", "orange"),
     (3, "not accepting: memory", "orange"),
-    (4, "not accepting: engine down", "red"),
+    # The gate never rejects on the probe's word (a probe can be wrong): generations are
+    # still admitted and get 502 while the engine is unreachable. Red, but not "refusing".
+    (4, "accepting, engine unreachable: 502s", "red"),
     (5, "not accepting: draining", "purple"),
 )
 
@@ -53,8 +55,8 @@ def admission(_config: Config) -> Panel:
     return stat(
         "Admission",
         "Would a new generation be admitted now? Otherwise the most severe "
-        "reason: draining > engine down > memory > CPU > busy (a generation is running, "
-        "the normal state of a working box).",
+        "reason: draining > engine unreachable (admitted, but it would get 502) > memory > "
+        "CPU > busy (a generation is running, the normal state of a working box).",
         [(f"max by (instance) ({code})", "{{instance}}")],
         mappings=STATE_CODES,
         steps=((None, "green"), (1, "blue"), (2, "red")),
