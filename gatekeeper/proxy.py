@@ -184,30 +184,39 @@ class ProxyHandler:
             )
             return self._refuse(cfg, refusal, rec)
         ticket = result
-        self._count(route, Outcome.ADMITTED, rec)
-        relay = Relay(st, request, cfg, route, rt.gated, rec, ticket=ticket, spool=spool)
-        if cfg.admission.on_client_disconnect == "cancel":
-            try:
+        # From here on the ticket and the spool have exactly one owner each: the ``finally``
+        # below (cancel mode, or a failure before the job exists), else the job's callback.
+        job: asyncio.Task[web.StreamResponse] | None = None
+        try:
+            self._count(route, Outcome.ADMITTED, rec)
+            relay = Relay(st, request, cfg, route, rt.gated, rec, ticket=ticket, spool=spool)
+            if cfg.admission.on_client_disconnect == "cancel":
                 return await relay.run()
-            finally:
+            # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing
+            # that happens to this handler task (the client leaving, a server configured to
+            # cancel handlers, shutdown) can free the slot while the engine still computes.
+            # The job holds the rules' epoch too, so a reload never closes its pool under it.
+            job = asyncio.create_task(relay.run())
+        finally:
+            if job is None:
                 ticket.release()
-        # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing that
-        # happens to this handler task (the client leaving, a server configured to cancel
-        # handlers, shutdown) can free the slot while the engine is still computing.
-        # The job holds the rules' epoch too, so a reload never closes its pool under it.
+                if spool is not None:
+                    spool.close()
         st.usage.join(rec.epoch)
-        job = asyncio.create_task(relay.run())
         rec.job = job
-        job.add_done_callback(self._job_done(ticket, rec))
+        job.add_done_callback(self._job_done(ticket, rec, spool))
         return await asyncio.shield(job)
 
     def _job_done(
-        self, ticket: Ticket, rec: RequestRecord
+        self, ticket: Ticket, rec: RequestRecord, spool: Spool | None
     ) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
-        """The end of a ``finish`` exchange: free its slot and its epoch, exactly once."""
+        """The end of a ``finish`` exchange: free its slot and its epoch, exactly once (and
+        the spool, should the job have been cancelled before it ever ran)."""
 
         def done(job: asyncio.Task[web.StreamResponse]) -> None:
             ticket.release()
+            if spool is not None:
+                spool.close()
             self.state.usage.leave(rec.epoch)
             if not job.cancelled():
                 job.exception()  # retrieved: the handler may be gone and never await it
