@@ -36,6 +36,7 @@ from .config import Config
 from .describe import config_warnings, describe
 from .edge import Connections, EdgeSite, fd_ceiling
 from .gauges import wire_gauges
+from .loop import freeze_startup_objects
 from .metrics import Metrics
 from .monitor import Monitor
 from .notify import Notifier
@@ -324,6 +325,7 @@ async def serve(
         raise
     if ready is not None:
         ready(gk)
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     assert gk.reloader is not None
     loop.add_signal_handler(signal.SIGHUP, gk.reloader.trigger, "SIGHUP")

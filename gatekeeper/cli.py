@@ -68,7 +68,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Gatekeeper, serve
     from .logs import redact_url
-    from .loop import LoopUnavailable, loop_factory
+    from .loop import LoopUnavailable, loop_factory, tune_gc
     from .loop import run as run_on_loop
     from .reload import Overrides
 
@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("gatekeeper").info("event loop: %s", name)
+    tune_gc()
     try:
         return run_on_loop(serve(cfg, ready=ready, overrides=overrides), args.loop)
     except OSError as exc:  # typically: address already in use

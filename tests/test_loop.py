@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -59,3 +60,15 @@ async def test_gatekeeper_serves_on_either_loop(tmp_path: Path, loop: str) -> No
     finally:
         assert gk.stop() == 0
         engine.stop()
+
+
+def test_tune_gc_raises_the_gen0_threshold() -> None:
+    """gatekeeper run collects cycles every 50,000 allocations, not every 700."""
+    from gatekeeper.loop import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] == 50_000
+    finally:
+        gc.set_threshold(*before)
