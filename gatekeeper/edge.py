@@ -86,7 +86,7 @@ class Connections:
         self.cap_ceiling: int | None = None  # from the open-file limit (app.py)
         self.closed: dict[str, int] = {"header_timeout": 0, "connection_limit": 0}
         self._unlogged: dict[str, int] = {"header_timeout": 0, "connection_limit": 0}
-        self._logged_at = -LOG_EVERY_SECONDS
+        self._logged_at = dict.fromkeys(self._unlogged, -LOG_EVERY_SECONDS)
 
     # ------------------------------------------------------------------ pure decisions
 
@@ -189,36 +189,31 @@ class Connections:
         self._flush_log()
 
     def _flush_log(self) -> None:
+        """One line per reason at most every LOG_EVERY_SECONDS, with the count since."""
         now = self._clock()
-        if now - self._logged_at < LOG_EVERY_SECONDS or not any(self._unlogged.values()):
-            return
-        self._logged_at = now
         lim = self._limits()
-        if self._unlogged["header_timeout"]:
-            log.warning(
-                "closed %d connection(s) that sent no complete request head within %gs "
-                "(limits.header_timeout; slow or idle clients); %d open",
-                self._unlogged["header_timeout"],
-                lim.header_timeout,
-                self.open,
-            )
-        if self._unlogged["connection_limit"]:
-            log.warning(
-                "closed %d connection(s) over the cap of %d open client connections "
-                "(limits.max_client_connections%s): the oldest waiting for a head, or the "
-                "new one when every connection was running a request",
-                self._unlogged["connection_limit"],
-                self.cap,
-                "" if self.cap == lim.max_client_connections else ", lowered by the fd limit",
-            )
-        self._unlogged = dict.fromkeys(self._unlogged, 0)
-
-    def close_all_waiting(self) -> None:
-        """At shutdown: idle connections go at once; running requests are left alone."""
-        for key in [k for k, c in self._conns.items() if not c.busy]:
-            conn = self._conns.pop(key)
-            if conn.transport is not None:
-                conn.transport.close()
+        for reason, count in self._unlogged.items():
+            if not count or now - self._logged_at[reason] < LOG_EVERY_SECONDS:
+                continue
+            self._logged_at[reason] = now
+            self._unlogged[reason] = 0
+            if reason == "header_timeout":
+                log.warning(
+                    "closed %d connection(s) that sent no complete request head within %gs "
+                    "(limits.header_timeout; slow or idle clients); %d open",
+                    count,
+                    lim.header_timeout,
+                    self.open,
+                )
+            else:
+                log.warning(
+                    "closed %d connection(s) over the cap of %d open client connections "
+                    "(limits.max_client_connections%s): the oldest waiting for a head, or "
+                    "the new one when every connection was running a request",
+                    count,
+                    self.cap,
+                    "" if self.cap == lim.max_client_connections else ", lowered by the fd limit",
+                )
 
 
 class EdgeProtocol(asyncio.Protocol):

@@ -324,3 +324,25 @@ async def test_slowhttptest_slow_headers_and_bodies_do_not_lock_out_users(
         await attack.wait()
         assert gk.stop() == 0
         engine.stop()
+
+
+def test_close_logs_are_throttled_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """At most one line per reason per 10 s, with the count; one reason never delays another."""
+    conns, clock, ts = table(cap=1, header_timeout=1.0)
+    with caplog.at_level("WARNING", logger="gatekeeper.edge"):
+        open_conn(conns, ts, "a")
+        clock.now += 1
+        conns.sweep()  # header_timeout: logged at once
+        open_conn(conns, ts, "b")
+        clock.now += 5
+        open_conn(conns, ts, "c")  # connection_limit, 5 s later: logged at once too
+        open_conn(conns, ts, "d")  # within 10 s: counted, not logged
+        clock.now += 10
+        conns.sweep()
+    lines = [r.getMessage() for r in caplog.records]
+    head, cap = "that sent no complete request head", "over the cap of 1"
+    assert head in lines[0]  # a, at once
+    assert cap in lines[1]  # b evicted by c, at once although a head line came 5 s before
+    # The last sweep: d timed out (its own line); c's eviction by d, held back, is flushed.
+    assert sorted(head in line for line in lines[2:]) == [False, True], lines
+    assert all("closed 1 connection(s)" in line for line in lines)

@@ -37,7 +37,7 @@ from .alerts import (
     default_alert_rules,
     parse_expr,
 )
-from .limits import BodyLimits, Limits
+from .limits import Limits
 from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
 from .root import Config, Reload, Shutdown, load_config, load_config_file
 from .routes import ACTIONS, DEFAULT_ROUTES, HTTP_METHODS, Action, Route
@@ -61,7 +61,6 @@ __all__ = [
     "Admission",
     "AlertRule",
     "Alerts",
-    "BodyLimits",
     "Config",
     "HostPort",
     "Limits",

@@ -36,10 +36,6 @@ class Limits:
     spool_memory_bytes: int = 1024 * 1024
 
 
-# The name before issue #8 added the head/connection limits.
-BodyLimits = Limits
-
-
 def read_limits(sec: Section) -> Limits:
     d = Limits()
     lim = Limits(
