@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -688,6 +689,32 @@ async def test_trickling_upload_times_out_and_frees_slot(
     assert b"X-Gatekeeper-Reason: client_timeout" in head
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
     assert gk.state.counters.rejections_by_reason == {"client_timeout": 1}
+
+
+async def test_client_that_stops_reading_small_events_is_dropped(
+    engine: TestServer, gatekeeper: Any
+) -> None:
+    """Small SSE events to a client that never reads: the writes that could wait are timed
+    (the send timeout is armed only near the transport's high-water mark) and it is dropped."""
+    routes = [{"name": "ticks", "match": {"path": "/_sim/sse"}, "action": "admit"}]
+    gk = await gatekeeper(
+        rules(
+            url(engine),
+            routes=routes,
+            limits={"client_send_timeout": 0.5},
+            admission={"on_client_disconnect": "cancel"},
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
+    # A tiny receive buffer so the kernel stops taking bytes early.
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(b"GET /_sim/sse?events=1000000&interval=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")  # then never read again, never close
+    assert gk.state.gate.in_flight == 1
+    assert await eventually(lambda: gk.state.gate.in_flight == 0, timeout=15)
+    assert gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1}
+    writer.transport.abort()
 
 
 @pytest.mark.parametrize("mode", ["finish", "cancel"])
