@@ -148,8 +148,18 @@ async def test_receiver_down_is_retried_counted_and_then_gets_the_current_state(
             assert body["status"] == "resolved"
             assert [a["status"] for a in body["alerts"]] == ["resolved"]
             assert await until(lambda: counter(metrics, "chat", "success") == 1)
-            await asyncio.sleep(0.3)
-            assert down.bodies.empty()  # the stale "firing" is never delivered late
+            # Quiet: nothing queued, nothing in the outbox, no retry pending, so nothing more
+            # can go out until the next evaluation.
+            (worker,) = n.receivers.values()
+            assert (n.queue.empty(), worker.outbox, worker.failures) == (True, {}, 0)
+            # The stale "firing" is never delivered late: the next body is a new change.
+            n.submit(Batch(evaluate(ev, 97, 2), receivers, 60, ""))
+            body = await down.next()
+            assert [(a["status"], a["startsAt"]) for a in body["alerts"]] == [
+                ("firing", "2001-09-09T01:46:42.000Z")  # wall 1e9 + 2: the new firing
+            ]
+            assert await until(lambda: counter(metrics, "chat", "success") == 2)
+            assert down.bodies.empty()
         finally:
             await down.stop()
 

@@ -23,6 +23,7 @@ from support import (
     Proc,
     find_binary,
     free_port,
+    poll,
     start_engine,
     start_gatekeeper,
     stop_process,
@@ -131,6 +132,36 @@ receivers:
         log.close()
 
 
+# How long a calm box is watched for silence: longer than overload takes to reach the
+# webhook (sample, `for`, evaluation, group_wait: about 1.4 s), as the test asserts.
+CALM_WINDOW = FOR_SECONDS + 2.0
+FIRING_CPU = re.compile(
+    r'^gatekeeper_alerts_firing\{alertname="GatekeeperCPUHigh",severity="warning"\} (\S+)$', re.M
+)
+
+
+async def stays_calm(admin: str, hook: Hook) -> None:
+    """Once gatekeeper has read the calm 40 % and evaluated the rule, nothing fires for
+    CALM_WINDOW: the firing gauge stays 0 and the webhook gets nothing."""
+    async with httpx.AsyncClient(trust_env=False) as c:
+
+        async def firing() -> str | None:
+            m = FIRING_CPU.search((await c.get(admin + "/metrics")).text)
+            return m.group(1) if m else None
+
+        async def evaluated_calm() -> bool:
+            status = (await c.get(admin + "/status")).json()
+            return status["cpu_percent"] == 40 and await firing() == "0.0"
+
+        await poll(evaluated_calm)
+        until = time.monotonic() + CALM_WINDOW
+        while time.monotonic() < until:
+            assert await firing() == "0.0"
+            assert hook.bodies.empty()
+            await asyncio.sleep(EVAL / 2)
+    assert hook.bodies.empty()
+
+
 async def next_with(hook: Hook, status: str, timeout: float = 10.0) -> tuple[float, Any]:
     """The next webhook body with ``status``, and when it arrived (monotonic)."""
     deadline = time.monotonic() + timeout
@@ -159,8 +190,7 @@ async def test_alertmanager_end_to_end(
             f"http://127.0.0.1:{free_port()}",
         )
         procs.append(gk)
-        await asyncio.sleep(0.5)
-        assert hook.bodies.empty()  # nothing fires while the box is calm
+        await stays_calm(admin, hook)
 
         crossed = time.monotonic()
         write_load(tmp_path / "load.json", 97)
@@ -182,6 +212,7 @@ async def test_alertmanager_end_to_end(
         # Our direct webhook payloads use the same fingerprints Alertmanager computes.
         assert alert["fingerprint"] == fingerprint(alert["labels"])
         assert fired_after >= FOR_SECONDS  # never before `for`
+        assert fired_after < CALM_WINDOW  # so the calm window above would have seen it
 
         async with httpx.AsyncClient(trust_env=False) as c:
             status = (await c.get(admin + "/status")).json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,15 @@ def test_json_prints_the_raw_document(busy: Live) -> None:
     assert body["in_flight"] == 1 and body["reasons"] == ["busy"]
 
 
+def seconds_shown(pattern: str, text: str) -> int:
+    """The duration (``2m30s``, ``45s``) captured by ``pattern`` in ``text``, in seconds."""
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in {text!r}"
+    m = re.fullmatch(r"(?:(\d+)m)?(\d+)s", found.group(1))
+    assert m, found.group(1)
+    return int(m.group(1) or 0) * 60 + int(m.group(2))
+
+
 def test_watch_redraws_every_second_until_ctrl_c(busy: Live) -> None:
     """--watch prints a fresh frame each second (elapsed advancing) and exits 0 on SIGINT."""
     proc = subprocess.Popen(
@@ -245,8 +255,11 @@ def test_watch_redraws_every_second_until_ctrl_c(busy: Live) -> None:
     assert len(frames) == 3  # the last one may be cut short by the signal
     gens = ["".join(f) for f in frames[:2]]
     assert all("NOT accepting: busy" in g and "generating [" in g for g in gens)
-    uptimes = [next(ln for ln in f if "uptime" in ln) for f in frames[:2]]
-    assert uptimes[0] != uptimes[1] or gens[0] != gens[1]  # the view is live, not a repeat
+    # The view is live, not a repeat: frames are >= 1 s apart, so the whole seconds shown
+    # for the generation's elapsed time and for the uptime both advance.
+    elapsed = [seconds_shown(r"generating \[[#-]+\] +\d+% (\S+)/", g) for g in gens]
+    uptimes = [seconds_shown(r"uptime +(\S+)", g) for g in gens]
+    assert elapsed[1] > elapsed[0] and uptimes[1] > uptimes[0], (elapsed, uptimes)
 
 
 @pytest.mark.parametrize("watch", [False, True])

@@ -86,6 +86,20 @@ async def wait_in_flight(s: aiohttp.ClientSession, admin: str, n: int, timeout: 
         await asyncio.sleep(0.05)
 
 
+async def wait_client_connections(
+    s: aiohttp.ClientSession, admin: str, n: int, timeout: float = 10
+) -> None:
+    """Until gatekeeper_client_connections (open on the public listener) is ``n``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with s.get(admin + "/metrics") as r:
+            m = re.search(r"^gatekeeper_client_connections (\S+)$", await r.text(), re.M)
+        if m and float(m.group(1)) == n:
+            return
+        assert time.monotonic() < deadline, f"client connections never became {n}"
+        await asyncio.sleep(0.05)
+
+
 async def test_exact_admission_under_burst(
     gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
@@ -130,14 +144,16 @@ async def test_client_leaving_holds_slot_until_engine_finishes(
 ) -> None:
     """finish: a client that leaves mid-generation keeps the slot held until the engine is done."""
     _, url, admin = gk
+    t0 = time.monotonic()
     writer = await send_generation(url, {**GEN, "seconds": 2.0})
     await wait_in_flight(http, admin, 1)
     writer.transport.abort()
-    await asyncio.sleep(0.8)
+    await wait_client_connections(http, admin, 0)  # gatekeeper saw the client go
     assert await in_flight(http, admin) == 1  # the engine is still computing
     async with http.post(url + "/generate", json=GEN) as r:
         assert r.status == 503 and r.headers["X-Gatekeeper-Reason"] == "busy"
     await wait_in_flight(http, admin, 0)
+    assert time.monotonic() - t0 >= 2.0  # held until the engine's 2 s of work were done
     st = await get_json(http, engine[1] + "/_sim/stats")
     assert st["active_generations"] == 0
 

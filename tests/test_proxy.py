@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from support import eventually, free_port
+from support import eventually, free_port, poll
 
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
@@ -90,6 +90,24 @@ def gatekeeper(aiohttp_client: ClientFactory) -> Callable[..., Awaitable[Gk]]:
         return Gk(client, state)
 
     return start
+
+
+def server_connections(gk: Gk) -> list[Any]:
+    """The client connections gatekeeper's aiohttp server still holds open (its handlers)."""
+    runner = gk.client.server.runner
+    assert runner is not None and runner.server is not None
+    return runner.server.connections
+
+
+def client_gone(gk: Gk) -> bool:
+    """gatekeeper's server has seen every client connection it holds close."""
+    return all(h.transport is None for h in server_connections(gk))
+
+
+def handling(gk: Gk) -> int:
+    """Proxied requests whose handler (or finish job) is running now."""
+    usage = gk.state.usage
+    return usage.open_through(usage.epoch)
 
 
 def url(server: TestServer) -> str:
@@ -371,9 +389,13 @@ async def test_hysteresis_through_file_source(
     )
     gk = await gatekeeper(cfg, monitor=True)
 
+    def readings() -> tuple[float, float]:
+        res = gk.state.gate.resources
+        return res.cpu_percent, res.memory_percent
+
     async def status_after(cpu: float, mem: float = 10) -> tuple[int, str | None]:
         f.write_text(json.dumps({"cpu_percent": cpu, "memory_percent": mem}))
-        await asyncio.sleep(0.25)
+        assert await eventually(lambda: readings() == (cpu, mem))  # the monitor read it
         async with gk.client.post("/generate", json={**GEN, "seconds": 0.01}) as r:
             await r.read()
             return r.status, r.headers.get("X-Gatekeeper-Reason")
@@ -424,7 +446,11 @@ async def test_pool_timeout_is_503_upstream_busy(engine: TestServer, gatekeeper:
     }
     gk = await gatekeeper(rules(url(engine), upstream={"passthrough": pool}))
     slow = asyncio.create_task(gk.client.get("/_sim/sleep?seconds=1"))
-    await asyncio.sleep(0.1)
+
+    async def pool_taken() -> bool:  # the pool's one connection carries the slow request
+        return bool((await stats(engine))["in_flight_requests"] == 1)
+
+    await poll(pool_taken)
     async with gk.client.get("/_sim/echo") as r:
         assert r.status == 503
         assert (await r.json())["reason"] == "upstream_busy"
@@ -490,7 +516,7 @@ async def test_write_timeout(gatekeeper: Any) -> None:
         assert await eventually(lambda: gk.state.gate.in_flight == 0)
         # aiohttp discards the unread rest of the upload ("lingering"); a server shut down in
         # the middle of that waits out its 10 s lingering_time, so let it finish first.
-        await asyncio.sleep(0.5)
+        assert await eventually(lambda: not server_connections(gk))
     finally:
         for w in stalled:
             w.transport.abort()
@@ -500,16 +526,22 @@ async def test_write_timeout(gatekeeper: Any) -> None:
 # --------------------------------------------------------------------------- client gone
 
 
-async def _post_and_vanish(port: int, seconds: float) -> None:
+async def _post_and_vanish(gk: Gk, engine: TestServer, seconds: float) -> None:
+    """POST a generation of ``seconds`` and close the connection once the engine works on it."""
     body = json.dumps({**GEN, "seconds": seconds}).encode()
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", gk.port)
     writer.write(
         b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
     await writer.drain()
-    await asyncio.sleep(0.2)
+
+    async def working() -> bool:
+        return bool((await stats(engine))["active_generations"] == 1)
+
+    await poll(working)
+    assert gk.state.gate.in_flight == 1
     writer.close()
 
 
@@ -518,12 +550,14 @@ async def test_client_gone_finish_holds_slot_until_engine_done(
 ) -> None:
     """on_client_disconnect=finish: the slot stays held while the engine works, then is freed."""
     gk = await gatekeeper(rules(url(engine)))
-    await _post_and_vanish(gk.port, 1.2)
-    await asyncio.sleep(0.6)  # past the disconnect, engine still working
+    t0 = time.monotonic()
+    await _post_and_vanish(gk, engine, 1.2)
+    assert await eventually(lambda: client_gone(gk))  # gatekeeper saw the client go
     assert gk.state.gate.in_flight == 1
     async with gk.client.post("/generate", json=GEN) as r:
         assert r.status == 503  # never two generations because a tab closed
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert time.monotonic() - t0 >= 1.2  # held until the engine's 1.2 s of work were done
     assert gk.state.gate.in_flight == 0
     st = await stats(engine)
     assert st["completed_generations"] == 1 and st["active_generations"] == 0
@@ -534,10 +568,12 @@ async def test_finish_survives_servers_that_cancel_handlers(
 ) -> None:
     """Even when the server cancels the handler on disconnect, finish holds the slot to the end."""
     gk = await gatekeeper(rules(url(engine)), handler_cancellation=True)
-    await _post_and_vanish(gk.port, 1.2)
-    await asyncio.sleep(0.6)
+    t0 = time.monotonic()
+    await _post_and_vanish(gk, engine, 1.2)
+    assert await eventually(lambda: client_gone(gk))  # and the server cancelled its handler
     assert gk.state.gate.in_flight == 1
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert time.monotonic() - t0 >= 1.2  # held until the engine's 1.2 s of work were done
     assert gk.state.gate.in_flight == 0
     assert (await stats(engine))["completed_generations"] == 1
 
@@ -545,7 +581,7 @@ async def test_finish_survives_servers_that_cancel_handlers(
 async def test_client_gone_cancel_frees_slot_at_once(engine: TestServer, gatekeeper: Any) -> None:
     """on_client_disconnect=cancel: the upstream request is dropped and the slot freed promptly."""
     gk = await gatekeeper(rules(url(engine), admission={"on_client_disconnect": "cancel"}))
-    await _post_and_vanish(gk.port, 5.0)
+    await _post_and_vanish(gk, engine, 5.0)
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
     assert gk.state.gate.in_flight == 0
     assert gk.state.counters.upstream_errors_by_kind.get("client_disconnect") == 1
@@ -561,7 +597,7 @@ async def test_client_gone_during_upload_never_takes_the_slot(
         b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000
     )
     await writer.drain()
-    await asyncio.sleep(0.3)
+    assert await eventually(lambda: handling(gk) == 1)  # the handler waits for the body
     assert gk.state.gate.in_flight == 0  # the body is still being spooled
     assert (await gk.client.post("/generate", json={**GEN, "seconds": 0.05})).status == 200
     writer.close()
@@ -626,15 +662,20 @@ async def test_finish_drains_after_client_leaves_mid_response(
     engine: TestServer, gatekeeper: Any
 ) -> None:
     """finish: a client leaving mid-body keeps the slot until the engine's body has ended."""
-    admit_stall = [{"name": "stall", "match": {"path": "/_sim/stall"}, "action": "admit"}]
-    gk = await gatekeeper(rules(url(engine), routes=admit_stall))
+    admit_sse = [{"name": "ticks", "match": {"path": "/_sim/sse"}, "action": "admit"}]
+    gk = await gatekeeper(rules(url(engine), routes=admit_sse))
+    t0 = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
-    writer.write(b"GET /_sim/stall?after=100&seconds=1&tail=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+    # Ten events 0.1 s apart: the body ends 0.9 s after it began.
+    writer.write(b"GET /_sim/sse?events=10&interval=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
     writer.transport.abort()
-    await asyncio.sleep(0.4)
+    counters = gk.state.counters
+    # A write to the gone client failed: gatekeeper knows it is reading for nobody now.
+    assert await eventually(lambda: counters.upstream_errors_by_kind == {"client_disconnect": 1})
     assert gk.state.gate.in_flight == 1  # the engine's answer is still being read
     assert await eventually(lambda: gk.state.gate.in_flight == 0)
+    assert time.monotonic() - t0 >= 0.9  # not before the engine's body had ended
     assert gk.state.counters.upstream_errors_by_kind == {"client_disconnect": 1}
 
 
@@ -681,7 +722,7 @@ async def test_trickling_upload_times_out_and_frees_slot(
     reader, writer = await asyncio.open_connection("127.0.0.1", gk.port)
     writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
     await writer.drain()
-    await asyncio.sleep(0.1)
+    assert await eventually(lambda: handling(gk) == 1)  # the handler waits for the body
     assert gk.state.gate.in_flight == 0
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.transport.abort()
