@@ -227,11 +227,7 @@ def _receivers(node: yaml.Node | None, problems: list[ConfigProblem]) -> tuple[R
     for i, item in enumerate(node.value):
         sec = Section(item, f"alerts.receivers[{i}]", problems)
         name = sec.get("name", f"receiver{i}", _check_name)
-        if not sec.has("name"):
-            sec.problem("name", None, "is required")
-        elif name in names:
-            sec.problem("name", sec.node_of("name"), "duplicate receiver name", name)
-        names.add(name)
+        sec.unique_name(name, names, "receiver")
         kind = sec.string("type", "log", choices=RECEIVER_TYPES)
         if not sec.has("type"):
             sec.problem("type", None, "is required (" + ", ".join(RECEIVER_TYPES) + ")")

@@ -68,11 +68,7 @@ def _check_status(v: Any) -> str | None:
 
 def _route(sec: Section, i: int, names: set[str]) -> Route:
     name = sec.string("name", f"route{i}")
-    if not sec.has("name"):
-        sec.problem("name", None, "is required")
-    elif name in names:
-        sec.problem("name", sec.node_of("name"), "duplicate route name", name)
-    names.add(name)
+    sec.unique_name(name, names, "route")
     action = sec.string("action", "pass", choices=ACTIONS)
     if not sec.has("action"):
         sec.problem("action", None, "is required (admit, pass or block)")
