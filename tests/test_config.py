@@ -113,6 +113,12 @@ def test_every_problem_is_reported_with_line_and_value() -> None:
             "only applies to action 'block'",
         ),
         ("routes: [{match: {path: /a}, action: pass}]", "routes[0].name", "required"),
+        (
+            "routes: [{name: a, match: {path: /a}, action: pass},"
+            " {name: a, match: {path: /b}, action: pass}]",
+            "routes[1].name",
+            "duplicate route name",
+        ),
         ("routes: [{name: a, match: {path: '/a**'}, action: pass}]", "routes[0].match.path", "**"),
         ("routes: {name: a}", "routes", "list"),
         ("reload: {watch: yes please}", "reload.watch", "true or false"),
