@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .admission import Gate
+from .admission import Gate, Rejection
 from .config import Config, Route
 from .routes import Router
 from .vocab import Outcome
@@ -91,11 +91,16 @@ def plan(
         return Forward(route, gated=False)
     rejection = gate.check(now)
     if rejection is not None:
-        return Refuse(
-            route,
-            config.admission.reject_status,
-            rejection.reason,
-            Outcome.REJECTED,
-            retry_after=rejection.retry_after,
-        )
+        return rejected(route, rejection, config)
     return Forward(route, gated=True)
+
+
+def rejected(route: Route, rejection: Rejection, config: Config) -> Refuse:
+    """The answer to a gate rejection: here, or when the slot went while the body spooled."""
+    return Refuse(
+        route,
+        config.admission.reject_status,
+        rejection.reason,
+        Outcome.REJECTED,
+        retry_after=rejection.retry_after,
+    )

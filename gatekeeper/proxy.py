@@ -28,7 +28,7 @@ from .config import Config, Route
 from .edge import Connections
 from .errors import BadRequest, HttpError, MethodNotAllowed, UpstreamError
 from .headers import REQUEST_ID, request_id
-from .plan import Forward, Refuse, ServeStatus, plan
+from .plan import Forward, Refuse, ServeStatus, plan, rejected
 from .record import RequestRecord
 from .relay import Relay, client_left, log
 from .spool import Spool, take_body
@@ -175,17 +175,12 @@ class ProxyHandler:
         if isinstance(result, Rejection):  # the slot went to someone else meanwhile
             if spool is not None:
                 spool.close()
-            refusal = Refuse(
-                route,
-                cfg.admission.reject_status,
-                result.reason,
-                Outcome.REJECTED,
-                result.retry_after,
-            )
-            return self._refuse(cfg, refusal, rec)
+            return self._refuse(cfg, rejected(route, result, cfg), rec)
         ticket = result
-        # From here on the ticket and the spool have exactly one owner each: the ``finally``
-        # below (cancel mode, or a failure before the job exists), else the job's callback.
+        # From here on the ticket has exactly one owner: the ``finally`` below (cancel mode,
+        # or a failure before the job exists), else the finish job's callback. The relay
+        # closes the spool when it ends; the ticket's owner closes it again (idempotent) in
+        # case the relay never ran.
         job: asyncio.Task[web.StreamResponse] | None = None
         try:
             self._count(route, Outcome.ADMITTED, rec)
