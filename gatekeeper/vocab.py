@@ -40,8 +40,23 @@ class ErrorKind(StrEnum):
     CLIENT_DISCONNECT = "client_disconnect"
 
 
+class JobState(StrEnum):
+    """Where a queued generation (a job) is (``gatekeeper_jobs_total{state}``, the jobs API)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
+# A job in one of these states never changes state again (except to EXPIRED).
+FINAL_STATES: frozenset[JobState] = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
+)
 # Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
 ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.BUSY,
