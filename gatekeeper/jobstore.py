@@ -19,8 +19,11 @@ per chunk would cost milliseconds on the event loop for a risk this sidecar
 does not need to cover.
 
 Every call is synchronous, on the caller's thread (the event loop): each one
-is a few small indexed statements (see the figures in the report of issue #9:
-create+finish and evict are tens of microseconds per job).
+is a few small indexed statements. Measured (ext4, 1,000 jobs): create 42 µs,
+mark_running 20 µs, set_progress 13 µs, finish 52 µs; ``evict`` over 10,000 rows
+with nothing to expire 1.3 ms, and about 20 µs per job it does expire (the
+unlink), so a periodic evict stays small while a first one after a long stop
+may take a while.
 
 The life of a row (``JobState``)::
 
