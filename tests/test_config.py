@@ -234,7 +234,7 @@ def test_check_command_exit_codes(tmp_path: Path, repo_root: Path) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout and "generate: POST /generate/** admit" in ok.stdout
+    assert "OK" in ok.stdout and "generate: POST /generate/** queue" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("admission:\n  max_in_flight: -1\n  sample_intervall: 1\nlisten: x\n")
     res = subprocess.run(

@@ -16,7 +16,8 @@ One module per section, each owning its dataclasses, defaults and reader::
     upstream   upstream.*            admission  admission.*
     limits     limits.*              routes     routes[]
     messages   messages.*            alerts     alerts.*
-    root       Config, shutdown, reload, load_config / load_config_file
+    jobs       jobs.* (the state directory of queued jobs and kept results)
+    root       Config, shutdown, reload, jobs_path, load_config / load_config_file
 
 Usage::
 
@@ -24,7 +25,7 @@ Usage::
     cfg.admission.max_in_flight
 """
 
-from .admission import Admission, Resources, Threshold
+from .admission import Admission, ClientKey, Queue, Resources, Threshold
 from .alerts import (
     OPERATORS,
     RECEIVER_TYPES,
@@ -37,10 +38,11 @@ from .alerts import (
     default_alert_rules,
     parse_expr,
 )
+from .jobs import Jobs
 from .limits import Limits
 from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
 from .root import Config, Reload, Shutdown, load_config, load_config_file
-from .routes import ACTIONS, DEFAULT_ROUTES, HTTP_METHODS, Action, Route
+from .routes import ACTIONS, DEFAULT_ROUTES, GATED_ACTIONS, HTTP_METHODS, Action, Route
 from .upstream import PASSTHROUGH_LIMITS, Pool, PoolLimits, Probe, Timeouts, Upstream
 from .values import HostPort, parse_duration
 
@@ -48,6 +50,7 @@ __all__ = [
     "ACTIONS",
     "DEFAULT_MESSAGES",
     "DEFAULT_ROUTES",
+    "GATED_ACTIONS",
     "HTTP_METHODS",
     "MESSAGE_FIELDS",
     "OPERATORS",
@@ -61,12 +64,15 @@ __all__ = [
     "Admission",
     "AlertRule",
     "Alerts",
+    "ClientKey",
     "Config",
     "HostPort",
+    "Jobs",
     "Limits",
     "Pool",
     "PoolLimits",
     "Probe",
+    "Queue",
     "Receiver",
     "Reload",
     "Resources",

@@ -1,11 +1,16 @@
-"""``admission``: how many generations run at once, resource thresholds, Retry-After."""
+"""``admission``: how many generations run at once, resource thresholds, Retry-After,
+and the waiting room of ``queue`` routes (``admission.queue``, issue #9)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from .reader import Section
+import yaml
+
+from .reader import Section, value_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,40 @@ class Resources:
     memory_percent: Threshold = Threshold(90.0, 80.0)
 
 
+# RFC 9110 section 5.1: a field name is a token.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """Whose turn it is: the peer address, or a header the frontend sets (a user id)."""
+
+    source: Literal["remote", "header"] = "remote"
+    header: str | None = None  # the header name when source == "header"
+
+    def describe(self) -> str:
+        """The YAML spelling: ``remote`` or ``header:X-User-Id``."""
+        return f"header:{self.header}" if self.source == "header" else "remote"
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Bounds of the waiting room shared by every ``queue`` route."""
+
+    # Jobs waiting at once (all queue routes); 0 = no waiting: a queue route then only
+    # admits or refuses queue_full, never waits.
+    max_waiting: int = 20
+    # A waiter's own timer, started at arrival (independent of slots and upstream timeouts).
+    max_wait: float = 1800.0
+    # Waiting + running jobs of one client key; over it -> 429 client_limit.
+    per_client: int = 2
+    client_key: ClientKey = ClientKey()
+    # Peers whose X-Forwarded-For is believed when deriving the remote client key.
+    trusted_proxies: tuple[Network, ...] = ()
+
+
 @dataclass(frozen=True)
 class Admission:
     max_in_flight: int = 1
@@ -32,6 +71,7 @@ class Admission:
     on_client_disconnect: Literal["finish", "cancel"] = "finish"
     expected_seconds: float = 600.0
     resources: Resources = field(default_factory=Resources)
+    queue: Queue = field(default_factory=Queue)
 
 
 def _threshold(sec: Section, default: Threshold) -> Threshold:
@@ -72,9 +112,72 @@ def _resources(rs: Section) -> Resources:
     return resources
 
 
+def _check_client_key(v: Any) -> str | None:
+    if isinstance(v, str):
+        if v == "remote":
+            return None
+        kind, sep, name = v.partition(":")
+        if kind == "header" and sep and _TOKEN.match(name):
+            return None
+    return "must be 'remote' or 'header:<Name>' with a header name, e.g. header:X-User-Id"
+
+
+def parse_client_key(v: str) -> ClientKey:
+    """``remote`` or ``header:<Name>`` (already checked by ``_check_client_key``)."""
+    if v == "remote":
+        return ClientKey()
+    return ClientKey(source="header", header=v.partition(":")[2])
+
+
+def _trusted_proxies(qs: Section) -> tuple[Network, ...]:
+    node = qs.node_of("trusted_proxies")
+    if node is None or (isinstance(node, yaml.ScalarNode) and value_of(node) is None):
+        return ()
+    if not isinstance(node, yaml.SequenceNode):
+        qs.problem(
+            "trusted_proxies",
+            node,
+            "must be a list of addresses or CIDRs, e.g. [127.0.0.1, 10.0.0.0/8]",
+            value_of(node),
+        )
+        return ()
+    nets: list[Network] = []
+    for i, item in enumerate(node.value):
+        value = value_of(item)
+        try:
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            # strict: 10.0.0.1/8 is a typo for 10.0.0.0/8 or 10.0.0.1, not a guess to make
+            nets.append(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:
+            qs.problem(
+                f"trusted_proxies[{i}]",
+                item,
+                f"must be an IP address or CIDR, e.g. 10.0.0.0/8 ({exc})",
+                value,
+            )
+    return tuple(nets)
+
+
+def _queue(qs: Section) -> Queue:
+    d = Queue()
+    q = Queue(
+        max_waiting=qs.integer("max_waiting", d.max_waiting, minimum=0),
+        max_wait=qs.duration("max_wait", d.max_wait),
+        per_client=qs.integer("per_client", d.per_client, minimum=1),
+        client_key=parse_client_key(
+            qs.get("client_key", d.client_key.describe(), _check_client_key)
+        ),
+        trusted_proxies=_trusted_proxies(qs),
+    )
+    qs.close()
+    return q
+
+
 def read_admission(sec: Section) -> Admission:
     d = Admission()
     resources = _resources(sec.section("resources"))
+    queue = _queue(sec.section("queue"))
 
     def at_least_one(v: object) -> str | None:
         # 0 would turn every generation away with "busy", which reads like an engine
@@ -98,6 +201,7 @@ def read_admission(sec: Section) -> Admission:
         ),
         expected_seconds=sec.duration("expected_seconds", d.expected_seconds),
         resources=resources,
+        queue=queue,
     )
     sec.close()
     return a

@@ -18,10 +18,28 @@ REASONS: tuple[str, ...] = (
     "upstream_unavailable",
     "upstream_timeout",
     "upstream_busy",
+    # The waiting room of queue routes (issue #9).
+    "queue_full",
+    "queue_timeout",
+    "client_limit",
 )
 # Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
+# Every message may use every field (a field that does not apply renders as 0);
+# max_wait is rendered as whole seconds.
 MESSAGE_FIELDS = frozenset(
-    {"retry_after", "in_flight", "max_in_flight", "cpu_percent", "memory_percent", "route"}
+    {
+        "retry_after",
+        "in_flight",
+        "max_in_flight",
+        "cpu_percent",
+        "memory_percent",
+        "route",
+        "waiting",
+        "max_waiting",
+        "per_client",
+        "max_wait",
+        "position",
+    }
 )
 
 # The seed's users read Chinese; the English half serves everyone else.
@@ -44,6 +62,14 @@ DEFAULT_MESSAGES: Mapping[str, str] = {
     "upstream_timeout": "音乐生成引擎响应超时。 / The music engine did not answer in time.",
     "upstream_busy": "音乐生成引擎连接繁忙，请稍后再试。"
     " / All connections to the music engine are busy; please try again shortly.",
+    "queue_full": "排队人数已满（{waiting}/{max_waiting}），请约 {retry_after} 秒后再试。"
+    " / The queue is full ({waiting} waiting); please retry in about {retry_after} s.",
+    "queue_timeout": "已排队等待 {max_wait} 秒仍未轮到，请约 {retry_after} 秒后再试。"
+    " / You waited {max_wait} s without being served; please retry in about {retry_after} s.",
+    "client_limit": "您已有 {per_client} 个生成任务在排队或进行中，"
+    "请等其中一个完成后再提交（约 {retry_after} 秒）。"
+    " / You already have {per_client} generations waiting or running;"
+    " please submit another when one is done (in about {retry_after} s).",
 }
 
 

@@ -9,6 +9,7 @@ returned ``Config``, printed by ``gatekeeper check`` and the startup log.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from ..errors import ConfigError, ConfigProblem
 from .admission import Admission, read_admission
 from .alerts import Alerts, read_alerts
+from .jobs import Jobs, check_dir, read_jobs
 from .limits import Limits, read_limits
 from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, read_messages
 from .reader import Section, line_of, value_of
@@ -52,6 +54,10 @@ class Config:
     routes: tuple[Route, ...] = DEFAULT_ROUTES
     messages: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MESSAGES))
     status_path: str | None = "/_gatekeeper/status"
+    # Async jobs on the public listener: <jobs_path>/<id>[/events|/result]. None: no async
+    # jobs there (Prefer: respond-async is ignored and the request is held).
+    jobs_path: str | None = "/_gatekeeper/jobs"
+    jobs: Jobs = field(default_factory=Jobs)
     shutdown: Shutdown = field(default_factory=Shutdown)
     reload: Reload = field(default_factory=Reload)
     alerts: Alerts = field(default_factory=Alerts)
@@ -66,8 +72,13 @@ class Config:
         upstream: str | None = None,
         listen: str | None = None,
         admin_listen: str | None = None,
+        state_dir: str | None = None,
     ) -> Config:
-        """Apply command-line overrides, validated like the file; raises ConfigError."""
+        """Apply command-line overrides, validated like the file; raises ConfigError.
+
+        ``state_dir`` (``--state-dir``) sets ``jobs.dir``, made absolute against the
+        working directory (a flag is read where it was typed, not next to the file).
+        """
         problems: list[ConfigProblem] = []
         cfg = self
         if upstream is not None:
@@ -79,6 +90,13 @@ class Config:
         if admin_listen is not None:
             hp = parse_hostport(admin_listen, "--admin-listen", None, problems)
             cfg = replace(cfg, admin_listen=hp or cfg.admin_listen)
+        if state_dir is not None:
+            error = check_dir(state_dir)
+            if error is not None:
+                problems.append(ConfigProblem("--state-dir", None, error, state_dir, True))
+            else:
+                directory = os.path.abspath(os.path.expanduser(state_dir))
+                cfg = replace(cfg, jobs=replace(cfg.jobs, dir=directory))
         if problems:
             raise ConfigError(problems, source="command line")
         return cfg
@@ -86,6 +104,8 @@ class Config:
     def message(self, reason: str, **fields: Any) -> str:
         template = self.messages.get(reason) or DEFAULT_MESSAGES.get(reason, reason)
         values = {k: fields.get(k, 0) for k in MESSAGE_FIELDS}
+        if isinstance(values["max_wait"], float):
+            values["max_wait"] = round(values["max_wait"])  # "waited 1800 s", not "1800.0 s"
         try:
             return template.format(**values)
         except (ValueError, KeyError, IndexError):  # validated at load; belt and braces
@@ -145,6 +165,34 @@ def _listeners(root: Section, problems: list[ConfigProblem]) -> tuple[HostPort, 
     return listen, admin_listen
 
 
+def _check_jobs_path(v: Any) -> str | None:
+    # Compared as-is with the request's normalised path (like status_path), so it must
+    # already be in normal form; a glob would make "<jobs_path>/<id>" meaningless.
+    if not isinstance(v, str) or not v.startswith("/") or v == "/":
+        return "must be a path starting with '/', e.g. /_gatekeeper/jobs"
+    segments = v[1:].split("/")
+    if any(s in ("", ".", "..") for s in segments) or any(c in v for c in "*?#;%"):
+        return (
+            "must be a plain path (no '*', '?', '#', ';', '%', no empty, '.' or '..'"
+            " segments, no trailing '/')"
+        )
+    return None
+
+
+def _paths(root: Section) -> tuple[str | None, str | None]:
+    d = Config()
+    status_path = root.get("status_path", d.status_path, check_path_glob, allow_none=True)
+    jobs_path = root.get("jobs_path", d.jobs_path, _check_jobs_path, allow_none=True)
+    if jobs_path is not None and jobs_path == status_path:
+        root.problem(
+            "jobs_path",
+            root.node_of("jobs_path") or root.node_of("status_path"),
+            "must differ from status_path",
+            jobs_path,
+        )
+    return status_path, jobs_path
+
+
 def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     d = Config()
     listen, admin_listen = _listeners(root, problems)
@@ -163,6 +211,7 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
         watch_interval=rl.duration("watch_interval", d.reload.watch_interval),
     )
     rl.close()
+    status_path, jobs_path = _paths(root)
     cfg = Config(
         listen=listen,
         admin_listen=admin_listen,
@@ -171,7 +220,9 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
         admission=read_admission(root.section("admission")),
         routes=read_routes(root.node_of("routes"), problems),
         messages=read_messages(root.section("messages")),
-        status_path=root.get("status_path", d.status_path, check_path_glob, allow_none=True),
+        status_path=status_path,
+        jobs_path=jobs_path,
+        jobs=read_jobs(root.section("jobs")),
         shutdown=shutdown,
         reload=reload,
         alerts=read_alerts(root.section("alerts"), problems, upstream.timeouts.read),

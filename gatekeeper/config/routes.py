@@ -1,4 +1,11 @@
-"""``routes``: ordered (method, path glob) -> action rules; the first match wins."""
+"""``routes``: ordered (method, path glob) -> action rules; the first match wins.
+
+Actions: ``admit`` (a generation: takes a slot now or is refused), ``queue`` (a
+generation that waits its turn in the waiting room when no slot is free, or runs
+as an async job), ``pass`` (forwarded ungated), ``block`` (answered by gatekeeper).
+``admit`` and ``queue`` are the *gated* actions: both count against
+``admission.max_in_flight`` and the resource checks.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,10 @@ from ..errors import ConfigProblem
 from .reader import Section, line_of
 from .values import check_path_glob
 
-Action = Literal["admit", "pass", "block"]
-ACTIONS: tuple[Action, ...] = ("admit", "pass", "block")
+Action = Literal["admit", "queue", "pass", "block"]
+ACTIONS: tuple[Action, ...] = ("admit", "queue", "pass", "block")
+# The actions whose requests take an admission slot (issue #9: queue is admit that waits).
+GATED_ACTIONS: frozenset[Action] = frozenset({"admit", "queue"})
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
@@ -27,6 +36,11 @@ class Route:
     status: int | None = None
     detail: str | None = None
 
+    @property
+    def gated(self) -> bool:
+        """True for ``admit`` and ``queue``: the request takes an admission slot."""
+        return self.action in GATED_ACTIONS
+
     def summary(self) -> str:
         """One line for people: ``name: METHODS path action [-> status]``."""
         methods = ",".join(sorted(self.methods)) if self.methods else "*"
@@ -37,7 +51,8 @@ class Route:
 DEFAULT_ROUTES: tuple[Route, ...] = (
     # /generate/** also matches /generate itself: the engine's /generate/stream starts
     # the same generation and must not pass around the gate (issue #8).
-    Route(name="generate", path="/generate/**", action="admit", methods=frozenset({"POST"})),
+    # queue (issue #9): a second user waits its turn instead of getting 503 busy.
+    Route(name="generate", path="/generate/**", action="queue", methods=frozenset({"POST"})),
     Route(
         name="batch-generate",
         path="/batch-generate/**",
@@ -71,7 +86,7 @@ def _route(sec: Section, i: int, names: set[str]) -> Route:
     sec.unique_name(name, names, "route")
     action = sec.string("action", "pass", choices=ACTIONS)
     if not sec.has("action"):
-        sec.problem("action", None, "is required (admit, pass or block)")
+        sec.problem("action", None, "is required (admit, queue, pass or block)")
     match = sec.section("match")
     path = match.get("path", "/**", check_path_glob)
     if not match.has("path"):
