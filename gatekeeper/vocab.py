@@ -19,6 +19,11 @@ class Outcome(StrEnum):
     PASSED = "passed"
     REJECTED = "rejected"
     BLOCKED = "blocked"
+    # An async job accepted with 202 (a held request that waited and was then
+    # admitted is still ADMITTED).
+    QUEUED = "queued"
+    # Attached to an existing job, or answered by replaying a kept result.
+    COALESCED = "coalesced"
 
 
 class AdmitReason(StrEnum):
@@ -40,8 +45,20 @@ class ErrorKind(StrEnum):
     CLIENT_DISCONNECT = "client_disconnect"
 
 
+class QueueReason(StrEnum):
+    """Why the waiting room refuses a job (issue #9), alongside ``AdmitReason``."""
+
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    CLIENT_LIMIT = "client_limit"
+
+
 class JobState(StrEnum):
-    """Where a queued generation (a job) is (``gatekeeper_jobs_total{state}``, the jobs API)."""
+    """Where a job of a ``queue`` route is (``gatekeeper_jobs_total{state}``, the jobs API).
+
+    queued -> running -> done | failed; queued | running -> cancelled;
+    queued -> expired (max_wait); a final result -> expired (evicted).
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -53,10 +70,6 @@ class JobState(StrEnum):
 
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
-# A job in one of these states never changes state again (except to EXPIRED).
-FINAL_STATES: frozenset[JobState] = frozenset(
-    {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-)
 # Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
 ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.BUSY,
@@ -64,3 +77,9 @@ ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.MEMORY,
     AdmitReason.DRAINING,
 )
+JOB_STATES: tuple[JobState, ...] = tuple(JobState)
+# A job in one of these never changes state again (except a kept result's eviction to expired).
+FINAL_STATES: frozenset[JobState] = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
+)
+QUEUE_REASONS: tuple[QueueReason, ...] = tuple(QueueReason)

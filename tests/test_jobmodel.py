@@ -1,0 +1,251 @@
+"""Table tests of job ids, coalescing keys and the Prefer / Idempotency-Key parsers."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from gatekeeper.jobmodel import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PREFER_BYTES,
+    BadHeader,
+    check_idempotency_key,
+    client_hash,
+    coalesce_key,
+    is_job_id,
+    new_job_id,
+    wants_async,
+)
+from gatekeeper.vocab import FINAL_STATES, JOB_STATES, QUEUE_REASONS, JobState, Outcome
+
+BODY = hashlib.sha256(b'{"prompt": "a song"}').hexdigest()
+OTHER_BODY = hashlib.sha256(b'{"prompt": "another"}').hexdigest()
+
+
+def test_vocab_job_states() -> None:
+    """Job states and queue reasons are the wire values the jobs API and metrics use."""
+    assert JOB_STATES == ("queued", "running", "done", "failed", "cancelled", "expired")
+    assert {"done", "failed", "cancelled", "expired"} == FINAL_STATES
+    assert JobState.QUEUED not in FINAL_STATES and JobState.RUNNING not in FINAL_STATES
+    assert QUEUE_REASONS == ("queue_full", "queue_timeout", "client_limit")
+    assert (Outcome.QUEUED, Outcome.COALESCED) == ("queued", "coalesced")
+
+
+def test_new_job_ids_are_well_formed_and_distinct() -> None:
+    """new_job_id gives 24 URL-safe characters (144 bits), never the same twice in 10,000."""
+    made = {new_job_id() for _ in range(10_000)}
+    assert len(made) == 10_000
+    assert all(is_job_id(i) and len(i) == 24 for i in made)
+
+
+@pytest.mark.parametrize(
+    ("s", "ok"),
+    [
+        ("A" * 24, True),
+        ("aZ09-_" * 4, True),
+        ("A" * 23, False),
+        ("A" * 25, False),
+        ("", False),
+        ("A" * 23 + "=", False),  # base64 padding is never produced
+        ("A" * 23 + "+", False),  # nor the non-URL-safe alphabet
+        ("A" * 23 + "/", False),
+        ("A" * 24 + "\n", False),  # no trailing newline sneaking past an anchor
+        ("A" * 23 + "é", False),
+        ("A" * 23 + "٣", False),  # a Unicode digit is not [0-9]
+        ("../../etc/passwd" + "A" * 8, False),
+    ],
+)
+def test_is_job_id(s: str, ok: bool) -> None:
+    """Exactly 24 characters of [A-Za-z0-9_-]: anything else is a 404 without a lookup."""
+    assert is_job_id(s) is ok
+
+
+BASE = ("generate", "POST", "/generate", "seed=1", BODY, None)
+
+
+@pytest.mark.parametrize(
+    ("changed", "same"),
+    [
+        ((), True),
+        (("route", "other"), False),
+        (("method", "PUT"), False),
+        (("path", "/generate2"), False),
+        (("query", "seed=2"), False),
+        (("query", ""), False),
+        (("body", OTHER_BODY), False),
+    ],
+)
+def test_coalesce_key_components(changed: tuple[str, str], same: bool) -> None:
+    """Without Idempotency-Key, route, method, path, query and body hash each decide."""
+    names = ("route", "method", "path", "query", "body", "idem")
+    args = dict(zip(names, BASE, strict=True))
+    if changed:
+        args[changed[0]] = changed[1]
+    key = coalesce_key(*args.values())  # type: ignore[arg-type]
+    assert (key == coalesce_key(*BASE)) is same
+    assert len(key) == 64 and int(key, 16) >= 0
+
+
+def test_idempotency_key_alone_decides() -> None:
+    """With an Idempotency-Key, only it and the route matter; different keys never coalesce."""
+    a = coalesce_key("generate", "POST", "/generate", "seed=1", BODY, "k-1")
+    b = coalesce_key("generate", "PUT", "/other", "x=2", OTHER_BODY, "k-1")
+    assert a == b
+    assert a != coalesce_key("generate", "POST", "/generate", "seed=1", BODY, "k-2")
+    assert a != coalesce_key("other", "POST", "/generate", "seed=1", BODY, "k-1")
+    assert a != coalesce_key(*BASE)  # a key never equals the key-less form of the same request
+
+
+def test_coalesce_key_is_the_documented_encoding() -> None:
+    """The hash is over the NUL-joined canonical form the design fixes."""
+    want = hashlib.sha256(f"req\0generate\0POST\0/generate\0seed=1\0{BODY}".encode()).hexdigest()
+    assert coalesce_key(*BASE) == want
+    idem = hashlib.sha256(b"idem\0generate\0k-1").hexdigest()
+    assert coalesce_key("generate", "POST", "/generate", "", BODY, "k-1") == idem
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("/a\0b", "c"), ("/a", "b\0c")),  # a NUL moved between components
+        (("/a\\", "0b"), ("/a", "\\0b")),
+        (("/a\\0", ""), ("/a\0", "")),  # an escaped NUL is not a NUL
+    ],
+)
+def test_coalesce_key_is_injective(a: tuple[str, str], b: tuple[str, str]) -> None:
+    """Decoded paths and queries may hold NUL or backslash: still no two requests share a key."""
+    ka = coalesce_key("generate", "POST", a[0], a[1], BODY, None)
+    kb = coalesce_key("generate", "POST", b[0], b[1], BODY, None)
+    assert ka != kb
+
+
+@pytest.mark.parametrize("bad", ["", "abc", BODY.upper(), BODY[:-1], BODY + "0"])
+def test_coalesce_key_wants_a_hex_digest(bad: str) -> None:
+    """body_sha256 must be a lowercase hex SHA-256 (a caller passing raw bytes is a bug)."""
+    with pytest.raises(ValueError, match="body_sha256"):
+        coalesce_key("generate", "POST", "/generate", "", bad, None)
+
+
+def test_client_hash() -> None:
+    """A client key is shown as the first 8 hex digits of its SHA-256, never in full."""
+    assert client_hash("10.0.0.7") == hashlib.sha256(b"10.0.0.7").hexdigest()[:8]
+    assert client_hash("10.0.0.7") != client_hash("10.0.0.8")
+    assert len(client_hash("")) == 8
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([], False),
+        ([""], False),
+        (["respond-async"], True),
+        (["Respond-Async"], True),  # tokens are case-insensitive
+        (["RESPOND-ASYNC"], True),
+        (["respond-async, wait=100"], True),
+        (["wait=100, respond-async"], True),
+        (["wait=100", "respond-async"], True),  # several fields
+        (["wait=100"], False),
+        (["handling=lenient"], False),
+        (['return=minimal; foo="a,respond-async"'], False),  # inside quotes is a value
+        (["respond-async; foo=bar"], True),  # parameters are allowed and ignored
+        (["respond-async;"], True),  # an empty parameter is allowed by the grammar
+        (['respond-async ; foo = "x;y"'], True),
+        (["  respond-async  "], True),
+        (["respond-async,,"], True),  # empty list elements are ignored (RFC 9110 §5.6.1)
+        ([", respond-async"], True),
+        (["\trespond-async"], True),
+        (["respond-asyncx"], False),
+        (['x="a\\"b", respond-async'], True),  # a quoted-pair escapes a quote
+        (['x="caf\u00e9"'], False),  # obs-text inside quotes is allowed
+        (["unknown-pref=abc; q=1"], False),
+        (["a" * (MAX_PREFER_BYTES - 15) + ", respond-async"], True),  # exactly the limit
+    ],
+)
+def test_wants_async_good(values: list[str], want: bool) -> None:
+    """respond-async anywhere in any Prefer field means async; unknown preferences are ignored."""
+    assert wants_async(values) is want
+
+
+@pytest.mark.parametrize(
+    ("values", "detail"),
+    [
+        (["a" * (MAX_PREFER_BYTES + 1)], "longer than 1024"),
+        (["a" * 600, "b" * 423], "longer than 1024"),  # counted as one field: 600+2+423
+        (["respond-async\x00"], "control character"),
+        (["respond-async\r\nX-Evil: 1"], "control character"),
+        (["respond-async\x7f"], "control character"),
+        (["respond-async=1"], "takes no value"),
+        (['respond-async=""'], "takes no value"),
+        (["respond-async = yes"], "takes no value"),
+        (["=1"], "empty preference"),
+        (["respond-async, ;x"], "empty preference"),
+        (["respond async"], "invalid token"),
+        (["respønd-async"], "invalid token"),
+        (["(respond-async)"], "invalid token"),
+        (["respond-async; (x)=1"], "invalid token"),
+        (['wait="10'], "unbalanced quotes"),
+        (['respond-async, x="a\\"'], "unbalanced quotes"),
+        (["wait="], "invalid value"),
+        (['x=a"b"'], "invalid value"),
+        (["x=a b"], "invalid value"),
+        (['respond-async; x="a"b'], "invalid value"),
+    ],
+)
+def test_wants_async_bad(values: list[str], detail: str) -> None:
+    """A malformed or oversized Prefer is a 400 naming the header, never a guess."""
+    with pytest.raises(BadHeader) as info:
+        wants_async(values)
+    assert info.value.header == "Prefer"
+    assert detail in info.value.detail
+    assert str(info.value).startswith("Prefer: ")
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([], None),
+        (["abc-123"], "abc-123"),
+        (["8e03978e-40d5-43e8-bc93-6894a57f9324"], "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+        (['"8e03978e-40d5"'], "8e03978e-40d5"),  # the draft's sf-string form: quotes stripped
+        (['"a b"'], "a b"),  # sf-string allows spaces
+        (['"a\\"b\\\\c"'], 'a"b\\c'),  # and its two escapes
+        (["  key  "], "key"),
+        (["!#$%&'()*+,-./:;<=>?@[]^_`{|}~"], "!#$%&'()*+,-./:;<=>?@[]^_`{|}~"),
+        (["k" * MAX_IDEMPOTENCY_KEY], "k" * MAX_IDEMPOTENCY_KEY),
+        (['"' + "k" * MAX_IDEMPOTENCY_KEY + '"'], "k" * MAX_IDEMPOTENCY_KEY),
+    ],
+)
+def test_idempotency_key_good(values: list[str], want: str | None) -> None:
+    """A single field of visible ASCII, or a quoted sf-string, is the key."""
+    assert check_idempotency_key(values) == want
+
+
+@pytest.mark.parametrize(
+    ("values", "detail"),
+    [
+        (["a", "b"], "repeated"),
+        (["a", "a"], "repeated"),  # even the same value twice
+        ([""], "empty"),
+        (["   "], "empty"),
+        (['""'], "empty"),
+        (["k" * (MAX_IDEMPOTENCY_KEY + 1)], "longer than 255"),
+        (['"' + "k" * (MAX_IDEMPOTENCY_KEY + 1) + '"'], "longer than 255"),
+        (["a b"], "not visible ASCII"),
+        (["a\tb"], "not visible ASCII"),
+        (["a\x00b"], "not visible ASCII"),
+        (["a\x7f"], "not visible ASCII"),
+        (["clé"], "not visible ASCII"),
+        (['"abc'], "invalid quoted string"),
+        (['"a"b"'], "invalid quoted string"),
+        (['"a\\nb"'], "invalid quoted string"),  # sf-string escapes only " and \
+        (['"clé"'], "invalid quoted string"),
+        (['"a\tb"'], "invalid quoted string"),
+    ],
+)
+def test_idempotency_key_bad(values: list[str], detail: str) -> None:
+    """Repeated, empty, too long or non-ASCII keys are a 400 naming the header."""
+    with pytest.raises(BadHeader) as info:
+        check_idempotency_key(values)
+    assert info.value.header == "Idempotency-Key"
+    assert detail in info.value.detail
