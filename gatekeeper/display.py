@@ -23,6 +23,16 @@ def duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def size(n: float) -> str:
+    """Bytes for a person: ``512 B``, ``1.2 KiB``, ``10.0 GiB``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def generation_line(doc: dict[str, Any], width: int = 20) -> str:
     running = doc.get("running") or []
     if not running:
@@ -46,8 +56,12 @@ def status_line(doc: dict[str, Any]) -> str:
         else "NOT accepting (" + ",".join(doc.get("reasons", [])) + ")"
     )
     up = {True: "up", False: "DOWN", None: "?"}[doc.get("upstream_up")]
+    q = doc.get("queue")
+    queued = (
+        f" | queue {q.get('waiting', 0)}/{q.get('max_waiting', 0)}" if isinstance(q, dict) else ""
+    )
     return (
-        f"{generation_line(doc)} | in-flight {doc['in_flight']}/{doc['max_in_flight']}"
+        f"{generation_line(doc)} | in-flight {doc['in_flight']}/{doc['max_in_flight']}{queued}"
         f" | cpu {doc['cpu_percent']:.0f}% mem {doc['memory_percent']:.0f}%"
         f" | admitted {counts.get('admitted', 0)} rejected {counts.get('rejected', 0)}"
         f" blocked {counts.get('blocked', 0)} | engine {up} | {state}"
@@ -113,8 +127,53 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
                 f"  {'ALERT':<11} [{a.get('severity', '?')}] {a.get('alertname', '?')}: "
                 f"{a.get('summary', '')}"
             )
+    lines.extend(queue_lines(doc))
     if doc.get("draining"):
         lines.append(f"  {'draining':<11} shutting down, waiting for running generations")
     if "uptime_seconds" in doc:
         lines.append(f"  {'uptime':<11} {duration(float(doc['uptime_seconds']))}")
+    return lines
+
+
+# --------------------------------------------------------------------------- the waiting room
+
+
+def queue_entry_line(e: dict[str, Any]) -> str:
+    """One job of the status document's ``queue.entries``: no job id, a hashed client."""
+    state = str(e.get("state", "?"))
+    where = "running" if state == "running" else f"#{e.get('position', '?')}"
+    held = "held" if e.get("held") else "async"
+    parts = [f"{where:<7} {e.get('route', '?')} client {e.get('client', '?')} ({held})"]
+    parts.append(f"waited {duration(float(e.get('waited_seconds') or 0))}")
+    if e.get("elapsed_seconds") is not None:
+        parts.append(f"running {duration(float(e['elapsed_seconds']))}")
+    eta = e.get("eta_seconds")
+    parts.append("ready: ?" if eta is None else f"ready in ~{duration(float(eta))}")
+    if e.get("coalesced"):
+        parts.append(f"+{e['coalesced']} coalesced")
+    return "    " + ", ".join(parts)
+
+
+def queue_lines(doc: dict[str, Any]) -> list[str]:
+    """The ``queue`` and ``jobs`` objects (issue #9); nothing for a document without them."""
+    lines: list[str] = []
+    q = doc.get("queue")
+    if isinstance(q, dict):
+        line = (
+            f"  {'queue':<11} {q.get('waiting', 0)}/{q.get('max_waiting', 0)} waiting"
+            f" (max wait {duration(float(q.get('max_wait_seconds') or 0))},"
+            f" {q.get('per_client', '?')} per client)"
+        )
+        if q.get("retry_after") is not None:
+            line += f"   FULL: a new request now gets Retry-After: {q['retry_after']}"
+        lines.append(line)
+        lines.extend(queue_entry_line(e) for e in q.get("entries") or [] if isinstance(e, dict))
+    j = doc.get("jobs")
+    if isinstance(j, dict):
+        line = f"  {'results':<11} {size(j.get('results_bytes') or 0)} kept"
+        if j.get("max_bytes"):
+            line += f" of {size(j['max_bytes'])}"
+        if j.get("state_dir"):
+            line += f" in {j['state_dir']}"
+        lines.append(line)
     return lines

@@ -2,11 +2,12 @@
 
 A gauge set by hand is only as true as the last code path that remembered to
 set it; ``set_function`` makes a scrape read the gate, the monitor's view, the
-probe's verdict and the reload flag as they are at that instant.
+probe's verdict, the reload flag and the waiting room as they are at that instant.
 """
 
 from __future__ import annotations
 
+from .signals import queue_depth, queue_limits, queue_oldest_wait, results_bytes
 from .state import AppState
 
 
@@ -29,3 +30,8 @@ def wire_gauges(st: AppState) -> None:
     m.upstream_up.set_function(lambda: float(st.upstream_up is True))
     m.draining.set_function(lambda: float(gate.draining))
     m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
+    m.queue_depth.set_function(lambda: queue_depth(st))
+    m.queue_capacity.set_function(lambda: queue_limits(st)[0])
+    m.queue_oldest_wait.set_function(lambda: queue_oldest_wait(st, st.clock()))
+    m.queue_max_wait.set_function(lambda: queue_limits(st)[1])
+    m.results_bytes.set_function(lambda: results_bytes(st))

@@ -16,9 +16,17 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # The label values (outcomes, reasons, error kinds) are defined once, in vocab.py.
-from .vocab import ADMIT_REASONS, ERROR_KINDS, OUTCOMES, Outcome
+from .vocab import ADMIT_REASONS, ERROR_KINDS, JOB_STATES, OUTCOMES, QUEUE_REASONS, Outcome
 
-__all__ = ["ADMIT_REASONS", "DURATION_BUCKETS", "ERROR_KINDS", "OUTCOMES", "Metrics"]
+__all__ = [
+    "ADMIT_REASONS",
+    "DURATION_BUCKETS",
+    "ERROR_KINDS",
+    "ETA_ERROR_BUCKETS",
+    "OUTCOMES",
+    "QUEUE_WAIT_BUCKETS",
+    "Metrics",
+]
 
 # Resolution at the seed's scale: sub-second passthrough calls up to 30-minute jobs.
 DURATION_BUCKETS = (
@@ -41,6 +49,13 @@ DURATION_BUCKETS = (
     1200,
     1800,
 )
+# Waits in the waiting room (issue #9): seconds up to an hour, twice the default max_wait.
+QUEUE_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600)
+# |actual - predicted| / actual of a job's done time, predicted at its arrival (goal: 0.2).
+ETA_ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
+
+# A queue route's requests can end in every outcome but those of pass and block routes.
+_NOT_GATED = (Outcome.PASSED, Outcome.BLOCKED)
 
 
 class Metrics:
@@ -139,6 +154,7 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         self._alert_metrics(r)
+        self._queue_metrics(r)
 
     def prime_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create each configured route's usual series at 0: (name, action) pairs.
@@ -152,6 +168,13 @@ class Metrics:
             reasons: tuple[str, ...]
             if action == "admit":
                 outcomes, reasons = (Outcome.ADMITTED, Outcome.REJECTED), ADMIT_REASONS
+            elif action == "queue":
+                outcomes = tuple(o for o in OUTCOMES if o not in _NOT_GATED)
+                reasons = (*ADMIT_REASONS, *QUEUE_REASONS)
+                self.queue_wait.labels(name)
+                self.coalesced.labels(name)
+                for state in JOB_STATES:
+                    self.jobs.labels(name, state)
             elif action == "block":
                 outcomes, reasons = (Outcome.BLOCKED,), ("blocked",)
             else:
@@ -181,5 +204,56 @@ class Metrics:
         self.config_reload_failed = Gauge(
             "gatekeeper_config_reload_failed",
             "1 from a failed config reload until the next good one (alert signal).",
+            registry=r,
+        )
+
+    def _queue_metrics(self, r: CollectorRegistry) -> None:
+        """The waiting room and its jobs (issue #9); the gauges are wired in ``gauges``."""
+        self.queue_depth = Gauge(
+            "gatekeeper_queue_depth", "Jobs waiting in the queue now (not running).", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "gatekeeper_queue_capacity",
+            "How many jobs may wait (admission.queue.max_waiting).",
+            registry=r,
+        )
+        self.queue_oldest_wait = Gauge(
+            "gatekeeper_queue_oldest_wait_seconds",
+            "How long the longest-waiting job has waited (0 when nobody waits).",
+            registry=r,
+        )
+        self.queue_max_wait = Gauge(
+            "gatekeeper_queue_max_wait_seconds",
+            "How long a job may wait before queue_timeout (admission.queue.max_wait).",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "gatekeeper_queue_wait_seconds",
+            "Time a job waited in the queue before it was dispatched, by route.",
+            ["route"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Counter(
+            "gatekeeper_jobs",
+            "Jobs entering each state (queued, running, done, failed, cancelled, expired).",
+            ["route", "state"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "gatekeeper_coalesced",
+            "Requests attached to an existing job or answered from a kept result.",
+            ["route"],
+            registry=r,
+        )
+        self.results_bytes = Gauge(
+            "gatekeeper_results_bytes",
+            "Bytes of job results kept on disk (partial results of running jobs included).",
+            registry=r,
+        )
+        self.eta_error = Histogram(
+            "gatekeeper_eta_error_ratio",
+            "|actual - predicted| / actual of a job's done time, as predicted at its arrival.",
+            buckets=ETA_ERROR_BUCKETS,
             registry=r,
         )

@@ -9,6 +9,13 @@ gatekeeper's own evaluator and another to Prometheus or the dashboard:
 - ``promrules`` exports each rule as ``Signal.promql()`` plus its comparison;
 - the dashboard draws the gauge signals with ``Signal.promql(<instance matcher>)``.
 
+A *ratio* signal (``per`` set) is one gauge over another, 0 where the divisor
+is 0 (``queue_full_ratio`` with ``max_waiting: 0``), in both readers.
+
+The waiting room's readers (``queue_*``) are here too, shared with ``gauges``:
+``AppState.jobs`` (the lead's ``jobs.Jobs``) may be absent or None, which
+reads as an empty queue, so the metrics exist before the first job.
+
 A rate over ``window`` seconds is ``rate(counter[window]) * window``: the
 increase over the window, which is what the built-in evaluator computes.
 Every expression is aggregated ``by (instance)``, so one alert fires per
@@ -46,11 +53,19 @@ class Signal:
     read: Reader  # (state, now) -> the gauge's value, or a rate signal's counter total
     window: float | None = None  # seconds: a rate signal, the increase over this window
     matchers: tuple[str, ...] = ()  # label matchers on ``metric``, e.g. 'kind="timeout"'
+    per: str | None = None  # a ratio signal: ``metric`` / this gauge, 0 where it is 0
 
     def promql(self, *extra: str) -> str:
         """The signal as PromQL; ``extra`` matchers go first (the dashboard's instance)."""
         matchers = (*extra, *self.matchers)
-        series = self.metric + ("{" + ",".join(matchers) + "}" if matchers else "")
+        braces = "{" + ",".join(matchers) + "}" if matchers else ""
+        series = self.metric + braces
+        if self.per is not None:
+            # `> 0` drops a zero divisor, `or` puts 0 in its place; the outer parentheses
+            # keep a rule's comparison (which binds tighter than `or`) on the whole.
+            num = f"max by (instance) ({series})"
+            den = f"max by (instance) ({self.per}{braces} > 0)"
+            return f"(({num} / {den}) or ({num} * 0))"
         if self.window is None:
             return f"max by (instance) ({series})"
         return f"sum by (instance) (rate({series}[{prom_duration(self.window)}])) * {self.window:g}"
@@ -69,6 +84,38 @@ def _upstream_errors(st: AppState, now: float) -> float:
     # A client hanging up is not the engine's fault.
     errors = st.counters.upstream_errors_by_kind
     return float(sum(v for k, v in errors.items() if k != "client_disconnect"))
+
+
+# --------------------------------------------------------------------------- the waiting room
+
+
+def queue_depth(st: AppState) -> int:
+    jobs = getattr(st, "jobs", None)
+    return 0 if jobs is None else int(jobs.depth())
+
+
+def queue_oldest_wait(st: AppState, now: float) -> float:
+    jobs = getattr(st, "jobs", None)
+    return 0.0 if jobs is None else float(jobs.oldest_wait(now))
+
+
+def results_bytes(st: AppState) -> int:
+    jobs = getattr(st, "jobs", None)
+    return 0 if jobs is None else int(jobs.results_bytes())
+
+
+def queue_limits(st: AppState) -> tuple[int, float]:
+    """(max_waiting, max_wait) of the live rules; the documented defaults before the
+    config knows ``admission.queue``."""
+    queue = getattr(st.config.admission, "queue", None)
+    if queue is None:
+        return 20, 1800.0
+    return int(queue.max_waiting), float(queue.max_wait)
+
+
+def _queue_full_ratio(st: AppState, now: float) -> float:
+    capacity = queue_limits(st)[0]
+    return queue_depth(st) / capacity if capacity > 0 else 0.0
 
 
 def _table(*signals: Signal) -> Mapping[str, Signal]:
@@ -121,4 +168,11 @@ SIGNALS: Mapping[str, Signal] = _table(
         "gatekeeper_config_reload_failed",
         lambda st, now: float(st.config_reload_failed),
     ),
+    Signal(
+        "queue_full_ratio",
+        "gatekeeper_queue_depth",
+        _queue_full_ratio,
+        per="gatekeeper_queue_capacity",
+    ),
+    Signal("queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait),
 )

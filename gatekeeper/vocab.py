@@ -35,6 +35,25 @@ class AdmitReason(StrEnum):
     MEMORY = "memory"
 
 
+class QueueReason(StrEnum):
+    """Why a queue route turns a request away instead of letting it wait (issue #9)."""
+
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    CLIENT_LIMIT = "client_limit"
+
+
+class JobState(StrEnum):
+    """Where a job of the waiting room is (``gatekeeper_jobs_total{state}``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
 class ErrorKind(StrEnum):
     """How talking to the engine failed (``gatekeeper_upstream_errors_total{kind}``)."""
 
@@ -70,6 +89,8 @@ class JobState(StrEnum):
 
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
+JOB_STATES: tuple[JobState, ...] = tuple(JobState)
+QUEUE_REASONS: tuple[QueueReason, ...] = tuple(QueueReason)
 # Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
 ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.BUSY,

@@ -179,3 +179,71 @@ def test_promtool_unit_tests_cover_every_rule_firing_and_not() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout
+
+
+def _series(metric: str, **by_instance: str) -> list[dict[str, str]]:
+    return [{"series": f'{metric}{{instance="{i}"}}', "values": v} for i, v in by_instance.items()]
+
+
+def _case(at: str, rule: Any, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The rule's alerts at ``at``: none, or on "hot" with ``annotations``."""
+    exp = []
+    if annotations is not None:
+        labels = {"instance": "hot", "service": "gatekeeper", "severity": rule.severity}
+        exp = [{"exp_labels": labels, "exp_annotations": annotations}]
+    return {"eval_time": at, "alertname": rule.alert, "exp_alerts": exp}
+
+
+def test_queue_rules_in_promtool(tmp_path: Path) -> None:
+    """The exported queue rules fire in the real promtool: QueueFull after 5 minutes at
+    capacity (not at 19/20, not with capacity 0), QueueWaitLong over 900 s after 1 minute,
+    with the annotation rendered as gatekeeper renders it."""
+    from gatekeeper.config import Config
+
+    config = Config()
+    rules = {r.alert: r for r in config.alerts.rules}
+    full, wait = rules["GatekeeperQueueFull"], rules["GatekeeperQueueWaitLong"]
+    waited = wait.summary.replace("{{ $value | humanizeDuration }}", "15m 50s")
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "1m",
+                # "closed": max_waiting 0 after a reload with 3 left: ratio 0, not +Inf.
+                "input_series": [
+                    *_series("gatekeeper_queue_depth", hot="20x10", calm="19x10", closed="3x10"),
+                    *_series("gatekeeper_queue_capacity", hot="20x10", calm="20x10", closed="0x10"),
+                ],
+                "alert_rule_test": [
+                    _case("4m", full),
+                    _case("6m", full, {"summary": full.summary, "runbook": full.runbook}),
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": _series(
+                    "gatekeeper_queue_oldest_wait_seconds", hot="950x10", calm="899x10"
+                ),
+                "alert_rule_test": [
+                    _case("30s", wait),
+                    _case("2m", wait, {"summary": waited, "runbook": wait.runbook}),
+                ],
+            },
+        ],
+    }
+    (tmp_path / "rules.yml").write_text(rule_file(config), encoding="utf-8")
+    (tmp_path / "queue-test.yml").write_text(yaml.safe_dump(tests, allow_unicode=True))
+    res = subprocess.run(
+        [find_binary("promtool"), "test", "rules", "queue-test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    ratio = signals.SIGNALS["queue_full_ratio"].promql()
+    assert ratio == (
+        "((max by (instance) (gatekeeper_queue_depth) / max by (instance)"
+        " (gatekeeper_queue_capacity > 0)) or (max by (instance) (gatekeeper_queue_depth) * 0))"
+    )

@@ -28,6 +28,8 @@ DEFAULT_NAMES = (
     "GatekeeperUpstreamTimeouts",
     "GatekeeperGenerationStuck",
     "GatekeeperConfigReloadFailed",
+    "GatekeeperQueueFull",
+    "GatekeeperQueueWaitLong",
 )
 
 
@@ -37,7 +39,7 @@ def test_packaged_rules_yaml_is_exactly_the_code_defaults() -> None:
 
 
 def test_default_rules_and_receivers() -> None:
-    """Seven default rules, each with a summary and a runbook; only a log receiver by default."""
+    """Nine default rules, each with a summary and a runbook; only a log receiver by default."""
     rules = Config().alerts.rules
     assert tuple(r.alert for r in rules) == DEFAULT_NAMES
     for r in rules:
@@ -52,6 +54,29 @@ def test_generation_stuck_follows_the_read_timeout() -> None:
     (stuck,) = [r for r in cfg.alerts.rules if r.alert == "GatekeeperGenerationStuck"]
     assert stuck.threshold == 1200 and stuck.signal == "generation_elapsed_seconds"
     assert Config().alerts.rules == default_alert_rules(900.0)
+
+
+def test_queue_rules_follow_max_wait() -> None:
+    """QueueFull fires on a full queue for 5 minutes; QueueWaitLong's threshold is half of
+    admission.queue.max_wait (900 s for the default 30 minutes)."""
+    full, wait = default_alert_rules()[-2:]
+    assert (full.signal, full.op, full.threshold, full.for_seconds) == (
+        "queue_full_ratio",
+        ">=",
+        1.0,
+        300.0,
+    )
+    assert (wait.signal, wait.op, wait.threshold, wait.for_seconds) == (
+        "queue_oldest_wait_seconds",
+        ">",
+        900.0,
+        60.0,
+    )
+    assert default_alert_rules(max_wait=600.0)[-1].threshold == 300.0
+    runbook = (PACKAGED.parent.parent / "docs" / "runbook.md").read_text(encoding="utf-8")
+    for rule, section in ((full, "Queue full"), (wait, "Long queue waits")):
+        assert f"docs/runbook.md, {section}" in rule.runbook and rule.severity == "warning"
+        assert f"\n## {section}\n" in runbook
 
 
 def test_full_section_loads() -> None:

@@ -227,6 +227,8 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
         "upstream_up": 1.0,
         "generation_elapsed_seconds": 40.0,
         "config_reload_failed": 0.0,
+        "queue_full_ratio": 0.0,  # no waiting room wired: an empty queue
+        "queue_oldest_wait_seconds": 0.0,
     }
     now[0] += 61  # a minute later, with no new events: per-minute rates fall to 0
     st.upstream_up, st.config_reload_failed = False, True
@@ -236,6 +238,38 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
     st.upstream_up = None  # before the first probe: no data, so "upstream_up == 0" cannot fire
     assert reader.read(now[0])["upstream_up"] is None
     assert not isinstance(ticket, Rejection)
+
+
+class FakeJobs:
+    """The three readers ``jobs.Jobs`` provides to metrics and signals."""
+
+    def __init__(self, depth: int, arrivals: list[float], results: int = 0):
+        self._depth, self.arrivals, self.results = depth, arrivals, results
+
+    def depth(self) -> int:
+        return self._depth
+
+    def oldest_wait(self, now: float) -> float:
+        return max((now - a for a in self.arrivals), default=0.0)
+
+    def results_bytes(self) -> int:
+        return self.results
+
+
+async def test_queue_signals_read_the_waiting_room(state: tuple[AppState, list[float]]) -> None:
+    """queue_full_ratio is depth / admission.queue.max_waiting (default 20), 0 when the
+    capacity is 0; queue_oldest_wait_seconds is the longest wait at the reader's clock."""
+    st, now = state
+    reader = SignalReader(st)
+    st.jobs = FakeJobs(5, [now[0] - 100, now[0] - 40])  # type: ignore[attr-defined]
+    values = reader.read(now[0])
+    assert values["queue_full_ratio"] == 5 / 20
+    assert values["queue_oldest_wait_seconds"] == 100
+    st.jobs = FakeJobs(20, [now[0] - 1])  # type: ignore[attr-defined]
+    assert reader.read(now[0] + 9)["queue_full_ratio"] == 1.0
+    assert reader.read(now[0] + 9)["queue_oldest_wait_seconds"] == 10
+    st.jobs = None  # type: ignore[attr-defined]
+    assert reader.read(now[0])["queue_full_ratio"] == 0.0
 
 
 async def test_alert_loop_publishes_metrics_status_and_log_line(

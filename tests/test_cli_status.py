@@ -17,7 +17,7 @@ from live import Live, start_live
 from support import Proc, free_port
 
 from gatekeeper.cli import DEFAULT_ADMIN_URL, default_admin_url
-from gatekeeper.display import status_report
+from gatekeeper.display import status_line, status_report
 
 BASE: dict[str, Any] = {
     "accepting": True,
@@ -119,6 +119,85 @@ def test_status_report(status: dict[str, Any], expected_lines: list[str]) -> Non
 def test_status_report_without_alerts_key_has_no_alert_line() -> None:
     """A gatekeeper without the alerts feature shows no alerts line at all."""
     assert "alert" not in "\n".join(status_report(doc())).lower()
+
+
+QUEUED = doc(
+    accepting=False,
+    reasons=["busy"],
+    in_flight=1,
+    queue={
+        "waiting": 2,
+        "max_waiting": 2,
+        "max_wait_seconds": 1800,
+        "per_client": 2,
+        "retry_after": 540,
+        "entries": [
+            {
+                "position": 0,
+                "state": "running",
+                "route": "generate",
+                "client": "3fa2c1d9",
+                "held": True,
+                "waited_seconds": 12.0,
+                "elapsed_seconds": 100.2,
+                "eta_seconds": 499.8,
+                "coalesced": 1,
+            },
+            {
+                "position": 1,
+                "state": "queued",
+                "route": "generate",
+                "client": "9b1e0a77",
+                "held": False,
+                "waited_seconds": 40.1,
+                "elapsed_seconds": None,
+                "eta_seconds": 1099.8,
+                "coalesced": 0,
+            },
+            {
+                "position": 2,
+                "state": "queued",
+                "route": "generate",
+                "client": "3fa2c1d9",
+                "held": True,
+                "waited_seconds": 3.0,
+                "elapsed_seconds": None,
+                "eta_seconds": None,
+                "coalesced": 0,
+            },
+        ],
+    },
+    jobs={"results_bytes": 1234, "max_bytes": 10737418240, "state_dir": "/var/lib/gk"},
+)
+
+
+def test_status_report_shows_the_queue_one_line_per_entry() -> None:
+    """The queue line (waiting/max, max wait, per client, the Retry-After a newcomer gets
+    when full), then one line per job in the document's order, then the kept results."""
+    lines = status_report(QUEUED, "http://gk:9090", width=20)
+    start = lines.index(
+        "  queue       2/2 waiting (max wait 30m00s, 2 per client)"
+        "   FULL: a new request now gets Retry-After: 540"
+    )
+    assert lines[start + 1 : start + 5] == [
+        "    running generate client 3fa2c1d9 (held), waited 12s, running 1m40s,"
+        " ready in ~8m19s, +1 coalesced",
+        "    #1      generate client 9b1e0a77 (async), waited 40s, ready in ~18m19s",
+        "    #2      generate client 3fa2c1d9 (held), waited 3s, ready: ?",
+        "  results     1.2 KiB kept of 10.0 GiB in /var/lib/gk",
+    ]
+    not_full = doc(queue={**QUEUED["queue"], "retry_after": None, "entries": []})
+    text = "\n".join(status_report(not_full))
+    assert "queue       2/2 waiting (max wait 30m00s, 2 per client)\n" in text + "\n"
+    assert "FULL" not in text and "results" not in text
+
+
+def test_status_of_an_older_gatekeeper_has_no_queue_lines() -> None:
+    """A document without `queue`/`jobs` (a gatekeeper before issue #9) renders as before."""
+    text = "\n".join(status_report(BUSY))
+    assert "queue" not in text and "results" not in text
+    assert "queue" not in status_line(BUSY)
+    assert " | queue 2/2 | " in status_line(QUEUED)
 
 
 def test_default_admin_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.config import load_config, load_config_file
+from gatekeeper.config import Config, load_config, load_config_file
 from gatekeeper.dashboard import SCHEMA_VERSION, dashboard, promql_regex_literal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +200,15 @@ def test_required_panels_exist(default_dash: dict[str, Any]) -> None:
         "Generation duration": ["gatekeeper_upstream_request_duration_seconds_bucket"],
         "Upstream errors": ["gatekeeper_upstream_errors_total", "gatekeeper_upstream_up"],
         "Alerts firing": ["gatekeeper_alerts_firing"],
+        "Queue depth": ["gatekeeper_queue_depth", "gatekeeper_queue_capacity"],
+        "Queue wait": [
+            "gatekeeper_queue_wait_seconds_bucket",
+            "gatekeeper_queue_oldest_wait_seconds",
+            "gatekeeper_queue_max_wait_seconds",
+        ],
+        "ETA error": ["gatekeeper_eta_error_ratio_bucket"],
+        "Jobs": ["gatekeeper_jobs_total", "gatekeeper_coalesced_total"],
+        "Kept results bytes": ["gatekeeper_results_bytes"],
     }
     for title, metrics in want.items():
         exprs = " ".join(t["expr"] for t in by_title(default_dash, title)["targets"])
@@ -262,6 +272,42 @@ def test_duration_quantiles_cover_the_admit_routes(custom_dash: dict[str, Any]) 
         assert 'route=~"song\\\\.v2|generate"' in e
         assert "sum by (le, route)" in e
     assert "files" not in " ".join(exprs)
+
+
+def with_queue_route(config: Config, name: str) -> Config:
+    """``config`` with route ``name`` turned into a queue route (as rules.yaml will say)."""
+    routes = tuple(
+        dataclasses.replace(r, action="queue") if r.name == name else r for r in config.routes
+    )
+    return dataclasses.replace(config, routes=routes)
+
+
+def test_queue_panels() -> None:
+    """Queue wait p50/p95 cover exactly the queue routes; generation durations every gated
+    route; the oldest wait is the alert signal's PromQL; ETA error gives p50/p90 as a
+    ratio; jobs are per state; kept results in bytes."""
+    d = dashboard(with_queue_route(load_config(CUSTOM), "generate"))
+    wait = [t["expr"] for t in by_title(d, "Queue wait")["targets"]]
+    assert wait[0].startswith("histogram_quantile(0.5, ")
+    assert wait[1].startswith("histogram_quantile(0.95, ")
+    for e in wait[:2]:
+        assert 'route=~"generate"' in e and "sum by (le, route)" in e
+    assert "max by (instance) (gatekeeper_queue_oldest_wait_seconds" in wait[2]
+    durations = by_title(d, "Generation duration")["targets"][0]["expr"]
+    assert 'route=~"song\\\\.v2|generate"' in durations
+    eta = by_title(d, "ETA error")
+    assert [t["expr"].split(",")[0] for t in eta["targets"]] == [
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.9",
+    ]
+    assert eta["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert "sum by (state)" in by_title(d, "Jobs")["targets"][0]["expr"]
+    assert by_title(d, "Kept results bytes")["fieldConfig"]["defaults"]["unit"] == "bytes"
+    rows = [r["title"] for r in d["panels"] if r["type"] == "row"]
+    assert rows.count("Waiting room") == 1
+    # Without a queue route the wait quantiles take every route (never an empty regex).
+    plain = by_title(dashboard(load_config(CUSTOM)), "Queue wait")["targets"][0]["expr"]
+    assert 'route=~".+"' in plain
 
 
 def test_in_flight_description_names_the_configured_limit(custom_dash: dict[str, Any]) -> None:

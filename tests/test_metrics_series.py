@@ -73,3 +73,99 @@ async def test_state_primes_configured_routes_and_the_default_route(tmp_path: Pa
     finally:
         await rl.close()
         await st.runtime.close()
+
+
+def test_prime_routes_creates_the_queue_series_at_zero() -> None:
+    """A queue route gets every gated outcome, the admission and the queue reasons, a
+    jobs series per state, its coalesced counter and its wait histogram; other routes
+    get none of the queue's series."""
+    m = Metrics()
+    m.prime_routes([("generate", "queue"), ("remix", "admit")])
+    req = "gatekeeper_requests_total"
+    rej = "gatekeeper_rejections_total"
+    for outcome in ("admitted", "rejected"):
+        assert sample(m, req, route="generate", outcome=outcome) == 0
+    assert sample(m, req, route="generate", outcome="passed") is None
+    assert sample(m, req, route="generate", outcome="blocked") is None
+    for reason in ("busy", "cpu", "memory", "draining", "queue_full", "queue_timeout"):
+        assert sample(m, rej, route="generate", reason=reason) == 0
+    assert sample(m, rej, route="generate", reason="client_limit") == 0
+    for state in ("queued", "running", "done", "failed", "cancelled", "expired"):
+        assert sample(m, "gatekeeper_jobs_total", route="generate", state=state) == 0
+        assert sample(m, "gatekeeper_jobs_total", route="remix", state=state) is None
+    assert sample(m, "gatekeeper_coalesced_total", route="generate") == 0
+    assert sample(m, "gatekeeper_coalesced_total", route="remix") is None
+    assert sample(m, "gatekeeper_queue_wait_seconds_count", route="generate") == 0
+    assert sample(m, rej, route="remix", reason="queue_full") is None
+    assert sample(m, "gatekeeper_upstream_errors_total", route="generate", kind="timeout") == 0
+
+
+def test_queue_wait_and_eta_error_buckets() -> None:
+    """The wait histogram resolves waits up to an hour; the ETA error one ratios to 5."""
+    m = Metrics()
+    m.queue_wait.labels("generate").observe(1000)
+    m.eta_error.observe(0.15)
+    wait = "gatekeeper_queue_wait_seconds_bucket"
+    assert sample(m, wait, route="generate", le="900.0") == 0
+    assert sample(m, wait, route="generate", le="1200.0") == 1
+    assert sample(m, wait, route="generate", le="3600.0") == 1
+    eta = "gatekeeper_eta_error_ratio_bucket"
+    assert (sample(m, eta, le="0.1"), sample(m, eta, le="0.2"), sample(m, eta, le="5.0")) == (
+        0,
+        1,
+        1,
+    )
+    m.jobs.labels("generate", "done").inc()
+    m.coalesced.labels("generate").inc()
+    assert sample(m, "gatekeeper_jobs_total", route="generate", state="done") == 1
+    assert sample(m, "gatekeeper_coalesced_total", route="generate") == 1
+
+
+class FakeJobs:
+    """What ``jobs.Jobs`` gives the gauges: depth, the oldest wait at a time, kept bytes."""
+
+    def __init__(self, depth: int, oldest_arrival: float | None, results: int):
+        self._depth, self.oldest_arrival, self.results = depth, oldest_arrival, results
+
+    def depth(self) -> int:
+        return self._depth
+
+    def oldest_wait(self, now: float) -> float:
+        return 0.0 if self.oldest_arrival is None else now - self.oldest_arrival
+
+    def results_bytes(self) -> int:
+        return self.results
+
+
+async def test_queue_gauges_read_the_waiting_room_at_scrape_time() -> None:
+    """Without a waiting room the queue gauges read 0 and the limits their defaults;
+    with one, a scrape reads its depth, the oldest wait at the state's clock and the
+    kept results' bytes as they are then."""
+    now = [500.0]
+    st = await create_state(load_config(RULES), clock=lambda: now[0], metrics=Metrics())
+    try:
+        m = st.metrics
+
+        def gauges() -> tuple[float | None, ...]:
+            return tuple(
+                sample(m, "gatekeeper_" + name)
+                for name in (
+                    "queue_depth",
+                    "queue_capacity",
+                    "queue_oldest_wait_seconds",
+                    "queue_max_wait_seconds",
+                    "results_bytes",
+                )
+            )
+
+        assert getattr(st, "jobs", None) is None
+        assert gauges() == (0, 20, 0, 1800, 0)
+        jobs = FakeJobs(3, oldest_arrival=440.0, results=12345)
+        st.jobs = jobs  # type: ignore[attr-defined]
+        assert gauges() == (3, 20, 60, 1800, 12345)
+        now[0] += 30
+        jobs._depth, jobs.results = 2, 99
+        assert gauges() == (2, 20, 90, 1800, 99)
+        assert sample(m, "gatekeeper_eta_error_ratio_count") == 0  # exported before any job
+    finally:
+        await st.runtime.close()

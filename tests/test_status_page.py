@@ -213,3 +213,90 @@ def test_status_page_says_accepting_with_a_warning_when_the_engine_is_down(
     assert dom.t("accepting-text") == "Accepting generations"
     assert "502 upstream_unavailable" in dom.t("reason-hint")
     assert dom.t("upstream") == "DOWN"
+
+
+async def serve_page(aiohttp_server: Any, doc: dict[str, Any]) -> str:
+    """The status page at / and ``doc`` as ./status, on 127.0.0.1; returns the page URL."""
+    from aiohttp import web
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/status", status)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}/"
+
+
+def queued_document() -> dict[str, Any]:
+    from test_cli_status import QUEUED
+
+    return dict(
+        QUEUED, running=[{"route": "generate", "elapsed_seconds": 100.2, "expected_seconds": 600.0}]
+    )
+
+
+@pytest.mark.e2e
+async def test_status_page_shows_the_queue_in_chromium(aiohttp_server: Any, tmp_path: Path) -> None:
+    """With a `queue` object, headless chromium shows waiting/max, the full notice with its
+    Retry-After, one row per entry (running first; hashed client, held or async, waited,
+    ETA, coalesced) and the kept results."""
+    import asyncio
+
+    url = await serve_page(aiohttp_server, queued_document())
+    dom = Dom(await asyncio.to_thread(chromium_dom, url, tmp_path))
+    q = dom.attrs["queue"]
+    assert "hidden" not in q
+    assert (q["data-waiting"], q["data-max-waiting"], q["data-full"]) == ("2", "2", "true")
+    assert dom.t("queue-waiting") == "2/2 waiting"
+    assert dom.t("queue-limits") == "max wait 30m00s · 2 per client"
+    assert "Retry-After: 540 s" in dom.t("queue-full")
+    assert dom.attrs["queue-entries"]["data-count"] == "3"
+    rows = re.findall(
+        r'<tr class="queue-entry" data-position="(\d)" data-state="(\w+)" data-route="generate"'
+        r' data-client="(\w+)" data-held="(\w+)" data-eta="([\d.]*)" data-coalesced="(\d)">'
+        r"(.*?)</tr>",
+        dom.html,
+    )
+    assert [r[:6] for r in rows] == [
+        ("0", "running", "3fa2c1d9", "true", "499.8", "1"),
+        ("1", "queued", "9b1e0a77", "false", "1099.8", "0"),
+        ("2", "queued", "3fa2c1d9", "true", "", "0"),
+    ]
+    cells = [re.findall(r"<td>(.*?)</td>", r[6]) for r in rows]
+    assert cells[0] == [
+        "running",
+        "running",
+        "generate",
+        "3fa2c1d9",
+        "12s",
+        "1m40s",
+        "~8m20s",
+        "+1",
+    ]
+    assert cells[1] == ["#1", "queued (async)", "generate", "9b1e0a77", "40s", "–", "~18m20s", "–"]
+    assert cells[2][-2:] == ["?", "–"]
+    assert dom.t("jobs-results") == "Kept results: 1.2 KiB of 10.0 GiB in /var/lib/gk"
+    assert dom.t("in-flight") == "1/1"  # the rest of the page still renders
+    assert dom.attrs["error"]["data-visible"] == "false"
+
+
+@pytest.mark.e2e
+async def test_status_page_of_an_older_gatekeeper_hides_the_queue(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A document without `queue` and `jobs` (older gatekeeper) leaves the waiting-room
+    section hidden and everything else working."""
+    import asyncio
+
+    from test_cli_status import BUSY
+
+    url = await serve_page(aiohttp_server, BUSY)
+    dom = Dom(await asyncio.to_thread(chromium_dom, url, tmp_path))
+    assert "hidden" in dom.attrs["queue"]
+    assert dom.t("state") == "not accepting: busy"
+    assert dom.attrs["error"]["data-visible"] == "false"

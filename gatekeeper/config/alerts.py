@@ -31,6 +31,8 @@ SIGNALS: tuple[str, ...] = (
     "upstream_up",
     "generation_elapsed_seconds",
     "config_reload_failed",
+    "queue_full_ratio",
+    "queue_oldest_wait_seconds",
 )
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
@@ -64,8 +66,11 @@ class AlertRule:
         return f"{self.signal} {self.op} {self.threshold:g}"
 
 
-def default_alert_rules(read_timeout: float = 900.0) -> tuple[AlertRule, ...]:
-    """The rules shipped in rules.yaml; GenerationStuck follows ``upstream.timeouts.read``."""
+def default_alert_rules(
+    read_timeout: float = 900.0, max_wait: float = 1800.0
+) -> tuple[AlertRule, ...]:
+    """The rules shipped in rules.yaml; GenerationStuck follows ``upstream.timeouts.read``,
+    QueueWaitLong half of ``admission.queue.max_wait``."""
     return (
         AlertRule(
             alert="GatekeeperCPUHigh",
@@ -156,6 +161,32 @@ def default_alert_rules(read_timeout: float = 900.0) -> tuple[AlertRule, ...]:
             " are still in force",
             runbook="Run gatekeeper check --config <file> to see every problem with its line,"
             " fix the file, then reload again (SIGHUP or POST /reload).",
+        ),
+        AlertRule(
+            alert="GatekeeperQueueFull",
+            signal="queue_full_ratio",
+            op=">=",
+            threshold=1.0,
+            for_seconds=300.0,
+            severity="warning",
+            summary="排队已满 / The generation queue has been full for 5 minutes; new"
+            " requests are turned away with queue_full",
+            runbook="More songs are asked for than the engine makes. Run gatekeeper status:"
+            " if one client holds many places, lower admission.queue.per_client; if not,"
+            " demand is real: add engine capacity. See docs/runbook.md, Queue full.",
+        ),
+        AlertRule(
+            alert="GatekeeperQueueWaitLong",
+            signal="queue_oldest_wait_seconds",
+            op=">",
+            threshold=max_wait / 2,
+            for_seconds=60.0,
+            severity="warning",
+            summary="排队等待过久 / A job has waited {{ $value | humanizeDuration }} in the"
+            " queue, over half of admission.queue.max_wait; it may time out unserved",
+            runbook="Check that the engine is making progress (gatekeeper status: the running"
+            " job's elapsed vs its ETA) and that CPU/memory do not hold dispatch. See"
+            " docs/runbook.md, Long queue waits.",
         ),
     )
 
@@ -254,13 +285,13 @@ def _check_name(v: Any) -> str | None:
 
 
 def _alert_rules(
-    node: yaml.Node | None, problems: list[ConfigProblem], read_timeout: float
+    node: yaml.Node | None, problems: list[ConfigProblem], read_timeout: float, max_wait: float
 ) -> tuple[AlertRule, ...]:
     if node is None:
-        return default_alert_rules(read_timeout)
+        return default_alert_rules(read_timeout, max_wait)
     if not isinstance(node, yaml.SequenceNode):
         problems.append(ConfigProblem("alerts.rules", line_of(node), "must be a list of rules"))
-        return default_alert_rules(read_timeout)
+        return default_alert_rules(read_timeout, max_wait)
     out: list[AlertRule] = []
     names: set[str] = set()
     for i, item in enumerate(node.value):
@@ -319,7 +350,11 @@ def _rule_labels(sec: Section) -> dict[str, str]:
     return labels
 
 
-def read_alerts(sec: Section, problems: list[ConfigProblem], read_timeout: float) -> Alerts:
+def read_alerts(
+    sec: Section, problems: list[ConfigProblem], read_timeout: float, max_wait: float = 1800.0
+) -> Alerts:
+    """The ``alerts`` section; ``read_timeout`` and ``max_wait`` (``upstream.timeouts.read``,
+    ``admission.queue.max_wait``) set the thresholds of the default rules."""
     d = Alerts()
     external_url = None
     if sec.has("external_url"):
@@ -340,7 +375,7 @@ def read_alerts(sec: Section, problems: list[ConfigProblem], read_timeout: float
         ),
         external_url=external_url,
         receivers=_receivers(sec.node_of("receivers"), problems),
-        rules=_alert_rules(sec.node_of("rules"), problems, read_timeout),
+        rules=_alert_rules(sec.node_of("rules"), problems, read_timeout, max_wait),
     )
     sec.close()
     return a

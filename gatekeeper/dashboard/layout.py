@@ -30,6 +30,16 @@ ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
         ),
     ),
     (
+        "Waiting room",
+        (
+            (8, 8, p.queue_depth),
+            (16, 8, p.queue_wait),
+            (8, 8, p.eta_error),
+            (8, 8, p.jobs),
+            (8, 8, p.results_kept),
+        ),
+    ),
+    (
         "Traffic",
         (
             (12, 8, p.requests_per_minute),
