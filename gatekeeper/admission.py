@@ -178,6 +178,9 @@ class Gate:
         self.resources = ResourceState()
         self.draining = False
         self._tickets: dict[int, Ticket] = {}
+        # Called right after a slot frees, in the same synchronous step (the waiting
+        # room dispatches its next job there, before any new arrival can take the slot).
+        self.on_free: Callable[[], None] | None = None
         # Set while no ticket is held; only ``wait_idle`` awaits it (the shutdown drain).
         self._idle = asyncio.Event()
         self._idle.set()
@@ -230,3 +233,5 @@ class Gate:
         del self._tickets[id(ticket)]
         if not self._tickets:
             self._idle.set()
+        if self.on_free is not None:
+            self.on_free()

@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +38,8 @@ from .config import Config
 from .describe import config_warnings, describe
 from .edge import Connections, EdgeSite, fd_ceiling
 from .gauges import wire_gauges
+from .jobs import Jobs
+from .jobstore import JobStore
 from .loop import freeze_startup_objects
 from .metrics import Metrics
 from .monitor import Monitor
@@ -67,15 +71,28 @@ FORCED_GRACE_SECONDS = 0.5
 
 
 async def create_state(
-    config: Config, *, clock: Callable[[], float] | None = None, metrics: Metrics | None = None
+    config: Config,
+    *,
+    clock: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
+    state_dir: Path | None = None,
 ) -> AppState:
-    """Build the shared state; must run in the event loop that will serve it."""
+    """Build the shared state; must run in the event loop that will serve it.
+
+    ``state_dir``: where jobs are kept (``Gatekeeper`` passes ``jobs.state_dir``);
+    None: a fresh temporary directory removed at cleanup (in-process tests).
+    Raises ``StateDirError`` when the directory cannot be used."""
     loop = asyncio.get_running_loop()
     st = AppState.create(
         Runtime.build(config),
         metrics if metrics is not None else Metrics(version=__version__),
         clock if clock is not None else loop.time,
     )
+    ephemeral = state_dir is None
+    directory = (
+        Path(tempfile.mkdtemp(prefix="gatekeeper-state-")) if state_dir is None else state_dir
+    )
+    st.jobs = Jobs(st, JobStore.open(directory), directory, ephemeral=ephemeral)
     wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
@@ -98,6 +115,20 @@ def _background(
             tasks.append(start_probe(st))
         yield
         await cancel_and_wait(tasks)
+
+    return ctx
+
+
+def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The jobs' tick and runners (issue #9): restored at start, interrupted at the end."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        jobs = st.jobs
+        if jobs is not None:
+            jobs.start()
+        yield
+        if jobs is not None:
+            await jobs.close()
 
     return ctx
 
@@ -148,6 +179,7 @@ def build_proxy_app(
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
     app.router.add_route("*", "/{tail:.*}", handler.__call__)
     app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe, conns=conns))
+    app.cleanup_ctx.append(_waiting_room(st))
     if alerts:
         app.cleanup_ctx.append(_alerting(st))
 
@@ -174,7 +206,7 @@ class Gatekeeper:
 
     async def start(self) -> None:
         cfg = self.config
-        st = self.state = await create_state(cfg)
+        st = self.state = await create_state(cfg, state_dir=cfg.jobs.state_dir(cfg.source))
         rl = self.reloader = Reloader(st, cfg.source, self.overrides)
         closed = st.metrics.client_connections_closed
         conns = self.connections = Connections(
@@ -239,6 +271,8 @@ class Gatekeeper:
         st = self.state
         sd = st.config.shutdown  # the live rules: a reload may have changed the drain timeout
         st.gate.draining = True
+        if st.jobs is not None:
+            st.jobs.drain()  # held waiters: 503 draining now; async ones stay on disk
         loop = asyncio.get_running_loop()
         deadline = loop.time() + sd.drain_timeout
         next_log = loop.time()

@@ -1,6 +1,7 @@
 """The ``gatekeeper`` command line: argument parsing and nothing else.
 
     gatekeeper run --config rules.yaml [--upstream URL] [--listen H:P] [--admin-listen H:P]
+                   [--state-dir DIR]
     gatekeeper check --config rules.yaml
     gatekeeper engine-sim [--listen H:P] [--seconds N] ...
     gatekeeper demo
@@ -67,6 +68,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Gatekeeper, serve
+    from .jobstore import StateDirError
     from .logs import redact_url
     from .loop import LoopUnavailable, loop_factory, tune_gc
     from .loop import run as run_on_loop
@@ -74,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     # Kept for every reload: a flag keeps beating the file (issue #5 §1).
-    overrides = Overrides(args.upstream, args.listen, args.admin_listen)
+    overrides = Overrides(args.upstream, args.listen, args.admin_listen, args.state_dir)
     cfg = overrides.apply(_load(args.config))
 
     def ready(gk: Gatekeeper) -> None:
@@ -93,6 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         return run_on_loop(serve(cfg, ready=ready, overrides=overrides), args.loop)
+    except StateDirError as exc:  # before anything was bound: nothing to undo
+        print(f"gatekeeper: cannot use the state directory: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # typically: address already in use
         print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -264,6 +269,12 @@ def _add_run_commands(sub: Subparsers) -> None:
         "--admin-listen",
         metavar="HOST:PORT",
         help="admin listener (default: the file's admin_listen)",
+    )
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where queued jobs and kept results live (default: the file's jobs.dir, "
+        "else gatekeeper-state/ next to the rules file)",
     )
     run.add_argument(
         "--log-format",

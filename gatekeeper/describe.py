@@ -35,6 +35,16 @@ def describe(config: Config) -> list[str]:
         f"every {a.sample_interval:g}s; cpu reject>{r.cpu_percent.reject_above:g} "
         f"recover<{r.cpu_percent.recover_below:g}; memory reject>{r.memory_percent.reject_above:g}"
         f" recover<{r.memory_percent.recover_below:g}",
+        f"queue: max_waiting={a.queue.max_waiting} max_wait={a.queue.max_wait:g}s "
+        f"per_client={a.queue.per_client} client_key={a.queue.client_key.describe()}"
+        + (
+            " trusted_proxies=" + ",".join(str(n) for n in a.queue.trusted_proxies)
+            if a.queue.trusted_proxies
+            else ""
+        ),
+        f"jobs: state_dir={config.jobs.state_dir(config.source)} keep={config.jobs.keep:g}s "
+        f"max_bytes={config.jobs.max_bytes} coalesce={config.jobs.coalesce} "
+        f"retry_interrupted={config.jobs.retry_interrupted} jobs_path={config.jobs_path}",
         "limits: " + _kv(asdict(config.limits)),
         f"routes ({len(config.routes)}, first match wins; unmatched pass):",
     ]

@@ -83,6 +83,8 @@ class Connections:
         self._clock = clock
         self._on_close = on_close
         self._conns: dict[object, Conn] = {}  # key: the aiohttp RequestHandler
+        # Called once when a connection closes (a queued request leaves the queue at once).
+        self._on_lost: dict[object, list[Callable[[], None]]] = {}
         self.cap_ceiling: int | None = None  # from the open-file limit (app.py)
         self.closed: dict[str, int] = {"header_timeout": 0, "connection_limit": 0}
         self._unlogged: dict[str, int] = {"header_timeout": 0, "connection_limit": 0}
@@ -136,6 +138,24 @@ class Connections:
 
     def lost(self, key: object) -> None:
         self._conns.pop(key, None)
+        for callback in self._on_lost.pop(key, ()):
+            callback()
+
+    def watch_lost(self, key: object, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when connection ``key`` closes; returns the undo."""
+        if key not in self._conns:
+            callback()  # already gone
+            return lambda: None
+        self._on_lost.setdefault(key, []).append(callback)
+
+        def undo() -> None:
+            callbacks = self._on_lost.get(key)
+            if callbacks and callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._on_lost[key]
+
+        return undo
 
     def begin(self, key: object) -> None:
         """A request head was read on ``key``: it is handled now, no deadline applies."""

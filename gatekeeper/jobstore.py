@@ -646,6 +646,15 @@ class JobStore:
                 return path
         return None
 
+    @property
+    def bodies_dir(self) -> Path:
+        """Where bodies live; a spool file written here becomes a body by a rename."""
+        return self._bodies
+
+    def body_target(self, job_id: str) -> Path:
+        """Where ``job_id``'s body goes (``body_path`` once it is there)."""
+        return self._bodies / _check_id(job_id)
+
     def body_path(self, job_id: str) -> Path | None:
         path = self._bodies / _check_id(job_id)
         return path if path.is_file() else None

@@ -11,11 +11,15 @@ tried:
 ``Refuse`` (blocked)   a ``block`` route: its status and detail, never forwarded
 ``Refuse`` (413)       a declared ``Content-Length`` over ``limits.max_body_bytes``
 ``Forward`` (pass)     a ``pass`` route (or no route): the passthrough pool
+``ServeJobs``          anything under ``jobs_path``: the async-job endpoints (jobsapi)
 ``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now* (draining,
                        busy, cpu, memory), with Retry-After; no body is read
 ``Forward`` (admit)    an ``admit`` route with a free slot: the body is spooled,
                        then the ticket taken (the gate decides again at that
                        moment; the slot may have gone meanwhile)
+``Refuse`` (draining)  a ``queue`` route while draining (waiting would outlive us)
+``Forward`` (queue)    a ``queue`` route: the body is spooled, then the waiting room
+                       decides (jobs.submit): coalesce, refuse, or wait its turn
 =====================  =========================================================
 """
 
@@ -32,6 +36,13 @@ from .vocab import Outcome
 @dataclass(frozen=True, slots=True)
 class ServeStatus:
     """Answer with the status document."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeJobs:
+    """An async-job endpoint: ``rest`` is the path after ``jobs_path`` ("" or "/<id>...")."""
+
+    rest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +64,10 @@ class Forward:
 
     route: Route
     gated: bool
+    queued: bool = False  # a queue route: the waiting room decides after the body
 
 
-Plan = ServeStatus | Refuse | Forward
+Plan = ServeStatus | ServeJobs | Refuse | Forward
 
 # aiohttp answers these itself; nothing else reaches plan() with a body it cannot frame.
 _STATUS_METHODS = frozenset({"GET", "HEAD"})
@@ -73,6 +85,11 @@ def plan(
     """The whole decision for one request (see the table above)."""
     if method in _STATUS_METHODS and path == config.status_path:
         return ServeStatus()
+    jobs_path = config.jobs_path
+    if jobs_path is not None and path.startswith(jobs_path):
+        rest = path[len(jobs_path) :]
+        if not rest or rest.startswith("/"):
+            return ServeJobs(rest)
     route = router.match(method, path)
     if route.action == "block":
         return Refuse(route, route.status or 403, "blocked", Outcome.BLOCKED, detail=route.detail)
@@ -89,6 +106,12 @@ def plan(
         )
     if route.action == "pass":
         return Forward(route, gated=False)
+    if route.action == "queue":
+        if gate.draining:
+            return rejected(
+                route, Rejection("draining", config.admission.retry_after_default), config
+            )
+        return Forward(route, gated=True, queued=True)
     rejection = gate.check(now)
     if rejection is not None:
         return rejected(route, rejection, config)

@@ -28,7 +28,10 @@ from .config import Config, Route
 from .edge import Connections
 from .errors import BadRequest, HttpError, MethodNotAllowed, UpstreamError
 from .headers import REQUEST_ID, request_id
-from .plan import Forward, Refuse, ServeStatus, plan, rejected
+from .jobs import Refused
+from .jobsapi import JobsApi
+from .plan import Forward, Refuse, ServeJobs, ServeStatus, plan, rejected
+from .queueroute import QueueRoute
 from .record import RequestRecord
 from .relay import Relay, client_left, log
 from .spool import Spool, take_body
@@ -68,6 +71,7 @@ class ProxyHandler:
         self.on_record = on_record
         self.conns = conns
         self.answers = Answers()
+        self.queue = QueueRoute(self)
 
     @web.middleware
     async def refuse_foreign_targets(
@@ -143,6 +147,8 @@ class ProxyHandler:
         )
         if isinstance(decided, ServeStatus):
             return self._status(rec)
+        if isinstance(decided, ServeJobs):
+            return await self._jobs(request, cfg, decided.rest, rec)
         route = decided.route
         rec.route, rec.action = route.name, route.action
         if isinstance(decided, Refuse):
@@ -151,6 +157,8 @@ class ProxyHandler:
         if not decided.gated:
             self._count(route, Outcome.PASSED, rec)
             return await Relay(st, request, cfg, route, rt.passthrough, rec).run()
+        if decided.queued and st.jobs is not None:
+            return await self.queue.handle(request, cfg, route, rec)
         return await self._admit(request, rt, route, rec)
 
     async def _admit(
@@ -232,6 +240,50 @@ class ProxyHandler:
     def _count(self, route: Route, outcome: Outcome, rec: RequestRecord) -> None:
         rec.decision = outcome
         self.state.count(route.name, outcome)
+
+    count = _count  # for queueroute
+
+    async def _jobs(
+        self, request: web.BaseRequest, cfg: Config, rest: str, rec: RequestRecord
+    ) -> web.StreamResponse:
+        rec.route, rec.action, rec.decision = "jobs", "jobs", "jobs"
+        jobs = self.state.jobs
+        if jobs is None:
+            resp: web.StreamResponse = json_error(
+                404, "not_found", "async jobs are not enabled", request_id=rec.request_id
+            )
+        else:
+            api = JobsApi(jobs, cfg.jobs_path or "", self.state.clock)
+            resp = await api.handle(request, rest, rec.request_id)
+        rec.status = resp.status
+        return resp
+
+    def refuse_queue(
+        self, cfg: Config, route: Route, refused: Refused, rec: RequestRecord
+    ) -> web.Response:
+        """The waiting room said no (client_limit 429, queue_full 503): counted, explained."""
+        st = self.state
+        self._count(route, Outcome.REJECTED, rec)
+        st.count_rejection(route.name, refused.reason)
+        rec.reason = refused.reason
+        body = self.answers.body(
+            cfg,
+            refused.reason,
+            refused.retry_after,
+            None,
+            retry_after=refused.retry_after,
+            route=route.name,
+            **refused.fields,
+        )
+        resp = json_answer(
+            refused.status,
+            refused.reason,
+            body,
+            retry_after=refused.retry_after,
+            request_id=rec.request_id,
+        )
+        rec.status = resp.status
+        return resp
 
     def _refuse(self, cfg: Config, refusal: Refuse, rec: RequestRecord) -> web.Response:
         """A refusal from the plan: counted, answered from a prebuilt body."""

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,14 @@ class Overrides:
     upstream: str | None = None
     listen: str | None = None
     admin_listen: str | None = None
+    state_dir: str | None = None
 
     def apply(self, config: Config) -> Config:
         return config.with_overrides(
-            upstream=self.upstream, listen=self.listen, admin_listen=self.admin_listen
+            upstream=self.upstream,
+            listen=self.listen,
+            admin_listen=self.admin_listen,
+            state_dir=self.state_dir,
         )
 
 
@@ -138,6 +142,10 @@ def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[Cha
             for f in fields(Config)
         }
     )
+    # The state directory holds the open job store: it moves only with a restart.
+    if running.jobs.dir != loaded.jobs.dir:
+        wanted.append(Change("jobs.dir", str(running.jobs.dir), str(loaded.jobs.dir)))
+        kept = replace(kept, jobs=replace(kept.jobs, dir=running.jobs.dir))
     return kept, wanted
 
 

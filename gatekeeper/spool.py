@@ -22,8 +22,12 @@ File writes are synchronous: they land in the page cache in microseconds per
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import os
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import IO
 
 from .errors import BodyTooLarge, ClientTimeout
@@ -34,13 +38,27 @@ REPLAY_CHUNK = 256 * 1024
 
 
 class Spool:
-    """A request body, in memory up to ``memory_limit`` bytes, in a temp file beyond."""
+    """A request body, in memory up to ``memory_limit`` bytes, in a temp file beyond.
 
-    def __init__(self, memory_limit: int):
+    ``directory``: where the temp file goes (a queue route's: the state dir, so that
+    ``save`` is a rename); None: an anonymous file in ``$TMPDIR``. ``digest``: keep a
+    SHA-256 of the body as it arrives (the coalescing key of a job).
+    """
+
+    def __init__(self, memory_limit: int, *, directory: Path | None = None, digest: bool = False):
         self._limit = memory_limit
         self._buffer = bytearray()
         self._file: IO[bytes] | None = None
+        self._dir = directory
+        self._hash = hashlib.sha256() if digest else None
         self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the body (only with ``digest=True``)."""
+        if self._hash is None:
+            raise RuntimeError("Spool was created without digest=True")
+        return self._hash.hexdigest()
 
     @property
     def on_disk(self) -> bool:
@@ -48,11 +66,18 @@ class Spool:
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         if self._file is None and len(self._buffer) + len(chunk) <= self._limit:
             self._buffer += chunk
             return
         if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="gatekeeper-body-")  # noqa: SIM115
+            if self._dir is None:
+                self._file = tempfile.TemporaryFile(prefix="gatekeeper-body-")  # noqa: SIM115
+            else:
+                self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115
+                    prefix="spool-", suffix=".tmp", dir=self._dir, delete=False
+                )
             self._file.write(self._buffer)
             self._buffer = bytearray()
         self._file.write(chunk)
@@ -70,12 +95,35 @@ class Spool:
         while chunk := f.read(REPLAY_CHUNK):
             yield chunk
 
+    def save(self, path: Path) -> None:
+        """Put the whole body at ``path``, atomically (a temp file renamed over it), and
+        close the spool. A reader of ``path`` sees nothing or the whole body."""
+        if self._file is not None and self._dir is not None:
+            f, self._file = self._file, None
+            f.close()  # flushed; a named temp file in the same directory tree: a rename
+            os.replace(f.name, path)
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as out:
+                if self._file is not None:
+                    self._file.flush()
+                    self._file.seek(0)
+                    while chunk := self._file.read(REPLAY_CHUNK):
+                        out.write(chunk)
+                else:
+                    out.write(self._buffer)
+            os.replace(tmp, path)
+        self.close()
+
     def close(self) -> None:
         """Free the memory or the file; safe to call more than once."""
         self._buffer = bytearray()
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            f.close()
+            if self._dir is not None:  # a named temp file: not unlinked by closing
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f.name)
 
 
 async def take_body(
@@ -85,12 +133,14 @@ async def take_body(
     idle_timeout: float,
     deadline: float,
     memory_limit: int,
+    directory: Path | None = None,
+    digest: bool = False,
 ) -> Spool:
     """Read a whole request body into a Spool; raises BodyTooLarge, ClientTimeout, ClientGone.
 
     On any failure (cancellation included) the spool is closed before the error leaves.
     """
-    spool = Spool(memory_limit)
+    spool = Spool(memory_limit, directory=directory, digest=digest)
     try:
         async with asyncio.timeout(deadline) as whole:
             while True:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -28,6 +28,9 @@ from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
 from .usage import RuntimeUsage
 from .vocab import ErrorKind, Outcome
+
+if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
+    from .jobs import Jobs
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class AppState:
     config_reload_failed: bool = False
     # Set by the alert loop (issue #4): the firing alerts as /status lists them.
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
+    # The waiting room (issue #9): queue routes, async jobs, kept results.
+    jobs: Jobs | None = None
 
     def set_upstream_up(self, up: bool) -> None:
         """The probe's latest verdict (``gatekeeper_upstream_up`` reads it at scrape time)."""

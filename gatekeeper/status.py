@@ -65,4 +65,9 @@ def status_document(st: AppState) -> dict[str, Any]:
         "rejections_by_reason": dict(st.counters.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
+        **(
+            {"queue": st.jobs.queue_status(now), "jobs": st.jobs.jobs_status()}
+            if st.jobs is not None
+            else {}
+        ),
     }

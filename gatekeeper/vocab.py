@@ -44,7 +44,11 @@ class QueueReason(StrEnum):
 
 
 class JobState(StrEnum):
-    """Where a job of the waiting room is (``gatekeeper_jobs_total{state}``)."""
+    """Where a job of a ``queue`` route is (``gatekeeper_jobs_total{state}``, the jobs API).
+
+    queued -> running -> done | failed; queued | running -> cancelled; queued -> failed
+    ``queue_timeout`` (max_wait); a final result -> expired (evicted).
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -64,29 +68,6 @@ class ErrorKind(StrEnum):
     CLIENT_DISCONNECT = "client_disconnect"
 
 
-class QueueReason(StrEnum):
-    """Why the waiting room refuses a job (issue #9), alongside ``AdmitReason``."""
-
-    QUEUE_FULL = "queue_full"
-    QUEUE_TIMEOUT = "queue_timeout"
-    CLIENT_LIMIT = "client_limit"
-
-
-class JobState(StrEnum):
-    """Where a job of a ``queue`` route is (``gatekeeper_jobs_total{state}``, the jobs API).
-
-    queued -> running -> done | failed; queued | running -> cancelled;
-    queued -> expired (max_wait); a final result -> expired (evicted).
-    """
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
 JOB_STATES: tuple[JobState, ...] = tuple(JobState)
@@ -98,9 +79,7 @@ ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.MEMORY,
     AdmitReason.DRAINING,
 )
-JOB_STATES: tuple[JobState, ...] = tuple(JobState)
 # A job in one of these never changes state again (except a kept result's eviction to expired).
 FINAL_STATES: frozenset[JobState] = frozenset(
     {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
 )
-QUEUE_REASONS: tuple[QueueReason, ...] = tuple(QueueReason)

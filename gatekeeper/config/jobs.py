@@ -37,7 +37,8 @@ class Jobs:
         """The absolute state directory for a config loaded from ``source`` (Config.source).
 
         ``source`` is a file path, or ``"<defaults>"`` / ``"<string>"`` (no file: the
-        working directory stands in for the file's directory). ``~`` is expanded.
+        working directory stands in for the file's directory; so it does for the rules
+        packaged with gatekeeper). ``~`` is expanded.
         """
         base = Path(".") if _no_file(source) else Path(source).parent
         # An absolute dir replaces base (pathlib's "/" keeps the right side's root).
@@ -45,8 +46,18 @@ class Jobs:
         return Path(os.path.abspath(base / rel))
 
 
+# The rules shipped inside the package (``gatekeeper run`` with no --config and no
+# ./rules.yaml): their directory may be read-only, or a source checkout.
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
 def _no_file(source: str) -> bool:
-    return source.startswith("<") and source.endswith(">")
+    if source.startswith("<") and source.endswith(">"):
+        return True
+    try:
+        return Path(source).resolve().parent == _PACKAGE_DIR
+    except OSError:
+        return False
 
 
 def check_dir(v: Any) -> str | None:
