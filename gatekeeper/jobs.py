@@ -24,37 +24,33 @@ each call is one small statement in WAL mode (microseconds; bench/ measures).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from . import jobrunner
 from .admission import Rejection, Ticket
 from .config import Config, Route
-from .errors import UpstreamError
-from .headers import downstream_response_headers
-from .jobmodel import client_hash
-from .jobstore import JobRow, JobStore, ResultWriter
+from .joblive import Job, Joined, Kept, Refused, Submitted, queue_limits
+from .jobstore import JobRow, JobStore
 from .state import AppState
 from .tasks import cancel_and_wait
-from .vocab import FINAL_STATES, ErrorKind, JobState, QueueReason
+from .vocab import FINAL_STATES, JobState, QueueReason
 from .waitroom import (
-    QueueLimits,
     Waiter,
     WaitingRoom,
     eta_for,
     retry_after_client,
     retry_after_full,
+    retry_after_timeout,
     start_delays,
 )
+
+__all__ = ["Job", "Jobs", "Joined", "Kept", "Refused", "Submitted"]
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -63,92 +59,6 @@ log = logging.getLogger("gatekeeper.jobs")
 TICK_SECONDS = 0.25
 # How often kept results are checked against jobs.keep and jobs.max_bytes.
 EVICT_EVERY_SECONDS = 30.0
-# Size of the pieces a result file is read in.
-READ_CHUNK = 256 * 1024
-# A progress value is looked for in the first bytes of an SSE ``data:`` line only.
-_PROGRESS_SCAN = 4096
-
-
-class ResultBroken(Exception):
-    """The engine's answer broke off mid-body: a follower must abort its client."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One job while it lives in this process (queued or running, or just ended)."""
-
-    id: str
-    route: Route
-    client: str
-    held: bool  # created by a held connection (not durable across a restart)
-    method: str
-    target: str
-    headers: list[tuple[str, str]]  # the upstream request headers
-    coalesce_key: str | None
-    body_size: int
-    arrived: float  # loop clock
-    created_wall: float
-    predicted_done: float | None = None  # loop clock: the ETA given at arrival
-    state: JobState = JobState.QUEUED
-    reason: str | None = None
-    error_status: int | None = None  # gatekeeper's own status when it failed before a head
-    error_detail: str | None = None
-    started: float | None = None
-    finished: float | None = None
-    ticket: Ticket | None = None
-    task: asyncio.Task[None] | None = None
-    followers: int = 0  # held connections waiting for / streaming its answer now
-    async_owners: int = 0  # async requests that were given its id
-    coalesced: int = 0
-    head: tuple[int, str, list[tuple[str, str]]] | None = None
-    result_bytes: int = 0
-    progress: float | None = None
-    cancel_requested: bool = False
-    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def changed(self) -> asyncio.Event:
-        """The event set at the next change; take it *before* reading the state."""
-        return self._changed
-
-    def notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def wanted(self) -> bool:
-        """Someone still wants the answer (a held client, or an async owner)."""
-        return self.followers > 0 or self.async_owners > 0 or not self.held
-
-
-@dataclass(frozen=True)
-class Refused:
-    reason: QueueReason
-    status: int
-    retry_after: int
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Joined:
-    job: Job
-    coalesced: bool  # attached to a job that already existed
-
-
-@dataclass(frozen=True)
-class Kept:
-    row: JobRow  # a done job whose 2xx result is replayed
-
-
-Submitted = Refused | Joined | Kept
-
-
-def queue_limits(cfg: Config) -> QueueLimits:
-    q = cfg.admission.queue
-    return QueueLimits(max_waiting=q.max_waiting, max_wait=q.max_wait, per_client=q.per_client)
 
 
 class Jobs:
@@ -209,6 +119,10 @@ class Jobs:
         self._task = asyncio.create_task(self._tick(), name="gatekeeper-jobs")
         self.dispatch()
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def close(self) -> None:
         """Stop: runners still going are cancelled (their jobs end ``interrupted``)."""
         self._closing = True
@@ -228,7 +142,7 @@ class Jobs:
             job = self.live.get(w.job_id)
             if job is not None and job.held and job.async_owners == 0:
                 self.room.leave(job.id)
-                self._finish(job, JobState.CANCELLED, "draining", status=503)
+                self.finish(job, JobState.CANCELLED, "draining", status=503)
         self._changed_all()
 
     # ------------------------------------------------------------------ arrivals
@@ -338,9 +252,9 @@ class Jobs:
         }
         if reason == QueueReason.CLIENT_LIMIT:
             mine = [j for j in self.live.values() if j.client == client]
-            done_in = [self._eta(j, now)[1] for j in mine]
+            done_in = [self.eta(j, now)[1] for j in mine]
             return Refused(reason, 429, retry_after_client(done_in), fields)
-        remaining, slots, expected = self._running_remaining(now)
+        remaining, slots, expected = self.running_remaining(now)
         return Refused(
             reason,
             cfg.admission.reject_status,
@@ -382,7 +296,9 @@ class Jobs:
         self.store.mark_running(job.id, time.time())
         epoch = st.usage.enter()  # the runner may use this epoch's pools to its end
         rt = st.runtime
-        task = asyncio.create_task(self._run(job, rt.config, rt.gated), name=f"job-{job.id[:6]}")
+        task = asyncio.create_task(
+            jobrunner.run(self, job, rt.config, rt.gated), name=f"job-{job.id[:6]}"
+        )
         job.task = task
 
         def done(t: asyncio.Task[None]) -> None:
@@ -390,109 +306,18 @@ class Jobs:
             if not t.cancelled() and t.exception() is not None:
                 log.error("job %s… runner failed", job.id[:6], exc_info=t.exception())
                 if not job.final:
-                    self._finish(job, JobState.FAILED, "internal", status=500)
+                    self.finish(job, JobState.FAILED, "internal", status=500)
             if not job.final:  # cancelled before it could record why
-                self._finish(job, JobState.FAILED, "interrupted", status=503)
+                self.finish(job, JobState.FAILED, "interrupted", status=503)
             ticket.release()  # exactly once: here, whatever ended the task
 
         task.add_done_callback(done)
         job.notify()
         self._changed_all()
 
-    # ------------------------------------------------------------------ the runner
-
-    async def _run(self, job: Job, cfg: Config, pool: Any) -> None:
-        st, store = self.st, self.store
-        path = store.body_path(job.id) if job.body_size else None
-        headers = list(job.headers)
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        if job.body_size or job.method in ("POST", "PUT", "PATCH"):
-            headers.append(("Content-Length", str(job.body_size)))
-        writer: ResultWriter | None = None
-        upstream_done = False
-        sent_at = st.clock()
-        try:
-            try:
-                exchange = await pool.send(
-                    job.method,
-                    job.target,
-                    _multidict(headers),
-                    _file_chunks(path) if path is not None else None,
-                    max_body_bytes=cfg.limits.max_body_bytes,
-                    client_body_timeout=cfg.limits.client_body_timeout,
-                )
-            except UpstreamError as exc:
-                st.count_upstream_error(job.route.name, exc.kind)
-                log.warning(
-                    "job %s… upstream error: kind=%s status=%d: %s",
-                    job.id[:6],
-                    exc.kind,
-                    exc.status,
-                    exc.detail,
-                )
-                self._finish(job, JobState.FAILED, exc.reason, status=exc.status, detail=exc.detail)
-                return
-            try:
-                resp = exchange.response
-                head = downstream_response_headers(resp.headers)
-                pairs = list(head.items())
-                job.head = (resp.status, resp.reason or "", pairs)
-                store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
-                writer = store.result_writer(job.id)
-                job.notify()
-                scan = _ProgressScanner() if _is_sse(head) else None
-                async for chunk in resp.content.iter_any():
-                    writer.write(chunk)
-                    job.result_bytes += len(chunk)
-                    if scan is not None:
-                        p = scan.feed(chunk)
-                        if p is not None:
-                            job.progress = p
-                    job.notify()
-                upstream_done = True
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
-                st.count_upstream_error(job.route.name, kind)
-                log.warning(
-                    "job %s… engine failed mid-answer after %d bytes: kind=%s %r",
-                    job.id[:6],
-                    job.result_bytes,
-                    kind,
-                    exc,
-                )
-                if writer is not None:
-                    writer.abort()
-                self._finish(job, JobState.FAILED, f"upstream_{kind}_mid_body")
-                return
-            finally:
-                exchange.close(reuse=upstream_done)
-            assert writer is not None
-            size = writer.commit()
-            status = resp.status
-            elapsed = st.clock() - sent_at
-            st.metrics.upstream_duration.labels(job.route.name, str(status)).observe(elapsed)
-            store.set_progress(job.id, job.progress, size)
-            if job.cancel_requested:
-                self._finish(job, JobState.CANCELLED, "deleted")
-            elif 200 <= status < 300:
-                st.gate.estimator.observe(elapsed)
-                self._finish(job, JobState.DONE, None)
-            else:
-                self._finish(job, JobState.FAILED, "upstream_status")
-        except asyncio.CancelledError:
-            if writer is not None:
-                writer.abort()
-            if not job.final:
-                if self._closing:
-                    self._finish(job, JobState.FAILED, "interrupted", status=503)
-                else:
-                    why = "deleted" if job.cancel_requested else "client_gone"
-                    self._finish(job, JobState.CANCELLED, why, status=499)
-            raise
-
     # ------------------------------------------------------------------ endings
 
-    def _finish(
+    def finish(
         self,
         job: Job,
         state: JobState,
@@ -536,7 +361,7 @@ class Jobs:
                 job.id[:6],
                 now - job.arrived,
             )
-            self._finish(job, JobState.FAILED, QueueReason.QUEUE_TIMEOUT, status=503)
+            self.finish(job, JobState.FAILED, QueueReason.QUEUE_TIMEOUT, status=503)
 
     def detach(self, job: Job) -> None:
         """A held client of ``job`` is gone (disconnected, or it stopped reading)."""
@@ -545,7 +370,7 @@ class Jobs:
             return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
-            self._finish(job, JobState.CANCELLED, "client_gone", status=499)
+            self.finish(job, JobState.CANCELLED, "client_gone", status=499)
         elif (
             job.state == JobState.RUNNING
             and self.st.config.admission.on_client_disconnect == "cancel"
@@ -558,7 +383,7 @@ class Jobs:
         """DELETE: queued -> removed; running -> per on_client_disconnect."""
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
-            self._finish(job, JobState.CANCELLED, "deleted", status=409)
+            self.finish(job, JobState.CANCELLED, "deleted", status=409)
             self.dispatch()
         elif job.state == JobState.RUNNING and not job.cancel_requested:
             job.cancel_requested = True
@@ -620,15 +445,15 @@ class Jobs:
             return live
         return self.store.get(job_id)
 
-    def _running_remaining(self, now: float) -> tuple[list[float], int, float]:
+    def running_remaining(self, now: float) -> tuple[list[float], int, float]:
         gate = self.st.gate
         expected = gate.estimator.expected
         remaining = [max(0.0, expected - e) for e in gate.elapsed(now)]
         return remaining, gate.limits.max_in_flight, expected
 
-    def _eta(self, job: Job, now: float) -> tuple[float, float]:
+    def eta(self, job: Job, now: float) -> tuple[float, float]:
         """(starts_in, done_in) seconds for a live job."""
-        remaining, slots, expected = self._running_remaining(now)
+        remaining, slots, expected = self.running_remaining(now)
         if job.state == JobState.RUNNING:
             assert job.started is not None
             return 0.0, max(0.0, expected - (now - job.started))
@@ -639,196 +464,12 @@ class Jobs:
 
     def _eta_new(self, now: float) -> float:
         """Done-in for a job joining the end of the queue now."""
-        remaining, slots, expected = self._running_remaining(now)
+        remaining, slots, expected = self.running_remaining(now)
         if not self.room and len(remaining) < slots and self.st.gate.check(now) is None:
             return expected
         starts = start_delays(remaining, slots, len(self.room) + 1, expected)
         return starts[-1] + expected
 
     def retry_after_timeout(self, now: float) -> int:
-        from .waitroom import retry_after_timeout
-
-        remaining, slots, expected = self._running_remaining(now)
+        remaining, slots, expected = self.running_remaining(now)
         return retry_after_timeout(remaining, slots, len(self.room), expected)
-
-    def view(self, found: Job | JobRow, now: float, base: str) -> dict[str, Any]:
-        """The public JSON of one job (GET <jobs_path>/<id>, its events, the 202)."""
-        links = {
-            "self": f"{base}/{found.id}",
-            "events": f"{base}/{found.id}/events",
-            "result": f"{base}/{found.id}/result",
-        }
-        if isinstance(found, Job) and not found.final:
-            j = found
-            starts_in, done_in = self._eta(j, now)
-            waited = (j.started if j.started is not None else now) - j.arrived
-            return {
-                "id": j.id,
-                "state": j.state,
-                "route": j.route.name,
-                "position": self.room.position(j.id) if j.state == JobState.QUEUED else 0,
-                "eta_seconds": round(done_in, 1),
-                "starts_in_seconds": round(starts_in, 1),
-                "waited_seconds": round(waited, 1),
-                "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
-                "progress": j.progress,
-                "coalesced": j.coalesced,
-                "cancel_requested": j.cancel_requested,
-                "reason": None,
-                "result": None,
-                "links": links,
-            }
-        row = found if isinstance(found, JobRow) else self.store.get(found.id)
-        assert row is not None
-        started, finished = row.started, row.finished
-        return {
-            "id": row.id,
-            "state": row.state,
-            "route": row.route,
-            "position": None,
-            "eta_seconds": 0 if row.state not in FINAL_STATES else None,
-            "starts_in_seconds": None,
-            "waited_seconds": round((started or finished or row.created) - row.created, 1),
-            "elapsed_seconds": round(finished - started, 1)
-            if started is not None and finished is not None
-            else None,
-            "progress": row.progress,
-            "coalesced": row.coalesced,
-            "cancel_requested": False,
-            "reason": row.reason,
-            "result": {"status": row.result_status, "bytes": row.result_bytes}
-            if row.result_status is not None
-            else None,
-            "links": links,
-        }
-
-    def queue_status(self, now: float) -> dict[str, Any]:
-        """The ``queue`` object of the status document: no job id ever appears here."""
-        cfg = self.st.config
-        q = cfg.admission.queue
-        entries: list[dict[str, Any]] = []
-        running = sorted(
-            (j for j in self.live.values() if j.state == JobState.RUNNING),
-            key=lambda j: j.started or 0.0,
-        )
-        for j in running:
-            entries.append(self._entry(j, 0, now))
-        for pos, w in enumerate(self.room.order(), start=1):
-            job = self.live.get(w.job_id)
-            if job is not None:
-                entries.append(self._entry(job, pos, now))
-        full = len(self.room) >= q.max_waiting
-        remaining, slots, expected = self._running_remaining(now)
-        return {
-            "waiting": len(self.room),
-            "max_waiting": q.max_waiting,
-            "max_wait_seconds": q.max_wait,
-            "per_client": q.per_client,
-            "retry_after": retry_after_full(remaining, slots, expected) if full else None,
-            "entries": entries,
-        }
-
-    def _entry(self, j: Job, position: int, now: float) -> dict[str, Any]:
-        _, done_in = self._eta(j, now)
-        waited = (j.started if j.started is not None else now) - j.arrived
-        return {
-            "position": position,
-            "state": j.state,
-            "route": j.route.name,
-            "client": client_hash(j.client),
-            "held": j.held and j.async_owners == 0,
-            "waited_seconds": round(waited, 1),
-            "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
-            "eta_seconds": round(done_in, 1),
-            "coalesced": j.coalesced,
-        }
-
-    def jobs_status(self) -> dict[str, Any]:
-        return {
-            "results_bytes": self.store.results_bytes(),
-            "max_bytes": self.st.config.jobs.max_bytes,
-            "state_dir": str(self.state_dir),
-        }
-
-    # ------------------------------------------------------------------ following a result
-
-    async def follow(self, job: Job) -> AsyncIterator[bytes]:
-        """The result body as it is written; raises ResultBroken if the engine broke off."""
-        f = None
-        try:
-            while True:
-                ev = job.changed()
-                if f is None:
-                    p = self.store.result_path(job.id)
-                    if p is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            f = open(p, "rb")  # noqa: SIM115, ASYNC230 - page cache, as spool.py
-                if f is not None:
-                    data = f.read(READ_CHUNK)
-                    if data:
-                        yield data
-                        continue
-                if job.final:
-                    # Complete: a done job, or the engine's own failed answer. Anything
-                    # else that ended after the head (cut off, cancelled) is truncated
-                    # and must not pass for a whole answer.
-                    complete = job.state == JobState.DONE or (
-                        job.state == JobState.FAILED and job.reason == "upstream_status"
-                    )
-                    if job.head is not None and not complete:
-                        raise ResultBroken(job.reason or job.state)
-                    if f is None and job.head is not None and job.result_bytes:
-                        raise ResultBroken("result file missing")
-                    return
-                await ev.wait()
-        finally:
-            if f is not None:
-                f.close()
-
-
-def _multidict(pairs: list[tuple[str, str]]) -> Any:
-    from multidict import CIMultiDict
-
-    return CIMultiDict(pairs)
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
-        while chunk := f.read(READ_CHUNK):
-            yield chunk
-
-
-def _is_sse(headers: Any) -> bool:
-    return str(headers.get("Content-Type", "")).startswith("text/event-stream")
-
-
-class _ProgressScanner:
-    """Finds ``"progress": <0..1>`` in the JSON of SSE ``data:`` lines, incrementally."""
-
-    def __init__(self) -> None:
-        self._line = bytearray()
-
-    def feed(self, chunk: bytes) -> float | None:
-        found: float | None = None
-        for part in chunk.splitlines(keepends=True):
-            if len(self._line) < _PROGRESS_SCAN:
-                self._line += part[: _PROGRESS_SCAN - len(self._line)]
-            if part.endswith((b"\n", b"\r")):
-                p = _progress_of(bytes(self._line))
-                if p is not None:
-                    found = p
-                self._line.clear()
-        return found
-
-
-def _progress_of(line: bytes) -> float | None:
-    if not line.startswith(b"data:"):
-        return None
-    try:
-        data = json.loads(line[5:].strip())
-    except ValueError:
-        return None
-    p = data.get("progress") if isinstance(data, dict) else None
-    if isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1:
-        return float(p)
-    return None

@@ -29,6 +29,7 @@ from .headers import REQUEST_ID, end_to_end
 from .jobmodel import is_job_id
 from .jobs import Job, Jobs
 from .jobstore import JobRow
+from .jobviews import job_view
 from .vocab import FINAL_STATES, JobState
 
 KEEPALIVE_SECONDS = 15.0
@@ -80,16 +81,16 @@ class JobsApi:
             return await self._result(request, found, rid)
         if request.method == "DELETE":
             return self._delete(found, rid)
-        return job_json(200, self.jobs.view(found, self.clock(), self.base), rid)
+        return job_json(200, job_view(self.jobs, found, self.clock(), self.base), rid)
 
     def _delete(self, found: Job | JobRow, rid: str) -> web.Response:
         now = self.clock()
         if isinstance(found, Job) and not found.final:
             self.jobs.delete(found)
             return job_json(
-                200, self.jobs.view(self.jobs.find(found.id) or found, now, self.base), rid
+                200, job_view(self.jobs, self.jobs.find(found.id) or found, now, self.base), rid
             )
-        view = self.jobs.view(found, now, self.base)
+        view = job_view(self.jobs, found, now, self.base)
         return _answer(
             409,
             "job_finished",
@@ -157,7 +158,7 @@ class JobsApi:
                 found = self.jobs.find(job_id)
                 if found is None:
                     break
-                view = self.jobs.view(found, self.clock(), self.base)
+                view = job_view(self.jobs, found, self.clock(), self.base)
                 key = (view["state"], view["position"], view["progress"], view["result"])
                 if key != last:
                     last = key

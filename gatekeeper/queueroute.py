@@ -27,9 +27,12 @@ from .clientkey import client_key
 from .config import Config, Route
 from .errors import BadRequest
 from .headers import REQUEST_ID, end_to_end, upstream_request_headers
+from .joblive import ResultBroken
 from .jobmodel import BadHeader, check_idempotency_key, coalesce_key, new_job_id, wants_async
-from .jobs import Job, Joined, Kept, Refused, ResultBroken
+from .jobrunner import follow
+from .jobs import Job, Joined, Kept, Refused
 from .jobsapi import job_json
+from .jobviews import job_view
 from .record import RequestRecord
 from .relay import client_left, log
 from .routes import normalize_path
@@ -135,13 +138,13 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = jobs.view(result.row, now, base)
+                view = job_view(jobs, result.row, now, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await self._replay_kept(request, result, rec)
         job = result.job
         if want_async:
-            view = jobs.view(job, now, base)
+            view = job_view(jobs, job, now, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
         return await self._hold(request, cfg, route, job, coalesced, rec)
@@ -254,7 +257,7 @@ class QueueRoute:
         try:
             async with asyncio.timeout(send_timeout):
                 await out.prepare(request)
-            async for chunk in jobs.follow(job):
+            async for chunk in follow(jobs.store, job):
                 rec.bytes_out += len(chunk)
                 async with asyncio.timeout(send_timeout):
                     await out.write(chunk)

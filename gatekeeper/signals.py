@@ -90,27 +90,21 @@ def _upstream_errors(st: AppState, now: float) -> float:
 
 
 def queue_depth(st: AppState) -> int:
-    jobs = getattr(st, "jobs", None)
-    return 0 if jobs is None else int(jobs.depth())
+    return 0 if st.jobs is None else st.jobs.depth()
 
 
 def queue_oldest_wait(st: AppState, now: float) -> float:
-    jobs = getattr(st, "jobs", None)
-    return 0.0 if jobs is None else float(jobs.oldest_wait(now))
+    return 0.0 if st.jobs is None else st.jobs.oldest_wait(now)
 
 
 def results_bytes(st: AppState) -> int:
-    jobs = getattr(st, "jobs", None)
-    return 0 if jobs is None else int(jobs.results_bytes())
+    return 0 if st.jobs is None else st.jobs.results_bytes()
 
 
 def queue_limits(st: AppState) -> tuple[int, float]:
-    """(max_waiting, max_wait) of the live rules; the documented defaults before the
-    config knows ``admission.queue``."""
-    queue = getattr(st.config.admission, "queue", None)
-    if queue is None:
-        return 20, 1800.0
-    return int(queue.max_waiting), float(queue.max_wait)
+    """(max_waiting, max_wait) of the live rules."""
+    queue = st.config.admission.queue
+    return queue.max_waiting, queue.max_wait
 
 
 def _queue_full_ratio(st: AppState, now: float) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .jobviews import jobs_status, queue_status
 from .state import AppState
 
 
@@ -66,7 +67,7 @@ def status_document(st: AppState) -> dict[str, Any]:
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
         **(
-            {"queue": st.jobs.queue_status(now), "jobs": st.jobs.jobs_status()}
+            {"queue": queue_status(st.jobs, now), "jobs": jobs_status(st.jobs)}
             if st.jobs is not None
             else {}
         ),

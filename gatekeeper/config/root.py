@@ -212,12 +212,13 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     )
     rl.close()
     status_path, jobs_path = _paths(root)
+    admission = read_admission(root.section("admission"))
     cfg = Config(
         listen=listen,
         admin_listen=admin_listen,
         upstream=upstream,
         limits=read_limits(root.section("limits")),
-        admission=read_admission(root.section("admission")),
+        admission=admission,
         routes=read_routes(root.node_of("routes"), problems),
         messages=read_messages(root.section("messages")),
         status_path=status_path,
@@ -225,7 +226,12 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
         jobs=read_jobs(root.section("jobs")),
         shutdown=shutdown,
         reload=reload,
-        alerts=read_alerts(root.section("alerts"), problems, upstream.timeouts.read),
+        alerts=read_alerts(
+            root.section("alerts"),
+            problems,
+            upstream.timeouts.read,
+            max_wait=admission.queue.max_wait,
+        ),
     )
     root.close()
     return cfg
