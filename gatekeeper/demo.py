@@ -175,15 +175,25 @@ def _stop_all(children: list[subprocess.Popen[str]]) -> None:
 
 
 SONG_REQUEST = '{"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}'
+SONG_REQUEST_2 = '{"lyrics": "[verse] 山间的小路", "description": "folk, guitar, 80 bpm"}'
 
 
-def curl_generate(url: str, output: str) -> str:
+def curl_generate(url: str, output: str, request: str = SONG_REQUEST) -> str:
     """The copy-paste generation command. ``--fail-with-body`` (curl >= 7.76): a 503 exits
     22 so ``&& ls`` does not run, and its JSON answer stays readable in ``output``."""
     return (
         f"curl -sS --fail-with-body -X POST {url}/generate -H 'Content-Type: application/json' \\\n"
-        f"       -d '{SONG_REQUEST}' \\\n"
+        f"       -d '{request}' \\\n"
         f"       -o {output} -D - && ls -l {output}"
+    )
+
+
+def curl_async(url: str) -> str:
+    """The copy-paste async submission: 202 with Location and the job's JSON."""
+    return (
+        f"curl -sS -X POST {url}/generate -H 'Prefer: respond-async' "
+        f"-H 'Content-Type: application/json' \\\n"
+        f"       -d '{SONG_REQUEST_2}'"
     )
 
 
@@ -199,10 +209,19 @@ Generate a song (copy-paste):
 
   {curl_generate(url, "song1.wav")}
 
-While it runs, in a second terminal: 503 with Retry-After, the seconds the running
-song has left (song2.wav then holds gatekeeper's JSON answer, and `ls` does not run):
+While it runs, in a second terminal: another song waits its turn (its connection held,
+the frontend unchanged) and arrives when the first one is done; the first command run
+again instead attaches to the running song (X-Gatekeeper-Coalesced: 1, no second run):
 
-  {curl_generate(url, "song2.wav")}
+  {curl_generate(url, "song2.wav", SONG_REQUEST_2)}
+
+Or submit it as an async job (RFC 7240) and come back for it, as a batch frontend does
+for each of its songs (202 at once; GET it for position and ETA; the result when done):
+
+  {curl_async(url)}
+  curl -sS {url}/_gatekeeper/jobs/<id>            # state, position, eta_seconds
+  curl -sS -N {url}/_gatekeeper/jobs/<id>/events  # the same as SSE, until it ends
+  curl -sS -o song3.wav {url}/_gatekeeper/jobs/<id>/result
 
 The demo's rules set admission.expected_seconds to {args.seconds:g}s (the real engine's
 default is 600 s); after each song the estimate follows the measured durations.

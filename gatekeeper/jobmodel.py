@@ -66,28 +66,37 @@ def coalesce_key(
     query: str,
     body_sha256: str,
     idempotency_key: str | None,
+    client: str = "",
 ) -> str:
     """Hex SHA-256 naming the generation a request asks for.
 
     ``path`` is the normalised path (``routes.normalize_path``), ``query`` the
     raw query string, ``body_sha256`` the hex digest of the body. With an
-    ``Idempotency-Key`` it alone (within the route) decides: the client said
-    "this is the same operation", whatever the body.
+    ``Idempotency-Key`` it alone (within the route and the ``client`` key)
+    decides: the client said "this is the same operation", whatever the body.
+    Scoped to the client so two users' weak keys (``1``) never share a result.
     """
     if _SHA256_HEX.fullmatch(body_sha256) is None:
         raise ValueError(f"body_sha256 must be 64 lowercase hex digits, not {body_sha256!r}")
     parts: tuple[str, ...]
     if idempotency_key is not None:
-        parts = ("idem", route, idempotency_key)
+        parts = ("idem", route, client, idempotency_key)
     else:
         parts = ("req", route, method, path, query, body_sha256)
     canonical = "\0".join(_field(p) for p in parts)
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+# Keyed per process: an 8-hex-digit plain hash of an IPv4 address could be reversed by
+# trying all 2^32; with a secret key it only says "the same client" within one run.
+_CLIENT_HASH_KEY = secrets.token_bytes(16)
+
+
 def client_hash(client: str) -> str:
-    """First 8 hex chars of the client key's SHA-256: how /status shows a client."""
-    return hashlib.sha256(client.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    """8 hex chars of a keyed BLAKE2b of the client key: how /status shows a client
+    (stable within one process, meaningless outside it)."""
+    data = client.encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, key=_CLIENT_HASH_KEY, digest_size=4).hexdigest()
 
 
 class BadHeader(ValueError):

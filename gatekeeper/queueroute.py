@@ -98,6 +98,7 @@ class QueueRoute:
                     request.query_string,
                     spool.sha256 if spool is not None else EMPTY_SHA256,
                     idem,
+                    client=client,
                 )
             headers = upstream_request_headers(
                 request.headers,

@@ -101,8 +101,19 @@ def test_coalesce_key_is_the_documented_encoding() -> None:
     """The hash is over the NUL-joined canonical form the design fixes."""
     want = hashlib.sha256(f"req\0generate\0POST\0/generate\0seed=1\0{BODY}".encode()).hexdigest()
     assert coalesce_key(*BASE) == want
-    idem = hashlib.sha256(b"idem\0generate\0k-1").hexdigest()
-    assert coalesce_key("generate", "POST", "/generate", "", BODY, "k-1") == idem
+    idem = hashlib.sha256(b"idem\0generate\0ip:10.0.0.7\0k-1").hexdigest()
+    key = coalesce_key("generate", "POST", "/generate", "", BODY, "k-1", client="ip:10.0.0.7")
+    assert key == idem
+
+
+def test_idempotency_key_is_scoped_to_the_client() -> None:
+    """Two users sending the same weak key ("1") never share a job."""
+    a = coalesce_key("generate", "POST", "/generate", "", BODY, "1", client="hdr:alice")
+    b = coalesce_key("generate", "POST", "/generate", "", BODY, "1", client="hdr:bob")
+    assert a != b
+    # ... while the same user's key still decides alone, whatever the body.
+    other = hashlib.sha256(b"other").hexdigest()
+    assert a == coalesce_key("generate", "PUT", "/x", "q", other, "1", client="hdr:alice")
 
 
 @pytest.mark.parametrize(
@@ -128,10 +139,13 @@ def test_coalesce_key_wants_a_hex_digest(bad: str) -> None:
 
 
 def test_client_hash() -> None:
-    """A client key is shown as the first 8 hex digits of its SHA-256, never in full."""
-    assert client_hash("10.0.0.7") == hashlib.sha256(b"10.0.0.7").hexdigest()[:8]
+    """A client key is shown as 8 hex digits of a keyed hash: stable, never the key, and
+    not the plain SHA-256 (which would let anyone try all 2^32 IPv4 addresses)."""
+    assert client_hash("10.0.0.7") == client_hash("10.0.0.7")
     assert client_hash("10.0.0.7") != client_hash("10.0.0.8")
+    assert client_hash("10.0.0.7") != hashlib.sha256(b"10.0.0.7").hexdigest()[:8]
     assert len(client_hash("")) == 8
+    assert all(c in "0123456789abcdef" for c in client_hash("x"))
 
 
 @pytest.mark.parametrize(
