@@ -199,6 +199,7 @@ async def test_async_job_lifecycle_events_and_result(
     assert code == 200
     engine_headers, expected = await direct(http, engine, second)
     assert got == expected and len(got) > 100_000
+    assert got_headers["Content-Length"] == engine_headers["Content-Length"] == str(len(got))
     assert got_headers["Content-Type"] == engine_headers["Content-Type"] == "audio/wav"
     assert got_headers["X-Gatekeeper-Job"] == job_id
     assert "X-Generation-Id" in got_headers
