@@ -31,11 +31,12 @@ class Plan:
     download_bytes: int
     generation_seconds: float  # one generation in section e when the box is idle
     flood_connections: int
+    waiters: int  # section f: jobs in the waiting room at once
 
 
-FULL = Plan(5.0, 1.0, 3, 500, GiB, 5.0, 1000)
-QUICK = Plan(2.0, 1.0, 1, 500, 256 * MiB, 3.0, 1000)
-SMOKE = Plan(1.0, 0.0, 1, 100, 64 * MiB, 1.0, 1000)
+FULL = Plan(5.0, 1.0, 3, 500, GiB, 5.0, 1000, 1000)
+QUICK = Plan(2.0, 1.0, 1, 500, 256 * MiB, 3.0, 1000, 1000)
+SMOKE = Plan(1.0, 0.0, 1, 100, 64 * MiB, 1.0, 1000, 20)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ b. ``rejection``: gatekeeper's ``503 busy`` against nginx's and HAProxy's ``retu
 c. ``burst``: 500 simultaneous admits; exactly one forwarded, how fast the rest hear no.
 d. ``stream``: a 1 GiB download direct and through each proxy; each proxy's RSS.
 e. ``flood``: one generation's wall time, idle and under a 1,000-connection flood.
+f. ``queue``: the waiting room with 1,000 waiters: the pure core's operations, async
+   submissions, dispatch through the engine, 1,000 held connections at once.
 
 The run ends with a summary: gatekeeper's figures over each baseline's, measured in this
 run, against the issue's targets. Exit status: 0 when every check held (a missed target
@@ -53,6 +55,7 @@ from bench.burst import section_c
 from bench.flood import section_e
 from bench.passthrough import section_a
 from bench.procs import Services
+from bench.queue import section_f
 from bench.rejection import section_b
 from bench.report import FULL, QUICK, SMOKE, CheckFailed, GiB, Plan, Summary
 from bench.stream import section_d
@@ -65,6 +68,7 @@ SECTIONS: dict[str, Section] = {
     "c": section_c,
     "d": section_d,
     "e": section_e,
+    "f": section_f,
 }
 # Which binaries each section needs; each is the name of its Debian package too.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -73,6 +77,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "c": (),
     "d": ("haproxy",),
     "e": ("nginx", "wrk", "hey"),
+    "f": (),
 }
 
 
@@ -127,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="~2 s load phases, 1 repeat")
     size.add_argument("--smoke", action="store_true", help="every section, smallest (< 60 s)")
-    parser.add_argument("--sections", default="abcde", help="subset to run, e.g. a,c")
+    parser.add_argument("--sections", default="abcdef", help="subset to run, e.g. a,c")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = parser.parse_args(argv)
     sections = "".join(s for s in args.sections.lower() if s.isalnum())

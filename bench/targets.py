@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.procs import Service, Services, free_port
@@ -167,17 +168,29 @@ def cpu_engine(svcs: Services, work_seconds: float) -> tuple[Service, str]:
     return svc, f"http://127.0.0.1:{port}"
 
 
-def gatekeeper(svcs: Services, upstream: str, *, log_level: str = "WARNING") -> tuple[Service, str]:
-    """``gatekeeper run`` with the bench's rules; returns (service, proxy URL)."""
+def gatekeeper(
+    svcs: Services,
+    upstream: str,
+    *,
+    log_level: str = "WARNING",
+    admission: str = "",
+    name: str = "rules",
+    args: Sequence[str] = (),
+) -> tuple[Service, str]:
+    """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
+
+    ``admission`` is YAML added under :data:`BENCH_RULES`'s ``admission:`` (indented two
+    spaces), written to ``<name>.yaml``; ``args`` are more command-line flags."""
     port, admin = free_port(), free_port()
-    rules = svcs.workdir / "rules.yaml"
+    rules = svcs.workdir / f"{name}.yaml"
     if not rules.exists():
         readings = svcs.workdir / "readings.json"
         readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
-        rules.write_text(BENCH_RULES.format(readings=readings))
+        text = BENCH_RULES.format(readings=readings)
+        rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
     argv = [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
-    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", log_level]
+    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", log_level, *args]
     svc = svcs.start("gatekeeper", argv)
     svc.wait_for_line(r"admin listening on http://")
     return svc, f"http://127.0.0.1:{port}"

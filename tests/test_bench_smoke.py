@@ -2,7 +2,8 @@
 
 Figures are not asserted (speed is measured, not asserted in timed tests): only that
 the bench starts nginx, HAProxy, the bare proxy, engine-sim, cpu_engine and gatekeeper,
-measures each section, prints the summary against the issue's targets and exits 0.
+measures each section (f: the waiting room, 20 waiters), prints the summary against
+the issue's targets and exits 0.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ EXPECTED_ROWS = (
     "engine-sim  gatekeeper, wrk -c 1000",
     "cpu_engine  gatekeeper, wrk -c 1000",
     "cpu_engine  nginx return 503, wrk -c 1000",
+    "## f. waiting room (20 waiters)",
+    "pop_next (until empty)",
+    "async submissions (202)",
+    "dispatch: queue drained (0 s songs)",
+    "held drained, every client its 200",
     "## summary",
     "passthrough req/s, 32 conn, log WARNING",
     "rejections/s, 32 conns",
