@@ -164,6 +164,7 @@ async def section_f(svcs: Services, plan: Plan, summary: Summary) -> None:
             admission=QUEUE_RULES.format(n=n, per_client=n + 1),  # + the holder
             name="rules-f",
             args=["--state-dir", str(state_dir)],
+            action="queue",
         )
         status = proxy + STATUS_PATH
         pid = gk.pid

@@ -46,6 +46,16 @@ admission:
 shutdown:
   drain_timeout: 0s
   linger: 0s
+# Sections a-e measure the admit path (a flood is rejected at once); f, the waiting room,
+# asks for action "queue".
+routes:
+  - name: generate
+    match: {{methods: [POST], path: /generate/**}}
+    action: {action}
+  - name: batch-generate
+    match: {{methods: [POST], path: /batch-generate/**}}
+    action: block
+    status: 410
 """
 
 
@@ -176,6 +186,7 @@ def gatekeeper(
     admission: str = "",
     name: str = "rules",
     args: Sequence[str] = (),
+    action: str = "admit",
 ) -> tuple[Service, str]:
     """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
 
@@ -186,7 +197,7 @@ def gatekeeper(
     if not rules.exists():
         readings = svcs.workdir / "readings.json"
         readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
-        text = BENCH_RULES.format(readings=readings)
+        text = BENCH_RULES.format(readings=readings, action=action)
         rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
     argv = [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]

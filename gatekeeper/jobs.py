@@ -28,6 +28,7 @@ import logging
 import math
 import shutil
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,11 @@ class Jobs:
         self.state_dir = state_dir
         self.ephemeral = ephemeral  # a temporary directory, removed at close
         self.spool_dir = store.bodies_dir  # request bodies spool here: saving is a rename
+        # Closes the store (and removes a temporary directory) exactly once: at ``close``,
+        # or when this object is collected without it (a state built but never served).
+        self._release_store = weakref.finalize(
+            self, _release, store, state_dir if ephemeral else None
+        )
         self.room = WaitingRoom()
         self.live: dict[str, Job] = {}
         self._by_key: dict[str, Job] = {}
@@ -131,9 +137,7 @@ class Jobs:
             self._task = None
         runners = [j.task for j in self.live.values() if j.task is not None]
         await cancel_and_wait([t for t in runners if not t.done()])
-        self.store.close()
-        if self.ephemeral:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._release_store()
 
     def drain(self) -> None:
         """SIGTERM: held waiters hear 503 draining now; async jobs stay queued on disk
@@ -473,3 +477,9 @@ class Jobs:
     def retry_after_timeout(self, now: float) -> int:
         remaining, slots, expected = self.running_remaining(now)
         return retry_after_timeout(remaining, slots, len(self.room), expected)
+
+
+def _release(store: JobStore, temporary: Path | None) -> None:
+    store.close()
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -14,7 +14,7 @@ from .joblive import Job
 from .jobmodel import client_hash
 from .jobstore import JobRow
 from .vocab import FINAL_STATES, JobState
-from .waitroom import retry_after_full
+from .waitroom import retry_after_full, start_delays
 
 if TYPE_CHECKING:
     from .jobs import Jobs
@@ -81,14 +81,19 @@ def queue_status(jobs: Jobs, now: float) -> dict[str, Any]:
         (j for j in jobs.live.values() if j.state == JobState.RUNNING),
         key=lambda j: j.started or 0.0,
     )
+    remaining, slots, expected = jobs.running_remaining(now)
     for j in running:
-        entries.append(_entry(jobs, j, 0, now))
-    for pos, w in enumerate(jobs.room.order(), start=1):
+        assert j.started is not None
+        entries.append(_entry(j, 0, max(0.0, expected - (now - j.started)), now))
+    # One pass over the order and one schedule for all: linear in the queue (computing
+    # each entry's position and ETA on its own was quadratic: 50 ms at 1,000 waiters).
+    order = jobs.room.order()
+    starts = start_delays(remaining, slots, len(order), expected) if order else []
+    for pos, (w, start) in enumerate(zip(order, starts, strict=True), start=1):
         job = jobs.live.get(w.job_id)
         if job is not None:
-            entries.append(_entry(jobs, job, pos, now))
+            entries.append(_entry(job, pos, start + expected, now))
     full = len(jobs.room) >= q.max_waiting
-    remaining, slots, expected = jobs.running_remaining(now)
     return {
         "waiting": len(jobs.room),
         "max_waiting": q.max_waiting,
@@ -99,8 +104,7 @@ def queue_status(jobs: Jobs, now: float) -> dict[str, Any]:
     }
 
 
-def _entry(jobs: Jobs, j: Job, position: int, now: float) -> dict[str, Any]:
-    _, done_in = jobs.eta(j, now)
+def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:
     waited = (j.started if j.started is not None else now) - j.arrived
     return {
         "position": position,

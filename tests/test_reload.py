@@ -68,7 +68,7 @@ admission:
                 Change(
                     "routes",
                     [
-                        "generate: POST /generate/** admit",
+                        "generate: POST /generate/** queue",
                         "batch-generate: POST /batch-generate/** block -> 410",
                     ],
                     ["g: * /g admit"],
@@ -261,6 +261,11 @@ admission:
 reload:
   watch: {watch}
   watch_interval: 50ms
+# These tests are about admit-route semantics (busy at once); the waiting room has its own.
+routes:
+  - name: generate
+    match: {{methods: [POST], path: /generate/**}}
+    action: admit
 """
 
 

@@ -30,6 +30,11 @@ admission:
 reload:
   watch: {watch}
   watch_interval: 100ms
+# About admit-route semantics (busy at once); the waiting room has its own tests.
+routes:
+  - name: generate
+    match: {{methods: [POST], path: /generate/**}}
+    action: admit
 """
 
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
