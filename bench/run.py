@@ -55,10 +55,10 @@ from bench.burst import section_c
 from bench.flood import section_e
 from bench.passthrough import section_a
 from bench.procs import Services
-from bench.queue import section_f
 from bench.rejection import section_b
 from bench.report import FULL, QUICK, SMOKE, CheckFailed, GiB, Plan, Summary
 from bench.stream import section_d
+from bench.waiting import section_f
 
 ROOT = Path(__file__).resolve().parent.parent
 Section = Callable[[Services, Plan, Summary], Awaitable[None]]
