@@ -83,6 +83,9 @@ def _resource_line(doc: dict[str, Any], key: str, label: str, width: int) -> str
     return line + ("  OVERLOADED" if over else "")
 
 
+_CLASSIC_OUTCOMES = frozenset({"admitted", "passed", "rejected", "blocked"})
+
+
 def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> list[str]:
     """The status document as a multi-line summary for ``gatekeeper status``."""
     reasons = doc.get("reasons") or []
@@ -112,7 +115,8 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
     lines.append(_resource_line(doc, "memory_percent", "memory", width))
     lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
     counts = doc.get("counts") or {}
-    outcomes = OUTCOMES
+    # queued/coalesced exist since the waiting room (issue #9): an older document has none.
+    outcomes = [k for k in OUTCOMES if k in counts or k in _CLASSIC_OUTCOMES]
     lines.append(f"  {'requests':<11} " + "  ".join(f"{k} {counts.get(k, 0)}" for k in outcomes))
     by_reason = doc.get("rejections_by_reason") or {}
     if by_reason:

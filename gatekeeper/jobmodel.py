@@ -70,8 +70,9 @@ def coalesce_key(
 ) -> str:
     """Hex SHA-256 naming the generation a request asks for.
 
-    ``path`` is the normalised path (``routes.normalize_path``), ``query`` the
-    raw query string, ``body_sha256`` the hex digest of the body. With an
+    ``path`` is the path exactly as forwarded (not normalised: the engine may treat
+    ``/generate/`` and ``/generate`` differently), ``query`` the raw query string,
+    ``body_sha256`` the hex digest of the body. With an
     ``Idempotency-Key`` it alone (within the route and the ``client`` key)
     decides: the client said "this is the same operation", whatever the body.
     Scoped to the client so two users' weak keys (``1``) never share a result.

@@ -35,7 +35,6 @@ from .jobsapi import job_json
 from .jobviews import job_view
 from .record import RequestRecord
 from .relay import client_left, log
-from .routes import normalize_path
 from .spool import Spool, take_body
 from .upstream import ClientGone
 from .vocab import JobState, Outcome
@@ -88,13 +87,17 @@ class QueueRoute:
                 )
             except ClientGone:
                 return client_left(st, route, rec, "sending the request body")
+            rec.bytes_in = spool.size
         try:
             key = None
             if cfg.jobs.coalesce:
                 key = coalesce_key(
                     route.name,
                     request.method,
-                    normalize_path(request.path),
+                    # The target exactly as forwarded: the engine sees /generate/ and
+                    # /generate as different paths (and may answer one 404), so they
+                    # are different generations.
+                    request.raw_path.partition("?")[0],
                     request.query_string,
                     spool.sha256 if spool is not None else EMPTY_SHA256,
                     idem,
@@ -265,6 +268,8 @@ class QueueRoute:
             async with asyncio.timeout(send_timeout):
                 await out.write_eof()
             rec.status = status
+            if job.started is not None and job.finished is not None:
+                rec.upstream_seconds = job.finished - job.started  # the engine's whole answer
         except ResultBroken as exc:
             rec.reason = job.reason or "upstream_mid_body"
             log.warning(

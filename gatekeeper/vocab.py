@@ -19,8 +19,9 @@ class Outcome(StrEnum):
     PASSED = "passed"
     REJECTED = "rejected"
     BLOCKED = "blocked"
-    # An async job accepted with 202 (a held request that waited and was then
-    # admitted is still ADMITTED).
+    # A queue-route request that found no free slot and waits its turn (held or an
+    # async job accepted with 202). Counted once, at arrival: one that starts at once
+    # is ADMITTED, and a waiter later dispatched is not counted again.
     QUEUED = "queued"
     # Attached to an existing job, or answered by replaying a kept result.
     COALESCED = "coalesced"

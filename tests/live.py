@@ -69,9 +69,9 @@ class Live:
             time.sleep(0.05)
             doc = self.status()
 
-    def start_generation(self) -> Generation:
+    def start_generation(self, song: dict[str, Any] | None = None) -> Generation:
         """POST /generate in a thread; returns once gatekeeper has admitted it."""
-        gen = Generation(self.proxy)
+        gen = Generation(self.proxy, song)
         gen.start()
         self.wait_status(lambda d: d["in_flight"] >= 1)
         return gen
@@ -89,16 +89,17 @@ def write_resources(path: Path, cpu: float, memory: float) -> None:
 class Generation(threading.Thread):
     """One admitted generation running in the background; ``status`` once it ended."""
 
-    def __init__(self, proxy: str):
+    def __init__(self, proxy: str, song: dict[str, Any] | None = None):
         super().__init__(daemon=True)
         self.proxy = proxy
+        self.song = SONG if song is None else song  # another song: not coalesced with SONG
         self.status: int | None = None
         self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             with httpx.Client(timeout=60, trust_env=False) as c:
-                self.status = c.post(self.proxy + "/generate", json=SONG).status_code
+                self.status = c.post(self.proxy + "/generate", json=self.song).status_code
         except httpx.HTTPError as exc:  # gatekeeper stopped mid-generation at teardown
             self.error = exc
 

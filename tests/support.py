@@ -25,6 +25,21 @@ import yaml
 REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
 
 
+def _admit_routes() -> str:
+    """The shipped routes with /generate as an ``admit`` route (no free slot: 503 busy at
+    once). Tests about admit semantics append this to their rules; the shipped default
+    is ``queue`` (the waiting room), which has its own tests."""
+    shipped = yaml.safe_load(
+        (Path(__file__).parent.parent / "gatekeeper" / "rules.yaml").read_text("utf-8")
+    )
+    routes = [{**r, "action": "admit"} if r["name"] == "generate" else r for r in shipped["routes"]]
+    assert any(r["action"] == "admit" for r in routes)
+    return "\n" + yaml.safe_dump({"routes": routes}, allow_unicode=True, sort_keys=False)
+
+
+ADMIT_ROUTES = _admit_routes()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -155,7 +155,9 @@ def test_promtool_check_rules() -> None:
         [promtool, "check", "rules", str(CHECKED_IN)], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout
+    count = len(load_config_file(PACKAGED).alerts.rules)
+    assert count == 9  # cpu, memory, rejections, upstream x2, stuck, reload, queue x2
+    assert f"SUCCESS: {count} rules found" in res.stdout
 
 
 def test_promtool_unit_tests_cover_every_rule_firing_and_not() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from live import Live, start_live
-from support import Proc, free_port
+from support import ADMIT_ROUTES, Proc, free_port
 
 from gatekeeper.cli import DEFAULT_ADMIN_URL, default_admin_url
 from gatekeeper.display import status_line, status_report
@@ -247,11 +247,12 @@ def test_invalid_rules_file_for_the_default_url_exits_2(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """One real gatekeeper with a generation running and one busy rejection."""
+    """One real gatekeeper with a generation running and one busy rejection (an admit
+    route: the waiting room's view is tested with the queue)."""
     tmp = tmp_path_factory.mktemp("status-cli")
     procs: list[Proc] = []
     try:
-        live = start_live(tmp, procs, engine_seconds=60, expected=120)
+        live = start_live(tmp, procs, engine_seconds=60, expected=120, extra=ADMIT_ROUTES)
         live.start_generation()
         assert live.post("/generate", json={}).status_code == 503
         yield live

@@ -21,7 +21,15 @@ def test_request_counts_both_views() -> None:
     c.request("generate", "admitted")
     c.request("files", "passed")
     c.request("generate", "admitted")
-    assert c.outcomes == {"admitted": 2, "passed": 1, "rejected": 0, "blocked": 0}
+    c.request("generate", "queued")
+    assert c.outcomes == {
+        "admitted": 2,
+        "passed": 1,
+        "rejected": 0,
+        "blocked": 0,
+        "queued": 1,
+        "coalesced": 0,
+    }
     assert sample(m, "gatekeeper_requests_total", route="generate", outcome="admitted") == 2
     assert sample(m, "gatekeeper_requests_total", route="files", outcome="passed") == 1
 

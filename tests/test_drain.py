@@ -197,7 +197,7 @@ async def test_sigterm_with_nothing_running_exits_at_once(
 
 
 async def test_aiohttp_shutdown_timeout_does_not_cut_the_drain_short(
-    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """With aiohttp's close grace far below the song length, drain + stop still deliver it."""
     monkeypatch.setattr(app_module, "CLOSE_GRACE_SECONDS", 0.05)
@@ -214,6 +214,7 @@ async def test_aiohttp_shutdown_timeout_does_not_cut_the_drain_short(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n"
         f"upstream: {{url: '{server.make_url('')}'}}\n"
         "shutdown: {drain_timeout: 10s, linger: 0s}\n"
+        f"jobs: {{dir: '{tmp_path / 'state'}'}}\n"  # not ./gatekeeper-state: no kept result
     )
     gk = Gatekeeper(cfg)
     await gk.start()

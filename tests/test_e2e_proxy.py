@@ -19,20 +19,32 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from support import Proc, free_port, send_generation, start_engine, start_gatekeeper
+from support import (
+    ADMIT_ROUTES,
+    Proc,
+    free_port,
+    send_generation,
+    start_engine,
+    start_gatekeeper,
+)
 
 from gatekeeper.enginesim import gzip_plain_body
 
 GEN = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop"}
 
 
-def rules(readings: Path, admission: str = "", upstream: str = "", tail: str = "") -> str:
+def rules(
+    readings: Path, admission: str = "", upstream: str = "", tail: str = "", queue: bool = False
+) -> str:
     """Rules text: short intervals, plus extra indented lines under admission/upstream.
 
     CPU and memory come from the ``readings`` file, never from psutil: on a 2-core box
     running the test suite, real CPU often exceeds 90 % and admission would (rightly)
-    reject the requests a test is about.
+    reject the requests a test is about. /generate is an ``admit`` route (these tests are
+    about the proxy path and admission) unless ``queue`` or ``tail`` gives routes.
     """
+    if not queue and "routes:" not in tail:
+        tail += ADMIT_ROUTES
     if not readings.exists():
         readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
     return (
@@ -58,6 +70,19 @@ def gk(
 ) -> Iterator[tuple[Proc, str, str]]:
     tmp = tmp_path_factory.mktemp("gk")
     proc, url, admin = start_gatekeeper(tmp, rules(tmp / "calm.json"), engine[1])
+    yield proc, url, admin
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.output()
+
+
+@pytest.fixture(scope="module")
+def gk_queue(
+    engine: tuple[Proc, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Proc, str, str]]:
+    """The shipped queue route; per_client 5 so one test client may queue 5."""
+    tmp = tmp_path_factory.mktemp("gkq")
+    text = rules(tmp / "calm.json", admission="  queue: {per_client: 5}\n", queue=True)
+    proc, url, admin = start_gatekeeper(tmp, text, engine[1])
     yield proc, url, admin
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
@@ -265,19 +290,26 @@ async def test_block_and_open_proxy_refusals(
     assert requests == {}
 
 
+@pytest.mark.parametrize("action", ["admit", "queue"])
 @pytest.mark.parametrize(
     "path", ["/generate/stream", "//generate", "/generate/", "/generate;x", "/./generate"]
 )
 async def test_every_way_to_start_a_generation_is_admitted_once(
-    path: str, gk: tuple[Proc, str, str], engine: tuple[Proc, str], http: aiohttp.ClientSession
+    path: str,
+    action: str,
+    request: pytest.FixtureRequest,
+    engine: tuple[Proc, str],
+    http: aiohttp.ClientSession,
 ) -> None:
-    """5 at once on a work endpoint or a non-normal spelling of it: the engine runs one."""
-    _, url, admin = gk
+    """5 at once on a work endpoint or a non-normal spelling of it: the engine runs one at
+    a time (admit: one, the rest 503; queue: all five, one after another)."""
+    _, url, admin = request.getfixturevalue("gk" if action == "admit" else "gk_queue")
     await http.post(engine[1] + "/_sim/reset")
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({**GEN, "seconds": 0.5}).encode()
 
-    async def one() -> bytes:
+    async def one(i: int) -> bytes:
+        # Five different songs: identical ones would (rightly) be coalesced into one job.
+        body = json.dumps({**GEN, "lyrics": f"song {i}", "seconds": 0.5}).encode()
         # Raw bytes: aiohttp's client would normalise the path before sending it.
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
@@ -297,8 +329,9 @@ async def test_every_way_to_start_a_generation_is_admitted_once(
             m = re.search(r"^gatekeeper_requests_total\{" + labels + r"\} ([0-9.e+]+)$", text, re.M)
             return float(m.group(1)) if m else 0.0
 
-        gated = value('outcome="admitted",route="generate"') + value(
-            'outcome="rejected",route="generate"'
+        gated = sum(
+            value(f'outcome="{outcome}",route="generate"')
+            for outcome in ("admitted", "rejected", "queued", "coalesced")
         )
         return gated, value('outcome="passed",route="default"')
 
@@ -306,10 +339,13 @@ async def test_every_way_to_start_a_generation_is_admitted_once(
     # simulator keeps computing) is counted in the peak; ours may add at most one.
     leftover = (await get_json(http, engine[1] + "/_sim/stats"))["active_generations"]
     before = await counts()
-    answers = await asyncio.gather(*(one() for _ in range(5)))
+    answers = await asyncio.gather(*(one(i) for i in range(5)))
     after = await counts()
     assert after[0] - before[0] == 5, [a[:60] for a in answers]  # all 5 went through the gate
     assert after[1] == before[1]  # none passed around it
+    if action == "queue":  # each waited and got the engine's own answer (it may 404 a spelling)
+        heads = [a.partition(b"\r\n\r\n")[0] for a in answers]
+        assert not any(b"X-Gatekeeper-Reason" in h for h in heads), heads
     st = await get_json(http, engine[1] + "/_sim/stats")
     assert st["peak_active_generations"] <= leftover + 1, st
     await wait_in_flight(http, admin, 0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import Proc, start_engine, start_gatekeeper
+from support import ADMIT_ROUTES, Proc, start_engine, start_gatekeeper
 
 GEN = {"lyrics": "[verse] la", "description": "pop", "seconds": 0.3}
 GEN_BODY = json.dumps(GEN).encode()
@@ -32,6 +32,7 @@ upstream:
   probe:
     interval: 30s
 """
+RULES += ADMIT_ROUTES  # hostile clients against the admit path (busy: 503 at once)
 
 
 @pytest.fixture(scope="module")

@@ -337,6 +337,10 @@ async def test_duplicate_while_running_is_coalesced(
     assert h2["X-Gatekeeper-Coalesced"] == "1"
     assert await generations(http, engine) == 1
     assert (await stats(http, engine))["completed_generations"] == 1
+    # The same body to another spelling of the path is another request to the engine
+    # (which does not serve /generate/): never answered from the kept result.
+    async with http.post(url + "/generate/", json=body) as r:
+        assert r.status == 404 and "X-Gatekeeper-Coalesced" not in r.headers
 
     key = {"Idempotency-Key": "order-4711"}
     c1, _, v1 = await submit(http, url, song("first words", 0.5), **key)

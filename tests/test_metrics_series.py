@@ -138,8 +138,8 @@ class FakeJobs:
 
 
 async def test_queue_gauges_read_the_waiting_room_at_scrape_time() -> None:
-    """Without a waiting room the queue gauges read 0 and the limits their defaults;
-    with one, a scrape reads its depth, the oldest wait at the state's clock and the
+    """An empty waiting room reads 0 and the limits their defaults; with waiters, a
+    scrape reads its depth, the oldest wait at the state's clock and the
     kept results' bytes as they are then."""
     now = [500.0]
     st = await create_state(load_config(RULES), clock=lambda: now[0], metrics=Metrics())
@@ -158,14 +158,16 @@ async def test_queue_gauges_read_the_waiting_room_at_scrape_time() -> None:
                 )
             )
 
-        assert getattr(st, "jobs", None) is None
+        real = st.jobs
+        assert real is not None and real.depth() == 0
         assert gauges() == (0, 20, 0, 1800, 0)
         jobs = FakeJobs(3, oldest_arrival=440.0, results=12345)
-        st.jobs = jobs  # type: ignore[attr-defined]
+        st.jobs = jobs  # type: ignore[assignment]
         assert gauges() == (3, 20, 60, 1800, 12345)
         now[0] += 30
         jobs._depth, jobs.results = 2, 99
         assert gauges() == (2, 20, 90, 1800, 99)
         assert sample(m, "gatekeeper_eta_error_ratio_count") == 0  # exported before any job
+        st.jobs = real
     finally:
         await st.runtime.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from support import ADMIT_ROUTES
 
 from gatekeeper.admission import DurationEstimator, Gate, Limits, ResourceState
 from gatekeeper.config import Config, load_config
-from gatekeeper.plan import Forward, Refuse, ServeStatus, plan
+from gatekeeper.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
 from gatekeeper.routes import Router
 
-CFG = load_config("limits: {max_body_bytes: 1000}\nadmission: {retry_after_default: 30}")
+BASE = "limits: {max_body_bytes: 1000}\nadmission: {retry_after_default: 30}\n"
+CFG = load_config(BASE + ADMIT_ROUTES)  # /generate is an admit route
+QCFG = load_config(BASE)  # the shipped routes: /generate is a queue route
 
 
 def gate(*, busy: bool = False, cpu: bool = False, draining: bool = False) -> Gate:
@@ -57,12 +60,39 @@ def test_plan_table(
 ) -> None:
     """Status, block, 413, pass, reject and admit, in that order of precedence."""
     got = decide(method, path, length, g)
+    assert shape(got) == expected
+
+
+def shape(got: object) -> object:
     if isinstance(got, Refuse):
-        assert ("refuse", got.status, got.reason, got.outcome) == expected
-    elif isinstance(got, Forward):
-        assert ("forward", got.route.name, got.gated) == expected
-    else:
-        assert got == expected
+        return ("refuse", got.status, got.reason, got.outcome)
+    if isinstance(got, Forward):
+        return ("forward", got.route.name, got.gated) + (("queued",) if got.queued else ())
+    return got
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "length", "g", "expected"),
+    [
+        ("GET", "/_gatekeeper/jobs/abc", None, None, ServeJobs("/abc")),
+        ("DELETE", "/_gatekeeper/jobs/abc", None, None, ServeJobs("/abc")),
+        ("GET", "/_gatekeeper/jobs", None, None, ServeJobs("")),
+        ("GET", "/_gatekeeper/jobsx", None, None, ("forward", "default", False)),
+        ("POST", "/generate", None, None, ("forward", "generate", True, "queued")),
+        # No free slot or high CPU: the waiting room decides after the body, not plan.
+        ("POST", "/generate", None, gate(busy=True), ("forward", "generate", True, "queued")),
+        ("POST", "/generate/stream", None, gate(cpu=True), ("forward", "generate", True, "queued")),
+        ("POST", "/generate", None, gate(draining=True), ("refuse", 503, "draining", "rejected")),
+        ("POST", "/generate", 1001, None, ("refuse", 413, "body_too_large", "rejected")),
+        ("POST", "/batch-generate", None, None, ("refuse", 410, "blocked", "blocked")),
+    ],
+)
+def test_plan_table_with_the_waiting_room(
+    method: str, path: str, length: int | None, g: Gate | None, expected: object
+) -> None:
+    """The shipped routes: jobs endpoints, queue routes forwarded to the waiting room,
+    except while draining (a wait would outlive the process)."""
+    assert shape(decide(method, path, length, g, QCFG)) == expected
 
 
 def test_a_rejection_carries_an_honest_retry_after() -> None:

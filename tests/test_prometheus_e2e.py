@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live import Live, start_live
+from live import SONG, Generation, Live, start_live
 from support import Proc, find_binary, free_port, stop_process
 
 from gatekeeper import metrics as metrics_module
@@ -105,8 +105,9 @@ scrape_configs:
 
 @pytest.fixture(scope="module")
 def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, Prometheus]]:
-    """gatekeeper + engine-sim + Prometheus, after admitted, passed, rejected (busy, cpu),
-    blocked and upstream-failed requests."""
+    """gatekeeper + engine-sim + Prometheus (the shipped rules: /generate is a queue
+    route), after admitted, queued, passed, rejected (client_limit), blocked and
+    upstream-failed requests."""
     tmp_path = tmp_path_factory.mktemp("prometheus-e2e")
     procs: list[Proc] = []
     try:
@@ -124,25 +125,24 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, Pro
             assert time.monotonic() < deadline, prom.log.read_text(errors="replace")
             time.sleep(0.1)
         gen = live.start_generation()
-        assert live.post("/generate", json={}).status_code == 503  # busy
+        # A histogram series is born with its first observation, which increase() cannot
+        # see; the second generation (it waits its turn) is the one the quantiles count.
+        second = Generation(live.proxy, {**SONG, "lyrics": "[verse] second song"})
+        second.start()
+        live.wait_status(lambda d: d["queue"]["waiting"] == 1)
+        third = live.post("/generate", json={**SONG, "lyrics": "[verse] a third"})
+        assert third.status_code == 429  # per_client 2: one running, one waiting
+        assert third.headers["X-Gatekeeper-Reason"] == "client_limit"
         assert live.post("/batch-generate", json={}).status_code == 410  # blocked
         gen.join(timeout=20)
         assert gen.status == 200, gen.error
-        # A histogram series is born with its first observation, which increase() cannot
-        # see; the second generation is the one the duration quantiles count.
-        second = live.start_generation()
         second.join(timeout=20)
         assert second.status == 200, second.error
         # The engine breaks a response mid-body: an upstream protocol error.
         with pytest.raises(httpx.HTTPError):
             live.client.get(live.proxy + "/_sim/abort?after=1000")
         assert live.client.get(live.proxy + "/healthz").status_code == 200  # passed
-        live.set_resources(cpu=97, memory=30)
-        live.wait_status(lambda d: d["overloaded"]["cpu"] is True)
-        rejected = live.post("/generate", json={})
-        assert rejected.headers["X-Gatekeeper-Reason"] == "cpu"
-        live.set_resources(cpu=20, memory=30)
-        live.wait_status(lambda d: d["accepting"] is True)
+        live.wait_status(lambda d: d["accepting"] is True and d["in_flight"] == 0)
         yield live, prom
     finally:
         live.close()
@@ -199,11 +199,11 @@ def test_every_dashboard_query_returns_a_series(driven: tuple[Live, Prometheus])
                 for title, ref, expr in queries
                 if not prom.query(client, substitute(expr, instance))
             ]
-            cpu_rejections = prom.query(
+            last_rejection = prom.query(
                 client,
-                f'gatekeeper_rejections_total{{instance="{instance}",reason="cpu"}}',
+                f'gatekeeper_rejections_total{{instance="{instance}",reason="client_limit"}}',
             )
-            if not empty and cpu_rejections and cpu_rejections[0]["value"][1] == "1":
+            if not empty and last_rejection and last_rejection[0]["value"][1] == "1":
                 break
             time.sleep(0.5)
         exempt = [q for q in empty if "gatekeeper_alerts_firing" in q and not alerts_defined]
@@ -226,11 +226,13 @@ def test_every_dashboard_query_returns_a_series(driven: tuple[Live, Prometheus])
         exprs = {(title, ref): expr for title, ref, expr in queries}
         # The numbers behind the panels are the ones the test caused.
         assert value(exprs[("Admission", "A")]) == 0  # accepting again: nothing running
-        assert value(exprs[("Requests in the time range", "A")], outcome="admitted") == 2
-        assert value(exprs[("Requests in the time range", "A")], outcome="blocked") == 1
-        assert value(exprs[("Requests in the time range", "A")], outcome="rejected") == 2
+        requests = exprs[("Requests in the time range", "A")]
+        assert value(requests, outcome="admitted") == 1  # started at once
+        assert value(requests, outcome="queued") == 1  # waited its turn
+        assert value(requests, outcome="blocked") == 1
+        assert value(requests, outcome="rejected") == 1
         by_reason = exprs[("Turned away in the time range, by reason", "A")]
-        for reason in ("busy", "cpu", "blocked"):
+        for reason in ("client_limit", "blocked"):
             assert value(by_reason, reason=reason) == 1, reason
         errors = 'gatekeeper_upstream_errors_total{instance=~"$instance",kind="protocol"}'
         assert value(errors) == 1

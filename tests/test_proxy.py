@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from support import eventually, free_port, poll
+from support import ADMIT_ROUTES, eventually, free_port, poll
 
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
@@ -45,14 +45,21 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def rules(upstream_url: str, **extra: Any) -> Config:
-    """A validated Config for the test: short defaults plus ``extra`` merged in as YAML keys."""
+    """A validated Config for the test: short defaults plus ``extra`` merged in as YAML keys.
+
+    This file tests the proxy path itself, so /generate is an ``admit`` route (no free
+    slot: 503 at once); tests of the waiting room pass ``routes=QUEUE_ROUTES``."""
     base: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:1",
         "upstream": {"url": upstream_url},
         "admission": {"retry_after_default": 7, "expected_seconds": 60},
+        "routes": yaml.safe_load(ADMIT_ROUTES)["routes"],
     }
     return load_config(yaml.safe_dump(merge(base, extra)))
+
+
+QUEUE_ROUTES = [{"name": "generate", "match": {"path": "/generate/**"}, "action": "queue"}]
 
 
 class Gk:
@@ -406,6 +413,37 @@ async def test_hysteresis_through_file_source(
     assert await status_after(20, 95) == (503, "memory")
     assert await status_after(20, 85) == (503, "memory")
     assert await status_after(20, 79) == (200, None)
+
+
+async def test_high_cpu_holds_the_queue_instead_of_failing_it(
+    engine: TestServer, gatekeeper: Any, tmp_path: Path
+) -> None:
+    """On a queue route, CPU over reject_above holds dispatch: the request waits (nothing
+    reaches the engine, it is not failed) and is served once CPU is under recover_below."""
+    f = tmp_path / "res.json"
+    f.write_text('{"cpu_percent": 95, "memory_percent": 10}')
+    cfg = rules(
+        url(engine),
+        routes=QUEUE_ROUTES,
+        admission={"sample_interval": 0.05, "resources": {"source": "file", "file": str(f)}},
+    )
+    gk = await gatekeeper(cfg, monitor=True)
+    jobs = gk.state.jobs
+    assert jobs is not None
+    assert await eventually(lambda: gk.state.gate.resources.cpu_percent == 95)
+    held = asyncio.create_task(gk.client.post("/generate", json={**GEN, "seconds": 0.01}))
+    assert await eventually(lambda: jobs.depth() == 1)
+    f.write_text('{"cpu_percent": 80, "memory_percent": 10}')  # between the thresholds
+    assert await eventually(lambda: gk.state.gate.resources.cpu_percent == 80)
+    await asyncio.sleep(0.3)
+    assert not held.done() and jobs.depth() == 1
+    assert "POST /generate" not in (await stats(engine))["requests"]
+    f.write_text('{"cpu_percent": 74, "memory_percent": 10}')
+    resp = await asyncio.wait_for(held, 10)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "audio/wav"
+    resp.release()
+    assert (await stats(engine))["requests"]["POST /generate"] == 1
+    assert jobs.depth() == 0 and gk.state.gate.in_flight == 0
 
 
 # --------------------------------------------------------------------------- upstream failures

@@ -94,7 +94,11 @@ def _check_access(records: list[dict[str, Any]], made_id: str) -> None:
     assert by_path["/_sim/echo/a"]["request_id"] == "req-given-42"
     assert by_path["/_sim/echo/b"]["request_id"] == made_id
     song = by_path["/generate"]
-    assert (song["route"], song["action"], song["decision"]) == ("generate", "admit", "admitted")
+    assert (song["route"], song["action"], song["decision"]) == (
+        "generate",
+        "queue",
+        "admitted",
+    )  # found the slot free
     assert str(song["upstream_status"]) == "200" and str(song["status"]) == "200"
     assert int(song["bytes_out"]) > 1000 and int(song["bytes_in"]) > 0
     assert float(song["upstream_s"]) >= 0.3

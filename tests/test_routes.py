@@ -39,9 +39,10 @@ def test_glob_table(pattern: str, path: str, matches: bool) -> None:
 
 
 def test_default_routes() -> None:
-    """Default rules: POST /generate admits, POST /batch-generate blocks, the rest passes."""
+    """Default rules: POST /generate queues (waits its turn), POST /batch-generate blocks,
+    the rest passes."""
     router = Router(DEFAULT_ROUTES)
-    assert router.match("POST", "/generate").action == "admit"
+    assert router.match("POST", "/generate").action == "queue"
     assert router.match("GET", "/generate") is PASS_ROUTE
     assert router.match("POST", "/batch-generate").action == "block"
     assert router.match("GET", "/progress/1") is PASS_ROUTE
@@ -138,9 +139,10 @@ def test_lint_table(routes: tuple[Route, ...], warned: bool) -> None:
 
 
 def test_shipped_rules_gate_every_engine_sim_work_endpoint(repo_root: Path) -> None:
-    """Every endpoint of the bundled engine that starts work is admitted or blocked."""
+    """Every endpoint of the bundled engine that starts work is gated (admit or queue) or
+    blocked."""
     router = Router(load_config_file(repo_root / "rules.yaml").routes)
     for method, path in WORK_ENDPOINTS:
         for spelling in (path, path + "/", "/" + path, path + ";v=1"):
             route = router.match(method, spelling)
-            assert route.action in ("admit", "block"), (method, spelling, route)
+            assert route.action in ("admit", "queue", "block"), (method, spelling, route)

@@ -32,7 +32,7 @@ async def test_overload_present_at_start_is_logged_after_the_startup_lines(
     readings = tmp_path / "res.json"
     readings.write_text(json.dumps({"cpu_percent": 95, "memory_percent": 10}))
     cfg = load_config(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n"
+        f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\njobs: {{dir: '{tmp_path}'}}\n"
         "admission:\n  sample_interval: 50ms\n"
         f"  resources: {{source: file, file: {readings}}}\n"
     )
@@ -56,7 +56,7 @@ async def test_overload_present_at_start_is_logged_after_the_startup_lines(
 
 
 async def test_probe_reports_a_down_engine_after_the_startup_lines(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """The probe starts once the listeners are bound: 'upstream ... is DOWN' follows the
     startup config lines and the 'listener bound' lines."""
@@ -64,7 +64,7 @@ async def test_probe_reports_a_down_engine_after_the_startup_lines(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = load_config(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n"
+        f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\njobs: {{dir: '{tmp_path}'}}\n"
         f"upstream: {{url: 'http://127.0.0.1:{port}'}}\n"
     )
     caplog.set_level(logging.INFO, logger="gatekeeper")
@@ -80,14 +80,18 @@ async def test_probe_reports_a_down_engine_after_the_startup_lines(
     assert _index(messages, "admin listener bound to") < down
 
 
-async def test_no_probe_runs_when_binding_fails(caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_probe_runs_when_binding_fails(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     """A gatekeeper whose admin port is taken raises from start with no probe task
     started, so it never reports on the engine."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = load_config(f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:{port}\n")
+        cfg = load_config(
+            f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:{port}\njobs: {{dir: '{tmp_path}'}}\n"
+        )
         caplog.set_level(logging.INFO, logger="gatekeeper")
         gk = Gatekeeper(cfg)
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from live import Live, start_live
-from support import Proc, find_binary
+from support import ADMIT_ROUTES, Proc, find_binary
 
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app import create_state
@@ -116,25 +116,17 @@ alerts:
 """
 
 
-# The page's admit-route view (busy at once); its waiting-room view is tested on its own.
-ADMIT_ROUTE = """
-routes:
-  - name: generate
-    match: {methods: [POST], path: /generate/**}
-    action: admit
-  - name: batch-generate
-    match: {methods: [POST], path: /batch-generate/**}
-    action: block
-    status: 410
-"""
-
-
 @pytest.fixture
 def busy_gatekeeper(tmp_path: Path, procs: list[Proc]) -> Iterator[Live]:
     """A gatekeeper with one admitted generation running, one busy rejection and one
     blocked batch request; CPU 42.5 % and memory 37.5 % from a resource file."""
     live = start_live(
-        tmp_path, procs, engine_seconds=60, expected=120, extra=ALERT_RULES + ADMIT_ROUTE
+        # The page's admit-route view (busy at once); the queue's is tested on its own.
+        tmp_path,
+        procs,
+        engine_seconds=60,
+        expected=120,
+        extra=ALERT_RULES + ADMIT_ROUTES,
     )
     try:
         live.start_generation()

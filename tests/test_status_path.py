@@ -111,7 +111,7 @@ async def test_status_path_is_not_counted_as_traffic(
     client, st = await _gatekeeper(aiohttp_client, upstream)
     for _ in range(3):
         assert (await client.get("/_gatekeeper/status")).status == 200
-    assert st.counters.outcomes == {"admitted": 0, "passed": 0, "rejected": 0, "blocked": 0}
+    assert set(st.counters.outcomes.values()) == {0}, st.counters.outcomes
 
 
 async def test_other_methods_on_status_path_are_proxied(
