@@ -169,6 +169,8 @@ def build_proxy_app(
     conns: Connections | None = None,
 ) -> web.Application:
     handler = ProxyHandler(st, on_record=log_request, conns=conns)
+    if st.gradio is not None:
+        st.gradio.on_record = log_request  # a Gradio generation's line, at its end
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
     app[STATE] = st
     if reloader is not None:
@@ -184,6 +186,8 @@ def build_proxy_app(
         app.cleanup_ctx.append(_alerting(st))
 
     async def close_pools(_: web.Application) -> None:
+        if st.gradio is not None:
+            st.gradio.close()  # Gradio events still open: their slots are released
         await st.runtime.close()
 
     app.on_cleanup.append(close_pools)

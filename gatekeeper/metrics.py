@@ -168,6 +168,9 @@ class Metrics:
             reasons: tuple[str, ...]
             if action == "admit":
                 outcomes, reasons = (Outcome.ADMITTED, Outcome.REJECTED), ADMIT_REASONS
+            elif action == "gradio":  # joins of gated functions are admitted or rejected
+                outcomes = (Outcome.ADMITTED, Outcome.REJECTED, Outcome.PASSED, Outcome.BLOCKED)
+                reasons = (*ADMIT_REASONS, "blocked")
             elif action == "queue":
                 outcomes = tuple(o for o in OUTCOMES if o not in _NOT_GATED)
                 reasons = (*ADMIT_REASONS, *QUEUE_REASONS)

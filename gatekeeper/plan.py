@@ -11,6 +11,8 @@ tried:
 ``Refuse`` (blocked)   a ``block`` route: its status and detail, never forwarded
 ``Refuse`` (413)       a declared ``Content-Length`` over ``limits.max_body_bytes``
 ``Forward`` (pass)     a ``pass`` route (or no route): the passthrough pool
+``Forward`` (gradio)   a ``gradio`` route: gradioroute decides per Gradio request
+                       (a gated function's queue join takes a slot; the rest passes)
 ``ServeJobs``          anything under ``jobs_path``: the async-job endpoints (jobsapi)
 ``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now* (draining,
                        busy, cpu, memory), with Retry-After; no body is read
@@ -65,6 +67,7 @@ class Forward:
     route: Route
     gated: bool
     queued: bool = False  # a queue route: the waiting room decides after the body
+    gradio: bool = False  # a gradio route: gradioroute decides (joins of gated functions)
 
 
 Plan = ServeStatus | ServeJobs | Refuse | Forward
@@ -106,6 +109,8 @@ def plan(
         )
     if route.action == "pass":
         return Forward(route, gated=False)
+    if route.action == "gradio":
+        return Forward(route, gated=False, gradio=True)
     if route.action == "queue":
         if gate.draining:
             return rejected(

@@ -27,6 +27,7 @@ from .answers import Answers, json_answer, json_error
 from .config import Config, Route
 from .edge import Connections
 from .errors import BadRequest, HttpError, MethodNotAllowed, UpstreamError
+from .gradioroute import GradioRoute
 from .headers import REQUEST_ID, request_id
 from .jobs import Refused
 from .jobsapi import JobsApi
@@ -72,6 +73,7 @@ class ProxyHandler:
         self.conns = conns
         self.answers = Answers()
         self.queue = QueueRoute(self)
+        self.gradio = GradioRoute(self)
 
     @web.middleware
     async def refuse_foreign_targets(
@@ -119,7 +121,9 @@ class ProxyHandler:
         finally:
             st.usage.leave(epoch)
             rec.handler_done = True
-            if rec.job is None or rec.job.done():
+            if rec.deferred:
+                pass  # a Gradio event's line: logged when the event ends (gradioevents)
+            elif rec.job is None or rec.job.done():
                 self._log(rec)  # else the finish job, still running, logs it when it ends
 
     def _log(self, rec: RequestRecord) -> None:
@@ -154,6 +158,8 @@ class ProxyHandler:
         if isinstance(decided, Refuse):
             return self._refuse(cfg, decided, rec)
         assert isinstance(decided, Forward)
+        if decided.gradio:
+            return await self.gradio.handle(request, rt, route, rec)
         if not decided.gated:
             self._count(route, Outcome.PASSED, rec)
             return await Relay(st, request, cfg, route, rt.passthrough, rec).run()
@@ -179,6 +185,18 @@ class ProxyHandler:
                 )
             except ClientGone:
                 return client_left(st, route, rec, "sending the request body")
+        return await self.admit_spooled(request, rt, route, rec, spool)
+
+    async def admit_spooled(
+        self,
+        request: web.BaseRequest,
+        rt: Runtime,
+        route: Route,
+        rec: RequestRecord,
+        spool: Spool | None,
+    ) -> web.StreamResponse:
+        """Admit a request whose body is taken (``spool``, closed on every path)."""
+        st, cfg = self.state, rt.config
         result = st.gate.try_admit(route.name, st.clock())
         if isinstance(result, Rejection):  # the slot went to someone else meanwhile
             if spool is not None:
@@ -241,7 +259,7 @@ class ProxyHandler:
         rec.decision = outcome
         self.state.count(route.name, outcome)
 
-    count = _count  # for queueroute
+    count = _count  # for queueroute, gradioroute
 
     async def _jobs(
         self, request: web.BaseRequest, cfg: Config, rest: str, rec: RequestRecord
@@ -319,6 +337,8 @@ class ProxyHandler:
         )
         rec.status = resp.status
         return resp
+
+    refuse = _refuse  # for gradioroute
 
     def _error(self, cfg: Config, exc: HttpError, rec: RequestRecord) -> web.Response:
         route = rec.route if rec.route != "-" else "default"

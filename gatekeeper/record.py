@@ -34,3 +34,6 @@ class RequestRecord:
     job: asyncio.Task[web.StreamResponse] | None = None
     handler_done: bool = False
     logged: bool = False
+    # A Gradio join that started a gated event: its line is logged when the event ends
+    # (gradioevents), with the whole generation's duration.
+    deferred: bool = False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -86,6 +87,21 @@ def client_left(st: AppState, route: Route, rec: RequestRecord, when: str) -> we
     return web.Response(status=499)  # aiohttp drops it on the closed transport
 
 
+class StreamObserver(Protocol):
+    """Watches a relayed answer's bytes as they pass (a Gradio stream, gradioroute).
+
+    ``feed`` sees every chunk, before it is written to the client; ``done`` is told
+    how the answer ended (``clean``: read to its end). While ``wanted()`` is an unset
+    Event after the client left, the relay keeps reading the answer for nobody (the
+    engine is still computing a generation this stream will report the end of)."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def done(self, clean: bool) -> None: ...
+
+    def wanted(self) -> asyncio.Event | None: ...
+
+
 class Relay:
     """One exchange with the engine for one client request."""
 
@@ -100,6 +116,8 @@ class Relay:
         *,
         ticket: Ticket | None = None,
         spool: Spool | None = None,
+        observer: StreamObserver | None = None,
+        identity: bool = False,
     ):
         self.st = st
         self.request = request
@@ -114,6 +132,9 @@ class Relay:
         self.send_timeout = config.limits.client_send_timeout
         self.drained = False  # the engine's answer was read to its end for a gone client
         self.sent_at = 0.0
+        self.observer = observer
+        # Ask for an uncompressed answer (an observed stream is parsed as it passes).
+        self.identity = identity or observer is not None
 
     async def run(self) -> web.StreamResponse:
         """Send, relay, release; the spool (if any) is closed at the end, whatever happens."""
@@ -134,6 +155,8 @@ class Relay:
             scheme=request.scheme,
             request_id=rec.request_id,
         )
+        if self.identity:
+            headers["Accept-Encoding"] = "identity"
         body: AsyncIterator[bytes] | None
         if self.spool is not None:
             body = self.spool.chunks()
@@ -190,8 +213,11 @@ class Relay:
                         stalled.reschedule(loop.time() + send_timeout)
                     await out.prepare(request)
                     stalled.reschedule(None)
+                    observer = self.observer
                     async for chunk in upstream.content.iter_any():
                         rec.bytes_out += len(chunk)
+                        if observer is not None:
+                            observer.feed(chunk)
                         if may_wait(len(chunk) + _HEAD_ALLOWANCE):
                             stalled.reschedule(loop.time() + send_timeout)
                             await out.write(chunk)
@@ -215,11 +241,16 @@ class Relay:
                 self._upstream_broke(exc)
             return out
         finally:
+            if self.observer is not None:
+                self.observer.done(upstream_done)
             exchange.close(reuse=upstream_done)
             rec.bytes_in = exchange.body.sent  # counted, so chunked uploads are logged too
             elapsed = st.clock() - self.sent_at
             rec.upstream_seconds = elapsed
-            if upstream_done:
+            # A gradio route's generations are timed by gradioevents (join to completion);
+            # its other requests (the page, files, streams) are not generations.
+            timed = self.route.action != "gradio" or self.ticket is not None
+            if upstream_done and timed:
                 code = str(upstream.status)
                 st.metrics.upstream_duration.labels(self.route.name, code).observe(elapsed)
                 if self.ticket is not None and 200 <= upstream.status < 300:
@@ -262,6 +293,46 @@ class Relay:
                 rec.request_id,
             )
             self.drained = await self._discard_rest(upstream)
+        elif self.observer is not None:
+            wanted = self.observer.wanted()
+            if wanted is not None and not wanted.is_set():
+                log.info(
+                    "client went away from a stream that reports a running generation; "
+                    "reading it until the generation ends: request_id=%s route=%s",
+                    rec.request_id,
+                    route.name,
+                )
+                self.drained = await self._observe_rest(upstream, wanted)
+
+    async def _observe_rest(self, upstream: aiohttp.ClientResponse, idle: asyncio.Event) -> bool:
+        """Read a stream for nobody, feeding the observer, until ``idle`` is set (the
+        generations it reports have ended) or the stream ends. True: read to its end."""
+        observer = self.observer
+        assert observer is not None
+
+        async def read() -> bool:
+            async for chunk in upstream.content.iter_any():
+                observer.feed(chunk)
+            return True
+
+        reader = asyncio.ensure_future(read())
+        waiter = asyncio.ensure_future(idle.wait())
+        try:
+            await asyncio.wait((reader, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (reader, waiter):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(reader, waiter, return_exceptions=True)
+        if reader.cancelled():
+            return False  # idle: nothing left to hear; the connection is closed, not reused
+        exc = reader.exception()
+        if exc is not None:
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                self._upstream_broke(exc)
+                return False
+            raise exc
+        return True
 
     async def _discard_rest(self, upstream: aiohttp.ClientResponse) -> bool:
         """Read the engine's answer to its end for nobody; the slot stays taken meanwhile."""

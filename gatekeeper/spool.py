@@ -64,6 +64,10 @@ class Spool:
     def on_disk(self) -> bool:
         return self._file is not None
 
+    def memory(self) -> bytes | None:
+        """The whole body while it is in memory (a small one); None once it is on disk."""
+        return bytes(self._buffer) if self._file is None else None
+
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self._hash is not None:

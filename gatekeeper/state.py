@@ -23,6 +23,7 @@ from aiohttp import web
 from .admission import DurationEstimator, Gate, Limits
 from .config import Config, Pool
 from .counters import Counters
+from .gradioevents import GradioEvents
 from .metrics import Metrics
 from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
@@ -103,6 +104,8 @@ class AppState:
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
     # The waiting room (issue #9): queue routes, async jobs, kept results.
     jobs: Jobs | None = None
+    # The gated Gradio events in flight (issue #10): gradio routes.
+    gradio: GradioEvents | None = None
 
     def set_upstream_up(self, up: bool) -> None:
         """The probe's latest verdict (``gatekeeper_upstream_up`` reads it at scrape time)."""
@@ -129,13 +132,15 @@ class AppState:
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:
         cfg = runtime.config
         gate = Gate(admission_limits(cfg), DurationEstimator(cfg.admission.expected_seconds))
+        counters = Counters(metrics)
         return cls(
             runtime=runtime,
             gate=gate,
             metrics=metrics,
             clock=clock,
-            counters=Counters(metrics),
+            counters=counters,
             started_monotonic=clock(),
+            gradio=GradioEvents(gate, metrics, clock, counters.upstream_error),
         )
 
     @property

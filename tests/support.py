@@ -18,9 +18,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 
 REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
 
@@ -256,3 +258,15 @@ async def send_generation(base_url: str, body: dict[str, object]) -> asyncio.Str
     )
     await writer.drain()
     return writer
+
+
+class ProductionLikeServer(TestServer):
+    """aiohttp's TestServer cancels handlers when a client disconnects; ``gatekeeper run``'s
+    AppRunner does not (aiohttp's default). Test what production runs."""
+
+    def __init__(self, app: Any, *, handler_cancellation: bool = False, **runner_kwargs: Any):
+        super().__init__(app)
+        self._runner_kwargs = {"handler_cancellation": handler_cancellation, **runner_kwargs}
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        return await super()._make_runner(**{**kwargs, **self._runner_kwargs})

@@ -144,6 +144,31 @@ def test_every_problem_is_reported_with_line_and_value() -> None:
             ">= client_body_timeout",
         ),
         ("upstream: {url: 'http://127.0.0.1:99999'}", "upstream.url", "URL"),
+        (
+            "routes: [{name: g, match: {path: /g, api_name: [x]}, action: admit}]",
+            "routes[0].match.api_name",
+            "only applies to action 'gradio'",
+        ),
+        (
+            "routes: [{name: g, match: {path: /**, fn_index: [0, -1]}, action: gradio}]",
+            "routes[0].match.fn_index",
+            "integers >= 0",
+        ),
+        (
+            "routes: [{name: g, match: {path: /**, api_name: []}, action: gradio}]",
+            "routes[0].match.api_name",
+            "non-empty list of Gradio api names",
+        ),
+        (
+            "routes: [{name: g, match: {path: /**}, action: gradio, direct_calls: allow}]",
+            "routes[0].direct_calls",
+            "block",
+        ),
+        (
+            "routes: [{name: g, match: {path: /g}, action: pass, direct_calls: admit}]",
+            "routes[0].direct_calls",
+            "only applies to action 'gradio'",
+        ),
         ("admission: {expected_seconds: .inf}", "admission.expected_seconds", "duration"),
         (
             "admission: {resources: {cpu_percent: {reject_above: .nan}}}",

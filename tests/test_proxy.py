@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from support import ADMIT_ROUTES, eventually, free_port, poll
+from support import ADMIT_ROUTES, ProductionLikeServer, eventually, free_port, poll
 
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
@@ -71,18 +71,6 @@ class Gk:
     def port(self) -> int:
         assert self.client.server.port is not None
         return self.client.server.port
-
-
-class ProductionLikeServer(TestServer):
-    """aiohttp's TestServer cancels handlers when a client disconnects; ``gatekeeper run``'s
-    AppRunner does not (aiohttp's default). Test what production runs."""
-
-    def __init__(self, app: Any, *, handler_cancellation: bool = False, **runner_kwargs: Any):
-        super().__init__(app)
-        self._runner_kwargs = {"handler_cancellation": handler_cancellation, **runner_kwargs}
-
-    async def _make_runner(self, **kwargs: Any) -> Any:
-        return await super()._make_runner(**{**kwargs, **self._runner_kwargs})
 
 
 @pytest.fixture

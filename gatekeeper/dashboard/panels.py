@@ -341,7 +341,7 @@ def _routes_regex(names: list[str]) -> str:
 
 def generation_duration(config: Config) -> Panel:
     # A queue route's generation is an upstream request like an admit route's.
-    admit = _routes_with(config, "admit", "queue")
+    admit = _routes_with(config, "admit", "queue", "gradio")
     routes = _routes_regex(admit)
     bucket = (
         "sum by (le, route) (increase(gatekeeper_upstream_request_duration_seconds_bucket"
