@@ -83,7 +83,7 @@ def _limit_files(n: int) -> None:
 
 
 class Proc:
-    """A running ``gatekeeper`` subcommand."""
+    """A running ``gatekeeper`` subcommand (or, with ``program``, any command)."""
 
     def __init__(
         self,
@@ -93,13 +93,16 @@ class Proc:
         ready: str,
         timeout: float = 20.0,
         nofile: int | None = None,
+        program: list[str] | None = None,
     ):
-        """``nofile``: the process's open-file limit (e.g. systemd's usual 1,024)."""
+        """``nofile``: the process's open-file limit (e.g. systemd's usual 1,024).
+        ``program``: what runs ``args`` instead of ``python -m gatekeeper`` (a test app)."""
         self.args = args
+        self.program = program or [sys.executable, "-m", "gatekeeper"]
         self.log_path = log_path
         self._log = open(log_path, "w+b")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gatekeeper", *args],
+            [*self.program, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -117,7 +120,8 @@ class Proc:
                 break
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"gatekeeper {' '.join(args)} did not become ready:\n{self.output()}")
+        command = " ".join(["gatekeeper"] if program is None else program)
+        raise RuntimeError(f"{command} {' '.join(args)} did not become ready:\n{self.output()}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,213 @@
+"""A small real Gradio app shaped like the SongGeneration demo, for Gradio-aware tests.
+
+Modelled on tencent-ailab/SongGeneration ``tools/gradio/app.py``: ``gr.Blocks``, a sync
+generate function with ``gr.Progress(track_tqdm=True)``, two ``.click`` listeners on that
+same function (so one concurrency group, Gradio's default limit 1), a ``gr.State`` and an
+audio output. Unlike the demo it also has a light ``echo`` listener, and it is mounted in
+a FastAPI app so it can expose counters of its own::
+
+    python tests/gradio_app.py --port 7860 --seconds 2 [--root-path /x]
+
+    GET  /_app/stats  -> {"active": 0, "peak": 1, "started": 3, "completed": 3}
+    POST /_app/reset  -> zeroes the counters
+
+API names (from ``/config`` ``dependencies[]``, gradio 6.31): ``generate_song`` (fn_index 0,
+button "Generate"), ``generate_song_1`` (fn_index 1, button "Generate again", no
+``api_name`` given: Gradio derives it from the function name), ``echo`` (fn_index 2).
+
+It prints ``gradio-app listening on http://127.0.0.1:P`` once the socket accepts
+connections, and exits 0 on SIGTERM. It makes no network calls: analytics, the version
+check and the Hugging Face hub are switched off before gradio is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: it reads these at import time.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_SSR_MODE", "False")
+
+import argparse
+import asyncio
+import math
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+SAMPLE_RATE = 8000
+
+
+class Stats:
+    """Counts generations inside ``generate_song``; Gradio runs sync fns in worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = self.peak = self.started = self.completed = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.started += 1
+            self.peak = max(self.peak, self.active)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+            self.completed += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "active": self.active,
+                "peak": self.peak,
+                "started": self.started,
+                "completed": self.completed,
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            # A generation still running keeps counting as active.
+            self.peak = self.active
+            self.started = self.completed = 0
+
+
+def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0) -> Path:
+    """A short mono 16-bit sine wave: a valid WAV the browser's <audio> accepts."""
+    n = int(SAMPLE_RATE * seconds)
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * freq * i / SAMPLE_RATE)))
+        for i in range(n)
+    )
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(frames)
+    return path
+
+
+def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
+    """The Blocks app; ``seconds`` is how long one generation sleeps."""
+
+    def generate_song(
+        lyrics: str,
+        description: str,
+        history: list[str],
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
+    ) -> tuple[str, list[str], str]:
+        stats.enter()
+        try:
+            steps = max(1, int(seconds / 0.1))
+            progress(0, desc="Starting")
+            for i in range(steps):
+                time.sleep(seconds / steps)
+                progress((i + 1) / steps, desc="Generating")
+            fd, name = tempfile.mkstemp(suffix=".wav", dir=out_dir)
+            os.close(fd)
+            write_wav(Path(name), freq=220.0 + 20 * (len(lyrics) % 20))
+            history = [*(history or []), lyrics]
+            return name, history, f"generated {len(history)} song(s)"
+        finally:
+            stats.leave()
+
+    def echo(text: str) -> str:
+        return text
+
+    with gr.Blocks(title="gatekeeper test app") as demo:
+        gr.Markdown("# Song generation (test app)")
+        history = gr.State([])
+        with gr.Row():
+            lyrics = gr.Textbox(label="Lyrics", value="[verse] la la la", lines=3)
+            description = gr.Textbox(label="Description", value="pop, happy")
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary")
+            again = gr.Button("Generate again")
+        audio = gr.Audio(label="Song", type="filepath")
+        info = gr.Textbox(label="Info")
+        # Two listeners on the same fn, as SongGeneration has: one concurrency group.
+        generate.click(
+            fn=generate_song,
+            inputs=[lyrics, description, history],
+            outputs=[audio, history, info],
+            api_name="generate_song",
+        )
+        again.click(
+            fn=generate_song,
+            inputs=[lyrics, description, history],
+            outputs=[audio, history, info],
+        )
+        with gr.Row():
+            text = gr.Textbox(label="Echo input", value="hello")
+            echoed = gr.Textbox(label="Echo output")
+            echo_button = gr.Button("Echo")
+        echo_button.click(fn=echo, inputs=text, outputs=echoed, api_name="echo")
+    return demo
+
+
+def make_app(seconds: float, out_dir: Path, root_path: str | None = None) -> FastAPI:
+    stats = Stats()
+    app = FastAPI()
+
+    @app.get("/_app/stats")
+    def get_stats() -> dict[str, int]:
+        return stats.snapshot()
+
+    @app.post("/_app/reset")
+    def reset() -> dict[str, Any]:
+        stats.reset()
+        return {"ok": True}
+
+    demo = build(seconds, out_dir, stats)
+    return gr.mount_gradio_app(
+        app, demo, path="/", root_path=root_path, allowed_paths=[str(out_dir)], ssr_mode=False
+    )
+
+
+class Server(uvicorn.Server):
+    """Prints the ready line once the socket is bound and accepting."""
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(f"gradio-app listening on http://127.0.0.1:{port}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--root-path", default=None)
+    parser.add_argument("--out-dir", default=None, help="where generated WAVs go (a temp dir)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="gradio-app-") as tmp:
+        out_dir = Path(args.out_dir or tmp).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        app = make_app(args.seconds, out_dir, args.root_path)
+        # uvicorn handles SIGTERM during serve() (stops accepting, drains, returns) and
+        # then re-raises it to the handler that was there before: make that one a no-op so
+        # the process exits 0 after its clean shutdown instead of dying of the signal.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on"
+        )
+        server = Server(config)
+        asyncio.run(server.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Helpers for tests that run the real Gradio test app (``tests/gradio_app.py``).
+
+Gradio is a test extra (``pip install -e '.[test]'`` or ``'.[gradio-test]'``). Without it
+these tests skip, unless ``GATEKEEPER_REQUIRE_E2E=1`` (CI), where a missing Gradio fails
+them, as a missing binary does in ``support.find_binary``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from support import REQUIRE_E2E, Proc, free_port
+
+APP = Path(__file__).with_name("gradio_app.py")
+
+
+def gradio_available() -> bool:
+    """Both the server library and the Python client import."""
+    return all(importlib.util.find_spec(m) is not None for m in ("gradio", "gradio_client"))
+
+
+def require_gradio() -> None:
+    """Skip the test when Gradio is missing; fail it when CI requires end-to-end tests."""
+    if gradio_available():
+        return
+    msg = "gradio and gradio_client not installed (pip install -e '.[gradio-test]')"
+    if REQUIRE_E2E:
+        pytest.fail(msg + " and GATEKEEPER_REQUIRE_E2E=1")
+    pytest.skip(msg)
+
+
+def start_gradio_app(
+    tmp_path: Path, *, seconds: float = 1.0, root_path: str | None = None
+) -> tuple[Proc, str]:
+    """Run the test app on a free port; returns (proc, ``http://127.0.0.1:P``)."""
+    require_gradio()
+    port = free_port()
+    out_dir = tmp_path / f"gradio-out-{port}"
+    args = ["--port", str(port), "--seconds", str(seconds), "--out-dir", str(out_dir)]
+    if root_path is not None:
+        args += ["--root-path", root_path]
+    p = Proc(
+        args,
+        tmp_path / f"gradio-app-{port}.log",
+        ready=r"gradio-app listening on http://",
+        timeout=60.0,  # importing gradio takes several seconds on a busy 2-core box
+        program=[sys.executable, str(APP)],
+    )
+    return p, f"http://127.0.0.1:{port}"
