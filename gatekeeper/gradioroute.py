@@ -22,7 +22,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING
 
@@ -65,6 +67,8 @@ log = logging.getLogger("gatekeeper.gradio")
 MAX_JOIN_BODY = 256 * 1024
 # Gradio answers a join with {"event_id": "..."}: anything longer is not that answer.
 MAX_JOIN_ANSWER = 64 * 1024
+# How long a refusal waits for the session's queue/data stream to be told through.
+REFUSAL_TTL_SECONDS = 60.0
 # How often the fn_index -> api_name map is fetched again when a join names an
 # fn_index it does not know (an app restarted with other functions).
 NAMES_REFRESH_SECONDS = 5.0
@@ -156,6 +160,10 @@ class _Heartbeat:
         return self.events.idle(self.session)
 
 
+def _frame(msg: dict[str, object]) -> bytes:
+    return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     out = bytearray()
     async for chunk in resp.content.iter_any():
@@ -192,7 +200,18 @@ class GradioRoute:
         if gp.kind == Kind.DATA:
             session = request.query.get("session_hash")
             if session:
+                refusal = self.events.take_refusal(session)
+                if refusal is not None and not self.events.pending(session):
+                    return await self._tell_refusal(request, refusal, rec)
                 observer = _SessionStream(self.events, session)
+                self.events.stream_opened(session)
+                try:
+                    self.proxy.count(route, Outcome.PASSED, rec)
+                    return await Relay(
+                        self.state, request, cfg, route, rt.passthrough, rec, observer=observer
+                    ).run()
+                finally:
+                    self.events.stream_closed(session)
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
             observer = _Heartbeat(self.events, gp.session_hash)
         elif gp.kind == Kind.CALL_STREAM and gp.event_id:
@@ -262,6 +281,11 @@ class GradioRoute:
         if isinstance(result, Rejection):
             if spool is not None:
                 spool.close()
+            session = join.session_hash if gp.kind == Kind.JOIN else None
+            if session is not None and not (
+                self.events.pending(session) or self.events.streaming(session)
+            ):
+                return self._refuse_in_stream(cfg, rejected(route, result, cfg), rec, session)
             return self._refuse(cfg, rejected(route, result, cfg), rec, api)
         ticket = result
         handed = False
@@ -367,6 +391,61 @@ class GradioRoute:
             refusal = Refuse(route, 403, "blocked", Outcome.BLOCKED, detail=detail)
             return self.proxy.refuse(cfg, refusal, rec)
         return await self.proxy.admit_spooled(request, rt, route, rec, spool)
+
+    def _refuse_in_stream(
+        self, cfg: Config, refusal: Refuse, rec: RequestRecord, session: str
+    ) -> web.Response:
+        """No slot, told the way Gradio's clients show an error *with its text*: the join
+        is answered with an event id of gatekeeper's own, and the session's next
+        queue/data stream (the client opens it now) says that event failed with the
+        refusal's detail (gradio_client: AppError(detail); the page: an error toast).
+        A 503 to the join would be shown as Gradio's own "queue is full" text instead."""
+        resp = self.proxy.refuse(cfg, refusal, rec)  # counted, logged, the detail rendered
+        body = json.loads(resp.body)  # type: ignore[arg-type]
+        event_id = "gatekeeper-" + secrets.token_hex(12)
+        # The fields of Gradio's own gr.Error output (gradio_client passes them to AppError).
+        error = {"error": body["detail"], "title": "gatekeeper", "duration": 30, "visible": True}
+        frames = _frame(
+            {
+                "msg": "process_completed",
+                "event_id": event_id,
+                "success": False,
+                "output": error,
+            }
+        ) + _frame({"msg": "close_stream", "event_id": None})
+        self.events.refuse(session, frames, REFUSAL_TTL_SECONDS)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
+        out = web.json_response({"event_id": event_id}, headers=headers)
+        log.info(
+            "gradio join refused (%s), told in the session's stream: route=%s request_id=%s",
+            refusal.reason,
+            refusal.route.name,
+            rec.request_id,
+        )
+        return out
+
+    async def _tell_refusal(
+        self, request: web.BaseRequest, frames: bytes, rec: RequestRecord
+    ) -> web.StreamResponse:
+        """The queue/data stream of a session whose only event gatekeeper refused."""
+        out = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            },
+        )
+        out.headers[REQUEST_ID] = rec.request_id
+        rec.decision = Outcome.REJECTED  # counted at the join; this only tells it
+        try:
+            await out.prepare(request)
+            await out.write(frames)
+            await out.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            rec.client_gone = True
+        rec.status = 200
+        rec.bytes_out = len(frames)
+        return out
 
     def _refuse(
         self, cfg: Config, refusal: Refuse, rec: RequestRecord, api: str | None

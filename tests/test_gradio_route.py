@@ -188,16 +188,24 @@ async def test_slot_from_join_to_process_completed(rig: Rig) -> None:
     assert rig.state.gate.estimator.samples == 1  # the whole job's duration is learned
 
 
-async def test_a_second_join_is_refused_with_a_detail_and_retry_after(rig: Rig) -> None:
-    """One generation at a time: the second gated join gets 503 JSON detail + Retry-After
-    and never reaches the app; a light function still passes meanwhile."""
+async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(rig: Rig) -> None:
+    """One generation at a time: the second gated join never reaches the app. It is
+    answered with gatekeeper's own event id, and the session's queue/data stream (which
+    the client opens next) reports that event failed with the refusal's detail, the way
+    Gradio reports a gr.Error; a light function still passes meanwhile."""
     first = await rig.join("s1")
     assert first.status == 200
     second = await rig.join("s2")
-    assert second.status == 503
-    body = json.loads(await second.read())
-    assert body["reason"] == "busy" and "busy" in body["detail"]
+    assert second.status == 200
+    assert second.headers["X-Gatekeeper-Reason"] == "busy"
     assert int(second.headers["Retry-After"]) > 0
+    eid = json.loads(await second.read())["event_id"]
+    assert eid.startswith("gatekeeper-")
+    told = await (await rig.stream("s2")).read()
+    msgs = [json.loads(line[6:]) for line in told.split(b"\n\n") if line.startswith(b"data: ")]
+    assert [m["msg"] for m in msgs] == ["process_completed", "close_stream"]
+    assert msgs[0]["event_id"] == eid and msgs[0]["success"] is False
+    assert "busy" in msgs[0]["output"]["error"] and "请" in msgs[0]["output"]["error"]
     assert len(rig.fake.joins) == 1
     light = await rig.join("s2", fn_index=1)
     assert light.status == 200 and len(rig.fake.joins) == 2
@@ -206,6 +214,24 @@ async def test_a_second_join_is_refused_with_a_detail_and_retry_after(rig: Rig) 
     assert page.status == 200 and "gradio" in await page.text()
     counts = rig.state.counters.outcomes
     assert counts["admitted"] == 1 and counts["rejected"] == 1 and counts["passed"] >= 2
+    assert rig.state.counters.rejections_by_reason == {"busy": 1}
+
+
+async def test_a_refused_join_of_a_streaming_session_gets_503_json(rig: Rig) -> None:
+    """The session's stream is already open (it cannot be told through a new one): the
+    join gets 503 with JSON detail and Retry-After (Gradio's clients show their own
+    "queue is full" text for it)."""
+    await rig.join("s1")
+    light = await rig.join("s2", fn_index=1)  # a light event: s2's stream opens, stays open
+    stream = await rig.stream("s2")
+    await stream.content.readuntil(b"\n\n")
+    refused = await rig.join("s2")
+    assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
+    body = json.loads(await refused.read())
+    assert body["reason"] == "busy" and "busy" in body["detail"]
+    assert rig.in_flight == 1
+    rig.fake.events[json.loads(await light.read())["event_id"]].finish.set()
+    assert b'"close_stream"' in await stream.read()
 
 
 async def test_tab_closed_mid_job_keeps_the_slot_until_the_app_finishes(rig: Rig) -> None:

@@ -1,0 +1,197 @@
+"""gatekeeper (the real CLI) in front of a real Gradio app, driven by gradio_client and
+headless Chromium: one generation at a time, the refusal's text shown by both clients,
+the light function and the page unaffected, and a closed tab's job still holding the slot
+until the app has finished it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from browser import Browser
+from gradio_support import require_gradio, start_gradio_app
+from support import Proc, poll, start_gatekeeper
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+# linger 0s: Gradio's heartbeat streams never end by themselves, so a stop waits the
+# proxy's close grace (app.CLOSE_GRACE_SECONDS, twice) for the clients still holding them.
+RULES = """
+admission:
+  expected_seconds: 120
+shutdown:
+  linger: 0s
+routes:
+  - name: song
+    match: {path: /**, api_name: [generate_song, generate_song_1]}
+    action: gradio
+"""
+
+READY = "[...document.querySelectorAll('button')].length >= 3"
+# The song the page shows: Gradio 6's player keeps <audio> empty; the download link has it.
+SONG_URL = """(() => {
+    const link = document.querySelector('a[data-testid="download-link"][href*="file="]');
+    return link ? link.getAttribute('href') : null;
+})()"""
+# The text of Gradio's error toasts on the page.
+TOASTS = """[...document.querySelectorAll('[data-testid="toast-body"], .toast-body')]
+    .map(e => e.innerText).join(' | ')"""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
+    require_gradio()
+    tmp = tmp_path_factory.mktemp("gradio-e2e")
+    procs: list[Proc] = []
+    try:
+        app, app_url = start_gradio_app(tmp, seconds=3.0)
+        procs.append(app)
+        gk, url, admin = start_gatekeeper(
+            tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
+        )
+        procs.append(gk)
+        yield app_url, url, admin
+        assert gk.stop(timeout=40) == 0  # open heartbeat streams: 2 x the close grace
+        assert "Traceback" not in gk.output()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.json()
+
+
+async def idle(rig: tuple[str, str, str]) -> None:
+    """Nothing running in the app or in gatekeeper; the app's counters zeroed."""
+    app, _, admin = rig
+
+    async def quiet() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        return bool(stats["active"] == 0 and (await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(quiet, timeout=30)
+    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
+        assert r.status == 200
+
+
+def client(url: str) -> Any:
+    from gradio_client import Client
+
+    return Client(url + "/", verbose=False)
+
+
+async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str]) -> None:
+    """Two gradio_client jobs at once: the app runs one; the other raises AppError with
+    gatekeeper's detail (not Gradio's generic text). The light function answers while the
+    song runs, and the slot is held for the whole job, not for the join."""
+    app, url, admin = rig
+    await idle(rig)
+    first_client = await asyncio.to_thread(client, url)
+    first = first_client.submit("[verse] one", "pop", api_name="/generate_song")
+
+    async def running() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+    await poll(running, timeout=20)
+    status = await get_json(admin + "/status")
+    assert status["in_flight"] == 1 and status["running"][0]["route"] == "song"
+    second_client = await asyncio.to_thread(client, url)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as refused:
+        await asyncio.to_thread(
+            second_client.predict, "[verse] two", "rock", api_name="/generate_song_1"
+        )
+    assert "busy" in str(refused.value) and "请约" in str(refused.value)
+    echo = await asyncio.to_thread(second_client.predict, "still here", api_name="/echo")
+    assert echo == "still here"
+    assert (await get_json(admin + "/status"))["in_flight"] == 1
+    audio, _info = await asyncio.to_thread(first.result, 30)
+    assert Path(audio).suffix == ".wav"
+    stats = await get_json(app + "/_app/stats")
+    assert stats == {"active": 0, "peak": 1, "started": 1, "completed": 1}
+
+    async def freed() -> bool:
+        return bool((await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(freed, timeout=10)
+    doc = await get_json(admin + "/status")
+    assert doc["rejections_by_reason"].get("busy", 0) >= 1
+    assert doc["expected_samples"] >= 1  # the whole job's ~3 s was learned, not the join's ms
+
+
+async def test_browser_two_tabs_and_the_refusal_toast(
+    rig: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The page loads unchanged through gatekeeper; tab 1's click makes a song; tab 2's
+    click while it runs shows gatekeeper's message in Gradio's error toast. The
+    screenshot of tab 2 is the README's (GATEKEEPER_SCREENSHOT_DIR keeps a copy)."""
+    app, url, admin = rig
+    await idle(rig)
+    async with Browser.start(tmp_path) as browser:
+        one, two = await browser.new_tab(), await browser.new_tab()
+        for tab in (one, two):
+            await tab.navigate(url + "/")
+            await tab.wait_for(READY, timeout=30)
+        await one.click_button("Generate")
+
+        async def running() -> bool:
+            return bool((await get_json(admin + "/status"))["in_flight"] == 1)
+
+        await poll(running, timeout=20)
+        await two.click_button("Generate")
+        toast = await two.wait_for(
+            f"(() => {{ const t = {TOASTS}; return t || null; }})()", timeout=20
+        )
+        assert "busy" in toast and "请约" in toast, toast
+        await asyncio.sleep(1.0)  # the toast fades in
+        shot = await two.screenshot(tmp_path / "gradio-refused.png")
+        keep = os.environ.get("GATEKEEPER_SCREENSHOT_DIR")
+        if keep:
+            shutil.copy(shot, Path(keep) / "gradio-refused.png")
+        src = await one.wait_for(SONG_URL, timeout=30)
+        assert src.startswith(url + "/") and src.endswith(".wav")  # URLs point at the proxy
+    stats = await get_json(app + "/_app/stats")
+    assert stats["completed"] == 1 and stats["peak"] == 1
+
+
+async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
+    rig: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The tab closes while its song is generated: Gradio runs the job anyway, so the slot
+    stays taken (gatekeeper reads the session's stream itself) and frees when it ends."""
+    app, url, admin = rig
+    await idle(rig)
+    async with Browser.start(tmp_path) as browser:
+        tab = await browser.new_tab()
+        await tab.navigate(url + "/")
+        await tab.wait_for(READY, timeout=30)
+        await tab.click_button("Generate")
+
+        async def started() -> bool:
+            return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+        await poll(started, timeout=20)
+        await tab.close()
+    await asyncio.sleep(0.5)
+    assert (await get_json(admin + "/status"))["in_flight"] == 1
+    assert (await get_json(app + "/_app/stats"))["active"] == 1
+
+    async def finished() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        in_flight = (await get_json(admin + "/status"))["in_flight"]
+        assert in_flight == 1 or stats["active"] == 0, "slot freed while the app still ran"
+        return bool(stats["completed"] == 1 and in_flight == 0)
+
+    await poll(finished, timeout=30)
