@@ -52,6 +52,8 @@ class FakeGradio:
         r.add_get("/gradio_api/queue/data", self.data)
         r.add_get("/gradio_api/heartbeat/{session}", self.heartbeat)
         r.add_post("/gradio_api/run/{api}", self.run)
+        r.add_post("/gradio_api/call/{api}", self.call)
+        r.add_get("/gradio_api/call/{api}/{event_id}", self.call_stream)
         r.add_get("/", self.page)
 
     async def page(self, request: web.Request) -> web.Response:
@@ -68,6 +70,22 @@ class FakeGradio:
         self.events[eid] = FakeEvent(eid, body["session_hash"], body["fn_index"])
         self.new_event.set()
         return web.json_response({"event_id": eid})
+
+    async def call(self, request: web.Request) -> web.Response:
+        """POST /call/<api>: the REST flow; without a session_hash the event is its own."""
+        eid = uuid.uuid4().hex
+        self.events[eid] = FakeEvent(eid, eid, 0)
+        return web.json_response({"event_id": eid})
+
+    async def call_stream(self, request: web.Request) -> web.StreamResponse:
+        e = self.events[request.match_info["event_id"]]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"event: generating\ndata: [null]\n\n")
+        await e.finish.wait()
+        name = b"complete" if e.success else b"error"
+        await resp.write(b"event: " + name + b'\ndata: ["song.wav"]\n\n')
+        return resp
 
     async def run(self, request: web.Request) -> web.Response:
         self.direct.append(request.match_info["api"])
@@ -273,6 +291,27 @@ async def test_unknown_event_ids_and_foreign_sessions_change_nothing(rig: Rig) -
     other = await rig.stream("s2")
     assert b'"close_stream"' in await other.read()
     assert rig.in_flight == 1
+
+
+@pytest.mark.parametrize("success", [True, False])
+async def test_the_call_rest_flow_is_gated_the_same_way(rig: Rig, success: bool) -> None:
+    """POST /call/<api> takes the slot; its GET /call/<api>/<event_id> stream's
+    ``event: complete`` (or ``error``) frees it; a second call meanwhile is refused."""
+    base = rig.base + "/gradio_api/call/generate_song"
+    async with rig.http.post(base, json={"data": ["la"]}) as r:
+        assert r.status == 200
+        eid = (await r.json())["event_id"]
+    assert rig.in_flight == 1
+    async with rig.http.post(base, json={"data": ["again"]}) as r:
+        assert r.status == 503 and r.headers["X-Gatekeeper-Reason"] == "busy"
+    stream = await rig.http.get(f"{base}/{eid}")
+    assert await stream.content.readuntil(b"\n\n") == b"event: generating\ndata: [null]\n\n"
+    assert rig.in_flight == 1
+    rig.fake.events[eid].success = success
+    rig.fake.events[eid].finish.set()
+    assert (b"event: complete" if success else b"event: error") in await stream.read()
+    assert rig.in_flight == 0
+    assert rig.state.gate.estimator.samples == (1 if success else 0)
 
 
 async def test_malformed_joins_are_400_and_take_no_slot(rig: Rig) -> None:
