@@ -192,10 +192,8 @@ class GradioRoute:
     ) -> web.StreamResponse:
         cfg = rt.config
         gp = classify(request.method, request.path)
-        if gp.kind in (Kind.JOIN, Kind.CALL):
-            return await self._join(request, rt, route, rec, gp)
-        if gp.kind == Kind.DIRECT:
-            return await self._direct(request, rt, route, rec, gp)
+        if gp.kind in (Kind.JOIN, Kind.CALL, Kind.DIRECT):
+            return await self._decide(request, rt, route, rec, gp)
         observer: _SessionStream | _Heartbeat | None = None
         if gp.kind == Kind.DATA:
             session = request.query.get("session_hash")
@@ -255,7 +253,7 @@ class GradioRoute:
             api = await self.names.lookup(rt.config.upstream.url, gp.root, join.fn_index)
         return join, api, gating.gated(join.fn_index, api)
 
-    async def _join(
+    async def _decide(
         self,
         request: web.BaseRequest,
         rt: Runtime,
@@ -263,6 +261,8 @@ class GradioRoute:
         rec: RequestRecord,
         gp: GradioPath,
     ) -> web.StreamResponse:
+        """A join, a /call or a direct call: take its (small) body, find its function;
+        not gated: pass it on; gated: join (slot to the event) or direct call."""
         st, cfg = self.state, rt.config
         try:
             spool = await self._body(request, cfg)
@@ -277,6 +277,22 @@ class GradioRoute:
         if not gated:
             self.proxy.count(route, Outcome.PASSED, rec)
             return await Relay(st, request, cfg, route, rt.passthrough, rec, spool=spool).run()
+        if gp.kind == Kind.DIRECT:
+            return await self._direct(request, rt, route, rec, gp, spool, api)
+        return await self._join(request, rt, route, rec, gp, spool, join, api)
+
+    async def _join(
+        self,
+        request: web.BaseRequest,
+        rt: Runtime,
+        route: Route,
+        rec: RequestRecord,
+        gp: GradioPath,
+        spool: Spool | None,
+        join: Join,
+        api: str | None,
+    ) -> web.StreamResponse:
+        st, cfg = self.state, rt.config
         result = st.gate.try_admit(route.name, st.clock())
         if isinstance(result, Rejection):
             if spool is not None:
@@ -364,21 +380,10 @@ class GradioRoute:
         route: Route,
         rec: RequestRecord,
         gp: GradioPath,
+        spool: Spool | None,
+        api: str | None,
     ) -> web.StreamResponse:
-        st, cfg = self.state, rt.config
-        try:
-            spool = await self._body(request, cfg)
-        except ClientGone:
-            return client_left(st, route, rec, "sending the request body")
-        try:
-            _, api, gated = await self._which(rt, route, gp, spool)
-        except BaseException:
-            if spool is not None:
-                spool.close()
-            raise
-        if not gated:
-            self.proxy.count(route, Outcome.PASSED, rec)
-            return await Relay(st, request, cfg, route, rt.passthrough, rec, spool=spool).run()
+        cfg = rt.config
         if route.direct_calls == "block":
             if spool is not None:
                 spool.close()
