@@ -46,9 +46,12 @@ def test_default_generate_route_queues() -> None:
     generate = DEFAULT_ROUTES[0]
     assert (generate.name, generate.action, generate.gated) == ("generate", "queue", True)
     assert generate.summary() == "generate: POST /generate/** queue"
-    assert ACTIONS == ("admit", "queue", "pass", "block")
+    assert ACTIONS == ("admit", "queue", "pass", "block", "gradio")
     gated = {a: Route(name="r", path="/r", action=a).gated for a in ACTIONS}
-    assert gated == {"admit": True, "queue": True, "pass": False, "block": False}
+    # gradio: decided per Gradio request (a gated function's join takes a slot)
+    assert gated == {"admit": True, "queue": True, "pass": False, "block": False, "gradio": False}
+    generates = {a for a in ACTIONS if Route(name="r", path="/r", action=a).generates}
+    assert generates == {"admit", "queue", "gradio"}
     assert DEFAULT_ROUTES[1].action == "block"
 
 
@@ -314,7 +317,7 @@ def test_every_bad_proxy_entry_is_reported() -> None:
 def test_missing_action_lists_queue() -> None:
     """A route without an action is told every action, queue included."""
     got = problems_of("routes: [{name: g, match: {path: /g}}]")
-    assert [p.message for p in got] == ["is required (admit, queue, pass or block)"]
+    assert [p.message for p in got] == ["is required (admit, queue, pass, block or gradio)"]
 
 
 @pytest.mark.parametrize(
