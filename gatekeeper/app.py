@@ -185,6 +185,13 @@ def build_proxy_app(
     if alerts:
         app.cleanup_ctx.append(_alerting(st))
 
+    async def close_gradio_streams(_: web.Application) -> None:
+        n = handler.gradio.close_idle_streams()
+        if n:
+            log.info("closed %d idle Gradio session stream(s)", n)
+
+    app.on_shutdown.append(close_gradio_streams)
+
     async def close_pools(_: web.Application) -> None:
         if st.gradio is not None:
             st.gradio.close()  # Gradio events still open: their slots are released

@@ -180,6 +180,7 @@ class GradioRoute:
         self.proxy = proxy
         self.state = proxy.state
         self.names = ApiNames()
+        self._streams: dict[asyncio.Task[object], str] = {}  # handler task -> session
 
     @property
     def events(self) -> GradioEvents:
@@ -204,21 +205,54 @@ class GradioRoute:
                 observer = _SessionStream(self.events, session)
                 self.events.stream_opened(session)
                 try:
-                    self.proxy.count(route, Outcome.PASSED, rec)
-                    return await Relay(
-                        self.state, request, cfg, route, rt.passthrough, rec, observer=observer
-                    ).run()
+                    return await self._stream(request, rt, route, rec, observer, session)
                 finally:
                     self.events.stream_closed(session)
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
             observer = _Heartbeat(self.events, gp.session_hash)
+            return await self._stream(request, rt, route, rec, observer, gp.session_hash)
         elif gp.kind == Kind.CALL_STREAM and gp.event_id:
             # A /call's session is its event id (gradio: no session_hash given).
             observer = _SessionStream(self.events, gp.event_id, call_event_id=gp.event_id)
+            return await self._stream(request, rt, route, rec, observer, gp.event_id)
         self.proxy.count(route, Outcome.PASSED, rec)
         return await Relay(
             self.state, request, cfg, route, rt.passthrough, rec, observer=observer
         ).run()
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        rt: Runtime,
+        route: Route,
+        rec: RequestRecord,
+        observer: _SessionStream | _Heartbeat,
+        session: str,
+    ) -> web.StreamResponse:
+        """A session's stream, relayed with its observer; known to ``close_idle_streams``."""
+        self.proxy.count(route, Outcome.PASSED, rec)
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams[task] = session
+        try:
+            return await Relay(
+                self.state, request, rt.config, route, rt.passthrough, rec, observer=observer
+            ).run()
+        finally:
+            if task is not None:
+                self._streams.pop(task, None)
+
+    def close_idle_streams(self) -> int:
+        """At stop: end the session streams that report no running generation.
+
+        Gradio's heartbeat and queue/data streams never end by themselves; left open, each
+        would hold the stop for aiohttp's shutdown timeout twice (it waits for the handler,
+        cancels only the request body, then waits again). A stream whose session still has
+        a running event is left to the drain and the close grace."""
+        idle = [t for t, s in self._streams.items() if not self.events.pending(s)]
+        for task in idle:
+            task.cancel()
+        return len(idle)
 
     async def _body(self, request: web.BaseRequest, cfg: Config) -> Spool | None:
         if not request.body_exists:

@@ -152,6 +152,7 @@ class Rig:
     state: AppState
     base: str
     http: aiohttp.ClientSession
+    server: ProductionLikeServer
 
     @property
     def in_flight(self) -> int:
@@ -181,7 +182,7 @@ async def rig(aiohttp_server: Any, request: pytest.FixtureRequest) -> AsyncItera
     await server.start_server()
     async with aiohttp.ClientSession(auto_decompress=False) as http:
         try:
-            yield Rig(fake, st, str(server.make_url("")).rstrip("/"), http)
+            yield Rig(fake, st, str(server.make_url("")).rstrip("/"), http, server)
         finally:
             await server.close()
 
@@ -312,6 +313,20 @@ async def test_the_call_rest_flow_is_gated_the_same_way(rig: Rig, success: bool)
     assert (b"event: complete" if success else b"event: error") in await stream.read()
     assert rig.in_flight == 0
     assert rig.state.gate.estimator.samples == (1 if success else 0)
+
+
+async def test_stop_ends_idle_session_streams_at_once(rig: Rig) -> None:
+    """Gradio's heartbeat and queue/data streams never end by themselves: at stop those
+    of sessions with no running generation are ended, not waited for (aiohttp would wait
+    its shutdown timeout for each, twice)."""
+    beat = await rig.http.get(rig.base + "/gradio_api/heartbeat/idle")
+    await beat.content.readuntil(b"\n\n")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with asyncio.timeout(5):
+        await rig.server.close()
+    assert loop.time() - t0 < 2.0
+    beat.close()
 
 
 async def test_malformed_joins_are_400_and_take_no_slot(rig: Rig) -> None:
