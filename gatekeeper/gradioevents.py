@@ -119,9 +119,11 @@ class GradioEvents:
     def idle(self, session: str) -> asyncio.Event:
         ev = self._idle.get(session)
         if ev is None:
-            ev = self._idle[session] = asyncio.Event()
-            if not self.pending(session):
-                ev.set()
+            ev = asyncio.Event()
+            if self.pending(session):
+                self._idle[session] = ev  # set (and dropped) when its last event ends
+            else:
+                ev.set()  # kept nowhere: one entry per idle session would never go
         return ev
 
     def end(self, event_id: str, why: str, *, success: bool) -> bool:
