@@ -340,8 +340,8 @@ def _routes_regex(names: list[str]) -> str:
 
 
 def generation_duration(config: Config) -> Panel:
-    # A queue route's generation is an upstream request like an admit route's.
-    admit = _routes_with(config, "admit", "queue", "gradio")
+    # Every route that generates (admit, queue, gradio: Route.generates) is timed the same.
+    admit = [r.name for r in config.routes if r.generates]
     routes = _routes_regex(admit)
     bucket = (
         "sum by (le, route) (increase(gatekeeper_upstream_request_duration_seconds_bucket"
