@@ -35,4 +35,6 @@ def log_request(rec: RequestRecord) -> None:
     }
     if rec.client_gone:
         fields["client_gone"] = True
+    if rec.engine is not None:
+        fields["engine"] = rec.engine
     ACCESS.info("request", extra={"fields": fields})

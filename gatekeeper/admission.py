@@ -17,9 +17,16 @@ Invariants (the reliability contract of issue #2):
 3. Lowering ``max_in_flight`` (a reload) never touches running tickets; it only
    stops new admissions until the count falls below the new limit.
 
+4. Several engines (issue #11 §1): every ticket names the engine it runs on, and
+   ``try_admit`` picks that engine in the same synchronous step: one that is not
+   down (its probe), not retired (removed by a reload) and below its own
+   ``max_in_flight``, the least loaded first (ties: the file's order). The total
+   never exceeds ``Limits.max_in_flight`` and no engine ever exceeds its own.
+
 Reasons are checked in this order, so a client hears the most useful one:
 ``draining`` (come back to the new instance) > ``busy`` (someone else's song
-is running; the ETA is known) > ``cpu`` > ``memory``.
+is running; the ETA is known) > ``engine_down`` (the engines with a free slot
+fail their probe) > ``cpu`` > ``memory``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import asyncio
 import math
 import statistics
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .config import Threshold
@@ -88,11 +95,66 @@ class DurationEstimator:
 
 
 @dataclass(frozen=True)
+class EngineSlots:
+    """One engine as the gate sees it: its name and how many generations it takes."""
+
+    name: str
+    max_in_flight: int
+
+
+DEFAULT_ENGINE = "default"
+
+
+@dataclass(frozen=True)
 class Limits:
     """The admission settings the gate decides against (a projection of the config)."""
 
     max_in_flight: int
     retry_after_default: int
+    # The engines in the file's order; () means one engine named "default" with all slots.
+    engines: tuple[EngineSlots, ...] = ()
+    # Retry-After of ``engine_down``: the probe's interval (when it may say "up" again).
+    down_retry_after: int = 5
+
+    @property
+    def slots(self) -> tuple[EngineSlots, ...]:
+        return self.engines or (EngineSlots(DEFAULT_ENGINE, self.max_in_flight),)
+
+
+def pick_engine(
+    slots: tuple[EngineSlots, ...],
+    in_flight: Mapping[str, int],
+    up: Mapping[str, bool | None],
+) -> str | None:
+    """The engine a new generation goes to, or None if no engine may take one.
+
+    Not one whose probe said down (``None``, no answer yet, is not "down": a fresh
+    gatekeeper must not refuse its first request), not one at its own limit; of the
+    rest, the lowest in_flight/max_in_flight, then the file's order.
+    """
+    best: str | None = None
+    best_load = 2.0
+    for e in slots:
+        n = in_flight.get(e.name, 0)
+        if up.get(e.name) is False or n >= e.max_in_flight:
+            continue
+        load = n / e.max_in_flight
+        if load < best_load:
+            best, best_load = e.name, load
+    return best
+
+
+def no_engine_reason(
+    slots: tuple[EngineSlots, ...],
+    in_flight: Mapping[str, int],
+    up: Mapping[str, bool | None],
+) -> str:
+    """Why ``pick_engine`` found none: ``busy`` if an engine that is up is full (its
+    song's ETA is the honest wait), else ``engine_down``."""
+    live = [e for e in slots if up.get(e.name) is not False]
+    if any(in_flight.get(e.name, 0) >= e.max_in_flight for e in live):
+        return AdmitReason.BUSY
+    return AdmitReason.ENGINE_DOWN
 
 
 @dataclass(frozen=True)
@@ -109,6 +171,8 @@ class Ticket:
     started_at: float
     _on_release: Callable[[Ticket], None] = field(repr=False)
     released: bool = False
+    # The engine this generation runs on (``Limits.slots``): its pools, its slot.
+    engine: str = DEFAULT_ENGINE
 
     def release(self) -> bool:
         """Free the slot; True the first time, False (and no effect) afterwards."""
@@ -132,14 +196,24 @@ def retry_after(expected: float, running_elapsed: list[float], default: int) -> 
 
 
 def reasons(
-    *, in_flight: int, limits: Limits, resources: ResourceState, draining: bool
+    *,
+    in_flight: int,
+    limits: Limits,
+    resources: ResourceState,
+    draining: bool,
+    no_engine: str | None = None,
 ) -> list[str]:
-    """Every reason a new admit request is refused now, most useful first (see above)."""
+    """Every reason a new admit request is refused now, most useful first (see above).
+
+    ``no_engine``: why no engine can take it (``no_engine_reason``), None if one can.
+    """
     out: list[str] = []
     if draining:
         out.append(AdmitReason.DRAINING)
-    if in_flight >= limits.max_in_flight:
+    if in_flight >= limits.max_in_flight or no_engine == AdmitReason.BUSY:
         out.append(AdmitReason.BUSY)
+    elif no_engine is not None:
+        out.append(no_engine)
     if resources.cpu_overloaded:
         out.append(AdmitReason.CPU)
     if resources.memory_overloaded:
@@ -155,21 +229,32 @@ def decide(
     draining: bool,
     expected: float,
     running_elapsed: list[float],
+    no_engine: str | None = None,
 ) -> Rejection | None:
     """None to admit, else the rejection with its (first) reason and Retry-After."""
-    why = reasons(in_flight=in_flight, limits=limits, resources=resources, draining=draining)
+    why = reasons(
+        in_flight=in_flight,
+        limits=limits,
+        resources=resources,
+        draining=draining,
+        no_engine=no_engine,
+    )
     if not why:
         return None
     if why[0] == "draining":  # the wait is for a new instance, not for this engine
         return Rejection("draining", limits.retry_after_default)
+    if why[0] == AdmitReason.ENGINE_DOWN:  # the wait is for the next probe
+        return Rejection(AdmitReason.ENGINE_DOWN, max(1, limits.down_retry_after))
     return Rejection(why[0], retry_after(expected, running_elapsed, limits.retry_after_default))
 
 
 class Gate:
     """The exact in-flight counter plus the decision, in one synchronous call.
 
-    ``limits``, ``resources`` and ``draining`` are plain attributes the adapters
-    replace (reload, monitor, shutdown); reading them is free.
+    ``limits``, ``resources``, ``draining`` and ``engine_up`` are plain attributes
+    the adapters replace (reload, monitor, shutdown, probe); reading them is free.
+    An engine a reload removed keeps its running tickets (they count, and are
+    released as usual) but is no longer in ``limits.slots``, so it gets no new one.
     """
 
     def __init__(self, limits: Limits, estimator: DurationEstimator):
@@ -177,10 +262,15 @@ class Gate:
         self.estimator = estimator
         self.resources = ResourceState()
         self.draining = False
+        # The probe's verdict per engine name (absent or None: no answer yet).
+        self.engine_up: dict[str, bool | None] = {}
         self._tickets: dict[int, Ticket] = {}
+        self._by_engine: dict[str, int] = {}
         # Called right after a slot frees, in the same synchronous step (the waiting
         # room dispatches its next job there, before any new arrival can take the slot).
         self.on_free: Callable[[], None] | None = None
+        # Called with each new ticket (the per-engine count of started generations).
+        self.on_admit: Callable[[Ticket], None] | None = None
         # Set while no ticket is held; only ``wait_idle`` awaits it (the shutdown drain).
         self._idle = asyncio.Event()
         self._idle.set()
@@ -189,39 +279,67 @@ class Gate:
     def in_flight(self) -> int:
         return len(self._tickets)
 
-    def running(self) -> list[Ticket]:
-        return sorted(self._tickets.values(), key=lambda t: t.started_at)
+    def in_flight_on(self, engine: str) -> int:
+        return self._by_engine.get(engine, 0)
+
+    def running(self, engine: str | None = None) -> list[Ticket]:
+        tickets = [t for t in self._tickets.values() if engine is None or t.engine == engine]
+        return sorted(tickets, key=lambda t: t.started_at)
+
+    def pick(self) -> str | None:
+        """The engine the next admit would run on (None: no engine may take one)."""
+        return pick_engine(self.limits.slots, self._by_engine, self.engine_up)
+
+    def _no_engine(self, engine: str | None) -> str | None:
+        if engine is not None:
+            return None
+        return no_engine_reason(self.limits.slots, self._by_engine, self.engine_up)
 
     def elapsed(self, now: float) -> list[float]:
         return [now - t.started_at for t in self._tickets.values()]
 
-    def check(self, now: float) -> Rejection | None:
-        """The decision a new admit request would get now, without taking a slot."""
+    def _listed_in_flight(self) -> int:
+        """Tickets on the engines listed now: a removed engine's job, finishing, holds
+        no slot of the engines that remain."""
+        return sum(self._by_engine.get(e.name, 0) for e in self.limits.slots)
+
+    def _decide(self, now: float, engine: str | None) -> Rejection | None:
         return decide(
-            in_flight=self.in_flight,
+            in_flight=self._listed_in_flight(),
             limits=self.limits,
             resources=self.resources,
             draining=self.draining,
             expected=self.estimator.expected,
             running_elapsed=self.elapsed(now),
+            no_engine=self._no_engine(engine),
         )
+
+    def check(self, now: float) -> Rejection | None:
+        """The decision a new admit request would get now, without taking a slot."""
+        return self._decide(now, self.pick())
 
     def reasons(self, now: float) -> list[str]:
         """Every reason a new admit request would be refused now (``check`` gives the first)."""
         return reasons(
-            in_flight=self.in_flight,
+            in_flight=self._listed_in_flight(),
             limits=self.limits,
             resources=self.resources,
             draining=self.draining,
+            no_engine=self._no_engine(self.pick()),
         )
 
     def try_admit(self, route: str, now: float) -> Ticket | Rejection:
-        rejection = self.check(now)
+        engine = self.pick()
+        rejection = self._decide(now, engine)
         if rejection is not None:
             return rejection
-        ticket = Ticket(route=route, started_at=now, _on_release=self._release)
+        assert engine is not None  # decide admits only when an engine was picked
+        ticket = Ticket(route=route, started_at=now, _on_release=self._release, engine=engine)
         self._tickets[id(ticket)] = ticket
+        self._by_engine[engine] = self._by_engine.get(engine, 0) + 1
         self._idle.clear()
+        if self.on_admit is not None:
+            self.on_admit(ticket)
         return ticket
 
     async def wait_idle(self) -> None:
@@ -231,6 +349,11 @@ class Gate:
 
     def _release(self, ticket: Ticket) -> None:
         del self._tickets[id(ticket)]
+        left = self._by_engine[ticket.engine] - 1
+        if left:
+            self._by_engine[ticket.engine] = left
+        else:
+            del self._by_engine[ticket.engine]
         if not self._tickets:
             self._idle.set()
         if self.on_free is not None:

@@ -22,7 +22,7 @@ def describe(config: Config) -> list[str]:
     r = a.resources
     lines = [
         f"listen {config.listen}, admin_listen {config.admin_listen}",
-        f"upstream {redact_url(up.url)}",
+        *_engines(config),
         "  gated pool: timeouts " + _kv(asdict(up.timeouts)) + "; limits " + _kv(asdict(up.limits)),
         "  passthrough pool: timeouts "
         + _kv(asdict(up.passthrough.timeouts))
@@ -51,6 +51,19 @@ def describe(config: Config) -> list[str]:
     lines += [f"  {rt.summary()}" for rt in config.routes]
     lines.append(f"shutdown: drain_timeout={config.shutdown.drain_timeout:g}s")
     lines += describe_alerts(config)
+    return lines
+
+
+def _engines(config: Config) -> list[str]:
+    """One engine: ``upstream URL``; several: each with its slots (issue #11 §1)."""
+    up = config.upstream
+    if not up.listed:
+        return [f"upstream {redact_url(up.url)}"]
+    total = config.admission.max_in_flight
+    lines = [f"upstream: {len(up.engines)} engine(s), {total} slot(s) in all"]
+    lines += [
+        f"  engine {e.name} {redact_url(e.url)} max_in_flight={e.max_in_flight}" for e in up.engines
+    ]
     return lines
 
 

@@ -113,7 +113,16 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
     lines.append(f"  {'expected':<11} {duration(expected)} per generation, {basis}")
     lines.append(_resource_line(doc, "cpu_percent", "cpu", width))
     lines.append(_resource_line(doc, "memory_percent", "memory", width))
-    lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
+    engines = doc.get("engines") or []
+    if len(engines) > 1 or any(e.get("removed") for e in engines):
+        for e in engines:  # several engines (issue #11 §1): one line each
+            state = "removed, finishing its job" if e.get("removed") else _UP.get(e.get("up"), "?")
+            lines.append(
+                f"  {'engine':<11} {e['name']}: {e.get('in_flight', 0)}/"
+                f"{e.get('max_in_flight', 0)} running, {state}"
+            )
+    else:
+        lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
     counts = doc.get("counts") or {}
     # queued/coalesced exist since the waiting room (issue #9): an older document has none.
     outcomes = [k for k in OUTCOMES if k in counts or k in _CLASSIC_OUTCOMES]

@@ -7,6 +7,10 @@ probe's verdict, the reload flag and the waiting room as they are at that instan
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from .admission import Gate
 from .signals import queue_depth, queue_limits, queue_oldest_wait, results_bytes
 from .state import AppState
 
@@ -35,3 +39,30 @@ def wire_gauges(st: AppState) -> None:
     m.queue_oldest_wait.set_function(lambda: queue_oldest_wait(st, st.clock()))
     m.queue_max_wait.set_function(lambda: queue_limits(st)[1])
     m.results_bytes.set_function(lambda: results_bytes(st))
+    wire_engine_gauges(st)
+
+
+def wire_engine_gauges(st: AppState) -> None:
+    """The per-engine series of the current engines (at start and after each reload: a
+    removed engine's series go, an added one's come at 0)."""
+    m, gate = st.metrics, st.gate
+    engines = st.config.upstream.engines
+    names = {e.name for e in engines}
+    for family in (m.engine_up, m.engine_in_flight, m.engine_max_in_flight):
+        for labels in [s.labels["engine"] for s in _samples(family)]:
+            if labels not in names:
+                family.remove(labels)
+    for e in engines:
+        up, in_flight = _readers(gate, e.name)
+        m.engine_up.labels(e.name).set_function(up)
+        m.engine_in_flight.labels(e.name).set_function(in_flight)
+        m.engine_max_in_flight.labels(e.name).set(e.max_in_flight)
+        m.engine_admitted.labels(e.name)
+
+
+def _readers(gate: Gate, name: str) -> tuple[Callable[[], float], Callable[[], float]]:
+    return (lambda: float(gate.engine_up.get(name) is True)), (lambda: gate.in_flight_on(name))
+
+
+def _samples(family: Any) -> list[Any]:
+    return [s for metric in family.collect() for s in metric.samples]

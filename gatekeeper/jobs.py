@@ -301,7 +301,8 @@ class Jobs:
         epoch = st.usage.enter()  # the runner may use this epoch's pools to its end
         rt = st.runtime
         task = asyncio.create_task(
-            jobrunner.run(self, job, rt.config, rt.gated), name=f"job-{job.id[:6]}"
+            jobrunner.run(self, job, rt.config, rt.gated_for(ticket.engine)),
+            name=f"job-{job.id[:6]}",
         )
         job.task = task
 

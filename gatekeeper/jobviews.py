@@ -40,6 +40,7 @@ def job_view(jobs: Jobs, found: Job | JobRow, now: float, base: str) -> dict[str
             "starts_in_seconds": round(starts_in, 1),
             "waited_seconds": round(waited, 1),
             "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
+            "engine": j.ticket.engine if j.ticket is not None else None,
             "progress": j.progress,
             "coalesced": j.coalesced,
             "cancel_requested": j.cancel_requested,
@@ -116,6 +117,7 @@ def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:
         "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
         "eta_seconds": round(done_in, 1),
         "coalesced": j.coalesced,
+        "engine": j.ticket.engine if j.ticket is not None else None,
     }
 
 

@@ -155,6 +155,34 @@ class Metrics:
             self.config_reloads.labels(result)
         self._alert_metrics(r)
         self._queue_metrics(r)
+        self._engine_metrics(r)
+
+    def _engine_metrics(self, r: CollectorRegistry) -> None:
+        """One series per engine (issue #11 §1); the totals above stay the box's."""
+        self.engine_up = Gauge(
+            "gatekeeper_engine_up",
+            "1 when the engine answered its last probe (0: down or no answer yet).",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_in_flight = Gauge(
+            "gatekeeper_engine_in_flight",
+            "Generations running on the engine now.",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_max_in_flight = Gauge(
+            "gatekeeper_engine_max_in_flight",
+            "The engine's own slots (upstream.engines[].max_in_flight).",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_admitted = Counter(
+            "gatekeeper_engine_admitted",
+            "Generations started on the engine (admit, queue and gradio routes).",
+            ["engine"],
+            registry=r,
+        )
 
     def prime_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create each configured route's usual series at 0: (name, action) pairs.

@@ -14,35 +14,49 @@ from collections.abc import Callable
 
 import httpx
 
-from .config import Config
+from .config import Config, Engine
 from .logs import redact_url
 
 log = logging.getLogger("gatekeeper.probe")
 
 
-async def probe_once(client: httpx.AsyncClient, config: Config) -> bool:
+async def probe_once(client: httpx.AsyncClient, config: Config, url: str | None = None) -> bool:
+    """One probe of ``url`` (default: the first engine's)."""
     up = config.upstream
     try:
-        await client.get(up.url + up.probe.path, timeout=up.probe.timeout)
+        await client.get((url or up.url) + up.probe.path, timeout=up.probe.timeout)
     except httpx.HTTPError:
         return False
     return True
 
 
-async def probe_loop(config: Callable[[], Config], publish: Callable[[bool], None]) -> None:
-    last: bool | None = None
+async def _probe(client: httpx.AsyncClient, cfg: Config, engine: Engine) -> bool:
+    try:
+        return await probe_once(client, cfg, engine.url)
+    except Exception:  # never let the probe die: readyz would freeze on its last word
+        log.exception("upstream probe of engine %s failed unexpectedly", engine.name)
+        return False
+
+
+async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool], None]) -> None:
+    """Every ``upstream.probe.interval``, probe every engine at once and publish each
+    verdict by engine name. The engine list is read each round, so a reload that adds
+    or removes an engine is probed from the next round on."""
+    last: dict[str, bool] = {}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         while True:
             cfg = config()
-            try:
-                up = await probe_once(client, cfg)
-            except Exception:  # never let the probe die: readyz would freeze on its last word
-                log.exception("upstream probe failed unexpectedly")
-                up = False
-            if up != last:
-                (log.info if up else log.warning)(
-                    "upstream %s is %s", redact_url(cfg.upstream.url), "up" if up else "DOWN"
-                )
-                last = up
-            publish(up)
+            engines = cfg.upstream.engines
+            verdicts = await asyncio.gather(*(_probe(client, cfg, e) for e in engines))
+            several = len(engines) > 1
+            for engine, up in zip(engines, verdicts, strict=True):
+                if up != last.get(engine.name):
+                    what = f"engine {engine.name} " if several else ""
+                    (log.info if up else log.warning)(
+                        "upstream %s%s is %s", what, redact_url(engine.url), "up" if up else "DOWN"
+                    )
+                    last[engine.name] = up
+                publish(engine.name, up)
+            for gone in set(last) - {e.name for e in engines}:
+                del last[gone]
             await asyncio.sleep(cfg.upstream.probe.interval)

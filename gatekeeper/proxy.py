@@ -162,7 +162,8 @@ class ProxyHandler:
             return await self.gradio.handle(request, rt, route, rec)
         if not decided.gated:
             self._count(route, Outcome.PASSED, rec)
-            return await Relay(st, request, cfg, route, rt.passthrough, rec).run()
+            pool = rt.pass_pool(st.gate.engine_up)
+            return await Relay(st, request, cfg, route, pool, rec).run()
         if decided.queued and st.jobs is not None:
             return await self.queue.handle(request, cfg, route, rec)
         return await self._admit(request, rt, route, rec)
@@ -210,7 +211,9 @@ class ProxyHandler:
         job: asyncio.Task[web.StreamResponse] | None = None
         try:
             self._count(route, Outcome.ADMITTED, rec)
-            relay = Relay(st, request, cfg, route, rt.gated, rec, ticket=ticket, spool=spool)
+            rec.engine = ticket.engine
+            pool = rt.gated_for(ticket.engine)
+            relay = Relay(st, request, cfg, route, pool, rec, ticket=ticket, spool=spool)
             if cfg.admission.on_client_disconnect == "cancel":
                 return await relay.run()
             # ``finish``: the exchange runs in its own task, which owns the ticket. Nothing

@@ -195,6 +195,8 @@ class QueueRoute:
             rec.queue_seconds = (
                 (job.started - job.arrived) if job.started is not None else st.clock() - job.arrived
             )
+            if job.ticket is not None:
+                rec.engine = job.ticket.engine
             if job.head is None:
                 return self._job_error(cfg, route, job, rec)
             return await self._stream(request, cfg, route, job, coalesced, rec)

@@ -29,6 +29,7 @@ class RequestRecord:
     upstream_seconds: float | None = None
     total_seconds: float = 0.0
     client_gone: bool = False
+    engine: str | None = None  # the engine a generation ran on (several engines: issue #11)
     # Lifecycle, not logged: the reload epoch held, the finish job, who logs the line.
     epoch: int = 0
     job: asyncio.Task[web.StreamResponse] | None = None

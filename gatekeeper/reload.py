@@ -42,8 +42,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Config, Route, load_config
+from .config import Config, Engine, Route, load_config
 from .errors import ConfigError, ConfigProblem
+from .gauges import wire_engine_gauges
 from .logs import redact_url
 from .state import AppState, admission_limits
 from .tasks import cancel_and_wait
@@ -106,12 +107,23 @@ def diff(old: Config, new: Config) -> list[Change]:
     """Every leaf setting that changed, as dotted YAML paths (``source`` is not a setting).
 
     Routes compare as one list (order matters: the first match wins); messages
-    compare per reason code.
+    compare per reason code. Engines compare by name (issue #11): one engine's
+    settings are ``upstream.url`` and ``admission.max_in_flight`` as written; a
+    list's are ``upstream.engines[<name>].<key>``, and ``upstream.url`` and
+    ``admission.max_in_flight`` are then derived from it, so not reported.
     """
     out: list[Change] = []
+    derived = {"upstream.listed"}
+    if old.upstream.listed or new.upstream.listed:
+        _engines_diff(old, new, out)
+        derived |= {"upstream.engines"}
+        if old.upstream.listed and new.upstream.listed:
+            derived |= {"upstream.url", "admission.max_in_flight"}
+    else:
+        derived |= {"upstream.engines"}
 
     def walk(a: Any, b: Any, path: str) -> None:
-        if a == b:
+        if a == b or path in derived:
             return
         if is_dataclass(a) and is_dataclass(b):
             for f in fields(a):
@@ -127,6 +139,26 @@ def diff(old: Config, new: Config) -> list[Change]:
 
     walk(old, new, "")
     return out
+
+
+def _engines_diff(old: Config, new: Config, out: list[Change]) -> None:
+    """``upstream.engines[<name>]`` added, removed, or changed key by key."""
+    before = {e.name: e for e in old.upstream.engines}
+    after = {e.name: e for e in new.upstream.engines}
+    for name in [*before, *(n for n in after if n not in before)]:
+        a, b = before.get(name), after.get(name)
+        key = f"upstream.engines[{name}]"
+        if a is None or b is None:
+            out.append(Change(key, _engine_text(a), _engine_text(b)))
+            continue
+        if a.url != b.url:
+            out.append(Change(f"{key}.url", redact_url(a.url), redact_url(b.url)))
+        if a.max_in_flight != b.max_in_flight:
+            out.append(Change(f"{key}.max_in_flight", a.max_in_flight, b.max_in_flight))
+
+
+def _engine_text(e: Engine | None) -> str | None:
+    return None if e is None else f"{redact_url(e.url)} (max_in_flight {e.max_in_flight})"
 
 
 def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[Change]]:
@@ -284,9 +316,11 @@ class Reloader:
         st.config_reload_failed = False
         st.metrics.config_reloads.labels("success").inc()
         st.prime_metrics()  # new routes' series at 0 (issue #3)
+        wire_engine_gauges(st)  # an added engine's series, a removed one's gone (issue #11)
         st.metrics.config_last_reload_success.set(self.wall_clock())
-        for pool in (old_rt.gated, old_rt.passthrough):
-            if pool is not new_rt.gated and pool is not new_rt.passthrough:
+        kept = {id(p) for p in new_rt.pools()}
+        for pool in old_rt.pools():  # a removed engine's pools too, once its job is done
+            if id(pool) not in kept:
                 self._retiring.add(pool)
                 self._spawn(self._retire(pool, ended), f"gatekeeper-retire-{pool.name}")
         out = Outcome(True, trigger, self.path, tuple(changes), tuple(restart))

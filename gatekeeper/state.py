@@ -13,15 +13,16 @@ the upstream probe's verdict and the draining flag.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .admission import DurationEstimator, Gate, Limits
-from .config import Config, Pool
+from .admission import DurationEstimator, EngineSlots, Gate, Limits
+from .config import DEFAULT_ENGINE, Config, Engine, Pool, Upstream
 from .counters import Counters
 from .gradioevents import GradioEvents
 from .metrics import Metrics
@@ -35,11 +36,45 @@ if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both
 
 
 @dataclass(frozen=True)
+class EnginePools:
+    """One engine's two pools: gated generations, and everything passed through."""
+
+    gated: UpstreamPool
+    passthrough: UpstreamPool
+
+    @classmethod
+    def build(cls, engine: Engine, up: Upstream) -> EnginePools:
+        suffix = "" if engine.name == DEFAULT_ENGINE else f"-{engine.name}"
+        return cls(
+            gated=UpstreamPool("gated" + suffix, engine.url, up.gated),
+            passthrough=UpstreamPool("passthrough" + suffix, engine.url, up.passthrough),
+        )
+
+    def kept_or_rebuilt(self, engine: Engine, up: Upstream) -> EnginePools:
+        """Each pool whose URL and settings did not change is kept, warm connections
+        included; a changed one is built anew."""
+
+        def pick(old: UpstreamPool, settings: Pool, which: str) -> UpstreamPool:
+            if old.base == engine.url.rstrip("/") and old.pool == settings:
+                return old
+            suffix = "" if engine.name == DEFAULT_ENGINE else f"-{engine.name}"
+            return UpstreamPool(which + suffix, engine.url, settings)
+
+        return EnginePools(
+            gated=pick(self.gated, up.gated, "gated"),
+            passthrough=pick(self.passthrough, up.passthrough, "passthrough"),
+        )
+
+    def all(self) -> tuple[UpstreamPool, UpstreamPool]:
+        return (self.gated, self.passthrough)
+
+
+@dataclass(frozen=True)
 class Runtime:
     config: Config
     router: Router
-    gated: UpstreamPool
-    passthrough: UpstreamPool
+    # Every engine's pools, by engine name, in the file's order (issue #11 §1).
+    engines: Mapping[str, EnginePools]
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
@@ -48,41 +83,69 @@ class Runtime:
         return cls(
             config=config,
             router=Router(config.routes),
-            gated=UpstreamPool("gated", up.url, up.gated),
-            passthrough=UpstreamPool("passthrough", up.url, up.passthrough),
+            engines={e.name: EnginePools.build(e, up) for e in up.engines},
         )
 
     def successor(self, config: Config) -> Runtime:
-        """The runtime for a reloaded ``config`` (issue #5 §1).
+        """The runtime for a reloaded ``config`` (issue #5 §1; engines: issue #11 §1).
 
         A pool whose URL, timeouts and limits did not change is kept, warm
-        connections included; a changed one is built anew for new requests.
-        The caller closes the pools the successor no longer holds, once no
-        request uses them any more (``reload.Reloader``).
+        connections included; a changed one (or a new engine's) is built anew for
+        new requests. The caller closes the pools the successor no longer holds
+        (a removed engine's too), once no request uses them any more
+        (``reload.Reloader``): a removed engine's running job holds its epoch.
         """
         up = config.upstream
+        engines: dict[str, EnginePools] = {}
+        for e in up.engines:
+            old = self.engines.get(e.name)
+            engines[e.name] = (
+                EnginePools.build(e, up) if old is None else old.kept_or_rebuilt(e, up)
+            )
+        return Runtime(config=config, router=Router(config.routes), engines=engines)
 
-        def pool(old: UpstreamPool, settings: Pool) -> UpstreamPool:
-            if old.base == up.url.rstrip("/") and old.pool == settings:
-                return old
-            return UpstreamPool(old.name, up.url, settings)
+    def pools(self) -> list[UpstreamPool]:
+        return [p for e in self.engines.values() for p in e.all()]
 
-        return Runtime(
-            config=config,
-            router=Router(config.routes),
-            gated=pool(self.gated, up.gated),
-            passthrough=pool(self.passthrough, up.passthrough),
-        )
+    @property
+    def first(self) -> EnginePools:
+        return next(iter(self.engines.values()))
+
+    @property
+    def gated(self) -> UpstreamPool:
+        """The first engine's gated pool (the one engine's, with ``upstream.url``)."""
+        return self.first.gated
+
+    @property
+    def passthrough(self) -> UpstreamPool:
+        """The first engine's passthrough pool (a gradio route's: it has one engine)."""
+        return self.first.passthrough
+
+    def gated_for(self, engine: str) -> UpstreamPool:
+        """The gated pool of the engine a ticket names (it exists: the gate picks from
+        the same reload's engines, in the same synchronous step)."""
+        return self.engines[engine].gated
+
+    def pass_pool(self, up: Mapping[str, bool | None]) -> UpstreamPool:
+        """Where a pass route goes: the first engine (file order) not known to be down;
+        with every engine down, the first (its failure is answered 502 as usual)."""
+        for name, pools in self.engines.items():
+            if up.get(name) is not False:
+                return pools.passthrough
+        return self.first.passthrough
 
     async def close(self) -> None:
-        await self.gated.close()
-        await self.passthrough.close()
+        for pool in self.pools():
+            await pool.close()
 
 
 def admission_limits(config: Config) -> Limits:
+    up = config.upstream
     return Limits(
         max_in_flight=config.admission.max_in_flight,
         retry_after_default=config.admission.retry_after_default,
+        engines=tuple(EngineSlots(e.name, e.max_in_flight) for e in up.engines),
+        down_retry_after=max(1, math.ceil(up.probe.interval)),
     )
 
 
@@ -93,7 +156,6 @@ class AppState:
     metrics: Metrics
     clock: Callable[[], float]
     counters: Counters
-    upstream_up: bool | None = None  # None until the first probe answered
     started_monotonic: float = 0.0
     started_wall: float = field(default_factory=time.time)
     # Which reload generation ("epoch") of the rules each open request may use.
@@ -107,9 +169,39 @@ class AppState:
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
 
+    @property
+    def upstream_up(self) -> bool | None:
+        """Any engine up: True; every engine down: False; else None (no answer yet).
+
+        One engine: its probe's verdict, as before several engines existed. The gate
+        holds the per-engine verdicts (``Gate.engine_up``): admission reads them.
+        """
+        verdicts = [self.gate.engine_up.get(e.name) for e in self.config.upstream.engines]
+        if any(v is True for v in verdicts):
+            return True
+        if verdicts and all(v is False for v in verdicts):
+            return False
+        return None
+
+    @upstream_up.setter
+    def upstream_up(self, up: bool | None) -> None:
+        for e in self.config.upstream.engines:
+            self.gate.engine_up[e.name] = up
+
     def set_upstream_up(self, up: bool) -> None:
-        """The probe's latest verdict (``gatekeeper_upstream_up`` reads it at scrape time)."""
+        """Every engine's verdict at once (one engine: the probe's latest)."""
         self.upstream_up = up
+
+    def set_engine_up(self, engine: str, up: bool) -> None:
+        """One engine's probe verdict (``gatekeeper_engine_up`` reads it at scrape time).
+
+        A verdict that changes the set of engines that may take a job wakes the
+        waiting room: a job may now start on the engine that came back.
+        """
+        before = self.gate.engine_up.get(engine)
+        self.gate.engine_up[engine] = up
+        if before is False and up and self.gate.on_free is not None:
+            self.gate.on_free()
 
     # The proxy handler's names for the ``Counters`` writers.
 
@@ -133,6 +225,7 @@ class AppState:
         cfg = runtime.config
         gate = Gate(admission_limits(cfg), DurationEstimator(cfg.admission.expected_seconds))
         counters = Counters(metrics)
+        gate.on_admit = lambda t: metrics.engine_admitted.labels(t.engine).inc()
         return cls(
             runtime=runtime,
             gate=gate,

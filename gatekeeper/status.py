@@ -4,12 +4,12 @@ One function from live state to a JSON-ready dict, shared by the admin
 ``/status`` endpoint, the public status path, the CLI and the demo.
 
 ``accepting`` and ``reasons`` say what the gate would do with a new generation
-now, nothing else. The upstream probe does not gate admission, on purpose: a
-probe can be wrong (a slow health path, a proxy in between), and refusing on
-its word would turn a flaky probe into an outage. So an engine that does not
-answer its probe is a *warning* (``warnings: ["upstream_unavailable"]``): the
-gate still admits, and the request gets 502 ``upstream_unavailable`` if the
-engine really is gone.
+now, nothing else. The upstream probe gates admission per engine (issue #11
+§1): an engine whose last probe failed gets no new generation, so with several
+engines the next job goes to one that answers; with none answering a generation
+is refused ``engine_down`` (a queued job waits). Every engine down is also the
+warning ``upstream_unavailable``. ``engines`` lists each engine: its state, its
+slots and what runs on it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .jobviews import jobs_status, queue_status
+from .logs import redact_url
 from .state import AppState
 
 
@@ -30,6 +31,32 @@ def status_document(st: AppState) -> dict[str, Any]:
     expected = gate.estimator.expected
     res = gate.resources
     r = cfg.admission.resources
+    running_on = {e.name: 0 for e in cfg.upstream.engines}
+    for t in gate.running():
+        running_on[t.engine] = running_on.get(t.engine, 0) + 1
+    engines = [
+        {
+            "name": e.name,
+            "url": redact_url(e.url),
+            "up": gate.engine_up.get(e.name),
+            "in_flight": gate.in_flight_on(e.name),
+            "max_in_flight": e.max_in_flight,
+        }
+        for e in cfg.upstream.engines
+    ]
+    listed = {e.name for e in cfg.upstream.engines}
+    for name in running_on:  # removed by a reload, finishing its job
+        if name not in listed:
+            engines.append(
+                {
+                    "name": name,
+                    "url": None,
+                    "up": gate.engine_up.get(name),
+                    "in_flight": gate.in_flight_on(name),
+                    "max_in_flight": 0,
+                    "removed": True,
+                }
+            )
     return {
         "accepting": not reasons,
         "reasons": reasons,
@@ -39,6 +66,7 @@ def status_document(st: AppState) -> dict[str, Any]:
         "running": [
             {
                 "route": t.route,
+                "engine": t.engine,
                 "elapsed_seconds": round(now - t.started_at, 3),
                 "expected_seconds": round(expected, 3),
             }
@@ -61,6 +89,7 @@ def status_document(st: AppState) -> dict[str, Any]:
             },
         },
         "upstream_up": st.upstream_up,
+        "engines": engines,
         "draining": gate.draining,
         "counts": dict(st.counters.outcomes),
         "rejections_by_reason": dict(st.counters.rejections_by_reason),

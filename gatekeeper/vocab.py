@@ -32,6 +32,8 @@ class AdmitReason(StrEnum):
 
     DRAINING = "draining"
     BUSY = "busy"
+    # Every engine with a free slot failed its probe (issue #11 §1): no new job goes to one.
+    ENGINE_DOWN = "engine_down"
     CPU = "cpu"
     MEMORY = "memory"
 
@@ -76,6 +78,7 @@ QUEUE_REASONS: tuple[QueueReason, ...] = tuple(QueueReason)
 # Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
 ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.BUSY,
+    AdmitReason.ENGINE_DOWN,
     AdmitReason.CPU,
     AdmitReason.MEMORY,
     AdmitReason.DRAINING,

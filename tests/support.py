@@ -202,9 +202,11 @@ def calm_resources(rules: str, readings: Path) -> str:
 
 
 def start_gatekeeper(
-    tmp_path: Path, rules: str, upstream: str, *extra: str, nofile: int | None = None
+    tmp_path: Path, rules: str, upstream: str | None, *extra: str, nofile: int | None = None
 ) -> tuple[Proc, str, str]:
-    """Write ``rules`` to a file and run ``gatekeeper run``; returns (proc, proxy, admin URLs)."""
+    """Write ``rules`` to a file and run ``gatekeeper run``; returns (proc, proxy, admin URLs).
+
+    ``upstream`` None: no ``--upstream`` (the rules list ``upstream.engines``)."""
     port, admin = free_port(), free_port()
     cfg = tmp_path / f"rules-{port}.yaml"
     cfg.write_text(calm_resources(rules, tmp_path / f"calm-{port}.json"))
@@ -213,8 +215,7 @@ def start_gatekeeper(
             "run",
             "--config",
             str(cfg),
-            "--upstream",
-            upstream,
+            *(("--upstream", upstream) if upstream is not None else ()),
             "--listen",
             f"127.0.0.1:{port}",
             "--admin-listen",

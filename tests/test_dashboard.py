@@ -226,10 +226,10 @@ def test_admission_state_has_a_mapping_for_every_code(default_dash: dict[str, An
     options = p["fieldConfig"]["defaults"]["mappings"][0]["options"]
     assert options["0"]["text"] == "accepting"
     texts = " ".join(o["text"] for o in options.values())
-    for word in ("busy", "CPU", "memory", "engine unreachable", "draining"):
+    for word in ("busy", "CPU", "memory", "engine down", "draining"):
         assert word in texts
-    # The gate does not refuse on the probe's word, and the stat must not claim it does.
-    assert options["4"]["text"].startswith("accepting")
+    # Every engine down: the gate refuses engine_down (issue #11 §1), and the stat says so.
+    assert options["4"]["text"] == "not accepting: engine down"
     expr = p["targets"][0]["expr"]
     for weight in range(1, 6):
         assert f") * {weight}," in expr

@@ -201,12 +201,12 @@ def test_status_page_says_why_when_cpu_is_overloaded(tmp_path: Path, procs: list
 
 
 @pytest.mark.e2e
-def test_status_page_says_accepting_with_a_warning_when_the_engine_is_down(
+def test_status_page_says_not_accepting_engine_down_when_the_engine_is_down(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
-    """The probe does not gate admission, so with the engine gone the page says
-    "accepting" plus an "engine unreachable" warning (and why a generation would fail),
-    not "not accepting"."""
+    """A down engine gets no new generation (issue #11 §1), so with the engine gone the
+    page says "not accepting: engine_down" plus the "engine unreachable" warning, and
+    why (no engine answers its probe; queued jobs wait)."""
     live = start_live(tmp_path, procs, engine_seconds=1)
     try:
         live.engine.kill()
@@ -214,12 +214,70 @@ def test_status_page_says_accepting_with_a_warning_when_the_engine_is_down(
         dom = Dom(chromium_dom(live.admin + "/", tmp_path))
     finally:
         live.close()
-    assert dom.t("state") == "accepting · engine unreachable"
+    assert dom.t("state") == "not accepting: engine_down · engine unreachable"
     assert dom.attrs["state"]["data-kind"] == "bad"
-    assert dom.attrs["admission"]["data-accepting"] == "true"
-    assert dom.t("accepting-text") == "Accepting generations"
-    assert "502 upstream_unavailable" in dom.t("reason-hint")
+    assert dom.attrs["admission"]["data-accepting"] == "false"
+    assert dom.t("accepting-text") == "Not accepting"
+    assert "engine_down: no engine with a free slot answers its probe" in dom.t("reason-hint")
+    assert "queued jobs wait" in dom.t("reason-hint")
     assert dom.t("upstream") == "DOWN"
+    assert dom.attrs["engines"]["data-count"] == "0"  # one engine: no per-engine list
+
+
+@pytest.mark.e2e
+async def test_status_page_lists_each_engine_in_chromium(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Several engines (issue #11 §1): one line per engine with running/slots and its
+    probe state (a removed one "finishing"), and each running generation says its engine."""
+    import asyncio
+
+    from test_cli_status import QUEUED
+
+    doc = dict(
+        QUEUED,
+        in_flight=2,
+        max_in_flight=2,
+        upstream_up=True,
+        running=[
+            {
+                "route": "generate",
+                "engine": "gpu1",
+                "elapsed_seconds": 10.0,
+                "expected_seconds": 60.0,
+            },
+            {
+                "route": "generate",
+                "engine": "old",
+                "elapsed_seconds": 50.0,
+                "expected_seconds": 60.0,
+            },
+        ],
+        engines=[
+            {"name": "gpu0", "url": "http://a", "up": False, "in_flight": 0, "max_in_flight": 1},
+            {"name": "gpu1", "url": "http://b", "up": True, "in_flight": 1, "max_in_flight": 1},
+            {
+                "name": "old",
+                "url": None,
+                "up": True,
+                "in_flight": 1,
+                "max_in_flight": 0,
+                "removed": True,
+            },
+        ],
+    )
+    url = await serve_page(aiohttp_server, doc)
+    dom = Dom(await asyncio.to_thread(chromium_dom, url, tmp_path))
+    assert dom.attrs["engines"]["data-count"] == "3"
+    items = re.findall(
+        r'<li data-engine="(\w+)" data-up="(\w+)"[^>]*><b>\w+</b>([^<]*)</li>', dom.html
+    )
+    assert items == [
+        ("gpu0", "false", " 0/1 · DOWN"),
+        ("gpu1", "true", " 1/1 · up"),
+        ("old", "true", " 1/0 · removed, finishing"),
+    ]
+    assert re.findall(r'class="muted gen-engine">([^<]*)<', dom.html) == ["on gpu1", "on old"]
 
 
 async def serve_page(aiohttp_server: Any, doc: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,14 @@ async def test_status_path_follows_a_reload(
     assert seen == ["GET /_gatekeeper/status"]
 
 
-async def test_engine_down_is_a_warning_because_the_gate_still_admits(
+async def test_engine_down_gets_no_new_generation(
     aiohttp_client: Any,
 ) -> None:
-    """With the probe saying the engine is down, the status says accepting (no reason)
-    with an upstream_unavailable warning, and that is what the gate does: it admits the
-    generation, which then gets 502 upstream_unavailable."""
+    """With the probe saying the one engine is down (issue #11 §1: a down engine gets no
+    new job), the status says not accepting, reason engine_down, warning
+    upstream_unavailable, and a generation is refused 503 engine_down with the probe
+    interval as Retry-After; nothing is admitted. The engine answering its probe again
+    makes the next generation admitted (here: 502, nothing listens on the port)."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -179,13 +182,27 @@ async def test_engine_down_is_a_warning_because_the_gate_still_admits(
     client = await aiohttp_client(build_proxy_app(st, monitor=False))
     st.set_upstream_up(False)
     body = await (await client.get("/_gatekeeper/status")).json()
-    assert body["accepting"] is True
-    assert body["reasons"] == []
+    assert body["accepting"] is False
+    assert body["reasons"] == ["engine_down"]
     assert body["warnings"] == ["upstream_unavailable"]
     assert body["upstream_up"] is False
+    assert body["engines"] == [
+        {
+            "name": "default",
+            "url": f"http://127.0.0.1:{port}",
+            "up": False,
+            "in_flight": 0,
+            "max_in_flight": 1,
+        }
+    ]
+    resp = await client.post("/generate", data=b"{}")
+    assert resp.status == 503
+    assert (await resp.json())["reason"] == "engine_down"
+    assert resp.headers["Retry-After"] == str(math.ceil(st.config.upstream.probe.interval))
+    assert st.counters.outcomes["admitted"] == 0
+    st.set_upstream_up(True)
     resp = await client.post("/generate", data=b"{}")
     assert resp.status == 502
     assert (await resp.json())["reason"] == "upstream_unavailable"
     assert st.counters.outcomes["admitted"] == 1
-    st.set_upstream_up(True)
     assert (await (await client.get("/_gatekeeper/status")).json())["warnings"] == []

@@ -43,11 +43,21 @@ from .limits import Limits
 from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
 from .root import Config, Reload, Shutdown, load_config, load_config_file
 from .routes import ACTIONS, DEFAULT_ROUTES, GATED_ACTIONS, HTTP_METHODS, Action, Route
-from .upstream import PASSTHROUGH_LIMITS, Pool, PoolLimits, Probe, Timeouts, Upstream
+from .upstream import (
+    DEFAULT_ENGINE,
+    PASSTHROUGH_LIMITS,
+    Engine,
+    Pool,
+    PoolLimits,
+    Probe,
+    Timeouts,
+    Upstream,
+)
 from .values import HostPort, parse_duration
 
 __all__ = [
     "ACTIONS",
+    "DEFAULT_ENGINE",
     "DEFAULT_MESSAGES",
     "DEFAULT_ROUTES",
     "GATED_ACTIONS",
@@ -66,6 +76,7 @@ __all__ = [
     "Alerts",
     "ClientKey",
     "Config",
+    "Engine",
     "HostPort",
     "Jobs",
     "Limits",

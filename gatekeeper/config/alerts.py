@@ -122,8 +122,8 @@ def default_alert_rules(
             summary="音乐生成引擎无法连接 / The music engine has not answered gatekeeper's"
             " probe for 1 minute",
             runbook="Check the engine process (systemctl status, docker ps or kubectl get"
-            " pods) and its log; restart it. gatekeeper answers 502 upstream_unavailable"
-            " meanwhile.",
+            " pods) and its log; restart it. gatekeeper admits no generation meanwhile"
+            " (503 engine_down; queued jobs wait).",
         ),
         AlertRule(
             alert="GatekeeperUpstreamTimeouts",

@@ -11,6 +11,7 @@ from .reader import Section
 # Reason codes answered to clients (issue #2); messages are keyed by them.
 REASONS: tuple[str, ...] = (
     "busy",
+    "engine_down",
     "cpu",
     "memory",
     "blocked",
@@ -53,6 +54,10 @@ DEFAULT_MESSAGES: Mapping[str, str] = {
     "请约 {retry_after} 秒后再试。"
     " / The server is low on memory ({memory_percent:.0f}% used);"
     " please retry in about {retry_after} s.",
+    "engine_down": "音乐生成引擎暂时不可用（健康检查失败），暂不接受新的生成任务，"
+    "请约 {retry_after} 秒后再试。"
+    " / The music engine is not answering its health check; no new generation can start."
+    " Please retry in about {retry_after} s.",
     "blocked": "该接口已停用。 / This endpoint is disabled.",
     "draining": "服务正在重启，暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
     " / The service is restarting and accepts no new generations;"

@@ -81,9 +81,22 @@ class Config:
         """
         problems: list[ConfigProblem] = []
         cfg = self
-        if upstream is not None:
+        if upstream is not None and cfg.upstream.listed:
+            problems.append(
+                ConfigProblem(
+                    "--upstream",
+                    None,
+                    "cannot replace upstream.engines (the file lists several engines);"
+                    " edit the file instead",
+                    upstream,
+                    True,
+                )
+            )
+        elif upstream is not None:
             url = check_url(upstream, "--upstream", None, problems, cfg.upstream.url)
-            cfg = replace(cfg, upstream=replace(cfg.upstream, url=url))
+            (only,) = cfg.upstream.engines
+            engines = (replace(only, url=url),)
+            cfg = replace(cfg, upstream=replace(cfg.upstream, url=url, engines=engines))
         if listen is not None:
             hp = parse_hostport(listen, "--listen", None, problems)
             cfg = replace(cfg, listen=hp or cfg.listen)
@@ -193,6 +206,25 @@ def _paths(root: Section) -> tuple[str | None, str | None]:
     return status_path, jobs_path
 
 
+def _slots(up: Upstream, adm: Admission, sec: Section) -> tuple[Upstream, Admission]:
+    """One engine: its slots are ``admission.max_in_flight``. Several: each has its own
+    and ``admission.max_in_flight`` is their sum (issue #11 §1)."""
+    if not up.listed:
+        (only,) = up.engines
+        return replace(up, engines=(replace(only, max_in_flight=adm.max_in_flight),)), adm
+    total = sum(e.max_in_flight for e in up.engines)
+    node = sec.node_of("max_in_flight")
+    if node is not None:
+        sec.problem(
+            "max_in_flight",
+            node,
+            "cannot be set with upstream.engines: each engine has its own"
+            f" (upstream.engines[].max_in_flight), and the total is their sum ({total})",
+            value_of(node),
+        )
+    return up, replace(adm, max_in_flight=total)
+
+
 def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     d = Config()
     listen, admin_listen = _listeners(root, problems)
@@ -212,7 +244,9 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     )
     rl.close()
     status_path, jobs_path = _paths(root)
-    admission = read_admission(root.section("admission"))
+    admission_sec = root.section("admission")
+    admission = read_admission(admission_sec)
+    upstream, admission = _slots(upstream, admission, admission_sec)
     cfg = Config(
         listen=listen,
         admin_listen=admin_listen,
@@ -233,5 +267,30 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
             max_wait=admission.queue.max_wait,
         ),
     )
+    _gradio_needs_one_engine(cfg, root.node_of("routes"), problems)
     root.close()
     return cfg
+
+
+def _gradio_needs_one_engine(
+    cfg: Config, routes: yaml.Node | None, problems: list[ConfigProblem]
+) -> None:
+    """A Gradio session lives on one engine: its uploads, its queue/data stream and its
+    heartbeat all name state that engine holds. gatekeeper does not pin sessions to
+    engines, so a gradio route takes one engine; several Gradio engines are several
+    boxes behind HAProxy (with a sticky session), each with its own gatekeeper."""
+    if len(cfg.upstream.engines) < 2 or not isinstance(routes, yaml.SequenceNode):
+        return
+    for i, route in enumerate(cfg.routes):
+        if route.action == "gradio" and i < len(routes.value):
+            problems.append(
+                ConfigProblem(
+                    f"routes[{i}].action",
+                    line_of(routes.value[i]),
+                    "gradio needs exactly one engine (a Gradio session's uploads and streams"
+                    " live on one engine); list one engine, or run one gatekeeper per engine"
+                    " behind HAProxy (README: several boxes)",
+                    route.action,
+                    True,
+                )
+            )

@@ -25,8 +25,9 @@ ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
             (6, 6, p.why_not),
             (6, 6, p.in_flight),
             (6, 6, p.engine),
-            (16, 8, p.generation_elapsed),
-            (8, 8, p.generation_progress),
+            (12, 8, p.generation_elapsed),
+            (6, 8, p.generation_progress),
+            (6, 8, p.engines),
         ),
     ),
     (

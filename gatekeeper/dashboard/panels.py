@@ -24,9 +24,8 @@ STATE_CODES = (
     (1, "busy: generating", "blue"),
     (2, "not accepting: CPU", "orange"),
     (3, "not accepting: memory", "orange"),
-    # The gate never rejects on the probe's word (a probe can be wrong): generations are
-    # still admitted and get 502 while the engine is unreachable. Red, but not "refusing".
-    (4, "accepting, engine unreachable: 502s", "red"),
+    # Every engine fails its probe: no generation starts (engine_down), queued jobs wait.
+    (4, "not accepting: engine down", "red"),
     (5, "not accepting: draining", "purple"),
 )
 
@@ -55,7 +54,7 @@ def admission(_config: Config) -> Panel:
     return stat(
         "Admission",
         "Would a new generation be admitted now? Otherwise the most severe "
-        "reason: draining > engine unreachable (admitted, but it would get 502) > memory > "
+        "reason: draining > engine down (no engine answers its probe) > memory > "
         "CPU > busy (a generation is running, the normal state of a working box).",
         [(f"max by (instance) ({code})", "{{instance}}")],
         mappings=STATE_CODES,
@@ -100,6 +99,24 @@ def engine(_config: Config) -> Panel:
         [(signal("upstream_up"), "{{instance}}")],
         mappings=((1, "up", "green"), (0, "DOWN", "red")),
         steps=((None, "red"), (1, "green")),
+    )
+
+
+def engines(config: Config) -> Panel:
+    names = ", ".join(f"{e.name} ({e.max_in_flight})" for e in config.upstream.engines)
+    return timeseries(
+        "Engines: running vs slots",
+        "Generations running on each engine (gatekeeper_engine_in_flight) and its own "
+        f"slots (upstream.engines[].max_in_flight; configured: {names}). An engine down "
+        "(gatekeeper_engine_up 0) is drawn at -1: it gets no new generation.",
+        [
+            (f"max by (engine) (gatekeeper_engine_in_flight{sel()})", "{{engine}} running"),
+            (f"max by (engine) (gatekeeper_engine_max_in_flight{sel()})", "{{engine}} slots"),
+            (f"-1 * (1 - min by (engine) (gatekeeper_engine_up{sel()}))", "{{engine}} down"),
+        ],
+        unit="none",
+        custom={"lineInterpolation": "stepAfter"},
+        decimals=0,
     )
 
 
