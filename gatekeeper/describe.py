@@ -72,5 +72,26 @@ def _kv(d: dict[str, Any]) -> str:
 
 
 def config_warnings(config: Config) -> list[str]:
-    """Every warning about a valid config: the loader's, then the route lint's."""
-    return [*config.warnings, *lint(config.routes)]
+    """Every warning about a valid config: the loader's, the route lint's, the pools'."""
+    return [*config.warnings, *lint(config.routes), *_pool_warnings(config)]
+
+
+def _pool_warnings(config: Config) -> list[str]:
+    """An engine with more slots than gated connections: its extra generations would wait
+    for a connection and fail 503 upstream_busy after upstream.timeouts.pool."""
+    up = config.upstream
+    conns = up.limits.max_connections
+    out = []
+    for e in up.engines:
+        if e.max_in_flight > conns:
+            key = (
+                f"upstream.engines[{e.name}].max_in_flight"
+                if up.listed
+                else "admission.max_in_flight"
+            )
+            out.append(
+                f"{key} ({e.max_in_flight}) is more than upstream.limits.max_connections"
+                f" ({conns}): generations beyond {conns} on one engine would wait for a"
+                " connection and get 503 upstream_busy; raise max_connections"
+            )
+    return out

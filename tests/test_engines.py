@@ -310,3 +310,18 @@ def test_reload_diff_of_one_engine_is_unchanged() -> None:
         ("upstream.url", "http://127.0.0.1:1", "http://127.0.0.1:2"),
         ("admission.max_in_flight", 1, 2),
     ]
+
+
+def test_an_engine_with_more_slots_than_connections_is_a_warning() -> None:
+    """An engine's max_in_flight above upstream.limits.max_connections is valid but would
+    fail the extra generations with upstream_busy: `check` warns, naming the key."""
+    from gatekeeper.describe import config_warnings
+
+    cfg = load_config(TWO.replace("max_in_flight: 2", "max_in_flight: 3"))
+    (warning,) = config_warnings(cfg)
+    assert warning.startswith(
+        "upstream.engines[gpu1].max_in_flight (3) is more than upstream.limits.max_connections (2)"
+    )
+    assert config_warnings(load_config(TWO)) == []
+    one = load_config("admission:\n  max_in_flight: 4\n")
+    assert config_warnings(one)[0].startswith("admission.max_in_flight (4) is more than")
