@@ -338,6 +338,7 @@ class GradioRoute:
                 return self._refuse_in_stream(cfg, rejected(route, result, cfg), rec, session)
             return self._refuse(cfg, rejected(route, result, cfg), rec, api)
         ticket = result
+        rec.engine = ticket.engine
         handed = False
         try:
             self.proxy.count(route, Outcome.ADMITTED, rec)

@@ -104,6 +104,8 @@ def _check_access(records: list[dict[str, Any]], made_id: str) -> None:
     assert float(song["upstream_s"]) >= 0.3
     assert float(song["total_s"]) >= float(song["upstream_s"]) >= 0
     assert float(song["queue_s"]) >= 0
+    assert song["engine"] == "default"  # the engine it ran on (issue #11 §1)
+    assert "engine" not in by_path["/_sim/echo/a"]  # a pass route's line names none
     blocked = by_path["/batch-generate"]
     assert (blocked["decision"], blocked["reason"], str(blocked["status"])) == (
         "blocked",
