@@ -32,6 +32,7 @@ from .vocab import ErrorKind, Outcome
 
 if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
     from .jobs import Jobs
+    from .sources import Sample
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class AppState:
     jobs: Jobs | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
+    # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.
+    host: Sample | None = None
 
     def set_upstream_up(self, up: bool) -> None:
         """The probe's latest verdict (``gatekeeper_upstream_up`` reads it at scrape time)."""
