@@ -174,7 +174,7 @@ class HostSampler:
                 f"cpu.max {cg.cpu_cores:g} cores" if cg.cpu_cores is not None else "",
             ]
             text = ", ".join(x for x in limits if x) or "no memory.max or cpu.max limit"
-            signals["cgroup"] = Signal(True, f"cgroup {where} ({text})")
+            signals["cgroup"] = Signal(True, f"{where} ({text})")
         else:
             signals["cgroup"] = Signal(False, reason=where)
         if cg is not None and cg.cpu_percent is not None:

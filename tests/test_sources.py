@@ -58,9 +58,7 @@ def test_v2_cgroup_with_limits_reads_relative_to_them(tmp_path: Path) -> None:
     now[0] = 1.0
     got = s()
     assert (got.cpu_percent, got.memory_percent) == (25.0, 50.0)
-    assert (
-        got.signals["cgroup"].source == "cgroup /kubepods/pod1 (memory.max 16 GiB, cpu.max 2 cores)"
-    )
+    assert got.signals["cgroup"].source == "/kubepods/pod1 (memory.max 16 GiB, cpu.max 2 cores)"
     assert got.signals["cpu"].source == "cgroup /kubepods/pod1 (cpu.max 2 cores)"
     assert got.signals["memory"].source == "cgroup /kubepods/pod1 (memory.max 16 GiB)"
     assert got.cgroup is not None and got.cgroup.memory_max == 16 * GiB
