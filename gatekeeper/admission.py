@@ -26,7 +26,10 @@ Invariants (the reliability contract of issue #2):
 Reasons are checked in this order, so a client hears the most useful one:
 ``draining`` (come back to the new instance) > ``busy`` (someone else's song
 is running; the ETA is known) > ``engine_down`` (the engines with a free slot
-fail their probe) > ``cpu`` > ``memory``.
+fail their probe) > ``cpu`` > ``memory`` > the opt-in signals of
+issue #11 §3: ``cpu_pressure`` > ``memory_pressure`` > ``io_pressure`` (PSI
+avg10) > ``gpu_memory`` > ``gpu_utilization`` (NVML). A signal that is absent
+(no PSI, no GPU) or has no threshold configured never rejects.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from .config import Threshold
-from .vocab import AdmitReason
+from .config import Resources, Threshold
+from .vocab import RESOURCE_REASONS, AdmitReason
 
 
 def next_overloaded(overloaded: bool, reading: float, t: Threshold) -> bool:
@@ -47,6 +51,52 @@ def next_overloaded(overloaded: bool, reading: float, t: Threshold) -> bool:
     if overloaded:
         return reading >= t.recover_below
     return reading > t.reject_above
+
+
+@dataclass(frozen=True)
+class Readings:
+    """One sample as admission compares it (percentages; None: the signal is absent)."""
+
+    cpu_percent: float
+    memory_percent: float
+    # PSI avg10 of the configured line (some/full) of each resource.
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
+    io_pressure: float | None = None
+    # The highest over the watched GPUs: one full device is enough to fail a generation.
+    gpu_memory_percent: float | None = None
+    gpu_utilization_percent: float | None = None
+
+
+# reason -> (reading field, overloaded field, the threshold in ``Resources``), reasons() order.
+_WATCHED: dict[AdmitReason, tuple[str, str, Callable[[Resources], Threshold | None]]] = {
+    AdmitReason.CPU: ("cpu_percent", "cpu_overloaded", lambda r: r.cpu_percent),
+    AdmitReason.MEMORY: ("memory_percent", "memory_overloaded", lambda r: r.memory_percent),
+    AdmitReason.CPU_PRESSURE: (
+        "cpu_pressure",
+        "cpu_pressure_overloaded",
+        lambda r: r.cpu_pressure,
+    ),
+    AdmitReason.MEMORY_PRESSURE: (
+        "memory_pressure",
+        "memory_pressure_overloaded",
+        lambda r: r.memory_pressure,
+    ),
+    AdmitReason.IO_PRESSURE: ("io_pressure", "io_pressure_overloaded", lambda r: r.io_pressure),
+    AdmitReason.GPU_MEMORY: (
+        "gpu_memory_percent",
+        "gpu_memory_overloaded",
+        lambda r: r.gpu.memory_percent,
+    ),
+    AdmitReason.GPU_UTILIZATION: (
+        "gpu_utilization_percent",
+        "gpu_utilization_overloaded",
+        lambda r: r.gpu.utilization_percent,
+    ),
+}
+assert tuple(_WATCHED) == RESOURCE_REASONS
+# The ``ResourceState`` field holding each watched resource's reading.
+READING_OF: dict[AdmitReason, str] = {reason: f for reason, (f, _, _) in _WATCHED.items()}
 
 
 @dataclass(frozen=True)
@@ -58,17 +108,39 @@ class ResourceState:
     cpu_overloaded: bool = False
     memory_overloaded: bool = False
     sampled_at: float = 0.0
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
+    io_pressure: float | None = None
+    gpu_memory_percent: float | None = None
+    gpu_utilization_percent: float | None = None
+    cpu_pressure_overloaded: bool = False
+    memory_pressure_overloaded: bool = False
+    io_pressure_overloaded: bool = False
+    gpu_memory_overloaded: bool = False
+    gpu_utilization_overloaded: bool = False
 
-    def advance(
-        self, cpu: float, memory: float, cpu_t: Threshold, mem_t: Threshold, now: float
-    ) -> ResourceState:
-        return ResourceState(
-            cpu_percent=cpu,
-            memory_percent=memory,
-            cpu_overloaded=next_overloaded(self.cpu_overloaded, cpu, cpu_t),
-            memory_overloaded=next_overloaded(self.memory_overloaded, memory, mem_t),
-            sampled_at=now,
-        )
+    def advance(self, readings: Readings, thresholds: Resources, now: float) -> ResourceState:
+        """The next state: each reading against its threshold, with hysteresis. An absent
+        reading (None) or an unconfigured threshold is never overloaded."""
+        changes: dict[str, Any] = {"sampled_at": now}
+        for reading_field, flag, threshold_of in _WATCHED.values():
+            reading: float | None = getattr(readings, reading_field)
+            t = threshold_of(thresholds)
+            changes[reading_field] = reading
+            changes[flag] = (
+                reading is not None
+                and t is not None
+                and next_overloaded(getattr(self, flag), reading, t)
+            )
+        return replace(self, **changes)
+
+    def overloaded(self) -> dict[AdmitReason, bool]:
+        """Each watched resource's flag, by reason code (``/status``, the metric)."""
+        return {reason: getattr(self, flag) for reason, (_, flag, _) in _WATCHED.items()}
+
+    def message_fields(self) -> dict[str, float]:
+        """The readings a rejection message may quote (an absent one reads 0)."""
+        return {f: getattr(self, f) or 0.0 for f, _, _ in _WATCHED.values()}
 
 
 class DurationEstimator:
@@ -159,7 +231,7 @@ def no_engine_reason(
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str  # busy | cpu | memory | draining
+    reason: str  # an AdmitReason: busy, cpu, memory, ..., draining
     retry_after: int
 
 
@@ -214,10 +286,7 @@ def reasons(
         out.append(AdmitReason.BUSY)
     elif no_engine is not None:
         out.append(no_engine)
-    if resources.cpu_overloaded:
-        out.append(AdmitReason.CPU)
-    if resources.memory_overloaded:
-        out.append(AdmitReason.MEMORY)
+    out += [reason for reason, (_, flag, _) in _WATCHED.items() if getattr(resources, flag)]
     return out
 
 

@@ -35,9 +35,9 @@ from .accesslog import log_request
 from .admin import build_admin_app
 from .alerting import AlertLoop
 from .config import Config
-from .describe import config_warnings, describe
+from .describe import config_warnings, describe, describe_signals
 from .edge import Connections, EdgeSite, fd_ceiling
-from .gauges import wire_gauges
+from .gauges import host_publisher, wire_gauges
 from .jobs import Jobs
 from .jobstore import JobStore
 from .loop import freeze_startup_objects
@@ -105,16 +105,24 @@ def _background(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks = []
+        mon: Monitor | None = None
         if conns is not None:
             tasks.append(asyncio.create_task(conns.run(), name="gatekeeper-edge"))
         if monitor:
-            mon = Monitor(lambda: st.config, _publish_resources(st), clock=st.clock)
+            mon = Monitor(
+                lambda: st.config,
+                _publish_resources(st),
+                clock=st.clock,
+                on_sample=host_publisher(st),
+            )
             mon.sample_once()  # admission must not start on all-zero readings
             tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
         if probe:
             tasks.append(start_probe(st))
         yield
         await cancel_and_wait(tasks)
+        if mon is not None:
+            mon.close()  # NVML handles
 
     return ctx
 
@@ -268,6 +276,8 @@ class Gatekeeper:
         log.info("gatekeeper %s: rules from %s", __version__, cfg.source)
         for line in describe(cfg):
             log.info("config: %s", line)
+        if st.host is not None:
+            log.info("signals: %s", describe_signals(st.host))
         for warning in config_warnings(cfg):
             log.warning("config: %s", warning)
         for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):

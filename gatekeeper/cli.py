@@ -44,7 +44,8 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .describe import config_warnings, describe
+    from .describe import config_warnings, describe, describe_signals
+    from .sources import probe
 
     # Name the file on the first line, whatever the outcome: without --config outside a
     # checkout this is the packaged default, which a reader would not guess.
@@ -61,6 +62,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"checked {where}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     for line in describe(cfg):
         print("  " + line)
+    # Probed on this machine now: check runs where gatekeeper will (NVML absent is a line).
+    print("  signals (this machine, now): " + describe_signals(probe(cfg.admission.resources)))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -11,9 +11,10 @@ from dataclasses import asdict
 from typing import Any
 
 from .alerting import describe as describe_alerts
-from .config import Config
+from .config import Config, Resources, Threshold
 from .logs import redact_url
 from .routes import lint
+from .sources import SIGNALS, Sample
 
 
 def describe(config: Config) -> list[str]:
@@ -35,6 +36,7 @@ def describe(config: Config) -> list[str]:
         f"every {a.sample_interval:g}s; cpu reject>{r.cpu_percent.reject_above:g} "
         f"recover<{r.cpu_percent.recover_below:g}; memory reject>{r.memory_percent.reject_above:g}"
         f" recover<{r.memory_percent.recover_below:g}",
+        "  cgroup, psi, gpu: " + _signal_settings(r),
         f"queue: max_waiting={a.queue.max_waiting} max_wait={a.queue.max_wait:g}s "
         f"per_client={a.queue.per_client} client_key={a.queue.client_key.describe()}"
         + (
@@ -65,6 +67,42 @@ def _engines(config: Config) -> list[str]:
         f"  engine {e.name} {redact_url(e.url)} max_in_flight={e.max_in_flight}" for e in up.engines
     ]
     return lines
+
+
+def _signal_settings(r: Resources) -> str:
+    """The issue #11 §3 keys: cgroup, PSI and GPU thresholds (off unless configured)."""
+
+    def t(name: str, th: Threshold | None) -> str:
+        if th is None:
+            return f"{name} off"
+        line = getattr(th, "line", None)
+        return (
+            f"{name}{' ' + line if line else ''} reject>{th.reject_above:g}"
+            f" recover<{th.recover_below:g}"
+        )
+
+    devices = "all" if r.gpu.devices is None else ",".join(map(str, r.gpu.devices)) or "none"
+    return "; ".join(
+        [
+            f"cgroup={r.cgroup}",
+            t("cpu_pressure", r.cpu_pressure),
+            t("memory_pressure", r.memory_pressure),
+            t("io_pressure", r.io_pressure),
+            f"gpu devices={devices}",
+            t("gpu memory_percent", r.gpu.memory_percent),
+            t("gpu utilization_percent", r.gpu.utilization_percent),
+        ]
+    )
+
+
+def describe_signals(sample: Sample | str) -> str:
+    """Which signals are live and from where (``gatekeeper check``, the startup log), e.g.
+    ``cpu host (psutil); memory cgroup /x (memory.max 16 GiB); psi /proc/pressure ...``."""
+    if isinstance(sample, str):  # the sampler itself failed (an unreadable file)
+        return f"none read: {sample}"
+    return "; ".join(
+        f"{name} {sample.signals[name].describe()}" for name in SIGNALS if name in sample.signals
+    )
 
 
 def _kv(d: dict[str, Any]) -> str:

@@ -8,11 +8,14 @@ probe's verdict, the reload flag and the waiting room as they are at that instan
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .admission import Gate
 from .signals import queue_depth, queue_limits, queue_oldest_wait, results_bytes
+from .sources import SIGNALS, Sample
 from .state import AppState
+from .vocab import RESOURCE_REASONS, AdmitReason
 
 
 def wire_gauges(st: AppState) -> None:
@@ -29,8 +32,16 @@ def wire_gauges(st: AppState) -> None:
     m.generation_expected.set_function(lambda: gate.estimator.expected)
     m.cpu_percent.set_function(lambda: gate.resources.cpu_percent)
     m.memory_percent.set_function(lambda: gate.resources.memory_percent)
-    m.overloaded.labels("cpu").set_function(lambda: float(gate.resources.cpu_overloaded))
-    m.overloaded.labels("memory").set_function(lambda: float(gate.resources.memory_overloaded))
+    for reason in RESOURCE_REASONS:
+        m.overloaded.labels(reason).set_function(partial(_overloaded, st, reason))
+    for name in SIGNALS:
+        m.signal_live.labels(name).set_function(partial(_live, st, name))
+    m.cgroup_memory_max.set_function(
+        lambda: float(st.host.cgroup.memory_max or 0) if st.host and st.host.cgroup else 0.0
+    )
+    m.cgroup_cpu_limit.set_function(
+        lambda: float(st.host.cgroup.cpu_cores or 0) if st.host and st.host.cgroup else 0.0
+    )
     m.upstream_up.set_function(lambda: float(st.upstream_up is True))
     m.draining.set_function(lambda: float(gate.draining))
     m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
@@ -66,3 +77,55 @@ def _readers(gate: Gate, name: str) -> tuple[Callable[[], float], Callable[[], f
 
 def _samples(family: Any) -> list[Any]:
     return [s for metric in family.collect() for s in metric.samples]
+
+
+def _overloaded(st: AppState, reason: AdmitReason) -> float:
+    return float(st.gate.resources.overloaded()[reason])
+
+
+def _live(st: AppState, name: str) -> float:
+    sig = st.host.signals.get(name) if st.host is not None else None
+    return float(sig is not None and sig.live)
+
+
+def host_publisher(st: AppState) -> Callable[[Sample], None]:
+    """The monitor's ``on_sample``: keep the sample on ``st`` (``/status``) and give each
+    PSI line and GPU device its series the first time it is read. A series is born only
+    for what this box has: no ``gatekeeper_gpu_memory_percent`` on a box without NVML;
+    one that goes away later reads NaN."""
+    m = st.metrics
+    wired: set[tuple[str, ...]] = set()
+    nan = float("nan")
+
+    def pressure(resource: str, line: str) -> float:
+        p = st.host.pressure.get(resource) if st.host is not None else None
+        v = p.line(line) if p is not None else None
+        return nan if v is None else v
+
+    def gpu(index: int, what: str) -> float:
+        for d in st.host.gpus if st.host is not None else ():
+            if d.index == index:
+                v = getattr(d, what)
+                return nan if v is None else float(v)
+        return nan
+
+    def publish(sample: Sample) -> None:
+        st.host = sample
+        for resource, p in sample.pressure.items():
+            for line in ("some", "full"):
+                if p.line(line) is not None and ("psi", resource, line) not in wired:
+                    wired.add(("psi", resource, line))
+                    m.pressure.labels(resource, line).set_function(
+                        partial(pressure, resource, line)
+                    )
+        for d in sample.gpus:
+            if ("gpu", str(d.index)) not in wired:
+                wired.add(("gpu", str(d.index)))
+                m.gpu_memory.labels(str(d.index)).set_function(
+                    partial(gpu, d.index, "memory_percent")
+                )
+                m.gpu_utilization.labels(str(d.index)).set_function(
+                    partial(gpu, d.index, "utilization_percent")
+                )
+
+    return publish

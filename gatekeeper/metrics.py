@@ -16,7 +16,15 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # The label values (outcomes, reasons, error kinds) are defined once, in vocab.py.
-from .vocab import ADMIT_REASONS, ERROR_KINDS, JOB_STATES, OUTCOMES, QUEUE_REASONS, Outcome
+from .vocab import (
+    ADMIT_REASONS,
+    ERROR_KINDS,
+    JOB_STATES,
+    OUTCOMES,
+    QUEUE_REASONS,
+    RESOURCE_REASONS,
+    Outcome,
+)
 
 __all__ = [
     "ADMIT_REASONS",
@@ -149,13 +157,14 @@ class Metrics:
         )
         self.build_info = Info("gatekeeper_build", "gatekeeper build.", registry=r)
         self.build_info.info({"version": version})
-        for res in ("cpu", "memory"):
+        for res in RESOURCE_REASONS:
             self.overloaded.labels(res).set(0)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         self._alert_metrics(r)
         self._queue_metrics(r)
         self._engine_metrics(r)
+        self._signal_metrics(r)
 
     def _engine_metrics(self, r: CollectorRegistry) -> None:
         """One series per engine (issue #11 §1); the totals above stay the box's."""
@@ -217,6 +226,45 @@ class Metrics:
             if action != "block":
                 for kind in ERROR_KINDS:
                     self.upstream_errors.labels(name, kind)
+
+    def _signal_metrics(self, r: CollectorRegistry) -> None:
+        """The signals of a real engine box (issue #11 §3); wired in ``gauges``. Percent,
+        like gatekeeper_cpu_percent and the thresholds they are compared with."""
+        self.signal_live = Gauge(
+            "gatekeeper_signal_live",
+            "1 while a resource signal is read (cgroup, cpu, memory, psi, gpu), 0 if absent.",
+            ["signal"],
+            registry=r,
+        )
+        self.pressure = Gauge(
+            "gatekeeper_pressure_avg10_percent",
+            "PSI avg10: % of the last 10 s that some / all non-idle tasks stalled on the"
+            " resource (the engine's cgroup, else /proc/pressure).",
+            ["resource", "line"],
+            registry=r,
+        )
+        self.gpu_memory = Gauge(
+            "gatekeeper_gpu_memory_percent",
+            "GPU memory used %, per NVML device.",
+            ["device"],
+            registry=r,
+        )
+        self.gpu_utilization = Gauge(
+            "gatekeeper_gpu_utilization_percent",
+            "GPU utilisation % (time a kernel ran), per NVML device.",
+            ["device"],
+            registry=r,
+        )
+        self.cgroup_memory_max = Gauge(
+            "gatekeeper_cgroup_memory_max_bytes",
+            "memory.max of the cgroup admission reads (0: no limit; memory is host-wide).",
+            registry=r,
+        )
+        self.cgroup_cpu_limit = Gauge(
+            "gatekeeper_cgroup_cpu_limit_cores",
+            "cpu.max quota / period of the cgroup admission reads (0: no limit; CPU is host-wide).",
+            registry=r,
+        )
 
     def _alert_metrics(self, r: CollectorRegistry) -> None:
         """The built-in alerts (issue #4)."""

@@ -326,8 +326,7 @@ class ProxyHandler:
                 retry_after=refusal.retry_after,
                 in_flight=gate.in_flight,
                 max_in_flight=gate.limits.max_in_flight,
-                cpu_percent=res.cpu_percent,
-                memory_percent=res.memory_percent,
+                **res.message_fields(),  # cpu_percent, memory_percent, cpu_pressure ...
                 route=route.name,
             )
         resp = json_answer(

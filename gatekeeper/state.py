@@ -33,6 +33,7 @@ from .vocab import ErrorKind, Outcome
 
 if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
     from .jobs import Jobs
+    from .sources import Sample
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class AppState:
     jobs: Jobs | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
+    # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.
+    host: Sample | None = None
 
     @property
     def upstream_up(self) -> bool | None:

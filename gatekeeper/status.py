@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import Resources, Threshold
 from .jobviews import jobs_status, queue_status
 from .logs import redact_url
+from .sources import SIGNALS, Sample
 from .state import AppState
 
 
@@ -77,17 +79,11 @@ def status_document(st: AppState) -> dict[str, Any]:
         "expected_samples": gate.estimator.samples,
         "cpu_percent": round(res.cpu_percent, 1),
         "memory_percent": round(res.memory_percent, 1),
-        "overloaded": {"cpu": res.cpu_overloaded, "memory": res.memory_overloaded},
-        "thresholds": {
-            "cpu_percent": {
-                "reject_above": r.cpu_percent.reject_above,
-                "recover_below": r.cpu_percent.recover_below,
-            },
-            "memory_percent": {
-                "reject_above": r.memory_percent.reject_above,
-                "recover_below": r.memory_percent.recover_below,
-            },
-        },
+        # The opt-in readings admission compares (issue #11 §3); None: the signal is absent.
+        **{k: _round(getattr(res, k)) for k in _OPT_IN_READINGS},
+        "overloaded": {str(k): v for k, v in res.overloaded().items()},
+        "thresholds": _thresholds(r),
+        "signals": signals_status(st.host),
         "upstream_up": st.upstream_up,
         "engines": engines,
         "draining": gate.draining,
@@ -101,3 +97,79 @@ def status_document(st: AppState) -> dict[str, Any]:
             else {}
         ),
     }
+
+
+_OPT_IN_READINGS = (
+    "cpu_pressure",
+    "memory_pressure",
+    "io_pressure",
+    "gpu_memory_percent",
+    "gpu_utilization_percent",
+)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def _threshold(t: Threshold | None) -> dict[str, Any] | None:
+    if t is None:
+        return None  # not configured: never a reason to reject
+    out: dict[str, Any] = {"reject_above": t.reject_above, "recover_below": t.recover_below}
+    line = getattr(t, "line", None)
+    if line is not None:
+        out["line"] = line
+    return out
+
+
+def _thresholds(r: Resources) -> dict[str, Any]:
+    return {
+        "cpu_percent": _threshold(r.cpu_percent),
+        "memory_percent": _threshold(r.memory_percent),
+        "cpu_pressure": _threshold(r.cpu_pressure),
+        "memory_pressure": _threshold(r.memory_pressure),
+        "io_pressure": _threshold(r.io_pressure),
+        "gpu_memory_percent": _threshold(r.gpu.memory_percent),
+        "gpu_utilization_percent": _threshold(r.gpu.utilization_percent),
+    }
+
+
+def signals_status(sample: Sample | None) -> dict[str, Any]:
+    """Each signal: live (and from where, with its readings) or absent (and why)."""
+    if sample is None:  # no monitor (in-process tests that turned it off)
+        return {name: {"live": False, "reason": "not sampled"} for name in SIGNALS}
+    out: dict[str, Any] = {}
+    for name in SIGNALS:
+        sig = sample.signals.get(name)
+        if sig is None or not sig.live:
+            out[name] = {"live": False, "reason": sig.reason if sig else "not sampled"}
+        else:
+            out[name] = {"live": True, "source": sig.source}
+    if out["cpu"]["live"]:
+        out["cpu"]["percent"] = round(sample.cpu_percent, 1)
+    if out["memory"]["live"]:
+        out["memory"]["percent"] = round(sample.memory_percent, 1)
+    cg = sample.cgroup
+    if out["cgroup"]["live"] and cg is not None:
+        out["cgroup"].update(
+            memory_max_bytes=cg.memory_max,
+            memory_used_bytes=cg.memory_used if cg.memory_max is not None else None,
+            cpu_limit_cores=cg.cpu_cores,
+        )
+    if out["psi"]["live"]:
+        out["psi"]["avg10"] = {
+            resource: {"some": p.some, "full": p.full} for resource, p in sample.pressure.items()
+        }
+    if out["gpu"]["live"]:
+        out["gpu"]["devices"] = [
+            {
+                "index": d.index,
+                "name": d.name,
+                "memory_percent": _round(d.memory_percent),
+                "utilization_percent": _round(d.utilization_percent),
+                "memory_used_bytes": d.memory_used,
+                "memory_total_bytes": d.memory_total,
+            }
+            for d in sample.gpus
+        ]
+    return out

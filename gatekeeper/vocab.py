@@ -36,6 +36,12 @@ class AdmitReason(StrEnum):
     ENGINE_DOWN = "engine_down"
     CPU = "cpu"
     MEMORY = "memory"
+    # The signals of a real engine box (issue #11 §3): PSI avg10 and NVML, opt-in thresholds.
+    CPU_PRESSURE = "cpu_pressure"
+    MEMORY_PRESSURE = "memory_pressure"
+    IO_PRESSURE = "io_pressure"
+    GPU_MEMORY = "gpu_memory"
+    GPU_UTILIZATION = "gpu_utilization"
 
 
 class QueueReason(StrEnum):
@@ -81,7 +87,22 @@ ADMIT_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.ENGINE_DOWN,
     AdmitReason.CPU,
     AdmitReason.MEMORY,
+    AdmitReason.CPU_PRESSURE,
+    AdmitReason.MEMORY_PRESSURE,
+    AdmitReason.IO_PRESSURE,
+    AdmitReason.GPU_MEMORY,
+    AdmitReason.GPU_UTILIZATION,
     AdmitReason.DRAINING,
+)
+# The resources the gate watches, in reasons() order (``gatekeeper_overloaded{resource}``).
+RESOURCE_REASONS: tuple[AdmitReason, ...] = (
+    AdmitReason.CPU,
+    AdmitReason.MEMORY,
+    AdmitReason.CPU_PRESSURE,
+    AdmitReason.MEMORY_PRESSURE,
+    AdmitReason.IO_PRESSURE,
+    AdmitReason.GPU_MEMORY,
+    AdmitReason.GPU_UTILIZATION,
 )
 # A job in one of these never changes state again (except a kept result's eviction to expired).
 FINAL_STATES: frozenset[JobState] = frozenset(

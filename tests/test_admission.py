@@ -10,6 +10,7 @@ from gatekeeper.admission import (
     DurationEstimator,
     Gate,
     Limits,
+    Readings,
     Rejection,
     ResourceState,
     Ticket,
@@ -17,7 +18,7 @@ from gatekeeper.admission import (
     next_overloaded,
     retry_after,
 )
-from gatekeeper.config import Threshold
+from gatekeeper.config import Resources, Threshold
 
 CPU = Threshold(reject_above=90, recover_below=75)
 
@@ -45,7 +46,7 @@ def test_resource_state_sequence() -> None:
     st = ResourceState()
     seen = []
     for cpu, m in [(50, 50), (95, 50), (80, 95), (70, 85), (70, 79)]:
-        st = st.advance(cpu, m, CPU, mem, now=0)
+        st = st.advance(Readings(cpu, m), Resources(cpu_percent=CPU, memory_percent=mem), now=0)
         seen.append((st.cpu_overloaded, st.memory_overloaded))
     assert seen == [(False, False), (True, False), (True, True), (False, True), (False, False)]
 

@@ -171,3 +171,51 @@ async def test_queue_gauges_read_the_waiting_room_at_scrape_time() -> None:
         st.jobs = real
     finally:
         await st.runtime.close()
+
+
+def test_resource_signal_series_exist_from_the_start() -> None:
+    """Every resource reason has its gatekeeper_overloaded series at 0, and an admit
+    route its rejection series for the PSI and GPU reasons (issue #11 §3)."""
+    m = Metrics()
+    m.prime_routes([("generate", "admit")])
+    for reason in (
+        "cpu",
+        "memory",
+        "cpu_pressure",
+        "memory_pressure",
+        "io_pressure",
+        "gpu_memory",
+        "gpu_utilization",
+    ):
+        assert sample(m, "gatekeeper_overloaded", resource=reason) == 0
+        rej = "gatekeeper_rejections_total"
+        assert sample(m, rej, route="generate", reason=reason) == 0
+
+
+async def test_signal_series_follow_the_monitor(tmp_path: Path) -> None:
+    """gatekeeper_signal_live per signal; PSI and GPU series born with their first
+    reading (file source), cgroup limits 0 when there is none."""
+    from gatekeeper.gauges import host_publisher
+    from gatekeeper.sources import file_sampler
+
+    f = tmp_path / "res.json"
+    f.write_text(
+        '{"cpu_percent": 1, "memory_percent": 2, "io_pressure": {"some": 3, "full": 1.5},'
+        ' "gpu_memory_percent": 70}'
+    )
+    st = await create_state(load_config(RULES, source=str(tmp_path / "rules.yaml")))
+    try:
+        m = st.metrics
+        assert sample(m, "gatekeeper_signal_live", signal="psi") == 0
+        assert sample(m, "gatekeeper_pressure_avg10_percent", resource="io", line="some") is None
+        host_publisher(st)(file_sampler(str(f))())
+        assert sample(m, "gatekeeper_signal_live", signal="psi") == 1
+        assert sample(m, "gatekeeper_signal_live", signal="cgroup") == 0
+        assert sample(m, "gatekeeper_pressure_avg10_percent", resource="io", line="full") == 1.5
+        assert sample(m, "gatekeeper_gpu_memory_percent", device="0") == 70
+        util = sample(m, "gatekeeper_gpu_utilization_percent", device="0")
+        assert util is not None and util != util  # NaN: the file gave no utilisation
+        assert sample(m, "gatekeeper_cgroup_memory_max_bytes") == 0
+        assert sample(m, "gatekeeper_cgroup_cpu_limit_cores") == 0
+    finally:
+        await st.runtime.close()

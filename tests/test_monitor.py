@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_gpu import FakeNvml
 
 from gatekeeper.admission import ResourceState
-from gatekeeper.config import Admission, Config, Resources, Threshold
+from gatekeeper.config import Admission, Config, Gpu, PressureThreshold, Resources, Threshold
 from gatekeeper.monitor import Monitor, Reading, SampleError
+from gatekeeper.sources import HostSampler, Sample
 
 
 def cfg_with(resources: Resources) -> Config:
@@ -163,3 +165,103 @@ def test_overload_present_at_the_first_sample_is_logged(
     changes = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert len(changes) == 1 and changes[0][0] == "WARNING", changes
     assert "cpu 95.0% overloaded=True" in changes[0][1]
+
+
+# --------------------------------------------------------------------------- issue #11 §3
+
+
+def test_file_source_drives_a_pressure_threshold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An injected memory_pressure walks its hysteresis; the change is logged by name."""
+    f = tmp_path / "res.json"
+    res = Resources(source="file", file=str(f), memory_pressure=PressureThreshold(10, 2, "full"))
+    mon = Monitor(lambda: cfg_with(res), lambda s: None, clock=lambda: 0.0)
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    seen = []
+    for p in (1, 11, 5, 1):
+        f.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5, "memory_pressure": p}))
+        mon.poll_once()
+        seen.append(mon.state.memory_pressure_overloaded)
+    assert seen == [False, True, True, False]
+    changes = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in changes] == ["WARNING", "INFO"]
+    assert "memory_pressure 11.0% overloaded=True" in changes[0][1]
+    assert "memory_pressure 1.0% overloaded=False" in changes[1][1]
+
+
+def _gpu_monitor(tmp_path: Path, nv: FakeNvml, cfgs: list[Config]) -> tuple[Monitor, list[Sample]]:
+    def factory(res: Resources) -> HostSampler:
+        return HostSampler(
+            res, root=tmp_path, nvml=lambda: nv, host_cpu=lambda: 1.0, host_memory=lambda: 2.0
+        )
+
+    samples: list[Sample] = []
+    mon = Monitor(
+        lambda: cfgs[-1],
+        lambda s: None,
+        clock=lambda: 0.0,
+        sampler_factory=factory,
+        on_sample=samples.append,
+    )
+    return mon, samples
+
+
+def test_gpu_threshold_with_a_fake_nvml(tmp_path: Path) -> None:
+    """A fake NVML's busiest device trips gpu_memory; on_sample gets every sample."""
+    nv = FakeNvml([(50, 100, 10.0), (96, 100, 10.0)])
+    res = Resources(gpu=Gpu(memory_percent=Threshold(95, 85)))
+    mon, samples = _gpu_monitor(tmp_path, nv, [cfg_with(res)])
+    st = mon.sample_once()
+    assert st.gpu_memory_overloaded and st.gpu_memory_percent == 96.0
+    assert samples[-1].signals["gpu"].live and len(samples[-1].gpus) == 2
+
+
+def test_gpu_device_error_mid_run_keeps_reading_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device failing for several ticks keeps its reading; one WARNING, one recovery."""
+    nv = FakeNvml([(96, 100, 10.0)])
+    res = Resources(gpu=Gpu(memory_percent=Threshold(95, 85)))
+    mon, _ = _gpu_monitor(tmp_path, nv, [cfg_with(res)])
+    caplog.set_level(logging.INFO, logger="gatekeeper.monitor")
+    assert mon.sample_once().gpu_memory_overloaded
+    nv.failing.add(0)
+    for _ in range(3):
+        st = mon.sample_once()
+        assert st.gpu_memory_overloaded and st.gpu_memory_percent == 96.0
+    nv.failing.clear()
+    mon.sample_once()
+    msgs = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert msgs == [
+        ("WARNING", "resource signal problem (previous reading kept): GPU 0: NVML: GPU is lost"),
+        ("INFO", "resource signals recovered"),
+    ]
+
+
+def test_gpu_absent_import_error_is_no_crash(tmp_path: Path) -> None:
+    """The default adapter without nvidia-ml-py: the monitor samples, gpu absent."""
+    import sys
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(sys.modules, "pynvml", None)
+    try:
+        samples: list[Sample] = []
+        mon = Monitor(lambda: Config(), lambda s: None, clock=lambda: 0.0, on_sample=samples.append)
+        mon.sample_once()
+    finally:
+        mp.undo()
+    assert samples[-1].signals["gpu"].reason.startswith("nvidia-ml-py not installed")
+    assert samples[-1].signals["cpu"].live
+
+
+def test_reload_changing_gpu_devices_rebuilds_and_closes_nvml(tmp_path: Path) -> None:
+    """A reload that changes the sampler's inputs closes the old one (NVML shutdown)."""
+    nv = FakeNvml([(1, 100, 1.0), (1, 100, 1.0)])
+    cfgs = [cfg_with(Resources())]
+    mon, samples = _gpu_monitor(tmp_path, nv, cfgs)
+    mon.sample_once()
+    assert not nv.closed
+    cfgs.append(cfg_with(Resources(gpu=Gpu(devices=(1,)))))
+    mon.sample_once()
+    assert nv.closed and [d.index for d in samples[-1].gpus] == [1]

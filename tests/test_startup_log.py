@@ -101,3 +101,31 @@ async def test_no_probe_runs_when_binding_fails(
         finally:
             await gk.stop()
     assert not [r for r in caplog.records if r.name == "gatekeeper.probe"]
+
+
+async def test_startup_log_says_which_signals_are_live(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One 'signals:' line after the config lines: each signal live (and from where) or
+    absent (and why)."""
+    readings = tmp_path / "res.json"
+    readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 10, "cpu_pressure": 1}))
+    cfg = load_config(
+        f"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\njobs: {{dir: '{tmp_path}'}}\n"
+        f"admission:\n  resources: {{source: file, file: {readings}}}\n"
+    )
+    caplog.set_level(logging.INFO, logger="gatekeeper")
+    gk = Gatekeeper(cfg)
+    try:
+        await gk.start()
+    finally:
+        await gk.stop()
+    messages = _messages(caplog)
+    line = messages[_index(messages, "signals: ")]
+    assert line == (
+        "signals: cgroup absent: not read with source: file; "
+        f"cpu file {readings}; memory file {readings}; psi file {readings}; "
+        f"gpu absent: not in file {readings}"
+    )
+    assert _index(messages, "config: ") < _index(messages, "signals: ")
+    assert _index(messages, "signals: ") < _index(messages, "admin listener bound to")

@@ -25,7 +25,16 @@ Usage::
     cfg.admission.max_in_flight
 """
 
-from .admission import Admission, ClientKey, Queue, Resources, Threshold
+from .admission import (
+    PSI_DEFAULT_LINE,
+    Admission,
+    ClientKey,
+    Gpu,
+    PressureThreshold,
+    Queue,
+    Resources,
+    Threshold,
+)
 from .alerts import (
     OPERATORS,
     RECEIVER_TYPES,
@@ -65,6 +74,7 @@ __all__ = [
     "MESSAGE_FIELDS",
     "OPERATORS",
     "PASSTHROUGH_LIMITS",
+    "PSI_DEFAULT_LINE",
     "REASONS",
     "RECEIVER_TYPES",
     "RESERVED_LABELS",
@@ -77,11 +87,13 @@ __all__ = [
     "ClientKey",
     "Config",
     "Engine",
+    "Gpu",
     "HostPort",
     "Jobs",
     "Limits",
     "Pool",
     "PoolLimits",
+    "PressureThreshold",
     "Probe",
     "Queue",
     "Receiver",

@@ -20,12 +20,51 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class PressureThreshold(Threshold):
+    """A PSI threshold (issue #11 §3): which ``avg10`` line of the pressure file counts.
+
+    The key is ``line``, not ``on``: YAML 1.1 (PyYAML) reads a bare ``on:`` as ``True:``.
+    """
+
+    line: Literal["some", "full"] = "some"
+
+
+# Which PSI line counts when ``line`` is not given. cpu: "some" (a runnable task waited for
+# a CPU); "full" is not defined for the system-wide cpu file (the kernel reports 0 or
+# nothing). memory and io: "full" (every non-idle task stalled at once: thrashing, the
+# freeze itself); "some" trips on one task doing reclaim or a single slow read.
+PSI_DEFAULT_LINE: dict[str, Literal["some", "full"]] = {
+    "cpu": "some",
+    "memory": "full",
+    "io": "full",
+}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """NVML readings (the ``gpu`` extra): which devices, and optional thresholds."""
+
+    # Device indices to watch; None: every device NVML sees; (): GPU sampling off.
+    devices: tuple[int, ...] | None = None
+    memory_percent: Threshold | None = None
+    utilization_percent: Threshold | None = None
+
+
+@dataclass(frozen=True)
 class Resources:
     source: Literal["psutil", "file"] = "psutil"
     file: str | None = None
     cpu_smoothing: float = 0.5
     cpu_percent: Threshold = Threshold(90.0, 75.0)
     memory_percent: Threshold = Threshold(90.0, 80.0)
+    # "auto": gatekeeper's own cgroup (when it has a limit); "none": host-wide only;
+    # "/system.slice/songgen.service": that cgroup (the engine's), under /sys/fs/cgroup.
+    cgroup: str = "auto"
+    # PSI thresholds on avg10 (percent of time stalled); None: not a reason to reject.
+    cpu_pressure: PressureThreshold | None = None
+    memory_pressure: PressureThreshold | None = None
+    io_pressure: PressureThreshold | None = None
+    gpu: Gpu = Gpu()
 
 
 # RFC 9110 section 5.1: a field name is a token.
@@ -90,6 +129,83 @@ def _threshold(sec: Section, default: Threshold) -> Threshold:
     return t
 
 
+def _optional_threshold(parent: Section, key: str, psi: str | None = None) -> Threshold | None:
+    """An opt-in threshold: absent or null = not a reason to reject. ``reject_above`` is
+    required; ``recover_below`` defaults to it (no hysteresis band beyond the reading's
+    own averaging); ``line`` (PSI only) picks the avg10 line: some or full."""
+    node = parent.node_of(key)
+    if node is None or (isinstance(node, yaml.ScalarNode) and value_of(node) is None):
+        return None
+    sec = parent.section(key)
+    if sec.node is None:  # not a mapping: already reported
+        return None
+    if not sec.has("reject_above"):
+        sec.problem("reject_above", None, "is required, e.g. reject_above: 20")
+    reject = sec.number("reject_above", 100.0, maximum=100)
+    recover = sec.number("recover_below", reject, maximum=100)
+    line = PSI_DEFAULT_LINE.get(psi or "", "some")
+    if psi is not None:
+        line = sec.string("line", line, choices=("some", "full"))  # type: ignore[assignment]
+    if recover > reject:
+        sec.problem(
+            "recover_below",
+            sec.node_of("recover_below"),
+            f"must be <= reject_above ({reject:g}) for hysteresis",
+            recover,
+        )
+    sec.close()
+    if psi is None:
+        return Threshold(reject_above=reject, recover_below=recover)
+    return PressureThreshold(reject_above=reject, recover_below=recover, line=line)
+
+
+def _pressure(rs: Section, psi: str) -> PressureThreshold | None:
+    t = _optional_threshold(rs, f"{psi}_pressure", psi)
+    assert t is None or isinstance(t, PressureThreshold)
+    return t
+
+
+def _check_cgroup(v: Any) -> str | None:
+    if v is False or v in ("auto", "none"):
+        return None
+    if isinstance(v, str) and v.startswith("/") and ".." not in v.split("/"):
+        return None
+    return (
+        "must be auto (gatekeeper's own cgroup), none (host-wide readings) or a cgroup"
+        " path under /sys/fs/cgroup, e.g. /system.slice/songgen.service"
+    )
+
+
+def _gpu_devices(gs: Section) -> tuple[int, ...] | None:
+    node = gs.node_of("devices")
+    if node is None:
+        return None
+    value = value_of(node)
+    if value in (None, "all"):
+        return None
+    if isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        return tuple(dict.fromkeys(value))
+    gs.problem(
+        "devices",
+        node,
+        "must be all, or a list of device indices such as [0, 1] ([] turns GPU sampling off)",
+        value,
+    )
+    return None
+
+
+def _gpu(gs: Section) -> Gpu:
+    gpu = Gpu(
+        devices=_gpu_devices(gs),
+        memory_percent=_optional_threshold(gs, "memory_percent"),
+        utilization_percent=_optional_threshold(gs, "utilization_percent"),
+    )
+    gs.close()
+    return gpu
+
+
 def _resources(rs: Section) -> Resources:
     d = Resources()
     source = rs.string("source", d.source, choices=("psutil", "file"))
@@ -107,9 +223,24 @@ def _resources(rs: Section) -> Resources:
         cpu_smoothing=rs.number("cpu_smoothing", d.cpu_smoothing, maximum=1.0, exclusive_min=True),
         cpu_percent=_threshold(rs.section("cpu_percent"), d.cpu_percent),
         memory_percent=_threshold(rs.section("memory_percent"), d.memory_percent),
+        cgroup=_cgroup_name(rs.get("cgroup", d.cgroup, _check_cgroup, allow_none=True)),
+        cpu_pressure=_pressure(rs, "cpu"),
+        memory_pressure=_pressure(rs, "memory"),
+        io_pressure=_pressure(rs, "io"),
+        gpu=_gpu(rs.section("gpu")),
     )
     rs.close()
     return resources
+
+
+def _cgroup_name(v: str | bool | None) -> str:
+    """``null`` is auto; YAML ``false`` is none; a path loses a trailing slash."""
+    if v is None:
+        return "auto"
+    if v is False:
+        return "none"
+    assert isinstance(v, str)
+    return v if v in ("auto", "none", "/") else v.rstrip("/")
 
 
 def _check_client_key(v: Any) -> str | None:

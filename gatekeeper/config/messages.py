@@ -14,6 +14,12 @@ REASONS: tuple[str, ...] = (
     "engine_down",
     "cpu",
     "memory",
+    # Opt-in signals of a real engine box (issue #11 §3).
+    "cpu_pressure",
+    "memory_pressure",
+    "io_pressure",
+    "gpu_memory",
+    "gpu_utilization",
     "blocked",
     "draining",
     "upstream_unavailable",
@@ -34,6 +40,11 @@ MESSAGE_FIELDS = frozenset(
         "max_in_flight",
         "cpu_percent",
         "memory_percent",
+        "cpu_pressure",
+        "memory_pressure",
+        "io_pressure",
+        "gpu_memory_percent",
+        "gpu_utilization_percent",
         "route",
         "waiting",
         "max_waiting",
@@ -58,6 +69,26 @@ DEFAULT_MESSAGES: Mapping[str, str] = {
     "请约 {retry_after} 秒后再试。"
     " / The music engine is not answering its health check; no new generation can start."
     " Please retry in about {retry_after} s.",
+    "cpu_pressure": "服务器 CPU 争用严重（任务等待 CPU 的时间占 {cpu_pressure:.0f}%），"
+    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
+    " / The server's CPUs are saturated (tasks waited for a CPU {cpu_pressure:.0f}% of"
+    " the time); please retry in about {retry_after} s.",
+    "memory_pressure": "服务器内存压力过高（因内存停顿 {memory_pressure:.0f}% 的时间），"
+    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
+    " / The server is thrashing for memory (stalled {memory_pressure:.0f}% of the time);"
+    " please retry in about {retry_after} s.",
+    "io_pressure": "服务器磁盘 I/O 压力过高（因 I/O 停顿 {io_pressure:.0f}% 的时间），"
+    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
+    " / The server's disks are saturated (stalled on I/O {io_pressure:.0f}% of the time);"
+    " please retry in about {retry_after} s.",
+    "gpu_memory": "GPU 显存不足（已用 {gpu_memory_percent:.0f}%），暂不接受新的生成任务，"
+    "请约 {retry_after} 秒后再试。"
+    " / The GPU is low on memory ({gpu_memory_percent:.0f}% used);"
+    " please retry in about {retry_after} s.",
+    "gpu_utilization": "GPU 负载过高（{gpu_utilization_percent:.0f}%），暂不接受新的生成任务，"
+    "请约 {retry_after} 秒后再试。"
+    " / The GPU is fully busy ({gpu_utilization_percent:.0f}%);"
+    " please retry in about {retry_after} s.",
     "blocked": "该接口已停用。 / This endpoint is disabled.",
     "draining": "服务正在重启，暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
     " / The service is restarting and accepts no new generations;"
