@@ -83,6 +83,39 @@ def _resource_line(doc: dict[str, Any], key: str, label: str, width: int) -> str
     return line + ("  OVERLOADED" if over else "")
 
 
+# The opt-in signals of issue #11 §3: (status key, threshold key, overloaded key, label).
+_SIGNALS = (
+    ("cpu_pressure", "cpu_pressure", "cpu_pressure", "cpu psi"),
+    ("memory_pressure", "memory_pressure", "memory_pressure", "memory psi"),
+    ("io_pressure", "io_pressure", "io_pressure", "io psi"),
+    ("gpu_memory_percent", "gpu_memory_percent", "gpu_memory", "gpu memory"),
+    ("gpu_utilization_percent", "gpu_utilization_percent", "gpu_utilization", "gpu busy"),
+)
+
+
+def _signal_lines(doc: dict[str, Any], width: int) -> list[str]:
+    """PSI and GPU readings that are read (absent ones say so once, in ``signals``)."""
+    out: list[str] = []
+    thresholds = doc.get("thresholds") or {}
+    overloaded = doc.get("overloaded") or {}
+    for key, th_key, over_key, label in _SIGNALS:
+        value = doc.get(key)
+        if value is None:
+            continue
+        th = thresholds.get(th_key)
+        if th is None and not overloaded.get(over_key):
+            continue  # read but not a threshold: /status and the metrics have it
+        line = f"  {label:<11} {float(value):5.1f}% {bar(float(value) / 100, width)}"
+        if th:
+            line += f" reject >{th['reject_above']:g}% recover <{th['recover_below']:g}%"
+        out.append(line + ("  OVERLOADED" if overloaded.get(over_key) else ""))
+    signals = doc.get("signals") or {}
+    absent = [f"{n} ({s.get('reason')})" for n, s in signals.items() if not s.get("live")]
+    if absent and any(thresholds.get(k) for _, k, _, _ in _SIGNALS):
+        out.append(f"  {'absent':<11} " + ", ".join(absent))
+    return out
+
+
 _CLASSIC_OUTCOMES = frozenset({"admitted", "passed", "rejected", "blocked"})
 
 
@@ -113,6 +146,7 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
     lines.append(f"  {'expected':<11} {duration(expected)} per generation, {basis}")
     lines.append(_resource_line(doc, "cpu_percent", "cpu", width))
     lines.append(_resource_line(doc, "memory_percent", "memory", width))
+    lines += _signal_lines(doc, width)
     engines = doc.get("engines") or []
     if len(engines) > 1 or any(e.get("removed") for e in engines):
         for e in engines:  # several engines (issue #11 §1): one line each

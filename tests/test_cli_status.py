@@ -100,6 +100,48 @@ BUSY = doc(
             ],
         ),
         (doc(upstream_up=None), ["engine      unknown (no probe answered yet)"]),
+        (  # issue #11 §3: a PSI threshold in force, the GPU absent
+            doc(
+                accepting=False,
+                reasons=["memory_pressure"],
+                memory_pressure=25.0,
+                cpu_pressure=3.0,
+                overloaded={"cpu": False, "memory": False, "memory_pressure": True},
+                thresholds={
+                    **BASE["thresholds"],
+                    "memory_pressure": {"reject_above": 20, "recover_below": 10, "line": "full"},
+                },
+                signals={
+                    "psi": {"live": True, "source": "/proc/pressure"},
+                    "gpu": {"live": False, "reason": "nvidia-ml-py not installed"},
+                },
+            ),
+            [
+                "NOT accepting: memory_pressure",
+                "memory psi   25.0% [#####---------------] reject >20% recover <10%  OVERLOADED",
+                "absent      gpu (nvidia-ml-py not installed)",
+            ],
+        ),
+        (  # several engines (issue #11 §1): one line each
+            doc(
+                engines=[
+                    {"name": "gpu0", "up": True, "in_flight": 1, "max_in_flight": 1},
+                    {"name": "gpu1", "up": False, "in_flight": 0, "max_in_flight": 2},
+                    {
+                        "name": "old",
+                        "up": True,
+                        "in_flight": 1,
+                        "max_in_flight": 0,
+                        "removed": True,
+                    },
+                ]
+            ),
+            [
+                "engine      gpu0: 1/1 running, up",
+                "engine      gpu1: 0/2 running, DOWN (probe failed)",
+                "engine      old: 1/0 running, removed, finishing its job",
+            ],
+        ),
         (doc(draining=True), ["draining    shutting down, waiting for running generations"]),
         (doc(alerts=[]), ["alerts      none firing"]),
         (

@@ -22,8 +22,8 @@ DURATION_WINDOW = "1h"
 STATE_CODES = (
     (0, "accepting", "green"),
     (1, "busy: generating", "blue"),
-    (2, "not accepting: CPU", "orange"),
-    (3, "not accepting: memory", "orange"),
+    (2, "not accepting: CPU (or CPU pressure, GPU busy)", "orange"),
+    (3, "not accepting: memory (or memory/io pressure, GPU memory)", "orange"),
     # Every engine fails its probe: no generation starts (engine_down), queued jobs wait.
     (4, "not accepting: engine down", "red"),
     (5, "not accepting: draining", "purple"),
@@ -34,6 +34,12 @@ _REASONS = (
     (f"gatekeeper_in_flight{sel()} >= bool gatekeeper_max_in_flight{sel()}", 1, "busy"),
     ("gatekeeper_overloaded" + sel('resource="cpu"'), 2, "cpu"),
     ("gatekeeper_overloaded" + sel('resource="memory"'), 3, "memory"),
+    # The opt-in signals (issue #11 §3): 0 while absent or without a threshold.
+    ("gatekeeper_overloaded" + sel('resource="cpu_pressure"'), 2, "cpu_pressure"),
+    ("gatekeeper_overloaded" + sel('resource="memory_pressure"'), 3, "memory_pressure"),
+    ("gatekeeper_overloaded" + sel('resource="io_pressure"'), 3, "io_pressure"),
+    ("gatekeeper_overloaded" + sel('resource="gpu_memory"'), 3, "gpu_memory"),
+    ("gatekeeper_overloaded" + sel('resource="gpu_utilization"'), 2, "gpu_utilization"),
     (f"1 - gatekeeper_upstream_up{sel()}", 4, "engine"),
     (f"gatekeeper_draining{sel()}", 5, "draining"),
 )
