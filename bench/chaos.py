@@ -5,15 +5,19 @@ Run with the project's virtualenv from the repository root::
     .venv/bin/python bench/chaos.py                          # 5000 exchanges or 10 minutes
     .venv/bin/python bench/chaos.py --seed 7 --exchanges 20000 --minutes 30
     .venv/bin/python bench/chaos.py --seed 1234 --keep       # keep the logs of a failure
+    .venv/bin/python bench/chaos.py --engines 2              # two engines in upstream.engines
 
 The driver is ``tests/chaos.py`` (the fast CI run is ``tests/test_chaos.py``). It starts
 ``gatekeeper engine-sim`` and ``gatekeeper run`` on 127.0.0.1 free ports, runs phases of
 ``--phase-size`` exchanges that alternate ``on_client_disconnect`` (finish, cancel, and
 mixed: toggled by reloads mid-phase) and ``max_in_flight`` (1 and 2), with engine kills,
 SIGHUP and ``POST /reload`` in the middle, checks the invariants after each phase, and
-ends with a SIGTERM drain. It stops at ``--exchanges`` or after ``--minutes``, whichever
-comes first (the phase running then is completed). Exit status: 0 every invariant held, 1
-one failed (the message names the seed to replay and the temp dir is kept)."""
+ends with a SIGTERM drain. ``--engines N`` runs N engine-sims listed in
+``upstream.engines`` (one slot each, so the limit is N in every phase; a random one is
+killed), and the invariants hold per engine too. It stops at ``--exchanges`` or after
+``--minutes``, whichever comes first (the phase running then is completed). Exit status:
+0 every invariant held, 1 one failed (the message names the seed to replay and the temp
+dir is kept)."""
 
 from __future__ import annotations
 
@@ -35,11 +39,13 @@ SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed"
 async def run(args: argparse.Namespace, tmp: Path) -> int:
     deadline = time.monotonic() + args.minutes * 60
     started = time.monotonic()
-    async with Chaos(tmp, args.seed, concurrency=args.concurrency) as c:
+    async with Chaos(tmp, args.seed, concurrency=args.concurrency, engines=args.engines) as c:
         try:
             sent, i = 0, 0
             while sent < args.exchanges and time.monotonic() < deadline:
                 mode, limit = SCHEDULE[i % len(SCHEDULE)]
+                if args.engines:  # one slot per engine: the limit is theirs
+                    limit = args.engines
                 n = min(args.phase_size, args.exchanges - sent)
                 r = await c.phase(n, mode, limit)
                 sent, i = sent + n, i + 1
@@ -66,6 +72,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="time bound (default: 10)")
     p.add_argument("--phase-size", type=int, default=250, help="exchanges per phase")
     p.add_argument("--concurrency", type=int, default=4, help="exchanges at once (default: 4)")
+    p.add_argument(
+        "--engines", type=int, default=0, help="N engines in upstream.engines (default: one)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, rules)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gatekeeper-chaos-"))

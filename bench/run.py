@@ -22,6 +22,8 @@ d. ``stream``: a 1 GiB download direct and through each proxy; each proxy's RSS.
 e. ``flood``: one generation's wall time, idle and under a 1,000-connection flood.
 f. ``queue``: the waiting room with 1,000 waiters: the pure core's operations, async
    submissions, dispatch through the engine, 1,000 held connections at once.
+h. ``engines``: two engine-sims behind one gatekeeper (``upstream.engines``): the jobs
+   each ran, each engine's own peak, the makespan against one engine; ``kill -9`` of one.
 
 The run ends with a summary: gatekeeper's figures over each baseline's, measured in this
 run, against the issue's targets. Exit status: 0 when every check held (a missed target
@@ -52,6 +54,7 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``: make ``bench`` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.burst import section_c
+from bench.engines import section_h
 from bench.flood import section_e
 from bench.passthrough import section_a
 from bench.procs import Services
@@ -69,6 +72,7 @@ SECTIONS: dict[str, Section] = {
     "d": section_d,
     "e": section_e,
     "f": section_f,
+    "h": section_h,
 }
 # Which binaries each section needs; each is the name of its Debian package too.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -78,6 +82,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "d": ("haproxy",),
     "e": ("nginx", "wrk", "hey"),
     "f": (),
+    "h": (),
 }
 
 
@@ -132,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="~2 s load phases, 1 repeat")
     size.add_argument("--smoke", action="store_true", help="every section, smallest (< 60 s)")
-    parser.add_argument("--sections", default="abcdef", help="subset to run, e.g. a,c")
+    parser.add_argument("--sections", default="".join(SECTIONS), help="subset to run, e.g. a,c")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = parser.parse_args(argv)
     sections = "".join(s for s in args.sections.lower() if s.isalnum())

@@ -5,7 +5,8 @@
 - :func:`haproxy`: a production proxy in front of the same origin, and its own
   ``http-request return status 503`` as a second rejection baseline.
 - :func:`bare_proxy`: ``bench/bare_proxy.py``, the floor for any aiohttp proxy.
-- :func:`gatekeeper`: ``gatekeeper run`` with :data:`BENCH_RULES`.
+- :func:`gatekeeper`: ``gatekeeper run`` with :data:`BENCH_RULES`; :func:`gatekeeper_engines`:
+  the same with ``upstream.engines`` (section h).
 - :func:`engine` / :func:`cpu_engine`: ``gatekeeper engine-sim`` and
   ``bench/cpu_engine.py`` (a generation that is a fixed amount of CPU work).
 
@@ -205,3 +206,52 @@ def gatekeeper(
     svc = svcs.start("gatekeeper", argv)
     svc.wait_for_line(r"admin listening on http://")
     return svc, f"http://127.0.0.1:{port}"
+
+
+# Section h: the same rules with ``upstream.engines`` instead of ``--upstream``, so
+# ``admission.max_in_flight`` (their sum) is not set; the generate route is ``queue``.
+ENGINES_RULES = """\
+upstream:
+  probe: {{interval: {probe}s, timeout: {probe}s}}
+  engines:
+{engines}
+admission:
+  on_client_disconnect: cancel
+  queue: {{max_waiting: 50, per_client: 50, max_wait: 1h}}
+  resources:
+    source: file
+    file: {readings}
+shutdown:
+  drain_timeout: 0s
+  linger: 0s
+routes:
+  - name: generate
+    match: {{methods: [POST], path: /generate/**}}
+    action: queue
+"""
+
+
+def gatekeeper_engines(
+    svcs: Services,
+    engines: Sequence[tuple[str, str]],
+    *,
+    probe_interval: float,
+    name: str,
+    log_level: str = "WARNING",
+) -> tuple[Service, str, str]:
+    """``gatekeeper run`` with ``upstream.engines`` = ``engines`` (name, URL; one slot
+    each) and no ``--upstream``; ``--state-dir`` in the temp dir; (service, proxy, admin)."""
+    port, admin = free_port(), free_port()
+    readings = svcs.workdir / "readings.json"
+    readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
+    listed = "\n".join(f'    - {{name: {n}, url: "{u}", max_in_flight: 1}}' for n, u in engines)
+    rules = svcs.workdir / f"{name}.yaml"
+    rules.write_text(
+        ENGINES_RULES.format(probe=f"{probe_interval:g}", engines=listed, readings=readings)
+    )
+    argv = [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
+    argv += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
+    argv += ["--log-level", log_level, "--state-dir", str(svcs.workdir / f"state-{name}")]
+    svc = svcs.start("gatekeeper", argv)
+    svc.wait_for_line(r"admin listening on http://")
+    return svc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"

@@ -64,6 +64,8 @@ async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             )
         except UpstreamError as exc:
             st.count_upstream_error(job.route.name, exc.kind)
+            if job.ticket is not None:
+                st.engine_refused(job.ticket.engine, exc.kind)
             log.warning(
                 "job %s… upstream error: kind=%s status=%d: %s",
                 job.id[:6],

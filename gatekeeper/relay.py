@@ -28,6 +28,7 @@ from aiohttp import web
 
 from .admission import Ticket
 from .config import Config, Route
+from .errors import UpstreamError
 from .headers import REQUEST_ID, downstream_response_headers, upstream_request_headers
 from .record import RequestRecord
 from .spool import Spool
@@ -188,6 +189,10 @@ class Relay:
             return client_left(st, self.route, rec, "waiting for the upstream response")
         except ClientGone:
             return client_left(st, self.route, rec, "sending the request body")
+        except UpstreamError as exc:
+            if self.ticket is not None:  # a generation: its engine may be down
+                st.engine_refused(self.ticket.engine, exc.kind)
+            raise
         finally:
             if watch is not None:
                 watch.stop()

@@ -13,6 +13,7 @@ the upstream probe's verdict and the draining flag.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from .routes import PASS_ROUTE, Router
 from .upstream import UpstreamPool
 from .usage import RuntimeUsage
 from .vocab import ErrorKind, Outcome
+
+log = logging.getLogger("gatekeeper.probe")
 
 if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
     from .jobs import Jobs
@@ -205,6 +208,22 @@ class AppState:
         self.gate.engine_up[engine] = up
         if before is False and up and self.gate.on_free is not None:
             self.gate.on_free()
+
+    def engine_refused(self, engine: str, kind: ErrorKind) -> None:
+        """A generation sent to ``engine`` could not connect (``kind`` connect): the
+        engine is down from now, not from its next probe (issue #11 §1). Until then the
+        gate would send it every next job (it is the least loaded: nothing runs there),
+        and each would fail in milliseconds while another engine idled; a crash would
+        empty the waiting room into 502s. The probe's next answer says up again (and
+        wakes the waiting room). Any other failure (a timeout, a broken answer) is not
+        a verdict on the engine: a live engine can time out one song.
+        """
+        if kind != ErrorKind.CONNECT or self.gate.engine_up.get(engine) is False:
+            return
+        self.gate.engine_up[engine] = False
+        log.warning(
+            "engine %s refused a generation's connection: down until its probe answers", engine
+        )
 
     # The proxy handler's names for the ``Counters`` writers.
 

@@ -19,6 +19,14 @@ driver waits (bounded) for quiescence and checks the invariants:
   real engine does, so its peak is reported, not bounded);
 - a fresh generation is admitted and answered with a WAV.
 
+With ``engines=N`` the driver runs N engine-sims listed in ``upstream.engines`` (one slot
+each, so the limit is N), a fault kills and restarts a random one, and the invariants
+hold per engine too (``check_engines``): each engine received no more generations than
+were admitted to it and, in ``finish`` phases, never ran more than its one at once; in
+every sample each ``/status`` engine's in_flight is within its max_in_flight and the
+engines' in_flight add up to the total, in ``/status`` and in the gauges; the admitted
+requests equal the sum of ``gatekeeper_engine_admitted_total``.
+
 A final phase sends SIGTERM with a generation running: the slot accounting holds while
 draining, the generation is delivered, and the process exits 0.
 
@@ -72,12 +80,11 @@ upstream:
   passthrough:
     timeouts: {{connect: 1s, read: 5s, write: 2s, pool: 2s}}
   probe: {{interval: 200ms, timeout: 500ms}}
-limits:
+{engines}limits:
   client_body_timeout: {body}s
   client_send_timeout: 2s
 admission:
-  max_in_flight: {max_in_flight}
-  on_client_disconnect: {mode}
+{max_in_flight}  on_client_disconnect: {mode}
   sample_interval: 100ms
   expected_seconds: 1
   retry_after_default: {retry_after}
@@ -144,6 +151,80 @@ class Observation:
     max_in_flight: int
     mode: str  # on_client_disconnect of the phase
     fresh_generation: int | None  # status of the generation sent after quiescence
+    # Several engines (issue #11 §1); empty with the single ``--upstream`` engine's
+    # defaults, where the totals above say it all.
+    engine_slots: dict[str, int] = field(default_factory=dict)  # name -> max_in_flight
+    engine_peaks: dict[str, int] = field(default_factory=dict)  # name -> its own peak
+    engine_received: dict[str, int] = field(default_factory=dict)  # name -> admit requests
+    engine_admitted_delta: dict[str, int] = field(default_factory=dict)  # name -> metric delta
+    samples: tuple[Sample, ...] = ()  # /status and /metrics read while the phase ran
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look, while a phase runs, at the per-engine counts: ``status`` from one
+    ``/status`` document, ``gauges`` from one ``/metrics`` scrape (each is one
+    synchronous step in gatekeeper, so its own numbers must add up)."""
+
+    status_in_flight: int
+    status_engines: dict[str, tuple[int, int]]  # name -> (in_flight, max_in_flight)
+    gauge_in_flight: float
+    gauge_engines: dict[str, float]  # gatekeeper_engine_in_flight by engine
+
+
+def sample_of(
+    status: dict[str, Any], metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]
+) -> Sample:
+    return Sample(
+        status_in_flight=int(status["in_flight"]),
+        status_engines={
+            e["name"]: (int(e["in_flight"]), int(e["max_in_flight"])) for e in status["engines"]
+        },
+        gauge_in_flight=metric_sum(metrics, "gatekeeper_in_flight"),
+        gauge_engines={
+            dict(ls)["engine"]: v
+            for (n, ls), v in metrics.items()
+            if n == "gatekeeper_engine_in_flight"
+        },
+    )
+
+
+def check_engines(obs: Observation) -> list[str]:
+    """The per-engine invariants (issue #11 §1): each engine within its own slots, the
+    per-engine counts adding up to the totals, and every admission counted on one engine."""
+    bad: list[str] = []
+    for name, slots in obs.engine_slots.items():
+        seen, admitted = obs.engine_received.get(name, 0), obs.engine_admitted_delta.get(name, 0)
+        if seen > admitted:
+            bad.append(f"engine {name} received {seen} generations but was admitted {admitted}")
+        peak = obs.engine_peaks.get(name, 0)
+        if obs.mode == "finish" and peak > slots:
+            bad.append(f"engine {name} ran {peak} generations at once > its max_in_flight {slots}")
+    total = metric_sum(obs.metrics, "gatekeeper_requests_total", outcome="admitted")
+    on_engines = metric_sum(obs.metrics, "gatekeeper_engine_admitted_total")
+    if total != on_engines:
+        bad.append(
+            f"admitted requests {total:g} != sum of gatekeeper_engine_admitted_total {on_engines:g}"
+        )
+    for i, s in enumerate(obs.samples):
+        for name, (n, slots) in s.status_engines.items():
+            if n > slots:
+                bad.append(
+                    f"sample {i}: /status engine {name} in_flight {n} > max_in_flight {slots}"
+                )
+        listed = sum(n for n, _ in s.status_engines.values())
+        if listed != s.status_in_flight:
+            bad.append(
+                f"sample {i}: /status engines' in_flight sum {listed} != in_flight "
+                f"{s.status_in_flight}"
+            )
+        gauges = sum(s.gauge_engines.values())
+        if gauges != s.gauge_in_flight:
+            bad.append(
+                f"sample {i}: gatekeeper_engine_in_flight sum {gauges} != gatekeeper_in_flight "
+                f"{s.gauge_in_flight}"
+            )
+    return bad
 
 
 def check_invariants(obs: Observation) -> list[str]:
@@ -182,7 +263,7 @@ def check_invariants(obs: Observation) -> list[str]:
         )
     if obs.fresh_generation != 200:
         bad.append(f"a fresh generation after quiescence got {obs.fresh_generation}, not 200")
-    return bad
+    return bad + check_engines(obs)
 
 
 # --------------------------------------------------------------------------- raw HTTP
@@ -440,6 +521,7 @@ class PhaseResult:
     faults: Counter[str]
     engine_peak_active: int
     violations: list[str]
+    engine_peaks: dict[str, int] = field(default_factory=dict)  # each engine's own
 
 
 class Chaos:
@@ -456,11 +538,17 @@ class Chaos:
         gatekeeper_max_in_flight: int | None = None,
         actions: dict[str, tuple[Action, int]] | None = None,
         faults: bool = True,
+        engines: int = 0,
     ) -> None:
+        """``engines`` 0: one engine-sim given by ``--upstream``; N: N engine-sims listed in
+        ``upstream.engines`` (gpu0...), one slot each, so the limit is N (issue #11 §1)."""
         self.tmp = tmp
         self.seed = seed
         self.concurrency = concurrency
         self.think = think  # mean pause of a worker between two exchanges, seconds
+        self.listed = engines > 0
+        if self.listed:
+            max_in_flight = engines  # the sum of the engines' one slot each
         self.max_in_flight = max_in_flight  # the limit the invariants hold gatekeeper to
         # What gatekeeper is actually configured with; differs only to prove the checker
         # catches over-admission.
@@ -475,31 +563,37 @@ class Chaos:
         self.retry_after = 3
         self.reloads = 0
         self.next_exchange = 0
-        self.engine_port = free_port()
+        # One engine-sim per name; the single --upstream engine is gatekeeper's "default".
+        self.engine_names = [f"gpu{i}" for i in range(engines)] if self.listed else ["default"]
+        self.engine_ports = {name: free_port() for name in self.engine_names}
+        self.engine_urls = {n: f"http://127.0.0.1:{p}" for n, p in self.engine_ports.items()}
+        self.engine_url = self.engine_urls[self.engine_names[0]]  # a single-engine run's
         self.rules = tmp / "chaos-rules.yaml"
         self.readings = tmp / "calm.json"
         self.readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
         self.results: list[PhaseResult] = []
         self.slowest: dict[str, float] = {}  # action -> longest exchange, seconds
         self.drain_outcomes: dict[str, Counter[str]] = {}  # traffic during the SIGTERM drain
-        self._ledger = EngineLedger()
+        self._ledgers = {name: EngineLedger() for name in self.engine_names}
         self._engine_lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Chaos:
-        self.engine = self._start_engine()
+        self.engines: dict[str, Proc] = {}
         self._write_rules()
         port, admin_port = free_port(), free_port()
         try:
+            for name in self.engine_names:
+                self.engines[name] = self._start_engine(name)
             self.gk = self._start_gatekeeper(port, admin_port)
         except BaseException:
-            self.engine.stop()
+            for engine in self.engines.values():
+                engine.stop()
             raise
         self.target = Target("127.0.0.1", port)
         self.proxy = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
-        self.engine_url = f"http://127.0.0.1:{self.engine_port}"
         conn = aiohttp.TCPConnector(limit=0, force_close=True)
         self.http = aiohttp.ClientSession(
             connector=conn, timeout=aiohttp.ClientTimeout(total=EXCHANGE_TIMEOUT)
@@ -509,7 +603,8 @@ class Chaos:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.close()
         self.gk.stop()
-        self.engine.stop()
+        for engine in self.engines.values():
+            engine.stop()
 
     def _start_gatekeeper(self, port: int, admin_port: int) -> Proc:
         return Proc(
@@ -517,8 +612,7 @@ class Chaos:
                 "run",
                 "--config",
                 str(self.rules),
-                "--upstream",
-                f"http://127.0.0.1:{self.engine_port}",
+                *(() if self.listed else ("--upstream", self.engine_url)),
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--admin-listen",
@@ -528,18 +622,29 @@ class Chaos:
             ready=r"admin listening on http://",
         )
 
-    def _start_engine(self) -> Proc:
-        args = ["engine-sim", "--listen", f"127.0.0.1:{self.engine_port}", "--seconds", "0.5"]
+    def _start_engine(self, name: str) -> Proc:
+        port = self.engine_ports[name]
+        args = ["engine-sim", "--listen", f"127.0.0.1:{port}", "--seconds", "0.5"]
         args += ["--no-cpu", "--memory-mb", "0"]
-        n = self._ledger.restarts
-        return Proc(args, self.tmp / f"engine-{n}.log", ready=r"listening on http://")
+        n = self._ledgers[name].restarts
+        log = self.tmp / (f"engine-{n}.log" if not self.listed else f"engine-{name}-{n}.log")
+        return Proc(args, log, ready=r"listening on http://")
 
     def _write_rules(self) -> None:
+        if self.listed:
+            engines = "  engines:\n" + "".join(
+                f'    - {{name: {n}, url: "{u}", max_in_flight: 1}}\n'
+                for n, u in self.engine_urls.items()
+            )
+            limit = ""  # the engines' sum; setting it too is an error
+        else:
+            engines, limit = "", f"  max_in_flight: {self.configured_max}\n"
         self.rules.write_text(
             RULES.format(
                 read=READ_TIMEOUT,
                 body=BODY_TIMEOUT,
-                max_in_flight=self.configured_max,
+                engines=engines,
+                max_in_flight=limit,
                 mode=self.mode,
                 retry_after=self.retry_after,
                 readings=self.readings,
@@ -562,9 +667,11 @@ class Chaos:
         async with self.http.get(self.admin + "/metrics") as r:
             return parse_metrics(await r.text())
 
-    async def engine_stats(self) -> dict[str, Any] | None:
+    async def engine_stats(self, name: str | None = None) -> dict[str, Any] | None:
+        """``/_sim/stats`` of engine ``name`` (default: the first)."""
+        url = self.engine_urls[name or self.engine_names[0]]
         try:
-            return dict(await self._json(self.engine_url + "/_sim/stats"))
+            return dict(await self._json(url + "/_sim/stats"))
         except (aiohttp.ClientError, TimeoutError):
             return None  # between a kill and its restart
 
@@ -581,17 +688,19 @@ class Chaos:
     # ---------------------------------------------------------------- faults
 
     async def kill_engine(self) -> None:
-        """SIGKILL the engine (mid-job, likely) and restart it on the same port."""
+        """SIGKILL an engine (a random one of several; mid-job, likely) and restart it on
+        the same port."""
+        name = self.rng.choice(self.engine_names)
         async with self._engine_lock:
-            stats = await self.engine_stats()
+            stats = await self.engine_stats(name)
             if stats is not None:
-                self._ledger.fold(stats)
-            self.engine.kill()
-            self.note("fault: engine killed")
+                self._ledgers[name].fold(stats)
+            self.engines[name].kill()
+            self.note(f"fault: engine {name} killed")
             await asyncio.sleep(self.rng.uniform(0.0, 0.5))
-            self._ledger.restarts += 1
-            self.engine = await asyncio.to_thread(self._start_engine)
-            self.note("fault: engine restarted")
+            self._ledgers[name].restarts += 1
+            self.engines[name] = await asyncio.to_thread(self._start_engine, name)
+            self.note(f"fault: engine {name} restarted")
 
     async def reload(self, how: str) -> None:
         """Rewrite the rules (retry_after changes; mode and limit kept) and reload."""
@@ -642,12 +751,15 @@ class Chaos:
             else:
                 await self.reload("sighup" if kind == "sighup" else "post")
 
-    async def _sampler(self, peak: list[int], stop: asyncio.Event) -> None:
-        """Watch /status and the gauge while the phase runs: neither may exceed the limit."""
+    async def _sampler(self, peak: list[int], samples: list[Sample], stop: asyncio.Event) -> None:
+        """Watch /status and the gauges while the phase runs: neither may exceed the limit,
+        nor any engine its own (``samples``, checked by ``check_engines``)."""
         while not stop.is_set():
             st = await self.status()
-            gauge = int(metric_sum(await self.metrics(), "gatekeeper_in_flight"))
+            metrics = await self.metrics()
+            gauge = int(metric_sum(metrics, "gatekeeper_in_flight"))
             peak[0] = max(peak[0], st["in_flight"], gauge)
+            samples.append(sample_of(st, metrics))
             await asyncio.sleep(0.03)
 
     # ---------------------------------------------------------------- phases
@@ -688,6 +800,8 @@ class Chaos:
         """
         index = len(self.results)
         limit = limit or self.max_in_flight
+        if self.listed and limit != self.max_in_flight:
+            raise ValueError(f"{len(self.engine_names)} one-slot engines: the limit is theirs")
         self.phase_mode = mode
         start_mode = "finish" if mode == "mixed" else mode
         if start_mode != self.mode or limit != self.max_in_flight:
@@ -695,12 +809,14 @@ class Chaos:
             await self.set_mode(start_mode)
         self.note(f"phase {index} start: mode {mode}, limit {limit}, {exchanges} exchanges")
         await self._engine_reset()
-        base = self.admitted(await self.metrics())
+        base_metrics = await self.metrics()
+        base, base_engines = self.admitted(base_metrics), self.engine_admitted(base_metrics)
         outcomes: dict[str, Counter[str]] = {}
         faults: Counter[str] = Counter()
         peak = [0]
+        samples: list[Sample] = []
         stop = asyncio.Event()
-        background = [asyncio.create_task(self._sampler(peak, stop))]
+        background = [asyncio.create_task(self._sampler(peak, samples, stop))]
         if self.faults_enabled:
             background.append(asyncio.create_task(self._fault_loop(faults, stop)))
         queue = self._schedule(exchanges)
@@ -723,20 +839,37 @@ class Chaos:
         seconds = time.monotonic() - t0
         stuck = sum(c["STUCK"] for c in outcomes.values())
         status, metrics = await self._quiesce()
-        engine = await self._engine_fold()
+        ledgers = await self._engine_fold()
+        engine = EngineLedger()  # all engines: their requests summed, the highest peak
+        for ledger in ledgers.values():
+            engine.peak_active = max(engine.peak_active, ledger.peak_active)
+            engine.requests.update(ledger.requests)
         fresh = await self._fresh_generation()
+        after = await self.metrics()
         obs = Observation(
             status=status,
             metrics=metrics,
             engine_peak_active=engine.peak_active,
             engine_requests=dict(engine.requests),
-            admitted_delta={
-                k: v - base.get(k, 0) for k, v in self.admitted(await self.metrics()).items()
-            },
+            admitted_delta={k: v - base.get(k, 0) for k, v in self.admitted(after).items()},
             sampled_in_flight_max=peak[0],
             max_in_flight=self.max_in_flight,
             mode=mode,
             fresh_generation=fresh,
+            engine_slots=(
+                dict.fromkeys(self.engine_names, 1)
+                if self.listed
+                else {"default": self.max_in_flight}
+            ),
+            engine_peaks={n: lg.peak_active for n, lg in ledgers.items()},
+            engine_received={
+                n: sum(lg.requests.get(path, 0) for path in ADMIT_ROUTES)
+                for n, lg in ledgers.items()
+            },
+            engine_admitted_delta={
+                n: v - base_engines.get(n, 0) for n, v in self.engine_admitted(after).items()
+            },
+            samples=tuple(samples),
         )
         violations = check_invariants(obs)
         if stuck:
@@ -744,7 +877,16 @@ class Chaos:
         if "Traceback" in self.gk.output():
             violations.append("gatekeeper logged a traceback")
         result = PhaseResult(
-            index, mode, limit, exchanges, seconds, outcomes, faults, engine.peak_active, violations
+            index,
+            mode,
+            limit,
+            exchanges,
+            seconds,
+            outcomes,
+            faults,
+            engine.peak_active,
+            violations,
+            obs.engine_peaks,
         )
         self.results.append(result)
         self.note(
@@ -755,27 +897,41 @@ class Chaos:
         return result
 
     async def _engine_reset(self) -> None:
-        """Wait until the engine is idle (abandoned cancel-mode work ends), then reset it."""
-        deadline = time.monotonic() + QUIESCE_TIMEOUT
-        while True:
-            stats = await self.engine_stats()
-            if stats is not None and stats["active_generations"] == 0:
-                break
-            if time.monotonic() > deadline:
-                raise InvariantViolation(self._report(f"engine never went idle: {stats}"))
-            await asyncio.sleep(0.05)
-        async with self.http.post(self.engine_url + "/_sim/reset") as r:
-            assert r.status == 200
-        self._ledger = EngineLedger(restarts=self._ledger.restarts)
+        """Wait until every engine is idle (abandoned cancel-mode work ends), then reset it."""
+        for name, url in self.engine_urls.items():
+            deadline = time.monotonic() + QUIESCE_TIMEOUT
+            while True:
+                stats = await self.engine_stats(name)
+                if stats is not None and stats["active_generations"] == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise InvariantViolation(
+                        self._report(f"engine {name} never went idle: {stats}")
+                    )
+                await asyncio.sleep(0.05)
+            async with self.http.post(url + "/_sim/reset") as r:
+                assert r.status == 200
+            self._ledgers[name] = EngineLedger(restarts=self._ledgers[name].restarts)
 
-    async def _engine_fold(self) -> EngineLedger:
+    async def _engine_fold(self) -> dict[str, EngineLedger]:
+        """Each engine's ledger of the phase (its last stats folded in); fresh ones start."""
         async with self._engine_lock:
-            stats = await self.engine_stats()
-            if stats is not None:
-                self._ledger.fold(stats)
-            ledger = self._ledger
-            self._ledger = EngineLedger(restarts=ledger.restarts)
-            return ledger
+            out = {}
+            for name, ledger in self._ledgers.items():
+                stats = await self.engine_stats(name)
+                if stats is not None:
+                    ledger.fold(stats)
+                out[name] = ledger
+                self._ledgers[name] = EngineLedger(restarts=ledger.restarts)
+            return out
+
+    def engine_admitted(
+        self, metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    ) -> dict[str, int]:
+        return {
+            name: int(metric_sum(metrics, "gatekeeper_engine_admitted_total", engine=name))
+            for name in self.engine_names
+        }
 
     async def _quiesce(
         self,
@@ -896,8 +1052,9 @@ class Chaos:
         for name, c in self.drain_outcomes.items():
             actions.setdefault(name, Counter()).update(c)
         total = sum(sum(c.values()) for c in actions.values())
+        engines = f", {len(self.engine_names)} engines" if self.listed else ""
         lines = [
-            f"chaos seed {self.seed}: {total} exchanges in {len(self.results)} phases"
+            f"chaos seed {self.seed}{engines}: {total} exchanges in {len(self.results)} phases"
             " and the SIGTERM drain"
         ]
         for name in sorted(actions):
@@ -912,9 +1069,13 @@ class Chaos:
         )
         for r in self.results:
             verdict = "ok" if not r.violations else "; ".join(r.violations)
+            peaks = (
+                "engine peaks " + " ".join(f"{n}={p}" for n, p in r.engine_peaks.items())
+                if self.listed
+                else f"engine peak {r.engine_peak_active}"
+            )
             lines.append(
                 f"  phase {r.index} {r.mode:<6} limit {r.limit} {r.exchanges:>4} exchanges "
-                f"{r.seconds:5.1f}s "
-                f"engine peak {r.engine_peak_active}: invariants {verdict}"
+                f"{r.seconds:5.1f}s {peaks}: invariants {verdict}"
             )
         return "\n".join(lines)

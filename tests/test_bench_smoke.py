@@ -2,8 +2,8 @@
 
 Figures are not asserted (speed is measured, not asserted in timed tests): only that
 the bench starts nginx, HAProxy, the bare proxy, engine-sim, cpu_engine and gatekeeper,
-measures each section (f: the waiting room, 20 waiters), prints the summary against
-the issue's targets and exits 0.
+measures each section (f: the waiting room, 20 waiters; h: two engines, 4 jobs), prints
+the summary against the issue's targets and exits 0.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ EXPECTED_ROWS = (
     "async submissions (202)",
     "dispatch: queue drained (0 s songs)",
     "held drained, every client its 200",
+    "## h. several engines (4 async jobs, 1 s songs)",
+    "two engines  gpu1",
+    "one engine   gpu0",
+    "next job seen running on gpu1",
     "## summary",
     "passthrough req/s, 32 conn, log WARNING",
     "rejections/s, 32 conns",

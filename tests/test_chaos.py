@@ -8,10 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos import ACTIONS, Chaos, InvariantViolation, Observation, check_invariants, parse_metrics
+from chaos import (
+    ACTIONS,
+    Chaos,
+    InvariantViolation,
+    Observation,
+    Sample,
+    check_invariants,
+    parse_metrics,
+)
 
 SEED = int(os.environ.get("GATEKEEPER_CHAOS_SEED", "20261203"))
 PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1)]
+# Two one-slot engines (issue #11 §1): the limit is always their sum, 2.
+TWO_ENGINE_PHASES = ["finish", "cancel", "mixed"]
 
 
 @pytest.mark.slow
@@ -21,6 +31,19 @@ async def test_chaos_fast_run(tmp_path: Path) -> None:
         try:
             for mode, limit in PHASES:
                 await c.phase(120, mode, limit)
+            await c.sigterm_phase()
+        finally:
+            print("\n" + c.summary())
+
+
+@pytest.mark.slow
+async def test_chaos_two_engines_fast_run(tmp_path: Path) -> None:
+    """Two engine-sims in upstream.engines, a random one killed and restarted, reloads,
+    hostile clients: each engine within its one slot, per-engine counts add up."""
+    async with Chaos(tmp_path, SEED, engines=2) as c:
+        try:
+            for mode in TWO_ENGINE_PHASES:
+                await c.phase(100, mode)
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
@@ -38,6 +61,7 @@ def _observation(**change: object) -> Observation:
         'gatekeeper_requests_total{route="generate",outcome="admitted"} 3\n'
         'gatekeeper_requests_total{route="generate",outcome="rejected"} 2\n'
         'gatekeeper_rejections_total{route="generate",reason="busy"} 2\n'
+        'gatekeeper_engine_admitted_total{engine="default"} 3\n'
     )
     fields: dict[str, Any] = {
         "status": status,
@@ -107,3 +131,77 @@ async def test_driver_catches_a_gatekeeper_admitting_two(tmp_path: Path) -> None
         with pytest.raises(InvariantViolation, match=f"seed {SEED}") as err:
             await c.phase(40, "finish")
     assert "> max_in_flight 1" in str(err.value)
+
+
+def _two_engines(**change: object) -> Observation:
+    """A clean observation of a two-engine phase (gpu0 admitted 2, gpu1 1)."""
+    metrics = parse_metrics(
+        "gatekeeper_in_flight 0\n"
+        'gatekeeper_requests_total{route="generate",outcome="admitted"} 3\n'
+        'gatekeeper_requests_total{route="generate",outcome="rejected"} 2\n'
+        'gatekeeper_rejections_total{route="generate",reason="busy"} 2\n'
+        'gatekeeper_engine_admitted_total{engine="gpu0"} 2\n'
+        'gatekeeper_engine_admitted_total{engine="gpu1"} 1\n'
+    )
+    busy = Sample(2, {"gpu0": (1, 1), "gpu1": (1, 1)}, 2.0, {"gpu0": 1.0, "gpu1": 1.0})
+    idle = Sample(0, {"gpu0": (0, 1), "gpu1": (0, 1)}, 0.0, {"gpu0": 0.0, "gpu1": 0.0})
+    fields: dict[str, Any] = {
+        "metrics": metrics,
+        "max_in_flight": 2,
+        "sampled_in_flight_max": 2,
+        "engine_slots": {"gpu0": 1, "gpu1": 1},
+        "engine_peaks": {"gpu0": 1, "gpu1": 1},
+        "engine_received": {"gpu0": 2, "gpu1": 1},
+        "engine_admitted_delta": {"gpu0": 2, "gpu1": 1},
+        "samples": (idle, busy, idle),
+    }
+    fields.update(change)
+    return _observation(**fields)
+
+
+def test_checker_passes_a_clean_two_engine_observation() -> None:
+    """Two engines, each within its slot, counts adding up: no invariant broken."""
+    assert check_invariants(_two_engines()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"engine_peaks": {"gpu0": 2, "gpu1": 1}}, "engine gpu0 ran 2 generations at once"),
+        (
+            {"engine_received": {"gpu0": 2, "gpu1": 2}},
+            "engine gpu1 received 2 generations but was admitted 1",
+        ),
+        (
+            {"samples": (Sample(2, {"gpu0": (2, 1), "gpu1": (0, 1)}, 2.0, {"gpu0": 2.0}),)},
+            "/status engine gpu0 in_flight 2 > max_in_flight 1",
+        ),
+        (
+            {"samples": (Sample(1, {"gpu0": (1, 1), "gpu1": (1, 1)}, 1.0, {"gpu0": 1.0}),)},
+            "/status engines' in_flight sum 2 != in_flight 1",
+        ),
+        (
+            {"samples": (Sample(1, {"gpu0": (1, 1)}, 1.0, {"gpu0": 1.0, "gpu1": 1.0}),)},
+            "gatekeeper_engine_in_flight sum 2.0 != gatekeeper_in_flight 1.0",
+        ),
+        (
+            {"metric": ("gatekeeper_engine_admitted_total", {"engine": "gpu1"}, 0.0)},
+            "admitted requests 3 != sum of gatekeeper_engine_admitted_total 2",
+        ),
+    ],
+)
+def test_checker_fails_on_each_engine_leak(change: dict[str, Any], expected: str) -> None:
+    """Each per-engine over-admission or miscount is reported (issue #11 §1)."""
+    obs = _two_engines()
+    if "metric" in change:
+        name, labels, value = change.pop("metric")
+        metrics = dict(obs.metrics)
+        metrics[(name, frozenset(labels.items()))] = value
+        change["metrics"] = metrics
+    bad = check_invariants(replace(obs, **change))
+    assert any(expected in b for b in bad), bad
+
+
+def test_checker_tolerates_an_engine_peak_in_cancel_mode() -> None:
+    """cancel mode: an engine computing an abandoned song next to a new one is by design."""
+    assert check_invariants(_two_engines(mode="cancel", engine_peaks={"gpu0": 2})) == []

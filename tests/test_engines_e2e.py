@@ -255,3 +255,27 @@ async def test_every_engine_down_queues_jobs_until_one_is_back(
     done = await final(http, url, waiting)
     assert done["state"] == "done"
     assert (await stats(http, b_url))["completed_generations"] == 1
+
+
+async def test_an_engine_that_refuses_a_connection_is_down_before_its_next_probe(
+    tmp_path: Path, procs: list[Proc], http: aiohttp.ClientSession
+) -> None:
+    """gpu0 crashes between two probes (interval 30 s): the first job sent there fails to
+    connect (502) and gpu0 is down from that moment, so the next job runs on gpu1 instead
+    of failing on gpu0 too (before: every job until the next probe went to gpu0, the
+    least loaded, and failed in milliseconds while gpu1 idled)."""
+    a, a_url = start_engine(tmp_path, seconds=0.3)
+    b, b_url = start_engine(tmp_path, seconds=0.3)
+    procs += [a, b]
+    text = rules([("gpu0", a_url), ("gpu1", b_url)], tmp_path / "calm.json")
+    text = text.replace("interval: 0.3", "interval: 30")
+    gk, url, admin = start_gatekeeper(tmp_path, text, None, "--state-dir", str(tmp_path / "s"))
+    procs.append(gk)
+    await poll(lambda: _all_up(http, admin), 10)
+    a.kill()
+    first = await final(http, url, await submit(http, url, "refused", 0.3))
+    assert first["state"] == "failed" and first["reason"] == "upstream_unavailable", first
+    assert [e["up"] for e in (await status(http, admin))["engines"]] == [False, True]
+    nxt = await final(http, url, await submit(http, url, "on gpu1", 0.3))
+    assert nxt["state"] == "done", nxt
+    assert (await stats(http, b_url))["completed_generations"] == 1  # it ran on gpu1

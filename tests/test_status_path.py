@@ -172,7 +172,8 @@ async def test_engine_down_gets_no_new_generation(
     new job), the status says not accepting, reason engine_down, warning
     upstream_unavailable, and a generation is refused 503 engine_down with the probe
     interval as Retry-After; nothing is admitted. The engine answering its probe again
-    makes the next generation admitted (here: 502, nothing listens on the port)."""
+    makes the next generation admitted (here: 502, nothing listens on the port), and that
+    refused connection makes the engine down again until the probe answers."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -205,4 +206,8 @@ async def test_engine_down_gets_no_new_generation(
     assert resp.status == 502
     assert (await resp.json())["reason"] == "upstream_unavailable"
     assert st.counters.outcomes["admitted"] == 1
+    # The refused connection marks the engine down at once, not at its next probe.
+    body = await (await client.get("/_gatekeeper/status")).json()
+    assert body["warnings"] == ["upstream_unavailable"] and body["reasons"] == ["engine_down"]
+    st.set_upstream_up(True)
     assert (await (await client.get("/_gatekeeper/status")).json())["warnings"] == []
