@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,24 @@ async def test_gatekeeper_serves_the_agent_until_it_stops(tmp_path: Path) -> Non
         await gk.stop()
     with pytest.raises(OSError):
         await _ask(port)
+
+
+async def test_readyz_admit_says_whether_a_job_can_start_now(aiohttp_client: Any) -> None:
+    """/readyz stays 200 while every slot is busy; /readyz?admit=1 is 503 "busy" then, and
+    200 again once the slot is free."""
+    from gatekeeper.admin import build_admin_app
+
+    st = await create_state(load_config("admission: {resources: {source: file, file: /x}}"))
+    st.set_upstream_up(True)
+    client = await aiohttp_client(build_admin_app(st))
+    try:
+        assert (await client.get("/readyz?admit=1")).status == 200
+        ticket = st.gate.try_admit("generate", st.clock())
+        assert isinstance(ticket, Ticket)
+        assert (await client.get("/readyz")).status == 200
+        r = await client.get("/readyz?admit=1")
+        assert r.status == 503 and (await r.json())["reasons"] == ["busy"]
+        ticket.release()
+        assert (await client.get("/readyz?admit=1")).status == 200
+    finally:
+        await st.runtime.close()
