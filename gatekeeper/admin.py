@@ -23,13 +23,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 only when the upstream answers its probe and we are not draining."""
+    """200 only when the upstream answers its probe and we are not draining.
+
+    ``?admit=1`` (issue #11 §2, several replicas): also 503 while a new generation could
+    not start now — every slot busy, CPU or memory overloaded (``Gate.reasons``). With a
+    waiting room a busy replica could still queue the job; taking it out of the Service
+    stops its queue from growing but sends everything to the others, so never use it
+    with one replica (README, "Several boxes behind HAProxy").
+    """
     st = request.app[STATE]
     reasons = []
     if st.draining:
         reasons.append("draining")
     if st.upstream_up is not True:
         reasons.append("upstream_unavailable" if st.upstream_up is False else "upstream_unknown")
+    if request.query.get("admit") == "1":
+        reasons += [r for r in st.gate.reasons(st.clock()) if r not in ("draining", "engine_down")]
     body = {"ready": not reasons, "reasons": reasons}
     return web.json_response(body, status=503 if reasons else 200)
 

@@ -33,6 +33,7 @@ from aiohttp import web
 from . import __version__
 from .accesslog import log_request
 from .admin import build_admin_app
+from .agent import AgentServer
 from .alerting import AlertLoop
 from .config import Config
 from .describe import config_warnings, describe, describe_signals
@@ -220,8 +221,10 @@ class Gatekeeper:
         self.connections: Connections | None = None
         self._runners: list[web.AppRunner] = []
         self._probe: asyncio.Task[None] | None = None
+        self.agent: AgentServer | None = None
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
+        self.agent_urls: list[str] = []
 
     async def start(self) -> None:
         cfg = self.config
@@ -273,6 +276,13 @@ class Gatekeeper:
                 )
             await site.start()
             urls.extend(_urls(runner))
+        if cfg.agent_listen is not None:
+            # HAProxy's agent-check (issue #11 §2): it says "drain" from the first moment
+            # of a drain until the process exits (it closes last, in ``stop``).
+            self.agent = AgentServer(st)
+            self.agent_urls = await self.agent.start(
+                cfg.agent_listen.host, cfg.agent_listen.port, LISTEN_BACKLOG
+            )
         log.info("gatekeeper %s: rules from %s", __version__, cfg.source)
         for line in describe(cfg):
             log.info("config: %s", line)
@@ -280,7 +290,10 @@ class Gatekeeper:
             log.info("signals: %s", describe_signals(st.host))
         for warning in config_warnings(cfg):
             log.warning("config: %s", warning)
-        for name, urls in (("proxy", self.proxy_urls), ("admin", self.admin_urls)):
+        listeners = [("proxy", self.proxy_urls), ("admin", self.admin_urls)]
+        if self.agent is not None:
+            listeners.append(("agent-check", self.agent_urls))
+        for name, urls in listeners:
             log.info("%s listener bound to %s", name, ", ".join(urls))
         # Only now: its "upstream ... is DOWN" must follow the startup lines, and must not
         # be said at all by a gatekeeper that failed to bind.
@@ -355,6 +368,9 @@ class Gatekeeper:
                 await runner.server.shutdown(max(grace, 0.01))
             await runner.cleanup()
         self._runners.clear()
+        if self.agent is not None:
+            await self.agent.close()
+            self.agent = None
 
 
 def _urls(runner: web.AppRunner) -> list[str]:

@@ -1,6 +1,7 @@
 """The ``gatekeeper`` command line: argument parsing and nothing else.
 
     gatekeeper run --config rules.yaml [--upstream URL] [--listen H:P] [--admin-listen H:P]
+                   [--agent-listen H:P] [--box-id NAME]
                    [--state-dir DIR]
     gatekeeper check --config rules.yaml
     gatekeeper engine-sim [--listen H:P] [--seconds N] ...
@@ -79,13 +80,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     # Kept for every reload: a flag keeps beating the file (issue #5 §1).
-    overrides = Overrides(args.upstream, args.listen, args.admin_listen, args.state_dir)
+    overrides = Overrides(
+        args.upstream,
+        args.listen,
+        args.admin_listen,
+        args.state_dir,
+        args.agent_listen,
+        args.box_id,
+    )
     cfg = overrides.apply(_load(args.config))
 
     def ready(gk: Gatekeeper) -> None:
         upstream = redact_url(cfg.upstream.url)
         for url in gk.proxy_urls:
             print(f"gatekeeper proxy listening on {url} -> upstream {upstream}", flush=True)
+        for url in gk.agent_urls:
+            print(f"gatekeeper agent-check listening on {url}", flush=True)
         for url in gk.admin_urls:
             print(f"gatekeeper admin listening on {url}", flush=True)
 
@@ -272,6 +282,17 @@ def _add_run_commands(sub: Subparsers) -> None:
         "--admin-listen",
         metavar="HOST:PORT",
         help="admin listener (default: the file's admin_listen)",
+    )
+    run.add_argument(
+        "--agent-listen",
+        metavar="HOST:PORT",
+        help="HAProxy agent-check port (default: the file's agent_listen, null = off)",
+    )
+    run.add_argument(
+        "--box-id",
+        metavar="NAME",
+        help="this box's name behind HAProxy, the prefix of its job ids (default: the "
+        "file's box_id)",
     )
     run.add_argument(
         "--state-dir",

@@ -1,8 +1,10 @@
 """What a job is named by and what its request asks for (issue #9). PURE: no I/O.
 
 - **Job ids** are the only capability to read a result: 144 random bits,
-  URL-safe base64 (``new_job_id``). ``is_job_id`` checks the exact shape, so
-  anything else is a 404 without a lookup.
+  URL-safe base64 (``new_job_id``), after ``<box_id>.`` when the rules name the
+  box (issue #11 §2: HAProxy routes ``<jobs_path>/<box>.…`` back to the box that
+  holds the job). ``is_job_id`` checks the exact shape, so anything else is a 404
+  without a lookup.
 - **Coalescing keys** (``coalesce_key``): two requests that would make the same
   generation get the same key. With an ``Idempotency-Key`` the key (plus the
   route) alone decides; otherwise method, normalised path, raw query and the
@@ -20,6 +22,7 @@ import secrets
 from collections.abc import Sequence
 
 __all__ = [
+    "BOX_SEPARATOR",
     "JOB_ID_BYTES",
     "MAX_IDEMPOTENCY_KEY",
     "MAX_PREFER_BYTES",
@@ -33,20 +36,25 @@ __all__ = [
 ]
 
 JOB_ID_BYTES = 18  # 144 bits (issue #9 asks for >= 128)
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{24}")  # token_urlsafe(18): 4 * 18 / 3 chars, no padding
+# token_urlsafe(18): 4 * 18 / 3 chars, no padding; the box prefix is config.check_box_id's
+# shape. '.' never occurs in either part, so HAProxy splits on the first one.
+_JOB_ID = re.compile(r"(?:[a-z0-9][a-z0-9-]{0,31}\.)?[A-Za-z0-9_-]{24}")
+BOX_SEPARATOR = "."
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 MAX_PREFER_BYTES = 1024
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def new_job_id() -> str:
-    """A fresh, unguessable job id: 24 characters of [A-Za-z0-9_-]."""
-    return secrets.token_urlsafe(JOB_ID_BYTES)
+def new_job_id(box_id: str | None = None) -> str:
+    """A fresh, unguessable job id: 24 characters of [A-Za-z0-9_-], after ``<box_id>.``
+    when given (the box prefix names where the job lives; it adds no secrecy)."""
+    token = secrets.token_urlsafe(JOB_ID_BYTES)
+    return token if box_id is None else f"{box_id}{BOX_SEPARATOR}{token}"
 
 
 def is_job_id(s: str) -> bool:
-    """True if ``s`` has exactly the shape ``new_job_id`` makes."""
+    """True if ``s`` has exactly a shape ``new_job_id`` makes (with or without a box)."""
     return isinstance(s, str) and _JOB_ID.fullmatch(s) is not None
 
 

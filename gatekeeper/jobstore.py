@@ -63,7 +63,9 @@ EXPIRED_ROW_KEEP_FACTOR = 7
 
 # Job ids become file names: anything else than the URL-safe alphabet is refused here, at the
 # file boundary, whatever the caller checked before (jobmodel.is_job_id is the exact shape).
-_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The one '.' allowed is a box id's separator (issue #11 §2), only before a full 24-char
+# token: never first, never two, so no "..", no hidden file, no "name.ext" look-alike.
+_SAFE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\.[A-Za-z0-9_-]{24}|[A-Za-z0-9_-]{1,64}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -111,7 +111,7 @@ class QueueRoute:
             )
             save: Callable[[Path], None] = spool.save if spool is not None else _nothing
             result = jobs.submit(
-                job_id=new_job_id(),
+                job_id=new_job_id(cfg.box_id),
                 route=route,
                 client=client,
                 held=not want_async,

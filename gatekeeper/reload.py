@@ -54,7 +54,7 @@ from .usage import RuntimeUsage
 log = logging.getLogger("gatekeeper.reload")
 
 # Bound once at start; a reload reports a change of these and keeps the running value.
-RESTART_ONLY = ("listen", "admin_listen")
+RESTART_ONLY = ("listen", "admin_listen", "agent_listen", "box_id")
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -68,6 +68,8 @@ class Overrides:
     listen: str | None = None
     admin_listen: str | None = None
     state_dir: str | None = None
+    agent_listen: str | None = None
+    box_id: str | None = None
 
     def apply(self, config: Config) -> Config:
         return config.with_overrides(
@@ -75,6 +77,8 @@ class Overrides:
             listen=self.listen,
             admin_listen=self.admin_listen,
             state_dir=self.state_dir,
+            agent_listen=self.agent_listen,
+            box_id=self.box_id,
         )
 
 

@@ -123,6 +123,12 @@ def test_every_problem_is_reported_with_line_and_value() -> None:
         ("routes: {name: a}", "routes", "list"),
         ("reload: {watch: yes please}", "reload.watch", "true or false"),
         ("admin_listen: 0.0.0.0:8080", "admin_listen", "differ"),
+        ("agent_listen: 127.0.0.1:9090", "agent_listen", "differ"),
+        ("agent_listen: nowhere", "agent_listen", "HOST:PORT"),
+        ("box_id: Box-A", "box_id", "[a-z0-9-]"),
+        ("box_id: a.b", "box_id", "[a-z0-9-]"),
+        ("box_id: -a", "box_id", "starting with"),
+        (f"box_id: {'a' * 33}", "box_id", "1-32"),
         ("speling: 1", "speling", "unknown key"),
         (
             "admission: {resources: {cpu_percent: {reject_abve: 80}}}",
@@ -242,6 +248,20 @@ def test_overrides_are_validated() -> None:
     assert cfg.listen == HostPort("127.0.0.1", 0)
     with pytest.raises(ConfigError, match="--upstream"):
         Config().with_overrides(upstream="engine:9000")
+
+
+def test_agent_listen_and_box_id() -> None:
+    """agent_listen and box_id default to off, read from the file, and --agent-listen /
+    --box-id override them, validated like the file."""
+    assert (Config().agent_listen, Config().box_id) == (None, None)
+    cfg = load_config("agent_listen: 127.0.0.1:9100\nbox_id: gpu-7\n")
+    assert (cfg.agent_listen, cfg.box_id) == (HostPort("127.0.0.1", 9100), "gpu-7")
+    cfg = cfg.with_overrides(agent_listen="127.0.0.1:9101", box_id="b")
+    assert (cfg.agent_listen, cfg.box_id) == (HostPort("127.0.0.1", 9101), "b")
+    with pytest.raises(ConfigError, match="--box-id"):
+        Config().with_overrides(box_id="B.1")
+    with pytest.raises(ConfigError, match="--agent-listen"):
+        Config().with_overrides(agent_listen="127.0.0.1:9090")
 
 
 def test_message_formatting() -> None:

@@ -110,6 +110,10 @@ def test_every_file_in_deploy_parses() -> None:
         elif path.suffix == ".sysusers":
             lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
             assert lines and all(ln.split()[0] in ("u", "g", "m", "r") for ln in lines), rel
+        elif path.suffix == ".cfg":  # haproxy -c runs on it in tests/test_haproxy_e2e.py
+            assert re.search(r"^global$", path.read_text(), re.M), rel
+        elif path.suffix == ".py":
+            compile(path.read_text(), rel, "exec")
         else:
             pytest.fail(f"deploy/{rel}: no check for this kind of file")
     assert "systemd/gatekeeper.service" in seen
@@ -217,6 +221,33 @@ def test_kustomization_lists_every_manifest() -> None:
     kust = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
     files = {p.name for p in KUBE.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kust["resources"]) == files
+
+
+def test_multi_replica_overlay() -> None:
+    """deploy/kubernetes/multi-replica: >= 2 replicas, one per node, can-admit readiness on
+    the admin port, a PDB, a grace period that outlasts the drain, box_id from the pod."""
+    over = KUBE / "multi-replica"
+    kust = yaml.safe_load((over / "kustomization.yaml").read_text())
+    assert "../" in kust["resources"] and "pdb.yaml" in kust["resources"]
+    patch = yaml.safe_load((over / "deployment-patch.yaml").read_text())
+    assert {p["path"] for p in kust["patches"]} == {"deployment-patch.yaml"}
+    spec = patch["spec"]
+    assert spec["replicas"] >= 2
+    pod = spec["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert pod["terminationGracePeriodSeconds"] >= stop_budget(Config())
+    (gk,) = pod["containers"]
+    assert gk["name"] == "gatekeeper"
+    assert gk["readinessProbe"]["httpGet"] == {"path": "/readyz?admit=1", "port": 9090}
+    assert gk["args"][-2:] == ["--box-id", "$(POD_NAME)"]
+    assert gk["args"][:-2] == container("gatekeeper")["args"]  # the base's flags, kept
+    env = {e["name"]: e for e in gk["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pdb = yaml.safe_load((over / "pdb.yaml").read_text())
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["maxUnavailable"] == 1
+    labels = kube("Deployment", "music-engine")["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
 
 
 # --------------------------------------------------------------------------- systemd

@@ -39,6 +39,16 @@ def test_new_job_ids_are_well_formed_and_distinct() -> None:
     assert all(is_job_id(i) and len(i) == 24 for i in made)
 
 
+def test_job_ids_carry_the_box_id() -> None:
+    """With a box id, new_job_id gives "<box_id>.<24-char token>", a valid job id whose
+    box HAProxy can read back as the text before the '.'."""
+    made = {new_job_id("gpu-1") for _ in range(1000)}
+    assert len(made) == 1000
+    for i in made:
+        box, _, token = i.partition(".")
+        assert (box, len(token)) == ("gpu-1", 24) and is_job_id(i)
+
+
 @pytest.mark.parametrize(
     ("s", "ok"),
     [
@@ -54,10 +64,20 @@ def test_new_job_ids_are_well_formed_and_distinct() -> None:
         ("A" * 23 + "é", False),
         ("A" * 23 + "٣", False),  # a Unicode digit is not [0-9]
         ("../../etc/passwd" + "A" * 8, False),
+        ("box-a." + "A" * 24, True),  # a box id (issue #11 §2) before a '.'
+        ("a." + "A" * 24, True),
+        ("." + "A" * 24, False),
+        ("Box." + "A" * 24, False),  # box ids are lower case
+        ("-a." + "A" * 24, False),
+        ("a.b." + "A" * 24, False),  # one '.', never two
+        ("a.." + "A" * 24, False),
+        ("a" * 33 + "." + "A" * 24, False),
+        ("box-a." + "A" * 23, False),
     ],
 )
 def test_is_job_id(s: str, ok: bool) -> None:
-    """Exactly 24 characters of [A-Za-z0-9_-]: anything else is a 404 without a lookup."""
+    """Exactly 24 characters of [A-Za-z0-9_-], optionally after "<box_id>.": anything else
+    is a 404 without a lookup."""
     assert is_job_id(s) is ok
 
 

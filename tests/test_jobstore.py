@@ -186,6 +186,16 @@ def test_a_job_id_that_is_not_a_file_name_is_refused(store: JobStore) -> None:
             store.result_path(bad)
 
 
+def test_a_job_id_with_a_box_is_a_file_name() -> None:
+    """A "<box_id>.<token>" id (issue #11 §2) is accepted at the file boundary; a '.' in
+    any other shape is not."""
+    from gatekeeper.jobstore import _SAFE_ID
+
+    assert _SAFE_ID.fullmatch("box-a." + "A" * 24)
+    for bad in ("a..x" + "A" * 22, ".a" + "A" * 23, "a.b" + "A" * 22, "A" * 24 + ".a"):
+        assert not _SAFE_ID.fullmatch(bad)
+
+
 def test_add_coalesced_counts(store: JobStore) -> None:
     """add_coalesced returns the running count and the row shows it."""
     row = add(store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,11 @@ class Reload:
 class Config:
     listen: HostPort = HostPort("0.0.0.0", 8080)  # noqa: RUF009 - frozen
     admin_listen: HostPort = HostPort("127.0.0.1", 9090)  # noqa: RUF009 - frozen
+    # HAProxy's agent-check protocol (issue #11 §2, gatekeeper.agent); None: not served.
+    agent_listen: HostPort | None = None
+    # This box's name behind HAProxy: job ids become "<box_id>.<token>" so HAProxy can
+    # route a job URL back to the box that holds the job. None: plain tokens.
+    box_id: str | None = None
     upstream: Upstream = field(default_factory=Upstream)
     limits: Limits = field(default_factory=Limits)
     admission: Admission = field(default_factory=Admission)
@@ -73,6 +79,8 @@ class Config:
         listen: str | None = None,
         admin_listen: str | None = None,
         state_dir: str | None = None,
+        agent_listen: str | None = None,
+        box_id: str | None = None,
     ) -> Config:
         """Apply command-line overrides, validated like the file; raises ConfigError.
 
@@ -103,6 +111,17 @@ class Config:
         if admin_listen is not None:
             hp = parse_hostport(admin_listen, "--admin-listen", None, problems)
             cfg = replace(cfg, admin_listen=hp or cfg.admin_listen)
+        if agent_listen is not None:
+            hp = parse_hostport(agent_listen, "--agent-listen", None, problems)
+            cfg = replace(cfg, agent_listen=hp or cfg.agent_listen)
+        if box_id is not None:
+            error = check_box_id(box_id)
+            if error is not None:
+                problems.append(ConfigProblem("--box-id", None, error, box_id, True))
+            else:
+                cfg = replace(cfg, box_id=box_id)
+        if not problems:
+            _distinct_listeners(cfg, "--agent-listen", problems)
         if state_dir is not None:
             error = check_dir(state_dir)
             if error is not None:
@@ -159,6 +178,32 @@ def load_config(text: str, source: str = "<string>") -> Config:
     if problems:
         raise ConfigError(problems, source)
     return replace(cfg, source=source)
+
+
+_BOX_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def check_box_id(v: Any) -> str | None:
+    # Lower case, digits and '-': it is a DNS label (a pod name), an HAProxy server name
+    # and the part of a job id before the '.', so it must never contain one.
+    if not isinstance(v, str) or _BOX_ID.fullmatch(v) is None:
+        return "must be 1-32 characters of [a-z0-9-], starting with a letter or digit"
+    return None
+
+
+def _distinct_listeners(cfg: Config, key: str, problems: list[ConfigProblem]) -> None:
+    agent = cfg.agent_listen
+    if agent is not None and agent.port != 0 and agent in (cfg.listen, cfg.admin_listen):
+        problems.append(
+            ConfigProblem(key, None, "must differ from listen and admin_listen", str(agent), True)
+        )
+
+
+def _agent_listen(root: Section, problems: list[ConfigProblem]) -> HostPort | None:
+    node = root.node_of("agent_listen")
+    if node is None or value_of(node) is None:
+        return None
+    return parse_hostport(value_of(node), "agent_listen", line_of(node), problems)
 
 
 def _listeners(root: Section, problems: list[ConfigProblem]) -> tuple[HostPort, HostPort]:
@@ -228,6 +273,19 @@ def _slots(up: Upstream, adm: Admission, sec: Section) -> tuple[Upstream, Admiss
 def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     d = Config()
     listen, admin_listen = _listeners(root, problems)
+    agent_listen = _agent_listen(root, problems)
+    if (
+        agent_listen is not None
+        and agent_listen.port != 0
+        and agent_listen in (listen, admin_listen)
+    ):
+        root.problem(
+            "agent_listen",
+            root.node_of("agent_listen"),
+            "must differ from listen and admin_listen",
+            str(agent_listen),
+        )
+    box_id = root.get("box_id", d.box_id, check_box_id, allow_none=True)
     upstream = read_upstream(root.section("upstream"), problems)
     sd = root.section("shutdown")
     shutdown = Shutdown(
@@ -250,6 +308,8 @@ def _build(root: Section, problems: list[ConfigProblem]) -> Config:
     cfg = Config(
         listen=listen,
         admin_listen=admin_listen,
+        agent_listen=agent_listen,
+        box_id=box_id,
         upstream=upstream,
         limits=read_limits(root.section("limits")),
         admission=admission,
