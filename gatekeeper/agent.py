@@ -10,7 +10,8 @@ agent's ``drain`` or ``maint`` sticks until an answer says ``ready``)::
 
     draining (SIGTERM)                 drain        weight 0, running sessions finish
     no engine up                       maint        out of rotation until ``ready``
-    cpu or memory overloaded           ready 0%     nothing could start here
+    a resource over its threshold      ready 0%     nothing could start here (cpu,
+                                                    memory, the PSI and GPU reasons)
     no free slot                       ready 1%     see below
     free slots                         ready P%     P = 100 * free / slots, at least 2
 
@@ -32,6 +33,7 @@ import logging
 from dataclasses import dataclass
 
 from .state import AppState
+from .vocab import RESOURCE_REASONS
 
 log = logging.getLogger("gatekeeper.agent")
 
@@ -49,7 +51,7 @@ class Facts:
     draining: bool
     slots: int  # every listed engine's max_in_flight, summed
     free: int  # slots on engines that are up (or not probed yet) and not in use
-    overloaded: tuple[str, ...]  # resource reasons now: "cpu", "memory"
+    overloaded: tuple[str, ...]  # resource reasons now: "cpu", "memory", PSI, GPU
     any_engine_up: bool  # False only when every engine's probe said down
     waiting: int = 0  # jobs in the waiting room (not part of the answer; for the log)
 
@@ -77,7 +79,7 @@ def facts_of(st: AppState) -> Facts:
         for e in slots
         if gate.engine_up.get(e.name) is not False
     )
-    overloaded = tuple(r for r in gate.reasons(st.clock()) if r in ("cpu", "memory"))
+    overloaded = tuple(r for r in gate.reasons(st.clock()) if r in RESOURCE_REASONS)
     return Facts(
         draining=gate.draining,
         slots=sum(e.max_in_flight for e in slots),
@@ -111,14 +113,18 @@ class AgentServer:
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            # HAProxy sends ``agent-send`` (if configured) before reading; nothing else
-            # is expected, so a short wait and any content will do.
-            with contextlib.suppress(TimeoutError, ValueError, ConnectionError):
-                async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-                    await reader.readline()
+            # Answer first: HAProxy sends nothing unless ``agent-send`` is configured, and
+            # waiting for a line would make every check take READ_TIMEOUT_SECONDS (a
+            # ``timeout check`` below it would fail every check, and HAProxy keeps a
+            # server whose agent fails at its last weight: a draining box never seen
+            # to drain). Then read what it may have sent, briefly, so that closing with
+            # unread bytes does not reset the connection before the reply is read.
             writer.write((reply(facts_of(self.st)) + "\n").encode("ascii"))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
+            with contextlib.suppress(TimeoutError, ValueError, ConnectionError):
+                async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                    await reader.readline()
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

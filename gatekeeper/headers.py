@@ -45,6 +45,9 @@ def _connection_tokens(headers: Headers) -> set[str]:
     return tokens
 
 
+GATEKEEPER_REASON = "X-Gatekeeper-Reason"
+
+
 def end_to_end(headers: Headers, *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields (and without ``drop``), order and repeats kept."""
     remove = HOP_BY_HOP
@@ -80,7 +83,15 @@ def downstream_response_headers(upstream: Headers) -> CIMultiDict[str]:
     ``Content-Length`` is kept when the engine sent one (the body is relayed
     byte-exact); without it aiohttp frames the body with chunked encoding
     itself, so the two are never sent together.
+
+    ``X-Gatekeeper-Reason`` is gatekeeper's own word: an engine's copy is dropped, so
+    that a 503 carrying it is always gatekeeper's refusal before anything reached the
+    engine, which HAProxy's per-box guard retries on another box (issue #11 §2;
+    deploy/haproxy/haproxy.cfg). An engine must not be able to make its own 503 look
+    safe to retry.
     """
+    if GATEKEEPER_REASON in upstream:
+        return end_to_end(upstream, drop=(GATEKEEPER_REASON,))
     return end_to_end(upstream)
 
 

@@ -8,6 +8,7 @@ and ``haproxy -db`` running ``deploy/haproxy/haproxy.cfg`` rendered for them by
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import signal
@@ -259,6 +260,11 @@ async def test_generations_spread_and_async_jobs_come_home(
             assert r.status == 404  # the other box does not have it: routing is what found it
 
 
+async def _ended(s: aiohttp.ClientSession, url: str) -> bool:
+    async with s.get(url) as r:
+        return bool((await r.json())["state"] in ("done", "failed"))
+
+
 async def test_engine_503_is_not_retried_gatekeepers_refusal_is(
     tmp_path: Path, procs: list[Proc], engines: list[str]
 ) -> None:
@@ -297,6 +303,10 @@ async def test_engine_503_is_not_retried_gatekeepers_refusal_is(
                 ) as r:
                     assert r.status == 202, (r.status, await r.text())
                     assert r.headers["Location"].startswith(f"{JOBS}/b.")
+                    location = r.headers["Location"]
+                # b has no waiting room either (max_waiting 0): let its job end (its engine
+                # 503s at once) before the next, or b too would refuse queue_full, rightly.
+                await poll(functools.partial(_ended, s, c.url + location), 10)
             assert (await long)[0] == 200
 
 

@@ -36,6 +36,16 @@ def test_hop_by_hop_removed_end_to_end_kept() -> None:
     ]
 
 
+def test_an_engine_cannot_send_gatekeepers_reason_header() -> None:
+    """The engine's X-Gatekeeper-Reason (any case) is dropped, the rest kept in order: a
+    503 with that header is always gatekeeper's own refusal, safe for HAProxy to retry."""
+    h = CIMultiDict(
+        [("Retry-After", "5"), ("x-gatekeeper-reason", "busy"), ("Content-Type", "text/plain")]
+    )
+    out = downstream_response_headers(h)
+    assert list(out.items()) == [("Retry-After", "5"), ("Content-Type", "text/plain")]
+
+
 def test_forwarded_headers() -> None:
     """Host is kept; X-Forwarded-For is appended to; -Proto and -Host are set; id forwarded."""
     h = CIMultiDict(
