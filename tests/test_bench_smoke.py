@@ -81,3 +81,20 @@ def test_bench_smoke_runs_every_section(tmp_path: Path) -> None:
     assert code == 0, f"bench exited {code}:\n{text[-6000:]}"
     missing = [row for row in EXPECTED_ROWS if row not in text]
     assert not missing, f"rows missing {missing}:\n{text[-6000:]}"
+
+
+def test_boxes_bench_runs_and_its_checks_hold(tmp_path: Path) -> None:
+    """``bench/boxes.py`` (two boxes behind the real HAProxy) runs small and exits 0: the
+    spread, burst and drain checks held, and it prints each section's figures."""
+    find_binary("haproxy", "/usr/sbin/haproxy")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "boxes.py"), "--burst", "20", "--seconds", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    for heading in ("1. spread", "3. burst: 20 held", "2. drain"):
+        assert heading in out.stdout
+    assert "answers: {200: 20}; lost 0" in out.stdout

@@ -7,7 +7,7 @@ Each argument is ``<box_id>=<host>[:<slots>]`` (slots default 1: the box's
 admission.max_in_flight). Ports are gatekeeper's defaults (public 8080, admin
 9090, agent 9100); ``--ports PUBLIC,ADMIN,AGENT`` per box is for tests. The lines
 marked ``# BOX a`` are the template of one box; ``# BOX b`` lines are the example
-second box and are dropped. The end-to-end test and bench section g render the
+second box and are dropped. The end-to-end test and bench/boxes.py render the
 shipped file with this, so what ships is what is tested. Standard library only.
 """
 
