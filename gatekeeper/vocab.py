@@ -81,19 +81,6 @@ OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
 JOB_STATES: tuple[JobState, ...] = tuple(JobState)
 QUEUE_REASONS: tuple[QueueReason, ...] = tuple(QueueReason)
-# Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
-ADMIT_REASONS: tuple[AdmitReason, ...] = (
-    AdmitReason.BUSY,
-    AdmitReason.ENGINE_DOWN,
-    AdmitReason.CPU,
-    AdmitReason.MEMORY,
-    AdmitReason.CPU_PRESSURE,
-    AdmitReason.MEMORY_PRESSURE,
-    AdmitReason.IO_PRESSURE,
-    AdmitReason.GPU_MEMORY,
-    AdmitReason.GPU_UTILIZATION,
-    AdmitReason.DRAINING,
-)
 # The resources the gate watches, in reasons() order (``gatekeeper_overloaded{resource}``).
 RESOURCE_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.CPU,
@@ -103,6 +90,13 @@ RESOURCE_REASONS: tuple[AdmitReason, ...] = (
     AdmitReason.IO_PRESSURE,
     AdmitReason.GPU_MEMORY,
     AdmitReason.GPU_UTILIZATION,
+)
+# Rejection reasons of an admit route that exist (at 0) from the start, in metric order.
+ADMIT_REASONS: tuple[AdmitReason, ...] = (
+    AdmitReason.BUSY,
+    AdmitReason.ENGINE_DOWN,
+    *RESOURCE_REASONS,
+    AdmitReason.DRAINING,
 )
 # A job in one of these never changes state again (except a kept result's eviction to expired).
 FINAL_STATES: frozenset[JobState] = frozenset(
