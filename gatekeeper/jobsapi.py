@@ -13,7 +13,8 @@
 =========================  ====================================================
 
 A job id (144 random bits) is the only capability to read a result: there is no
-listing on the public port, an unknown or malformed id is a plain 404.
+listing on the public port, an unknown or malformed id is a plain 404, except an
+id naming another box (``<box>.<token>``, issue #11 §2): 421 misdirected.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from .answers import json_answer, json_body
 from .headers import REQUEST_ID, end_to_end
-from .jobmodel import is_job_id
+from .jobmodel import BOX_SEPARATOR, is_job_id
 from .jobs import Job, Jobs
 from .jobstore import JobRow
 from .jobviews import job_view
@@ -66,6 +67,20 @@ class JobsApi:
         job_id, sub = parts[0], parts[1] if len(parts) == 2 else ""
         found = self.jobs.find(job_id)
         if found is None:
+            owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
+            here = self.jobs.st.config.box_id
+            if sep and owner != here:
+                # RFC 9110 §15.5.20: this box cannot answer for that target. Behind HAProxy
+                # the job URL must go to its box (issue #11 §2); a 404 would say the job
+                # does not exist, which this box cannot know.
+                return _answer(
+                    421,
+                    "misdirected",
+                    f"job {job_id} belongs to box {owner!r}, this is box {here!r}; route"
+                    f" {self.base}/{owner}{BOX_SEPARATOR}… to that box",
+                    rid,
+                    box=owner,
+                )
             return _answer(404, "not_found", f"no job {job_id}", rid)
         allowed = {"": ("GET", "HEAD", "DELETE"), "events": ("GET",), "result": ("GET", "HEAD")}
         methods = allowed.get(sub)
