@@ -212,7 +212,11 @@ class ProxyHandler:
         try:
             self._count(route, Outcome.ADMITTED, rec)
             rec.engine = ticket.engine
-            pool = rt.gated_for(ticket.engine)
+            # The gate picks from the live rules; this request's runtime is the one of its
+            # arrival, and a reload while its body was spooled may have added the engine
+            # picked (or renamed the one engine). The live runtime then has its pool, and
+            # a pool of the newest runtime is never retired under a request.
+            pool = (rt if ticket.engine in rt.engines else st.runtime).gated_for(ticket.engine)
             relay = Relay(st, request, cfg, route, pool, rec, ticket=ticket, spool=spool)
             if cfg.admission.on_client_disconnect == "cancel":
                 return await relay.run()

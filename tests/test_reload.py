@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from support import eventually
 
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app import build_proxy_app, create_state
@@ -656,3 +657,38 @@ async def test_concurrent_reloads_are_serialised(
     assert [r.status for r in statuses] == [200] * 5
     assert rig.metric("gatekeeper_config_reloads_total", "result=success") == 5
     assert rig.st.gate.limits.max_in_flight == rig.st.config.admission.max_in_flight == 3
+
+
+async def test_an_engine_added_while_a_body_is_spooled_gets_the_generation(
+    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]]
+) -> None:
+    """A generation whose upload is still arriving when a reload swaps `upstream.url` for
+    `upstream.engines` (engine "gpu0"): the gate picks gpu0 from the live rules, and the
+    request, which began under the old rules, still reaches it (not a 500)."""
+    eng = await fake_engine(aiohttp_server, "A")
+    rig = await make_rig(eng.url)
+    more = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"lyrics": '
+        await more.wait()
+        yield b'"la"}'
+
+    sending = asyncio.create_task(rig.proxy.post("/generate", data=body()))
+    await asyncio.sleep(0.2)  # the head is in, the body is being spooled
+    text = rig.path.read_text().replace(
+        f"upstream:\n  url: {eng.url}\n",
+        f'upstream:\n  engines:\n    - {{name: gpu0, url: "{eng.url}"}}\n',
+    )
+    rig.path.write_text(text.replace("  max_in_flight: 1\n", ""))
+    reloaded = await rig.admin.post("/reload")  # not rig.reload: it rewrites the template
+    assert reloaded.status == 200, await reloaded.text()
+    more.set()
+    assert await eventually(lambda: eng.waiting == 1)
+    assert [e.name for e in rig.st.config.upstream.engines] == ["gpu0"]
+    assert rig.st.gate.in_flight_on("gpu0") == 1
+    eng.release.set()
+    resp = await sending
+    assert resp.status == 200
+    assert (await resp.read()).startswith(b"SONG-A")
+    assert rig.st.gate.in_flight == 0
