@@ -257,7 +257,9 @@ async def test_generations_spread_and_async_jobs_come_home(
             assert r.status == 200 and len(await r.read()) > 0
         other = "b" if box == "a" else "a"
         async with s.get(c[other].url + location) as r:
-            assert r.status == 404  # the other box does not have it: routing is what found it
+            # The other box does not have it (routing is what found it), and says whose it is.
+            assert r.status == 421
+            assert (await r.json())["box"] == box
 
 
 async def _ended(s: aiohttp.ClientSession, url: str) -> bool:
