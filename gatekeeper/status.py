@@ -33,9 +33,6 @@ def status_document(st: AppState) -> dict[str, Any]:
     expected = gate.estimator.expected
     res = gate.resources
     r = cfg.admission.resources
-    running_on = {e.name: 0 for e in cfg.upstream.engines}
-    for t in gate.running():
-        running_on[t.engine] = running_on.get(t.engine, 0) + 1
     engines = [
         {
             "name": e.name,
@@ -47,18 +44,19 @@ def status_document(st: AppState) -> dict[str, Any]:
         for e in cfg.upstream.engines
     ]
     listed = {e.name for e in cfg.upstream.engines}
-    for name in running_on:  # removed by a reload, finishing its job
-        if name not in listed:
-            engines.append(
-                {
-                    "name": name,
-                    "url": None,
-                    "up": gate.engine_up.get(name),
-                    "in_flight": gate.in_flight_on(name),
-                    "max_in_flight": 0,
-                    "removed": True,
-                }
-            )
+    # Engines a reload removed while they run a job: shown until it ends.
+    removed = dict.fromkeys(t.engine for t in gate.running() if t.engine not in listed)
+    engines += [
+        {
+            "name": name,
+            "url": None,
+            "up": gate.engine_up.get(name),
+            "in_flight": gate.in_flight_on(name),
+            "max_in_flight": 0,
+            "removed": True,
+        }
+        for name in removed
+    ]
     return {
         "accepting": not reasons,
         "reasons": reasons,
