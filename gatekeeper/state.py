@@ -47,26 +47,20 @@ class EnginePools:
     passthrough: UpstreamPool
 
     @classmethod
-    def build(cls, engine: Engine, up: Upstream) -> EnginePools:
+    def build(cls, engine: Engine, up: Upstream, old: EnginePools | None = None) -> EnginePools:
+        """The engine's pools; with ``old`` (a reload), each pool whose URL and settings
+        did not change is kept, warm connections included, a changed one built anew."""
         suffix = "" if engine.name == DEFAULT_ENGINE else f"-{engine.name}"
-        return cls(
-            gated=UpstreamPool("gated" + suffix, engine.url, up.gated),
-            passthrough=UpstreamPool("passthrough" + suffix, engine.url, up.passthrough),
-        )
 
-    def kept_or_rebuilt(self, engine: Engine, up: Upstream) -> EnginePools:
-        """Each pool whose URL and settings did not change is kept, warm connections
-        included; a changed one is built anew."""
-
-        def pick(old: UpstreamPool, settings: Pool, which: str) -> UpstreamPool:
-            if old.base == engine.url.rstrip("/") and old.pool == settings:
-                return old
-            suffix = "" if engine.name == DEFAULT_ENGINE else f"-{engine.name}"
+        def pool(which: str, settings: Pool, before: UpstreamPool | None) -> UpstreamPool:
+            same_url = before is not None and before.base == engine.url.rstrip("/")
+            if before is not None and same_url and before.pool == settings:
+                return before
             return UpstreamPool(which + suffix, engine.url, settings)
 
-        return EnginePools(
-            gated=pick(self.gated, up.gated, "gated"),
-            passthrough=pick(self.passthrough, up.passthrough, "passthrough"),
+        return cls(
+            gated=pool("gated", up.gated, old.gated if old else None),
+            passthrough=pool("passthrough", up.passthrough, old.passthrough if old else None),
         )
 
     def all(self) -> tuple[UpstreamPool, UpstreamPool]:
@@ -102,10 +96,7 @@ class Runtime:
         up = config.upstream
         engines: dict[str, EnginePools] = {}
         for e in up.engines:
-            old = self.engines.get(e.name)
-            engines[e.name] = (
-                EnginePools.build(e, up) if old is None else old.kept_or_rebuilt(e, up)
-            )
+            engines[e.name] = EnginePools.build(e, up, self.engines.get(e.name))
         return Runtime(config=config, router=Router(config.routes), engines=engines)
 
     def pools(self) -> list[UpstreamPool]:
