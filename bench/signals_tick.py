@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gatekeeper.config import Gpu, Resources
-from gatekeeper.monitor import Monitor
-from gatekeeper.sources import HostSampler, file_sampler
+from gatekeeper.resources.monitor import Monitor
+from gatekeeper.resources.samplers import HostSampler, file_sampler
 
 PSI = "some avg10=1.00 avg60=0.50 avg300=0.10 total=1\nfull avg10=0.20 avg60=0 avg300=0 total=1\n"
 

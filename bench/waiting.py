@@ -38,7 +38,7 @@ from bench import targets
 from bench.client import JSON_HEADERS, sim_stats
 from bench.procs import Services
 from bench.report import CheckFailed, MiB, Plan, Summary, heading, ms, percentile, table
-from gatekeeper.waitroom import Waiter, WaitingRoom
+from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 CLIENTS = 50
 STATUS_PATH = "/_gatekeeper/status"

@@ -12,9 +12,9 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .reload import RELOADER, Reloader
-from .state import STATE, AppState
-from .status import status_document
+from gatekeeper.lifecycle.reload import RELOADER, Reloader
+from gatekeeper.observability.status import status_document
+from gatekeeper.state import STATE, AppState
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -30,26 +30,27 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .accesslog import log_request
-from .admin import build_admin_app
-from .agent import AgentServer
-from .alerting import AlertLoop
-from .config import Config
-from .describe import config_warnings, describe, describe_signals
-from .edge import Connections, EdgeSite, fd_ceiling
-from .gauges import host_publisher, wire_gauges
-from .jobs import Jobs
-from .jobstore import JobStore
-from .loop import freeze_startup_objects
-from .metrics import Metrics
-from .monitor import Monitor
-from .notify import Notifier
-from .probe import probe_loop
-from .proxy import ProxyHandler
-from .reload import Overrides, Reloader
-from .state import STATE, AppState, Runtime
-from .tasks import cancel_and_wait
+from gatekeeper import __version__
+from gatekeeper.admin import build_admin_app
+from gatekeeper.config import Config
+from gatekeeper.jobs.service import Jobs
+from gatekeeper.jobs.store import JobStore
+from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.lifecycle.eventloop import freeze_startup_objects
+from gatekeeper.lifecycle.haproxy_agent import AgentServer
+from gatekeeper.lifecycle.probe import probe_loop
+from gatekeeper.lifecycle.reload import Overrides, Reloader
+from gatekeeper.lifecycle.runtime import Runtime
+from gatekeeper.observability.alerts.loop import AlertLoop
+from gatekeeper.observability.alerts.notify import Notifier
+from gatekeeper.observability.gauges import host_publisher, wire_gauges
+from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.summary import config_warnings, describe, describe_signals
+from gatekeeper.proxy.accesslog import log_request
+from gatekeeper.proxy.connections import Connections, EdgeSite, fd_ceiling
+from gatekeeper.proxy.handler import ProxyHandler
+from gatekeeper.resources.monitor import Monitor
+from gatekeeper.state import STATE, AppState
 
 log = logging.getLogger("gatekeeper")
 

@@ -41,8 +41,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Pool, Timeouts
-from .errors import (
+from gatekeeper.config import Pool, Timeouts
+from gatekeeper.core.errors import (
     BodyTooLarge,
     ClientTimeout,
     UpstreamBusy,

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from gatekeeper.admission import (
+from gatekeeper.config import Resources, Threshold
+from gatekeeper.core.admission import (
     DurationEstimator,
     Gate,
     Limits,
@@ -18,7 +19,6 @@ from gatekeeper.admission import (
     next_overloaded,
     retry_after,
 )
-from gatekeeper.config import Resources, Threshold
 
 CPU = Threshold(reject_above=90, recover_below=75)
 

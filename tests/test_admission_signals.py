@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from gatekeeper.admission import Limits, Readings, Rejection, ResourceState, decide, reasons
 from gatekeeper.config import Gpu, PressureThreshold, Resources, Threshold
-from gatekeeper.vocab import ADMIT_REASONS, RESOURCE_REASONS, AdmitReason
+from gatekeeper.core.admission import Limits, Readings, Rejection, ResourceState, decide, reasons
+from gatekeeper.core.vocab import ADMIT_REASONS, RESOURCE_REASONS, AdmitReason
 
 ALL = Resources(
     cpu_pressure=PressureThreshold(50, 30, "some"),

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.admission import Ticket
-from gatekeeper.agent import AgentServer, Facts, facts_of, reply
 from gatekeeper.app import Gatekeeper, create_state
 from gatekeeper.config import load_config
+from gatekeeper.core.admission import Ticket
+from gatekeeper.lifecycle.haproxy_agent import AgentServer, Facts, facts_of, reply
 
 
 def facts(**kw: object) -> Facts:

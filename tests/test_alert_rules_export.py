@@ -11,9 +11,9 @@ import pytest
 import yaml
 from support import find_binary
 
-from gatekeeper import signals
 from gatekeeper.config import SIGNALS, load_config, load_config_file
-from gatekeeper.promrules import prom_duration, promql, rule_file
+from gatekeeper.observability.alerts import inputs as signals
+from gatekeeper.observability.alerts.promrules import prom_duration, promql, rule_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = ROOT / "gatekeeper" / "rules.yaml"
@@ -137,7 +137,7 @@ def test_promql_of_every_default_rule_names_an_exported_metric() -> None:
     """Every expression uses a metric gatekeeper exports (by name, from a live registry)."""
     from prometheus_client import generate_latest
 
-    from gatekeeper.metrics import Metrics
+    from gatekeeper.observability.metrics import Metrics
 
     m = Metrics()
     m.rejections.labels("generate", "busy").inc()

@@ -6,10 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from gatekeeper.alerting import CounterWindow
-from gatekeeper.alerts import Evaluator, format_value, holds, humanize, render
 from gatekeeper.config import AlertRule
-from gatekeeper.notify import (
+from gatekeeper.observability.alerts.loop import CounterWindow
+from gatekeeper.observability.alerts.notify import (
     ZERO_TIME,
     alertmanager_body,
     backoff_delay,
@@ -17,6 +16,7 @@ from gatekeeper.notify import (
     rfc3339,
     webhook_body,
 )
+from gatekeeper.observability.alerts.rules import Evaluator, format_value, holds, humanize, render
 
 RULE = AlertRule(
     alert="CPUHigh",

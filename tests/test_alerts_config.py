@@ -16,7 +16,7 @@ from gatekeeper.config import (
     load_config,
     load_config_file,
 )
-from gatekeeper.errors import ConfigError
+from gatekeeper.core.errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parent.parent / "gatekeeper" / "rules.yaml"
 

@@ -14,15 +14,15 @@ import pytest
 from aiohttp import web
 from support import free_port
 
-from gatekeeper.admission import Rejection, ResourceState
-from gatekeeper.alerting import AlertLoop, SignalReader
-from gatekeeper.alerts import Evaluation, Evaluator
 from gatekeeper.app import create_state
 from gatekeeper.config import SIGNALS, AlertRule, Config, Receiver, load_config
-from gatekeeper.metrics import Metrics
-from gatekeeper.notify import Batch, Notifier, fingerprint
+from gatekeeper.core.admission import Rejection, ResourceState
+from gatekeeper.observability.alerts.loop import AlertLoop, SignalReader
+from gatekeeper.observability.alerts.notify import Batch, Notifier, fingerprint
+from gatekeeper.observability.alerts.rules import Evaluation, Evaluator
+from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.status import status_document
 from gatekeeper.state import AppState
-from gatekeeper.status import status_document
 
 RULE = AlertRule(
     alert="CPUHigh",

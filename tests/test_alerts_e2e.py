@@ -31,7 +31,7 @@ from support import (
 from test_alerts_delivery import Hook
 
 from gatekeeper.config import default_alert_rules
-from gatekeeper.notify import fingerprint
+from gatekeeper.observability.alerts.notify import fingerprint
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from gatekeeper.admission import Ticket
 from gatekeeper.app import Gatekeeper, create_state
 from gatekeeper.config import load_config
+from gatekeeper.core.admission import Ticket
 
 
 async def _settle(n: int = 20) -> None:

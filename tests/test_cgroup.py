@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.cgroup import (
+from gatekeeper.resources.cgroup import (
     Cgroup,
     CgroupReader,
     cpu_percent,

@@ -16,8 +16,8 @@ import pytest
 from live import Live, start_live
 from support import ADMIT_ROUTES, Proc, free_port
 
-from gatekeeper.cli import DEFAULT_ADMIN_URL, default_admin_url
-from gatekeeper.display import status_line, status_report
+from gatekeeper.cli.main import DEFAULT_ADMIN_URL, default_admin_url
+from gatekeeper.cli.status_view import status_line, status_report
 
 BASE: dict[str, Any] = {
     "accepting": True,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from gatekeeper.cli.demo import CLEAR_LINE, LiveLine, demo_rules
 from gatekeeper.config import Admission, Config, Resources, load_config
-from gatekeeper.demo import CLEAR_LINE, LiveLine, demo_rules
-from gatekeeper.monitor import Monitor, Reading
+from gatekeeper.resources.monitor import Monitor, Reading
 
 
 class FakeStream(io.StringIO):
@@ -181,7 +181,7 @@ def test_head_in_a_shell_pipeline(tmp_path: Path) -> None:
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    from gatekeeper.cli import build_parser
+    from gatekeeper.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
@@ -207,7 +207,7 @@ def test_every_subcommand_has_a_description_and_every_option_a_help_with_its_def
 
 def test_no_internal_references_in_help() -> None:
     """No "(issue #4)" or similar in anything a user reads in --help."""
-    from gatekeeper.cli import build_parser
+    from gatekeeper.cli.main import build_parser
 
     texts = [build_parser().format_help()] + [p.format_help() for p in subcommands().values()]
     for text in texts:

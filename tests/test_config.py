@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.config import Config, HostPort, load_config, load_config_file, parse_duration
-from gatekeeper.errors import ConfigError
+from gatekeeper.core.errors import ConfigError
 
 
 def problems(text: str) -> list[tuple[int | None, str, str]]:

@@ -22,7 +22,7 @@ from gatekeeper.config import (
     load_config,
     load_config_file,
 )
-from gatekeeper.errors import ConfigError, ConfigProblem
+from gatekeeper.core.errors import ConfigError, ConfigProblem
 
 
 def problems_of(text: str) -> list[ConfigProblem]:

@@ -13,7 +13,7 @@ from gatekeeper.config import (
     Threshold,
     load_config,
 )
-from gatekeeper.errors import ConfigError
+from gatekeeper.core.errors import ConfigError
 
 
 def resources(text: str) -> Resources:

@@ -6,8 +6,8 @@ import pytest
 
 from gatekeeper.app import create_state
 from gatekeeper.config import load_config
-from gatekeeper.counters import Counters
-from gatekeeper.metrics import Metrics
+from gatekeeper.observability.counters import Counters
+from gatekeeper.observability.metrics import Metrics
 
 
 def sample(m: Metrics, name: str, **labels: str) -> float | None:

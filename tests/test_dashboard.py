@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.config import Config, load_config, load_config_file
-from gatekeeper.dashboard import SCHEMA_VERSION, dashboard, promql_regex_literal
+from gatekeeper.observability.dashboard import SCHEMA_VERSION, dashboard, promql_regex_literal
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGED_RULES = REPO / "gatekeeper" / "rules.yaml"

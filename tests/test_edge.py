@@ -20,7 +20,7 @@ import pytest
 from support import find_binary, raise_fd_limit, start_engine, start_gatekeeper
 
 from gatekeeper.config import Limits
-from gatekeeper.edge import Connections
+from gatekeeper.proxy.connections import Connections
 
 
 class FakeTransport:

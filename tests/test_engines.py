@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.admission import (
+from gatekeeper.config import load_config
+from gatekeeper.core.admission import (
     DurationEstimator,
     EngineSlots,
     Gate,
@@ -23,10 +24,9 @@ from gatekeeper.admission import (
     no_engine_reason,
     pick_engine,
 )
-from gatekeeper.config import load_config
-from gatekeeper.errors import ConfigError
-from gatekeeper.reload import diff
-from gatekeeper.state import admission_limits
+from gatekeeper.core.errors import ConfigError
+from gatekeeper.lifecycle.reload import diff
+from gatekeeper.lifecycle.runtime import admission_limits
 
 A, B, C = EngineSlots("a", 1), EngineSlots("b", 1), EngineSlots("c", 2)
 
@@ -315,7 +315,7 @@ def test_reload_diff_of_one_engine_is_unchanged() -> None:
 def test_an_engine_with_more_slots_than_connections_is_a_warning() -> None:
     """An engine's max_in_flight above upstream.limits.max_connections is valid but would
     fail the extra generations with upstream_busy: `check` warns, naming the key."""
-    from gatekeeper.describe import config_warnings
+    from gatekeeper.observability.summary import config_warnings
 
     cfg = load_config(TWO.replace("max_in_flight: 2", "max_in_flight: 3"))
     (warning,) = config_warnings(cfg)

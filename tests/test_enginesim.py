@@ -458,7 +458,7 @@ async def test_an_unmarked_handler_cannot_start_a_generation(aiohttp_client: Aio
 async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -> None:
     """`gatekeeper run`/`check` parse their flags without importing the simulator itself."""
     code = (
-        "import sys; from gatekeeper.cli import build_parser; build_parser(); "
+        "import sys; from gatekeeper.cli.main import build_parser; build_parser(); "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('gatekeeper.enginesim'))))"
     )
     proc = await asyncio.create_subprocess_exec(

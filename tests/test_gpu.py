@@ -7,12 +7,7 @@ import sys
 
 import pytest
 
-from gatekeeper.gpu import (
-    GpuReader,
-    NvmlDeviceError,
-    NvmlUnavailable,
-    PynvmlAdapter,
-)
+from gatekeeper.resources.gpu import GpuReader, NvmlDeviceError, NvmlUnavailable, PynvmlAdapter
 
 GiB = 1 << 30
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gatekeeper.gradiowire import (
+from gatekeeper.gradio.wire import (
     Ending,
     Gating,
     GradioPath,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
-from gatekeeper.headers import downstream_response_headers, upstream_request_headers
+from gatekeeper.core.headers import downstream_response_headers, upstream_request_headers
 
 
 def test_hop_by_hop_removed_end_to_end_kept() -> None:

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from gatekeeper.jobmodel import (
+from gatekeeper.core.vocab import FINAL_STATES, JOB_STATES, QUEUE_REASONS, JobState, Outcome
+from gatekeeper.jobs.ids import (
     MAX_IDEMPOTENCY_KEY,
     MAX_PREFER_BYTES,
     BadHeader,
@@ -17,7 +18,6 @@ from gatekeeper.jobmodel import (
     new_job_id,
     wants_async,
 )
-from gatekeeper.vocab import FINAL_STATES, JOB_STATES, QUEUE_REASONS, JobState, Outcome
 
 BODY = hashlib.sha256(b'{"prompt": "a song"}').hexdigest()
 OTHER_BODY = hashlib.sha256(b'{"prompt": "another"}').hexdigest()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.jobstore import JobRow, JobStore, ResultWriter, StateDirError
-from gatekeeper.vocab import JobState
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.store import JobRow, JobStore, ResultWriter, StateDirError
 
 
 def new_id() -> str:
@@ -189,7 +189,7 @@ def test_a_job_id_that_is_not_a_file_name_is_refused(store: JobStore) -> None:
 def test_a_job_id_with_a_box_is_a_file_name() -> None:
     """A "<box_id>.<token>" id (issue #11 §2) is accepted at the file boundary; a '.' in
     any other shape is not."""
-    from gatekeeper.jobstore import _SAFE_ID
+    from gatekeeper.jobs.store import _SAFE_ID
 
     assert _SAFE_ID.fullmatch("box-a." + "A" * 24)
     for bad in ("a..x" + "A" * 22, ".a" + "A" * 23, "a.b" + "A" * 22, "A" * 24 + ".a"):
@@ -385,7 +385,7 @@ def test_a_second_process_is_refused_too(tmp_path: Path) -> None:
 OPEN_SCRIPT = """
 import sys
 from pathlib import Path
-from gatekeeper.jobstore import JobStore, StateDirError
+from gatekeeper.jobs.store import JobStore, StateDirError
 try:
     JobStore.open(Path(sys.argv[1]))
 except StateDirError as exc:
@@ -451,8 +451,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from gatekeeper.jobstore import JobStore
-    from gatekeeper.vocab import JobState
+    from gatekeeper.jobs.store import JobStore
+    from gatekeeper.core.vocab import JobState
 
     store = JobStore.open(Path(sys.argv[1]))
     ids = dict(zip("adbcef", json.loads(sys.argv[2])))

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from support import start_engine, start_gatekeeper
 
-from gatekeeper.loop import LoopUnavailable, loop_factory, run
+from gatekeeper.lifecycle.eventloop import LoopUnavailable, loop_factory, run
 
 
 def test_asyncio_is_the_stdlib_loop() -> None:
@@ -64,7 +64,7 @@ async def test_gatekeeper_serves_on_either_loop(tmp_path: Path, loop: str) -> No
 
 def test_tune_gc_raises_the_gen0_threshold() -> None:
     """gatekeeper run collects cycles every 50,000 allocations, not every 700."""
-    from gatekeeper.loop import GC_THRESHOLDS, tune_gc
+    from gatekeeper.lifecycle.eventloop import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:

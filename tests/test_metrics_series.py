@@ -8,8 +8,8 @@ from prometheus_client import generate_latest
 
 from gatekeeper.app import create_state
 from gatekeeper.config import load_config
-from gatekeeper.metrics import Metrics
-from gatekeeper.reload import Reloader
+from gatekeeper.lifecycle.reload import Reloader
+from gatekeeper.observability.metrics import Metrics
 
 RULES = """
 routes:
@@ -195,8 +195,8 @@ def test_resource_signal_series_exist_from_the_start() -> None:
 async def test_signal_series_follow_the_monitor(tmp_path: Path) -> None:
     """gatekeeper_signal_live per signal; PSI and GPU series born with their first
     reading (file source), cgroup limits 0 when there is none."""
-    from gatekeeper.gauges import host_publisher
-    from gatekeeper.sources import file_sampler
+    from gatekeeper.observability.gauges import host_publisher
+    from gatekeeper.resources.samplers import file_sampler
 
     f = tmp_path / "res.json"
     f.write_text(

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from test_gpu import FakeNvml
 
-from gatekeeper.admission import ResourceState
 from gatekeeper.config import Admission, Config, Gpu, PressureThreshold, Resources, Threshold
-from gatekeeper.monitor import Monitor, Reading, SampleError
-from gatekeeper.sources import HostSampler, Sample
+from gatekeeper.core.admission import ResourceState
+from gatekeeper.resources.monitor import Monitor, Reading, SampleError
+from gatekeeper.resources.samplers import HostSampler, Sample
 
 
 def cfg_with(resources: Resources) -> Config:

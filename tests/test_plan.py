@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 from support import ADMIT_ROUTES
 
-from gatekeeper.admission import DurationEstimator, Gate, Limits, ResourceState
 from gatekeeper.config import Config, load_config
-from gatekeeper.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
-from gatekeeper.routes import Router
+from gatekeeper.core.admission import DurationEstimator, Gate, Limits, ResourceState
+from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
+from gatekeeper.core.routes import Router
 
 BASE = "limits: {max_body_bytes: 1000}\nadmission: {retry_after_default: 30}\n"
 CFG = load_config(BASE + ADMIT_ROUTES)  # /generate is an admit route

@@ -25,9 +25,9 @@ import pytest
 from live import SONG, Generation, Live, start_live
 from support import Proc, find_binary, free_port, stop_process
 
-from gatekeeper import metrics as metrics_module
 from gatekeeper.config import load_config_file
-from gatekeeper.dashboard import dashboard
+from gatekeeper.observability import metrics as metrics_module
+from gatekeeper.observability.dashboard import dashboard
 
 pytestmark = pytest.mark.e2e
 

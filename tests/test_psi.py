@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.psi import Pressure, PsiReader, parse_pressure
+from gatekeeper.resources.psi import Pressure, PsiReader, parse_pressure
 
 SOME = "some avg10=1.50 avg60=0.80 avg300=0.10 total=12345\n"
 FULL = "full avg10=0.25 avg60=0.10 avg300=0.00 total=678\n"

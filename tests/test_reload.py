@@ -19,8 +19,9 @@ from support import eventually
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import HostPort, load_config
-from gatekeeper.errors import ConfigProblem
-from gatekeeper.reload import (
+from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.lifecycle.epochs import RuntimeUsage
+from gatekeeper.lifecycle.reload import (
     Change,
     Outcome,
     Overrides,
@@ -30,7 +31,6 @@ from gatekeeper.reload import (
     problem_json,
 )
 from gatekeeper.state import AppState
-from gatekeeper.usage import RuntimeUsage
 
 # --------------------------------------------------------------------------- pure tables
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.config import DEFAULT_ROUTES, Route, load_config_file
+from gatekeeper.core.routes import PASS_ROUTE, Router, compile_glob, lint, normalize_path
 from gatekeeper.enginesim import WORK_ENDPOINTS
-from gatekeeper.routes import PASS_ROUTE, Router, compile_glob, lint, normalize_path
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from support import ADMIT_ROUTES, Proc, start_engine, start_gatekeeper
 
-from gatekeeper.psi import parse_pressure
+from gatekeeper.resources.psi import parse_pressure
 
 HAS_PSI = Path("/proc/pressure/memory").exists()
 

@@ -11,9 +11,9 @@ from test_cgroup import GiB, v2_tree
 from test_gpu import FakeNvml
 
 from gatekeeper.config import Gpu, PressureThreshold, Resources
-from gatekeeper.gpu import Nvml, NvmlUnavailable
-from gatekeeper.psi import Pressure
-from gatekeeper.sources import HostSampler, Sample, SampleError, file_sampler, probe
+from gatekeeper.resources.gpu import Nvml, NvmlUnavailable
+from gatekeeper.resources.psi import Pressure
+from gatekeeper.resources.samplers import HostSampler, Sample, SampleError, file_sampler, probe
 
 PSI = "some avg10=4.00 avg60=0 avg300=0 total=1\nfull avg10=1.00 avg60=0 avg300=0 total=1\n"
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gatekeeper.errors import BodyTooLarge, ClientTimeout
-from gatekeeper.spool import REPLAY_CHUNK, Spool, take_body
+from gatekeeper.core.errors import BodyTooLarge, ClientTimeout
+from gatekeeper.proxy.spool import REPLAY_CHUNK, Spool, take_body
 from gatekeeper.upstream import ClientGone
 
 

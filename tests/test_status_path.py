@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gatekeeper.admin import build_admin_app
-from gatekeeper.admission import Ticket
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import load_config
-from gatekeeper.reload import Reloader
+from gatekeeper.core.admission import Ticket
+from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.state import AppState
 
 RULES = """

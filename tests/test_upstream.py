@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from gatekeeper.config import Timeouts
-from gatekeeper.errors import (
+from gatekeeper.core.errors import (
     BodyTooLarge,
     ClientTimeout,
     UpstreamProtocolError,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gatekeeper.vocab import QueueReason
-from gatekeeper.waitroom import (
+from gatekeeper.core.vocab import QueueReason
+from gatekeeper.jobs.waitroom import (
     QueueLimits,
     Waiter,
     WaitingRoom,

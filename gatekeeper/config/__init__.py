@@ -25,7 +25,7 @@ Usage::
     cfg.admission.max_in_flight
 """
 
-from .admission import (
+from gatekeeper.config.admission import (
     PSI_DEFAULT_LINE,
     Admission,
     ClientKey,
@@ -35,7 +35,7 @@ from .admission import (
     Resources,
     Threshold,
 )
-from .alerts import (
+from gatekeeper.config.alerts import (
     OPERATORS,
     RECEIVER_TYPES,
     RESERVED_LABELS,
@@ -47,12 +47,19 @@ from .alerts import (
     default_alert_rules,
     parse_expr,
 )
-from .jobs import Jobs
-from .limits import Limits
-from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
-from .root import Config, Reload, Shutdown, load_config, load_config_file
-from .routes import ACTIONS, DEFAULT_ROUTES, GATED_ACTIONS, HTTP_METHODS, Action, Route
-from .upstream import (
+from gatekeeper.config.jobs import Jobs
+from gatekeeper.config.limits import Limits
+from gatekeeper.config.messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
+from gatekeeper.config.root import Config, Reload, Shutdown, load_config, load_config_file
+from gatekeeper.config.routes import (
+    ACTIONS,
+    DEFAULT_ROUTES,
+    GATED_ACTIONS,
+    HTTP_METHODS,
+    Action,
+    Route,
+)
+from gatekeeper.config.upstream import (
     DEFAULT_ENGINE,
     PASSTHROUGH_LIMITS,
     Engine,
@@ -62,7 +69,7 @@ from .upstream import (
     Timeouts,
     Upstream,
 )
-from .values import HostPort, parse_duration
+from gatekeeper.config.values import HostPort, parse_duration
 
 __all__ = [
     "ACTIONS",

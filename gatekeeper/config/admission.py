@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .reader import Section, value_of
+from gatekeeper.config.reader import Section, value_of
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
-from ..errors import ConfigProblem
-from .reader import Section, join, line_of, value_of
-from .values import check_url
+from gatekeeper.config.reader import Section, join, line_of, value_of
+from gatekeeper.config.values import check_url
+from gatekeeper.core.errors import ConfigProblem
 
 # What an alert rule may test.
 SIGNALS: tuple[str, ...] = (

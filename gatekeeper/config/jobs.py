@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .reader import Section
+from gatekeeper.config.reader import Section
 
 STATE_DIR_NAME = "gatekeeper-state"
 

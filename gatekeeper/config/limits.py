@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .reader import Section
+from gatekeeper.config.reader import Section
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from .reader import Section
+from gatekeeper.config.reader import Section
 
 # Reason codes answered to clients (issue #2); messages are keyed by them.
 REASONS: tuple[str, ...] = (

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ..errors import ConfigProblem
-from .values import parse_duration
+from gatekeeper.config.values import parse_duration
+from gatekeeper.core.errors import ConfigProblem
 
 T = TypeVar("T")
 _constructor = yaml.constructor.SafeConstructor()

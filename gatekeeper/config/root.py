@@ -18,16 +18,16 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, ConfigProblem
-from .admission import Admission, read_admission
-from .alerts import Alerts, read_alerts
-from .jobs import Jobs, check_dir, read_jobs
-from .limits import Limits, read_limits
-from .messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, read_messages
-from .reader import Section, line_of, value_of
-from .routes import DEFAULT_ROUTES, Route, read_routes
-from .upstream import Upstream, read_upstream
-from .values import HostPort, check_path_glob, check_url, parse_hostport
+from gatekeeper.config.admission import Admission, read_admission
+from gatekeeper.config.alerts import Alerts, read_alerts
+from gatekeeper.config.jobs import Jobs, check_dir, read_jobs
+from gatekeeper.config.limits import Limits, read_limits
+from gatekeeper.config.messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, read_messages
+from gatekeeper.config.reader import Section, line_of, value_of
+from gatekeeper.config.routes import DEFAULT_ROUTES, Route, read_routes
+from gatekeeper.config.upstream import Upstream, read_upstream
+from gatekeeper.config.values import HostPort, check_path_glob, check_url, parse_hostport
+from gatekeeper.core.errors import ConfigError, ConfigProblem
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from ..errors import ConfigProblem
-from .reader import Section, line_of
-from .values import check_path_glob
+from gatekeeper.config.reader import Section, line_of
+from gatekeeper.config.values import check_path_glob
+from gatekeeper.core.errors import ConfigProblem
 
 Action = Literal["admit", "queue", "pass", "block", "gradio"]
 ACTIONS: tuple[Action, ...] = ("admit", "queue", "pass", "block", "gradio")

@@ -93,11 +93,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .app import WORK_ENDPOINTS, create_app
-    from .cli import main
-    from .config import SimConfig
-    from .content import download_content, gzip_plain_body, synthesize_wav
-    from .flags import add_arguments
+    from gatekeeper.enginesim.app import WORK_ENDPOINTS, create_app
+    from gatekeeper.enginesim.cli import main
+    from gatekeeper.enginesim.config import SimConfig
+    from gatekeeper.enginesim.content import download_content, gzip_plain_body, synthesize_wav
+    from gatekeeper.enginesim.flags import add_arguments
 
 __all__ = [
     "WORK_ENDPOINTS",

@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from . import __doc__ as package_doc
-from . import add_arguments, main
+from gatekeeper.enginesim import __doc__ as package_doc
+from gatekeeper.enginesim import add_arguments, main
 
 _parser = argparse.ArgumentParser(prog="engine-sim", description=package_doc.split("\n")[0])
 add_arguments(_parser)

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .config import SimConfig
-from .content import pattern_view
-from .engine import Engine, EngineClosed, Generation
-from .state import ENGINE, Handler
-from .wire import (
+from gatekeeper.enginesim.config import SimConfig
+from gatekeeper.enginesim.content import pattern_view
+from gatekeeper.enginesim.engine import Engine, EngineClosed, Generation
+from gatekeeper.enginesim.state import ENGINE, Handler
+from gatekeeper.enginesim.wire import (
     CHUNK_SIZE,
     digest_body,
     error,

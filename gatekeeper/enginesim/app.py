@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api, testkit
-from .config import SimConfig
-from .engine import Engine
-from .state import ENGINE, STATS, Handler, Stats
+from gatekeeper.enginesim import api, testkit
+from gatekeeper.enginesim.config import SimConfig
+from gatekeeper.enginesim.engine import Engine
+from gatekeeper.enginesim.state import ENGINE, STATS, Handler, Stats
 
 # Every route whose handler starts a generation (marked ``@api.starts_work``): what a
 # gatekeeper in front of the simulator has to admit. tests/test_enginesim.py checks this

@@ -9,9 +9,9 @@ import sys
 
 from aiohttp import web
 
-from .app import create_app
-from .config import SimConfig
-from .flags import parse_listen
+from gatekeeper.enginesim.app import create_app
+from gatekeeper.enginesim.config import SimConfig
+from gatekeeper.enginesim.flags import parse_listen
 
 
 async def _serve(config: SimConfig, host: str, port: int) -> int:

@@ -19,8 +19,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import SimConfig
-from .content import synthesize_wav
+from gatekeeper.enginesim.config import SimConfig
+from gatekeeper.enginesim.content import synthesize_wav
 
 _PAGE = 4096
 _EPSILON = 1e-6  # work left below this counts as finished; timers may fire a hair early

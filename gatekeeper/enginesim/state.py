@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .engine import Engine
+from gatekeeper.enginesim.engine import Engine
 
 
 @dataclass

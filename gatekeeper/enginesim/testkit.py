@@ -11,9 +11,17 @@ import time
 
 from aiohttp import web
 
-from .content import download_content, gzip_body
-from .state import ENGINE, STATS
-from .wire import CHUNK_SIZE, digest_body, query_int, query_number, sse, sse_response, unprocessable
+from gatekeeper.enginesim.content import download_content, gzip_body
+from gatekeeper.enginesim.state import ENGINE, STATS
+from gatekeeper.enginesim.wire import (
+    CHUNK_SIZE,
+    digest_body,
+    query_int,
+    query_number,
+    sse,
+    sse_response,
+    unprocessable,
+)
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -1,0 +1,457 @@
+"""The ``gatekeeper`` command line: argument parsing and nothing else.
+
+    gatekeeper run --config rules.yaml [--upstream URL] [--listen H:P] [--admin-listen H:P]
+                   [--agent-listen H:P] [--box-id NAME]
+                   [--state-dir DIR]
+    gatekeeper check --config rules.yaml
+    gatekeeper engine-sim [--listen H:P] [--seconds N] ...
+    gatekeeper demo
+    gatekeeper status [--admin URL] [--watch]
+    gatekeeper dashboard [--config rules.yaml]
+    gatekeeper alert-rules [--config rules.yaml]
+
+Exit codes: 0 success, 2 invalid configuration or usage, 141 (128 + SIGPIPE, as for
+`yes | head`) when the reader of stdout went away, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gatekeeper import __version__
+from gatekeeper.config import Config, load_config_file
+from gatekeeper.core.errors import ConfigError
+from gatekeeper.observability.logs import setup_logging
+
+PACKAGED_RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
+
+
+def default_config_path() -> Path:
+    """``./rules.yaml`` when there is one, else the documented default shipped in the package."""
+    local = Path("rules.yaml")
+    return local if local.is_file() else PACKAGED_RULES
+
+
+def _load(path: str | None) -> Config:
+    return load_config_file(path or default_config_path())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gatekeeper.observability.summary import config_warnings, describe, describe_signals
+    from gatekeeper.resources.samplers import probe
+
+    # Name the file on the first line, whatever the outcome: without --config outside a
+    # checkout this is the packaged default, which a reader would not guess.
+    path = Path(args.config) if args.config else default_config_path()
+    where = os.path.abspath(path)  # not resolve(): ./rules.yaml may be a symlink
+    if not args.config and path == PACKAGED_RULES:
+        where += " (the packaged default: no --config and no ./rules.yaml here)"
+    try:
+        cfg = load_config_file(path)
+    except ConfigError:
+        print(f"checked {where}: INVALID", flush=True)
+        raise
+    warnings = config_warnings(cfg)
+    print(f"checked {where}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    for line in describe(cfg):
+        print("  " + line)
+    # Probed on this machine now: check runs where gatekeeper will (NVML absent is a line).
+    print("  signals (this machine, now): " + describe_signals(probe(cfg.admission.resources)))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatekeeper.app import Gatekeeper, serve
+    from gatekeeper.jobs.store import StateDirError
+    from gatekeeper.lifecycle.eventloop import LoopUnavailable, loop_factory, tune_gc
+    from gatekeeper.lifecycle.eventloop import run as run_on_loop
+    from gatekeeper.lifecycle.reload import Overrides
+    from gatekeeper.observability.logs import redact_url
+
+    setup_logging(args.log_format, args.log_level)
+    # Kept for every reload: a flag keeps beating the file (issue #5 §1).
+    overrides = Overrides(
+        args.upstream,
+        args.listen,
+        args.admin_listen,
+        args.state_dir,
+        args.agent_listen,
+        args.box_id,
+    )
+    cfg = overrides.apply(_load(args.config))
+
+    def ready(gk: Gatekeeper) -> None:
+        upstream = redact_url(cfg.upstream.url)
+        for url in gk.proxy_urls:
+            print(f"gatekeeper proxy listening on {url} -> upstream {upstream}", flush=True)
+        for url in gk.agent_urls:
+            print(f"gatekeeper agent-check listening on {url}", flush=True)
+        for url in gk.admin_urls:
+            print(f"gatekeeper admin listening on {url}", flush=True)
+
+    try:
+        name, _ = loop_factory(args.loop)
+    except LoopUnavailable as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("gatekeeper").info("event loop: %s", name)
+    tune_gc()
+    try:
+        return run_on_loop(serve(cfg, ready=ready, overrides=overrides), args.loop)
+    except StateDirError as exc:  # before anything was bound: nothing to undo
+        print(f"gatekeeper: cannot use the state directory: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # typically: address already in use
+        print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_engine_sim(args: argparse.Namespace) -> int:
+    from gatekeeper import enginesim
+
+    return enginesim.main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gatekeeper.cli.demo import run
+
+    return run(args, args.config or str(default_config_path()))
+
+
+# --------------------------------------------------------------------------- status, dashboard
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+
+
+def default_admin_url(config: str | None) -> str:
+    """The admin URL from ``--config`` or ``./rules.yaml``, else the documented default.
+
+    A wildcard listen address (0.0.0.0, ::) is reached through loopback.
+    """
+    path = Path(config) if config else Path("rules.yaml")
+    if config is None and not path.is_file():
+        return DEFAULT_ADMIN_URL
+    hp = load_config_file(path).admin_listen  # ConfigError is reported by the caller
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(hp.host, hp.host)
+    return f"http://[{host}]:{hp.port}" if ":" in host else f"http://{host}:{hp.port}"
+
+
+def _admin_base(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url.removesuffix("/status")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    import httpx
+
+    from gatekeeper.cli.status_view import status_report
+
+    try:
+        base = _admin_base(args.admin) if args.admin else default_admin_url(args.config)
+    except ConfigError as exc:
+        print(f"{exc}\n(pass --admin URL to skip reading the rules file)", file=sys.stderr)
+        return 2
+    url = base + "/status"
+
+    def fetch(client: httpx.Client) -> dict[str, object]:
+        resp = client.get(url)
+        resp.raise_for_status()
+        doc = resp.json()
+        if not isinstance(doc, dict) or "accepting" not in doc:
+            raise ValueError(f"{url} did not answer a gatekeeper status document")
+        return doc
+
+    def render(doc: dict[str, object]) -> str:
+        if args.json:
+            return json.dumps(doc, indent=2, ensure_ascii=False)
+        width = max(10, min(40, shutil.get_terminal_size().columns - 60))
+        return "\n".join(status_report(doc, base, width))
+
+    errors = (httpx.HTTPError, ValueError)
+    with httpx.Client(timeout=args.timeout, trust_env=False) as client:
+        if not args.watch:
+            try:
+                print(render(fetch(client)))
+            except errors as exc:
+                print(f"gatekeeper status: cannot read {url}: {exc}", file=sys.stderr)
+                print("is gatekeeper running? is --admin right?", file=sys.stderr)
+                return 1
+            return 0
+        # --watch: a live view, redrawn each second; survives gatekeeper restarts.
+        tty = sys.stdout.isatty()
+        try:
+            while True:
+                try:
+                    frame = render(fetch(client))
+                except errors as exc:
+                    frame = f"gatekeeper at {base}: unreachable ({exc}); retrying every second"
+                stamp = time.strftime("%H:%M:%S")
+                if tty:  # home + clear screen, then the frame: no scrolling, no flicker
+                    print("\x1b[H\x1b[2J" + frame + f"\n\n{stamp}  Ctrl-C to stop", flush=True)
+                else:
+                    print(f"--- {stamp}\n{frame}", flush=True)
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            print()
+            return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import json
+
+    from gatekeeper.observability.dashboard import dashboard
+
+    print(json.dumps(dashboard(_load(args.config)), indent=2, ensure_ascii=False))
+    return 0
+
+
+# --------------------------------------------------------------------------- alert-rules
+
+
+def cmd_alert_rules(args: argparse.Namespace) -> int:
+    from gatekeeper.observability.alerts.promrules import rule_file
+
+    sys.stdout.write(rule_file(_load(args.config)))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+CONFIG_HELP = "rules file (default: ./rules.yaml if there is one, else the packaged default)"
+
+if TYPE_CHECKING:  # generic only in the type stubs
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, unless its help already says it or there is none
+    to show (an off flag; an unset option whose help explains what applies instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(sub: Subparsers, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line ``summary`` (in ``gatekeeper --help``) and a
+    ``description`` (in ``gatekeeper NAME --help``); every option's help shows its default."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=_HelpFormatter,
+    )
+
+
+def _add_run_commands(sub: Subparsers) -> None:
+    from gatekeeper import enginesim  # the package loads its modules lazily (flags only, here)
+
+    run = _command(
+        sub,
+        "run",
+        "run the proxy and the admin listener",
+        "Serve the public proxy (point the frontend here) and the admin listener (status "
+        "page, /healthz, /readyz, /metrics, /status) until SIGINT/SIGTERM, which drains: "
+        "running generations finish first. SIGHUP reloads the rules file.",
+    )
+    run.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    run.add_argument(
+        "--upstream", metavar="URL", help="engine URL (default: the file's upstream.url)"
+    )
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="public listener (default: the file's listen)"
+    )
+    run.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="admin listener (default: the file's admin_listen)",
+    )
+    run.add_argument(
+        "--agent-listen",
+        metavar="HOST:PORT",
+        help="HAProxy agent-check port (default: the file's agent_listen, null = off)",
+    )
+    run.add_argument(
+        "--box-id",
+        metavar="NAME",
+        help="this box's name behind HAProxy, the prefix of its job ids (default: the "
+        "file's box_id)",
+    )
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where queued jobs and kept results live (default: the file's jobs.dir, "
+        "else gatekeeper-state/ next to the rules file)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: key=value lines for people; json: one object per line for a log pipeline",
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="lowest level logged; INFO includes one access-log line per request",
+    )
+    run.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop: auto = uvloop when installed (pip install 'gatekeeper[speed]'), "
+        "else asyncio",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = _command(
+        sub,
+        "check",
+        "validate a rules file without starting",
+        "Validate a rules file the way `run` and a reload do. The first line names the "
+        "file checked; exit 0 with a summary of the effective rules, or 2 with every "
+        "problem and its line.",
+    )
+    check.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    check.set_defaults(func=cmd_check)
+
+    sim = _command(
+        sub,
+        "engine-sim",
+        "run the bundled engine simulator",
+        "A stand-in for the music engine: POST /generate loads a CPU core and holds memory "
+        "for --seconds, then answers a WAV. Used by the demo and the tests.",
+    )
+    enginesim.add_arguments(sim)
+    sim.set_defaults(func=cmd_engine_sim)
+
+    demo = _command(
+        sub,
+        "demo",
+        "engine simulator + gatekeeper + a live status line",
+        "Start the engine simulator and gatekeeper in front of it on 127.0.0.1, print a "
+        "copy-paste curl and show a live status line until Ctrl-C. The rules are --config "
+        "with admission.expected_seconds set to --seconds.",
+    )
+    demo.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    demo.add_argument("--port", type=int, default=8080, help="gatekeeper's public port")
+    demo.add_argument("--admin-port", type=int, default=9090, help="gatekeeper's admin port")
+    demo.add_argument("--engine-port", type=int, default=8000, help="the simulator's port")
+    demo.add_argument("--seconds", type=float, default=60.0, help="duration of one simulated song")
+    demo.add_argument(
+        "--memory-mb", type=int, default=256, help="memory held per simulated song, in MiB"
+    )
+    demo.add_argument(
+        "--log-every",
+        type=float,
+        default=5.0,
+        help="seconds between status lines when stdout is not a terminal",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_observability_commands(sub: Subparsers) -> None:
+    status = _command(
+        sub,
+        "status",
+        "show a running gatekeeper's status (one-shot or --watch)",
+        "Read a running gatekeeper's /status from its admin listener and print it for a "
+        "person (or --json for scripts). Exit 1 when it cannot be reached.",
+    )
+    status.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"admin listener URL (default: admin_listen of --config or ./rules.yaml, "
+        f"else {DEFAULT_ADMIN_URL})",
+    )
+    status.add_argument(
+        "--config",
+        metavar="PATH",
+        help="rules file to take admin_listen from (default: ./rules.yaml if there is one)",
+    )
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
+    status.set_defaults(func=cmd_status)
+
+    dash = _command(
+        sub,
+        "dashboard",
+        "print the Grafana dashboard JSON for the rules",
+        "Print a Grafana dashboard (JSON, for Dashboards > Import) whose panels draw the "
+        "rules' CPU and memory thresholds and cover their admit routes.",
+    )
+    dash.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    dash.set_defaults(func=cmd_dashboard)
+
+    rules = _command(
+        sub,
+        "alert-rules",
+        "print the alert rules as a Prometheus rule file",
+        "Print the rules' alerts.rules as a Prometheus rule file (group gatekeeper): the "
+        "same alerts gatekeeper evaluates itself, as PromQL over its metrics.",
+    )
+    rules.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    rules.set_defaults(func=cmd_alert_rules)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="A sidecar reverse proxy that admits one AI music generation at a time.",
+        epilog="`gatekeeper COMMAND --help` describes each command. Exit codes: 0 success, "
+        "2 invalid rules or usage, 141 output pipe closed (as `yes | head`), 1 anything else.",
+    )
+    p.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(sub)
+    _add_observability_commands(sub)
+    return p
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), e.g. `yes | head`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (`gatekeeper status | head -3`): stop quietly.
+
+    Python ignores SIGPIPE, so a write raises BrokenPipeError instead of ending the
+    process like a Unix tool. Pointing stdout at /dev/null keeps the interpreter's own
+    final flush from raising it again; the exit status is what the signal would give.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
+    except ConfigError as exc:  # every command: the problems, each with its line; exit 2
+        print(exc, file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _broken_pipe()
+    return code

@@ -1,0 +1,429 @@
+"""Admission: may this generation start now, and if not, why and for how long?
+
+Pure: plain values in, a decision out. No aiohttp, no psutil, no I/O; time is
+passed in by the caller (read from the loop clock by the adapter), so the
+whole module is tested with tables. The one ``asyncio`` object is the event
+behind ``Gate.wait_idle`` (the drain awaits it instead of polling).
+
+Invariants (the reliability contract of issue #2):
+
+1. ``in_flight`` counts tickets handed out and not yet released. ``Gate.try_admit``
+   checks and increments in one synchronous step, so under asyncio no burst of
+   requests can ever overshoot ``max_in_flight``: there is no ``await`` between
+   the check and the increment.
+2. Every ``Ticket`` is released exactly once. ``Ticket.release`` is idempotent;
+   the proxy calls it from a ``finally``, so success, upstream error, timeout,
+   client gone, cancellation and shutdown all end in one release.
+3. Lowering ``max_in_flight`` (a reload) never touches running tickets; it only
+   stops new admissions until the count falls below the new limit.
+
+4. Several engines (issue #11 §1): every ticket names the engine it runs on, and
+   ``try_admit`` picks that engine in the same synchronous step: one that is not
+   down (its probe), not retired (removed by a reload) and below its own
+   ``max_in_flight``, the least loaded first (ties: the file's order). The total
+   never exceeds ``Limits.max_in_flight`` and no engine ever exceeds its own.
+
+Reasons are checked in this order, so a client hears the most useful one:
+``draining`` (come back to the new instance) > ``busy`` (someone else's song
+is running; the ETA is known) > ``engine_down`` (the engines with a free slot
+fail their probe) > ``cpu`` > ``memory`` > the opt-in signals of
+issue #11 §3: ``cpu_pressure`` > ``memory_pressure`` > ``io_pressure`` (PSI
+avg10) > ``gpu_memory`` > ``gpu_utilization`` (NVML). A signal that is absent
+(no PSI, no GPU) or has no threshold configured never rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gatekeeper.config import Resources, Threshold
+from gatekeeper.core.vocab import RESOURCE_REASONS, AdmitReason
+
+
+def next_overloaded(overloaded: bool, reading: float, t: Threshold) -> bool:
+    """Hysteresis: trip above ``reject_above``, clear only below ``recover_below``."""
+    if overloaded:
+        return reading >= t.recover_below
+    return reading > t.reject_above
+
+
+@dataclass(frozen=True)
+class Readings:
+    """One sample as admission compares it (percentages; None: the signal is absent)."""
+
+    cpu_percent: float
+    memory_percent: float
+    # PSI avg10 of the configured line (some/full) of each resource.
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
+    io_pressure: float | None = None
+    # The highest over the watched GPUs: one full device is enough to fail a generation.
+    gpu_memory_percent: float | None = None
+    gpu_utilization_percent: float | None = None
+
+
+# reason -> (reading field, overloaded field, the threshold in ``Resources``), reasons() order.
+_WATCHED: dict[AdmitReason, tuple[str, str, Callable[[Resources], Threshold | None]]] = {
+    AdmitReason.CPU: ("cpu_percent", "cpu_overloaded", lambda r: r.cpu_percent),
+    AdmitReason.MEMORY: ("memory_percent", "memory_overloaded", lambda r: r.memory_percent),
+    AdmitReason.CPU_PRESSURE: (
+        "cpu_pressure",
+        "cpu_pressure_overloaded",
+        lambda r: r.cpu_pressure,
+    ),
+    AdmitReason.MEMORY_PRESSURE: (
+        "memory_pressure",
+        "memory_pressure_overloaded",
+        lambda r: r.memory_pressure,
+    ),
+    AdmitReason.IO_PRESSURE: ("io_pressure", "io_pressure_overloaded", lambda r: r.io_pressure),
+    AdmitReason.GPU_MEMORY: (
+        "gpu_memory_percent",
+        "gpu_memory_overloaded",
+        lambda r: r.gpu.memory_percent,
+    ),
+    AdmitReason.GPU_UTILIZATION: (
+        "gpu_utilization_percent",
+        "gpu_utilization_overloaded",
+        lambda r: r.gpu.utilization_percent,
+    ),
+}
+assert tuple(_WATCHED) == RESOURCE_REASONS
+# The ``ResourceState`` field holding each watched resource's reading.
+READING_OF: dict[AdmitReason, str] = {reason: f for reason, (f, _, _) in _WATCHED.items()}
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """The monitor's latest view: readings and the hysteresis state derived from them."""
+
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    cpu_overloaded: bool = False
+    memory_overloaded: bool = False
+    sampled_at: float = 0.0
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
+    io_pressure: float | None = None
+    gpu_memory_percent: float | None = None
+    gpu_utilization_percent: float | None = None
+    cpu_pressure_overloaded: bool = False
+    memory_pressure_overloaded: bool = False
+    io_pressure_overloaded: bool = False
+    gpu_memory_overloaded: bool = False
+    gpu_utilization_overloaded: bool = False
+
+    def advance(self, readings: Readings, thresholds: Resources, now: float) -> ResourceState:
+        """The next state: each reading against its threshold, with hysteresis. An absent
+        reading (None) or an unconfigured threshold is never overloaded."""
+        changes: dict[str, Any] = {"sampled_at": now}
+        for reading_field, flag, threshold_of in _WATCHED.values():
+            reading: float | None = getattr(readings, reading_field)
+            t = threshold_of(thresholds)
+            changes[reading_field] = reading
+            changes[flag] = (
+                reading is not None
+                and t is not None
+                and next_overloaded(getattr(self, flag), reading, t)
+            )
+        return replace(self, **changes)
+
+    def overloaded(self) -> dict[AdmitReason, bool]:
+        """Each watched resource's flag, by reason code (``/status``, the metric)."""
+        return {reason: getattr(self, flag) for reason, (_, flag, _) in _WATCHED.items()}
+
+    def message_fields(self) -> dict[str, float]:
+        """The readings a rejection message may quote (an absent one reads 0)."""
+        return {f: getattr(self, f) or 0.0 for f, _, _ in _WATCHED.values()}
+
+
+class DurationEstimator:
+    """Expected generation duration: the median of the last ``window`` completed ones.
+
+    The median ignores the odd 30-second failure or 40-minute outlier that a
+    mean would chase. Until anything completes it answers the configured prior.
+    """
+
+    def __init__(self, prior: float, window: int = 20):
+        self.prior = prior
+        self._recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    @property
+    def samples(self) -> int:
+        return len(self._recent)
+
+    @property
+    def expected(self) -> float:
+        return statistics.median(self._recent) if self._recent else self.prior
+
+
+@dataclass(frozen=True)
+class EngineSlots:
+    """One engine as the gate sees it: its name and how many generations it takes."""
+
+    name: str
+    max_in_flight: int
+
+
+DEFAULT_ENGINE = "default"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The admission settings the gate decides against (a projection of the config)."""
+
+    max_in_flight: int
+    retry_after_default: int
+    # The engines in the file's order; () means one engine named "default" with all slots.
+    engines: tuple[EngineSlots, ...] = ()
+    # Retry-After of ``engine_down``: the probe's interval (when it may say "up" again).
+    down_retry_after: int = 5
+
+    @property
+    def slots(self) -> tuple[EngineSlots, ...]:
+        return self.engines or (EngineSlots(DEFAULT_ENGINE, self.max_in_flight),)
+
+
+def pick_engine(
+    slots: tuple[EngineSlots, ...],
+    in_flight: Mapping[str, int],
+    up: Mapping[str, bool | None],
+) -> str | None:
+    """The engine a new generation goes to, or None if no engine may take one.
+
+    Not one whose probe said down (``None``, no answer yet, is not "down": a fresh
+    gatekeeper must not refuse its first request), not one at its own limit; of the
+    rest, the lowest in_flight/max_in_flight, then the file's order.
+    """
+    best: str | None = None
+    best_load = 2.0
+    for e in slots:
+        n = in_flight.get(e.name, 0)
+        if up.get(e.name) is False or n >= e.max_in_flight:
+            continue
+        load = n / e.max_in_flight
+        if load < best_load:
+            best, best_load = e.name, load
+    return best
+
+
+def no_engine_reason(
+    slots: tuple[EngineSlots, ...],
+    in_flight: Mapping[str, int],
+    up: Mapping[str, bool | None],
+) -> str:
+    """Why ``pick_engine`` found none: ``busy`` if an engine that is up is full (its
+    song's ETA is the honest wait), else ``engine_down``."""
+    live = [e for e in slots if up.get(e.name) is not False]
+    if any(in_flight.get(e.name, 0) >= e.max_in_flight for e in live):
+        return AdmitReason.BUSY
+    return AdmitReason.ENGINE_DOWN
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str  # an AdmitReason: busy, cpu, memory, ..., draining
+    retry_after: int
+
+
+@dataclass
+class Ticket:
+    """One admitted generation. ``release`` frees its slot exactly once."""
+
+    route: str
+    started_at: float
+    _on_release: Callable[[Ticket], None] = field(repr=False)
+    released: bool = False
+    # The engine this generation runs on (``Limits.slots``): its pools, its slot.
+    engine: str = DEFAULT_ENGINE
+
+    def release(self) -> bool:
+        """Free the slot; True the first time, False (and no effect) afterwards."""
+        if self.released:
+            return False
+        self.released = True
+        self._on_release(self)
+        return True
+
+
+def retry_after(expected: float, running_elapsed: list[float], default: int) -> int:
+    """Honest Retry-After: time left of the generation closest to finishing, ≥ 1 s.
+
+    With nothing running there is nothing to wait for that we can measure, so
+    the configured default applies.
+    """
+    if not running_elapsed:
+        return default
+    remaining = expected - max(running_elapsed)
+    return max(1, math.ceil(remaining))
+
+
+def reasons(
+    *,
+    in_flight: int,
+    limits: Limits,
+    resources: ResourceState,
+    draining: bool,
+    no_engine: str | None = None,
+) -> list[str]:
+    """Every reason a new admit request is refused now, most useful first (see above).
+
+    ``no_engine``: why no engine can take it (``no_engine_reason``), None if one can.
+    """
+    out: list[str] = []
+    if draining:
+        out.append(AdmitReason.DRAINING)
+    if in_flight >= limits.max_in_flight or no_engine == AdmitReason.BUSY:
+        out.append(AdmitReason.BUSY)
+    elif no_engine is not None:
+        out.append(no_engine)
+    out += [reason for reason, (_, flag, _) in _WATCHED.items() if getattr(resources, flag)]
+    return out
+
+
+def decide(
+    *,
+    in_flight: int,
+    limits: Limits,
+    resources: ResourceState,
+    draining: bool,
+    expected: float,
+    running_elapsed: list[float],
+    no_engine: str | None = None,
+) -> Rejection | None:
+    """None to admit, else the rejection with its (first) reason and Retry-After."""
+    why = reasons(
+        in_flight=in_flight,
+        limits=limits,
+        resources=resources,
+        draining=draining,
+        no_engine=no_engine,
+    )
+    if not why:
+        return None
+    if why[0] == "draining":  # the wait is for a new instance, not for this engine
+        return Rejection("draining", limits.retry_after_default)
+    if why[0] == AdmitReason.ENGINE_DOWN:  # the wait is for the next probe
+        return Rejection(AdmitReason.ENGINE_DOWN, max(1, limits.down_retry_after))
+    return Rejection(why[0], retry_after(expected, running_elapsed, limits.retry_after_default))
+
+
+class Gate:
+    """The exact in-flight counter plus the decision, in one synchronous call.
+
+    ``limits``, ``resources``, ``draining`` and ``engine_up`` are plain attributes
+    the adapters replace (reload, monitor, shutdown, probe); reading them is free.
+    An engine a reload removed keeps its running tickets (they count, and are
+    released as usual) but is no longer in ``limits.slots``, so it gets no new one.
+    """
+
+    def __init__(self, limits: Limits, estimator: DurationEstimator):
+        self.limits = limits
+        self.estimator = estimator
+        self.resources = ResourceState()
+        self.draining = False
+        # The probe's verdict per engine name (absent or None: no answer yet).
+        self.engine_up: dict[str, bool | None] = {}
+        self._tickets: dict[int, Ticket] = {}
+        self._by_engine: dict[str, int] = {}
+        # Called right after a slot frees, in the same synchronous step (the waiting
+        # room dispatches its next job there, before any new arrival can take the slot).
+        self.on_free: Callable[[], None] | None = None
+        # Called with each new ticket (the per-engine count of started generations).
+        self.on_admit: Callable[[Ticket], None] | None = None
+        # Set while no ticket is held; only ``wait_idle`` awaits it (the shutdown drain).
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tickets)
+
+    def in_flight_on(self, engine: str) -> int:
+        return self._by_engine.get(engine, 0)
+
+    def running(self, engine: str | None = None) -> list[Ticket]:
+        tickets = [t for t in self._tickets.values() if engine is None or t.engine == engine]
+        return sorted(tickets, key=lambda t: t.started_at)
+
+    def pick(self) -> str | None:
+        """The engine the next admit would run on (None: no engine may take one)."""
+        return pick_engine(self.limits.slots, self._by_engine, self.engine_up)
+
+    def _no_engine(self, engine: str | None) -> str | None:
+        if engine is not None:
+            return None
+        return no_engine_reason(self.limits.slots, self._by_engine, self.engine_up)
+
+    def elapsed(self, now: float) -> list[float]:
+        return [now - t.started_at for t in self._tickets.values()]
+
+    def _listed_in_flight(self) -> int:
+        """Tickets on the engines listed now: a removed engine's job, finishing, holds
+        no slot of the engines that remain."""
+        return sum(self._by_engine.get(e.name, 0) for e in self.limits.slots)
+
+    def _decide(self, now: float, engine: str | None) -> Rejection | None:
+        return decide(
+            in_flight=self._listed_in_flight(),
+            limits=self.limits,
+            resources=self.resources,
+            draining=self.draining,
+            expected=self.estimator.expected,
+            running_elapsed=self.elapsed(now),
+            no_engine=self._no_engine(engine),
+        )
+
+    def check(self, now: float) -> Rejection | None:
+        """The decision a new admit request would get now, without taking a slot."""
+        return self._decide(now, self.pick())
+
+    def reasons(self, now: float) -> list[str]:
+        """Every reason a new admit request would be refused now (``check`` gives the first)."""
+        return reasons(
+            in_flight=self._listed_in_flight(),
+            limits=self.limits,
+            resources=self.resources,
+            draining=self.draining,
+            no_engine=self._no_engine(self.pick()),
+        )
+
+    def try_admit(self, route: str, now: float) -> Ticket | Rejection:
+        engine = self.pick()
+        rejection = self._decide(now, engine)
+        if rejection is not None:
+            return rejection
+        assert engine is not None  # decide admits only when an engine was picked
+        ticket = Ticket(route=route, started_at=now, _on_release=self._release, engine=engine)
+        self._tickets[id(ticket)] = ticket
+        self._by_engine[engine] = self._by_engine.get(engine, 0) + 1
+        self._idle.clear()
+        if self.on_admit is not None:
+            self.on_admit(ticket)
+        return ticket
+
+    async def wait_idle(self) -> None:
+        """Return once no ticket is held: at once if none is, else when the last is released."""
+        while self._tickets:
+            await self._idle.wait()
+
+    def _release(self, ticket: Ticket) -> None:
+        del self._tickets[id(ticket)]
+        left = self._by_engine[ticket.engine] - 1
+        if left:
+            self._by_engine[ticket.engine] = left
+        else:
+            del self._by_engine[ticket.engine]
+        if not self._tickets:
+            self._idle.set()
+        if self.on_free is not None:
+            self.on_free()

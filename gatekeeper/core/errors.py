@@ -1,0 +1,131 @@
+"""The small error hierarchy of gatekeeper.
+
+Every error that reaches the HTTP edge carries what the edge needs to answer:
+a status, a machine-readable reason code and a human message. The proxy turns
+an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
+``X-Gatekeeper-Reason`` header; it never has to inspect the exception type.
+
+    GatekeeperError
+    ├── ConfigError                  rules.yaml is invalid (every problem listed)
+    └── HttpError                    answered by gatekeeper itself
+        ├── BadRequest       400     absolute-form / authority-form request target
+        ├── MethodNotAllowed 405     CONNECT: gatekeeper is never an open proxy
+        ├── ClientTimeout    408     the client paused its upload past limits.client_body_timeout
+        ├── BodyTooLarge     413     request body over limits.max_body_bytes
+        └── UpstreamError            the engine failed us
+            ├── UpstreamUnavailable  502  upstream_unavailable (connect failed, or
+            │                              the connection broke before a response)
+            ├── UpstreamBusy         503  upstream_busy (no free pool connection in time)
+            └── UpstreamTimeout      504  upstream_timeout (no byte within the read timeout,
+                                          or a request write stalled past the write timeout)
+
+Admission rejections are not exceptions: they are values produced by the pure
+decision core (``admission.Rejection``), because rejecting is the normal,
+expected fast path, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatekeeper.core.vocab import ErrorKind
+
+
+class GatekeeperError(Exception):
+    """Base of every error gatekeeper raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a rules file: where, what was there, and why it is wrong."""
+
+    path: str
+    line: int | None
+    message: str
+    value: object = None
+    has_value: bool = False
+
+    def __str__(self) -> str:
+        # "line 3: upstream.url: must be ..." / "cannot read file: ..." (no line, no key)
+        parts = [f"line {self.line}"] if self.line is not None else []
+        parts += [self.path] if self.path else []
+        text = ": ".join([*parts, self.message])
+        if self.has_value:
+            text += f" (got {self.value!r})"
+        return text
+
+
+class ConfigError(GatekeeperError):
+    """The configuration is invalid; ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str = "rules.yaml") -> None:
+        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
+        self.source = source
+        lines = [f"{source}: {len(self.problems)} problem(s):"]
+        lines += [f"  {source}:{p}" if p.line else f"  {source}: {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class HttpError(GatekeeperError):
+    """An error gatekeeper answers itself, with a status and a reason code."""
+
+    status: int = 500
+    reason: str = "internal"
+
+    def __init__(self, detail: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.reason = reason
+
+
+class BadRequest(HttpError):
+    status = 400
+    reason = "bad_request"
+
+
+class MethodNotAllowed(HttpError):
+    status = 405
+    reason = "method_not_allowed"
+
+
+class ClientTimeout(HttpError):
+    status = 408
+    reason = "client_timeout"
+
+
+class BodyTooLarge(HttpError):
+    status = 413
+    reason = "body_too_large"
+
+
+class UpstreamError(HttpError):
+    """The upstream failed; ``kind`` is the metric label (connect|timeout|pool|protocol)."""
+
+    kind: ErrorKind = ErrorKind.PROTOCOL
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    reason = "upstream_unavailable"
+    kind = ErrorKind.CONNECT
+
+
+class UpstreamBusy(UpstreamError):
+    status = 503
+    reason = "upstream_busy"
+    kind = ErrorKind.POOL
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    reason = "upstream_timeout"
+    kind = ErrorKind.TIMEOUT
+
+
+class UpstreamProtocolError(UpstreamUnavailable):
+    """The connection broke or spoke nonsense before a complete response head arrived."""
+
+    kind = ErrorKind.PROTOCOL

@@ -1,0 +1,198 @@
+"""The async-job endpoints under ``jobs_path`` (default ``/_gatekeeper/jobs``).
+
+=========================  ====================================================
+``GET    <id>``            the job: state, position, ETA, waited, elapsed, progress
+``GET    <id>/events``     the same as SSE, one ``job`` event per change; ends at a
+                           final state (a ``: keep-alive`` comment every 15 s)
+``GET    <id>/result``     the engine's stored answer replayed (status, end-to-end
+                           headers, body from disk; ``Range`` on a 200); 409 with
+                           the state before it is done, 410 once expired
+``DELETE <id>``            cancel: queued -> removed; running -> per
+                           ``admission.on_client_disconnect`` (cancel: stopped now;
+                           finish: the engine finishes, the result is discarded)
+=========================  ====================================================
+
+A job id (144 random bits) is the only capability to read a result: there is no
+listing on the public port, an unknown or malformed id is a plain 404, except an
+id naming another box (``<box>.<token>``, issue #11 §2): 421 misdirected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gatekeeper.core.headers import REQUEST_ID, end_to_end
+from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
+from gatekeeper.jobs.service import Job, Jobs
+from gatekeeper.jobs.store import JobRow
+from gatekeeper.jobs.views import job_view
+from gatekeeper.proxy.responses import json_answer, json_body
+
+KEEPALIVE_SECONDS = 15.0
+# Replayed from the stored answer, never from the file's own framing.
+_NOT_REPLAYED = ("Content-Length", "Transfer-Encoding")
+
+
+def _answer(status: int, reason: str, detail: str, rid: str, **extra: Any) -> web.Response:
+    body = json.loads(json_body(detail, reason, None))
+    body.update(extra)
+    data = json.dumps(body, ensure_ascii=False).encode()
+    return json_answer(status, reason, data, request_id=rid)
+
+
+def job_json(status: int, view: dict[str, Any], rid: str, **headers: str) -> web.Response:
+    resp = web.json_response(view, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers[REQUEST_ID] = rid
+    resp.headers["X-Gatekeeper-Job"] = view["id"]
+    resp.headers.update(headers)
+    return resp
+
+
+class JobsApi:
+    def __init__(self, jobs: Jobs, base: str, clock: Any):
+        self.jobs = jobs
+        self.base = base
+        self.clock = clock
+
+    async def handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
+        parts = [p for p in rest.split("/") if p]
+        if not parts or len(parts) > 2 or not is_job_id(parts[0]):
+            return _answer(404, "not_found", "no such job", rid)
+        job_id, sub = parts[0], parts[1] if len(parts) == 2 else ""
+        found = self.jobs.find(job_id)
+        if found is None:
+            owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
+            here = self.jobs.st.config.box_id
+            if sep and owner != here:
+                # RFC 9110 §15.5.20: this box cannot answer for that target. Behind HAProxy
+                # the job URL must go to its box (issue #11 §2); a 404 would say the job
+                # does not exist, which this box cannot know.
+                return _answer(
+                    421,
+                    "misdirected",
+                    f"job {job_id} belongs to box {owner!r}, this is box {here!r}; route"
+                    f" {self.base}/{owner}{BOX_SEPARATOR}… to that box",
+                    rid,
+                    box=owner,
+                )
+            return _answer(404, "not_found", f"no job {job_id}", rid)
+        allowed = {"": ("GET", "HEAD", "DELETE"), "events": ("GET",), "result": ("GET", "HEAD")}
+        methods = allowed.get(sub)
+        if methods is None:
+            return _answer(404, "not_found", f"no such job resource {sub!r}", rid)
+        if request.method not in methods:
+            resp = _answer(405, "method_not_allowed", f"{request.method} is not allowed here", rid)
+            resp.headers["Allow"] = ", ".join(methods)
+            return resp
+        if sub == "events":
+            return await self._events(request, job_id, rid)
+        if sub == "result":
+            return await self._result(request, found, rid)
+        if request.method == "DELETE":
+            return self._delete(found, rid)
+        return job_json(200, job_view(self.jobs, found, self.clock(), self.base), rid)
+
+    def _delete(self, found: Job | JobRow, rid: str) -> web.Response:
+        now = self.clock()
+        if isinstance(found, Job) and not found.final:
+            self.jobs.delete(found)
+            return job_json(
+                200, job_view(self.jobs, self.jobs.find(found.id) or found, now, self.base), rid
+            )
+        view = job_view(self.jobs, found, now, self.base)
+        return _answer(
+            409,
+            "job_finished",
+            f"the job is already {view['state']}; nothing to cancel",
+            rid,
+            state=view["state"],
+        )
+
+    async def _result(
+        self, request: web.BaseRequest, found: Job | JobRow, rid: str
+    ) -> web.StreamResponse:
+        row = found if isinstance(found, JobRow) else self.jobs.store.get(found.id)
+        state = found.state
+        if row is None or state not in FINAL_STATES:
+            return _answer(
+                409, "not_done", f"the job is {state}; its result is not ready", rid, state=state
+            )
+        if state == JobState.EXPIRED:
+            return _answer(
+                410, "expired", "the result was kept for jobs.keep and is gone", rid, state=state
+            )
+        path = self.jobs.store.result_path(row.id)
+        if row.result_status is None or path is None or state == JobState.CANCELLED:
+            return _answer(
+                409,
+                "no_result",
+                f"the job is {state} ({row.reason}) and has no stored answer",
+                rid,
+                state=state,
+                job_reason=row.reason,
+            )
+        headers = end_to_end(_cim(row.result_headers or ()), drop=_NOT_REPLAYED)
+        headers[REQUEST_ID] = rid
+        headers["X-Gatekeeper-Job"] = row.id
+        if row.result_status == 200:
+            # aiohttp serves Range, If-Range, HEAD and sendfile from the file.
+            return web.FileResponse(path, headers=headers)
+        out = web.StreamResponse(
+            status=row.result_status, reason=row.result_reason, headers=headers
+        )
+        out.content_length = path.stat().st_size
+        await out.prepare(request)
+        if request.method != "HEAD":
+            with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
+                while chunk := f.read(256 * 1024):
+                    await out.write(chunk)
+        await out.write_eof()
+        return out
+
+    async def _events(self, request: web.BaseRequest, job_id: str, rid: str) -> web.StreamResponse:
+        out = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+                REQUEST_ID: rid,
+                "X-Gatekeeper-Job": job_id,
+            }
+        )
+        await out.prepare(request)
+        last: Any = None
+        try:
+            while True:
+                ev = self.jobs.any_change()
+                found = self.jobs.find(job_id)
+                if found is None:
+                    break
+                view = job_view(self.jobs, found, self.clock(), self.base)
+                key = (view["state"], view["position"], view["progress"], view["result"])
+                if key != last:
+                    last = key
+                    data = json.dumps(view, ensure_ascii=False)
+                    await out.write(f"event: job\ndata: {data}\n\n".encode())
+                if view["state"] in FINAL_STATES:
+                    break
+                try:
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        await ev.wait()
+                except TimeoutError:
+                    await out.write(b": keep-alive\n\n")
+            await out.write_eof()
+        except ConnectionError:
+            pass  # the client left; nothing to clean up
+        return out
+
+
+def _cim(pairs: Any) -> Any:
+    from multidict import CIMultiDict
+
+    return CIMultiDict(list(pairs))

@@ -1,0 +1,336 @@
+"""A request on a ``queue`` route: checked, spooled, submitted, then held or answered 202.
+
+1. ``Prefer`` and ``Idempotency-Key`` are checked (400 on a malformed one);
+2. the client key is derived (``clientkey``);
+3. the body is spooled into the state dir (hashed on the way for coalescing);
+4. ``Jobs.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
+   attached to an identical job, a kept result, or a new job;
+5. async (``Prefer: respond-async``): 202 + ``Location``; held: wait for the
+   job's answer head (the client leaving the queue frees its place at once),
+   then stream the result file as it grows.
+
+Headers ``X-Gatekeeper-Job: <id>`` (held answers too, so a client that times
+out can fetch the result later) and ``X-Gatekeeper-Coalesced: 1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gatekeeper.config import Config, Route
+from gatekeeper.core.clientkey import client_key
+from gatekeeper.core.errors import BadRequest
+from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
+from gatekeeper.core.vocab import JobState, Outcome
+from gatekeeper.jobs.api import job_json
+from gatekeeper.jobs.ids import (
+    BadHeader,
+    check_idempotency_key,
+    coalesce_key,
+    new_job_id,
+    wants_async,
+)
+from gatekeeper.jobs.model import ResultBroken
+from gatekeeper.jobs.runner import follow
+from gatekeeper.jobs.service import Job, Joined, Kept, Refused
+from gatekeeper.jobs.views import job_view
+from gatekeeper.proxy.record import RequestRecord
+from gatekeeper.proxy.relay import client_left, log
+from gatekeeper.proxy.spool import Spool, take_body
+from gatekeeper.upstream import ClientGone
+
+if TYPE_CHECKING:
+    from gatekeeper.proxy.handler import ProxyHandler
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# A held client whose connection closed is noticed at once through the edge's
+# connection table; without one (in-process tests) by polling its transport.
+POLL_SECONDS = 0.5
+
+
+class QueueRoute:
+    def __init__(self, proxy: ProxyHandler):
+        self.proxy = proxy
+        self.state = proxy.state
+
+    async def handle(
+        self, request: web.BaseRequest, cfg: Config, route: Route, rec: RequestRecord
+    ) -> web.StreamResponse:
+        st = self.state
+        jobs = st.jobs
+        assert jobs is not None
+        try:
+            want_async = wants_async(request.headers.getall("Prefer", []))
+            idem = check_idempotency_key(request.headers.getall("Idempotency-Key", []))
+        except BadHeader as exc:
+            raise BadRequest(f"{exc.header}: {exc.detail}", reason="bad_header") from exc
+        want_async = want_async and cfg.jobs_path is not None
+        q = cfg.admission.queue
+        client = client_key(
+            q.client_key,
+            q.trusted_proxies,
+            request.remote,
+            request.headers,
+            request.headers.getall("X-Forwarded-For", []),
+        )
+        spool: Spool | None = None
+        if request.body_exists:
+            try:
+                spool = await take_body(
+                    request.content.iter_any(),
+                    max_bytes=cfg.limits.max_body_bytes,
+                    idle_timeout=cfg.limits.client_body_timeout,
+                    deadline=cfg.limits.client_body_deadline,
+                    memory_limit=cfg.limits.spool_memory_bytes,
+                    directory=jobs.spool_dir,
+                    digest=True,
+                )
+            except ClientGone:
+                return client_left(st, route, rec, "sending the request body")
+            rec.bytes_in = spool.size
+        try:
+            key = None
+            if cfg.jobs.coalesce:
+                key = coalesce_key(
+                    route.name,
+                    request.method,
+                    # The target exactly as forwarded: the engine sees /generate/ and
+                    # /generate as different paths (and may answer one 404), so they
+                    # are different generations.
+                    request.raw_path.partition("?")[0],
+                    request.query_string,
+                    spool.sha256 if spool is not None else EMPTY_SHA256,
+                    idem,
+                    client=client,
+                )
+            headers = upstream_request_headers(
+                request.headers,
+                client_ip=request.remote,
+                scheme=request.scheme,
+                request_id=rec.request_id,
+            )
+            save: Callable[[Path], None] = spool.save if spool is not None else _nothing
+            result = jobs.submit(
+                job_id=new_job_id(cfg.box_id),
+                route=route,
+                client=client,
+                held=not want_async,
+                method=request.method,
+                target=request.raw_path,
+                headers=list(headers.items()),
+                coalesce_key=key,
+                body_size=spool.size if spool is not None else 0,
+                save_body=save,
+            )
+        finally:
+            if spool is not None:
+                spool.close()
+        if isinstance(result, Refused):
+            rec.reason = result.reason
+            return self.proxy.refuse_queue(cfg, route, result, rec)
+        coalesced = not isinstance(result, Joined) or result.coalesced
+        # The outcome is decided at arrival: started at once, waiting, or attached.
+        if coalesced:
+            outcome = Outcome.COALESCED
+        elif isinstance(result, Joined) and result.job.state == JobState.RUNNING:
+            outcome = Outcome.ADMITTED
+        else:
+            outcome = Outcome.QUEUED
+        self.proxy.count(route, outcome, rec)
+        base = cfg.jobs_path or ""
+        now = st.clock()
+        extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
+        if isinstance(result, Kept):
+            if want_async:
+                view = job_view(jobs, result.row, now, base)
+                rec.status = 202
+                return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
+            return await self._replay_kept(request, result, rec)
+        job = result.job
+        if want_async:
+            view = job_view(jobs, job, now, base)
+            rec.status = 202
+            return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
+        return await self._hold(request, cfg, route, job, coalesced, rec)
+
+    # ------------------------------------------------------------------ held clients
+
+    async def _hold(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        route: Route,
+        job: Job,
+        coalesced: bool,
+        rec: RequestRecord,
+    ) -> web.StreamResponse:
+        st, jobs = self.state, self.state.jobs
+        assert jobs is not None
+        gone: list[bool] = []
+
+        def lost() -> None:
+            gone.append(True)
+            job.notify()
+
+        conns = self.proxy.conns
+        undo = conns.watch_lost(request.protocol, lost) if conns is not None else None
+        attached = True
+        try:
+            while job.head is None and not job.final:
+                ev = job.changed()
+                if gone or _transport_gone(request):
+                    jobs.detach(job)
+                    attached = False
+                    where = (
+                        "waiting in the queue"
+                        if job.state == JobState.QUEUED
+                        else ("waiting for the upstream response")
+                    )
+                    return client_left(st, route, rec, where)
+                try:
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await ev.wait()
+                except TimeoutError:
+                    pass
+            rec.queue_seconds = (
+                (job.started - job.arrived) if job.started is not None else st.clock() - job.arrived
+            )
+            if job.ticket is not None:
+                rec.engine = job.ticket.engine
+            if job.head is None:
+                return self._job_error(cfg, route, job, rec)
+            return await self._stream(request, cfg, route, job, coalesced, rec)
+        finally:
+            if undo is not None:
+                undo()
+            if attached:
+                jobs.detach(job)
+
+    def _job_error(self, cfg: Config, route: Route, job: Job, rec: RequestRecord) -> web.Response:
+        """The job ended before the engine answered: say why, as the admit route would."""
+        st, jobs = self.state, self.state.jobs
+        assert jobs is not None
+        reason = job.reason or "internal"
+        status = job.error_status or 503
+        retry_after: int | None = None
+        if reason == "queue_timeout":
+            retry_after = jobs.retry_after_timeout(st.clock())
+        elif reason in ("draining", "interrupted"):
+            retry_after = cfg.admission.retry_after_default
+        q = cfg.admission.queue
+        detail = job.error_detail if reason.startswith("upstream") and job.error_detail else None
+        text = cfg.message(
+            reason,
+            route=route.name,
+            retry_after=retry_after or 0,
+            max_wait=int(q.max_wait),
+            waiting=jobs.depth(),
+            max_waiting=q.max_waiting,
+            per_client=q.per_client,
+        )
+        if reason.startswith("upstream"):
+            text = cfg.message(reason, route=route.name)
+            if detail:
+                log.info("job %s… failed: %s", job.id[:6], detail)
+        from gatekeeper.proxy.responses import json_error
+
+        resp = json_error(status, reason, text, retry_after=retry_after, request_id=rec.request_id)
+        resp.headers["X-Gatekeeper-Job"] = job.id
+        rec.reason = reason
+        rec.status = status
+        return resp
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        route: Route,
+        job: Job,
+        coalesced: bool,
+        rec: RequestRecord,
+    ) -> web.StreamResponse:
+        jobs = self.state.jobs
+        assert jobs is not None and job.head is not None
+        status, reason, pairs = job.head
+        out = web.StreamResponse(status=status, reason=reason or None)
+        out.headers.extend(_cim(pairs))
+        out.headers[REQUEST_ID] = rec.request_id
+        out.headers["X-Gatekeeper-Job"] = job.id
+        if coalesced:
+            out.headers["X-Gatekeeper-Coalesced"] = "1"
+        rec.upstream_status = status
+        send_timeout = cfg.limits.client_send_timeout
+        try:
+            async with asyncio.timeout(send_timeout):
+                await out.prepare(request)
+            async for chunk in follow(jobs.store, job):
+                rec.bytes_out += len(chunk)
+                async with asyncio.timeout(send_timeout):
+                    await out.write(chunk)
+            async with asyncio.timeout(send_timeout):
+                await out.write_eof()
+            rec.status = status
+            if job.started is not None and job.finished is not None:
+                rec.upstream_seconds = job.finished - job.started  # the engine's whole answer
+        except ResultBroken as exc:
+            rec.reason = job.reason or "upstream_mid_body"
+            log.warning(
+                "job %s… answer broke off (%s): aborting the client connection", job.id[:6], exc
+            )
+            if request.transport is not None:
+                request.transport.abort()
+        except (ConnectionError, TimeoutError) as exc:
+            rec.client_gone = True
+            rec.reason = "client_stalled" if isinstance(exc, TimeoutError) else "client_disconnect"
+            if request.transport is not None:
+                request.transport.abort()
+        return out
+
+    async def _replay_kept(
+        self, request: web.BaseRequest, kept: Kept, rec: RequestRecord
+    ) -> web.StreamResponse:
+        """A retry of a request whose answer is kept: the stored answer, from disk."""
+        jobs = self.state.jobs
+        assert jobs is not None
+        row = kept.row
+        path = jobs.store.result_path(row.id)
+        assert row.result_status is not None
+        out = web.StreamResponse(status=row.result_status, reason=row.result_reason)
+        out.headers.extend(end_to_end(_cim(row.result_headers or ())))
+        out.headers[REQUEST_ID] = rec.request_id
+        out.headers["X-Gatekeeper-Job"] = row.id
+        out.headers["X-Gatekeeper-Coalesced"] = "1"
+        rec.upstream_status = row.result_status
+        try:
+            await out.prepare(request)
+            if path is not None:
+                with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
+                    while chunk := f.read(256 * 1024):
+                        rec.bytes_out += len(chunk)
+                        await out.write(chunk)
+            await out.write_eof()
+            rec.status = row.result_status
+        except ConnectionError:
+            rec.client_gone = True
+        return out
+
+
+def _transport_gone(request: web.BaseRequest) -> bool:
+    t = request.transport
+    return t is None or t.is_closing()
+
+
+def _nothing(_: Path) -> None:
+    return None
+
+
+def _cim(pairs: Any) -> Any:
+    from multidict import CIMultiDict
+
+    return CIMultiDict(list(pairs))

@@ -1,0 +1,214 @@
+"""One job's exchange with the engine, and following its result file as it grows.
+
+``run`` is the body of a job's runner task (``Jobs._start`` owns the task and
+its ticket): the body file goes up, the answer is written to
+``results/<id>.part`` chunk by chunk and renamed when complete; an SSE answer
+is scanned for ``"progress"`` on the way. ``follow`` is what a held client
+reads: the result file from its start, waiting on the job's change event for
+more, until the job ends; a truncated answer raises ``ResultBroken`` so the
+client's connection is aborted rather than handed a short body as whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from gatekeeper.config import Config
+from gatekeeper.core.errors import UpstreamError
+from gatekeeper.core.headers import downstream_response_headers
+from gatekeeper.core.vocab import ErrorKind, JobState
+from gatekeeper.jobs.model import Job, ResultBroken
+from gatekeeper.jobs.store import JobStore, ResultWriter
+from gatekeeper.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from gatekeeper.jobs.service import Jobs
+
+log = logging.getLogger("gatekeeper.jobs")
+
+# Size of the pieces a body or result file is read in.
+READ_CHUNK = 256 * 1024
+# A progress value is looked for in the first bytes of an SSE ``data:`` line only.
+_PROGRESS_SCAN = 4096
+
+
+async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
+    """Send the job's body file to the engine and its answer into the result file."""
+    st, store = jobs.st, jobs.store
+    path = store.body_path(job.id) if job.body_size else None
+    headers = list(job.headers)
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    if job.body_size or job.method in ("POST", "PUT", "PATCH"):
+        headers.append(("Content-Length", str(job.body_size)))
+    writer: ResultWriter | None = None
+    upstream_done = False
+    sent_at = st.clock()
+    try:
+        try:
+            exchange = await pool.send(
+                job.method,
+                job.target,
+                _multidict(headers),
+                _file_chunks(path) if path is not None else None,
+                max_body_bytes=cfg.limits.max_body_bytes,
+                client_body_timeout=cfg.limits.client_body_timeout,
+            )
+        except UpstreamError as exc:
+            st.count_upstream_error(job.route.name, exc.kind)
+            if job.ticket is not None:
+                st.engine_refused(job.ticket.engine, exc.kind)
+            log.warning(
+                "job %s… upstream error: kind=%s status=%d: %s",
+                job.id[:6],
+                exc.kind,
+                exc.status,
+                exc.detail,
+            )
+            jobs.finish(job, JobState.FAILED, exc.reason, status=exc.status, detail=exc.detail)
+            return
+        try:
+            resp = exchange.response
+            head = downstream_response_headers(resp.headers)
+            pairs = list(head.items())
+            job.head = (resp.status, resp.reason or "", pairs)
+            store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
+            writer = store.result_writer(job.id)
+            job.notify()
+            scan = _ProgressScanner() if _is_sse(head) else None
+            async for chunk in resp.content.iter_any():
+                writer.write(chunk)
+                job.result_bytes += len(chunk)
+                if scan is not None:
+                    p = scan.feed(chunk)
+                    if p is not None:
+                        job.progress = p
+                job.notify()
+            upstream_done = True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
+            st.count_upstream_error(job.route.name, kind)
+            log.warning(
+                "job %s… engine failed mid-answer after %d bytes: kind=%s %r",
+                job.id[:6],
+                job.result_bytes,
+                kind,
+                exc,
+            )
+            if writer is not None:
+                writer.abort()
+            jobs.finish(job, JobState.FAILED, f"upstream_{kind}_mid_body")
+            return
+        finally:
+            exchange.close(reuse=upstream_done)
+        assert writer is not None
+        size = writer.commit()
+        status = resp.status
+        elapsed = st.clock() - sent_at
+        st.metrics.upstream_duration.labels(job.route.name, str(status)).observe(elapsed)
+        store.set_progress(job.id, job.progress, size)
+        if job.cancel_requested:
+            jobs.finish(job, JobState.CANCELLED, "deleted")
+        elif 200 <= status < 300:
+            st.gate.estimator.observe(elapsed)
+            jobs.finish(job, JobState.DONE, None)
+        else:
+            jobs.finish(job, JobState.FAILED, "upstream_status")
+    except asyncio.CancelledError:
+        if writer is not None:
+            writer.abort()
+        if not job.final:
+            if jobs.closing:
+                jobs.finish(job, JobState.FAILED, "interrupted", status=503)
+            else:
+                why = "deleted" if job.cancel_requested else "client_gone"
+                jobs.finish(job, JobState.CANCELLED, why, status=499)
+        raise
+
+
+async def follow(store: JobStore, job: Job) -> AsyncIterator[bytes]:
+    """The result body as it is written; raises ResultBroken if the engine broke off."""
+    f = None
+    try:
+        while True:
+            ev = job.changed()
+            if f is None:
+                p = store.result_path(job.id)
+                if p is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        f = open(p, "rb")  # noqa: SIM115, ASYNC230 - page cache, as spool.py
+            if f is not None:
+                data = f.read(READ_CHUNK)
+                if data:
+                    yield data
+                    continue
+            if job.final:
+                # Complete: a done job, or the engine's own failed answer. Anything
+                # else that ended after the head (cut off, cancelled) is truncated
+                # and must not pass for a whole answer.
+                complete = job.state == JobState.DONE or (
+                    job.state == JobState.FAILED and job.reason == "upstream_status"
+                )
+                if job.head is not None and not complete:
+                    raise ResultBroken(job.reason or job.state)
+                if f is None and job.head is not None and job.result_bytes:
+                    raise ResultBroken("result file missing")
+                return
+            await ev.wait()
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _multidict(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
+    return CIMultiDict(pairs)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
+        while chunk := f.read(READ_CHUNK):
+            yield chunk
+
+
+def _is_sse(headers: Any) -> bool:
+    return str(headers.get("Content-Type", "")).startswith("text/event-stream")
+
+
+class _ProgressScanner:
+    """Finds ``"progress": <0..1>`` in the JSON of SSE ``data:`` lines, incrementally."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+
+    def feed(self, chunk: bytes) -> float | None:
+        found: float | None = None
+        for part in chunk.splitlines(keepends=True):
+            if len(self._line) < _PROGRESS_SCAN:
+                self._line += part[: _PROGRESS_SCAN - len(self._line)]
+            if part.endswith((b"\n", b"\r")):
+                p = _progress_of(bytes(self._line))
+                if p is not None:
+                    found = p
+                self._line.clear()
+        return found
+
+
+def _progress_of(line: bytes) -> float | None:
+    if not line.startswith(b"data:"):
+        return None
+    try:
+        data = json.loads(line[5:].strip())
+    except ValueError:
+        return None
+    p = data.get("progress") if isinstance(data, dict) else None
+    if isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1:
+        return float(p)
+    return None

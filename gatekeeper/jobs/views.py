@@ -1,0 +1,129 @@
+"""What a job and the queue look like from outside: the job JSON and the status ``queue``.
+
+``job_view`` is the body of ``GET <jobs_path>/<id>``, of each SSE event and of
+the 202; ``queue_status`` is the ``queue`` object of the status document, in
+which no job id ever appears (an id is the capability to read a result; the
+client key is shown as a keyed hash).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.ids import client_hash
+from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.store import JobRow
+from gatekeeper.jobs.waitroom import retry_after_full, start_delays
+
+if TYPE_CHECKING:
+    from gatekeeper.jobs.service import Jobs
+
+
+def job_view(jobs: Jobs, found: Job | JobRow, now: float, base: str) -> dict[str, Any]:
+    """The public JSON of one job (GET <jobs_path>/<id>, its events, the 202)."""
+    links = {
+        "self": f"{base}/{found.id}",
+        "events": f"{base}/{found.id}/events",
+        "result": f"{base}/{found.id}/result",
+    }
+    if isinstance(found, Job) and not found.final:
+        j = found
+        starts_in, done_in = jobs.eta(j, now)
+        waited = (j.started if j.started is not None else now) - j.arrived
+        return {
+            "id": j.id,
+            "state": j.state,
+            "route": j.route.name,
+            "position": jobs.room.position(j.id) if j.state == JobState.QUEUED else 0,
+            "eta_seconds": round(done_in, 1),
+            "starts_in_seconds": round(starts_in, 1),
+            "waited_seconds": round(waited, 1),
+            "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
+            "engine": j.ticket.engine if j.ticket is not None else None,
+            "progress": j.progress,
+            "coalesced": j.coalesced,
+            "cancel_requested": j.cancel_requested,
+            "reason": None,
+            "result": None,
+            "links": links,
+        }
+    row = found if isinstance(found, JobRow) else jobs.store.get(found.id)
+    assert row is not None
+    started, finished = row.started, row.finished
+    return {
+        "id": row.id,
+        "state": row.state,
+        "route": row.route,
+        "position": None,
+        "eta_seconds": 0 if row.state not in FINAL_STATES else None,
+        "starts_in_seconds": None,
+        "waited_seconds": round((started or finished or row.created) - row.created, 1),
+        "elapsed_seconds": round(finished - started, 1)
+        if started is not None and finished is not None
+        else None,
+        "progress": row.progress,
+        "coalesced": row.coalesced,
+        "cancel_requested": False,
+        "reason": row.reason,
+        "result": {"status": row.result_status, "bytes": row.result_bytes}
+        if row.result_status is not None
+        else None,
+        "links": links,
+    }
+
+
+def queue_status(jobs: Jobs, now: float) -> dict[str, Any]:
+    """The ``queue`` object of the status document: no job id ever appears here."""
+    cfg = jobs.st.config
+    q = cfg.admission.queue
+    entries: list[dict[str, Any]] = []
+    running = sorted(
+        (j for j in jobs.live.values() if j.state == JobState.RUNNING),
+        key=lambda j: j.started or 0.0,
+    )
+    remaining, slots, expected = jobs.running_remaining(now)
+    for j in running:
+        assert j.started is not None
+        entries.append(_entry(j, 0, max(0.0, expected - (now - j.started)), now))
+    # One pass over the order and one schedule for all: linear in the queue (computing
+    # each entry's position and ETA on its own was quadratic: 50 ms at 1,000 waiters).
+    order = jobs.room.order()
+    starts = start_delays(remaining, slots, len(order), expected) if order else []
+    for pos, (w, start) in enumerate(zip(order, starts, strict=True), start=1):
+        job = jobs.live.get(w.job_id)
+        if job is not None:
+            entries.append(_entry(job, pos, start + expected, now))
+    full = len(jobs.room) >= q.max_waiting
+    return {
+        "waiting": len(jobs.room),
+        "max_waiting": q.max_waiting,
+        "max_wait_seconds": q.max_wait,
+        "per_client": q.per_client,
+        "retry_after": retry_after_full(remaining, slots, expected) if full else None,
+        "entries": entries,
+    }
+
+
+def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:
+    waited = (j.started if j.started is not None else now) - j.arrived
+    return {
+        "position": position,
+        "state": j.state,
+        "route": j.route.name,
+        "client": client_hash(j.client),
+        "held": j.held and j.async_owners == 0,
+        "waited_seconds": round(waited, 1),
+        "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
+        "eta_seconds": round(done_in, 1),
+        "coalesced": j.coalesced,
+        "engine": j.ticket.engine if j.ticket is not None else None,
+    }
+
+
+def jobs_status(jobs: Jobs) -> dict[str, Any]:
+    return {
+        "results_bytes": jobs.store.results_bytes(),
+        "max_bytes": jobs.st.config.jobs.max_bytes,
+        "state_dir": str(jobs.state_dir),
+    }

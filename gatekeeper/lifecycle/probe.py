@@ -1,0 +1,62 @@
+"""A light periodic probe of the upstream: is the engine answering at all?
+
+Any HTTP answer, even a 404 or a 500, means the engine process is up and
+serving; only a failure to connect or a timeout counts as down. httpx, not
+aiohttp: this is one of gatekeeper's own low-rate calls, off the proxy path,
+and it must not queue behind a 15-minute generation in the proxy's pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import httpx
+
+from gatekeeper.config import Config, Engine
+from gatekeeper.observability.logs import redact_url
+
+log = logging.getLogger("gatekeeper.probe")
+
+
+async def probe_once(client: httpx.AsyncClient, config: Config, url: str | None = None) -> bool:
+    """One probe of ``url`` (default: the first engine's)."""
+    up = config.upstream
+    try:
+        await client.get((url or up.url) + up.probe.path, timeout=up.probe.timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+async def _probe(client: httpx.AsyncClient, cfg: Config, engine: Engine) -> bool:
+    try:
+        return await probe_once(client, cfg, engine.url)
+    except Exception:  # never let the probe die: readyz would freeze on its last word
+        log.exception("upstream probe of engine %s failed unexpectedly", engine.name)
+        return False
+
+
+async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool], None]) -> None:
+    """Every ``upstream.probe.interval``, probe every engine at once and publish each
+    verdict by engine name. The engine list is read each round, so a reload that adds
+    or removes an engine is probed from the next round on."""
+    last: dict[str, bool] = {}
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        while True:
+            cfg = config()
+            engines = cfg.upstream.engines
+            verdicts = await asyncio.gather(*(_probe(client, cfg, e) for e in engines))
+            several = len(engines) > 1
+            for engine, up in zip(engines, verdicts, strict=True):
+                if up != last.get(engine.name):
+                    what = f"engine {engine.name} " if several else ""
+                    (log.info if up else log.warning)(
+                        "upstream %s%s is %s", what, redact_url(engine.url), "up" if up else "DOWN"
+                    )
+                    last[engine.name] = up
+                publish(engine.name, up)
+            for gone in set(last) - {e.name for e in engines}:
+                del last[gone]
+            await asyncio.sleep(cfg.upstream.probe.interval)

@@ -1,0 +1,172 @@
+"""The alert signals: for each, how to read it live and how to ask Prometheus for it.
+
+One table serves three readers, so a signal can never mean one thing to
+gatekeeper's own evaluator and another to Prometheus or the dashboard:
+
+- ``alerting.SignalReader`` calls ``read`` every evaluation; for a *rate*
+  signal (``window`` set) ``read`` gives the counter's total and the reader
+  turns it into the increase over the last ``window`` seconds;
+- ``promrules`` exports each rule as ``Signal.promql()`` plus its comparison;
+- the dashboard draws the gauge signals with ``Signal.promql(<instance matcher>)``.
+
+A *ratio* signal (``per`` set) is one gauge over another, 0 where the divisor
+is 0 (``queue_full_ratio`` with ``max_waiting: 0``), in both readers.
+
+The waiting room's readers (``queue_*``) are here too, shared with ``gauges``:
+``AppState.jobs`` (the lead's ``jobs.Jobs``) may be absent or None, which
+reads as an empty queue, so the metrics exist before the first job.
+
+A rate over ``window`` seconds is ``rate(counter[window]) * window``: the
+increase over the window, which is what the built-in evaluator computes.
+Every expression is aggregated ``by (instance)``, so one alert fires per
+gatekeeper however many label sets a counter has.
+
+The names are ``config.SIGNALS`` (config validates rules against them and
+imports nothing of ours); a test holds this table's keys equal to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the readers only touch attributes; no runtime dependency on state
+    from gatekeeper.state import AppState
+
+Reader = Callable[["AppState", float], "float | None"]
+
+
+def prom_duration(seconds: float) -> str:
+    """Seconds in Prometheus' duration syntax: ``2m``, ``90s``, ``1h``, ``500ms``."""
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    metric: str  # the series gatekeeper exports for it
+    read: Reader  # (state, now) -> the gauge's value, or a rate signal's counter total
+    window: float | None = None  # seconds: a rate signal, the increase over this window
+    matchers: tuple[str, ...] = ()  # label matchers on ``metric``, e.g. 'kind="timeout"'
+    per: str | None = None  # a ratio signal: ``metric`` / this gauge, 0 where it is 0
+
+    def promql(self, *extra: str) -> str:
+        """The signal as PromQL; ``extra`` matchers go first (the dashboard's instance)."""
+        matchers = (*extra, *self.matchers)
+        braces = "{" + ",".join(matchers) + "}" if matchers else ""
+        series = self.metric + braces
+        if self.per is not None:
+            # `> 0` drops a zero divisor, `or` puts 0 in its place; the outer parentheses
+            # keep a rule's comparison (which binds tighter than `or`) on the whole.
+            num = f"max by (instance) ({series})"
+            den = f"max by (instance) ({self.per}{braces} > 0)"
+            return f"(({num} / {den}) or ({num} * 0))"
+        if self.window is None:
+            return f"max by (instance) ({series})"
+        return f"sum by (instance) (rate({series}[{prom_duration(self.window)}])) * {self.window:g}"
+
+
+def _oldest_elapsed(st: AppState, now: float) -> float:
+    elapsed = st.gate.elapsed(now)
+    return max(elapsed) if elapsed else 0.0
+
+
+def _upstream_up(st: AppState, now: float) -> float | None:
+    return None if st.upstream_up is None else float(st.upstream_up)
+
+
+def _upstream_errors(st: AppState, now: float) -> float:
+    # A client hanging up is not the engine's fault.
+    errors = st.counters.upstream_errors_by_kind
+    return float(sum(v for k, v in errors.items() if k != "client_disconnect"))
+
+
+# --------------------------------------------------------------------------- the waiting room
+
+
+def queue_depth(st: AppState) -> int:
+    return 0 if st.jobs is None else st.jobs.depth()
+
+
+def queue_oldest_wait(st: AppState, now: float) -> float:
+    return 0.0 if st.jobs is None else st.jobs.oldest_wait(now)
+
+
+def results_bytes(st: AppState) -> int:
+    return 0 if st.jobs is None else st.jobs.results_bytes()
+
+
+def queue_limits(st: AppState) -> tuple[int, float]:
+    """(max_waiting, max_wait) of the live rules."""
+    queue = st.config.admission.queue
+    return queue.max_waiting, queue.max_wait
+
+
+def _queue_full_ratio(st: AppState, now: float) -> float:
+    capacity = queue_limits(st)[0]
+    return queue_depth(st) / capacity if capacity > 0 else 0.0
+
+
+def _table(*signals: Signal) -> Mapping[str, Signal]:
+    return {s.name: s for s in signals}
+
+
+SIGNALS: Mapping[str, Signal] = _table(
+    Signal(
+        "cpu_percent",
+        "gatekeeper_cpu_percent",
+        lambda st, now: st.gate.resources.cpu_percent,
+    ),
+    Signal(
+        "memory_percent",
+        "gatekeeper_memory_percent",
+        lambda st, now: st.gate.resources.memory_percent,
+    ),
+    Signal("in_flight", "gatekeeper_in_flight", lambda st, now: float(st.gate.in_flight)),
+    Signal(
+        "rejections_per_minute",
+        "gatekeeper_rejections_total",
+        lambda st, now: float(sum(st.counters.rejections_by_reason.values())),
+        window=60.0,
+    ),
+    Signal(
+        "blocked_per_minute",
+        "gatekeeper_rejections_total",
+        lambda st, now: float(st.counters.rejections_by_reason.get("blocked", 0)),
+        window=60.0,
+        matchers=('reason="blocked"',),
+    ),
+    Signal(
+        "upstream_errors_per_minute",
+        "gatekeeper_upstream_errors_total",
+        _upstream_errors,
+        window=60.0,
+        matchers=('kind!="client_disconnect"',),
+    ),
+    Signal(
+        "upstream_timeouts_per_hour",
+        "gatekeeper_upstream_errors_total",
+        lambda st, now: float(st.counters.upstream_errors_by_kind.get("timeout", 0)),
+        window=3600.0,
+        matchers=('kind="timeout"',),
+    ),
+    Signal("upstream_up", "gatekeeper_upstream_up", _upstream_up),
+    Signal("generation_elapsed_seconds", "gatekeeper_generation_elapsed_seconds", _oldest_elapsed),
+    Signal(
+        "config_reload_failed",
+        "gatekeeper_config_reload_failed",
+        lambda st, now: float(st.config_reload_failed),
+    ),
+    Signal(
+        "queue_full_ratio",
+        "gatekeeper_queue_depth",
+        _queue_full_ratio,
+        per="gatekeeper_queue_capacity",
+    ),
+    Signal("queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait),
+)
