@@ -35,7 +35,7 @@ from gatekeeper.admin import build_admin_app
 from gatekeeper.config import Config
 from gatekeeper.jobs.service import Jobs
 from gatekeeper.jobs.store import JobStore
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.eventloop import freeze_startup_objects
 from gatekeeper.lifecycle.haproxy_agent import AgentServer
 from gatekeeper.lifecycle.probe import probe_loop

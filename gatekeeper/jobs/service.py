@@ -48,7 +48,7 @@ from gatekeeper.jobs.waitroom import (
     retry_after_timeout,
     start_delays,
 )
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.state import AppState
 
 __all__ = ["Job", "Jobs", "Joined", "Kept", "Refused", "Submitted"]

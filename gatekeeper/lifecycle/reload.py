@@ -44,7 +44,7 @@ from aiohttp import web
 
 from gatekeeper.config import Config, Engine, Route, load_config
 from gatekeeper.core.errors import ConfigError, ConfigProblem
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.runtime import admission_limits
 from gatekeeper.observability.gauges import wire_engine_gauges

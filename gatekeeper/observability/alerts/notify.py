@@ -42,7 +42,7 @@ import httpx
 
 from gatekeeper import __version__
 from gatekeeper.config import Receiver
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.observability.alerts.rules import Alert, Evaluation
 from gatekeeper.observability.metrics import Metrics
 
