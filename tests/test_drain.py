@@ -17,7 +17,7 @@ from aiohttp import web
 from support import Proc, poll, start_engine, start_gatekeeper
 
 from gatekeeper import app as app_module
-from gatekeeper.app import Gatekeeper
+from gatekeeper.app.process import Gatekeeper
 from gatekeeper.config import load_config
 
 pytestmark = pytest.mark.slow

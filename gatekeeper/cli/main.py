@@ -71,11 +71,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gatekeeper.app import Gatekeeper, serve
+    from gatekeeper.app.process import Gatekeeper, serve
     from gatekeeper.jobs.store import StateDirError
+    from gatekeeper.lifecycle.changes import Overrides
     from gatekeeper.lifecycle.eventloop import LoopUnavailable, loop_factory, tune_gc
     from gatekeeper.lifecycle.eventloop import run as run_on_loop
-    from gatekeeper.lifecycle.reload import Overrides
     from gatekeeper.observability.logs import redact_url
 
     setup_logging(args.log_format, args.log_level)
