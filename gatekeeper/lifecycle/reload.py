@@ -1,6 +1,6 @@
 """Hot reload of rules.yaml (issue #5 §1): validate, swap one reference, retire old pools.
 
-Triggers: ``SIGHUP`` (wired in ``app.serve``), ``POST /reload`` on the admin
+Triggers: ``SIGHUP`` (wired in ``app.process.serve``), ``POST /reload`` on the admin
 listener (``admin.reload``), and — when ``reload.watch`` is true — a change of
 the file on disk, polled every ``reload.watch_interval`` by size/mtime and
 confirmed by a SHA-256 of the content (an editor touching the file without

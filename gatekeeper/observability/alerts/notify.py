@@ -249,7 +249,7 @@ class _Receiver:
 class Notifier:
     """Fans evaluations out to receivers without ever blocking the caller.
 
-    Usage (``alerting.py`` does this)::
+    Usage (``loop`` does this, in the app's wiring)::
 
         async with Notifier(metrics) as notifier:
             notifier.submit(Batch(evaluation, cfg.receivers, cfg.resend_interval, url))
