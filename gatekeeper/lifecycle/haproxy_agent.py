@@ -73,8 +73,9 @@ def reply(f: Facts) -> str:
 
 
 class Queue(Protocol):
-    def depth(self) -> int:
-        """Jobs in the waiting room."""
+    """The waiting room, as far as the agent's log line needs it."""
+
+    def depth(self) -> int: ...
 
 
 class Watched(Protocol):

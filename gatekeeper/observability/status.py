@@ -55,7 +55,6 @@ class StatusSource(Protocol):
 
     def queue_sections(self, now: float) -> Mapping[str, Any]:
         """The waiting room's ``queue`` and ``jobs`` sections; empty without one."""
-        ...
 
 
 def status_document(st: StatusSource) -> dict[str, Any]:
