@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatekeeper.lifecycle.reload import RELOADER, Reloader
-from gatekeeper.observability.status import status_document
-from gatekeeper.state import STATE, AppState
+from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.status import StatusSource, status_document
+
+
+class Observed(StatusSource, Protocol):
+    """What the admin endpoints read of the running gatekeeper (the app's state is one)."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+# The typed key under which the admin handlers find what they read.
+STATE = web.AppKey("state", Observed)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -83,7 +98,7 @@ async def status_page(request: web.Request) -> web.Response:
     )
 
 
-def build_admin_app(state: AppState, reloader: Reloader | None = None) -> web.Application:
+def build_admin_app(state: Observed, reloader: Reloader | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state
     if reloader is not None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.app import Gatekeeper, create_state
+from gatekeeper.app.process import Gatekeeper
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
 from gatekeeper.core.admission import Ticket
 from gatekeeper.lifecycle.haproxy_agent import AgentServer, Facts, facts_of, reply

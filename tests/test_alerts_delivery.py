@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from support import free_port
 
-from gatekeeper.app import create_state
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import SIGNALS, AlertRule, Config, Receiver, load_config
 from gatekeeper.core.admission import Rejection, ResourceState
 from gatekeeper.observability.alerts.loop import AlertLoop, SignalReader
@@ -22,7 +23,6 @@ from gatekeeper.observability.alerts.notify import Batch, Notifier, fingerprint
 from gatekeeper.observability.alerts.rules import Evaluation, Evaluator
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
-from gatekeeper.state import AppState
 
 RULE = AlertRule(
     alert="CPUHigh",

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from gatekeeper.app import Gatekeeper, create_state
+from gatekeeper.app.process import Gatekeeper
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
 from gatekeeper.core.admission import Ticket
 

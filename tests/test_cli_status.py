@@ -16,7 +16,7 @@ import pytest
 from live import Live, start_live
 from support import ADMIT_ROUTES, Proc, free_port
 
-from gatekeeper.cli.main import DEFAULT_ADMIN_URL, default_admin_url
+from gatekeeper.cli.status import DEFAULT_ADMIN_URL, default_admin_url
 from gatekeeper.cli.status_view import status_line, status_report
 
 BASE: dict[str, Any] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatekeeper.app import create_state
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
 from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.metrics import Metrics

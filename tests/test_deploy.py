@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gatekeeper.app import CLOSE_GRACE_SECONDS
+from gatekeeper.app.process import CLOSE_GRACE_SECONDS
 from gatekeeper.config import Config, load_config, load_config_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from support import Proc, poll, start_engine, start_gatekeeper
 
-from gatekeeper import app as app_module
-from gatekeeper.app import Gatekeeper
+from gatekeeper.app import process as app_module
+from gatekeeper.app.process import Gatekeeper
 from gatekeeper.config import load_config
 
 pytestmark = pytest.mark.slow

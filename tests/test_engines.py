@@ -25,7 +25,7 @@ from gatekeeper.core.admission import (
     pick_engine,
 )
 from gatekeeper.core.errors import ConfigError
-from gatekeeper.lifecycle.reload import diff
+from gatekeeper.lifecycle.changes import diff
 from gatekeeper.lifecycle.runtime import admission_limits
 
 A, B, C = EngineSlots("a", 1), EngineSlots("b", 1), EngineSlots("c", 2)

@@ -22,9 +22,9 @@ import yaml
 from aiohttp import web
 from support import ProductionLikeServer, eventually
 
-from gatekeeper.app import build_proxy_app, create_state
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
-from gatekeeper.state import AppState
 
 
 @dataclass

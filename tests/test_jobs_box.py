@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gatekeeper.app import Gatekeeper
+from gatekeeper.app.process import Gatekeeper
 from gatekeeper.config import load_config
 
 TOKEN = "A" * 24

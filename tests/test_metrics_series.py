@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from gatekeeper.app import create_state
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.observability.metrics import Metrics

@@ -21,10 +21,10 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from support import ADMIT_ROUTES, ProductionLikeServer, eventually, free_port, poll
 
-from gatekeeper.app import build_proxy_app, create_state
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
 from gatekeeper.enginesim import SimConfig, create_app, gzip_plain_body
-from gatekeeper.state import AppState
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient]]

@@ -17,20 +17,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from support import eventually
 
 from gatekeeper.admin import build_admin_app
-from gatekeeper.app import build_proxy_app, create_state
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import HostPort, load_config
 from gatekeeper.core.errors import ConfigProblem
-from gatekeeper.lifecycle.epochs import RuntimeUsage
-from gatekeeper.lifecycle.reload import (
+from gatekeeper.lifecycle.changes import (
     Change,
-    Outcome,
     Overrides,
-    Reloader,
+    ReloadResult,
     diff,
     keep_restart_only,
     problem_json,
 )
-from gatekeeper.state import AppState
+from gatekeeper.lifecycle.epochs import RuntimeUsage
+from gatekeeper.lifecycle.reload import Reloader
 
 # --------------------------------------------------------------------------- pure tables
 
@@ -155,7 +155,7 @@ def test_problem_json(problem: ConfigProblem, expected: dict[str, Any]) -> None:
 
 def test_outcome_json_shapes() -> None:
     """Success carries changed/needs_restart; failure carries errors; both name the trigger."""
-    ok = Outcome(True, "SIGHUP", "r.yaml", (Change("a", 1, 2),), (Change("listen", "x", "y"),))
+    ok = ReloadResult(True, "SIGHUP", "r.yaml", (Change("a", 1, 2),), (Change("listen", "x", "y"),))
     assert ok.to_json() == {
         "result": "success",
         "trigger": "SIGHUP",
@@ -163,7 +163,7 @@ def test_outcome_json_shapes() -> None:
         "changed": [{"key": "a", "old": 1, "new": 2}],
         "needs_restart": [{"key": "listen", "old": "x", "new": "y"}],
     }
-    bad = Outcome(False, "watch", "r.yaml", errors=(ConfigProblem("a", 2, "m"),))
+    bad = ReloadResult(False, "watch", "r.yaml", errors=(ConfigProblem("a", 2, "m"),))
     assert bad.to_json()["errors"] == [{"path": "a", "line": 2, "message": "m", "value": None}]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import eventually
 
-from gatekeeper.app import Gatekeeper
+from gatekeeper.app.process import Gatekeeper
 from gatekeeper.config import load_config
 
 

@@ -15,7 +15,7 @@ from live import Live, start_live
 from support import ADMIT_ROUTES, Proc, find_binary
 
 from gatekeeper.admin import build_admin_app
-from gatekeeper.app import create_state
+from gatekeeper.app.wiring import create_state
 from gatekeeper.config import Config
 
 PAGE = Path(__file__).resolve().parent.parent / "gatekeeper" / "static" / "status.html"

@@ -11,11 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gatekeeper.admin import build_admin_app
-from gatekeeper.app import build_proxy_app, create_state
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import load_config
 from gatekeeper.core.admission import Ticket
 from gatekeeper.lifecycle.reload import Reloader
-from gatekeeper.state import AppState
 
 RULES = """
 upstream:

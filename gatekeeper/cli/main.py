@@ -1,4 +1,8 @@
-"""The ``gatekeeper`` command line: argument parsing and nothing else.
+"""The ``gatekeeper`` command line: the parser, and each command's entry.
+
+A command's work lives in its own module, imported when it runs (``cli.status``
+the status client and its watch, ``cli.demo`` the demo, ``app`` the server),
+so ``gatekeeper --help`` loads none of them.
 
     gatekeeper run --config rules.yaml [--upstream URL] [--listen H:P] [--admin-listen H:P]
                    [--agent-listen H:P] [--box-id NAME]
@@ -21,12 +25,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper import __version__
+from gatekeeper.cli.status import DEFAULT_ADMIN_URL
 from gatekeeper.config import Config, load_config_file
 from gatekeeper.core.errors import ConfigError
 from gatekeeper.observability.logs import setup_logging
@@ -71,11 +75,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gatekeeper.app import Gatekeeper, serve
+    from gatekeeper.app.process import Gatekeeper, serve
     from gatekeeper.jobs.store import StateDirError
+    from gatekeeper.lifecycle.changes import Overrides
     from gatekeeper.lifecycle.eventloop import LoopUnavailable, loop_factory, tune_gc
     from gatekeeper.lifecycle.eventloop import run as run_on_loop
-    from gatekeeper.lifecycle.reload import Overrides
     from gatekeeper.observability.logs import redact_url
 
     setup_logging(args.log_format, args.log_level)
@@ -130,85 +134,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- status, dashboard
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
-
-
-def default_admin_url(config: str | None) -> str:
-    """The admin URL from ``--config`` or ``./rules.yaml``, else the documented default.
-
-    A wildcard listen address (0.0.0.0, ::) is reached through loopback.
-    """
-    path = Path(config) if config else Path("rules.yaml")
-    if config is None and not path.is_file():
-        return DEFAULT_ADMIN_URL
-    hp = load_config_file(path).admin_listen  # ConfigError is reported by the caller
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(hp.host, hp.host)
-    return f"http://[{host}]:{hp.port}" if ":" in host else f"http://{host}:{hp.port}"
-
-
-def _admin_base(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    return url.removesuffix("/status")
-
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-    import shutil
+    from gatekeeper.cli.status import show_status
 
-    import httpx
-
-    from gatekeeper.cli.status_view import status_report
-
-    try:
-        base = _admin_base(args.admin) if args.admin else default_admin_url(args.config)
-    except ConfigError as exc:
-        print(f"{exc}\n(pass --admin URL to skip reading the rules file)", file=sys.stderr)
-        return 2
-    url = base + "/status"
-
-    def fetch(client: httpx.Client) -> dict[str, object]:
-        resp = client.get(url)
-        resp.raise_for_status()
-        doc = resp.json()
-        if not isinstance(doc, dict) or "accepting" not in doc:
-            raise ValueError(f"{url} did not answer a gatekeeper status document")
-        return doc
-
-    def render(doc: dict[str, object]) -> str:
-        if args.json:
-            return json.dumps(doc, indent=2, ensure_ascii=False)
-        width = max(10, min(40, shutil.get_terminal_size().columns - 60))
-        return "\n".join(status_report(doc, base, width))
-
-    errors = (httpx.HTTPError, ValueError)
-    with httpx.Client(timeout=args.timeout, trust_env=False) as client:
-        if not args.watch:
-            try:
-                print(render(fetch(client)))
-            except errors as exc:
-                print(f"gatekeeper status: cannot read {url}: {exc}", file=sys.stderr)
-                print("is gatekeeper running? is --admin right?", file=sys.stderr)
-                return 1
-            return 0
-        # --watch: a live view, redrawn each second; survives gatekeeper restarts.
-        tty = sys.stdout.isatty()
-        try:
-            while True:
-                try:
-                    frame = render(fetch(client))
-                except errors as exc:
-                    frame = f"gatekeeper at {base}: unreachable ({exc}); retrying every second"
-                stamp = time.strftime("%H:%M:%S")
-                if tty:  # home + clear screen, then the frame: no scrolling, no flicker
-                    print("\x1b[H\x1b[2J" + frame + f"\n\n{stamp}  Ctrl-C to stop", flush=True)
-                else:
-                    print(f"--- {stamp}\n{frame}", flush=True)
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            print()
-            return 0
+    return show_status(args)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -31,10 +31,11 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatekeeper.config import Config, Route
 from gatekeeper.core.admission import Rejection, Ticket
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
 from gatekeeper.jobs import runner as jobrunner
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
@@ -48,8 +49,9 @@ from gatekeeper.jobs.waitroom import (
     retry_after_timeout,
     start_delays,
 )
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
-from gatekeeper.state import AppState
+
+if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
+    from gatekeeper.app.state import AppState
 
 __all__ = ["Job", "Jobs", "Joined", "Kept", "Refused", "Submitted"]
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import RESOURCE_REASONS
-from gatekeeper.state import AppState
 
 log = logging.getLogger("gatekeeper.agent")
 
@@ -70,7 +72,26 @@ def reply(f: Facts) -> str:
     return f"ready {pct}%"
 
 
-def facts_of(st: AppState) -> Facts:
+class Queue(Protocol):
+    """The waiting room, as far as the agent's log line needs it."""
+
+    def depth(self) -> int: ...
+
+
+class Watched(Protocol):
+    """What the agent reads of the running gatekeeper (the app's state is one)."""
+
+    @property
+    def gate(self) -> Gate: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def jobs(self) -> Queue | None: ...
+
+
+def facts_of(st: Watched) -> Facts:
     """The running state as ``Facts``: the one place the agent reads it."""
     gate = st.gate
     slots = gate.limits.slots
@@ -93,7 +114,7 @@ def facts_of(st: AppState) -> Facts:
 class AgentServer:
     """The agent-check listener: one line per connection, then close."""
 
-    def __init__(self, st: AppState):
+    def __init__(self, st: Watched):
         self.st = st
         self.server: asyncio.Server | None = None
 

@@ -4,6 +4,10 @@ Any HTTP answer, even a 404 or a 500, means the engine process is up and
 serving; only a failure to connect or a timeout counts as down. httpx, not
 aiohttp: this is one of gatekeeper's own low-rate calls, off the proxy path,
 and it must not queue behind a 15-minute generation in the proxy's pools.
+
+The verdicts live on the gate (``Gate.engine_up``, which admission reads):
+``engine_verdict`` records the probe's, ``engine_refused`` the one a refused
+connection gives before the next probe.
 """
 
 from __future__ import annotations
@@ -15,9 +19,38 @@ from collections.abc import Callable
 import httpx
 
 from gatekeeper.config import Config, Engine
+from gatekeeper.core.admission import Gate
+from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.observability.logs import redact_url
 
 log = logging.getLogger("gatekeeper.probe")
+
+
+def engine_verdict(gate: Gate, engine: str, up: bool) -> None:
+    """One engine's probe verdict (``gatekeeper_engine_up`` reads it at scrape time).
+
+    A verdict that changes the set of engines that may take a job wakes the
+    waiting room: a job may now start on the engine that came back.
+    """
+    before = gate.engine_up.get(engine)
+    gate.engine_up[engine] = up
+    if before is False and up and gate.on_free is not None:
+        gate.on_free()
+
+
+def engine_refused(gate: Gate, engine: str, kind: ErrorKind) -> None:
+    """A generation sent to ``engine`` could not connect (``kind`` connect): the
+    engine is down from now, not from its next probe (issue #11 §1). Until then the
+    gate would send it every next job (it is the least loaded: nothing runs there),
+    and each would fail in milliseconds while another engine idled; a crash would
+    empty the waiting room into 502s. The probe's next answer says up again (and
+    wakes the waiting room). Any other failure (a timeout, a broken answer) is not
+    a verdict on the engine: a live engine can time out one song.
+    """
+    if kind != ErrorKind.CONNECT or gate.engine_up.get(engine) is False:
+        return
+    gate.engine_up[engine] = False
+    log.warning("engine %s refused a generation's connection: down until its probe answers", engine)
 
 
 async def probe_once(client: httpx.AsyncClient, config: Config, url: str | None = None) -> bool:

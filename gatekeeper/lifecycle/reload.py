@@ -1,6 +1,6 @@
 """Hot reload of rules.yaml (issue #5 §1): validate, swap one reference, retire old pools.
 
-Triggers: ``SIGHUP`` (wired in ``app.serve``), ``POST /reload`` on the admin
+Triggers: ``SIGHUP`` (wired in ``app.process.serve``), ``POST /reload`` on the admin
 listener (``admin.reload``), and — when ``reload.watch`` is true — a change of
 the file on disk, polled every ``reload.watch_interval`` by size/mtime and
 confirmed by a SHA-256 of the content (an editor touching the file without
@@ -12,7 +12,7 @@ What a reload guarantees:
    file leaves the running rules in force; the errors (YAML path, line, value)
    are logged, answered by ``POST /reload`` as JSON, counted in
    ``gatekeeper_config_reloads_total{result="failure"}``, and
-   ``AppState.config_reload_failed`` (the ``config_reload_failed`` alert
+   ``Reloadable.config_reload_failed`` (the ``config_reload_failed`` alert
    signal) stays true until a reload succeeds.
 2. A valid file is applied in one synchronous step — no ``await`` between
    building the new ``Runtime`` and swapping it, the gate's limits and the
@@ -35,190 +35,48 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from gatekeeper.config import Config, Engine, Route, load_config
+from gatekeeper.config import Config, load_config
+from gatekeeper.core.admission import Gate
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.errors import ConfigError, ConfigProblem
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.lifecycle.changes import Overrides, ReloadResult, diff, keep_restart_only
 from gatekeeper.lifecycle.epochs import RuntimeUsage
-from gatekeeper.lifecycle.runtime import admission_limits
+from gatekeeper.lifecycle.runtime import Runtime, admission_limits
 from gatekeeper.observability.gauges import wire_engine_gauges
 from gatekeeper.observability.logs import redact_url
-from gatekeeper.state import AppState
+from gatekeeper.observability.metrics import Metrics
 from gatekeeper.upstream import UpstreamPool
 
 log = logging.getLogger("gatekeeper.reload")
 
-# Bound once at start; a reload reports a change of these and keeps the running value.
-RESTART_ONLY = ("listen", "admin_listen", "agent_listen", "box_id")
 
+class Reloadable(Protocol):
+    """What a reload swaps and reports on (the app's state is one)."""
 
-# --------------------------------------------------------------------------- pure parts
+    runtime: Runtime  # swapped in one assignment
+    config_reload_failed: bool  # True from a failed reload until the next good one
 
+    @property
+    def config(self) -> Config: ...
 
-@dataclass(frozen=True)
-class Overrides:
-    """The command-line flags of ``gatekeeper run`` that override the file."""
+    @property
+    def gate(self) -> Gate: ...
 
-    upstream: str | None = None
-    listen: str | None = None
-    admin_listen: str | None = None
-    state_dir: str | None = None
-    agent_listen: str | None = None
-    box_id: str | None = None
+    @property
+    def usage(self) -> RuntimeUsage: ...
 
-    def apply(self, config: Config) -> Config:
-        return config.with_overrides(
-            upstream=self.upstream,
-            listen=self.listen,
-            admin_listen=self.admin_listen,
-            state_dir=self.state_dir,
-            agent_listen=self.agent_listen,
-            box_id=self.box_id,
-        )
+    @property
+    def metrics(self) -> Metrics: ...
 
-
-@dataclass(frozen=True)
-class Change:
-    """One setting that differs between the running config and the reloaded one."""
-
-    key: str
-    old: Any
-    new: Any
-
-    def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "old": self.old, "new": self.new}
-
-
-def _plain(value: Any, key: str) -> Any:
-    """A JSON-ready, secret-free rendering of one config value."""
-    if isinstance(value, Route):
-        return value.summary()
-    if isinstance(value, tuple | list):
-        return [_plain(v, key) for v in value]
-    if key.endswith("url") and isinstance(value, str):
-        return redact_url(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def diff(old: Config, new: Config) -> list[Change]:
-    """Every leaf setting that changed, as dotted YAML paths (``source`` is not a setting).
-
-    Routes compare as one list (order matters: the first match wins); messages
-    compare per reason code. Engines compare by name (issue #11): one engine's
-    settings are ``upstream.url`` and ``admission.max_in_flight`` as written; a
-    list's are ``upstream.engines[<name>].<key>``, and ``upstream.url`` and
-    ``admission.max_in_flight`` are then derived from it, so not reported.
-    """
-    out: list[Change] = []
-    derived = {"upstream.listed"}
-    if old.upstream.listed or new.upstream.listed:
-        _engines_diff(old, new, out)
-        derived |= {"upstream.engines"}
-        if old.upstream.listed and new.upstream.listed:
-            derived |= {"upstream.url", "admission.max_in_flight"}
-    else:
-        derived |= {"upstream.engines"}
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if a == b or path in derived:
-            return
-        if is_dataclass(a) and is_dataclass(b):
-            for f in fields(a):
-                if f.name != "source":
-                    key = f"{path}.{f.name}" if path else f.name
-                    walk(getattr(a, f.name), getattr(b, f.name), key)
-            return
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{path}.{k}")
-            return
-        out.append(Change(path, _plain(a, path), _plain(b, path)))
-
-    walk(old, new, "")
-    return out
-
-
-def _engines_diff(old: Config, new: Config, out: list[Change]) -> None:
-    """``upstream.engines[<name>]`` added, removed, or changed key by key."""
-    before = {e.name: e for e in old.upstream.engines}
-    after = {e.name: e for e in new.upstream.engines}
-    for name in [*before, *(n for n in after if n not in before)]:
-        a, b = before.get(name), after.get(name)
-        key = f"upstream.engines[{name}]"
-        if a is None or b is None:
-            out.append(Change(key, _engine_text(a), _engine_text(b)))
-            continue
-        if a.url != b.url:
-            out.append(Change(f"{key}.url", redact_url(a.url), redact_url(b.url)))
-        if a.max_in_flight != b.max_in_flight:
-            out.append(Change(f"{key}.max_in_flight", a.max_in_flight, b.max_in_flight))
-
-
-def _engine_text(e: Engine | None) -> str | None:
-    return None if e is None else f"{redact_url(e.url)} (max_in_flight {e.max_in_flight})"
-
-
-def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[Change]]:
-    """``loaded`` with the listeners of ``running``, plus the listener changes it asked for."""
-    wanted = [
-        Change(key, str(getattr(running, key)), str(getattr(loaded, key)))
-        for key in RESTART_ONLY
-        if getattr(running, key) != getattr(loaded, key)
-    ]
-    kept = Config(
-        **{
-            f.name: getattr(running if f.name in RESTART_ONLY else loaded, f.name)
-            for f in fields(Config)
-        }
-    )
-    # The state directory holds the open job store: it moves only with a restart.
-    if running.jobs.dir != loaded.jobs.dir:
-        wanted.append(Change("jobs.dir", str(running.jobs.dir), str(loaded.jobs.dir)))
-        kept = replace(kept, jobs=replace(kept.jobs, dir=running.jobs.dir))
-    return kept, wanted
-
-
-def problem_json(p: ConfigProblem) -> dict[str, Any]:
-    value = p.value if p.has_value else None
-    if not isinstance(value, str | int | float | bool | type(None)):
-        value = repr(value)
-    return {"path": p.path, "line": p.line, "message": p.message, "value": value}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one reload, as logged and as answered by ``POST /reload``."""
-
-    ok: bool
-    trigger: str
-    source: str
-    changes: tuple[Change, ...] = ()
-    needs_restart: tuple[Change, ...] = ()
-    errors: tuple[ConfigProblem, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "result": "success" if self.ok else "failure",
-            "trigger": self.trigger,
-            "source": self.source,
-        }
-        if self.ok:
-            body["changed"] = [c.to_json() for c in self.changes]
-            body["needs_restart"] = [c.to_json() for c in self.needs_restart]
-        else:
-            body["errors"] = [problem_json(p) for p in self.errors]
-        return body
-
-
-# --------------------------------------------------------------------------- the adapter
+    def prime_metrics(self) -> None:
+        """The series of the current routes at 0."""
 
 
 @dataclass
@@ -233,7 +91,7 @@ class _Seen:
 class Reloader:
     """Reloads ``path`` into ``state``; one reload at a time, whatever triggered it."""
 
-    state: AppState
+    state: Reloadable
     path: str
     overrides: Overrides = field(default_factory=Overrides)
     wall_clock: Callable[[], float] = time.time
@@ -278,7 +136,7 @@ class Reloader:
 
     # ---------------------------------------------------------------- reloading
 
-    async def reload(self, trigger: str) -> Outcome:
+    async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
             try:
                 loaded = self._load()
@@ -290,11 +148,11 @@ class Reloader:
         """Reload in the background (a signal handler cannot await)."""
         self._spawn(self.reload(trigger), f"gatekeeper-reload-{trigger}")
 
-    def _failed(self, trigger: str, exc: ConfigError) -> Outcome:
+    def _failed(self, trigger: str, exc: ConfigError) -> ReloadResult:
         st = self.state
         st.config_reload_failed = True
         st.metrics.config_reloads.labels("failure").inc()
-        out = Outcome(False, trigger, self.path, errors=tuple(exc.problems))
+        out = ReloadResult(False, trigger, self.path, errors=tuple(exc.problems))
         log.error(
             "config reload (%s) failed, the previous rules stay in force: %d problem(s) in %s",
             trigger,
@@ -306,7 +164,7 @@ class Reloader:
             log.error("config reload (%s): %s:%s", trigger, self.path, p)
         return out
 
-    def _apply(self, trigger: str, loaded: Config) -> Outcome:
+    def _apply(self, trigger: str, loaded: Config) -> ReloadResult:
         st = self.state
         old_rt = st.runtime
         config, restart = keep_restart_only(old_rt.config, loaded)
@@ -321,14 +179,16 @@ class Reloader:
         st.config_reload_failed = False
         st.metrics.config_reloads.labels("success").inc()
         st.prime_metrics()  # new routes' series at 0 (issue #3)
-        wire_engine_gauges(st)  # an added engine's series, a removed one's gone (issue #11)
+        wire_engine_gauges(
+            st.metrics, st.gate, config.upstream.engines
+        )  # an added engine's series, a removed one's gone (issue #11)
         st.metrics.config_last_reload_success.set(self.wall_clock())
         kept = {id(p) for p in new_rt.pools()}
         for pool in old_rt.pools():  # a removed engine's pools too, once its job is done
             if id(pool) not in kept:
                 self._retiring.add(pool)
                 self._spawn(self._retire(pool, ended), f"gatekeeper-retire-{pool.name}")
-        out = Outcome(True, trigger, self.path, tuple(changes), tuple(restart))
+        out = ReloadResult(True, trigger, self.path, tuple(changes), tuple(restart))
         summary = ", ".join(c.key for c in changes) or "nothing changed"
         log.info(
             "config reloaded (%s) from %s: %s",
@@ -389,7 +249,7 @@ class Reloader:
             return False
         return True
 
-    async def poll_once(self) -> Outcome | None:
+    async def poll_once(self) -> ReloadResult | None:
         """One step of ``watch``: reload if ``reload.watch`` is on and the file's content
         changed; the reload's outcome, or None when nothing was reloaded."""
         if self.state.config.reload.watch and self.changed_on_disk():

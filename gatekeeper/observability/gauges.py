@@ -7,23 +7,38 @@ probe's verdict, the reload flag and the waiting room as they are at that instan
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
+from gatekeeper.config import Engine
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import RESOURCE_REASONS, AdmitReason
 from gatekeeper.observability.alerts.inputs import (
+    Readings,
+    queue_bounds,
     queue_depth,
-    queue_limits,
     queue_oldest_wait,
     results_bytes,
 )
-from gatekeeper.resources.samplers import SIGNALS, Sample
-from gatekeeper.state import AppState
+from gatekeeper.observability.metrics import Metrics
+from gatekeeper.resources.samplers import HOST_SIGNALS, Sample
 
 
-def wire_gauges(st: AppState) -> None:
+class Mirrored(Readings, Protocol):
+    """What the gauges mirror: the alert inputs' readings, the clock and the host sample
+    (``host_publisher`` keeps the monitor's last one here). The app's state is one."""
+
+    host: Sample | None
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+
+def wire_gauges(st: Mirrored) -> None:
     """Point the state-mirroring gauges of ``st.metrics`` at ``st``."""
     m, gate = st.metrics, st.gate
 
@@ -39,7 +54,7 @@ def wire_gauges(st: AppState) -> None:
     m.memory_percent.set_function(lambda: gate.resources.memory_percent)
     for reason in RESOURCE_REASONS:
         m.overloaded.labels(reason).set_function(partial(_overloaded, st, reason))
-    for name in SIGNALS:
+    for name in HOST_SIGNALS:
         m.signal_live.labels(name).set_function(partial(_live, st, name))
     m.cgroup_memory_max.set_function(
         lambda: float(st.host.cgroup.memory_max or 0) if st.host and st.host.cgroup else 0.0
@@ -51,18 +66,17 @@ def wire_gauges(st: AppState) -> None:
     m.draining.set_function(lambda: float(gate.draining))
     m.config_reload_failed.set_function(lambda: float(st.config_reload_failed))
     m.queue_depth.set_function(lambda: queue_depth(st))
-    m.queue_capacity.set_function(lambda: queue_limits(st)[0])
+    m.queue_capacity.set_function(lambda: queue_bounds(st)[0])
     m.queue_oldest_wait.set_function(lambda: queue_oldest_wait(st, st.clock()))
-    m.queue_max_wait.set_function(lambda: queue_limits(st)[1])
+    m.queue_max_wait.set_function(lambda: queue_bounds(st)[1])
     m.results_bytes.set_function(lambda: results_bytes(st))
-    wire_engine_gauges(st)
+    wire_engine_gauges(m, gate, st.config.upstream.engines)
 
 
-def wire_engine_gauges(st: AppState) -> None:
-    """The per-engine series of the current engines (at start and after each reload: a
-    removed engine's series go, an added one's come at 0)."""
-    m, gate = st.metrics, st.gate
-    engines = st.config.upstream.engines
+def wire_engine_gauges(m: Metrics, gate: Gate, engines: Iterable[Engine]) -> None:
+    """The per-engine series of ``engines``, the current ones (at start and after each
+    reload: a removed engine's series go, an added one's come at 0)."""
+    engines = tuple(engines)
     names = {e.name for e in engines}
     for family in (m.engine_up, m.engine_in_flight, m.engine_max_in_flight):
         for labels in [s.labels["engine"] for s in _samples(family)]:
@@ -84,16 +98,16 @@ def _samples(family: Any) -> list[Any]:
     return [s for metric in family.collect() for s in metric.samples]
 
 
-def _overloaded(st: AppState, reason: AdmitReason) -> float:
+def _overloaded(st: Mirrored, reason: AdmitReason) -> float:
     return float(st.gate.resources.overloaded()[reason])
 
 
-def _live(st: AppState, name: str) -> float:
+def _live(st: Mirrored, name: str) -> float:
     sig = st.host.signals.get(name) if st.host is not None else None
     return float(sig is not None and sig.live)
 
 
-def host_publisher(st: AppState) -> Callable[[Sample], None]:
+def host_publisher(st: Mirrored) -> Callable[[Sample], None]:
     """The monitor's ``on_sample``: keep the sample on ``st`` (``/status``) and give each
     PSI line and GPU device its series the first time it is read. A series is born only
     for what this box has: no ``gatekeeper_gpu_memory_percent`` on a box without NVML;

@@ -5,8 +5,8 @@ rules and the tests use them. Never the global default registry: two apps in
 one test process must not share counters.
 
 Gauges that mirror live state (in-flight count, age of the running generation)
-are wired by the app with ``set_function`` so a scrape reads the truth at that
-instant instead of a value someone forgot to update.
+are pointed at it with ``set_function`` (``gauges``) so a scrape reads the truth
+at that instant instead of a value someone forgot to update.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-# The label values (outcomes, reasons, error kinds) are defined once, in vocab.py.
+# The label values (outcomes, reasons, error kinds) are defined once, in core.vocab.
 from gatekeeper.core.vocab import (
     ADMIT_REASONS,
     ERROR_KINDS,

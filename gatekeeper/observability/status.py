@@ -9,21 +9,55 @@ now, nothing else. The upstream probe gates admission per engine (issue #11
 engines the next job goes to one that answers; with none answering a generation
 is refused ``engine_down`` (a queued job waits). Every engine down is also the
 warning ``upstream_unavailable``. ``engines`` lists each engine: its state, its
-slots and what runs on it.
+slots and what runs on it. The waiting room's sections (``queue``, ``jobs``)
+come from the source (``StatusSource.queue_sections``): the jobs feature sits
+above observability and renders its own.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from gatekeeper.config import Resources, Threshold
-from gatekeeper.jobs.views import jobs_status, queue_status
+from gatekeeper.config import Config, Resources, Threshold
+from gatekeeper.core.admission import Gate
+from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.logs import redact_url
-from gatekeeper.resources.samplers import SIGNALS, Sample
-from gatekeeper.state import AppState
+from gatekeeper.resources.samplers import HOST_SIGNALS, Sample
 
 
-def status_document(st: AppState) -> dict[str, Any]:
+class StatusSource(Protocol):
+    """What the status document reads of the running gatekeeper (the app's state is one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def gate(self) -> Gate: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def started_monotonic(self) -> float: ...
+
+    @property
+    def upstream_up(self) -> bool | None: ...
+
+    @property
+    def host(self) -> Sample | None: ...
+
+    @property
+    def alerts_firing(self) -> list[dict[str, Any]]: ...
+
+    def queue_sections(self, now: float) -> Mapping[str, Any]:
+        """The waiting room's ``queue`` and ``jobs`` sections; empty without one."""
+
+
+def status_document(st: StatusSource) -> dict[str, Any]:
     now = st.clock()
     gate = st.gate
     cfg = st.config
@@ -89,11 +123,7 @@ def status_document(st: AppState) -> dict[str, Any]:
         "rejections_by_reason": dict(st.counters.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
-        **(
-            {"queue": queue_status(st.jobs, now), "jobs": jobs_status(st.jobs)}
-            if st.jobs is not None
-            else {}
-        ),
+        **st.queue_sections(now),
     }
 
 
@@ -135,9 +165,9 @@ def _thresholds(r: Resources) -> dict[str, Any]:
 def signals_status(sample: Sample | None) -> dict[str, Any]:
     """Each signal: live (and from where, with its readings) or absent (and why)."""
     if sample is None:  # no monitor (in-process tests that turned it off)
-        return {name: {"live": False, "reason": "not sampled"} for name in SIGNALS}
+        return {name: {"live": False, "reason": "not sampled"} for name in HOST_SIGNALS}
     out: dict[str, Any] = {}
-    for name in SIGNALS:
+    for name in HOST_SIGNALS:
         sig = sample.signals.get(name)
         if sig is None or not sig.live:
             out[name] = {"live": False, "reason": sig.reason if sig else "not sampled"}

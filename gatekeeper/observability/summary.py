@@ -12,9 +12,9 @@ from typing import Any
 
 from gatekeeper.config import Config, Resources, Threshold
 from gatekeeper.core.routes import lint
-from gatekeeper.observability.alerts.loop import describe as describe_alerts
+from gatekeeper.observability.alerts.loop import describe_alerts
 from gatekeeper.observability.logs import redact_url
-from gatekeeper.resources.samplers import SIGNALS, Sample
+from gatekeeper.resources.samplers import HOST_SIGNALS, Sample
 
 
 def describe(config: Config) -> list[str]:
@@ -101,7 +101,9 @@ def describe_signals(sample: Sample | str) -> str:
     if isinstance(sample, str):  # the sampler itself failed (an unreadable file)
         return f"none read: {sample}"
     return "; ".join(
-        f"{name} {sample.signals[name].describe()}" for name in SIGNALS if name in sample.signals
+        f"{name} {sample.signals[name].describe()}"
+        for name in HOST_SIGNALS
+        if name in sample.signals
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -39,8 +40,10 @@ from gatekeeper.proxy.record import RequestRecord
 from gatekeeper.proxy.relay import Relay, client_left, log
 from gatekeeper.proxy.responses import Answers, json_answer, json_error
 from gatekeeper.proxy.spool import Spool, take_body
-from gatekeeper.state import AppState
 from gatekeeper.upstream import ClientGone
+
+if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
+    from gatekeeper.app.state import AppState
 
 __all__ = ["ProxyHandler", "RequestRecord", "check_target"]
 

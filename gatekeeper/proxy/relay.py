@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -37,8 +37,10 @@ from gatekeeper.core.headers import (
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.proxy.record import RequestRecord
 from gatekeeper.proxy.spool import Spool
-from gatekeeper.state import AppState
 from gatekeeper.upstream import ClientGone, Exchange, UpstreamPool
+
+if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
+    from gatekeeper.app.state import AppState
 
 log = logging.getLogger("gatekeeper.proxy")
 

@@ -33,7 +33,13 @@ from collections.abc import Awaitable, Callable
 from gatekeeper.config import Config, Resources
 from gatekeeper.core.admission import READING_OF, ResourceState
 from gatekeeper.core.vocab import AdmitReason
-from gatekeeper.resources.samplers import Sample, SampleError, Signal, file_sampler, make_sampler
+from gatekeeper.resources.samplers import (
+    HostSignal,
+    Sample,
+    SampleError,
+    file_sampler,
+    make_sampler,
+)
 
 __all__ = ["Monitor", "Reading", "SampleError", "file_sampler", "make_sampler"]
 
@@ -46,7 +52,7 @@ def _sample_of(raw: Sample | Reading) -> Sample:
     if isinstance(raw, Sample):
         return raw
     cpu, mem = raw
-    here = Signal(True, "injected sampler")
+    here = HostSignal(True, "injected sampler")
     return Sample(cpu, mem, signals={"cpu": here, "memory": here})
 
 

@@ -35,7 +35,7 @@ from gatekeeper.resources.cgroup import Cgroup, CgroupReader, CgroupReading, fin
 from gatekeeper.resources.gpu import GpuDevice, GpuReader, Nvml, NvmlUnavailable, PynvmlAdapter
 from gatekeeper.resources.psi import RESOURCES, Pressure, PsiReader
 
-SIGNALS = ("cgroup", "cpu", "memory", "psi", "gpu")
+HOST_SIGNALS = ("cgroup", "cpu", "memory", "psi", "gpu")
 HOST = "host (psutil)"
 
 
@@ -44,7 +44,7 @@ class SampleError(Exception):
 
 
 @dataclass(frozen=True)
-class Signal:
+class HostSignal:
     """Whether one signal is read now: where from when live, why not when absent."""
 
     live: bool
@@ -62,7 +62,7 @@ class Sample:
     pressure: Mapping[str, Pressure] = field(default_factory=dict)
     gpus: tuple[GpuDevice, ...] = ()
     cgroup: CgroupReading | None = None
-    signals: Mapping[str, Signal] = field(default_factory=dict)
+    signals: Mapping[str, HostSignal] = field(default_factory=dict)
     # Trouble that did not stop the sample (a GPU that did not answer): logged once each.
     problems: tuple[str, ...] = ()
 
@@ -166,7 +166,7 @@ class HostSampler:
     def __call__(self) -> Sample:
         problems: list[str] = []
         cg, where = self._read_cgroup(problems)
-        signals: dict[str, Signal] = {}
+        signals: dict[str, HostSignal] = {}
         host_cpu = self._host_cpu()  # every tick: keeps psutil's delta fresh for a fallback
         if cg is not None:
             limits = [
@@ -174,21 +174,23 @@ class HostSampler:
                 f"cpu.max {cg.cpu_cores:g} cores" if cg.cpu_cores is not None else "",
             ]
             text = ", ".join(x for x in limits if x) or "no memory.max or cpu.max limit"
-            signals["cgroup"] = Signal(True, f"{where} ({text})")
+            signals["cgroup"] = HostSignal(True, f"{where} ({text})")
         else:
-            signals["cgroup"] = Signal(False, reason=where)
+            signals["cgroup"] = HostSignal(False, reason=where)
         if cg is not None and cg.cpu_percent is not None:
             cpu = cg.cpu_percent
-            signals["cpu"] = Signal(True, f"cgroup {where} (cpu.max {cg.cpu_cores:g} cores)")
+            signals["cpu"] = HostSignal(True, f"cgroup {where} (cpu.max {cg.cpu_cores:g} cores)")
         else:
             cpu = host_cpu
-            signals["cpu"] = Signal(True, HOST)
+            signals["cpu"] = HostSignal(True, HOST)
         if cg is not None and cg.memory_percent is not None and cg.memory_max is not None:
             memory = cg.memory_percent
-            signals["memory"] = Signal(True, f"cgroup {where} (memory.max {gib(cg.memory_max)})")
+            signals["memory"] = HostSignal(
+                True, f"cgroup {where} (memory.max {gib(cg.memory_max)})"
+            )
         else:
             memory = self._host_memory()
-            signals["memory"] = Signal(True, HOST)
+            signals["memory"] = HostSignal(True, HOST)
         pressure, signals["psi"] = self._read_psi(cg is not None)
         gpus: tuple[GpuDevice, ...] = ()
         if self._gpu is not None:
@@ -196,12 +198,12 @@ class HostSampler:
             problems += gpu_problems
             names = ", ".join(f"{i} {self._gpu.names[i]}" for i in self._gpu.indices)
             skipped = f"; not present: {list(self._gpu.skipped)}" if self._gpu.skipped else ""
-            signals["gpu"] = Signal(True, f"NVML ({names}{skipped})")
+            signals["gpu"] = HostSignal(True, f"NVML ({names}{skipped})")
         else:
-            signals["gpu"] = Signal(False, reason=self._gpu_absent)
+            signals["gpu"] = HostSignal(False, reason=self._gpu_absent)
         return Sample(cpu, memory, pressure, gpus, cg, signals, tuple(problems))
 
-    def _read_psi(self, in_cgroup: bool) -> tuple[dict[str, Pressure], Signal]:
+    def _read_psi(self, in_cgroup: bool) -> tuple[dict[str, Pressure], HostSignal]:
         readers = [self._host_psi]
         if in_cgroup and self._cgroup is not None:
             cgroup = self._cgroup.cgroup
@@ -209,14 +211,14 @@ class HostSampler:
         why = ""
         for reader in readers:
             try:
-                return reader.read(), Signal(True, f"{reader.where} ({', '.join(RESOURCES)})")
+                return reader.read(), HostSignal(True, f"{reader.where} ({', '.join(RESOURCES)})")
             except OSError as exc:
                 why = why or f"{reader.where} unreadable: {exc.strerror or exc}"
             except ValueError as exc:
                 why = why or f"{reader.where}: {exc}"
         if "/proc/pressure unreadable" in why:
             why += " (kernel < 4.20, or booted with psi=0)"
-        return {}, Signal(False, reason=why)
+        return {}, HostSignal(False, reason=why)
 
     def close(self) -> None:
         if self._gpu is not None:
@@ -273,11 +275,11 @@ def file_sampler(path: str) -> Sampler:
             )
         missing = f"not in {here}"
         signals = {
-            "cgroup": Signal(False, reason="not read with source: file"),
-            "cpu": Signal(True, here),
-            "memory": Signal(True, here),
-            "psi": Signal(True, here) if pressure else Signal(False, reason=missing),
-            "gpu": Signal(True, here) if gpus else Signal(False, reason=missing),
+            "cgroup": HostSignal(False, reason="not read with source: file"),
+            "cpu": HostSignal(True, here),
+            "memory": HostSignal(True, here),
+            "psi": HostSignal(True, here) if pressure else HostSignal(False, reason=missing),
+            "gpu": HostSignal(True, here) if gpus else HostSignal(False, reason=missing),
         }
         return Sample(float(cpu), float(mem), pressure, gpus, None, signals)
 

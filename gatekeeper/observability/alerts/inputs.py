@@ -3,17 +3,17 @@
 One table serves three readers, so a signal can never mean one thing to
 gatekeeper's own evaluator and another to Prometheus or the dashboard:
 
-- ``alerting.SignalReader`` calls ``read`` every evaluation; for a *rate*
+- ``loop.SignalReader`` calls ``read`` every evaluation; for a *rate*
   signal (``window`` set) ``read`` gives the counter's total and the reader
   turns it into the increase over the last ``window`` seconds;
-- ``promrules`` exports each rule as ``Signal.promql()`` plus its comparison;
-- the dashboard draws the gauge signals with ``Signal.promql(<instance matcher>)``.
+- ``promrules`` exports each rule as ``AlertInput.promql()`` plus its comparison;
+- the dashboard draws the gauge signals with ``AlertInput.promql(<instance matcher>)``.
 
 A *ratio* signal (``per`` set) is one gauge over another, 0 where the divisor
 is 0 (``queue_full_ratio`` with ``max_waiting: 0``), in both readers.
 
 The waiting room's readers (``queue_*``) are here too, shared with ``gauges``:
-``AppState.jobs`` (the lead's ``jobs.Jobs``) may be absent or None, which
+``Readings.jobs`` (the waiting room, ``WaitingRoom``) may be None, which
 reads as an empty queue, so the metrics exist before the first job.
 
 A rate over ``window`` seconds is ``rate(counter[window]) * window``: the
@@ -29,12 +29,46 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # the readers only touch attributes; no runtime dependency on state
-    from gatekeeper.state import AppState
+from gatekeeper.config import Config
+from gatekeeper.core.admission import Gate
+from gatekeeper.observability.counters import Counters
 
-Reader = Callable[["AppState", float], "float | None"]
+
+class WaitingRoom(Protocol):
+    """The waiting room as the alert inputs and the gauges read it."""
+
+    def depth(self) -> int: ...
+
+    def oldest_wait(self, now: float) -> float: ...
+
+    def results_bytes(self) -> int: ...
+
+
+class Readings(Protocol):
+    """What the alert inputs read of the running gatekeeper (the app's state is one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def gate(self) -> Gate: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def upstream_up(self) -> bool | None: ...
+
+    @property
+    def config_reload_failed(self) -> bool: ...
+
+    @property
+    def jobs(self) -> WaitingRoom | None: ...
+
+
+Reader = Callable[[Readings, float], "float | None"]
 
 
 def prom_duration(seconds: float) -> str:
@@ -47,7 +81,7 @@ def prom_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class Signal:
+class AlertInput:
     name: str
     metric: str  # the series gatekeeper exports for it
     read: Reader  # (state, now) -> the gauge's value, or a rate signal's counter total
@@ -71,16 +105,16 @@ class Signal:
         return f"sum by (instance) (rate({series}[{prom_duration(self.window)}])) * {self.window:g}"
 
 
-def _oldest_elapsed(st: AppState, now: float) -> float:
+def _oldest_elapsed(st: Readings, now: float) -> float:
     elapsed = st.gate.elapsed(now)
     return max(elapsed) if elapsed else 0.0
 
 
-def _upstream_up(st: AppState, now: float) -> float | None:
+def _upstream_up(st: Readings, now: float) -> float | None:
     return None if st.upstream_up is None else float(st.upstream_up)
 
 
-def _upstream_errors(st: AppState, now: float) -> float:
+def _upstream_errors(st: Readings, now: float) -> float:
     # A client hanging up is not the engine's fault.
     errors = st.counters.upstream_errors_by_kind
     return float(sum(v for k, v in errors.items() if k != "client_disconnect"))
@@ -89,84 +123,88 @@ def _upstream_errors(st: AppState, now: float) -> float:
 # --------------------------------------------------------------------------- the waiting room
 
 
-def queue_depth(st: AppState) -> int:
+def queue_depth(st: Readings) -> int:
     return 0 if st.jobs is None else st.jobs.depth()
 
 
-def queue_oldest_wait(st: AppState, now: float) -> float:
+def queue_oldest_wait(st: Readings, now: float) -> float:
     return 0.0 if st.jobs is None else st.jobs.oldest_wait(now)
 
 
-def results_bytes(st: AppState) -> int:
+def results_bytes(st: Readings) -> int:
     return 0 if st.jobs is None else st.jobs.results_bytes()
 
 
-def queue_limits(st: AppState) -> tuple[int, float]:
+def queue_bounds(st: Readings) -> tuple[int, float]:
     """(max_waiting, max_wait) of the live rules."""
     queue = st.config.admission.queue
     return queue.max_waiting, queue.max_wait
 
 
-def _queue_full_ratio(st: AppState, now: float) -> float:
-    capacity = queue_limits(st)[0]
+def _queue_full_ratio(st: Readings, now: float) -> float:
+    capacity = queue_bounds(st)[0]
     return queue_depth(st) / capacity if capacity > 0 else 0.0
 
 
-def _table(*signals: Signal) -> Mapping[str, Signal]:
+def _table(*signals: AlertInput) -> Mapping[str, AlertInput]:
     return {s.name: s for s in signals}
 
 
-SIGNALS: Mapping[str, Signal] = _table(
-    Signal(
+SIGNALS: Mapping[str, AlertInput] = _table(
+    AlertInput(
         "cpu_percent",
         "gatekeeper_cpu_percent",
         lambda st, now: st.gate.resources.cpu_percent,
     ),
-    Signal(
+    AlertInput(
         "memory_percent",
         "gatekeeper_memory_percent",
         lambda st, now: st.gate.resources.memory_percent,
     ),
-    Signal("in_flight", "gatekeeper_in_flight", lambda st, now: float(st.gate.in_flight)),
-    Signal(
+    AlertInput("in_flight", "gatekeeper_in_flight", lambda st, now: float(st.gate.in_flight)),
+    AlertInput(
         "rejections_per_minute",
         "gatekeeper_rejections_total",
         lambda st, now: float(sum(st.counters.rejections_by_reason.values())),
         window=60.0,
     ),
-    Signal(
+    AlertInput(
         "blocked_per_minute",
         "gatekeeper_rejections_total",
         lambda st, now: float(st.counters.rejections_by_reason.get("blocked", 0)),
         window=60.0,
         matchers=('reason="blocked"',),
     ),
-    Signal(
+    AlertInput(
         "upstream_errors_per_minute",
         "gatekeeper_upstream_errors_total",
         _upstream_errors,
         window=60.0,
         matchers=('kind!="client_disconnect"',),
     ),
-    Signal(
+    AlertInput(
         "upstream_timeouts_per_hour",
         "gatekeeper_upstream_errors_total",
         lambda st, now: float(st.counters.upstream_errors_by_kind.get("timeout", 0)),
         window=3600.0,
         matchers=('kind="timeout"',),
     ),
-    Signal("upstream_up", "gatekeeper_upstream_up", _upstream_up),
-    Signal("generation_elapsed_seconds", "gatekeeper_generation_elapsed_seconds", _oldest_elapsed),
-    Signal(
+    AlertInput("upstream_up", "gatekeeper_upstream_up", _upstream_up),
+    AlertInput(
+        "generation_elapsed_seconds", "gatekeeper_generation_elapsed_seconds", _oldest_elapsed
+    ),
+    AlertInput(
         "config_reload_failed",
         "gatekeeper_config_reload_failed",
         lambda st, now: float(st.config_reload_failed),
     ),
-    Signal(
+    AlertInput(
         "queue_full_ratio",
         "gatekeeper_queue_depth",
         _queue_full_ratio,
         per="gatekeeper_queue_capacity",
     ),
-    Signal("queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait),
+    AlertInput(
+        "queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait
+    ),
 )

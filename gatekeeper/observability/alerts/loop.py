@@ -1,9 +1,9 @@
 """The alert loop: live state in, the pure evaluator in the middle, delivery out.
 
-Every ``alerts.evaluation_interval`` the loop reads the signals from
-``AppState`` (``SignalReader``, over the table in ``signals``), runs
-``alerts.Evaluator``, publishes the result (``gatekeeper_alerts_firing``,
-``AppState.alerts_firing`` for ``/status``) and hands it to
+Every ``alerts.evaluation_interval`` the loop reads the signals from the
+running gatekeeper (``SignalReader``, over the table in ``inputs``), runs
+``rules.Evaluator``, publishes the result (``gatekeeper_alerts_firing``,
+``Alerting.alerts_firing`` for ``/status``) and hands it to
 ``notify.Notifier``, which never blocks. The config is read from the current
 ``Runtime`` at every tick, so a reload that changes rules, receivers or
 intervals applies at the next evaluation.
@@ -25,15 +25,32 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gatekeeper.config import Config
-from gatekeeper.observability.alerts.inputs import SIGNALS
+from gatekeeper.observability.alerts.inputs import SIGNALS, Readings
 from gatekeeper.observability.alerts.notify import Batch, Notifier, rfc3339
 from gatekeeper.observability.alerts.rules import Evaluation, Evaluator
 from gatekeeper.observability.logs import redact_url
-from gatekeeper.state import AppState
+from gatekeeper.observability.metrics import Metrics
 
 log = logging.getLogger("gatekeeper.alerts")
+
+
+class Alerting(Readings, Protocol):
+    """What the alert loop reads, and where it publishes the firing alerts (the app's
+    state is one)."""
+
+    alerts_firing: list[dict[str, Any]]  # as ``/status`` lists them
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def started_monotonic(self) -> float: ...
 
 
 class CounterWindow:
@@ -54,9 +71,9 @@ class CounterWindow:
 
 
 class SignalReader:
-    """Adapter: ``AppState`` → ``{signal: value}`` for the pure evaluator (``signals.SIGNALS``)."""
+    """Adapter: live readings → ``{signal: value}`` for the pure evaluator (``inputs.SIGNALS``)."""
 
-    def __init__(self, st: AppState):
+    def __init__(self, st: Alerting):
         self.st = st
         self._windows = {
             s.name: CounterWindow(s.window, start=st.started_monotonic)
@@ -94,7 +111,7 @@ class Identity:
         )
 
 
-def describe(config: Config) -> list[str]:
+def describe_alerts(config: Config) -> list[str]:
     """The alert settings in a few lines (``gatekeeper check`` and the startup log)."""
     a = config.alerts
     receivers = ", ".join(
@@ -115,7 +132,7 @@ class AlertLoop:
 
     def __init__(
         self,
-        st: AppState,
+        st: Alerting,
         notifier: Notifier,
         *,
         wall: Callable[[], float] = time.time,

@@ -42,7 +42,7 @@ import httpx
 
 from gatekeeper import __version__
 from gatekeeper.config import Receiver
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.observability.alerts.rules import Alert, Evaluation
 from gatekeeper.observability.metrics import Metrics
 
@@ -249,7 +249,7 @@ class _Receiver:
 class Notifier:
     """Fans evaluations out to receivers without ever blocking the caller.
 
-    Usage (``alerting.py`` does this)::
+    Usage (``loop`` does this, in the app's wiring)::
 
         async with Notifier(metrics) as notifier:
             notifier.submit(Batch(evaluation, cfg.receivers, cfg.resend_interval, url))

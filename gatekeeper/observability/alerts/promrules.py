@@ -1,12 +1,12 @@
 """The built-in alert rules as a Prometheus rule file (``gatekeeper alert-rules``).
 
 One definition serves both kinds of team: without Prometheus, gatekeeper
-evaluates ``alerts.rules`` itself (``alerts.py``); with Prometheus, the same
+evaluates ``alerts.rules`` itself (``rules``, run by ``loop``); with Prometheus, the same
 rules are exported here as PromQL over the metrics gatekeeper exports, with
 the same names, thresholds, ``for``, labels and annotations (the annotation
 templates gatekeeper accepts are the subset Prometheus renders the same way).
 
-Each signal's PromQL comes from ``signals.SIGNALS``, the table the built-in
+Each signal's PromQL comes from ``inputs.SIGNALS``, the table the built-in
 evaluator reads too: same metric, same window (the increase over the last
 minute or hour, written as ``rate(...[1m]) * 60``), aggregated ``by (instance)``.
 """

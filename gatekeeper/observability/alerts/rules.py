@@ -2,7 +2,7 @@
 
 Plain values in (the rules, one value per signal, the clock), plain values out
 (which alerts changed, which are due for a re-send). No aiohttp, no httpx, no
-reading of live state: ``alerting.py`` samples the signals and ``notify.py``
+reading of live state: ``loop`` samples the signals and ``notify``
 delivers, so this module is tested with tables and an injected clock.
 
 Each rule is one alert (gatekeeper's signals have no label dimensions)::

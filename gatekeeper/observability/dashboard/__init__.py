@@ -18,14 +18,15 @@ The modules, imports pointing down::
 
     layout    rows on the 24-column grid, ids, the document around the panels
     panels    what each panel shows and its PromQL (config -> panel dicts)
+    queue     the waiting room's panels, built the same way
     grafana   how Grafana spells targets, thresholds, options, overrides
-    promql    the instance selector and exact-match regex literals
+    promql    the instance selector, exact-match regex literals, route alternations
 """
 
 from gatekeeper.observability.dashboard.grafana import DS
 from gatekeeper.observability.dashboard.layout import SCHEMA_VERSION, UID, dashboard
-from gatekeeper.observability.dashboard.panels import DURATION_WINDOW, STATE_CODES
-from gatekeeper.observability.dashboard.promql import SEL, promql_regex_literal
+from gatekeeper.observability.dashboard.panels import STATE_CODES
+from gatekeeper.observability.dashboard.promql import DURATION_WINDOW, SEL, promql_regex_literal
 
 __all__ = [
     "DS",

@@ -7,6 +7,7 @@ from typing import Any
 
 from gatekeeper.config import Config
 from gatekeeper.observability.dashboard import panels as p
+from gatekeeper.observability.dashboard import queue as q
 from gatekeeper.observability.dashboard.grafana import DS, Panel
 
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
@@ -33,11 +34,11 @@ ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
     (
         "Waiting room",
         (
-            (8, 8, p.queue_depth),
-            (16, 8, p.queue_wait),
-            (8, 8, p.eta_error),
-            (8, 8, p.jobs),
-            (8, 8, p.results_kept),
+            (8, 8, q.queue_depth),
+            (16, 8, q.queue_wait),
+            (8, 8, q.eta_error),
+            (8, 8, q.jobs),
+            (8, 8, q.results_kept),
         ),
     ),
     (

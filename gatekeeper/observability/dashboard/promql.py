@@ -1,6 +1,6 @@
-"""PromQL pieces shared by the panel queries: the instance filter and regex literals.
+"""PromQL pieces shared by the panel queries: the instance filter, regex literals, routes.
 
-A panel that shows an alert signal takes its query from ``signals.SIGNALS``
+A panel that shows an alert signal takes its query from ``alerts.inputs.SIGNALS``
 (``signal``), so the dashboard draws what the alert rules test.
 
 Every metric selector goes through ``sel`` so that each query honours the
@@ -9,9 +9,13 @@ dashboard's ``instance`` variable (a test checks every selector for it).
 
 from __future__ import annotations
 
+from gatekeeper.config import Config
 from gatekeeper.observability.alerts.inputs import SIGNALS
 
 SEL = 'instance=~"$instance"'
+
+# Quantiles of jobs that take minutes need a window of many jobs, not a rate interval.
+DURATION_WINDOW = "1h"
 
 _RE2_SPECIAL = set(r"\.+*?()|[]{}^$")
 
@@ -45,3 +49,13 @@ def per_minute(by: str, counter: str) -> str:
 def in_range(by: str, counter: str) -> str:
     """Whole increments of ``counter`` over the dashboard's time range, summed by ``by``."""
     return f"sum by ({by}) (round(increase({counter}{sel()}[$__range])))"
+
+
+def routes_with(config: Config, *actions: str) -> list[str]:
+    """The names of the routes whose action is one of ``actions``, in rule order."""
+    return [r.name for r in config.routes if r.action in actions]
+
+
+def routes_regex(names: list[str]) -> str:
+    """``names`` as one exact-match alternation (any route when there is none)."""
+    return "|".join(promql_regex_literal(n) for n in names) if names else ".+"

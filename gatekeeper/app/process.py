@@ -1,9 +1,9 @@
-"""Wiring and lifecycle: build the state, the two aiohttp apps, run them, drain, stop.
+"""The running process: the two aiohttp apps bound, run, drained and stopped.
 
 Nothing imports this module except ``cli``. Lifecycle follows aiohttp's
-``AppRunner`` → ``TCPSite`` → ``cleanup()``; background loops (resource
-monitor, alerts, reload watcher) are ``cleanup_ctx`` generators that cancel and
-await their task. The upstream probe starts only once both listeners are bound
+``AppRunner`` → ``TCPSite`` → ``cleanup()``; the apps and their background
+loops (``cleanup_ctx`` generators that cancel and await their task) are built
+by ``wiring``. The upstream probe starts only once both listeners are bound
 (``Gatekeeper.start``), so what it reports follows the startup lines.
 
 Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
@@ -23,34 +23,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
 from gatekeeper import __version__
 from gatekeeper.admin import build_admin_app
+from gatekeeper.app.state import AppState
+from gatekeeper.app.wiring import build_proxy_app, create_state, start_probe
 from gatekeeper.config import Config
-from gatekeeper.jobs.service import Jobs
-from gatekeeper.jobs.store import JobStore
-from gatekeeper.lifecycle.asyncutil import cancel_and_wait
+from gatekeeper.core.asyncutil import cancel_and_wait
+from gatekeeper.lifecycle.changes import Overrides
 from gatekeeper.lifecycle.eventloop import freeze_startup_objects
 from gatekeeper.lifecycle.haproxy_agent import AgentServer
-from gatekeeper.lifecycle.probe import probe_loop
-from gatekeeper.lifecycle.reload import Overrides, Reloader
-from gatekeeper.lifecycle.runtime import Runtime
-from gatekeeper.observability.alerts.loop import AlertLoop
-from gatekeeper.observability.alerts.notify import Notifier
-from gatekeeper.observability.gauges import host_publisher, wire_gauges
-from gatekeeper.observability.metrics import Metrics
+from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.observability.summary import config_warnings, describe, describe_signals
-from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections, EdgeSite, fd_ceiling
-from gatekeeper.proxy.handler import ProxyHandler
-from gatekeeper.resources.monitor import Monitor
-from gatekeeper.state import STATE, AppState
 
 log = logging.getLogger("gatekeeper")
 
@@ -70,145 +58,6 @@ LINGER_SECONDS = 1.0
 FD_RESERVE = 64
 # After a second signal or an expired drain timeout: open requests are cancelled this soon.
 FORCED_GRACE_SECONDS = 0.5
-
-
-async def create_state(
-    config: Config,
-    *,
-    clock: Callable[[], float] | None = None,
-    metrics: Metrics | None = None,
-    state_dir: Path | None = None,
-) -> AppState:
-    """Build the shared state; must run in the event loop that will serve it.
-
-    ``state_dir``: where jobs are kept (``Gatekeeper`` passes ``jobs.state_dir``);
-    None: a fresh temporary directory removed at cleanup (in-process tests).
-    Raises ``StateDirError`` when the directory cannot be used."""
-    loop = asyncio.get_running_loop()
-    st = AppState.create(
-        Runtime.build(config),
-        metrics if metrics is not None else Metrics(version=__version__),
-        clock if clock is not None else loop.time,
-    )
-    ephemeral = state_dir is None
-    directory = (
-        Path(tempfile.mkdtemp(prefix="gatekeeper-state-")) if state_dir is None else state_dir
-    )
-    st.jobs = Jobs(st, JobStore.open(directory), directory, ephemeral=ephemeral)
-    wire_gauges(st)
-    st.prime_metrics()
-    st.metrics.config_reloads.labels("success")  # exists from the start, at 0
-    st.metrics.config_last_reload_success.set_to_current_time()
-    return st
-
-
-def _background(
-    st: AppState, *, monitor: bool, probe: bool, conns: Connections | None = None
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tasks = []
-        mon: Monitor | None = None
-        if conns is not None:
-            tasks.append(asyncio.create_task(conns.run(), name="gatekeeper-edge"))
-        if monitor:
-            mon = Monitor(
-                lambda: st.config,
-                _publish_resources(st),
-                clock=st.clock,
-                on_sample=host_publisher(st),
-            )
-            mon.sample_once()  # admission must not start on all-zero readings
-            tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
-        if probe:
-            tasks.append(start_probe(st))
-        yield
-        await cancel_and_wait(tasks)
-        if mon is not None:
-            mon.close()  # NVML handles
-
-    return ctx
-
-
-def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The jobs' tick and runners (issue #9): restored at start, interrupted at the end."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        jobs = st.jobs
-        if jobs is not None:
-            jobs.start()
-        yield
-        if jobs is not None:
-            await jobs.close()
-
-    return ctx
-
-
-def start_probe(st: AppState) -> asyncio.Task[None]:
-    """The periodic upstream probe, publishing its verdict onto ``st``."""
-    return asyncio.create_task(
-        probe_loop(lambda: st.config, st.set_engine_up), name="gatekeeper-probe"
-    )
-
-
-def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The alert loop and its delivery tasks (issue #4), off the proxy path."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Notifier(st.metrics) as notifier:
-            task = asyncio.create_task(AlertLoop(st, notifier).run(), name="gatekeeper-alerts")
-            yield
-            await cancel_and_wait([task])
-
-    return ctx
-
-
-def _publish_resources(st: AppState) -> Callable[[Any], None]:
-    def publish(state: Any) -> None:
-        st.gate.resources = state
-
-    return publish
-
-
-def build_proxy_app(
-    st: AppState,
-    *,
-    monitor: bool = True,
-    probe: bool = False,
-    reloader: Reloader | None = None,
-    alerts: bool = True,
-    conns: Connections | None = None,
-) -> web.Application:
-    handler = ProxyHandler(st, on_record=log_request, conns=conns)
-    if st.gradio is not None:
-        st.gradio.on_record = log_request  # a Gradio generation's line, at its end
-    app = web.Application(middlewares=[handler.refuse_foreign_targets])
-    app[STATE] = st
-    if reloader is not None:
-        # The file watcher (issue #5 §1); the proxy handler counts which requests may
-        # hold which pools (AppState.usage), so a reload closes old pools only once idle.
-        app.cleanup_ctx.append(reloader.cleanup_ctx())
-    # One catch-all route: every method and path is the upstream's business, not ours.
-    # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
-    app.router.add_route("*", "/{tail:.*}", handler.__call__)
-    app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe, conns=conns))
-    app.cleanup_ctx.append(_waiting_room(st))
-    if alerts:
-        app.cleanup_ctx.append(_alerting(st))
-
-    async def close_gradio_streams(_: web.Application) -> None:
-        n = handler.gradio.close_idle_streams()
-        if n:
-            log.info("closed %d idle Gradio session stream(s)", n)
-
-    app.on_shutdown.append(close_gradio_streams)
-
-    async def close_pools(_: web.Application) -> None:
-        if st.gradio is not None:
-            st.gradio.close()  # Gradio events still open: their slots are released
-        await st.runtime.close()
-
-    app.on_cleanup.append(close_pools)
-    return app
 
 
 class Gatekeeper:

@@ -1,36 +1,36 @@
-"""The live state shared by the proxy and admin handlers (the wiring's hub).
+"""The live state of one running gatekeeper: private to the wiring.
 
 ``AppState`` holds what outlives a reload: the current ``Runtime`` (swapped in
 one assignment by a reload, ``lifecycle.runtime``), the admission gate (running
 generations keep their slots across reloads), metrics and counters, the reload
-epochs, the waiting room, the Gradio events and the monitor's last sample.
+epochs, the waiting room, the Gradio events, the monitor's last sample and the
+firing alerts. Nothing outside ``gatekeeper.app`` imports it: each feature
+declares the small Protocol it reads (``observability.status.StatusSource``,
+``observability.gauges.Mirrored``, ``observability.alerts.loop.Alerting``,
+``lifecycle.reload.Reloadable``, ``lifecycle.haproxy_agent.Watched``,
+``admin.Observed``, ...) and this class satisfies them all.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
+from typing import Any
 
 from gatekeeper.config import Config
 from gatekeeper.core.admission import DurationEstimator, Gate
 from gatekeeper.core.routes import PASS_ROUTE
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.jobs.service import Jobs
+from gatekeeper.jobs.views import jobs_status, queue_status
 from gatekeeper.lifecycle.epochs import RuntimeUsage
+from gatekeeper.lifecycle.probe import engine_refused, engine_verdict
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
 from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.metrics import Metrics
-
-log = logging.getLogger("gatekeeper.probe")
-
-if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
-    from gatekeeper.jobs.service import Jobs
-    from gatekeeper.resources.samplers import Sample
+from gatekeeper.resources.samplers import Sample
 
 
 @dataclass
@@ -48,7 +48,8 @@ class AppState:
     config_reload_failed: bool = False
     # Set by the alert loop (issue #4): the firing alerts as /status lists them.
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
-    # The waiting room (issue #9): queue routes, async jobs, kept results.
+    # The waiting room (issue #9): queue routes, async jobs, kept results; attached by
+    # ``create_state`` once the state it reads exists.
     jobs: Jobs | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
@@ -79,31 +80,12 @@ class AppState:
         self.upstream_up = up
 
     def set_engine_up(self, engine: str, up: bool) -> None:
-        """One engine's probe verdict (``gatekeeper_engine_up`` reads it at scrape time).
-
-        A verdict that changes the set of engines that may take a job wakes the
-        waiting room: a job may now start on the engine that came back.
-        """
-        before = self.gate.engine_up.get(engine)
-        self.gate.engine_up[engine] = up
-        if before is False and up and self.gate.on_free is not None:
-            self.gate.on_free()
+        """One engine's probe verdict (``probe.engine_verdict``)."""
+        engine_verdict(self.gate, engine, up)
 
     def engine_refused(self, engine: str, kind: ErrorKind) -> None:
-        """A generation sent to ``engine`` could not connect (``kind`` connect): the
-        engine is down from now, not from its next probe (issue #11 §1). Until then the
-        gate would send it every next job (it is the least loaded: nothing runs there),
-        and each would fail in milliseconds while another engine idled; a crash would
-        empty the waiting room into 502s. The probe's next answer says up again (and
-        wakes the waiting room). Any other failure (a timeout, a broken answer) is not
-        a verdict on the engine: a live engine can time out one song.
-        """
-        if kind != ErrorKind.CONNECT or self.gate.engine_up.get(engine) is False:
-            return
-        self.gate.engine_up[engine] = False
-        log.warning(
-            "engine %s refused a generation's connection: down until its probe answers", engine
-        )
+        """A refused connection's verdict on ``engine`` (``probe.engine_refused``)."""
+        engine_refused(self.gate, engine, kind)
 
     # The proxy handler's names for the ``Counters`` writers.
 
@@ -121,6 +103,12 @@ class AppState:
         after each reload."""
         routes = (*self.config.routes, PASS_ROUTE)
         self.metrics.prime_routes((r.name, r.action) for r in routes)
+
+    def queue_sections(self, now: float) -> Mapping[str, Any]:
+        """The waiting room's sections of the status document (none without one)."""
+        if self.jobs is None:
+            return {}
+        return {"queue": queue_status(self.jobs, now), "jobs": jobs_status(self.jobs)}
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:
@@ -145,7 +133,3 @@ class AppState:
     @property
     def draining(self) -> bool:
         return self.gate.draining
-
-
-# The typed key under which both aiohttp apps (proxy and admin) find the shared state.
-STATE = web.AppKey("state", AppState)

@@ -1,0 +1,178 @@
+"""The wiring: the state, the proxy app and its background loops.
+
+``create_state`` builds the one ``AppState`` and points the gauges at it;
+``build_proxy_app`` makes the public aiohttp app (one catch-all route) with its
+``cleanup_ctx`` loops: the client-connection reaper, the resource monitor, the
+upstream probe (in-process tests), the waiting room's tick and runners, the
+alert loop and the reload watcher. Each loop cancels and awaits its task at
+cleanup (aiohttp's ``cleanup_ctx``). The running process is ``process``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gatekeeper import __version__
+from gatekeeper.app.state import AppState
+from gatekeeper.config import Config
+from gatekeeper.core.admission import ResourceState
+from gatekeeper.core.asyncutil import cancel_and_wait
+from gatekeeper.jobs.service import Jobs
+from gatekeeper.jobs.store import JobStore
+from gatekeeper.lifecycle.probe import probe_loop
+from gatekeeper.lifecycle.reload import Reloader
+from gatekeeper.lifecycle.runtime import Runtime
+from gatekeeper.observability.alerts.loop import AlertLoop
+from gatekeeper.observability.alerts.notify import Notifier
+from gatekeeper.observability.gauges import host_publisher, wire_gauges
+from gatekeeper.observability.metrics import Metrics
+from gatekeeper.proxy.accesslog import log_request
+from gatekeeper.proxy.connections import Connections
+from gatekeeper.proxy.handler import ProxyHandler
+from gatekeeper.resources.monitor import Monitor
+
+log = logging.getLogger("gatekeeper")
+
+
+async def create_state(
+    config: Config,
+    *,
+    clock: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
+    state_dir: Path | None = None,
+) -> AppState:
+    """Build the shared state; must run in the event loop that will serve it.
+
+    ``state_dir``: where jobs are kept (``Gatekeeper`` passes ``jobs.state_dir``);
+    None: a fresh temporary directory removed at cleanup (in-process tests).
+    Raises ``StateDirError`` when the directory cannot be used."""
+    loop = asyncio.get_running_loop()
+    st = AppState.create(
+        Runtime.build(config),
+        metrics if metrics is not None else Metrics(version=__version__),
+        clock if clock is not None else loop.time,
+    )
+    ephemeral = state_dir is None
+    directory = (
+        Path(tempfile.mkdtemp(prefix="gatekeeper-state-")) if state_dir is None else state_dir
+    )
+    st.jobs = Jobs(st, JobStore.open(directory), directory, ephemeral=ephemeral)
+    wire_gauges(st)
+    st.prime_metrics()
+    st.metrics.config_reloads.labels("success")  # exists from the start, at 0
+    st.metrics.config_last_reload_success.set_to_current_time()
+    return st
+
+
+def _background(
+    st: AppState, *, monitor: bool, probe: bool, conns: Connections | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = []
+        mon: Monitor | None = None
+        if conns is not None:
+            tasks.append(asyncio.create_task(conns.run(), name="gatekeeper-edge"))
+        if monitor:
+            mon = Monitor(
+                lambda: st.config,
+                _publish_resources(st),
+                clock=st.clock,
+                on_sample=host_publisher(st),
+            )
+            mon.sample_once()  # admission must not start on all-zero readings
+            tasks.append(asyncio.create_task(mon.run(), name="gatekeeper-monitor"))
+        if probe:
+            tasks.append(start_probe(st))
+        yield
+        await cancel_and_wait(tasks)
+        if mon is not None:
+            mon.close()  # NVML handles
+
+    return ctx
+
+
+def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The jobs' tick and runners (issue #9): restored at start, interrupted at the end."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        jobs = st.jobs
+        if jobs is not None:
+            jobs.start()
+        yield
+        if jobs is not None:
+            await jobs.close()
+
+    return ctx
+
+
+def start_probe(st: AppState) -> asyncio.Task[None]:
+    """The periodic upstream probe, publishing its verdict onto ``st``."""
+    return asyncio.create_task(
+        probe_loop(lambda: st.config, st.set_engine_up), name="gatekeeper-probe"
+    )
+
+
+def _alerting(st: AppState) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The alert loop and its delivery tasks (issue #4), off the proxy path."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with Notifier(st.metrics) as notifier:
+            task = asyncio.create_task(AlertLoop(st, notifier).run(), name="gatekeeper-alerts")
+            yield
+            await cancel_and_wait([task])
+
+    return ctx
+
+
+def _publish_resources(st: AppState) -> Callable[[ResourceState], None]:
+    def publish(state: ResourceState) -> None:
+        st.gate.resources = state
+
+    return publish
+
+
+def build_proxy_app(
+    st: AppState,
+    *,
+    monitor: bool = True,
+    probe: bool = False,
+    reloader: Reloader | None = None,
+    alerts: bool = True,
+    conns: Connections | None = None,
+) -> web.Application:
+    handler = ProxyHandler(st, on_record=log_request, conns=conns)
+    if st.gradio is not None:
+        st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    app = web.Application(middlewares=[handler.refuse_foreign_targets])
+    if reloader is not None:
+        # The file watcher (issue #5 §1); the proxy handler counts which requests may
+        # hold which pools (the state's ``usage``), so a reload closes old pools only once idle.
+        app.cleanup_ctx.append(reloader.cleanup_ctx())
+    # One catch-all route: every method and path is the upstream's business, not ours.
+    # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
+    app.router.add_route("*", "/{tail:.*}", handler.__call__)
+    app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe, conns=conns))
+    app.cleanup_ctx.append(_waiting_room(st))
+    if alerts:
+        app.cleanup_ctx.append(_alerting(st))
+
+    async def close_gradio_streams(_: web.Application) -> None:
+        n = handler.gradio.close_idle_streams()
+        if n:
+            log.info("closed %d idle Gradio session stream(s)", n)
+
+    app.on_shutdown.append(close_gradio_streams)
+
+    async def close_pools(_: web.Application) -> None:
+        if st.gradio is not None:
+            st.gradio.close()  # Gradio events still open: their slots are released
+        await st.runtime.close()
+
+    app.on_cleanup.append(close_pools)
+    return app
