@@ -33,6 +33,8 @@ from aiohttp import web
 from gatekeeper import __version__
 from gatekeeper.admin import build_admin_app
 from gatekeeper.config import Config
+from gatekeeper.gradio.route import GradioRoute
+from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import Jobs
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.lifecycle.asyncutil import cancel_and_wait
@@ -45,10 +47,12 @@ from gatekeeper.observability.alerts.loop import AlertLoop
 from gatekeeper.observability.alerts.notify import Notifier
 from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.status import status_document
 from gatekeeper.observability.summary import config_warnings, describe, describe_signals
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections, EdgeSite, fd_ceiling
-from gatekeeper.proxy.handler import ProxyHandler
+from gatekeeper.proxy.handler import Features, ProxyHandler
+from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.resources.monitor import Monitor
 from gatekeeper.state import STATE, AppState
 
@@ -169,6 +173,20 @@ def _publish_resources(st: AppState) -> Callable[[Any], None]:
     return publish
 
 
+def proxy_ports(st: AppState) -> ProxyPorts:
+    """What the proxy may reach of the state: each member a small Protocol of ``ports``."""
+    duration = st.metrics.upstream_duration
+    return ProxyPorts(
+        rules=st,
+        gate=st.gate,
+        clock=st.clock,
+        counters=st.counters,
+        epochs=st.usage,
+        engine_refused=st.engine_refused,
+        upstream_timed=lambda route, code, seconds: duration.labels(route, code).observe(seconds),
+    )
+
+
 def build_proxy_app(
     st: AppState,
     *,
@@ -178,9 +196,23 @@ def build_proxy_app(
     alerts: bool = True,
     conns: Connections | None = None,
 ) -> web.Application:
-    handler = ProxyHandler(st, on_record=log_request, conns=conns)
-    if st.gradio is not None:
-        st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    ports = proxy_ports(st)
+    handler = ProxyHandler(ports, on_record=log_request, conns=conns)
+    assert st.gradio is not None  # AppState.create builds it
+    st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
+    jobs = st.jobs
+    # The plan's outcomes that features serve; the proxy imports none of them.
+    handler.register(
+        Features(
+            status=lambda: status_document(st),
+            jobs=JobsEndpoint(jobs, st.clock) if jobs is not None else None,
+            queue=QueueRoute(jobs, st.clock, handler.respond, conns).handle
+            if jobs is not None
+            else None,
+            gradio=gradio.handle,
+        )
+    )
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
     app[STATE] = st
     if reloader is not None:
@@ -196,7 +228,7 @@ def build_proxy_app(
         app.cleanup_ctx.append(_alerting(st))
 
     async def close_gradio_streams(_: web.Application) -> None:
-        n = handler.gradio.close_idle_streams()
+        n = gradio.close_idle_streams()
         if n:
             log.info("closed %d idle Gradio session stream(s)", n)
 
