@@ -3,15 +3,15 @@
 Every path that runs a generation holds its slot through a ``Lease``, and frees
 it through this module only:
 
-===================  =====================================  ==============================
-path                 holder of the lease                    released when
-===================  =====================================  ==============================
-admit, ``cancel``    the proxy's admit step (``with``)      that block is left, any way
-admit, ``finish``    the relay's own task (``follow``)      that task ends, any way
-queue route          the job's runner task (``follow``)     that task ends, any way
-Gradio join          the join (``with``), then its event    the event ends (``GradioEvents``)
+===================  ====================================  =================================
+path                 holder of the lease                   released when
+===================  ====================================  =================================
+admit, ``cancel``    the proxy's admit step (``with``)     that block is left, any way
+admit, ``finish``    the relay's own task (``follow``)     that task ends, any way
+queue route          the job's runner task (``follow``)    that task ends, any way
+Gradio join          the join (``with``), then its event   the event ends (``GradioEvents``)
                      (``hand_over``)
-===================  =====================================  ==============================
+===================  ====================================  =================================
 
 The rules, enforced here and nowhere else:
 
