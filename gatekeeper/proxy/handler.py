@@ -41,7 +41,7 @@ from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
 
-__all__ = ["Features", "ProxyHandler", "check_target"]
+__all__ = ["Features", "JobsHandler", "ProxyHandler", "RouteHandler", "check_target"]
 
 
 def check_target(request: web.BaseRequest) -> None:
@@ -63,7 +63,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteHandler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 
-class JobsEndpoint(Protocol):
+class JobsHandler(Protocol):
     """The async-job endpoints under ``jobs_path``; ``rest`` is the path after it."""
 
     async def __call__(
@@ -81,7 +81,7 @@ class Features:
     """
 
     status: Callable[[], Mapping[str, Any]] | None = None
-    jobs: JobsEndpoint | None = None
+    jobs: JobsHandler | None = None
     queue: RouteHandler | None = None
     gradio: RouteHandler | None = None
 
