@@ -8,17 +8,17 @@ import pytest
 
 from gatekeeper.config import Resources, Threshold
 from gatekeeper.core.admission import (
-    DurationEstimator,
     Gate,
-    Limits,
+    GateLimits,
     Readings,
     Rejection,
     ResourceState,
-    Ticket,
     decide,
     next_overloaded,
     retry_after,
 )
+from gatekeeper.core.estimator import DurationEstimator
+from gatekeeper.core.lease import Lease
 
 CPU = Threshold(reject_above=90, recover_below=75)
 
@@ -51,7 +51,7 @@ def test_resource_state_sequence() -> None:
     assert seen == [(False, False), (True, False), (True, True), (False, True), (False, False)]
 
 
-LIM = Limits(max_in_flight=1, retry_after_default=30)
+LIM = GateLimits(max_in_flight=1, retry_after_default=30)
 OK = ResourceState()
 HOT = ResourceState(cpu_percent=95, cpu_overloaded=True)
 FULL = ResourceState(memory_percent=95, memory_overloaded=True)
@@ -109,33 +109,33 @@ def test_retry_after_table(expected: float, elapsed: list[float], default: int, 
 
 def test_gate_is_exact_and_releases_once() -> None:
     """try_admit never overshoots max_in_flight; a ticket frees its slot exactly once."""
-    gate = Gate(Limits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
+    gate = Gate(GateLimits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
     results = [gate.try_admit("generate", now=float(i)) for i in range(500)]
-    tickets = [r for r in results if isinstance(r, Ticket)]
+    tickets = [r for r in results if isinstance(r, Lease)]
     assert len(tickets) == 2
     assert gate.in_flight == 2
     assert all(isinstance(r, Rejection) and r.reason == "busy" for r in results[2:])
     assert tickets[0].release() is True
     assert tickets[0].release() is False  # idempotent: no double free
     assert gate.in_flight == 1
-    assert isinstance(gate.try_admit("generate", now=600.0), Ticket)
+    assert isinstance(gate.try_admit("generate", now=600.0), Lease)
     assert isinstance(gate.try_admit("generate", now=600.0), Rejection)
 
 
 def test_lowering_limit_never_cancels_running() -> None:
     """A lower max_in_flight stops new admissions until the count falls; tickets live on."""
-    gate = Gate(Limits(max_in_flight=3, retry_after_default=30), DurationEstimator(600))
+    gate = Gate(GateLimits(max_in_flight=3, retry_after_default=30), DurationEstimator(600))
     tickets = [gate.try_admit("g", now=0.0) for _ in range(3)]
-    gate.limits = Limits(max_in_flight=1, retry_after_default=30)
+    gate.limits = GateLimits(max_in_flight=1, retry_after_default=30)
     assert gate.in_flight == 3
     assert isinstance(gate.try_admit("g", now=1.0), Rejection)
     for t in tickets[:2]:
-        assert isinstance(t, Ticket)
+        assert isinstance(t, Lease)
         t.release()
     assert isinstance(gate.try_admit("g", now=2.0), Rejection)  # 1 running = limit
-    assert isinstance(tickets[2], Ticket)
+    assert isinstance(tickets[2], Lease)
     tickets[2].release()
-    assert isinstance(gate.try_admit("g", now=3.0), Ticket)
+    assert isinstance(gate.try_admit("g", now=3.0), Lease)
 
 
 def test_gate_reasons_lists_every_cause() -> None:
@@ -174,23 +174,23 @@ async def _settle(n: int = 10) -> None:
 
 async def test_wait_idle_returns_at_once_when_nothing_runs() -> None:
     """An idle gate's wait_idle completes without waiting."""
-    gate = Gate(Limits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
+    gate = Gate(GateLimits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
     await asyncio.wait_for(gate.wait_idle(), timeout=1.0)
 
 
 async def test_wait_idle_wakes_when_the_last_ticket_is_released() -> None:
     """wait_idle waits while any ticket is held and returns as soon as the last one is
     released: an event, not a poll (no clock time passes between release and return)."""
-    gate = Gate(Limits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
+    gate = Gate(GateLimits(max_in_flight=2, retry_after_default=30), DurationEstimator(600))
     a, b = gate.try_admit("generate", 0.0), gate.try_admit("generate", 0.0)
-    assert isinstance(a, Ticket) and isinstance(b, Ticket)
+    assert isinstance(a, Lease) and isinstance(b, Lease)
     waiter = asyncio.create_task(gate.wait_idle())
     await _settle()
     a.release()
     await _settle()
     assert not waiter.done()  # one generation still runs
     c = gate.try_admit("generate", 1.0)  # a new one taken before the last ends
-    assert isinstance(c, Ticket)
+    assert isinstance(c, Lease)
     b.release()
     await _settle()
     assert not waiter.done()

@@ -7,7 +7,14 @@ from dataclasses import replace
 import pytest
 
 from gatekeeper.config import Gpu, PressureThreshold, Resources, Threshold
-from gatekeeper.core.admission import Limits, Readings, Rejection, ResourceState, decide, reasons
+from gatekeeper.core.admission import (
+    GateLimits,
+    Readings,
+    Rejection,
+    ResourceState,
+    decide,
+    reasons,
+)
 from gatekeeper.core.vocab import ADMIT_REASONS, RESOURCE_REASONS, AdmitReason
 
 ALL = Resources(
@@ -83,7 +90,7 @@ def test_cpu_and_memory_still_use_their_thresholds() -> None:
 def test_reasons_follow_the_documented_order() -> None:
     """Every resource reason at once: cpu, memory, then PSI cpu/memory/io, then GPU."""
     hot = ResourceState(**{f"{r.value}_overloaded": True for r in RESOURCE_REASONS})
-    got = reasons(in_flight=1, limits=Limits(1, 30), resources=hot, draining=True)
+    got = reasons(in_flight=1, limits=GateLimits(1, 30), resources=hot, draining=True)
     assert got == [
         "draining",
         "busy",
@@ -103,7 +110,7 @@ def test_each_new_reason_is_a_rejection(reason: AdmitReason) -> None:
     st = ResourceState(**{f"{reason.value}_overloaded": True})
     got = decide(
         in_flight=0,
-        limits=Limits(1, 30),
+        limits=GateLimits(1, 30),
         resources=st,
         draining=False,
         expected=600,

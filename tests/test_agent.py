@@ -12,7 +12,7 @@ import pytest
 from gatekeeper.app.process import Gatekeeper
 from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
-from gatekeeper.core.admission import Ticket
+from gatekeeper.core.lease import Lease
 from gatekeeper.lifecycle.haproxy_agent import AgentServer, Facts, facts_of, reply
 
 
@@ -68,7 +68,7 @@ async def test_facts_of_counts_free_slots_on_engines_that_are_up() -> None:
     try:
         assert facts_of(st) == Facts(False, 3, 3, (), True, 0)
         ticket = st.gate.try_admit("generate", st.clock())
-        assert isinstance(ticket, Ticket)
+        assert isinstance(ticket, Lease)
         assert facts_of(st).free == 2
         st.set_engine_up(ticket.engine, False)
         assert facts_of(st).free == (1 if ticket.engine == "b" else 2)
@@ -151,7 +151,7 @@ async def test_readyz_admit_says_whether_a_job_can_start_now(aiohttp_client: Any
     try:
         assert (await client.get("/readyz?admit=1")).status == 200
         ticket = st.gate.try_admit("generate", st.clock())
-        assert isinstance(ticket, Ticket)
+        assert isinstance(ticket, Lease)
         assert (await client.get("/readyz")).status == 200
         r = await client.get("/readyz?admit=1")
         assert r.status == 503 and (await r.json())["reasons"] == ["busy"]

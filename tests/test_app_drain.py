@@ -10,7 +10,7 @@ import pytest
 from gatekeeper.app.process import Gatekeeper
 from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
-from gatekeeper.core.admission import Ticket
+from gatekeeper.core.lease import Lease
 
 
 async def _settle(n: int = 20) -> None:
@@ -32,7 +32,7 @@ async def test_drain_returns_as_soon_as_the_last_generation_ends() -> None:
     assert gk.state is not None
     try:
         ticket = gk.state.gate.try_admit("generate", gk.state.clock())
-        assert isinstance(ticket, Ticket)
+        assert isinstance(ticket, Lease)
         drain = asyncio.create_task(gk.drain())
         await _settle()
         assert not drain.done()
@@ -54,7 +54,7 @@ async def test_drain_logs_while_waiting_and_gives_up_at_the_timeout(
     )
     assert gk.state is not None
     try:
-        assert isinstance(gk.state.gate.try_admit("generate", gk.state.clock()), Ticket)
+        assert isinstance(gk.state.gate.try_admit("generate", gk.state.clock()), Lease)
         with caplog.at_level(logging.INFO, logger="gatekeeper"):
             assert await asyncio.wait_for(gk.drain(), timeout=5.0) is False
         waiting = [r for r in caplog.records if "draining: waiting for 1" in r.getMessage()]

@@ -14,17 +14,11 @@ from typing import Any
 import pytest
 
 from gatekeeper.config import load_config
-from gatekeeper.core.admission import (
-    DurationEstimator,
-    EngineSlots,
-    Gate,
-    Limits,
-    Rejection,
-    Ticket,
-    no_engine_reason,
-    pick_engine,
-)
+from gatekeeper.core.admission import Gate, GateLimits, Rejection
+from gatekeeper.core.engines import EngineSlots, no_engine_reason, pick_engine
 from gatekeeper.core.errors import ConfigError
+from gatekeeper.core.estimator import DurationEstimator
+from gatekeeper.core.lease import Lease
 from gatekeeper.lifecycle.changes import diff
 from gatekeeper.lifecycle.runtime import admission_limits
 
@@ -75,12 +69,12 @@ def test_no_engine_reason(in_flight: dict[str, int], up: dict[str, bool], reason
 
 def _gate(*slots: EngineSlots, down_retry_after: int = 5) -> Gate:
     total = sum(e.max_in_flight for e in slots)
-    limits = Limits(total, 30, engines=slots, down_retry_after=down_retry_after)
+    limits = GateLimits(total, 30, engines=slots, down_retry_after=down_retry_after)
     return Gate(limits, DurationEstimator(100.0))
 
 
-def _ticket(result: Ticket | Rejection) -> Ticket:
-    assert isinstance(result, Ticket), result
+def _ticket(result: Lease | Rejection) -> Lease:
+    assert isinstance(result, Lease), result
     return result
 
 
@@ -126,7 +120,7 @@ def test_a_removed_engine_keeps_its_job_and_gets_no_new_one() -> None:
     gate = _gate(A, B)
     ta = _ticket(gate.try_admit("gen", 0.0))
     assert ta.engine == "a"
-    gate.limits = Limits(1, 30, engines=(B,))
+    gate.limits = GateLimits(1, 30, engines=(B,))
     assert gate.in_flight == 1
     tb = _ticket(gate.try_admit("gen", 1.0))
     assert tb.engine == "b"
@@ -142,12 +136,12 @@ def test_no_burst_ever_exceeds_an_engine_s_slots() -> None:
     rng = random.Random(11)
     engines = (EngineSlots("a", 1), EngineSlots("b", 2), EngineSlots("c", 1))
     gate = _gate(*engines)
-    held: list[Ticket] = []
+    held: list[Lease] = []
     for step in range(5000):
         roll = rng.random()
         if roll < 0.5:
             result = gate.try_admit("gen", float(step))
-            if isinstance(result, Ticket):
+            if isinstance(result, Lease):
                 held.append(result)
                 # At the moment it is taken: a listed engine, not down, within its slots.
                 slots = {e.name: e.max_in_flight for e in gate.limits.slots}
@@ -160,7 +154,7 @@ def test_no_burst_ever_exceeds_an_engine_s_slots() -> None:
             gate.engine_up[rng.choice("abc")] = rng.choice((True, False, None))
         else:
             listed = tuple(e for e in engines if rng.random() < 0.8) or engines[:1]
-            gate.limits = Limits(sum(e.max_in_flight for e in listed), 30, engines=listed)
+            gate.limits = GateLimits(sum(e.max_in_flight for e in listed), 30, engines=listed)
         counted: dict[str, int] = {}
         for t in held:
             counted[t.engine] = counted.get(t.engine, 0) + 1
@@ -174,9 +168,7 @@ def test_no_burst_ever_exceeds_an_engine_s_slots() -> None:
 def test_admits_never_exceed_slots_when_nothing_is_reloaded() -> None:
     """1,000 admits in a row over engines of 1 and 2 slots: exactly 3 tickets, a:1 b:2."""
     gate = _gate(EngineSlots("a", 1), EngineSlots("b", 2))
-    tickets = [
-        r for r in (gate.try_admit("gen", 0.0) for _ in range(1000)) if isinstance(r, Ticket)
-    ]
+    tickets = [r for r in (gate.try_admit("gen", 0.0) for _ in range(1000)) if isinstance(r, Lease)]
     assert sorted(t.engine for t in tickets) == ["a", "b", "b"]
 
 

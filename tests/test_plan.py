@@ -8,7 +8,8 @@ import pytest
 from support import ADMIT_ROUTES
 
 from gatekeeper.config import Config, load_config
-from gatekeeper.core.admission import DurationEstimator, Gate, Limits, ResourceState
+from gatekeeper.core.admission import Gate, GateLimits, ResourceState
+from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
 from gatekeeper.core.routes import Router
 
@@ -18,7 +19,7 @@ QCFG = load_config(BASE)  # the shipped routes: /generate is a queue route
 
 
 def gate(*, busy: bool = False, cpu: bool = False, draining: bool = False) -> Gate:
-    g = Gate(Limits(max_in_flight=1, retry_after_default=30), DurationEstimator(prior=60.0))
+    g = Gate(GateLimits(max_in_flight=1, retry_after_default=30), DurationEstimator(prior=60.0))
     if busy:
         g.try_admit("generate", 0.0)
     g.resources = replace(ResourceState(), cpu_overloaded=cpu)

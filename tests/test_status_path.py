@@ -14,7 +14,7 @@ from gatekeeper.admin import build_admin_app
 from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import load_config
-from gatekeeper.core.admission import Ticket
+from gatekeeper.core.lease import Lease
 from gatekeeper.lifecycle.reload import Reloader
 
 RULES = """
@@ -80,7 +80,7 @@ async def test_status_path_shows_a_running_generation(
     upstream, _ = await _upstream(aiohttp_server)
     client, st = await _gatekeeper(aiohttp_client, upstream)
     ticket = st.gate.try_admit("generate", st.clock())
-    assert isinstance(ticket, Ticket)
+    assert isinstance(ticket, Lease)
     try:
         body = await (await client.get("/_gatekeeper/status")).json()
     finally:

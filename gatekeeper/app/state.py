@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatekeeper.config import Config
-from gatekeeper.core.admission import DurationEstimator, Gate
+from gatekeeper.core.admission import Gate
+from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.routes import PASS_ROUTE
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents

@@ -23,6 +23,8 @@ from gatekeeper.app.state import AppState
 from gatekeeper.config import Config
 from gatekeeper.core.admission import ResourceState
 from gatekeeper.core.asyncutil import cancel_and_wait
+from gatekeeper.gradio.route import GradioRoute
+from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import Jobs
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.lifecycle.probe import probe_loop
@@ -32,9 +34,11 @@ from gatekeeper.observability.alerts.loop import AlertLoop
 from gatekeeper.observability.alerts.notify import Notifier
 from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.status import status_document
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections
-from gatekeeper.proxy.handler import ProxyHandler
+from gatekeeper.proxy.handler import Features, ProxyHandler
+from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
@@ -137,6 +141,20 @@ def _publish_resources(st: AppState) -> Callable[[ResourceState], None]:
     return publish
 
 
+def proxy_ports(st: AppState) -> ProxyPorts:
+    """What the proxy may reach of the state: each member a small Protocol of ``ports``."""
+    duration = st.metrics.upstream_duration
+    return ProxyPorts(
+        rules=st,
+        gate=st.gate,
+        clock=st.clock,
+        counters=st.counters,
+        epochs=st.usage,
+        engine_refused=st.engine_refused,
+        upstream_timed=lambda route, code, seconds: duration.labels(route, code).observe(seconds),
+    )
+
+
 def build_proxy_app(
     st: AppState,
     *,
@@ -146,9 +164,23 @@ def build_proxy_app(
     alerts: bool = True,
     conns: Connections | None = None,
 ) -> web.Application:
-    handler = ProxyHandler(st, on_record=log_request, conns=conns)
-    if st.gradio is not None:
-        st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    ports = proxy_ports(st)
+    handler = ProxyHandler(ports, on_record=log_request, conns=conns)
+    assert st.gradio is not None  # AppState.create builds it
+    st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
+    jobs = st.jobs
+    # The plan's outcomes that features serve; the proxy imports none of them.
+    handler.register(
+        Features(
+            status=lambda: status_document(st),
+            jobs=JobsEndpoint(jobs, st.clock) if jobs is not None else None,
+            queue=QueueRoute(jobs, st.clock, handler.respond, conns).handle
+            if jobs is not None
+            else None,
+            gradio=gradio.handle,
+        )
+    )
     app = web.Application(middlewares=[handler.refuse_foreign_targets])
     if reloader is not None:
         # The file watcher (issue #5 §1); the proxy handler counts which requests may
@@ -163,7 +195,7 @@ def build_proxy_app(
         app.cleanup_ctx.append(_alerting(st))
 
     async def close_gradio_streams(_: web.Application) -> None:
-        n = handler.gradio.close_idle_streams()
+        n = gradio.close_idle_streams()
         if n:
             log.info("closed %d idle Gradio session stream(s)", n)
 

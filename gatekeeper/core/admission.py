@@ -7,21 +7,21 @@ behind ``Gate.wait_idle`` (the drain awaits it instead of polling).
 
 Invariants (the reliability contract of issue #2):
 
-1. ``in_flight`` counts tickets handed out and not yet released. ``Gate.try_admit``
+1. ``in_flight`` counts leases granted and not yet released. ``Gate.try_admit``
    checks and increments in one synchronous step, so under asyncio no burst of
    requests can ever overshoot ``max_in_flight``: there is no ``await`` between
    the check and the increment.
-2. Every ``Ticket`` is released exactly once. ``Ticket.release`` is idempotent;
-   the proxy calls it from a ``finally``, so success, upstream error, timeout,
-   client gone, cancellation and shutdown all end in one release.
-3. Lowering ``max_in_flight`` (a reload) never touches running tickets; it only
+2. Every ``Lease`` is released exactly once, whichever path holds it: the rule
+   and its one owner per path live in ``lease``; the gate only frees the slot
+   when told, and counts a repeated release (``repeat_releases``).
+3. Lowering ``max_in_flight`` (a reload) never touches running leases; it only
    stops new admissions until the count falls below the new limit.
-
-4. Several engines (issue #11 §1): every ticket names the engine it runs on, and
-   ``try_admit`` picks that engine in the same synchronous step: one that is not
-   down (its probe), not retired (removed by a reload) and below its own
-   ``max_in_flight``, the least loaded first (ties: the file's order). The total
-   never exceeds ``Limits.max_in_flight`` and no engine ever exceeds its own.
+4. Several engines (issue #11 §1): every lease names the engine it runs on, and
+   ``try_admit`` picks that engine (``engines.pick_engine``) in the same
+   synchronous step: one that is not down (its probe), not retired (removed by a
+   reload) and below its own ``max_in_flight``, the least loaded first (ties: the
+   file's order). The total never exceeds ``GateLimits.max_in_flight`` and no
+   engine ever exceeds its own.
 
 Reasons are checked in this order, so a client hears the most useful one:
 ``draining`` (come back to the new instance) > ``busy`` (someone else's song
@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import statistics
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from gatekeeper.config import Resources, Threshold
+from gatekeeper.config import DEFAULT_ENGINE, Resources, Threshold
+from gatekeeper.core.engines import EngineSlots, no_engine_reason, pick_engine
+from gatekeeper.core.estimator import DurationEstimator
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import RESOURCE_REASONS, AdmitReason
 
 
@@ -143,43 +144,10 @@ class ResourceState:
         return {f: getattr(self, f) or 0.0 for f, _, _ in _WATCHED.values()}
 
 
-class DurationEstimator:
-    """Expected generation duration: the median of the last ``window`` completed ones.
-
-    The median ignores the odd 30-second failure or 40-minute outlier that a
-    mean would chase. Until anything completes it answers the configured prior.
-    """
-
-    def __init__(self, prior: float, window: int = 20):
-        self.prior = prior
-        self._recent: deque[float] = deque(maxlen=window)
-
-    def observe(self, seconds: float) -> None:
-        self._recent.append(seconds)
-
-    @property
-    def samples(self) -> int:
-        return len(self._recent)
-
-    @property
-    def expected(self) -> float:
-        return statistics.median(self._recent) if self._recent else self.prior
-
-
 @dataclass(frozen=True)
-class EngineSlots:
-    """One engine as the gate sees it: its name and how many generations it takes."""
-
-    name: str
-    max_in_flight: int
-
-
-DEFAULT_ENGINE = "default"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The admission settings the gate decides against (a projection of the config)."""
+class GateLimits:
+    """The admission settings the gate decides against (a projection of the config;
+    not ``config.Limits``, the connection and body limits)."""
 
     max_in_flight: int
     retry_after_default: int
@@ -193,66 +161,10 @@ class Limits:
         return self.engines or (EngineSlots(DEFAULT_ENGINE, self.max_in_flight),)
 
 
-def pick_engine(
-    slots: tuple[EngineSlots, ...],
-    in_flight: Mapping[str, int],
-    up: Mapping[str, bool | None],
-) -> str | None:
-    """The engine a new generation goes to, or None if no engine may take one.
-
-    Not one whose probe said down (``None``, no answer yet, is not "down": a fresh
-    gatekeeper must not refuse its first request), not one at its own limit; of the
-    rest, the lowest in_flight/max_in_flight, then the file's order.
-    """
-    best: str | None = None
-    best_load = 2.0
-    for e in slots:
-        n = in_flight.get(e.name, 0)
-        if up.get(e.name) is False or n >= e.max_in_flight:
-            continue
-        load = n / e.max_in_flight
-        if load < best_load:
-            best, best_load = e.name, load
-    return best
-
-
-def no_engine_reason(
-    slots: tuple[EngineSlots, ...],
-    in_flight: Mapping[str, int],
-    up: Mapping[str, bool | None],
-) -> str:
-    """Why ``pick_engine`` found none: ``busy`` if an engine that is up is full (its
-    song's ETA is the honest wait), else ``engine_down``."""
-    live = [e for e in slots if up.get(e.name) is not False]
-    if any(in_flight.get(e.name, 0) >= e.max_in_flight for e in live):
-        return AdmitReason.BUSY
-    return AdmitReason.ENGINE_DOWN
-
-
 @dataclass(frozen=True)
 class Rejection:
     reason: str  # an AdmitReason: busy, cpu, memory, ..., draining
     retry_after: int
-
-
-@dataclass
-class Ticket:
-    """One admitted generation. ``release`` frees its slot exactly once."""
-
-    route: str
-    started_at: float
-    _on_release: Callable[[Ticket], None] = field(repr=False)
-    released: bool = False
-    # The engine this generation runs on (``Limits.slots``): its pools, its slot.
-    engine: str = DEFAULT_ENGINE
-
-    def release(self) -> bool:
-        """Free the slot; True the first time, False (and no effect) afterwards."""
-        if self.released:
-            return False
-        self.released = True
-        self._on_release(self)
-        return True
 
 
 def retry_after(expected: float, running_elapsed: list[float], default: int) -> int:
@@ -270,7 +182,7 @@ def retry_after(expected: float, running_elapsed: list[float], default: int) -> 
 def reasons(
     *,
     in_flight: int,
-    limits: Limits,
+    limits: GateLimits,
     resources: ResourceState,
     draining: bool,
     no_engine: str | None = None,
@@ -293,7 +205,7 @@ def reasons(
 def decide(
     *,
     in_flight: int,
-    limits: Limits,
+    limits: GateLimits,
     resources: ResourceState,
     draining: bool,
     expected: float,
@@ -322,38 +234,42 @@ class Gate:
 
     ``limits``, ``resources``, ``draining`` and ``engine_up`` are plain attributes
     the adapters replace (reload, monitor, shutdown, probe); reading them is free.
-    An engine a reload removed keeps its running tickets (they count, and are
+    An engine a reload removed keeps its running leases (they count, and are
     released as usual) but is no longer in ``limits.slots``, so it gets no new one.
     """
 
-    def __init__(self, limits: Limits, estimator: DurationEstimator):
+    def __init__(self, limits: GateLimits, estimator: DurationEstimator):
         self.limits = limits
         self.estimator = estimator
         self.resources = ResourceState()
         self.draining = False
         # The probe's verdict per engine name (absent or None: no answer yet).
         self.engine_up: dict[str, bool | None] = {}
-        self._tickets: dict[int, Ticket] = {}
+        self._leases: dict[int, Lease] = {}
         self._by_engine: dict[str, int] = {}
         # Called right after a slot frees, in the same synchronous step (the waiting
         # room dispatches its next job there, before any new arrival can take the slot).
         self.on_free: Callable[[], None] | None = None
-        # Called with each new ticket (the per-engine count of started generations).
-        self.on_admit: Callable[[Ticket], None] | None = None
-        # Set while no ticket is held; only ``wait_idle`` awaits it (the shutdown drain).
+        # Called with each new lease (the per-engine count of started generations).
+        self.on_admit: Callable[[Lease], None] | None = None
+        # Releases of a lease already released: harmless (``lease``), and a bug of the
+        # path that repeated it; tests assert it stays 0.
+        self.repeat_releases = 0
+        # Set while no lease is held; only ``wait_idle`` awaits it (the shutdown drain).
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._tickets)
+        return len(self._leases)
 
     def in_flight_on(self, engine: str) -> int:
         return self._by_engine.get(engine, 0)
 
-    def running(self, engine: str | None = None) -> list[Ticket]:
-        tickets = [t for t in self._tickets.values() if engine is None or t.engine == engine]
-        return sorted(tickets, key=lambda t: t.started_at)
+    def running(self, engine: str | None = None) -> list[Lease]:
+        """The leases held now (on ``engine``), oldest first; each names its holder."""
+        leases = [t for t in self._leases.values() if engine is None or t.engine == engine]
+        return sorted(leases, key=lambda t: t.started_at)
 
     def pick(self) -> str | None:
         """The engine the next admit would run on (None: no engine may take one)."""
@@ -365,10 +281,10 @@ class Gate:
         return no_engine_reason(self.limits.slots, self._by_engine, self.engine_up)
 
     def elapsed(self, now: float) -> list[float]:
-        return [now - t.started_at for t in self._tickets.values()]
+        return [now - t.started_at for t in self._leases.values()]
 
     def _listed_in_flight(self) -> int:
-        """Tickets on the engines listed now: a removed engine's job, finishing, holds
+        """Leases on the engines listed now: a removed engine's job, finishing, holds
         no slot of the engines that remain."""
         return sum(self._by_engine.get(e.name, 0) for e in self.limits.slots)
 
@@ -397,33 +313,36 @@ class Gate:
             no_engine=self._no_engine(self.pick()),
         )
 
-    def try_admit(self, route: str, now: float) -> Ticket | Rejection:
+    def try_admit(self, route: str, now: float) -> Lease | Rejection:
         engine = self.pick()
         rejection = self._decide(now, engine)
         if rejection is not None:
             return rejection
         assert engine is not None  # decide admits only when an engine was picked
-        ticket = Ticket(route=route, started_at=now, _on_release=self._release, engine=engine)
-        self._tickets[id(ticket)] = ticket
+        lease = Lease(route, now, engine, self._free, self._repeated)
+        self._leases[id(lease)] = lease
         self._by_engine[engine] = self._by_engine.get(engine, 0) + 1
         self._idle.clear()
         if self.on_admit is not None:
-            self.on_admit(ticket)
-        return ticket
+            self.on_admit(lease)
+        return lease
 
     async def wait_idle(self) -> None:
-        """Return once no ticket is held: at once if none is, else when the last is released."""
-        while self._tickets:
+        """Return once no lease is held: at once if none is, else when the last is released."""
+        while self._leases:
             await self._idle.wait()
 
-    def _release(self, ticket: Ticket) -> None:
-        del self._tickets[id(ticket)]
-        left = self._by_engine[ticket.engine] - 1
+    def _free(self, lease: Lease) -> None:
+        del self._leases[id(lease)]
+        left = self._by_engine[lease.engine] - 1
         if left:
-            self._by_engine[ticket.engine] = left
+            self._by_engine[lease.engine] = left
         else:
-            del self._by_engine[ticket.engine]
-        if not self._tickets:
+            del self._by_engine[lease.engine]
+        if not self._leases:
             self._idle.set()
         if self.on_free is not None:
             self.on_free()
+
+    def _repeated(self, lease: Lease) -> None:
+        self.repeat_releases += 1

@@ -8,13 +8,18 @@ an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
     GatekeeperError
     ├── ConfigError                  rules.yaml is invalid (every problem listed)
     └── HttpError                    answered by gatekeeper itself
-        ├── BadRequest       400     absolute-form / authority-form request target
+        ├── BadRequest       400     absolute-form target; a malformed Prefer or
+        │                            Idempotency-Key (bad_header); a Gradio join
+        │                            body that is not one (bad_gradio_request)
         ├── MethodNotAllowed 405     CONNECT: gatekeeper is never an open proxy
         ├── ClientTimeout    408     the client paused its upload past limits.client_body_timeout
         ├── BodyTooLarge     413     request body over limits.max_body_bytes
         └── UpstreamError            the engine failed us
             ├── UpstreamUnavailable  502  upstream_unavailable (connect failed, or
-            │                              the connection broke before a response)
+            │   │                          the connection broke before a response)
+            │   └── UpstreamProtocolError  502  upstream_unavailable, kind protocol (the
+            │                                   connection broke or spoke nonsense before
+            │                                   a complete head; a Gradio join's answer)
             ├── UpstreamBusy         503  upstream_busy (no free pool connection in time)
             └── UpstreamTimeout      504  upstream_timeout (no byte within the read timeout,
                                           or a request write stalled past the write timeout)

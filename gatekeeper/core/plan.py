@@ -3,25 +3,30 @@
 ``plan`` answers "why was this request rejected?" (or passed, or admitted) in
 one place, from plain facts: the method, the path, the declared body length,
 the rules and the gate's state at this instant. The aiohttp handler
-(``proxy``) only carries the plan out. The outcomes, in the order they are
-tried:
+(``proxy.handler``) only carries the plan out. The outcomes, in the order they
+are tried:
 
 =====================  =========================================================
 ``ServeStatus``        GET/HEAD of ``status_path``: gatekeeper's own status JSON
+``ServeJobs``          anything under ``jobs_path``: the async-job endpoints
+                       (``jobs.api``), before any route is matched
 ``Refuse`` (blocked)   a ``block`` route: its status and detail, never forwarded
 ``Refuse`` (413)       a declared ``Content-Length`` over ``limits.max_body_bytes``
 ``Forward`` (pass)     a ``pass`` route (or no route): the passthrough pool
-``Forward`` (gradio)   a ``gradio`` route: gradioroute decides per Gradio request
-                       (a gated function's queue join takes a slot; the rest passes)
-``ServeJobs``          anything under ``jobs_path``: the async-job endpoints (jobsapi)
-``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now* (draining,
-                       busy, cpu, memory), with Retry-After; no body is read
-``Forward`` (admit)    an ``admit`` route with a free slot: the body is spooled,
-                       then the ticket taken (the gate decides again at that
-                       moment; the slot may have gone meanwhile)
+``Forward`` (gradio)   a ``gradio`` route: ``gradio.route`` decides per Gradio
+                       request (a gated function's queue join takes a slot; the
+                       rest passes)
 ``Refuse`` (draining)  a ``queue`` route while draining (waiting would outlive us)
 ``Forward`` (queue)    a ``queue`` route: the body is spooled, then the waiting room
-                       decides (jobs.submit): coalesce, refuse, or wait its turn
+                       decides (``Jobs.submit``): coalesce, refuse, or wait its turn
+``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now*, with
+                       Retry-After; no body is read. The reasons, first one
+                       answered: draining, busy, engine_down, cpu, memory,
+                       cpu_pressure, memory_pressure, io_pressure (PSI),
+                       gpu_memory, gpu_utilization (``admission.reasons``)
+``Forward`` (admit)    an ``admit`` route with a free slot: the body is spooled,
+                       then the lease taken (the gate decides again at that
+                       moment; the slot may have gone meanwhile)
 =====================  =========================================================
 """
 
@@ -62,12 +67,12 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Send it to the engine: ``gated`` takes the body first, then a ticket."""
+    """Send it to the engine: ``gated`` takes the body first, then a lease."""
 
     route: Route
     gated: bool
     queued: bool = False  # a queue route: the waiting room decides after the body
-    gradio: bool = False  # a gradio route: gradioroute decides (joins of gated functions)
+    gradio: bool = False  # a gradio route: gradio.route decides (joins of gated functions)
 
 
 Plan = ServeStatus | ServeJobs | Refuse | Forward

@@ -1,8 +1,9 @@
-"""The gated Gradio events in flight: each owns one admission ticket.
+"""The gated Gradio events in flight: each holds one admission lease.
 
-A join for a gated function takes a ticket (``gradioroute``); once Gradio
-answers with an ``event_id`` the ticket is handed to ``GradioEvents.add`` and
-from then on is released exactly once, by ``end``, whichever comes first:
+A join for a gated function takes a lease (``gradio.route``); once Gradio
+answers with an ``event_id`` the lease is handed to ``GradioEvents.add``
+(``Lease.hand_over``) and from then on is released by ``end``, whichever comes
+first (``core.lease`` makes the release count once):
 
 - the event's ``process_completed`` (or ``close_stream`` / ``unexpected_error``
   for its session, or the ``/call`` stream's ``complete``/``error``) seen in a
@@ -24,7 +25,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gatekeeper.core.admission import Gate, Ticket
+from gatekeeper.core.admission import Gate
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.proxy.record import RequestRecord
@@ -38,7 +40,7 @@ class Pending:
     session: str
     route: str
     api_name: str | None
-    ticket: Ticket
+    lease: Lease
     rec: RequestRecord  # the join's record; logged again as the generation's line
     joined: float
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -61,7 +63,7 @@ class GradioEvents:
         self._sessions: dict[str, set[str]] = {}
         self._idle: dict[str, asyncio.Event] = {}
         # Sessions whose queue/data stream is open through gatekeeper now, and refusals
-        # waiting to be told to a session through its next stream (gradioroute).
+        # waiting to be told to a session through its next stream (``gradio.route``).
         self._streams: dict[str, int] = {}
         self._refusals: dict[str, bytes] = {}
         self.on_record = on_record  # the access log (app wiring)
@@ -76,20 +78,21 @@ class GradioEvents:
         session: str,
         route: str,
         api_name: str | None,
-        ticket: Ticket,
+        lease: Lease,
         rec: RequestRecord,
         timeout: float,
     ) -> None:
-        """Take over ``ticket`` for ``event_id`` (of ``session``; a /call has none: its
+        """Take over ``lease`` for ``event_id`` (of ``session``; a /call has none: its
         event id stands in). A duplicate id ends the older one first."""
         if event_id in self._events:
             self.end(event_id, "replaced", success=False)
-        p = Pending(event_id, session, route, api_name, ticket, rec, self._clock())
+        p = Pending(event_id, session, route, api_name, lease, rec, self._clock())
         loop = asyncio.get_running_loop()
         p.timer = loop.call_later(timeout, self._expired, event_id, timeout)
         self._events[event_id] = p
         self._sessions.setdefault(session, set()).add(event_id)
         self.idle(session).clear()
+        lease.hand_over("gradio-event")  # last: until here the join still releases it
 
     def pending(self, session: str) -> bool:
         return bool(self._sessions.get(session))
@@ -127,7 +130,7 @@ class GradioEvents:
         return ev
 
     def end(self, event_id: str, why: str, *, success: bool) -> bool:
-        """Release the event's ticket (once); False if it is not (or no longer) ours."""
+        """Release the event's lease; False if it is not (or no longer) ours."""
         p = self._events.pop(event_id, None)
         if p is None:
             return False
@@ -141,7 +144,7 @@ class GradioEvents:
                 ev = self._idle.pop(p.session, None)
                 if ev is not None:
                     ev.set()
-        released = p.ticket.release()
+        released = p.lease.release()
         elapsed = self._clock() - p.joined
         if released and success:
             self._gate.estimator.observe(elapsed)
@@ -174,7 +177,7 @@ class GradioEvents:
         return sum(self.end(eid, why, success=success) for eid in ids)
 
     def close(self) -> None:
-        """gatekeeper stops: every ticket still held is released."""
+        """gatekeeper stops: every lease still held is released."""
         for eid in list(self._events):
             self.end(eid, "shutdown", success=False)
 

@@ -1,12 +1,13 @@
 """A request on a ``gradio`` route: the Gradio queue protocol, admitted per generation.
 
-``gradiowire.classify`` says what the request is:
+``wire.classify`` says what the request is:
 
 - ``queue/join`` (and ``POST /call/<api>``) of a **gated** function: the body
-  (small JSON) is spooled and parsed, the gate is asked, and with a ticket the
-  join is forwarded; Gradio's answer (``{"event_id": ...}``) hands the ticket to
-  ``GradioEvents``. No slot: a 503 with JSON ``detail`` and ``Retry-After``
-  (what Gradio's clients show: docs/gradio.md). A join of any other function,
+  (small JSON) is spooled and parsed, the gate is asked, and with a lease the
+  join is forwarded; Gradio's answer (``{"event_id": ...}``) hands the lease to
+  ``GradioEvents``. No slot: the refusal is told in the session's stream (a
+  session with nothing running), else a 503 with JSON ``detail`` and
+  ``Retry-After`` (what Gradio's clients show: docs/gradio.md). A join of any other function,
   and every other request (the page, ``/config``, uploads, files), passes.
 - ``queue/data`` (the session's SSE stream), ``heartbeat/<session>`` and
   ``call/<api>/<event_id>``: relayed unbuffered, uncompressed, with an observer
@@ -25,14 +26,11 @@ import asyncio
 import json
 import logging
 import secrets
-import time
-from typing import TYPE_CHECKING
 
 import aiohttp
-import httpx
 from aiohttp import web
 
-from gatekeeper.config import Config, Route
+from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
 from gatekeeper.core.errors import BadRequest, UpstreamProtocolError, UpstreamTimeout
 from gatekeeper.core.headers import (
@@ -43,26 +41,25 @@ from gatekeeper.core.headers import (
 from gatekeeper.core.plan import Refuse, rejected
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.gradio.names import ApiNames
+from gatekeeper.gradio.streams import Heartbeat, SessionStream
 from gatekeeper.gradio.wire import (
     Gating,
     GradioPath,
     Join,
     Kind,
-    SSEParser,
     classify,
-    ending,
     event_id_of,
     parse_join,
+    refusal_frames,
 )
-from gatekeeper.gradio.wire import api_names as parse_api_names
-from gatekeeper.lifecycle.runtime import Runtime
-from gatekeeper.proxy.record import RequestRecord
-from gatekeeper.proxy.relay import Relay, client_left
+from gatekeeper.proxy.admit import Admit
+from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.ports import ProxyPorts
+from gatekeeper.proxy.relay import Relay
+from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.spool import Spool, take_body
 from gatekeeper.upstream import ClientGone
-
-if TYPE_CHECKING:
-    from gatekeeper.proxy.handler import ProxyHandler
 
 log = logging.getLogger("gatekeeper.gradio")
 
@@ -73,99 +70,6 @@ MAX_JOIN_BODY = 256 * 1024
 MAX_JOIN_ANSWER = 64 * 1024
 # How long a refusal waits for the session's queue/data stream to be told through.
 REFUSAL_TTL_SECONDS = 60.0
-# How often the fn_index -> api_name map is fetched again when a join names an
-# fn_index it does not know (an app restarted with other functions).
-NAMES_REFRESH_SECONDS = 5.0
-
-
-class ApiNames:
-    """fn_index -> api_name of each Gradio app root, from its ``/config`` (httpx: a
-    low-rate call of gatekeeper's own, not on the proxy's pools)."""
-
-    def __init__(self) -> None:
-        self._names: dict[tuple[str, str], dict[int, str]] = {}
-        self._fetched: dict[tuple[str, str], float] = {}
-
-    async def lookup(self, upstream: str, root: str, fn_index: int | None) -> str | None:
-        if fn_index is None:
-            return None
-        key = (upstream, root)
-        names = self._names.get(key)
-        if names is not None and fn_index in names:
-            return names[fn_index]
-        last = self._fetched.get(key, 0.0)
-        if time.monotonic() - last < NAMES_REFRESH_SECONDS and names is not None:
-            return None
-        self._fetched[key] = time.monotonic()
-        url = upstream.rstrip("/") + root + "/config"
-        try:
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
-                resp = await client.get(url, headers={"Accept-Encoding": "identity"})
-                resp.raise_for_status()
-                names = parse_api_names(resp.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("cannot read the Gradio app's function names from %s: %s", url, exc)
-            return None
-        self._names[key] = names
-        return names.get(fn_index)
-
-
-class _SessionStream:
-    """The observer of a ``queue/data`` stream: ends the session's events as their
-    ``process_completed`` passes; the stream's end ends what is left of them."""
-
-    def __init__(self, events: GradioEvents, session: str, call_event_id: str | None = None):
-        self.events = events
-        self.session = session
-        self.call_event_id = call_event_id
-        self.parser = SSEParser()
-
-    def feed(self, chunk: bytes) -> None:
-        for ev in self.parser.feed(chunk):
-            end = ending(ev, self.call_event_id)
-            if end is None:
-                continue
-            if end.event_id is not None:
-                self.events.end(end.event_id, end.why, success=end.success)
-            else:
-                self.events.end_session(self.session, end.why, success=end.success)
-
-    def done(self, clean: bool) -> None:
-        why = "stream_ended" if clean else "stream_cut"
-        n = self.events.end_session(self.session, why, success=False)
-        if n:
-            log.warning(
-                "gradio stream for session %s… ended (%s) with %d event(s) still open: "
-                "their slot is released",
-                self.session[:8],
-                why,
-                n,
-            )
-
-    def wanted(self) -> asyncio.Event | None:
-        return self.events.idle(self.session)
-
-
-class _Heartbeat:
-    """The observer of a ``heartbeat/<session>`` stream: kept open while the session
-    has a running event (Gradio treats a session whose heartbeat closed as gone)."""
-
-    def __init__(self, events: GradioEvents, session: str):
-        self.events = events
-        self.session = session
-
-    def feed(self, chunk: bytes) -> None:
-        pass
-
-    def done(self, clean: bool) -> None:
-        pass
-
-    def wanted(self) -> asyncio.Event | None:
-        return self.events.idle(self.session)
-
-
-def _frame(msg: dict[str, object]) -> bytes:
-    return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -180,68 +84,51 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 class GradioRoute:
-    def __init__(self, proxy: ProxyHandler):
-        self.proxy = proxy
-        self.state = proxy.state
+    def __init__(self, ports: ProxyPorts, respond: Responder, admit: Admit, events: GradioEvents):
+        self.ports = ports
+        self.respond = respond
+        self.admit = admit  # a direct call, when ``direct_calls: admit``
+        self.events = events
         self.names = ApiNames()
         self._streams: dict[asyncio.Task[object], str] = {}  # handler task -> session
 
-    @property
-    def events(self) -> GradioEvents:
-        ev = self.state.gradio
-        assert ev is not None
-        return ev
-
-    async def handle(
-        self, request: web.BaseRequest, rt: Runtime, route: Route, rec: RequestRecord
-    ) -> web.StreamResponse:
-        cfg = rt.config
+    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+        request = ctx.request
         gp = classify(request.method, request.path)
         if gp.kind in (Kind.JOIN, Kind.CALL, Kind.DIRECT):
-            return await self._decide(request, rt, route, rec, gp)
-        observer: _SessionStream | _Heartbeat | None = None
+            return await self._decide(ctx, gp)
         if gp.kind == Kind.DATA:
             session = request.query.get("session_hash")
             if session:
                 refusal = self.events.take_refusal(session)
                 if refusal is not None and not self.events.pending(session):
-                    return await self._tell_refusal(request, refusal, rec)
-                observer = _SessionStream(self.events, session)
+                    return await self._tell_refusal(ctx, refusal)
                 self.events.stream_opened(session)
                 try:
-                    return await self._stream(request, rt, route, rec, observer, session)
+                    return await self._stream(ctx, SessionStream(self.events, session), session)
                 finally:
                     self.events.stream_closed(session)
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
-            observer = _Heartbeat(self.events, gp.session_hash)
-            return await self._stream(request, rt, route, rec, observer, gp.session_hash)
+            observer = Heartbeat(self.events, gp.session_hash)
+            return await self._stream(ctx, observer, gp.session_hash)
         elif gp.kind == Kind.CALL_STREAM and gp.event_id:
             # A /call's session is its event id (gradio: no session_hash given).
-            observer = _SessionStream(self.events, gp.event_id, call_event_id=gp.event_id)
-            return await self._stream(request, rt, route, rec, observer, gp.event_id)
-        self.proxy.count(route, Outcome.PASSED, rec)
-        return await Relay(
-            self.state, request, cfg, route, rt.passthrough, rec, observer=observer
-        ).run()
+            call = SessionStream(self.events, gp.event_id, call_event_id=gp.event_id)
+            return await self._stream(ctx, call, gp.event_id)
+        self.respond.count(ctx, Outcome.PASSED)
+        return await Relay(self.ports, ctx, ctx.runtime.passthrough).run()
 
     async def _stream(
-        self,
-        request: web.BaseRequest,
-        rt: Runtime,
-        route: Route,
-        rec: RequestRecord,
-        observer: _SessionStream | _Heartbeat,
-        session: str,
+        self, ctx: RequestContext, observer: SessionStream | Heartbeat, session: str
     ) -> web.StreamResponse:
         """A session's stream, relayed with its observer; known to ``close_idle_streams``."""
-        self.proxy.count(route, Outcome.PASSED, rec)
+        self.respond.count(ctx, Outcome.PASSED)
         task = asyncio.current_task()
         if task is not None:
             self._streams[task] = session
         try:
-            return await Relay(
-                self.state, request, rt.config, route, rt.passthrough, rec, observer=observer
-            ).run()
+            pool = ctx.runtime.passthrough
+            return await Relay(self.ports, ctx, pool, observer=observer).run()
         finally:
             if task is not None:
                 self._streams.pop(task, None)
@@ -270,10 +157,11 @@ class GradioRoute:
         )
 
     async def _which(
-        self, rt: Runtime, route: Route, gp: GradioPath, spool: Spool | None
+        self, ctx: RequestContext, gp: GradioPath, spool: Spool | None
     ) -> tuple[Join, str | None, bool]:
         """The join's fn_index/session, the function's api name, and whether it is gated.
         Raises BadRequest for a body that is not a Gradio join."""
+        route = ctx.route
         body = spool.memory() if spool is not None else b"{}"
         if body is None or len(body) > MAX_JOIN_BODY:
             join = Join(None, None)  # too big to look at: the function is unknown
@@ -288,50 +176,39 @@ class GradioRoute:
             route.fn_index is not None and join.fn_index in route.fn_index
         )
         if api is None and needs_name:
-            api = await self.names.lookup(rt.config.upstream.url, gp.root, join.fn_index)
+            api = await self.names.lookup(ctx.config.upstream.url, gp.root, join.fn_index)
         return join, api, gating.gated(join.fn_index, api)
 
-    async def _decide(
-        self,
-        request: web.BaseRequest,
-        rt: Runtime,
-        route: Route,
-        rec: RequestRecord,
-        gp: GradioPath,
-    ) -> web.StreamResponse:
+    async def _decide(self, ctx: RequestContext, gp: GradioPath) -> web.StreamResponse:
         """A join, a /call or a direct call: take its (small) body, find its function;
         not gated: pass it on; gated: join (slot to the event) or direct call."""
-        st, cfg = self.state, rt.config
         try:
-            spool = await self._body(request, cfg)
+            spool = await self._body(ctx.request, ctx.config)
         except ClientGone:
-            return client_left(st, route, rec, "sending the request body")
+            return self.respond.client_left(ctx, "sending the request body")
         try:
-            join, api, gated = await self._which(rt, route, gp, spool)
+            join, api, gated = await self._which(ctx, gp, spool)
         except BaseException:
             if spool is not None:
                 spool.close()
             raise
         if not gated:
-            self.proxy.count(route, Outcome.PASSED, rec)
-            return await Relay(st, request, cfg, route, rt.passthrough, rec, spool=spool).run()
+            self.respond.count(ctx, Outcome.PASSED)
+            return await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=spool).run()
         if gp.kind == Kind.DIRECT:
-            return await self._direct(request, rt, route, rec, gp, spool, api)
-        return await self._join(request, rt, route, rec, gp, spool, join, api)
+            return await self._direct(ctx, gp, spool, api)
+        return await self._join(ctx, gp, spool, join, api)
 
     async def _join(
         self,
-        request: web.BaseRequest,
-        rt: Runtime,
-        route: Route,
-        rec: RequestRecord,
+        ctx: RequestContext,
         gp: GradioPath,
         spool: Spool | None,
         join: Join,
         api: str | None,
     ) -> web.StreamResponse:
-        st, cfg = self.state, rt.config
-        result = st.gate.try_admit(route.name, st.clock())
+        ports, request, cfg, route, rec = self.ports, ctx.request, ctx.config, ctx.route, ctx.rec
+        result = ports.gate.try_admit(route.name, ports.clock())
         if isinstance(result, Rejection):
             if spool is not None:
                 spool.close()
@@ -339,91 +216,83 @@ class GradioRoute:
             if session is not None and not (
                 self.events.pending(session) or self.events.streaming(session)
             ):
-                return self._refuse_in_stream(cfg, rejected(route, result, cfg), rec, session)
-            return self._refuse(cfg, rejected(route, result, cfg), rec, api)
-        ticket = result
-        rec.engine = ticket.engine
-        handed = False
+                return self._refuse_in_stream(ctx, rejected(route, result, cfg), session)
+            return self._refuse(ctx, rejected(route, result, cfg), api)
+        lease = result
+        rec.engine = lease.engine
         try:
-            self.proxy.count(route, Outcome.ADMITTED, rec)
-            headers = upstream_request_headers(
-                request.headers,
-                client_ip=request.remote,
-                scheme=request.scheme,
-                request_id=rec.request_id,
-            )
-            headers["Accept-Encoding"] = "identity"  # the answer is read for its event_id
-            if spool is not None:
-                headers["Content-Length"] = str(spool.size)
-            rec.queue_seconds = st.clock() - rec.started
-            exchange = await rt.passthrough.send(
-                request.method,
-                request.raw_path,
-                headers,
-                spool.chunks() if spool is not None else None,
-                max_body_bytes=cfg.limits.max_body_bytes,
-                client_body_timeout=cfg.limits.client_body_timeout,
-            )
-            upstream = exchange.response
-            done = False
-            try:
-                body = await _read_bounded(upstream, MAX_JOIN_ANSWER)
-                done = True
-            except TimeoutError as exc:
-                raise UpstreamTimeout(f"the Gradio app's join answer stalled: {exc}") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamProtocolError(f"the Gradio app's join answer broke: {exc}") from exc
-            finally:
-                exchange.close(reuse=done)
-            rec.upstream_status = upstream.status
-            rec.bytes_in = spool.size if spool is not None else 0
-            event_id = event_id_of(body) if 200 <= upstream.status < 300 else None
-            if event_id is not None:
-                # From here the event owns the ticket; the session's stream ends it.
-                self.events.add(
-                    event_id=event_id,
-                    session=join.session_hash
-                    if gp.kind == Kind.JOIN and join.session_hash
-                    else event_id,
-                    route=route.name,
-                    api_name=api,
-                    ticket=ticket,
-                    rec=rec,
-                    timeout=cfg.upstream.timeouts.read,
+            with lease:  # released on leaving, unless the event took it over
+                self.respond.count(ctx, Outcome.ADMITTED)
+                headers = upstream_request_headers(
+                    request.headers,
+                    client_ip=request.remote,
+                    scheme=request.scheme,
+                    request_id=rec.request_id,
                 )
-                handed = True
-                rec.deferred = True
-            else:
-                log.info(
-                    "gradio join not accepted by the app (status %d): slot released; request_id=%s",
-                    upstream.status,
-                    rec.request_id,
+                headers["Accept-Encoding"] = "identity"  # the answer is read for its event_id
+                if spool is not None:
+                    headers["Content-Length"] = str(spool.size)
+                rec.queue_seconds = ports.clock() - rec.started
+                exchange = await ctx.runtime.passthrough.send(
+                    request.method,
+                    request.raw_path,
+                    headers,
+                    spool.chunks() if spool is not None else None,
+                    max_body_bytes=cfg.limits.max_body_bytes,
+                    client_body_timeout=cfg.limits.client_body_timeout,
                 )
-            out = web.Response(status=upstream.status, reason=upstream.reason, body=body)
-            out.headers.extend(downstream_response_headers(upstream.headers))
-            out.headers.popall("Content-Length", None)
-            out.headers[REQUEST_ID] = rec.request_id
-            rec.bytes_out = len(body)
-            rec.status = upstream.status
-            return out
+                upstream = exchange.response
+                done = False
+                try:
+                    body = await _read_bounded(upstream, MAX_JOIN_ANSWER)
+                    done = True
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(f"the Gradio app's join answer stalled: {exc}") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamProtocolError(
+                        f"the Gradio app's join answer broke: {exc}"
+                    ) from exc
+                finally:
+                    exchange.close(reuse=done)
+                rec.upstream_status = upstream.status
+                rec.bytes_in = spool.size if spool is not None else 0
+                event_id = event_id_of(body) if 200 <= upstream.status < 300 else None
+                if event_id is not None:
+                    # From here the event holds the lease; the session's stream ends it.
+                    self.events.add(
+                        event_id=event_id,
+                        session=join.session_hash
+                        if gp.kind == Kind.JOIN and join.session_hash
+                        else event_id,
+                        route=route.name,
+                        api_name=api,
+                        lease=lease,
+                        rec=rec,
+                        timeout=cfg.upstream.timeouts.read,
+                    )
+                    rec.deferred = True
+                else:
+                    log.info(
+                        "gradio join not accepted by the app (status %d): slot released; "
+                        "request_id=%s",
+                        upstream.status,
+                        rec.request_id,
+                    )
+                out = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+                out.headers.extend(downstream_response_headers(upstream.headers))
+                out.headers.popall("Content-Length", None)
+                out.headers[REQUEST_ID] = rec.request_id
+                rec.bytes_out = len(body)
+                rec.status = upstream.status
+                return out
         finally:
             if spool is not None:
                 spool.close()
-            if not handed:
-                ticket.release()
 
     async def _direct(
-        self,
-        request: web.BaseRequest,
-        rt: Runtime,
-        route: Route,
-        rec: RequestRecord,
-        gp: GradioPath,
-        spool: Spool | None,
-        api: str | None,
+        self, ctx: RequestContext, gp: GradioPath, spool: Spool | None, api: str | None
     ) -> web.StreamResponse:
-        cfg = rt.config
-        if route.direct_calls == "block":
+        if ctx.route.direct_calls == "block":
             if spool is not None:
                 spool.close()
             detail = (
@@ -432,46 +301,33 @@ class GradioRoute:
                 f"POST {gp.root}/gradio_api/call/{api or '<api_name>'}). "
                 "/ 此接口会绕过排队，已停用；请通过页面或队列接口提交。"
             )
-            refusal = Refuse(route, 403, "blocked", Outcome.BLOCKED, detail=detail)
-            return self.proxy.refuse(cfg, refusal, rec)
-        return await self.proxy.admit_spooled(request, rt, route, rec, spool)
+            refusal = Refuse(ctx.route, 403, "blocked", Outcome.BLOCKED, detail=detail)
+            return self.respond.refuse(ctx, refusal)
+        return await self.admit.spooled(ctx, spool)
 
-    def _refuse_in_stream(
-        self, cfg: Config, refusal: Refuse, rec: RequestRecord, session: str
-    ) -> web.Response:
+    def _refuse_in_stream(self, ctx: RequestContext, refusal: Refuse, session: str) -> web.Response:
         """No slot, told the way Gradio's clients show an error *with its text*: the join
         is answered with an event id of gatekeeper's own, and the session's next
         queue/data stream (the client opens it now) says that event failed with the
         refusal's detail (gradio_client: AppError(detail); the page: an error toast).
         A 503 to the join would be shown as Gradio's own "queue is full" text instead."""
-        resp = self.proxy.refuse(cfg, refusal, rec)  # counted, logged, the detail rendered
+        resp = self.respond.refuse(ctx, refusal)  # counted, logged, the detail rendered
         body = json.loads(resp.body)  # type: ignore[arg-type]
         event_id = "gatekeeper-" + secrets.token_hex(12)
-        # The fields of Gradio's own gr.Error output (gradio_client passes them to AppError).
-        error = {"error": body["detail"], "title": "gatekeeper", "duration": 30, "visible": True}
-        frames = _frame(
-            {
-                "msg": "process_completed",
-                "event_id": event_id,
-                "success": False,
-                "output": error,
-            }
-        ) + _frame({"msg": "close_stream", "event_id": None})
-        self.events.refuse(session, frames, REFUSAL_TTL_SECONDS)
+        self.events.refuse(session, refusal_frames(event_id, body["detail"]), REFUSAL_TTL_SECONDS)
         headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
         out = web.json_response({"event_id": event_id}, headers=headers)
         log.info(
             "gradio join refused (%s), told in the session's stream: route=%s request_id=%s",
             refusal.reason,
             refusal.route.name,
-            rec.request_id,
+            ctx.rec.request_id,
         )
         return out
 
-    async def _tell_refusal(
-        self, request: web.BaseRequest, frames: bytes, rec: RequestRecord
-    ) -> web.StreamResponse:
+    async def _tell_refusal(self, ctx: RequestContext, frames: bytes) -> web.StreamResponse:
         """The queue/data stream of a session whose only event gatekeeper refused."""
+        rec = ctx.rec
         out = web.StreamResponse(
             status=200,
             headers={
@@ -482,7 +338,7 @@ class GradioRoute:
         out.headers[REQUEST_ID] = rec.request_id
         rec.decision = Outcome.REJECTED  # counted at the join; this only tells it
         try:
-            await out.prepare(request)
+            await out.prepare(ctx.request)
             await out.write(frames)
             await out.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -491,9 +347,7 @@ class GradioRoute:
         rec.bytes_out = len(frames)
         return out
 
-    def _refuse(
-        self, cfg: Config, refusal: Refuse, rec: RequestRecord, api: str | None
-    ) -> web.Response:
+    def _refuse(self, ctx: RequestContext, refusal: Refuse, api: str | None) -> web.Response:
         """No slot for a gated join: 503 + detail + Retry-After (Gradio's clients show
         an error for a refused join; see docs/gradio.md for what each shows)."""
         log.info(
@@ -501,6 +355,6 @@ class GradioRoute:
             refusal.reason,
             refusal.route.name,
             api or "-",
-            rec.request_id,
+            ctx.rec.request_id,
         )
-        return self.proxy.refuse(cfg, refusal, rec)
+        return self.respond.refuse(ctx, refusal)

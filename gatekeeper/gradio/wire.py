@@ -311,3 +311,19 @@ def ending(ev: SSEEvent, call_event_id: str | None = None) -> Ending | None:
     if m.msg in SESSION_ENDS:  # with an event_id (5.x errors may name one): that event only
         return Ending(m.event_id, m.msg == "close_stream", m.msg)
     return None
+
+
+def frame(msg: dict[str, Any]) -> bytes:
+    """One SSE ``data:`` frame carrying ``msg`` as JSON."""
+    return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
+
+
+def refusal_frames(event_id: str, detail: str) -> bytes:
+    """What a session's queue/data stream says of a join gatekeeper refused: the event
+    ``event_id`` failed with ``detail``, then the stream closes.
+
+    The error carries the fields of Gradio's own ``gr.Error`` output, which
+    gradio_client raises as ``AppError(detail)`` and the page shows as a toast."""
+    error = {"error": detail, "title": "gatekeeper", "duration": 30, "visible": True}
+    failed = {"msg": "process_completed", "event_id": event_id, "success": False, "output": error}
+    return frame(failed) + frame({"msg": "close_stream", "event_id": None})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatekeeper.config import Config, Route
-from gatekeeper.core.admission import Ticket
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
 from gatekeeper.jobs.store import JobRow
 from gatekeeper.jobs.waitroom import QueueLimits
@@ -44,7 +44,7 @@ class Job:
     error_detail: str | None = None
     started: float | None = None
     finished: float | None = None
-    ticket: Ticket | None = None
+    ticket: Lease | None = None
     task: asyncio.Task[None] | None = None
     followers: int = 0  # held connections waiting for / streaming its answer now
     async_owners: int = 0  # async requests that were given its id

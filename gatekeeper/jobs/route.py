@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from gatekeeper.config import Config, Route
+from gatekeeper.config import Config
 from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
-from gatekeeper.jobs.api import job_json
+from gatekeeper.jobs.api import JobsApi, job_json
 from gatekeeper.jobs.ids import (
     BadHeader,
     check_idempotency_key,
@@ -38,33 +40,50 @@ from gatekeeper.jobs.ids import (
 )
 from gatekeeper.jobs.model import ResultBroken
 from gatekeeper.jobs.runner import follow
-from gatekeeper.jobs.service import Job, Joined, Kept, Refused
+from gatekeeper.jobs.service import Job, Jobs, Joined, Kept, Refused
 from gatekeeper.jobs.views import job_view
-from gatekeeper.proxy.record import RequestRecord
-from gatekeeper.proxy.relay import client_left, log
+from gatekeeper.proxy.connections import Connections
+from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.ports import Clock
+from gatekeeper.proxy.respond import Responder
+from gatekeeper.proxy.responses import json_error
 from gatekeeper.proxy.spool import Spool, take_body
 from gatekeeper.upstream import ClientGone
 
-if TYPE_CHECKING:
-    from gatekeeper.proxy.handler import ProxyHandler
+# The proxy's logger: a job's failure is told where the admit route tells its own.
+log = logging.getLogger("gatekeeper.proxy")
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-# A held client whose connection closed is noticed at once through the edge's
-# connection table; without one (in-process tests) by polling its transport.
+# A held client whose connection closed is noticed at once through the connection
+# table (``proxy.connections``); without one (in-process tests) by polling its transport.
 POLL_SECONDS = 0.5
 
 
-class QueueRoute:
-    def __init__(self, proxy: ProxyHandler):
-        self.proxy = proxy
-        self.state = proxy.state
+class JobsEndpoint:
+    """The async-job endpoints under ``jobs_path``, as the proxy handler calls them."""
 
-    async def handle(
-        self, request: web.BaseRequest, cfg: Config, route: Route, rec: RequestRecord
+    def __init__(self, jobs: Jobs, clock: Clock):
+        self.jobs = jobs
+        self.clock = clock
+
+    async def __call__(
+        self, request: web.BaseRequest, config: Config, rest: str, request_id: str
     ) -> web.StreamResponse:
-        st = self.state
-        jobs = st.jobs
-        assert jobs is not None
+        api = JobsApi(self.jobs, config.jobs_path or "", self.clock)
+        return await api.handle(request, rest, request_id)
+
+
+class QueueRoute:
+    def __init__(
+        self, jobs: Jobs, clock: Clock, respond: Responder, conns: Connections | None = None
+    ):
+        self.jobs = jobs
+        self.clock = clock
+        self.respond = respond
+        self.conns = conns
+
+    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+        request, cfg, route, rec, jobs = ctx.request, ctx.config, ctx.route, ctx.rec, self.jobs
         try:
             want_async = wants_async(request.headers.getall("Prefer", []))
             idem = check_idempotency_key(request.headers.getall("Idempotency-Key", []))
@@ -92,7 +111,7 @@ class QueueRoute:
                     digest=True,
                 )
             except ClientGone:
-                return client_left(st, route, rec, "sending the request body")
+                return self.respond.client_left(ctx, "sending the request body")
             rec.bytes_in = spool.size
         try:
             key = None
@@ -132,8 +151,9 @@ class QueueRoute:
             if spool is not None:
                 spool.close()
         if isinstance(result, Refused):
-            rec.reason = result.reason
-            return self.proxy.refuse_queue(cfg, route, result, rec)
+            return self.respond.refuse_waiting(
+                ctx, result.status, result.reason, result.retry_after, result.fields
+            )
         coalesced = not isinstance(result, Joined) or result.coalesced
         # The outcome is decided at arrival: started at once, waiting, or attached.
         if coalesced:
@@ -142,43 +162,34 @@ class QueueRoute:
             outcome = Outcome.ADMITTED
         else:
             outcome = Outcome.QUEUED
-        self.proxy.count(route, outcome, rec)
+        self.respond.count(ctx, outcome)
         base = cfg.jobs_path or ""
-        now = st.clock()
+        now = self.clock()
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
                 view = job_view(jobs, result.row, now, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
-            return await self._replay_kept(request, result, rec)
+            return await self._replay_kept(ctx, result)
         job = result.job
         if want_async:
             view = job_view(jobs, job, now, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
-        return await self._hold(request, cfg, route, job, coalesced, rec)
+        return await self._hold(ctx, job, coalesced)
 
     # ------------------------------------------------------------------ held clients
 
-    async def _hold(
-        self,
-        request: web.BaseRequest,
-        cfg: Config,
-        route: Route,
-        job: Job,
-        coalesced: bool,
-        rec: RequestRecord,
-    ) -> web.StreamResponse:
-        st, jobs = self.state, self.state.jobs
-        assert jobs is not None
+    async def _hold(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+        request, rec, jobs = ctx.request, ctx.rec, self.jobs
         gone: list[bool] = []
 
         def lost() -> None:
             gone.append(True)
             job.notify()
 
-        conns = self.proxy.conns
+        conns = self.conns
         undo = conns.watch_lost(request.protocol, lost) if conns is not None else None
         attached = True
         try:
@@ -192,35 +203,36 @@ class QueueRoute:
                         if job.state == JobState.QUEUED
                         else ("waiting for the upstream response")
                     )
-                    return client_left(st, route, rec, where)
+                    return self.respond.client_left(ctx, where)
                 try:
                     async with asyncio.timeout(POLL_SECONDS):
                         await ev.wait()
                 except TimeoutError:
                     pass
             rec.queue_seconds = (
-                (job.started - job.arrived) if job.started is not None else st.clock() - job.arrived
+                (job.started - job.arrived)
+                if job.started is not None
+                else self.clock() - job.arrived
             )
             if job.ticket is not None:
                 rec.engine = job.ticket.engine
             if job.head is None:
-                return self._job_error(cfg, route, job, rec)
-            return await self._stream(request, cfg, route, job, coalesced, rec)
+                return self._job_error(ctx, job)
+            return await self._stream(ctx, job, coalesced)
         finally:
             if undo is not None:
                 undo()
             if attached:
                 jobs.detach(job)
 
-    def _job_error(self, cfg: Config, route: Route, job: Job, rec: RequestRecord) -> web.Response:
+    def _job_error(self, ctx: RequestContext, job: Job) -> web.Response:
         """The job ended before the engine answered: say why, as the admit route would."""
-        st, jobs = self.state, self.state.jobs
-        assert jobs is not None
+        cfg, route, rec, jobs = ctx.config, ctx.route, ctx.rec, self.jobs
         reason = job.reason or "internal"
         status = job.error_status or 503
         retry_after: int | None = None
         if reason == "queue_timeout":
-            retry_after = jobs.retry_after_timeout(st.clock())
+            retry_after = jobs.retry_after_timeout(self.clock())
         elif reason in ("draining", "interrupted"):
             retry_after = cfg.admission.retry_after_default
         q = cfg.admission.queue
@@ -238,25 +250,15 @@ class QueueRoute:
             text = cfg.message(reason, route=route.name)
             if detail:
                 log.info("job %s… failed: %s", job.id[:6], detail)
-        from gatekeeper.proxy.responses import json_error
-
         resp = json_error(status, reason, text, retry_after=retry_after, request_id=rec.request_id)
         resp.headers["X-Gatekeeper-Job"] = job.id
         rec.reason = reason
         rec.status = status
         return resp
 
-    async def _stream(
-        self,
-        request: web.BaseRequest,
-        cfg: Config,
-        route: Route,
-        job: Job,
-        coalesced: bool,
-        rec: RequestRecord,
-    ) -> web.StreamResponse:
-        jobs = self.state.jobs
-        assert jobs is not None and job.head is not None
+    async def _stream(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+        request, cfg, rec, jobs = ctx.request, ctx.config, ctx.rec, self.jobs
+        assert job.head is not None
         status, reason, pairs = job.head
         out = web.StreamResponse(status=status, reason=reason or None)
         out.headers.extend(_cim(pairs))
@@ -292,12 +294,9 @@ class QueueRoute:
                 request.transport.abort()
         return out
 
-    async def _replay_kept(
-        self, request: web.BaseRequest, kept: Kept, rec: RequestRecord
-    ) -> web.StreamResponse:
+    async def _replay_kept(self, ctx: RequestContext, kept: Kept) -> web.StreamResponse:
         """A retry of a request whose answer is kept: the stored answer, from disk."""
-        jobs = self.state.jobs
-        assert jobs is not None
+        request, rec, jobs = ctx.request, ctx.rec, self.jobs
         row = kept.row
         path = jobs.store.result_path(row.id)
         assert row.result_status is not None
@@ -330,7 +329,5 @@ def _nothing(_: Path) -> None:
     return None
 
 
-def _cim(pairs: Any) -> Any:
-    from multidict import CIMultiDict
-
+def _cim(pairs: Any) -> CIMultiDict[str]:
     return CIMultiDict(list(pairs))

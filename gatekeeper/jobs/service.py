@@ -9,10 +9,10 @@ Every request on a ``queue`` route becomes a job (docs/waiting-room.md):
 - ``dispatch`` runs whenever a slot may have freed (the gate's ``on_free``, an
   arrival, the tick that notices resources recovered or a raised
   ``max_in_flight``): while the gate would admit, the next fair waiter gets a
-  ``Ticket`` and a runner task;
+  ``Lease`` and a runner task;
 - the runner streams the job's body file to the engine and the engine's answer
-  into the job's result file; the runner task owns the ticket (its
-  done-callback releases it, exactly once, whatever ended the task);
+  into the job's result file; the runner task holds the lease (``Lease.follow``:
+  the task's end releases it, exactly once, whatever ended the task);
 - held clients (the frontend, unchanged) follow the result file as it grows,
   so an SSE answer stays live; async clients (``Prefer: respond-async``) read
   it later through ``jobsapi``.
@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatekeeper.config import Config, Route
-from gatekeeper.core.admission import Rejection, Ticket
+from gatekeeper.core.admission import Rejection
 from gatekeeper.core.asyncutil import cancel_and_wait
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
 from gatekeeper.jobs import runner as jobrunner
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
@@ -293,7 +294,7 @@ class Jobs:
                 return
             self._start(job, result, now)
 
-    def _start(self, job: Job, ticket: Ticket, now: float) -> None:
+    def _start(self, job: Job, ticket: Lease, now: float) -> None:
         st = self.st
         job.state, job.started, job.ticket = JobState.RUNNING, now, ticket
         wait = now - job.arrived
@@ -316,9 +317,11 @@ class Jobs:
                     self.finish(job, JobState.FAILED, "internal", status=500)
             if not job.final:  # cancelled before it could record why
                 self.finish(job, JobState.FAILED, "interrupted", status=503)
-            ticket.release()  # exactly once: here, whatever ended the task
 
         task.add_done_callback(done)
+        # The runner task holds the slot: its end, whatever it is, releases it once,
+        # after ``done`` has recorded the job's ending (callbacks run in order).
+        ticket.follow(task, "queue-job")
         job.notify()
         self._changed_all()
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gatekeeper.config import DEFAULT_ENGINE, Config, Engine, Pool, Upstream
-from gatekeeper.core.admission import EngineSlots, Limits
+from gatekeeper.core.admission import GateLimits
+from gatekeeper.core.engines import EngineSlots
 from gatekeeper.core.routes import Router
 from gatekeeper.upstream import UpstreamPool
 
@@ -114,9 +115,9 @@ class Runtime:
             await pool.close()
 
 
-def admission_limits(config: Config) -> Limits:
+def admission_limits(config: Config) -> GateLimits:
     up = config.upstream
-    return Limits(
+    return GateLimits(
         max_in_flight=config.admission.max_in_flight,
         retry_after_default=config.admission.retry_after_default,
         engines=tuple(EngineSlots(e.name, e.max_in_flight) for e in up.engines),

@@ -1,7 +1,8 @@
 """The access log: one line per proxied request, built from its ``RequestRecord``.
 
-The proxy handler hands each finished record to ``log_request`` (its
-``on_record``); ``logs`` formats the fields as text or JSON.
+Each finished record is handed to ``log_request`` once (``record.RecordLog``,
+the app's ``on_record``; a Gradio event's line when the event ends);
+``logs`` formats the fields as text or JSON.
 """
 
 from __future__ import annotations

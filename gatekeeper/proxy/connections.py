@@ -317,7 +317,7 @@ class EdgeSite(web.TCPSite):
 def fd_ceiling(reserve: int = 64) -> int | None:
     """Connections the process's open-file limit leaves room for (None: unlimited)."""
     try:
-        import resource
+        import resource  # Unix only: elsewhere there is no limit to read
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,7 +19,9 @@ class RequestRecord:
     path: str
     route: str = "-"
     action: str = "-"
-    decision: str = "-"  # admitted|passed|rejected|blocked|status
+    # admitted|passed|rejected|blocked (vocab.Outcome; queued|coalesced on a queue
+    # route), or gatekeeper's own endpoints: status|jobs
+    decision: str = "-"
     reason: str | None = None
     status: int | None = None  # what the client got
     upstream_status: int | None = None
@@ -30,11 +33,30 @@ class RequestRecord:
     total_seconds: float = 0.0
     client_gone: bool = False
     engine: str | None = None  # the engine a generation ran on (several engines: issue #11)
-    # Lifecycle, not logged: the reload epoch held, the finish job, who logs the line.
+    # Lifecycle, not logged: the reload epoch held, the finish job, who logs the line
+    # (the handler when it returns, else the finish job's end, or a Gradio event's).
     epoch: int = 0
     job: asyncio.Task[web.StreamResponse] | None = None
     handler_done: bool = False
     logged: bool = False
     # A Gradio join that started a gated event: its line is logged when the event ends
-    # (gradioevents), with the whole generation's duration.
+    # (``gradio.events``), with the whole generation's duration.
     deferred: bool = False
+
+
+class RecordLog:
+    """Hands a finished record to the access log, once, with its total duration."""
+
+    def __init__(
+        self, clock: Callable[[], float], on_record: Callable[[RequestRecord], None] | None
+    ):
+        self._clock = clock
+        self._on_record = on_record
+
+    def __call__(self, rec: RequestRecord) -> None:
+        if rec.logged:
+            return
+        rec.logged = True
+        rec.total_seconds = self._clock() - rec.started
+        if self._on_record is not None:
+            self._on_record(rec)

@@ -13,7 +13,8 @@ engine's response head, by a cheap timer that polls the transport
 ``finish`` keeps reading the engine's response to its end and holds the slot
 (the engine is still computing; admitting another song would put two on the
 box), ``cancel`` closes the upstream connection and frees the slot at once.
-The ticket itself is not the relay's: its owner (``proxy``) releases it.
+The slot's lease is not the relay's: the relay reads it (is this a generation,
+on which engine) and its holder releases it (``core.lease``).
 """
 
 from __future__ import annotations
@@ -26,21 +27,22 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 from aiohttp import web
 
-from gatekeeper.config import Config, Route
-from gatekeeper.core.admission import Ticket
 from gatekeeper.core.errors import UpstreamError
 from gatekeeper.core.headers import (
     REQUEST_ID,
     downstream_response_headers,
     upstream_request_headers,
 )
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import ErrorKind
-from gatekeeper.proxy.record import RequestRecord
+from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.ports import ProxyPorts
+from gatekeeper.proxy.respond import client_left
 from gatekeeper.proxy.spool import Spool
 from gatekeeper.upstream import ClientGone, Exchange, UpstreamPool
 
 if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
-    from gatekeeper.app.state import AppState
+    pass
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -85,17 +87,8 @@ class _ClientWatch:
         self._handle = self._loop.call_later(DISCONNECT_POLL_SECONDS, self._poll)
 
 
-def client_left(st: AppState, route: Route, rec: RequestRecord, when: str) -> web.StreamResponse:
-    """Record a client that went away before its answer; the 499 is never seen by anyone."""
-    rec.client_gone = True
-    rec.reason = ErrorKind.CLIENT_DISCONNECT
-    st.count_upstream_error(route.name, ErrorKind.CLIENT_DISCONNECT)
-    log.info("client went away while %s: request_id=%s route=%s", when, rec.request_id, route.name)
-    return web.Response(status=499)  # aiohttp drops it on the closed transport
-
-
 class StreamObserver(Protocol):
-    """Watches a relayed answer's bytes as they pass (a Gradio stream, gradioroute).
+    """Watches a relayed answer's bytes as they pass (a Gradio stream, ``gradio.route``).
 
     ``feed`` sees every chunk, before it is written to the client; ``done`` is told
     how the answer ended (``clean``: read to its end). While ``wanted()`` is an unset
@@ -114,28 +107,26 @@ class Relay:
 
     def __init__(
         self,
-        st: AppState,
-        request: web.BaseRequest,
-        config: Config,
-        route: Route,
+        ports: ProxyPorts,
+        ctx: RequestContext,
         pool: UpstreamPool,
-        rec: RequestRecord,
         *,
-        ticket: Ticket | None = None,
+        lease: Lease | None = None,
         spool: Spool | None = None,
         observer: StreamObserver | None = None,
         identity: bool = False,
     ):
-        self.st = st
-        self.request = request
+        config = ctx.config
+        self.ports = ports
+        self.request = ctx.request
         self.config = config
-        self.route = route
+        self.route = ctx.route
         self.pool = pool
-        self.rec = rec
-        self.ticket = ticket
+        self.rec = ctx.rec
+        self.lease = lease  # a generation's: its engine, and the estimator is fed
         self.spool = spool
         # With ``finish`` the engine's answer is awaited even if the client left.
-        self.finish = ticket is not None and config.admission.on_client_disconnect == "finish"
+        self.finish = lease is not None and config.admission.on_client_disconnect == "finish"
         self.send_timeout = config.limits.client_send_timeout
         self.drained = False  # the engine's answer was read to its end for a gone client
         self.sent_at = 0.0
@@ -155,7 +146,7 @@ class Relay:
                 self.spool.close()
 
     async def _send(self) -> Exchange | web.StreamResponse:
-        st, cfg, request, rec = self.st, self.config, self.request, self.rec
+        ports, cfg, request, rec = self.ports, self.config, self.request, self.rec
         headers = upstream_request_headers(
             request.headers,
             client_ip=request.remote,
@@ -170,7 +161,7 @@ class Relay:
             headers["Content-Length"] = str(self.spool.size)  # was chunked, or the same
         else:
             body = request.content.iter_any() if request.body_exists else None
-        self.sent_at = st.clock()
+        self.sent_at = ports.clock()
         rec.queue_seconds = self.sent_at - rec.started
         # Without ``finish`` a vanished client cancels the wait (and the upstream request).
         watch = None if self.finish else _ClientWatch(request, asyncio.get_running_loop())
@@ -192,19 +183,21 @@ class Relay:
             task = asyncio.current_task()
             if task is not None and task.uncancel() > 0:
                 raise  # a real cancellation (shutdown) is also pending
-            return client_left(st, self.route, rec, "waiting for the upstream response")
+            return client_left(
+                ports.counters, self.route.name, rec, "waiting for the upstream response"
+            )
         except ClientGone:
-            return client_left(st, self.route, rec, "sending the request body")
+            return client_left(ports.counters, self.route.name, rec, "sending the request body")
         except UpstreamError as exc:
-            if self.ticket is not None:  # a generation: its engine may be down
-                st.engine_refused(self.ticket.engine, exc.kind)
+            if self.lease is not None:  # a generation: its engine may be down
+                ports.engine_refused(self.lease.engine, exc.kind)
             raise
         finally:
             if watch is not None:
                 watch.stop()
 
     async def _relay(self, exchange: Exchange) -> web.StreamResponse:
-        st, rec, request = self.st, self.rec, self.request
+        ports, rec, request = self.ports, self.rec, self.request
         upstream = exchange.response
         rec.upstream_status = upstream.status
         upstream_done = False  # the engine's body was read to its end
@@ -256,16 +249,15 @@ class Relay:
                 self.observer.done(upstream_done)
             exchange.close(reuse=upstream_done)
             rec.bytes_in = exchange.body.sent  # counted, so chunked uploads are logged too
-            elapsed = st.clock() - self.sent_at
+            elapsed = ports.clock() - self.sent_at
             rec.upstream_seconds = elapsed
-            # A gradio route's generations are timed by gradioevents (join to completion);
-            # its other requests (the page, files, streams) are not generations.
-            timed = self.route.action != "gradio" or self.ticket is not None
+            # A gradio route's generations are timed by ``gradio.events`` (join to
+            # completion); its other requests (the page, files, streams) are not generations.
+            timed = self.route.action != "gradio" or self.lease is not None
             if upstream_done and timed:
-                code = str(upstream.status)
-                st.metrics.upstream_duration.labels(self.route.name, code).observe(elapsed)
-                if self.ticket is not None and 200 <= upstream.status < 300:
-                    st.gate.estimator.observe(elapsed)
+                ports.upstream_timed(self.route.name, str(upstream.status), elapsed)
+                if self.lease is not None and 200 <= upstream.status < 300:
+                    ports.gate.estimator.observe(elapsed)
 
     def _write_may_wait(self, size: int) -> bool:
         """Could writing ``size`` more bytes make us wait for the client to read?
@@ -286,7 +278,7 @@ class Relay:
     ) -> None:
         rec, route = self.rec, self.route
         rec.client_gone = True
-        self.st.count_upstream_error(route.name, ErrorKind.CLIENT_DISCONNECT)
+        self.ports.counters.upstream_error(route.name, ErrorKind.CLIENT_DISCONNECT)
         if stalled:
             rec.reason = "client_stalled"
             log.info(
@@ -360,7 +352,7 @@ class Relay:
         connection rather than pass a truncated body off as complete."""
         rec, route = self.rec, self.route
         kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
-        self.st.count_upstream_error(route.name, kind)
+        self.ports.counters.upstream_error(route.name, kind)
         log.warning(
             "upstream failed mid-response, aborting client connection: "
             "request_id=%s route=%s kind=%s after %d bytes: %r",

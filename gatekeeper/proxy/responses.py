@@ -1,4 +1,4 @@
-"""gatekeeper's own answers: the JSON body ``{"detail", "reason", "retry_after"}`` and its headers.
+"""gatekeeper's own responses: the JSON body ``{"detail", "reason", "retry_after"}``, headers.
 
 A rejection must cost almost nothing: a flood of rejected retries is exactly
 what hurts a box that is generating. The body of a refusal depends only on the
@@ -58,12 +58,12 @@ def json_error(
     retry_after: int | None = None,
     request_id: str | None = None,
 ) -> web.Response:
-    """An answer with a one-off detail (errors); refusals go through ``Answers``."""
+    """An answer with a one-off detail (errors); refusals go through ``RefusalBodies``."""
     body = json_body(detail, reason, retry_after)
     return json_answer(status, reason, body, retry_after=retry_after, request_id=request_id)
 
 
-class Answers:
+class RefusalBodies:
     """Rendered refusal bodies, keyed by everything that can change them."""
 
     def __init__(self) -> None:

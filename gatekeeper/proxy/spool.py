@@ -4,7 +4,7 @@ Measured before this existed: a client sending one byte just under every
 ``client_body_timeout`` held the one generation slot for as long as it liked
 (12 of 12 legitimate generations got 503). Now the proxy first checks that a
 slot is free (so a busy engine rejects at once, without taking a 100 MiB
-upload), then reads the whole body here, and only then takes the ticket:
+upload), then reads the whole body here, and only then takes the lease:
 the engine is only ever asked to start work whose input is complete.
 
 The body is held in memory up to ``limits.spool_memory_bytes`` and in an

@@ -1,0 +1,52 @@
+"""fn_index -> api_name of a Gradio app, read from its ``/config``.
+
+A join names its function by ``fn_index`` only; a route that gates by
+``api_name`` needs the map. It is fetched with httpx, a low-rate call of
+gatekeeper's own, not on the proxy's pools; parsing is ``wire.api_names``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from gatekeeper.gradio.wire import api_names
+
+log = logging.getLogger("gatekeeper.gradio")
+
+# How often the fn_index -> api_name map is fetched again when a join names an
+# fn_index it does not know (an app restarted with other functions).
+NAMES_REFRESH_SECONDS = 5.0
+
+
+class ApiNames:
+    """The map of each Gradio app root, fetched once and again on an unknown fn_index."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple[str, str], dict[int, str]] = {}
+        self._fetched: dict[tuple[str, str], float] = {}
+
+    async def lookup(self, upstream: str, root: str, fn_index: int | None) -> str | None:
+        if fn_index is None:
+            return None
+        key = (upstream, root)
+        names = self._names.get(key)
+        if names is not None and fn_index in names:
+            return names[fn_index]
+        last = self._fetched.get(key, 0.0)
+        if time.monotonic() - last < NAMES_REFRESH_SECONDS and names is not None:
+            return None
+        self._fetched[key] = time.monotonic()
+        url = upstream.rstrip("/") + root + "/config"
+        try:
+            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+                resp = await client.get(url, headers={"Accept-Encoding": "identity"})
+                resp.raise_for_status()
+                names = api_names(resp.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("cannot read the Gradio app's function names from %s: %s", url, exc)
+            return None
+        self._names[key] = names
+        return names.get(fn_index)
