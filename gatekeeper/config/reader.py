@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
@@ -196,3 +197,18 @@ class Section:
         for key, (key_node, _) in self.items.items():
             if key not in self.used:
                 self.problem(key, key_node, "unknown key" + suggestion(key, self.used))
+
+
+@dataclass
+class Context:
+    """One load: its problems, and every value read so far by YAML path.
+
+    A default that follows another key (``shutdown.drain_timeout`` follows
+    ``upstream.timeouts.read``) looks that key up in ``values``; a check that needs
+    a section again (``admission.max_in_flight`` with ``upstream.engines``) finds
+    it in ``sections`` instead of reading the mapping twice.
+    """
+
+    problems: list[ConfigProblem]
+    values: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, Section] = field(default_factory=dict)
