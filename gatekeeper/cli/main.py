@@ -9,6 +9,7 @@
     gatekeeper status [--admin URL] [--watch]
     gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
+    gatekeeper schema
 
 Exit codes: 0 success, 2 invalid configuration or usage, 141 (128 + SIGPIPE, as for
 `yes | head`) when the reader of stdout went away, 1 anything else.
@@ -230,6 +231,16 @@ def cmd_alert_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gatekeeper.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 CONFIG_HELP = "rules file (default: ./rules.yaml if there is one, else the packaged default)"
@@ -411,6 +422,16 @@ def _add_observability_commands(sub: Subparsers) -> None:
     )
     rules.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     rules.set_defaults(func=cmd_alert_rules)
+
+    schema = _command(
+        sub,
+        "schema",
+        "print the JSON Schema of rules.yaml",
+        "Print the JSON Schema (draft 2020-12) of rules.yaml, generated from the declared "
+        "keys: editors complete and check the file with it (the packaged copy is "
+        "gatekeeper/rules.schema.json). gatekeeper check stays the full check.",
+    )
+    schema.set_defaults(func=cmd_schema)
 
 
 def build_parser() -> argparse.ArgumentParser:

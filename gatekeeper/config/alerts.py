@@ -189,7 +189,10 @@ class AlertRule:
         read=_labels,
         schema={
             "type": ["object", "null"],
-            "propertyNames": {"pattern": _NAME.pattern, "not": {"enum": sorted(RESERVED_LABELS)}},
+            "propertyNames": {
+                "pattern": "^(?!__)" + _NAME.pattern[1:],
+                "not": {"enum": sorted(RESERVED_LABELS)},
+            },
             "additionalProperties": {"type": ["string", "number"]},
         },
         factory=dict,

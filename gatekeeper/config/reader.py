@@ -184,14 +184,6 @@ class Section:
             key, default, lambda v: None if isinstance(v, bool) else "must be true or false"
         )
 
-    def unique_name(self, name: str, names: set[str], what: str) -> None:
-        """``name`` (already read) is required and unique among ``names`` (of ``what``)."""
-        if not self.has("name"):
-            self.problem("name", None, "is required")
-        elif name in names:
-            self.problem("name", self.node_of("name"), f"duplicate {what} name", name)
-        names.add(name)
-
     def close(self) -> None:
         """Report every key no getter asked for, with the closest known key."""
         for key, (key_node, _) in self.items.items():

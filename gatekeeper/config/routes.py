@@ -77,6 +77,13 @@ def _api_names(v: list[str] | None) -> frozenset[str] | None:
     return frozenset(n.strip("/") for n in v) if v else None
 
 
+# Any case, as the loader upper-cases them; spelled out per letter because ECMA-262
+# regexes (the schema's dialect) have no inline (?i) flag.
+_METHODS_PATTERN = (
+    "^(" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in sorted(HTTP_METHODS)) + ")$"
+)
+
+
 def _list_of(item: JSON) -> JSON:
     return {"type": ["array", "null"], "minItems": 1, "items": item}
 
@@ -103,7 +110,7 @@ class Route:
     methods: frozenset[str] | None = checked(
         "Methods matched; absent: all.",
         _check_methods,
-        _list_of({"type": "string", "pattern": "^(?i:" + "|".join(sorted(HTTP_METHODS)) + ")$"}),
+        _list_of({"type": "string", "pattern": _METHODS_PATTERN}),
         allow_none=True,
         convert=_frozen_upper,
         under="match",
