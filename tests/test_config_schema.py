@@ -86,6 +86,12 @@ def test_shipped_rules_yaml_names_and_passes_the_schema(repo_root: Path) -> None
         assert schema_errors(text) == [], path
 
 
+def test_the_kubernetes_configmap_rules_pass_the_schema(repo_root: Path) -> None:
+    """The rules.yaml embedded in deploy/kubernetes/configmap.yaml validates too."""
+    manifest = yaml.safe_load((repo_root / "deploy/kubernetes/configmap.yaml").read_text())
+    assert schema_errors(manifest["data"]["rules.yaml"]) == []
+
+
 def _doc_examples(repo_root: Path) -> list[tuple[str, str]]:
     """Every fenced ```yaml block of README.md and docs/*.md that is a rules file: a
     mapping whose keys are all top-level keys of rules.yaml (not a Compose file, a
@@ -161,6 +167,7 @@ AGREE = [
     ("admission:\n  resources:\n    cgroup: false\n", True),
     ("admission:\n  resources:\n    cgroup: /system.slice/songgen.service\n", True),
     ("admission:\n  resources:\n    cgroup: songgen\n", False),
+    ("admission:\n  resources:\n    cgroup: /system.slice/../etc\n", False),
     ("admission:\n  resources:\n    memory_pressure: {reject_above: 10}\n", True),
     ("admission:\n  resources:\n    memory_pressure: {recover_below: 2}\n", False),
     ("admission:\n  resources:\n    io_pressure: {reject_above: 40, line: full}\n", True),

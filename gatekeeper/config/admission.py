@@ -26,8 +26,6 @@ from gatekeeper.config.declare import (
 )
 from gatekeeper.config.reader import Context, Section, value_of
 
-_PERCENT = {"maximum": 100}
-
 
 @declared
 class Threshold:
@@ -213,7 +211,12 @@ class Resources:
         "auto: gatekeeper's own cgroup (when it has a limit); none: host-wide only; or a"
         " cgroup path under /sys/fs/cgroup, e.g. /system.slice/songgen.service (the engine's).",
         _check_cgroup,
-        {"anyOf": [{"enum": ["auto", "none", False, None]}, {"type": "string", "pattern": "^/"}]},
+        {
+            "anyOf": [
+                {"enum": ["auto", "none", False, None]},
+                {"type": "string", "pattern": "^(?!.*(?:^|/)\\.\\.(?:/|$))/"},
+            ]
+        },
         convert=_cgroup_name,
         default="auto",
     )
