@@ -19,10 +19,9 @@ import pytest
 import yaml
 
 from gatekeeper.cli.main import main
-from gatekeeper.config import Config, load_config
+from gatekeeper.config import Config, ConfigError, load_config
 from gatekeeper.config.declare import keys_of
 from gatekeeper.config.schema import config_schema, schema_text
-from gatekeeper.core.errors import ConfigError
 
 VALIDATOR = jsonschema.Draft202012Validator(config_schema())
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.config import load_config
+from gatekeeper.config import ConfigError, load_config
 from gatekeeper.core.admission import (
     DurationEstimator,
     EngineSlots,
@@ -24,7 +24,6 @@ from gatekeeper.core.admission import (
     no_engine_reason,
     pick_engine,
 )
-from gatekeeper.core.errors import ConfigError
 from gatekeeper.lifecycle.reload import diff
 from gatekeeper.lifecycle.runtime import admission_limits
 

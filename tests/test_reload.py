@@ -18,8 +18,7 @@ from support import eventually
 
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app import build_proxy_app, create_state
-from gatekeeper.config import HostPort, load_config
-from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.config import ConfigProblem, HostPort, load_config
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.reload import (
     Change,

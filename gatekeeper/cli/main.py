@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper import __version__
-from gatekeeper.config import Config, load_config_file
-from gatekeeper.core.errors import ConfigError
+from gatekeeper.config import Config, ConfigError, load_config_file
 from gatekeeper.observability.logs import setup_logging
 
 PACKAGED_RULES = Path(__file__).resolve().parent.parent / "rules.yaml"

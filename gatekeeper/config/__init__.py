@@ -17,6 +17,7 @@ at its default.
 
 Modules::
 
+    errors     ConfigProblem (one, with path, line, value), ConfigError (all of them)
     values     durations, HOST:PORT, URLs, path globs, and their JSON Schema (no YAML)
     reader     Section: typed getters over a YAML mapping, problems with lines; Context
     declare    Spec and the field helpers a key is declared with; @declared
@@ -57,6 +58,7 @@ from gatekeeper.config.alerts import (
     default_alert_rules,
     parse_expr,
 )
+from gatekeeper.config.errors import ConfigError, ConfigProblem
 from gatekeeper.config.jobs import Jobs
 from gatekeeper.config.limits import Limits
 from gatekeeper.config.messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
@@ -103,6 +105,8 @@ __all__ = [
     "Alerts",
     "ClientKey",
     "Config",
+    "ConfigError",
+    "ConfigProblem",
     "Engine",
     "Gpu",
     "HostPort",

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from gatekeeper.config.errors import ConfigProblem
 from gatekeeper.config.values import parse_duration
-from gatekeeper.core.errors import ConfigProblem
 
 T = TypeVar("T")
 _constructor = yaml.constructor.SafeConstructor()

@@ -23,6 +23,7 @@ from gatekeeper.config.admission import Admission
 from gatekeeper.config.alerts import Alerts
 from gatekeeper.config.build import read_section, section_check
 from gatekeeper.config.declare import boolean, checked, custom, declared, duration, section
+from gatekeeper.config.errors import ConfigError, ConfigProblem
 from gatekeeper.config.jobs import Jobs, check_dir
 from gatekeeper.config.limits import Limits
 from gatekeeper.config.messages import (
@@ -44,7 +45,6 @@ from gatekeeper.config.values import (
     parse_hostport,
     to_hostport,
 )
-from gatekeeper.core.errors import ConfigError, ConfigProblem
 
 
 @declared

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from gatekeeper.config.errors import ConfigError
 from gatekeeper.config.reader import Context, Section, value_of
-from gatekeeper.core.errors import ConfigError
 
 SOURCE = "gatekeeper/rules.yaml"
 

@@ -42,8 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gatekeeper.config import Config, Engine, Route, load_config
-from gatekeeper.core.errors import ConfigError, ConfigProblem
+from gatekeeper.config import Config, ConfigError, ConfigProblem, Engine, Route, load_config
 from gatekeeper.lifecycle.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.runtime import admission_limits
