@@ -48,7 +48,7 @@ RESERVED_LABELS = frozenset({"alertname", "severity", "instance", "service"})
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The only template constructs gatekeeper renders itself; Prometheus renders them the
-# same way, so a rule reads the same in both (see alerts.render).
+# same way, so a rule reads the same in both (see gatekeeper.observability.alerts.rules).
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 _TEMPLATE_OK = re.compile(
     r"^\s*(\$value(\s*\|\s*(humanize|humanizeDuration))?|\$labels\.[A-Za-z_][A-Za-z0-9_]*)\s*$"

@@ -122,8 +122,8 @@ class Config:
     )
     agent_listen: HostPort | None = _listener(
         None,
-        "HAProxy's agent-check port (issue #11 §2, gatekeeper.lifecycle.haproxy_agent). null:"
-        " not served.",
+        "HAProxy's agent-check port (issue #11 §2): one line per connection, drain | maint |"
+        " ready N%, from free slots, resources and draining. null: not served.",
         allow_none=True,
     )
     box_id: str | None = checked(
