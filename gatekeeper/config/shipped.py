@@ -25,7 +25,9 @@ SOURCE = "gatekeeper/rules.yaml"
 @functools.cache
 def _root() -> yaml.Node:
     text = resources.files("gatekeeper").joinpath("rules.yaml").read_text(encoding="utf-8")
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    # Read at import (the defaults are module constants): libyaml's loader when built in.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    node = yaml.compose(text, Loader=loader)
     if not isinstance(node, yaml.MappingNode):
         raise RuntimeError(f"{SOURCE}: not a mapping (a broken install?)")
     return node
