@@ -11,12 +11,12 @@ from gatekeeper.config import (
     AlertRule,
     Alerts,
     Config,
+    ConfigError,
     Receiver,
     default_alert_rules,
     load_config,
     load_config_file,
 )
-from gatekeeper.core.errors import ConfigError
 
 PACKAGED = Path(__file__).resolve().parent.parent / "gatekeeper" / "rules.yaml"
 

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.config import Config, HostPort, load_config, load_config_file, parse_duration
-from gatekeeper.core.errors import ConfigError
+from gatekeeper.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    load_config,
+    load_config_file,
+    parse_duration,
+)
 
 
 def problems(text: str) -> list[tuple[int | None, str, str]]:

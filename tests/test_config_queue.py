@@ -16,13 +16,14 @@ from gatekeeper.config import (
     REASONS,
     ClientKey,
     Config,
+    ConfigError,
+    ConfigProblem,
     Jobs,
     Queue,
     Route,
     load_config,
     load_config_file,
 )
-from gatekeeper.core.errors import ConfigError, ConfigProblem
 
 
 def problems_of(text: str) -> list[ConfigProblem]:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.config import (
+    ConfigError,
     Gpu,
     PressureThreshold,
     Resources,
     Threshold,
     load_config,
 )
-from gatekeeper.core.errors import ConfigError
 
 
 def resources(text: str) -> Resources:

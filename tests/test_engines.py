@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.config import load_config
+from gatekeeper.config import ConfigError, load_config
 from gatekeeper.core.admission import Gate, GateLimits, Rejection
 from gatekeeper.core.engines import EngineSlots, no_engine_reason, pick_engine
-from gatekeeper.core.errors import ConfigError
 from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.lease import Lease
 from gatekeeper.lifecycle.changes import diff

@@ -19,8 +19,7 @@ from support import eventually
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
-from gatekeeper.config import HostPort, load_config
-from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.config import ConfigProblem, HostPort, load_config
 from gatekeeper.lifecycle.changes import (
     Change,
     Overrides,

@@ -13,6 +13,7 @@ so ``gatekeeper --help`` loads none of them.
     gatekeeper status [--admin URL] [--watch]
     gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
+    gatekeeper schema
 
 Exit codes: 0 success, 2 invalid configuration or usage, 141 (128 + SIGPIPE, as for
 `yes | head`) when the reader of stdout went away, 1 anything else.
@@ -31,8 +32,7 @@ from typing import TYPE_CHECKING
 
 from gatekeeper import __version__
 from gatekeeper.cli.status import DEFAULT_ADMIN_URL
-from gatekeeper.config import Config, load_config_file
-from gatekeeper.core.errors import ConfigError
+from gatekeeper.config import Config, ConfigError, load_config_file
 from gatekeeper.observability.logs import setup_logging
 
 PACKAGED_RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
@@ -157,6 +157,16 @@ def cmd_alert_rules(args: argparse.Namespace) -> int:
     from gatekeeper.observability.alerts.promrules import rule_file
 
     sys.stdout.write(rule_file(_load(args.config)))
+    return 0
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gatekeeper.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
     return 0
 
 
@@ -341,6 +351,16 @@ def _add_observability_commands(sub: Subparsers) -> None:
     )
     rules.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     rules.set_defaults(func=cmd_alert_rules)
+
+    schema = _command(
+        sub,
+        "schema",
+        "print the JSON Schema of rules.yaml",
+        "Print the JSON Schema (draft 2020-12) of rules.yaml, generated from the declared "
+        "keys: editors complete and check the file with it (the packaged copy is "
+        "gatekeeper/rules.schema.json). gatekeeper check stays the full check.",
+    )
+    schema.set_defaults(func=cmd_schema)
 
 
 def build_parser() -> argparse.ArgumentParser:

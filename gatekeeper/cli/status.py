@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from gatekeeper.cli.status_view import status_report
-from gatekeeper.config import load_config_file
-from gatekeeper.core.errors import ConfigError
+from gatekeeper.config import ConfigError, load_config_file
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
 

@@ -4,29 +4,55 @@ and the waiting room of ``queue`` routes (``admission.queue``, issue #9)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import yaml
 
-from gatekeeper.config.reader import Section, value_of
+from gatekeeper.config.build import read_section, section_check
+from gatekeeper.config.declare import (
+    JSON,
+    checked,
+    custom,
+    declared,
+    duration,
+    integer,
+    number,
+    section,
+    string,
+)
+from gatekeeper.config.reader import Context, Section, value_of
 
 
-@dataclass(frozen=True)
+@declared
 class Threshold:
-    reject_above: float
-    recover_below: float
+    """Hysteresis: over ``reject_above`` generations are rejected until the reading falls
+    under ``recover_below``."""
+
+    reject_above: float = number("Reject generations over this reading.", maximum=100)
+    recover_below: float = number(
+        "Admit again under this reading (<= reject_above). In an opt-in threshold it"
+        " defaults to reject_above.",
+        maximum=100,
+    )
 
 
-@dataclass(frozen=True)
+@declared
 class PressureThreshold(Threshold):
     """A PSI threshold (issue #11 §3): which ``avg10`` line of the pressure file counts.
 
     The key is ``line``, not ``on``: YAML 1.1 (PyYAML) reads a bare ``on:`` as ``True:``.
     """
 
-    line: Literal["some", "full"] = "some"
+    line: Literal["some", "full"] = string(
+        "some: at least one task stalled; full: every non-idle task stalled at once."
+        " Default: some for cpu, full for memory and io.",
+        choices=("some", "full"),
+        default="some",
+    )
 
 
 # Which PSI line counts when ``line`` is not given. cpu: "some" (a runnable task waited for
@@ -40,31 +66,171 @@ PSI_DEFAULT_LINE: dict[str, Literal["some", "full"]] = {
 }
 
 
-@dataclass(frozen=True)
+@section_check(Threshold)
+def _hysteresis(t: Threshold, sec: Section, ctx: Context) -> Threshold:
+    if math.isnan(t.recover_below):  # an opt-in threshold without recover_below
+        t = replace(t, recover_below=t.reject_above)
+    if t.recover_below > t.reject_above:
+        sec.problem(
+            "recover_below",
+            sec.node_of("recover_below"),
+            f"must be <= reject_above ({t.reject_above:g}) for hysteresis",
+            t.recover_below,
+        )
+    return t
+
+
+def _opt_in(base: Threshold) -> Callable[[Section, str, Any, Context, Any], Threshold | None]:
+    """An opt-in threshold: absent or null = not a reason to reject. ``reject_above`` is
+    required; ``recover_below`` defaults to it (no hysteresis band beyond the reading's
+    own averaging); a PSI one has ``line`` too (its default: ``base.line``)."""
+
+    def read(parent: Section, key: str, default: Any, ctx: Context, done: Any) -> Threshold | None:
+        node = parent.node_of(key)
+        if node is None or (isinstance(node, yaml.ScalarNode) and value_of(node) is None):
+            return None
+        sec = parent.section(key)
+        if sec.node is None:  # not a mapping: already reported
+            return None
+        if not sec.has("reject_above"):
+            sec.problem("reject_above", None, "is required, e.g. reject_above: 20")
+        return read_section(type(base), sec, ctx, base)
+
+    return read
+
+
+def _opt_in_threshold(doc: str, psi: str | None = None) -> Any:
+    base = Threshold(100.0, math.nan)
+    if psi is not None:
+        base = PressureThreshold(100.0, math.nan, line=PSI_DEFAULT_LINE[psi])
+    schema: JSON = {"type": ["object", "null"], "required": ["reject_above"]}
+    return custom(doc, read=_opt_in(base), schema=schema, shape=type(base), default=None)
+
+
+def _gpu_devices(
+    gs: Section, key: str, default: Any, ctx: Context, done: Any
+) -> tuple[int, ...] | None:
+    node = gs.node_of(key)
+    if node is None:
+        return None
+    value = value_of(node)
+    if value in (None, "all"):
+        return None
+    if isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        return tuple(dict.fromkeys(value))
+    gs.problem(
+        key,
+        node,
+        "must be all, or a list of device indices such as [0, 1] ([] turns GPU sampling off)",
+        value,
+    )
+    return None
+
+
+@declared
 class Gpu:
     """NVML readings (the ``gpu`` extra): which devices, and optional thresholds."""
 
-    # Device indices to watch; None: every device NVML sees; (): GPU sampling off.
-    devices: tuple[int, ...] | None = None
-    memory_percent: Threshold | None = None
-    utilization_percent: Threshold | None = None
+    devices: tuple[int, ...] | None = custom(
+        "Devices to watch: all (null), a list of indices such as [0, 1], or [] (GPU sampling off).",
+        read=_gpu_devices,
+        schema={
+            "anyOf": [
+                {"const": "all"},
+                {"type": "null"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            ]
+        },
+        default=None,
+    )
+    memory_percent: Threshold | None = _opt_in_threshold(
+        "GPU memory threshold on the busiest watched device; null: not a reason to reject."
+    )
+    utilization_percent: Threshold | None = _opt_in_threshold(
+        "GPU utilisation threshold on the busiest watched device; null: not a reason to reject."
+    )
 
 
-@dataclass(frozen=True)
+def _check_cgroup(v: Any) -> str | None:
+    if v is None or v is False or v in ("auto", "none"):  # null: auto
+        return None
+    if isinstance(v, str) and v.startswith("/") and ".." not in v.split("/"):
+        return None
+    return (
+        "must be auto (gatekeeper's own cgroup), none (host-wide readings) or a cgroup"
+        " path under /sys/fs/cgroup, e.g. /system.slice/songgen.service"
+    )
+
+
+def _cgroup_name(v: str | bool | None) -> str:
+    """``null`` is auto; YAML ``false`` is none; a path loses a trailing slash."""
+    if v is None:
+        return "auto"
+    if v is False:
+        return "none"
+    assert isinstance(v, str)
+    return v if v in ("auto", "none", "/") else v.rstrip("/")
+
+
+_PRESSURE_DOC = (
+    "PSI threshold on avg10 (percent of time stalled), e.g. {reject_above: 10,"
+    " recover_below: 2}; null: read and reported, never a reason to reject."
+)
+
+
+@declared
 class Resources:
-    source: Literal["psutil", "file"] = "psutil"
-    file: str | None = None
-    cpu_smoothing: float = 0.5
-    cpu_percent: Threshold = Threshold(90.0, 75.0)
-    memory_percent: Threshold = Threshold(90.0, 80.0)
-    # "auto": gatekeeper's own cgroup (when it has a limit); "none": host-wide only;
-    # "/system.slice/songgen.service": that cgroup (the engine's), under /sys/fs/cgroup.
-    cgroup: str = "auto"
-    # PSI thresholds on avg10 (percent of time stalled); None: not a reason to reject.
-    cpu_pressure: PressureThreshold | None = None
-    memory_pressure: PressureThreshold | None = None
-    io_pressure: PressureThreshold | None = None
-    gpu: Gpu = Gpu()
+    source: Literal["psutil", "file"] = string(
+        "psutil: readings of this machine (psutil, cgroup v2, PSI, NVML); file: readings"
+        " from a JSON file, re-read every sample_interval (fire drills and tests).",
+        choices=("psutil", "file"),
+        default="psutil",
+    )
+    file: str | None = checked(
+        "Path of the readings file when source is file.",
+        lambda v: None if isinstance(v, str) and v else "must be a path",
+        {"type": "string", "minLength": 1},
+        allow_none=True,
+        default=None,
+    )
+    cpu_smoothing: float = number(
+        "Weight of the newest CPU sample in its moving average (1 = no smoothing; psutil only).",
+        maximum=1.0,
+        exclusive_min=True,
+        default=0.5,
+    )
+    cpu_percent: Threshold = section(
+        "CPU % thresholds.", factory=lambda: Threshold(90.0, 75.0), shape=Threshold
+    )
+    memory_percent: Threshold = section(
+        "Memory % thresholds.", factory=lambda: Threshold(90.0, 80.0), shape=Threshold
+    )
+    cgroup: str = checked(
+        "auto: gatekeeper's own cgroup (when it has a limit); none: host-wide only; or a"
+        " cgroup path under /sys/fs/cgroup, e.g. /system.slice/songgen.service (the engine's).",
+        _check_cgroup,
+        {
+            "anyOf": [
+                {"enum": ["auto", "none", False, None]},
+                {"type": "string", "pattern": "^(?!.*(?:^|/)\\.\\.(?:/|$))/"},
+            ]
+        },
+        convert=_cgroup_name,
+        default="auto",
+    )
+    cpu_pressure: PressureThreshold | None = _opt_in_threshold(_PRESSURE_DOC, "cpu")
+    memory_pressure: PressureThreshold | None = _opt_in_threshold(_PRESSURE_DOC, "memory")
+    io_pressure: PressureThreshold | None = _opt_in_threshold(_PRESSURE_DOC, "io")
+    gpu: Gpu = section("NVIDIA GPUs through NVML (pip install 'gatekeeper[gpu]').", factory=Gpu)
+
+
+@section_check(Resources)
+def _check_resources(rs: Resources, sec: Section, ctx: Context) -> Resources:
+    if rs.source == "file" and not rs.file:
+        sec.problem("file", sec.node_of("file"), "is required when source is 'file'")
+    return rs
 
 
 # RFC 9110 section 5.1: a field name is a token.
@@ -85,164 +251,6 @@ class ClientKey:
         return f"header:{self.header}" if self.source == "header" else "remote"
 
 
-@dataclass(frozen=True)
-class Queue:
-    """Bounds of the waiting room shared by every ``queue`` route."""
-
-    # Jobs waiting at once (all queue routes); 0 = no waiting: a queue route then only
-    # admits or refuses queue_full, never waits.
-    max_waiting: int = 20
-    # A waiter's own timer, started at arrival (independent of slots and upstream timeouts).
-    max_wait: float = 1800.0
-    # Waiting + running jobs of one client key; over it -> 429 client_limit.
-    per_client: int = 2
-    client_key: ClientKey = ClientKey()
-    # Peers whose X-Forwarded-For is believed when deriving the remote client key.
-    trusted_proxies: tuple[Network, ...] = ()
-
-
-@dataclass(frozen=True)
-class Admission:
-    max_in_flight: int = 1
-    sample_interval: float = 1.0
-    reject_status: int = 503
-    retry_after_default: int = 30
-    on_client_disconnect: Literal["finish", "cancel"] = "finish"
-    expected_seconds: float = 600.0
-    resources: Resources = field(default_factory=Resources)
-    queue: Queue = field(default_factory=Queue)
-
-
-def _threshold(sec: Section, default: Threshold) -> Threshold:
-    t = Threshold(
-        reject_above=sec.number("reject_above", default.reject_above, maximum=100),
-        recover_below=sec.number("recover_below", default.recover_below, maximum=100),
-    )
-    if t.recover_below > t.reject_above:
-        sec.problem(
-            "recover_below",
-            sec.node_of("recover_below"),
-            f"must be <= reject_above ({t.reject_above:g}) for hysteresis",
-            t.recover_below,
-        )
-    sec.close()
-    return t
-
-
-def _optional_threshold(parent: Section, key: str, psi: str | None = None) -> Threshold | None:
-    """An opt-in threshold: absent or null = not a reason to reject. ``reject_above`` is
-    required; ``recover_below`` defaults to it (no hysteresis band beyond the reading's
-    own averaging); ``line`` (PSI only) picks the avg10 line: some or full."""
-    node = parent.node_of(key)
-    if node is None or (isinstance(node, yaml.ScalarNode) and value_of(node) is None):
-        return None
-    sec = parent.section(key)
-    if sec.node is None:  # not a mapping: already reported
-        return None
-    if not sec.has("reject_above"):
-        sec.problem("reject_above", None, "is required, e.g. reject_above: 20")
-    reject = sec.number("reject_above", 100.0, maximum=100)
-    recover = sec.number("recover_below", reject, maximum=100)
-    line = PSI_DEFAULT_LINE.get(psi or "", "some")
-    if psi is not None:
-        line = sec.string("line", line, choices=("some", "full"))  # type: ignore[assignment]
-    if recover > reject:
-        sec.problem(
-            "recover_below",
-            sec.node_of("recover_below"),
-            f"must be <= reject_above ({reject:g}) for hysteresis",
-            recover,
-        )
-    sec.close()
-    if psi is None:
-        return Threshold(reject_above=reject, recover_below=recover)
-    return PressureThreshold(reject_above=reject, recover_below=recover, line=line)
-
-
-def _pressure(rs: Section, psi: str) -> PressureThreshold | None:
-    t = _optional_threshold(rs, f"{psi}_pressure", psi)
-    assert t is None or isinstance(t, PressureThreshold)
-    return t
-
-
-def _check_cgroup(v: Any) -> str | None:
-    if v is False or v in ("auto", "none"):
-        return None
-    if isinstance(v, str) and v.startswith("/") and ".." not in v.split("/"):
-        return None
-    return (
-        "must be auto (gatekeeper's own cgroup), none (host-wide readings) or a cgroup"
-        " path under /sys/fs/cgroup, e.g. /system.slice/songgen.service"
-    )
-
-
-def _gpu_devices(gs: Section) -> tuple[int, ...] | None:
-    node = gs.node_of("devices")
-    if node is None:
-        return None
-    value = value_of(node)
-    if value in (None, "all"):
-        return None
-    if isinstance(value, list) and all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
-    ):
-        return tuple(dict.fromkeys(value))
-    gs.problem(
-        "devices",
-        node,
-        "must be all, or a list of device indices such as [0, 1] ([] turns GPU sampling off)",
-        value,
-    )
-    return None
-
-
-def _gpu(gs: Section) -> Gpu:
-    gpu = Gpu(
-        devices=_gpu_devices(gs),
-        memory_percent=_optional_threshold(gs, "memory_percent"),
-        utilization_percent=_optional_threshold(gs, "utilization_percent"),
-    )
-    gs.close()
-    return gpu
-
-
-def _resources(rs: Section) -> Resources:
-    d = Resources()
-    source = rs.string("source", d.source, choices=("psutil", "file"))
-    file = rs.get(
-        "file",
-        d.file,
-        lambda v: None if isinstance(v, str) and v else "must be a path",
-        allow_none=True,
-    )
-    if source == "file" and not file:
-        rs.problem("file", rs.node_of("file"), "is required when source is 'file'")
-    resources = Resources(
-        source=source,  # type: ignore[arg-type]
-        file=file,
-        cpu_smoothing=rs.number("cpu_smoothing", d.cpu_smoothing, maximum=1.0, exclusive_min=True),
-        cpu_percent=_threshold(rs.section("cpu_percent"), d.cpu_percent),
-        memory_percent=_threshold(rs.section("memory_percent"), d.memory_percent),
-        cgroup=_cgroup_name(rs.get("cgroup", d.cgroup, _check_cgroup, allow_none=True)),
-        cpu_pressure=_pressure(rs, "cpu"),
-        memory_pressure=_pressure(rs, "memory"),
-        io_pressure=_pressure(rs, "io"),
-        gpu=_gpu(rs.section("gpu")),
-    )
-    rs.close()
-    return resources
-
-
-def _cgroup_name(v: str | bool | None) -> str:
-    """``null`` is auto; YAML ``false`` is none; a path loses a trailing slash."""
-    if v is None:
-        return "auto"
-    if v is False:
-        return "none"
-    assert isinstance(v, str)
-    return v if v in ("auto", "none", "/") else v.rstrip("/")
-
-
 def _check_client_key(v: Any) -> str | None:
     if isinstance(v, str):
         if v == "remote":
@@ -260,8 +268,10 @@ def parse_client_key(v: str) -> ClientKey:
     return ClientKey(source="header", header=v.partition(":")[2])
 
 
-def _trusted_proxies(qs: Section) -> tuple[Network, ...]:
-    node = qs.node_of("trusted_proxies")
+def _trusted_proxies(
+    qs: Section, key: str, default: Any, ctx: Context, done: Any
+) -> tuple[Network, ...]:
+    node = qs.node_of(key)
     if node is None or (isinstance(node, yaml.ScalarNode) and value_of(node) is None):
         return ()
     if not isinstance(node, yaml.SequenceNode):
@@ -290,49 +300,92 @@ def _trusted_proxies(qs: Section) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-def _queue(qs: Section) -> Queue:
-    d = Queue()
-    q = Queue(
-        max_waiting=qs.integer("max_waiting", d.max_waiting, minimum=0),
-        max_wait=qs.duration("max_wait", d.max_wait),
-        per_client=qs.integer("per_client", d.per_client, minimum=1),
-        client_key=parse_client_key(
-            qs.get("client_key", d.client_key.describe(), _check_client_key)
-        ),
-        trusted_proxies=_trusted_proxies(qs),
+@declared
+class Queue:
+    """Bounds of the waiting room shared by every ``queue`` route."""
+
+    max_waiting: int = integer(
+        "Jobs waiting at once (all queue routes); full: 503 queue_full. 0: no waiting (a queue"
+        " route then only admits or refuses queue_full).",
+        minimum=0,
+        default=20,
     )
-    qs.close()
-    return q
-
-
-def read_admission(sec: Section) -> Admission:
-    d = Admission()
-    resources = _resources(sec.section("resources"))
-    queue = _queue(sec.section("queue"))
-
-    def at_least_one(v: object) -> str | None:
-        # 0 would turn every generation away with "busy", which reads like an engine
-        # fault; a deliberate stop is a block route (or draining), which says so.
-        if isinstance(v, bool) or not isinstance(v, int):
-            return "must be an integer"
-        if v < 1:
-            return (
-                "must be >= 1 (0 would reject every generation as busy;"
-                " to stop generations on purpose, use a block route)"
-            )
-        return None
-
-    a = Admission(
-        max_in_flight=sec.get("max_in_flight", d.max_in_flight, at_least_one),
-        sample_interval=sec.duration("sample_interval", d.sample_interval),
-        reject_status=sec.integer("reject_status", d.reject_status, minimum=400, maximum=599),
-        retry_after_default=sec.integer("retry_after_default", d.retry_after_default, minimum=1),
-        on_client_disconnect=sec.string(  # type: ignore[arg-type]
-            "on_client_disconnect", d.on_client_disconnect, choices=("finish", "cancel")
-        ),
-        expected_seconds=sec.duration("expected_seconds", d.expected_seconds),
-        resources=resources,
-        queue=queue,
+    max_wait: float = duration(
+        "A waiter's own timer, started at arrival (independent of slots and upstream"
+        " timeouts); over it: 503 queue_timeout.",
+        default=1800.0,
     )
-    sec.close()
-    return a
+    per_client: int = integer(
+        "Waiting + running jobs of one client key; over it: 429 client_limit.", minimum=1, default=2
+    )
+    client_key: ClientKey = checked(
+        "Who a client is (per_client and fairness): remote (the peer address) or"
+        " header:<Name>, a header the frontend sets, e.g. header:X-User-Id.",
+        _check_client_key,
+        {"type": "string", "pattern": "^(remote|header:[!#$%&'*+\\-.^_`|~0-9A-Za-z]+)$"},
+        convert=parse_client_key,
+        default=ClientKey(),
+    )
+    trusted_proxies: tuple[Network, ...] = custom(
+        "Peers (addresses or CIDRs, e.g. [127.0.0.1, 10.0.0.0/8]) whose X-Forwarded-For is"
+        " believed when deriving the remote client key. []: X-Forwarded-For is ignored.",
+        read=_trusted_proxies,
+        schema={"type": ["array", "null"], "items": {"type": "string"}},
+        default=(),
+    )
+
+
+def _at_least_one(v: object) -> str | None:
+    # 0 would turn every generation away with "busy", which reads like an engine
+    # fault; a deliberate stop is a block route (or draining), which says so.
+    if isinstance(v, bool) or not isinstance(v, int):
+        return "must be an integer"
+    if v < 1:
+        return (
+            "must be >= 1 (0 would reject every generation as busy;"
+            " to stop generations on purpose, use a block route)"
+        )
+    return None
+
+
+@declared
+class Admission:
+    max_in_flight: int = checked(
+        "Generations allowed to run at once (the engine takes the whole machine: 1). With"
+        " upstream.engines it must not be set: each engine has its own max_in_flight.",
+        _at_least_one,
+        {"type": "integer", "minimum": 1},
+        default=1,
+    )
+    sample_interval: float = duration(
+        "How often CPU, memory, PSI and GPU are sampled (never on the request path).", default=1.0
+    )
+    reject_status: int = integer(
+        "Status code of a rejection (busy, engine_down, cpu, ...).",
+        minimum=400,
+        maximum=599,
+        default=503,
+    )
+    retry_after_default: int = integer(
+        "Retry-After (seconds) when no running generation gives a better estimate.",
+        minimum=1,
+        default=30,
+    )
+    on_client_disconnect: Literal["finish", "cancel"] = string(
+        "A client that leaves mid-generation: finish keeps reading the engine's answer and"
+        " holds the slot until the engine is done; cancel closes the engine connection and"
+        " frees the slot at once.",
+        choices=("finish", "cancel"),
+        default="finish",
+    )
+    expected_seconds: float = duration(
+        "Initial estimate of one generation's duration, then learnt from completed ones"
+        " (median of the last 20). Drives Retry-After.",
+        default=600.0,
+    )
+    resources: Resources = section("Resource readings and their thresholds.", factory=Resources)
+    queue: Queue = section(
+        "The waiting room of queue routes: a generation that finds no free slot waits its turn"
+        " instead of getting 503 busy.",
+        factory=Queue,
+    )

@@ -1,23 +1,27 @@
 """``alerts``: built-in alert rules (issue #4), their receivers and their validation.
 
-``SIGNALS`` names what a rule may test; ``gatekeeper.signals`` holds, for each name,
-its live reader and its PromQL (read by the alert loop, the rule export and the
-dashboard), and a test keeps its keys equal to ``SIGNALS``.
+``SIGNALS`` names what a rule may test; ``gatekeeper.observability.alerts.inputs``
+holds, for each name, its live reader and its PromQL (read by the alert loop, the
+rule export and the dashboard), and a test keeps its keys equal to ``SIGNALS``.
+The default receiver and the nine default rules are the packaged rules.yaml's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import yaml
 
-from gatekeeper.config.reader import Section, join, line_of, value_of
-from gatekeeper.config.values import check_url
-from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.config.build import read_section
+from gatekeeper.config.declare import JSON, checked, custom, declared, duration, string
+from gatekeeper.config.reader import Context, Section, join, value_of
+from gatekeeper.config.shipped import read_shipped
+from gatekeeper.config.values import URL_SCHEMA, to_url, url_error
 
 # What an alert rule may test.
 SIGNALS: tuple[str, ...] = (
@@ -41,173 +45,10 @@ RECEIVER_TYPES: tuple[str, ...] = ("alertmanager", "webhook", "log")
 RESERVED_LABELS = frozenset({"alertname", "severity", "instance", "service"})
 
 
-@dataclass(frozen=True)
-class Receiver:
-    name: str
-    type: Literal["alertmanager", "webhook", "log"]
-    url: str | None = None  # not for "log"
-    timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    alert: str
-    signal: str
-    op: str
-    threshold: float
-    for_seconds: float  # YAML key ``for``
-    severity: str
-    summary: str
-    runbook: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def expr(self) -> str:
-        return f"{self.signal} {self.op} {self.threshold:g}"
-
-
-def default_alert_rules(
-    read_timeout: float = 900.0, max_wait: float = 1800.0
-) -> tuple[AlertRule, ...]:
-    """The rules shipped in rules.yaml; GenerationStuck follows ``upstream.timeouts.read``,
-    QueueWaitLong half of ``admission.queue.max_wait``."""
-    return (
-        AlertRule(
-            alert="GatekeeperCPUHigh",
-            signal="cpu_percent",
-            op=">",
-            threshold=90.0,
-            for_seconds=120.0,
-            severity="warning",
-            summary="引擎服务器 CPU 持续过载 / Engine host CPU at {{ $value | humanize }}%"
-            " for 2 minutes; new generations are being rejected",
-            runbook="Check what else runs on the box (top -o %CPU); stop anything that is"
-            " not the engine. Do not raise admission.resources.cpu_percent: the engine"
-            " needs the whole machine.",
-        ),
-        AlertRule(
-            alert="GatekeeperMemoryHigh",
-            signal="memory_percent",
-            op=">",
-            threshold=90.0,
-            for_seconds=120.0,
-            severity="critical",
-            summary="引擎服务器内存即将耗尽 / Engine host memory at {{ $value | humanize }}%"
-            " for 2 minutes; the box is close to freezing",
-            runbook="Find the process holding memory (top -o %MEM). If the engine leaks"
-            " after a generation, restart it once nothing runs (/status in_flight 0);"
-            " kill anything else that grew.",
-        ),
-        AlertRule(
-            alert="GatekeeperRejectionsFlood",
-            signal="rejections_per_minute",
-            op=">",
-            threshold=30.0,
-            for_seconds=60.0,
-            severity="warning",
-            summary="大量请求被拒绝（批量或重试风暴）/ {{ $value | humanize }} requests per"
-            " minute turned away: a batch script or a retry storm",
-            runbook="Open the access log (decision=rejected or blocked) and find the client"
-            " address; a batch job or a client retrying without Retry-After is hammering"
-            " the engine. Ask its owner to generate one song at a time, or block it"
-            " upstream.",
-        ),
-        AlertRule(
-            alert="GatekeeperUpstreamDown",
-            signal="upstream_up",
-            op="==",
-            threshold=0.0,
-            for_seconds=60.0,
-            severity="critical",
-            summary="音乐生成引擎无法连接 / The music engine has not answered gatekeeper's"
-            " probe for 1 minute",
-            runbook="Check the engine process (systemctl status, docker ps or kubectl get"
-            " pods) and its log; restart it. gatekeeper admits no generation meanwhile"
-            " (503 engine_down; queued jobs wait).",
-        ),
-        AlertRule(
-            alert="GatekeeperUpstreamTimeouts",
-            signal="upstream_timeouts_per_hour",
-            op=">",
-            threshold=0.0,
-            for_seconds=0.0,
-            severity="warning",
-            summary="引擎响应超时 / {{ $value | humanize }} request(s) to the engine timed out"
-            " in the last hour (no byte within the read timeout)",
-            runbook="Look for upstream_timeout in the access log and at the engine's log for"
-            " those request ids; a hung GPU/CPU worker needs an engine restart. Raise"
-            " upstream.timeouts.read only if songs legitimately take longer.",
-        ),
-        AlertRule(
-            alert="GatekeeperGenerationStuck",
-            signal="generation_elapsed_seconds",
-            op=">",
-            threshold=read_timeout,
-            for_seconds=60.0,
-            severity="critical",
-            summary="生成任务卡住 / A generation has run for {{ $value | humanizeDuration }},"
-            " longer than the upstream read timeout; every other request gets busy",
-            runbook="Check the engine's progress for the running job; if it is hung, restart"
-            " the engine: the slot is freed when its connection closes.",
-        ),
-        AlertRule(
-            alert="GatekeeperConfigReloadFailed",
-            signal="config_reload_failed",
-            op="==",
-            threshold=1.0,
-            for_seconds=0.0,
-            severity="warning",
-            summary="配置重新加载失败 / The last rules.yaml reload failed; the previous rules"
-            " are still in force",
-            runbook="Run gatekeeper check --config <file> to see every problem with its line,"
-            " fix the file, then reload again (SIGHUP or POST /reload).",
-        ),
-        AlertRule(
-            alert="GatekeeperQueueFull",
-            signal="queue_full_ratio",
-            op=">=",
-            threshold=1.0,
-            for_seconds=300.0,
-            severity="warning",
-            summary="排队已满 / The generation queue has been full for 5 minutes; new"
-            " requests are turned away with queue_full",
-            runbook="More songs are asked for than the engine makes. Run gatekeeper status:"
-            " if one client holds many places, lower admission.queue.per_client; if not,"
-            " demand is real: add engine capacity. See docs/runbook.md, Queue full.",
-        ),
-        AlertRule(
-            alert="GatekeeperQueueWaitLong",
-            signal="queue_oldest_wait_seconds",
-            op=">",
-            threshold=max_wait / 2,
-            for_seconds=60.0,
-            severity="warning",
-            summary="排队等待过久 / A job has waited {{ $value | humanizeDuration }} in the"
-            " queue, over half of admission.queue.max_wait; it may time out unserved",
-            runbook="Check that the engine is making progress (gatekeeper status: the running"
-            " job's elapsed vs its ETA) and that CPU/memory do not hold dispatch. See"
-            " docs/runbook.md, Long queue waits.",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class Alerts:
-    evaluation_interval: float = 5.0
-    resend_interval: float = 60.0
-    # ``instance`` label and the URL receivers link back to; None = derived at start
-    # from the host name and the admin listener.
-    instance: str | None = None
-    external_url: str | None = None
-    # A log receiver only: the default config works without any Alertmanager.
-    receivers: tuple[Receiver, ...] = (Receiver(name="log", type="log"),)
-    rules: tuple[AlertRule, ...] = field(default_factory=default_alert_rules)
-
-
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The only template constructs gatekeeper renders itself; Prometheus renders them the
-# same way, so a rule reads the same in both (see alerts.render).
+# same way, so a rule reads the same in both (see gatekeeper.observability.alerts.rules).
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 _TEMPLATE_OK = re.compile(
     r"^\s*(\$value(\s*\|\s*(humanize|humanizeDuration))?|\$labels\.[A-Za-z_][A-Za-z0-9_]*)\s*$"
@@ -245,92 +86,121 @@ def _check_annotation(v: Any) -> str | None:
     return None
 
 
-def _receivers(node: yaml.Node | None, problems: list[ConfigProblem]) -> tuple[Receiver, ...]:
-    if node is None:
-        return Alerts().receivers
-    if not isinstance(node, yaml.SequenceNode):
-        problems.append(
-            ConfigProblem("alerts.receivers", line_of(node), "must be a list of receivers")
-        )
-        return Alerts().receivers
-    out: list[Receiver] = []
-    names: set[str] = set()
-    for i, item in enumerate(node.value):
-        sec = Section(item, f"alerts.receivers[{i}]", problems)
-        name = sec.get("name", f"receiver{i}", _check_name)
-        sec.unique_name(name, names, "receiver")
-        kind = sec.string("type", "log", choices=RECEIVER_TYPES)
-        if not sec.has("type"):
-            sec.problem("type", None, "is required (" + ", ".join(RECEIVER_TYPES) + ")")
-        url: str | None = None
-        if kind == "log":
-            if sec.has("url"):
-                sec.problem("url", sec.node_of("url"), "does not apply to a 'log' receiver")
-        elif sec.has("url"):
-            url_node = sec.node_of("url")
-            assert url_node is not None
-            url = check_url(
-                value_of(url_node), join(sec.path, "url"), line_of(url_node), problems, ""
-            )
-        else:
-            sec.problem("url", None, f"is required for a {kind!r} receiver")
-        timeout = sec.duration("timeout", Receiver.timeout)
-        sec.close()
-        out.append(Receiver(name=name, type=kind, url=url, timeout=timeout))  # type: ignore[arg-type]
-    return tuple(out)
-
-
 def _check_name(v: Any) -> str | None:
     return None if isinstance(v, str) and _NAME.match(v) else "must match [A-Za-z_][A-Za-z0-9_]*"
 
 
-def _alert_rules(
-    node: yaml.Node | None, problems: list[ConfigProblem], read_timeout: float, max_wait: float
-) -> tuple[AlertRule, ...]:
+_NAME_SCHEMA: JSON = {"type": "string", "pattern": _NAME.pattern}
+_ANNOTATION_SCHEMA: JSON = {"type": "string", "pattern": "\\S"}
+
+
+def _receiver_url(
+    sec: Section, key: str, default: Any, ctx: Context, done: dict[str, Any]
+) -> str | None:
+    """Required for alertmanager and webhook receivers; an error for a log receiver."""
+    kind = done["type"]
+    node = sec.node_of(key)
+    if kind == "log":
+        if node is not None:
+            sec.problem(key, node, "does not apply to a 'log' receiver")
+        return None
     if node is None:
-        return default_alert_rules(read_timeout, max_wait)
-    if not isinstance(node, yaml.SequenceNode):
-        problems.append(ConfigProblem("alerts.rules", line_of(node), "must be a list of rules"))
-        return default_alert_rules(read_timeout, max_wait)
-    out: list[AlertRule] = []
-    names: set[str] = set()
-    for i, item in enumerate(node.value):
-        sec = Section(item, f"alerts.rules[{i}]", problems)
-        alert = sec.get("alert", f"Rule{i}", _check_name)
-        if alert in names:
-            sec.problem("alert", sec.node_of("alert"), "duplicate alert name", alert)
-        names.add(alert)
-        expr: tuple[str, str, float] = ("in_flight", ">", math.inf)
-        expr_node = sec.node_of("expr")
-        if expr_node is not None:
-            parsed = parse_expr(value_of(expr_node))
-            if isinstance(parsed, str):
-                sec.problem("expr", expr_node, parsed, value_of(expr_node))
-            else:
-                expr = parsed
-        for_seconds = sec.duration("for", 0.0, positive=False)
-        severity = sec.string("severity", "warning", choices=SEVERITIES)
-        summary = sec.get("summary", "", _check_annotation)
-        runbook = sec.get("runbook", "", _check_annotation)
-        for key in ("alert", "expr", "severity", "summary", "runbook"):
-            if not sec.has(key):
-                sec.problem(key, None, "is required")
-        labels = _rule_labels(sec.section("labels"))
-        sec.close()
-        out.append(
-            AlertRule(
-                alert=alert,
-                signal=expr[0],
-                op=expr[1],
-                threshold=expr[2],
-                for_seconds=for_seconds,
-                severity=severity,
-                summary=summary,
-                runbook=runbook,
-                labels=labels,
-            )
-        )
-    return tuple(out)
+        sec.problem(key, None, f"is required for a {kind!r} receiver")
+        return None
+    value = value_of(node)
+    error = url_error(value)
+    if error is not None:
+        sec.problem(key, node, error, value)
+        return ""
+    return to_url(value)
+
+
+@declared
+class Receiver:
+    name: str = checked("Unique receiver name.", _check_name, _NAME_SCHEMA, required="is required")
+    type: Literal["alertmanager", "webhook", "log"] = string(
+        "alertmanager (POST <url>/api/v2/alerts), webhook (POST <url> with the Alertmanager"
+        " webhook JSON, version 4) or log (one structured log line per change).",
+        choices=RECEIVER_TYPES,
+        required="is required (" + ", ".join(RECEIVER_TYPES) + ")",
+    )
+    url: str | None = custom(
+        "alertmanager and webhook only.", read=_receiver_url, schema=URL_SCHEMA, default=None
+    )
+    timeout: float = duration("Per request.", default=10.0)
+
+
+def _expr(
+    sec: Section, key: str, default: Any, ctx: Context, done: Any
+) -> tuple[str, str, float] | None:
+    node = sec.node_of(key)
+    if node is None:
+        return None
+    parsed = parse_expr(value_of(node))
+    if isinstance(parsed, str):
+        sec.problem(key, node, parsed, value_of(node))
+        return None
+    return parsed
+
+
+def _labels(parent: Section, key: str, default: Any, ctx: Context, done: Any) -> dict[str, str]:
+    return _rule_labels(parent.section(key))
+
+
+@declared
+class AlertRule:
+    alert: str = checked(
+        "The alert's name (alertname).", _check_name, _NAME_SCHEMA, required="is required"
+    )
+    signal: str = custom(
+        "'<signal> <op> <number>', op one of > >= < <= == !=, e.g. 'cpu_percent > 90'.",
+        read=_expr,
+        schema={
+            "type": "string",
+            "pattern": "^\\s*(" + "|".join(SIGNALS) + ")\\s*(>=|<=|==|!=|>|<)\\s*\\S+\\s*$",
+        },
+        yaml="expr",
+        spread=("signal", "op", "threshold"),
+        required="is required",
+    )
+    op: str
+    threshold: float
+    for_seconds: float = duration(
+        "How long the condition must hold before the alert fires (0s: at once; default 0s).",
+        positive=False,
+        yaml="for",
+    )
+    severity: str = string("critical, warning or info.", choices=SEVERITIES, required="is required")
+    summary: str = checked(
+        "Annotation; may use {{ $value }}, {{ $value | humanize }},"
+        " {{ $value | humanizeDuration }} and {{ $labels.<name> }}.",
+        _check_annotation,
+        _ANNOTATION_SCHEMA,
+        required="is required",
+    )
+    runbook: str = checked(
+        "Annotation: what to do; same templates as summary.",
+        _check_annotation,
+        _ANNOTATION_SCHEMA,
+        required="is required",
+    )
+    labels: Mapping[str, str] = custom(
+        "Extra labels, e.g. {team: music}.",
+        read=_labels,
+        schema={
+            "type": ["object", "null"],
+            "propertyNames": {
+                "pattern": "^(?!__)" + _NAME.pattern[1:],
+                "not": {"enum": sorted(RESERVED_LABELS)},
+            },
+            "additionalProperties": {"type": ["string", "number"]},
+        },
+        factory=dict,
+    )
+
+    @property
+    def expr(self) -> str:
+        return f"{self.signal} {self.op} {self.threshold:g}"
 
 
 def _rule_labels(sec: Section) -> dict[str, str]:
@@ -350,32 +220,134 @@ def _rule_labels(sec: Section) -> dict[str, str]:
     return labels
 
 
-def read_alerts(
-    sec: Section, problems: list[ConfigProblem], read_timeout: float, max_wait: float = 1800.0
-) -> Alerts:
-    """The ``alerts`` section; ``read_timeout`` and ``max_wait`` (``upstream.timeouts.read``,
-    ``admission.queue.max_wait``) set the thresholds of the default rules."""
-    d = Alerts()
-    external_url = None
-    if sec.has("external_url"):
-        node = sec.node_of("external_url")
-        assert node is not None
-        if value_of(node) is not None:
-            external_url = check_url(
-                value_of(node), join(sec.path, "external_url"), line_of(node), problems, ""
-            )
-    a = Alerts(
-        evaluation_interval=sec.duration("evaluation_interval", d.evaluation_interval),
-        resend_interval=sec.duration("resend_interval", d.resend_interval),
-        instance=sec.get(
-            "instance",
-            d.instance,
-            lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
-            allow_none=True,
-        ),
-        external_url=external_url,
-        receivers=_receivers(sec.node_of("receivers"), problems),
-        rules=_alert_rules(sec.node_of("rules"), problems, read_timeout, max_wait),
+def _items(
+    what: str, shape: type, default: Callable[[int], Any], name: str
+) -> Callable[[yaml.Node, str, Context], tuple[Any, ...]]:
+    """A list of ``shape`` (receivers, rules), each read by its declaration; ``name``
+    is the key that must be unique among them."""
+
+    def read(node: yaml.Node, path: str, ctx: Context) -> tuple[Any, ...]:
+        out = []
+        names: set[str] = set()
+        for i, item in enumerate(node.value):
+            sec = Section(item, join(path, i), ctx.problems)
+            obj = read_section(shape, sec, ctx, default(i))
+            value = getattr(obj, name)
+            if sec.has(name) and value in names:
+                sec.problem(name, sec.node_of(name), f"duplicate {what} name", value)
+            names.add(value)
+            out.append(obj)
+        return tuple(out)
+
+    return read
+
+
+_read_receivers = _items(
+    "receiver", Receiver, lambda i: Receiver(name=f"receiver{i}", type="log"), "name"
+)
+_read_rules = _items(
+    "alert",
+    AlertRule,
+    lambda i: AlertRule(f"Rule{i}", "in_flight", ">", math.inf, 0.0, "warning", "", ""),
+    "alert",
+)
+
+
+def _receivers(
+    parent: Section, key: str, default: tuple[Receiver, ...] | None, ctx: Context, done: Any
+) -> tuple[Receiver, ...]:
+    node = parent.node_of(key)
+    if node is not None and not isinstance(node, yaml.SequenceNode):
+        parent.problem(key, node, "must be a list of receivers")
+    if not isinstance(node, yaml.SequenceNode):
+        assert default is not None
+        return default
+    return _read_receivers(node, join(parent.path, key), ctx)
+
+
+# Default rules whose threshold follows another key: GenerationStuck follows
+# ``upstream.timeouts.read``, QueueWaitLong half of ``admission.queue.max_wait``.
+_FOLLOWS: dict[str, Callable[[float, float], float]] = {
+    "GatekeeperGenerationStuck": lambda read_timeout, max_wait: read_timeout,
+    "GatekeeperQueueWaitLong": lambda read_timeout, max_wait: max_wait / 2,
+}
+
+
+@functools.cache
+def _shipped_receivers() -> tuple[Receiver, ...]:
+    return read_shipped("alerts.receivers", _receivers)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _shipped_rules() -> tuple[AlertRule, ...]:
+    def read(parent: Section, key: str, default: Any, ctx: Context, done: Any) -> Any:
+        node = parent.node_of(key)
+        assert isinstance(node, yaml.SequenceNode), "gatekeeper/rules.yaml: alerts.rules"
+        return _read_rules(node, join(parent.path, key), ctx)
+
+    return read_shipped("alerts.rules", read)  # type: ignore[no-any-return]
+
+
+def default_alert_rules(
+    read_timeout: float = 900.0, max_wait: float = 1800.0
+) -> tuple[AlertRule, ...]:
+    """The rules shipped in rules.yaml, with the thresholds that follow other keys."""
+    return tuple(
+        replace(rule, threshold=_FOLLOWS[rule.alert](read_timeout, max_wait))
+        if rule.alert in _FOLLOWS
+        else rule
+        for rule in _shipped_rules()
     )
-    sec.close()
-    return a
+
+
+def _rules(
+    parent: Section, key: str, default: Any, ctx: Context, done: Any
+) -> tuple[AlertRule, ...]:
+    node = parent.node_of(key)
+    if isinstance(node, yaml.SequenceNode):
+        return _read_rules(node, join(parent.path, key), ctx)
+    if node is not None:
+        parent.problem(key, node, "must be a list of rules")
+    return default_alert_rules(
+        ctx.values.get("upstream.timeouts.read", 900.0),
+        ctx.values.get("admission.queue.max_wait", 1800.0),
+    )
+
+
+@declared
+class Alerts:
+    evaluation_interval: float = duration("How often every rule is evaluated.", default=5.0)
+    resend_interval: float = duration(
+        "Firing alerts are re-sent to alertmanager receivers this often (Alertmanager forgets"
+        " alerts that are not re-sent); webhook and log receivers get changes only.",
+        default=60.0,
+    )
+    instance: str | None = checked(
+        "The instance label of every alert. null: <hostname>:<admin port>, derived at start.",
+        lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+        {"type": "string", "minLength": 1},
+        allow_none=True,
+        default=None,
+    )
+    external_url: str | None = checked(
+        "Where receivers link back to (generatorURL, externalURL). null: the admin listener.",
+        url_error,
+        URL_SCHEMA,
+        allow_none=True,
+        convert=to_url,
+        default=None,
+    )
+    receivers: tuple[Receiver, ...] = custom(
+        doc="Where alerts go; a receiver that is down is retried with backoff.",
+        read=_receivers,
+        schema={"type": "array"},
+        shape=Receiver,
+        factory=lambda: _shipped_receivers(),
+    )
+    rules: tuple[AlertRule, ...] = custom(
+        doc="The rules; a list replaces the defaults entirely, [] disables the built-in alerts.",
+        read=_rules,
+        schema={"type": "array"},
+        shape=AlertRule,
+        factory=default_alert_rules,
+    )

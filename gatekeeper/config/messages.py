@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from gatekeeper.config.reader import Section
+from gatekeeper.config.reader import Context, Section
+from gatekeeper.config.shipped import shipped_value
 
 # Reason codes answered to clients (issue #2); messages are keyed by them.
 REASONS: tuple[str, ...] = (
@@ -54,59 +56,11 @@ MESSAGE_FIELDS = frozenset(
     }
 )
 
-# The seed's users read Chinese; the English half serves everyone else.
-DEFAULT_MESSAGES: Mapping[str, str] = {
-    "busy": "引擎正在生成另一首歌曲（每首约 5–15 分钟），请约 {retry_after} 秒后再试。"
-    " / The engine is busy generating another song; please retry in about {retry_after} s.",
-    "cpu": "服务器 CPU 负载过高（{cpu_percent:.0f}%），暂不接受新的生成任务，"
-    "请约 {retry_after} 秒后再试。"
-    " / The server CPU is overloaded ({cpu_percent:.0f}%); please retry in about {retry_after} s.",
-    "memory": "服务器内存不足（已用 {memory_percent:.0f}%），暂不接受新的生成任务，"
-    "请约 {retry_after} 秒后再试。"
-    " / The server is low on memory ({memory_percent:.0f}% used);"
-    " please retry in about {retry_after} s.",
-    "engine_down": "音乐生成引擎暂时不可用（健康检查失败），暂不接受新的生成任务，"
-    "请约 {retry_after} 秒后再试。"
-    " / The music engine is not answering its health check; no new generation can start."
-    " Please retry in about {retry_after} s.",
-    "cpu_pressure": "服务器 CPU 争用严重（任务等待 CPU 的时间占 {cpu_pressure:.0f}%），"
-    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
-    " / The server's CPUs are saturated (tasks waited for a CPU {cpu_pressure:.0f}% of"
-    " the time); please retry in about {retry_after} s.",
-    "memory_pressure": "服务器内存压力过高（因内存停顿 {memory_pressure:.0f}% 的时间），"
-    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
-    " / The server is thrashing for memory (stalled {memory_pressure:.0f}% of the time);"
-    " please retry in about {retry_after} s.",
-    "io_pressure": "服务器磁盘 I/O 压力过高（因 I/O 停顿 {io_pressure:.0f}% 的时间），"
-    "暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
-    " / The server's disks are saturated (stalled on I/O {io_pressure:.0f}% of the time);"
-    " please retry in about {retry_after} s.",
-    "gpu_memory": "GPU 显存不足（已用 {gpu_memory_percent:.0f}%），暂不接受新的生成任务，"
-    "请约 {retry_after} 秒后再试。"
-    " / The GPU is low on memory ({gpu_memory_percent:.0f}% used);"
-    " please retry in about {retry_after} s.",
-    "gpu_utilization": "GPU 负载过高（{gpu_utilization_percent:.0f}%），暂不接受新的生成任务，"
-    "请约 {retry_after} 秒后再试。"
-    " / The GPU is fully busy ({gpu_utilization_percent:.0f}%);"
-    " please retry in about {retry_after} s.",
-    "blocked": "该接口已停用。 / This endpoint is disabled.",
-    "draining": "服务正在重启，暂不接受新的生成任务，请约 {retry_after} 秒后再试。"
-    " / The service is restarting and accepts no new generations;"
-    " please retry in about {retry_after} s.",
-    "upstream_unavailable": "音乐生成引擎暂时无法连接，请稍后再试。"
-    " / The music engine cannot be reached; please try again later.",
-    "upstream_timeout": "音乐生成引擎响应超时。 / The music engine did not answer in time.",
-    "upstream_busy": "音乐生成引擎连接繁忙，请稍后再试。"
-    " / All connections to the music engine are busy; please try again shortly.",
-    "queue_full": "排队人数已满（{waiting}/{max_waiting}），请约 {retry_after} 秒后再试。"
-    " / The queue is full ({waiting} waiting); please retry in about {retry_after} s.",
-    "queue_timeout": "已排队等待 {max_wait} 秒仍未轮到，请约 {retry_after} 秒后再试。"
-    " / You waited {max_wait} s without being served; please retry in about {retry_after} s.",
-    "client_limit": "您已有 {per_client} 个生成任务在排队或进行中，"
-    "请等其中一个完成后再提交（约 {retry_after} 秒）。"
-    " / You already have {per_client} generations waiting or running;"
-    " please submit another when one is done (in about {retry_after} s).",
-}
+# The seed's users read Chinese; the English half serves everyone else. The texts
+# are the packaged rules.yaml's (one source); every reason has one.
+DEFAULT_MESSAGES: Mapping[str, str] = MappingProxyType(
+    {reason: str(shipped_value(f"messages.{reason}")) for reason in REASONS}
+)
 
 
 def check_message(v: Any) -> str | None:
@@ -127,13 +81,25 @@ def check_message(v: Any) -> str | None:
     return None
 
 
-def read_messages(sec: Section) -> dict[str, str]:
-    messages = dict(DEFAULT_MESSAGES)
-    for key in REASONS:
-        messages[key] = sec.get(key, messages[key], check_message)
-    for key, (key_node, _) in sec.items.items():
-        if key not in REASONS:
-            sec.problem(key, key_node, "unknown reason code; known: " + ", ".join(REASONS))
-            sec.used.add(key)
+def read_messages(
+    parent: Section, key: str, default: Mapping[str, str] | None, ctx: Context, done: Any
+) -> dict[str, str]:
+    """``messages``: a text per reason code; a reason left out keeps its default."""
+    sec = parent.section(key)
+    messages = dict(DEFAULT_MESSAGES if default is None else default)
+    for reason in REASONS:
+        messages[reason] = sec.get(reason, messages[reason], check_message)
+    for reason, (key_node, _) in sec.items.items():
+        if reason not in REASONS:
+            sec.problem(reason, key_node, "unknown reason code; known: " + ", ".join(REASONS))
+            sec.used.add(reason)
     sec.close()
     return messages
+
+
+# The JSON Schema of ``messages``: a format string per reason code, no other key.
+MESSAGES_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "properties": {reason: {"type": "string", "minLength": 1} for reason in REASONS},
+    "additionalProperties": False,
+}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
 
+from gatekeeper.config.errors import ConfigProblem
 from gatekeeper.config.values import parse_duration
-from gatekeeper.core.errors import ConfigProblem
 
 T = TypeVar("T")
 _constructor = yaml.constructor.SafeConstructor()
@@ -183,16 +184,23 @@ class Section:
             key, default, lambda v: None if isinstance(v, bool) else "must be true or false"
         )
 
-    def unique_name(self, name: str, names: set[str], what: str) -> None:
-        """``name`` (already read) is required and unique among ``names`` (of ``what``)."""
-        if not self.has("name"):
-            self.problem("name", None, "is required")
-        elif name in names:
-            self.problem("name", self.node_of("name"), f"duplicate {what} name", name)
-        names.add(name)
-
     def close(self) -> None:
         """Report every key no getter asked for, with the closest known key."""
         for key, (key_node, _) in self.items.items():
             if key not in self.used:
                 self.problem(key, key_node, "unknown key" + suggestion(key, self.used))
+
+
+@dataclass
+class Context:
+    """One load: its problems, and every value read so far by YAML path.
+
+    A default that follows another key (``shutdown.drain_timeout`` follows
+    ``upstream.timeouts.read``) looks that key up in ``values``; a check that needs
+    a section again (``admission.max_in_flight`` with ``upstream.engines``) finds
+    it in ``sections`` instead of reading the mapping twice.
+    """
+
+    problems: list[ConfigProblem]
+    values: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, Section] = field(default_factory=dict)

@@ -1,9 +1,10 @@
 """The whole rules file: ``Config``, the small top-level sections, and loading.
 
-``load_config`` composes the YAML (keeping line numbers), hands each section to
-its own module's reader, and raises one ``ConfigError`` listing every problem.
-What is valid but probably not meant (an empty file) becomes a warning on the
-returned ``Config``, printed by ``gatekeeper check`` and the startup log.
+``load_config`` composes the YAML (keeping line numbers) and reads ``Config``
+by its declared keys (``build.read_section``); the check of ``Config`` relates
+keys of different sections; one ``ConfigError`` lists every problem. What is
+valid but probably not meant (an empty file) becomes a warning on the returned
+``Config``, printed by ``gatekeeper check`` and the startup log.
 """
 
 from __future__ import annotations
@@ -12,61 +13,167 @@ import io
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gatekeeper.config.admission import Admission, read_admission
-from gatekeeper.config.alerts import Alerts, read_alerts
-from gatekeeper.config.jobs import Jobs, check_dir, read_jobs
-from gatekeeper.config.limits import Limits, read_limits
-from gatekeeper.config.messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, read_messages
-from gatekeeper.config.reader import Section, line_of, value_of
+from gatekeeper.config.admission import Admission
+from gatekeeper.config.alerts import Alerts
+from gatekeeper.config.build import read_section, section_check
+from gatekeeper.config.declare import boolean, checked, custom, declared, duration, section
+from gatekeeper.config.errors import ConfigError, ConfigProblem
+from gatekeeper.config.jobs import Jobs, check_dir
+from gatekeeper.config.limits import Limits
+from gatekeeper.config.messages import (
+    DEFAULT_MESSAGES,
+    MESSAGE_FIELDS,
+    MESSAGES_SCHEMA,
+    read_messages,
+)
+from gatekeeper.config.reader import Context, Section, line_of, value_of
 from gatekeeper.config.routes import DEFAULT_ROUTES, Route, read_routes
-from gatekeeper.config.upstream import Upstream, read_upstream
-from gatekeeper.config.values import HostPort, check_path_glob, check_url, parse_hostport
-from gatekeeper.core.errors import ConfigError, ConfigProblem
+from gatekeeper.config.upstream import Upstream
+from gatekeeper.config.values import (
+    HOSTPORT_SCHEMA,
+    PATH_GLOB_SCHEMA,
+    HostPort,
+    check_path_glob,
+    check_url,
+    hostport_error,
+    parse_hostport,
+    to_hostport,
+)
 
 
-@dataclass(frozen=True)
+@declared
 class Shutdown:
-    drain_timeout: float = 900.0
-    drain_log_interval: float = 10.0
-    # After the last awaited generation ends, keep serving pass routes this long so the
-    # client can fetch its result (e.g. GET /result/{id}) before the listener closes.
-    linger: float = 5.0
+    drain_timeout: float = duration(
+        "On SIGTERM/SIGINT, how long to wait for running generations before exiting."
+        " Default: upstream.timeouts.read, the longest a generation may run.",
+        positive=False,
+        default=900.0,
+    )
+    drain_log_interval: float = duration(
+        "How often the drain logs what it waits for.", default=10.0
+    )
+    linger: float = duration(
+        "After the last awaited generation ends, keep serving pass routes this long so the"
+        " client can fetch its result (e.g. GET /result/{id}) before the listener closes.",
+        positive=False,
+        default=5.0,
+    )
 
 
-@dataclass(frozen=True)
+@declared
 class Reload:
-    watch: bool = False
-    watch_interval: float = 2.0
+    watch: bool = boolean(
+        "Also reload when the file changes on disk (SIGHUP and POST /reload always work).",
+        default=False,
+    )
+    watch_interval: float = duration(
+        "How often the file is checked when watch is true.", default=2.0
+    )
 
 
-@dataclass(frozen=True)
+_BOX_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def check_box_id(v: Any) -> str | None:
+    # Lower case, digits and '-': it is a DNS label (a pod name), an HAProxy server name
+    # and the part of a job id before the '.', so it must never contain one.
+    if not isinstance(v, str) or _BOX_ID.fullmatch(v) is None:
+        return "must be 1-32 characters of [a-z0-9-], starting with a letter or digit"
+    return None
+
+
+def _check_jobs_path(v: Any) -> str | None:
+    # Compared as-is with the request's normalised path (like status_path), so it must
+    # already be in normal form; a glob would make "<jobs_path>/<id>" meaningless.
+    if not isinstance(v, str) or not v.startswith("/") or v == "/":
+        return "must be a path starting with '/', e.g. /_gatekeeper/jobs"
+    segments = v[1:].split("/")
+    if any(s in ("", ".", "..") for s in segments) or any(c in v for c in "*?#;%"):
+        return (
+            "must be a plain path (no '*', '?', '#', ';', '%', no empty, '.' or '..'"
+            " segments, no trailing '/')"
+        )
+    return None
+
+
+def _drain_default(ctx: Context) -> Shutdown:
+    return Shutdown(drain_timeout=ctx.values.get("upstream.timeouts.read", 900.0))
+
+
+def _listener(default: HostPort | None, doc: str, **kw: Any) -> Any:
+    return checked(doc, hostport_error, HOSTPORT_SCHEMA, convert=to_hostport, **kw, default=default)
+
+
+@declared
 class Config:
-    listen: HostPort = HostPort("0.0.0.0", 8080)  # noqa: RUF009 - frozen
-    admin_listen: HostPort = HostPort("127.0.0.1", 9090)  # noqa: RUF009 - frozen
-    # HAProxy's agent-check protocol (issue #11 §2, gatekeeper.agent); None: not served.
-    agent_listen: HostPort | None = None
-    # This box's name behind HAProxy: job ids become "<box_id>.<token>" so HAProxy can
-    # route a job URL back to the box that holds the job. None: plain tokens.
-    box_id: str | None = None
-    upstream: Upstream = field(default_factory=Upstream)
-    limits: Limits = field(default_factory=Limits)
-    admission: Admission = field(default_factory=Admission)
-    routes: tuple[Route, ...] = DEFAULT_ROUTES
-    messages: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MESSAGES))
-    status_path: str | None = "/_gatekeeper/status"
-    # Async jobs on the public listener: <jobs_path>/<id>[/events|/result]. None: no async
-    # jobs there (Prefer: respond-async is ignored and the request is held).
-    jobs_path: str | None = "/_gatekeeper/jobs"
-    jobs: Jobs = field(default_factory=Jobs)
-    shutdown: Shutdown = field(default_factory=Shutdown)
-    reload: Reload = field(default_factory=Reload)
-    alerts: Alerts = field(default_factory=Alerts)
+    listen: HostPort = _listener(
+        HostPort("0.0.0.0", 8080),
+        "Public listener: point the existing frontend here instead of at the engine.",
+    )
+    admin_listen: HostPort = _listener(
+        HostPort("127.0.0.1", 9090),
+        "Admin listener (health, readiness, metrics, status). Keep it off the public network.",
+    )
+    agent_listen: HostPort | None = _listener(
+        None,
+        "HAProxy's agent-check port (issue #11 §2): one line per connection, drain | maint |"
+        " ready N%, from free slots, resources and draining. null: not served.",
+        allow_none=True,
+    )
+    box_id: str | None = checked(
+        "This box's name behind HAProxy: job ids become '<box_id>.<token>' so HAProxy can"
+        " route a job URL back to the box that holds the job. null: plain ids.",
+        check_box_id,
+        {"type": "string", "pattern": "^" + _BOX_ID.pattern + "$"},
+        allow_none=True,
+        default=None,
+    )
+    upstream: Upstream = section("The engine(s), the pools, the probe.", factory=Upstream)
+    limits: Limits = section("What one client may cost the edge.", factory=Limits)
+    admission: Admission = section(
+        "Generations at once, resource thresholds, Retry-After, the waiting room.",
+        factory=Admission,
+    )
+    routes: tuple[Route, ...] = custom(
+        "Ordered; the first match wins; unmatched requests pass.",
+        read=read_routes,
+        schema={"type": "array"},
+        shape=Route,
+        default=DEFAULT_ROUTES,
+    )
+    messages: Mapping[str, str] = custom(
+        doc="Human messages in the JSON detail of gatekeeper's own answers, by reason code.",
+        read=read_messages,
+        schema=MESSAGES_SCHEMA,
+        factory=lambda: dict(DEFAULT_MESSAGES),
+    )
+    status_path: str | None = checked(
+        "The status JSON on the public listener (same-origin polling). null: disabled.",
+        check_path_glob,
+        PATH_GLOB_SCHEMA,
+        allow_none=True,
+        default="/_gatekeeper/status",
+    )
+    jobs_path: str | None = checked(
+        "Async jobs on the public listener: <jobs_path>/<id>[/events|/result]. null: no async"
+        " jobs there (Prefer: respond-async is ignored and the request is held).",
+        _check_jobs_path,
+        {"type": "string", "pattern": "^/[^*?#;%]+$"},
+        allow_none=True,
+        default="/_gatekeeper/jobs",
+    )
+    jobs: Jobs = section("Where queued jobs, their bodies and kept results live.", factory=Jobs)
+    shutdown: Shutdown = section(
+        "The drain on SIGTERM.", default_from=_drain_default, factory=Shutdown
+    )
+    reload: Reload = section("Reloading the rules without a restart.", factory=Reload)
+    alerts: Alerts = section("Built-in alerts, their receivers and rules.", factory=Alerts)
     # Where the config came from, for reloads and messages; not a YAML key.
     source: str = "<defaults>"
     # Valid but probably not meant (e.g. an empty file); not a YAML key.
@@ -174,21 +281,11 @@ def load_config(text: str, source: str = "<string>") -> Config:
     if root is None:
         warning = "the file has no settings: every key has its default value"
         return Config(source=source, warnings=(warning,))
-    cfg = _build(Section(root, "", problems), problems)
+    ctx = Context(problems)
+    cfg = read_section(Config, Section(root, "", problems), ctx)
     if problems:
         raise ConfigError(problems, source)
     return replace(cfg, source=source)
-
-
-_BOX_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-
-
-def check_box_id(v: Any) -> str | None:
-    # Lower case, digits and '-': it is a DNS label (a pod name), an HAProxy server name
-    # and the part of a job id before the '.', so it must never contain one.
-    if not isinstance(v, str) or _BOX_ID.fullmatch(v) is None:
-        return "must be 1-32 characters of [a-z0-9-], starting with a letter or digit"
-    return None
 
 
 def _distinct_listeners(cfg: Config, key: str, problems: list[ConfigProblem]) -> None:
@@ -199,67 +296,15 @@ def _distinct_listeners(cfg: Config, key: str, problems: list[ConfigProblem]) ->
         )
 
 
-def _agent_listen(root: Section, problems: list[ConfigProblem]) -> HostPort | None:
-    node = root.node_of("agent_listen")
-    if node is None or value_of(node) is None:
-        return None
-    return parse_hostport(value_of(node), "agent_listen", line_of(node), problems)
-
-
-def _listeners(root: Section, problems: list[ConfigProblem]) -> tuple[HostPort, HostPort]:
-    d = Config()
-    found = {"listen": d.listen, "admin_listen": d.admin_listen}
-    for key in found:
-        node = root.node_of(key)
-        if node is not None:
-            hp = parse_hostport(value_of(node), key, line_of(node), problems)
-            if hp is not None:
-                found[key] = hp
-    listen, admin_listen = found["listen"], found["admin_listen"]
-    if listen == admin_listen and listen.port != 0:
-        root.problem(
-            "admin_listen", root.node_of("admin_listen"), "must differ from listen", str(listen)
-        )
-    return listen, admin_listen
-
-
-def _check_jobs_path(v: Any) -> str | None:
-    # Compared as-is with the request's normalised path (like status_path), so it must
-    # already be in normal form; a glob would make "<jobs_path>/<id>" meaningless.
-    if not isinstance(v, str) or not v.startswith("/") or v == "/":
-        return "must be a path starting with '/', e.g. /_gatekeeper/jobs"
-    segments = v[1:].split("/")
-    if any(s in ("", ".", "..") for s in segments) or any(c in v for c in "*?#;%"):
-        return (
-            "must be a plain path (no '*', '?', '#', ';', '%', no empty, '.' or '..'"
-            " segments, no trailing '/')"
-        )
-    return None
-
-
-def _paths(root: Section) -> tuple[str | None, str | None]:
-    d = Config()
-    status_path = root.get("status_path", d.status_path, check_path_glob, allow_none=True)
-    jobs_path = root.get("jobs_path", d.jobs_path, _check_jobs_path, allow_none=True)
-    if jobs_path is not None and jobs_path == status_path:
-        root.problem(
-            "jobs_path",
-            root.node_of("jobs_path") or root.node_of("status_path"),
-            "must differ from status_path",
-            jobs_path,
-        )
-    return status_path, jobs_path
-
-
-def _slots(up: Upstream, adm: Admission, sec: Section) -> tuple[Upstream, Admission]:
+def _slots(up: Upstream, adm: Admission, sec: Section | None) -> tuple[Upstream, Admission]:
     """One engine: its slots are ``admission.max_in_flight``. Several: each has its own
     and ``admission.max_in_flight`` is their sum (issue #11 §1)."""
     if not up.listed:
         (only,) = up.engines
         return replace(up, engines=(replace(only, max_in_flight=adm.max_in_flight),)), adm
     total = sum(e.max_in_flight for e in up.engines)
-    node = sec.node_of("max_in_flight")
-    if node is not None:
+    node = sec.node_of("max_in_flight") if sec is not None else None
+    if sec is not None and node is not None:
         sec.problem(
             "max_in_flight",
             node,
@@ -270,65 +315,32 @@ def _slots(up: Upstream, adm: Admission, sec: Section) -> tuple[Upstream, Admiss
     return up, replace(adm, max_in_flight=total)
 
 
-def _build(root: Section, problems: list[ConfigProblem]) -> Config:
-    d = Config()
-    listen, admin_listen = _listeners(root, problems)
-    agent_listen = _agent_listen(root, problems)
-    if (
-        agent_listen is not None
-        and agent_listen.port != 0
-        and agent_listen in (listen, admin_listen)
-    ):
+@section_check(Config)
+def _check(cfg: Config, root: Section, ctx: Context) -> Config:
+    """What relates keys of different sections: distinct listeners and paths, the slots
+    of several engines, a gradio route on one engine."""
+    listen, admin_listen, agent = cfg.listen, cfg.admin_listen, cfg.agent_listen
+    if listen == admin_listen and listen.port != 0:
+        root.problem(
+            "admin_listen", root.node_of("admin_listen"), "must differ from listen", str(listen)
+        )
+    if agent is not None and agent.port != 0 and agent in (listen, admin_listen):
         root.problem(
             "agent_listen",
             root.node_of("agent_listen"),
             "must differ from listen and admin_listen",
-            str(agent_listen),
+            str(agent),
         )
-    box_id = root.get("box_id", d.box_id, check_box_id, allow_none=True)
-    upstream = read_upstream(root.section("upstream"), problems)
-    sd = root.section("shutdown")
-    shutdown = Shutdown(
-        # Default: as long as the upstream read timeout, i.e. the longest a generation may run.
-        drain_timeout=sd.duration("drain_timeout", upstream.timeouts.read, positive=False),
-        drain_log_interval=sd.duration("drain_log_interval", d.shutdown.drain_log_interval),
-        linger=sd.duration("linger", d.shutdown.linger, positive=False),
-    )
-    sd.close()
-    rl = root.section("reload")
-    reload = Reload(
-        watch=rl.boolean("watch", d.reload.watch),
-        watch_interval=rl.duration("watch_interval", d.reload.watch_interval),
-    )
-    rl.close()
-    status_path, jobs_path = _paths(root)
-    admission_sec = root.section("admission")
-    admission = read_admission(admission_sec)
-    upstream, admission = _slots(upstream, admission, admission_sec)
-    cfg = Config(
-        listen=listen,
-        admin_listen=admin_listen,
-        agent_listen=agent_listen,
-        box_id=box_id,
-        upstream=upstream,
-        limits=read_limits(root.section("limits")),
-        admission=admission,
-        routes=read_routes(root.node_of("routes"), problems),
-        messages=read_messages(root.section("messages")),
-        status_path=status_path,
-        jobs_path=jobs_path,
-        jobs=read_jobs(root.section("jobs")),
-        shutdown=shutdown,
-        reload=reload,
-        alerts=read_alerts(
-            root.section("alerts"),
-            problems,
-            upstream.timeouts.read,
-            max_wait=admission.queue.max_wait,
-        ),
-    )
-    _gradio_needs_one_engine(cfg, root.node_of("routes"), problems)
-    root.close()
+    if cfg.jobs_path is not None and cfg.jobs_path == cfg.status_path:
+        root.problem(
+            "jobs_path",
+            root.node_of("jobs_path") or root.node_of("status_path"),
+            "must differ from status_path",
+            cfg.jobs_path,
+        )
+    upstream, admission = _slots(cfg.upstream, cfg.admission, ctx.sections.get("admission"))
+    cfg = replace(cfg, upstream=upstream, admission=admission)
+    _gradio_needs_one_engine(cfg, root.node_of("routes"), ctx.problems)
     return cfg
 
 

@@ -6,20 +6,23 @@ as an async job), ``pass`` (forwarded ungated), ``block`` (answered by gatekeepe
 ``gradio`` (a whole Gradio app: its queue joins for the functions named by
 ``match.fn_index`` / ``match.api_name``, all when neither is given, take a slot
 from the join to the event's completion; everything else passes; see
-gradiowire / gradioroute). ``admit`` and ``queue`` are the *gated* actions: both
+``gatekeeper.gradio.wire``, ``gatekeeper.gradio.route``). ``admit`` and ``queue``
+are the *gated* actions: both
 count against ``admission.max_in_flight`` and the resource checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Literal
 
 import yaml
 
-from gatekeeper.config.reader import Section, line_of
-from gatekeeper.config.values import check_path_glob
-from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.config.build import read_section, section_check
+from gatekeeper.config.declare import JSON, checked, declared, string
+from gatekeeper.config.reader import Context, Section, join
+from gatekeeper.config.shipped import read_shipped
+from gatekeeper.config.values import PATH_GLOB_SCHEMA, check_path_glob
 
 Action = Literal["admit", "queue", "pass", "block", "gradio"]
 ACTIONS: tuple[Action, ...] = ("admit", "queue", "pass", "block", "gradio")
@@ -31,58 +34,6 @@ DirectCalls = Literal["block", "admit"]
 GATED_ACTIONS: frozenset[Action] = frozenset({"admit", "queue"})
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-)
-
-
-@dataclass(frozen=True)
-class Route:
-    name: str
-    path: str
-    action: Action
-    methods: frozenset[str] | None = None
-    status: int | None = None
-    detail: str | None = None
-    # action gradio only: which functions are gated (neither: all), direct calls.
-    fn_index: frozenset[int] | None = None
-    api_name: frozenset[str] | None = None
-    direct_calls: DirectCalls = "block"
-
-    @property
-    def generates(self) -> bool:
-        """True when some requests of this route take a slot (admit, queue, gradio)."""
-        return self.action in GATED_ACTIONS or self.action == "gradio"
-
-    @property
-    def gated(self) -> bool:
-        """True for ``admit`` and ``queue``: the request takes an admission slot."""
-        return self.action in GATED_ACTIONS
-
-    def summary(self) -> str:
-        """One line for people: ``name: METHODS path action [-> status]``."""
-        methods = ",".join(sorted(self.methods)) if self.methods else "*"
-        extra = f" -> {self.status or 403}" if self.action == "block" else ""
-        if self.action == "gradio":
-            fns = [*(str(i) for i in sorted(self.fn_index or ())), *sorted(self.api_name or ())]
-            extra = f" (gated: {', '.join(fns) if fns else 'every queued function'};"
-            extra += f" direct calls {self.direct_calls})"
-        return f"{self.name}: {methods} {self.path} {self.action}{extra}"
-
-
-DEFAULT_ROUTES: tuple[Route, ...] = (
-    # /generate/** also matches /generate itself: the engine's /generate/stream starts
-    # the same generation and must not pass around the gate (issue #8).
-    # queue (issue #9): a second user waits its turn instead of getting 503 busy.
-    Route(name="generate", path="/generate/**", action="queue", methods=frozenset({"POST"})),
-    Route(
-        name="batch-generate",
-        path="/batch-generate/**",
-        action="block",
-        methods=frozenset({"POST"}),
-        status=410,
-        detail="批量生成已停用：每首歌需要 5–15 分钟并占满整台机器，请逐首生成。"
-        " / Batch generation is disabled: one song takes 5-15 minutes and the whole machine;"
-        " generate songs one at a time.",
-    ),
 )
 
 
@@ -114,70 +65,168 @@ def _check_api_name(v: Any) -> str | None:
     return "must be a non-empty list of Gradio api names (e.g. [generate_song])"
 
 
-def _route(sec: Section, i: int, names: set[str]) -> Route:
-    name = sec.string("name", f"route{i}")
-    sec.unique_name(name, names, "route")
-    action = sec.string("action", "pass", choices=ACTIONS)
-    if not sec.has("action"):
-        sec.problem("action", None, "is required (admit, queue, pass, block or gradio)")
-    match = sec.section("match")
-    path = match.get("path", "/**", check_path_glob)
-    if not match.has("path"):
-        match.problem("path", None, "is required")
-    methods = match.get("methods", None, _check_methods, allow_none=True)
-    fn_index = match.get("fn_index", None, _check_fn_index, allow_none=True)
-    api_name = match.get("api_name", None, _check_api_name, allow_none=True)
+def _frozen_upper(v: list[str] | None) -> frozenset[str] | None:
+    return frozenset(m.upper() for m in v) if v else None
+
+
+def _frozen(v: list[Any] | None) -> frozenset[Any] | None:
+    return frozenset(v) if v else None
+
+
+def _api_names(v: list[str] | None) -> frozenset[str] | None:
+    return frozenset(n.strip("/") for n in v) if v else None
+
+
+# Any case, as the loader upper-cases them; spelled out per letter because ECMA-262
+# regexes (the schema's dialect) have no inline (?i) flag.
+_METHODS_PATTERN = (
+    "^(" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in sorted(HTTP_METHODS)) + ")$"
+)
+
+
+def _list_of(item: JSON) -> JSON:
+    return {"type": ["array", "null"], "minItems": 1, "items": item}
+
+
+@declared
+class Route:
+    name: str = string(
+        "Unique name: the route label of the metrics and logs.", required="is required"
+    )
+    path: str = checked(
+        "Exact path, or a glob: * matches within one segment, ** across segments"
+        " (/files/**). Matched after normalisation.",
+        check_path_glob,
+        PATH_GLOB_SCHEMA,
+        under="match",
+        required="is required",
+    )
+    action: Action = string(
+        "admit (takes a slot now or is refused), queue (waits its turn), pass (forwarded"
+        " ungated), block (answered by gatekeeper), gradio (a whole Gradio app).",
+        choices=ACTIONS,
+        required="is required (admit, queue, pass, block or gradio)",
+    )
+    methods: frozenset[str] | None = checked(
+        "Methods matched; absent: all.",
+        _check_methods,
+        _list_of({"type": "string", "pattern": _METHODS_PATTERN}),
+        allow_none=True,
+        convert=_frozen_upper,
+        under="match",
+        default=None,
+    )
+    status: int | None = checked(
+        "block only: the status answered (default 403).",
+        _check_status,
+        {"type": "integer", "minimum": 200, "maximum": 599},
+        allow_none=True,
+        default=None,
+    )
+    detail: str | None = checked(
+        "block only: the JSON detail answered.",
+        lambda v: None if isinstance(v, str) else "must be a string",
+        {"type": "string"},
+        allow_none=True,
+        default=None,
+    )
+    fn_index: frozenset[int] | None = checked(
+        "gradio only: the gated functions by index (with api_name: either; neither: every"
+        " function that goes through the app's queue).",
+        _check_fn_index,
+        _list_of({"type": "integer", "minimum": 0}),
+        allow_none=True,
+        convert=_frozen,
+        under="match",
+        default=None,
+    )
+    api_name: frozenset[str] | None = checked(
+        "gradio only: the gated functions by api name, e.g. [generate_song].",
+        _check_api_name,
+        _list_of({"type": "string", "pattern": "[^/]"}),
+        allow_none=True,
+        convert=_api_names,
+        under="match",
+        default=None,
+    )
+    direct_calls: DirectCalls = string(
+        "gradio only: /run/<api> and /api/<api> of a gated function run outside Gradio's"
+        " queue: block answers 403, admit gates them like an admit route.",
+        choices=("block", "admit"),
+        default="block",
+    )
+
+    @property
+    def generates(self) -> bool:
+        """True when some requests of this route take a slot (admit, queue, gradio)."""
+        return self.action in GATED_ACTIONS or self.action == "gradio"
+
+    @property
+    def gated(self) -> bool:
+        """True for ``admit`` and ``queue``: the request takes an admission slot."""
+        return self.action in GATED_ACTIONS
+
+    def summary(self) -> str:
+        """One line for people: ``name: METHODS path action [-> status]``."""
+        methods = ",".join(sorted(self.methods)) if self.methods else "*"
+        extra = f" -> {self.status or 403}" if self.action == "block" else ""
+        if self.action == "gradio":
+            fns = [*(str(i) for i in sorted(self.fn_index or ())), *sorted(self.api_name or ())]
+            extra = f" (gated: {', '.join(fns) if fns else 'every queued function'};"
+            extra += f" direct calls {self.direct_calls})"
+        return f"{self.name}: {methods} {self.path} {self.action}{extra}"
+
+
+@section_check(Route)
+def _check_route(route: Route, sec: Section, ctx: Context) -> Route:
+    """Keys of one action only: reported when given to another, dropped from the route."""
+    action = route.action
+    match = ctx.sections[join(sec.path, "match")]
     if action != "gradio":
         for key in ("fn_index", "api_name"):
             if match.has(key):
                 match.problem(
                     key, match.node_of(key), f"only applies to action 'gradio', not {action!r}"
                 )
-    match.close()
-    direct_calls = sec.string("direct_calls", "block", choices=("block", "admit"))
-    if action != "gradio" and sec.has("direct_calls"):
-        sec.problem(
-            "direct_calls",
-            sec.node_of("direct_calls"),
-            f"only applies to action 'gradio', not {action!r}",
-        )
-    status = sec.get("status", None, _check_status, allow_none=True)
-    detail = sec.get(
-        "detail",
-        None,
-        lambda v: None if isinstance(v, str) else "must be a string",
-        allow_none=True,
-    )
+        if sec.has("direct_calls"):
+            sec.problem(
+                "direct_calls",
+                sec.node_of("direct_calls"),
+                f"only applies to action 'gradio', not {action!r}",
+            )
+        route = replace(route, fn_index=None, api_name=None)
     if action != "block":
         for key in ("status", "detail"):
             if sec.has(key):
                 sec.problem(
                     key, sec.node_of(key), f"only applies to action 'block', not {action!r}"
                 )
-    sec.close()
-    return Route(
-        name=name,
-        path=path,
-        action=action,  # type: ignore[arg-type]
-        methods=frozenset(m.upper() for m in methods) if methods else None,
-        status=status if action == "block" else None,
-        detail=detail if action == "block" else None,
-        fn_index=frozenset(fn_index) if fn_index and action == "gradio" else None,
-        api_name=(
-            frozenset(n.strip("/") for n in api_name) if api_name and action == "gradio" else None
-        ),
-        direct_calls=direct_calls,  # type: ignore[arg-type]
-    )
+        route = replace(route, status=None, detail=None)
+    return route
 
 
-def read_routes(node: yaml.Node | None, problems: list[ConfigProblem]) -> tuple[Route, ...]:
-    if node is None:
-        return DEFAULT_ROUTES
+def read_routes(
+    parent: Section, key: str, default: tuple[Route, ...] | None, ctx: Context, done: Any
+) -> tuple[Route, ...]:
+    node = parent.node_of(key)
+    if node is None and default is not None:
+        return default
     if not isinstance(node, yaml.SequenceNode):
-        problems.append(ConfigProblem("routes", line_of(node), "must be a list of routes"))
+        parent.problem(key, node, "must be a list of routes")
         return DEFAULT_ROUTES
+    routes: list[Route] = []
     names: set[str] = set()
-    return tuple(
-        _route(Section(item, f"routes[{i}]", problems), i, names)
-        for i, item in enumerate(node.value)
-    )
+    for i, item in enumerate(node.value):
+        sec = Section(item, f"{join(parent.path, key)}[{i}]", ctx.problems)
+        route = read_section(Route, sec, ctx, Route(f"route{i}", "/**", "pass"))
+        if sec.has("name") and route.name in names:
+            sec.problem("name", sec.node_of("name"), "duplicate route name", route.name)
+        names.add(route.name)
+        routes.append(route)
+    return tuple(routes)
+
+
+# The packaged rules.yaml's routes: /generate/** queued (it also matches /generate
+# itself: the engine's /generate/stream starts the same generation, issue #8) and
+# /batch-generate/** blocked with 410.
+DEFAULT_ROUTES: tuple[Route, ...] = read_shipped("routes", read_routes)

@@ -6,7 +6,6 @@ an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
 ``X-Gatekeeper-Reason`` header; it never has to inspect the exception type.
 
     GatekeeperError
-    ├── ConfigError                  rules.yaml is invalid (every problem listed)
     └── HttpError                    answered by gatekeeper itself
         ├── BadRequest       400     absolute-form target; a malformed Prefer or
         │                            Idempotency-Key (bad_header); a Gradio join
@@ -24,51 +23,19 @@ an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
             └── UpstreamTimeout      504  upstream_timeout (no byte within the read timeout,
                                           or a request write stalled past the write timeout)
 
-Admission rejections are not exceptions: they are values produced by the pure
-decision core (``admission.Rejection``), because rejecting is the normal,
-expected fast path, not an error.
+An invalid rules file is ``gatekeeper.config.ConfigError``, defined with the config
+(the layer below this one). Admission rejections are not exceptions: they are
+values produced by the pure decision core (``admission.Rejection``), because
+rejecting is the normal, expected fast path, not an error.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from gatekeeper.core.vocab import ErrorKind
 
 
 class GatekeeperError(Exception):
     """Base of every error gatekeeper raises on purpose."""
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a rules file: where, what was there, and why it is wrong."""
-
-    path: str
-    line: int | None
-    message: str
-    value: object = None
-    has_value: bool = False
-
-    def __str__(self) -> str:
-        # "line 3: upstream.url: must be ..." / "cannot read file: ..." (no line, no key)
-        parts = [f"line {self.line}"] if self.line is not None else []
-        parts += [self.path] if self.path else []
-        text = ": ".join([*parts, self.message])
-        if self.has_value:
-            text += f" (got {self.value!r})"
-        return text
-
-
-class ConfigError(GatekeeperError):
-    """The configuration is invalid; ``problems`` lists every problem found, in file order."""
-
-    def __init__(self, problems: list[ConfigProblem], source: str = "rules.yaml") -> None:
-        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
-        self.source = source
-        lines = [f"{source}: {len(self.problems)} problem(s):"]
-        lines += [f"  {source}:{p}" if p.line else f"  {source}: {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
 
 
 class HttpError(GatekeeperError):

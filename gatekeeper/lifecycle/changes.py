@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
-from gatekeeper.config import Config, Engine, Route
-from gatekeeper.core.errors import ConfigProblem
+from gatekeeper.config import Config, ConfigProblem, Engine, Route
 from gatekeeper.observability.logs import redact_url
 
 # Bound once at start; a reload reports a change of these and keeps the running value.

@@ -42,10 +42,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from gatekeeper.config import Config, load_config
+from gatekeeper.config import Config, ConfigError, ConfigProblem, load_config
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.asyncutil import cancel_and_wait
-from gatekeeper.core.errors import ConfigError, ConfigProblem
 from gatekeeper.lifecycle.changes import Overrides, ReloadResult, diff, keep_restart_only
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
