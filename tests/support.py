@@ -11,10 +11,7 @@ import asyncio
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
+
+from gatekeeper.cli.procs import Child, free_port, gatekeeper_argv, stop
 
 REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
 
@@ -40,12 +39,6 @@ def _admit_routes() -> str:
 
 
 ADMIT_ROUTES = _admit_routes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary(name: str, *candidates: str) -> str:
@@ -76,14 +69,12 @@ def raise_fd_limit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def _limit_files(n: int) -> None:
-    import resource
+class Proc(Child):
+    """A running ``gatekeeper`` subcommand (or, with ``program``, any command), ready.
 
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-
-
-class Proc:
-    """A running ``gatekeeper`` subcommand (or, with ``program``, any command)."""
+    The constructor returns once the output matches ``ready`` (the line announcing it
+    listens); a process that exits or stays silent for ``timeout`` is killed and the
+    test fails with its output."""
 
     def __init__(
         self,
@@ -98,68 +89,25 @@ class Proc:
         """``nofile``: the process's open-file limit (e.g. systemd's usual 1,024).
         ``program``: what runs ``args`` instead of ``python -m gatekeeper`` (a test app)."""
         self.args = args
-        self.program = program or [sys.executable, "-m", "gatekeeper"]
-        self.log_path = log_path
-        self._log = open(log_path, "w+b")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [*self.program, *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
-        )
-        self.lines: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.output()
-            if re.search(ready, text):
-                self.lines = text.splitlines()
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        command = " ".join(["gatekeeper"] if program is None else program)
-        raise RuntimeError(f"{command} {' '.join(args)} did not become ready:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__([*(program or gatekeeper_argv()), *args], log_path, nofile=nofile)
+        try:
+            self.lines = self.wait_for(ready, timeout).splitlines()
+        except RuntimeError:
+            self.kill()
+            raise
 
     def url_after(self, label: str) -> str:
         m = re.search(re.escape(label) + r"\s+(http://[0-9.:\[\]]+)", self.output())
         assert m, f"no {label!r} line in output:\n{self.output()}"
         return m.group(1)
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout=timeout)
-
     def stop(self, timeout: float = 15.0) -> int | None:
-        stop_process(self.proc, timeout)
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL (a crash, as far as the process can tell) and close the output file."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        return super().stop(timeout)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: any process a test started."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout)
 
 
 def start_engine(tmp_path: Path, *extra: str, seconds: float = 1.0) -> tuple[Proc, str]:
