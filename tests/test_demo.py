@@ -11,7 +11,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from support import free_port
+
+pytestmark = pytest.mark.slow  # real processes: the demo and its two children
 
 
 def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path) -> None:

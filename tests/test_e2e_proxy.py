@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,13 @@ from support import (
     Proc,
     free_port,
     send_generation,
-    start_engine,
     start_gatekeeper,
 )
 
 from gatekeeper.enginesim import gzip_plain_body
 
 GEN = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop"}
+ENGINE_SECONDS = 1.5  # the song length of the module's engine (conftest.engine)
 
 
 def rules(
@@ -58,13 +58,6 @@ def rules(
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
-    proc, url = start_engine(tmp_path_factory.mktemp("engine"), seconds=1.5)
-    yield proc, url
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def gk(
     engine: tuple[Proc, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Proc, str, str]]:
@@ -86,13 +79,6 @@ def gk_queue(
     yield proc, url, admin
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
 
 
 async def get_json(s: aiohttp.ClientSession, url: str) -> Any:

@@ -249,6 +249,7 @@ async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
     assert "Traceback" not in gk.output()
 
 
+@pytest.mark.slow  # real processes
 async def test_a_connection_that_sends_nothing_gets_408_after_header_timeout(
     tmp_path: Path,
 ) -> None:

@@ -10,12 +10,10 @@ gatekeeper believes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from support import Proc, poll, start_engine, start_gatekeeper
 
 JOBS = "/_gatekeeper/jobs"
@@ -31,13 +29,6 @@ def rules(engines: list[tuple[str, str]], readings: Path) -> str:
         "  queue:\n    per_client: 50\n    max_waiting: 50\n"
         "upstream:\n  probe:\n    interval: 0.3\n    timeout: 1\n  engines:\n" + listed
     )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
 
 
 async def submit(s: aiohttp.ClientSession, url: str, lyrics: str, seconds: float) -> str:

@@ -383,6 +383,7 @@ async def test_sim_sse_spaces_events(client: Client) -> None:
     assert events[-1][0] - events[0][0] >= 0.25
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_cpu_worker_is_started_and_reaped(make_client: MakeClient) -> None:
     """With burn_cpu, a worker process holds the memory while generating and is gone after."""
     client = await make_client(SimConfig(seconds=0.5, memory_mb=64, burn_cpu=True))
@@ -400,6 +401,7 @@ async def test_cpu_worker_is_started_and_reaped(make_client: MakeClient) -> None
     assert me.children(recursive=True) == []
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_dead_worker_fails_the_generation(make_client: MakeClient) -> None:
     """A worker that dies (e.g. OOM-killed) fails its generation with a 500 detail."""
     client = await make_client(SimConfig(seconds=5, memory_mb=0, burn_cpu=True))
@@ -413,6 +415,7 @@ async def test_dead_worker_fails_the_generation(make_client: MakeClient) -> None
     assert stats["active_generations"] == 0
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_shutdown_kills_running_workers(make_client: MakeClient) -> None:
     """Closing the app fails running generations at once and leaves no worker behind."""
     client = await make_client(SimConfig(seconds=30, memory_mb=0, burn_cpu=True))
@@ -455,6 +458,7 @@ async def test_an_unmarked_handler_cannot_start_a_generation(aiohttp_client: Aio
     assert await listed_generations(client) == []
 
 
+@pytest.mark.slow  # a real Python process
 async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -> None:
     """`gatekeeper run`/`check` parse their flags without importing the simulator itself."""
     code = (
@@ -469,6 +473,7 @@ async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -
     assert out.decode().split() == ["gatekeeper.enginesim", "gatekeeper.enginesim.flags"]
 
 
+@pytest.mark.slow  # a real process
 async def test_main_serves_over_a_socket_and_exits_0_on_sigterm() -> None:
     """main() prints the bound address, serves a generation, and exits 0 on SIGTERM."""
     code = (

@@ -15,13 +15,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from support import Proc, free_port, poll, start_engine, start_gatekeeper
+from support import Proc, free_port, poll, start_gatekeeper
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -45,24 +45,10 @@ def rules(readings: Path, *, slots: int = 1, jobs: str = "") -> str:
     )
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[str]:
-    proc, url = start_engine(tmp_path, seconds=1.0)
-    yield url
-    proc.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
-
-
-@pytest.fixture
-def procs(procs: list[Proc]) -> Iterator[list[Proc]]:
-    """The shared fixture, plus: no gatekeeper logged a traceback during the test."""
-    yield procs
+@pytest.fixture(autouse=True)
+def no_traceback(procs: list[Proc]) -> Iterator[None]:
+    """No process of the test (engine, gatekeepers) logged a traceback."""
+    yield
     for p in procs:
         assert "Traceback" not in p.output(), p.output()
 
@@ -158,8 +144,9 @@ def assert_json_error(status: int, body: Any, expected: int) -> None:
 
 
 async def test_async_job_lifecycle_events_and_result(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
     first, second = song("ahead", 1.0), song("[verse] 海风吹过夏天的街", 0.5)
     code, _, ahead = await submit(http, url, first)
@@ -211,8 +198,9 @@ async def test_async_job_lifecycle_events_and_result(
 
 
 async def test_delete_queued_finished_and_unknown_jobs(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, admin = gatekeeper(
         tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json")
     )
@@ -257,8 +245,9 @@ async def test_delete_queued_finished_and_unknown_jobs(
 
 
 async def test_kill_9_mid_queue_keeps_queued_and_done_jobs(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     state, readings = tmp_path / "state", tmp_path / "r.json"
     text = rules(readings)
     first, url, _ = gatekeeper(tmp_path, procs, engine, state, text)
@@ -312,8 +301,9 @@ async def test_kill_9_mid_queue_keeps_queued_and_done_jobs(
 
 
 async def test_duplicate_while_running_is_coalesced(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
     body = song("sung once", 1.0)
 
@@ -353,8 +343,9 @@ async def test_duplicate_while_running_is_coalesced(
 
 
 async def test_retry_after_client_timeout_gets_kept_result(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, admin = gatekeeper(
         tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json")
     )
@@ -404,8 +395,9 @@ async def test_retry_after_client_timeout_gets_kept_result(
 
 
 async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     max_bytes = 200_000  # a WAV is ~132 kB: one kept result fits, two do not
     text = rules(
         tmp_path / "r.json",
@@ -448,8 +440,9 @@ async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
 
 
 async def test_bad_prefer_and_idempotency_key_are_400(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
     body = json.dumps(song("never", 0.1))
     cases: list[list[tuple[str, str]]] = [
