@@ -112,7 +112,7 @@ def retry_after(r: httpx.Response) -> int:
 # --------------------------------------------------------------------------- fairness
 
 
-# Arrival order while a job of client Z runs. By the rule of gatekeeper/waitroom.py
+# Arrival order while a job of client Z runs. By the rule of gatekeeper/jobs/waitroom.py
 # (a ring of clients in the order they joined; dispatch takes the head client's
 # first waiter and moves that client to the tail if it has more):
 #   ring after arrivals: A B C; queues A:1-5 B:1-3 C:1-2
