@@ -187,6 +187,47 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
     return True
 
 
+async def settle(turns: int = 10) -> None:
+    """Let every task that is ready run until it waits again, without wall-clock time.
+
+    asyncio runs ready callbacks in FIFO order, so a task woken before this call has run
+    its next step (to its next ``await``) when this returns; ``turns`` covers a short
+    chain of such wake-ups. The barrier for "X has NOT happened" checks of in-process
+    code: nothing that could make X happen is left ready to run."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def metric(text: str, sample: str, default: float | None = None) -> float:
+    """The value of one sample (``name`` or ``name{labels}`` as printed) in a /metrics
+    text; ``default`` when it is absent (none: the sample must be there)."""
+    m = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", text, re.M)
+    if m is None and default is not None:
+        return default
+    assert m, f"no sample {sample}"
+    return float(m.group(1))
+
+
+async def wait_metrics(admin: str, ok: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """Poll ``admin``'s /metrics until ``ok(text)``; returns that text."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(admin + "/metrics") as r:
+                text = await r.text()
+            if ok(text):
+                return text
+            assert time.monotonic() < deadline, f"metrics never satisfied the condition:\n{text}"
+            await asyncio.sleep(0.05)
+
+
+async def wait_output(proc: Proc, text: str, timeout: float = 5.0) -> None:
+    """Until ``text`` is in the process's output (its log line written and flushed)."""
+    assert await eventually(lambda: text in proc.output(), timeout), proc.output()
+
+
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
     """Await ``check()`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -211,6 +252,12 @@ async def send_generation(base_url: str, body: dict[str, object]) -> asyncio.Str
     )
     await writer.drain()
     return writer
+
+
+def connections_closed(server: TestServer) -> bool:
+    """The aiohttp test ``server`` has seen every client connection it holds close."""
+    assert server.runner is not None and server.runner.server is not None
+    return all(h.transport is None for h in server.runner.server.connections)
 
 
 class ProductionLikeServer(TestServer):

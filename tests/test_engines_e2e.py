@@ -9,7 +9,6 @@ gatekeeper believes.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +233,11 @@ async def test_every_engine_down_queues_jobs_until_one_is_back(
 
     await poll(all_down, 10)
     waiting = await submit(http, url, "patient", 0.5)
-    await asyncio.sleep(1.0)
+
+    async def waited_a_second() -> bool:  # three probe intervals by the server's clock
+        return bool((await view(http, url, waiting))["waited_seconds"] >= 1.0)
+
+    await poll(waited_a_second)
     assert (await view(http, url, waiting))["state"] == "queued"
     port = b_url.rsplit(":", 1)[1]
     back = Proc(

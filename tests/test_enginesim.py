@@ -139,7 +139,12 @@ async def test_generate_rejects_bad_input_with_422(client: Client, body: bytes) 
 async def test_generate_sends_nothing_before_work_is_done(client: Client) -> None:
     """Not even the status line of /generate arrives while the generation is running."""
     pending = asyncio.create_task(client.post("/generate", json={"lyrics": "x", "seconds": 0.4}))
-    await asyncio.sleep(0.2)
+
+    async def halfway() -> bool:
+        gens = (await (await client.get("/progress")).json())["generations"]
+        return bool(gens) and gens[0]["progress"] >= 0.5
+
+    await poll(halfway)  # the engine's own clock: half the song is done
     assert not pending.done()
     resp = await pending
     assert resp.status == 200

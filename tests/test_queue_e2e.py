@@ -277,7 +277,12 @@ async def test_cpu_over_threshold_holds_dispatch_without_failing_waiters(
         await overloaded(True)
         held = [asyncio.create_task(post(c, proxy, f"h{i}", 0.2, user=f"u{i}")) for i in range(2)]
         await waiting(c, admin, 2)
-        await asyncio.sleep(1.0)  # ten samples and four ticks later: still waiting
+
+        async def waited_a_second() -> bool:  # ten samples and four ticks, the server's clock
+            entries = (await status(c, admin))["queue"]["entries"]
+            return bool(entries) and min(e["waited_seconds"] for e in entries) >= 1.0
+
+        await poll(waited_a_second)  # and still waiting:
         doc = await status(c, admin)
         assert doc["queue"]["waiting"] == 2
         assert [e["state"] for e in doc["queue"]["entries"]] == ["queued", "queued"]
