@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,36 @@ from aiohttp.test_utils import TestServer
 from gatekeeper.cli.procs import Child, free_port, gatekeeper_argv, stop
 
 REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
+
+
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base``: nested mappings merged key by key, any other value replaced."""
+    out = dict(base)
+    for k, v in layer.items():
+        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = merge(out[k], v) if both else v
+    return out
+
+
+def rules(*layers: Mapping[str, Any] | str) -> str:
+    """The rules text of a test: ``layers`` (mappings, or YAML text of one) merged in order
+    (see :func:`merge`: the last layer wins). A module keeps its base settings as a mapping
+    and each test adds what it is about, e.g. ``rules(BASE, ADMIT_ROUTES, {"limits": ...})``.
+
+    CPU and memory: ``start_gatekeeper`` reads them from a calm file unless a layer sets
+    ``admission.resources`` (see :func:`calm_resources` and :func:`resources_file`)."""
+    doc: dict[str, Any] = {}
+    for layer in layers:
+        doc = merge(doc, (yaml.safe_load(layer) or {}) if isinstance(layer, str) else layer)
+    return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+
+
+def resources_file(readings: Path) -> dict[str, Any]:
+    """A rules layer: CPU and memory from the file ``readings``, written calm unless it
+    exists (a test heats it by writing it)."""
+    if not readings.exists():
+        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    return {"admission": {"resources": {"source": "file", "file": str(readings)}}}
 
 
 def _admit_routes() -> str:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from support import ADMIT_ROUTES, ProductionLikeServer, eventually, free_port, poll
+from support import rules as rules_text
 
 from gatekeeper.app import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
@@ -37,13 +38,6 @@ async def engine(aiohttp_server: ServerFactory) -> TestServer:
     )
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def rules(upstream_url: str, **extra: Any) -> Config:
     """A validated Config for the test: short defaults plus ``extra`` merged in as YAML keys.
 
@@ -56,7 +50,7 @@ def rules(upstream_url: str, **extra: Any) -> Config:
         "admission": {"retry_after_default": 7, "expected_seconds": 60},
         "routes": yaml.safe_load(ADMIT_ROUTES)["routes"],
     }
-    return load_config(yaml.safe_dump(merge(base, extra)))
+    return load_config(rules_text(base, extra))
 
 
 QUEUE_ROUTES = [{"name": "generate", "match": {"path": "/generate/**"}, "action": "queue"}]

@@ -1,5 +1,6 @@
 """Every repository path named in the package, the docs, the deploy files, the bench, the
-tests, the scripts and the README exists: a moved or deleted file cannot leave its citations behind.
+tests, the scripts and the README exists: a moved or deleted file cannot leave its
+citations behind.
 
 A path is a word starting with one of the repository's top directories (``docs/``,
 ``tests/``, ``bench/``, ``deploy/``, ``gatekeeper/``, ``dashboards/``, ``scripts/``), not
@@ -25,20 +26,24 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".cfg", ".txt", ".json", ".servi
 SKIP_DIRS = {"__pycache__", "images"}
 
 
-def sources() -> list[Path]:
-    """The files whose text is checked: the package, docs/, deploy/, bench/, tests/ (this
-    file's examples aside), scripts/, README.md."""
-    found = [ROOT / "README.md"]
-    for top in ("gatekeeper", "docs", "deploy", "bench", "tests", "scripts"):
-        found += [
-            p
-            for p in sorted((ROOT / top).rglob("*"))
-            if p.is_file()
-            and p.suffix in TEXT_SUFFIXES
-            and not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)
-            and p != Path(__file__).resolve()
-        ]
-    return found
+# Where paths are named: the package, the docs, the deploy files, the bench, the tests (this
+# file's examples aside), the scripts and the README.
+PLACES = ("gatekeeper", "docs", "deploy", "bench", "tests", "scripts", "README.md")
+
+
+def sources(place: str) -> list[Path]:
+    """The text files of ``place`` (a top directory, or a file)."""
+    top = ROOT / place
+    if top.is_file():
+        return [top]
+    return [
+        p
+        for p in sorted(top.rglob("*"))
+        if p.is_file()
+        and p.suffix in TEXT_SUFFIXES
+        and not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)
+        and p != Path(__file__).resolve()
+    ]
 
 
 def cited(text: str) -> list[tuple[int, str]]:
@@ -59,11 +64,20 @@ def exists(path: str) -> bool:
     return (ROOT / path).exists()
 
 
-@pytest.mark.parametrize("source", sources(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_path_named_in_the_file_exists(source: Path) -> None:
-    text = source.read_text(encoding="utf-8", errors="replace")
-    missing = [f"{source.relative_to(ROOT)}:{n}: {p}" for n, p in cited(text) if not exists(p)]
+@pytest.mark.parametrize("place", PLACES)
+def test_every_path_named_there_exists(place: str) -> None:
+    missing = [
+        f"{source.relative_to(ROOT)}:{n}: {p}"
+        for source in sources(place)
+        for n, p in cited(source.read_text(encoding="utf-8", errors="replace"))
+        if not exists(p)
+    ]
     assert not missing, "paths that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_places_hold_files() -> None:
+    assert all(sources(place) for place in PLACES)
+    assert ROOT / "gatekeeper" / "jobs" / "service.py" in sources("gatekeeper")
 
 
 @pytest.mark.parametrize(
