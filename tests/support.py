@@ -1,8 +1,12 @@
-"""Helpers for tests that run real processes on real sockets.
+"""Helpers shared by the tests: the rules builder, real processes, and waits on events.
 
+``rules`` builds a test's rules text from layers (one builder for every module).
 ``Proc`` starts ``python -m gatekeeper ...`` (the real CLI, exactly what a user
-runs), waits for the line announcing it listens, and stops it with SIGTERM.
-Its combined output goes to a file so a failing test can show it.
+runs) on :class:`gatekeeper.cli.procs.Child` (the helper the demo and the bench use
+too), waits for the line announcing it listens, and stops it with SIGTERM. Its
+combined output goes to a file so a failing test can show it.
+``eventually``, ``poll``, ``wait_metrics``, ``wait_output`` and ``settle`` are the
+waits: a test waits for the event it is about, never for a fixed time.
 """
 
 from __future__ import annotations
