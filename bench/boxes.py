@@ -27,8 +27,6 @@ import asyncio
 import importlib.util
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,15 +37,14 @@ from typing import Any
 
 import aiohttp
 
+if __package__ in (None, ""):  # run as ``python bench/boxes.py``: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import Service, Services
+from gatekeeper.cli.procs import free_port, gatekeeper_argv
+
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 JOBS = "/_gatekeeper/jobs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _render() -> Any:
@@ -57,34 +54,6 @@ def _render() -> Any:
     sys.modules["render"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
-
-
-class Procs:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], ready: str, timeout: float = 30) -> Any:
-        log = self.work / f"{name}.log"
-        f = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(p)
-        deadline = time.monotonic() + timeout
-        while ready and ready not in log.read_text(errors="replace"):
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        return p
-
-    def stop(self) -> None:
-        for p in reversed(self.started):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.started:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 RULES = """
@@ -99,10 +68,21 @@ admission:
 """
 
 
+def start(procs: Services, name: str, argv: list[str], ready: str) -> Service:
+    """Start ``argv`` and wait for ``ready`` in its output (none: started is enough)."""
+    svc = procs.start(name, argv)
+    if ready:
+        try:
+            svc.wait_for_line(ready, timeout=30)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+    return svc
+
+
 class Cluster:
-    def __init__(self, procs: Procs, seconds: float) -> None:
+    def __init__(self, procs: Services, seconds: float) -> None:
         self.procs = procs
-        work = procs.work
+        work = procs.workdir
         calm = work / "calm.json"
         calm.write_text('{"cpu_percent": 5, "memory_percent": 5}')
         render = _render()
@@ -110,20 +90,22 @@ class Cluster:
         for name in ("a", "b"):
             ep = free_port()
             engine = f"http://127.0.0.1:{ep}"
-            procs.start(
+            start(
+                procs,
                 f"engine-{name}",
-                [PY, "-m", "gatekeeper", "engine-sim", "--listen", f"127.0.0.1:{ep}",
-                 "--seconds", str(seconds), "--no-cpu", "--memory-mb", "0"],
+                gatekeeper_argv("engine-sim", "--listen", f"127.0.0.1:{ep}",
+                                "--seconds", str(seconds), "--no-cpu", "--memory-mb", "0"),
                 "listening on http://",
             )  # fmt: skip
             public, admin, agent = free_port(), free_port(), free_port()
             rules = work / f"rules-{name}.yaml"
             rules.write_text(RULES.format(name=name, agent=agent, calm=calm))
-            proc = procs.start(
+            proc = start(
+                procs,
                 f"gatekeeper-{name}",
-                [PY, "-m", "gatekeeper", "run", "--config", str(rules), "--upstream", engine,
+                gatekeeper_argv("run", "--config", str(rules), "--upstream", engine,
                  "--listen", f"127.0.0.1:{public}", "--admin-listen", f"127.0.0.1:{admin}",
-                 "--state-dir", str(work / f"state-{name}"), "--log-level", "WARNING"],
+                 "--state-dir", str(work / f"state-{name}"), "--log-level", "WARNING"),
                 "admin listening on http://",
             )  # fmt: skip
             self.boxes[name] = {
@@ -142,7 +124,7 @@ class Cluster:
             )
         )
         haproxy = "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else "haproxy"
-        procs.start("haproxy", [haproxy, "-db", "-f", str(cfg)], "")
+        start(procs, "haproxy", [haproxy, "-db", "-f", str(cfg)], "")
         self.url = f"http://127.0.0.1:{self.port}"
 
 
@@ -205,7 +187,7 @@ def table(rows: list[list[str]]) -> None:
 
 async def run(args: argparse.Namespace, work: Path) -> list[str]:
     failures: list[str] = []
-    procs = Procs(work)
+    procs = Services(work)
     try:
         c = Cluster(procs, args.seconds)
         conn = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -248,7 +230,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
                     long = asyncio.create_task(held(s, c.url, 3.0))
                 await asyncio.sleep(0.05)
             t_term = time.monotonic()
-            a["proc"].send_signal(signal.SIGTERM)
+            a["proc"].signal(signal.SIGTERM)
             last_seen, seen = 0.0, 0
             answers: Counter[int] = Counter()
             homes: Counter[str] = Counter()
@@ -286,7 +268,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
             if set(answers) != {202} or homes.get("a") or long_status != 200:
                 failures.append(f"drain: answers {dict(answers)}, homes {dict(homes)}")
     finally:
-        procs.stop()
+        procs.stop_all(timeout=30)
     return failures
 
 

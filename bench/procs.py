@@ -1,5 +1,8 @@
 """Processes the bench starts: one log file each, and every one stopped on any way out.
 
+The process itself (own session, log file, SIGTERM then SIGKILL) is
+:class:`gatekeeper.cli.procs.Child`, shared with the tests and ``gatekeeper demo``.
+
 :class:`Services` is the registry: a section opens a :meth:`Services.scope`, starts what
 it needs, and whatever it started is stopped (in reverse order) when the scope ends,
 by success, a failed check, an exception or Ctrl-C; :meth:`Services.stop_all` catches
@@ -9,12 +12,7 @@ anything left on the way out of the run.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import shlex
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from gatekeeper.cli.procs import Child
 
 
 def cmdline(argv: Sequence[str]) -> str:
@@ -34,8 +28,8 @@ def cmdline(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-class Service:
-    """A background process: started in its own session, output to a log file.
+class Service(Child):
+    """A background process of the bench, named, its command line printed as it starts.
 
     ``stop`` is idempotent; the registry in :class:`Services` calls it again on the way
     out, so a failure or Ctrl-C anywhere still stops every process started here.
@@ -43,35 +37,16 @@ class Service:
 
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # Ctrl-C reaches the bench only; it stops us in order
-        )
+        super().__init__(argv, log_path)
         print(f"  $ {cmdline(argv)}", flush=True)
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_for_line(self, pattern: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(pattern, self.output()):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not start ({pattern!r}):\n{self.output()[-3000:]}")
+        try:
+            self.wait_for(pattern, timeout)
+        except RuntimeError:
+            raise RuntimeError(
+                f"{self.name} did not start ({pattern!r}):\n{self.output()[-3000:]}"
+            ) from None
 
     def wait_for_http(self, url: str, timeout: float = 20.0, status: int = 200) -> None:
         """Poll ``url`` until it answers ``status`` (an HTTP error status counts too)."""
@@ -91,18 +66,6 @@ class Service:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not answer {url}:\n{self.output()[-3000:]}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self._log.closed:
-            self._log.close()
-
 
 @dataclass
 class Services:
@@ -119,9 +82,9 @@ class Services:
     def running(self) -> list[Service]:
         return [s for s in self.started if s.proc.poll() is None]
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 10.0) -> None:
         for svc in reversed(self.started):
-            svc.stop()
+            svc.stop(timeout)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[Services]:

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.procs import Service, Services, free_port
+from bench.procs import Service, Services
+from gatekeeper.cli.procs import free_port
 
 PYTHON = sys.executable
 BENCH_DIR = Path(__file__).resolve().parent

@@ -32,6 +32,8 @@ from typing import Any
 import aiohttp
 from support import find_binary, stop_process
 
+from gatekeeper.cli.procs import spawn
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -55,18 +57,8 @@ def _spawn(profile: Path) -> tuple[subprocess.Popen[bytes], Any]:
     chromium = find_binary("chromium", "chromium-browser", "google-chrome")
     profile.mkdir(parents=True)
     log = open(profile.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in Browser.close()
-    proc = subprocess.Popen(
-        [
-            chromium,
-            *FLAGS,
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    argv = [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"]
+    proc: subprocess.Popen[bytes] = spawn([*argv, "about:blank"], stdout=log)
     return proc, log
 
 

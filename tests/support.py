@@ -1,8 +1,12 @@
-"""Helpers for tests that run real processes on real sockets.
+"""Helpers shared by the tests: the rules builder, real processes, and waits on events.
 
+``rules`` builds a test's rules text from layers (one builder for every module).
 ``Proc`` starts ``python -m gatekeeper ...`` (the real CLI, exactly what a user
-runs), waits for the line announcing it listens, and stops it with SIGTERM.
-Its combined output goes to a file so a failing test can show it.
+runs) on :class:`gatekeeper.cli.procs.Child` (the helper the demo and the bench use
+too), waits for the line announcing it listens, and stops it with SIGTERM. Its
+combined output goes to a file so a failing test can show it.
+``eventually``, ``poll``, ``wait_metrics``, ``wait_output`` and ``settle`` are the
+waits: a test waits for the event it is about, never for a fixed time.
 """
 
 from __future__ import annotations
@@ -11,12 +15,9 @@ import asyncio
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,39 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
+from gatekeeper.cli.procs import Child, free_port, gatekeeper_argv, stop
+
 REQUIRE_E2E = os.environ.get("GATEKEEPER_REQUIRE_E2E") == "1"
+
+
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base``: nested mappings merged key by key, any other value replaced."""
+    out = dict(base)
+    for k, v in layer.items():
+        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = merge(out[k], v) if both else v
+    return out
+
+
+def rules(*layers: Mapping[str, Any] | str) -> str:
+    """The rules text of a test: ``layers`` (mappings, or YAML text of one) merged in order
+    (see :func:`merge`: the last layer wins). A module keeps its base settings as a mapping
+    and each test adds what it is about, e.g. ``rules(BASE, ADMIT_ROUTES, {"limits": ...})``.
+
+    CPU and memory: ``start_gatekeeper`` reads them from a calm file unless a layer sets
+    ``admission.resources`` (see :func:`calm_resources` and :func:`resources_file`)."""
+    doc: dict[str, Any] = {}
+    for layer in layers:
+        doc = merge(doc, (yaml.safe_load(layer) or {}) if isinstance(layer, str) else layer)
+    return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+
+
+def resources_file(readings: Path) -> dict[str, Any]:
+    """A rules layer: CPU and memory from the file ``readings``, written calm unless it
+    exists (a test heats it by writing it)."""
+    if not readings.exists():
+        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    return {"admission": {"resources": {"source": "file", "file": str(readings)}}}
 
 
 def _admit_routes() -> str:
@@ -40,12 +73,6 @@ def _admit_routes() -> str:
 
 
 ADMIT_ROUTES = _admit_routes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary(name: str, *candidates: str) -> str:
@@ -76,14 +103,12 @@ def raise_fd_limit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def _limit_files(n: int) -> None:
-    import resource
+class Proc(Child):
+    """A running ``gatekeeper`` subcommand (or, with ``program``, any command), ready.
 
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-
-
-class Proc:
-    """A running ``gatekeeper`` subcommand (or, with ``program``, any command)."""
+    The constructor returns once the output matches ``ready`` (the line announcing it
+    listens); a process that exits or stays silent for ``timeout`` is killed and the
+    test fails with its output."""
 
     def __init__(
         self,
@@ -98,68 +123,25 @@ class Proc:
         """``nofile``: the process's open-file limit (e.g. systemd's usual 1,024).
         ``program``: what runs ``args`` instead of ``python -m gatekeeper`` (a test app)."""
         self.args = args
-        self.program = program or [sys.executable, "-m", "gatekeeper"]
-        self.log_path = log_path
-        self._log = open(log_path, "w+b")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [*self.program, *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
-        )
-        self.lines: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.output()
-            if re.search(ready, text):
-                self.lines = text.splitlines()
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        command = " ".join(["gatekeeper"] if program is None else program)
-        raise RuntimeError(f"{command} {' '.join(args)} did not become ready:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__([*(program or gatekeeper_argv()), *args], log_path, nofile=nofile)
+        try:
+            self.lines = self.wait_for(ready, timeout).splitlines()
+        except RuntimeError:
+            self.kill()
+            raise
 
     def url_after(self, label: str) -> str:
         m = re.search(re.escape(label) + r"\s+(http://[0-9.:\[\]]+)", self.output())
         assert m, f"no {label!r} line in output:\n{self.output()}"
         return m.group(1)
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout=timeout)
-
     def stop(self, timeout: float = 15.0) -> int | None:
-        stop_process(self.proc, timeout)
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL (a crash, as far as the process can tell) and close the output file."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        return super().stop(timeout)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``: any process a test started."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout)
 
 
 def start_engine(tmp_path: Path, *extra: str, seconds: float = 1.0) -> tuple[Proc, str]:
@@ -239,6 +221,47 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
     return True
 
 
+async def settle(turns: int = 10) -> None:
+    """Let every task that is ready run until it waits again, without wall-clock time.
+
+    asyncio runs ready callbacks in FIFO order, so a task woken before this call has run
+    its next step (to its next ``await``) when this returns; ``turns`` covers a short
+    chain of such wake-ups. The barrier for "X has NOT happened" checks of in-process
+    code: nothing that could make X happen is left ready to run."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def metric(text: str, sample: str, default: float | None = None) -> float:
+    """The value of one sample (``name`` or ``name{labels}`` as printed) in a /metrics
+    text; ``default`` when it is absent (none: the sample must be there)."""
+    m = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", text, re.M)
+    if m is None and default is not None:
+        return default
+    assert m, f"no sample {sample}"
+    return float(m.group(1))
+
+
+async def wait_metrics(admin: str, ok: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """Poll ``admin``'s /metrics until ``ok(text)``; returns that text."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(admin + "/metrics") as r:
+                text = await r.text()
+            if ok(text):
+                return text
+            assert time.monotonic() < deadline, f"metrics never satisfied the condition:\n{text}"
+            await asyncio.sleep(0.05)
+
+
+async def wait_output(proc: Proc, text: str, timeout: float = 5.0) -> None:
+    """Until ``text`` is in the process's output (its log line written and flushed)."""
+    assert await eventually(lambda: text in proc.output(), timeout), proc.output()
+
+
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
     """Await ``check()`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -263,6 +286,12 @@ async def send_generation(base_url: str, body: dict[str, object]) -> asyncio.Str
     )
     await writer.drain()
     return writer
+
+
+def connections_closed(server: TestServer) -> bool:
+    """The aiohttp test ``server`` has seen every client connection it holds close."""
+    assert server.runner is not None and server.runner.server is not None
+    return all(h.transport is None for h in server.runner.server.connections)
 
 
 class ProductionLikeServer(TestServer):

@@ -30,6 +30,7 @@ def test_checked_in_rule_file_is_not_stale() -> None:
     )
 
 
+@pytest.mark.slow  # runs the CLI
 def test_cli_prints_the_rule_file(tmp_path: Path) -> None:
     """The CLI command prints the export; a bad --config exits 2 with the problem's line."""
     out = subprocess.run(
@@ -148,6 +149,7 @@ def test_promql_of_every_default_rule_names_an_exported_metric() -> None:
         assert f"\n{metric}" in exposed or exposed.startswith(metric), (rule.alert, metric)
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_check_rules() -> None:
     """The real promtool accepts the checked-in rule file."""
     promtool = find_binary("promtool")
@@ -160,6 +162,7 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_unit_tests_cover_every_rule_firing_and_not() -> None:
     """`promtool test rules` passes, with a firing and a silent case for every default rule."""
     tests: dict[str, Any] = yaml.safe_load(PROMTOOL_TESTS.read_text(encoding="utf-8"))
@@ -196,6 +199,7 @@ def _case(at: str, rule: Any, annotations: dict[str, str] | None = None) -> dict
     return {"eval_time": at, "alertname": rule.alert, "exp_alerts": exp}
 
 
+@pytest.mark.slow  # runs promtool
 def test_queue_rules_in_promtool(tmp_path: Path) -> None:
     """The exported queue rules fire in the real promtool: QueueFull after 5 minutes at
     capacity (not at 19/20, not with capacity 0), QueueWaitLong over 900 s after 1 minute,

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import ADMIT_ROUTES, raise_fd_limit, start_engine, start_gatekeeper
+from support import (
+    ADMIT_ROUTES,
+    metric,
+    raise_fd_limit,
+    start_engine,
+    start_gatekeeper,
+    wait_metrics,
+)
 
 BURST = 1000
 WAITING = 3  # admission.queue.max_waiting of the queue variant
@@ -73,7 +80,10 @@ async def test_a_burst_of_1000_generations_admits_exactly_one(tmp_path: Path, ac
             asyncio.create_task(_one(host, int(port), start, request(i, seconds)))
             for i in range(BURST)
         ]
-        await asyncio.sleep(1.0)  # every connection open and idle, waiting for its head
+        # Every connection open and idle, waiting for its head: gatekeeper holds them all.
+        await wait_metrics(
+            admin, lambda t: metric(t, "gatekeeper_client_connections") >= BURST, timeout=30
+        )
         polls: list[float] = []
 
         async def poll() -> None:

@@ -268,6 +268,7 @@ def gk_status(
     )
 
 
+@pytest.mark.slow  # runs the CLI
 def test_unreachable_admin_is_a_clear_error() -> None:
     """Nothing listening: exit 1 and a message naming the URL, not a traceback."""
     url = f"http://127.0.0.1:{free_port()}"
@@ -279,6 +280,7 @@ def test_unreachable_admin_is_a_clear_error() -> None:
     assert res.stdout == ""
 
 
+@pytest.mark.slow  # runs the CLI
 def test_invalid_rules_file_for_the_default_url_exits_2(tmp_path: Path) -> None:
     """A broken ./rules.yaml is reported (with the way around it), not silently ignored."""
     (tmp_path / "rules.yaml").write_text("admin_listen: nowhere\n")
@@ -288,20 +290,15 @@ def test_invalid_rules_file_for_the_default_url_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def busy(tmp_path_factory: pytest.TempPathFactory, module_procs: list[Proc]) -> Iterator[Live]:
     """One real gatekeeper with a generation running and one busy rejection (an admit
     route: the waiting room's view is tested with the queue)."""
     tmp = tmp_path_factory.mktemp("status-cli")
-    procs: list[Proc] = []
-    try:
-        live = start_live(tmp, procs, engine_seconds=60, expected=120, extra=ADMIT_ROUTES)
-        live.start_generation()
-        assert live.post("/generate", json={}).status_code == 503
-        yield live
-        live.close()
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    live = start_live(tmp, module_procs, engine_seconds=60, expected=120, extra=ADMIT_ROUTES)
+    live.start_generation()
+    assert live.post("/generate", json={}).status_code == 503
+    yield live
+    live.close()
 
 
 def test_one_shot_against_a_running_gatekeeper(busy: Live) -> None:

@@ -157,6 +157,7 @@ def run_into_closed_pipe(*argv: str, cwd: Path) -> subprocess.CompletedProcess[b
         os.close(write_end)
 
 
+@pytest.mark.slow  # runs the CLI
 @pytest.mark.parametrize("argv", [["check"], ["dashboard"], ["alert-rules"]])
 def test_closed_pipe_exits_141_without_a_traceback(argv: list[str], tmp_path: Path) -> None:
     """A reader that went away ends the command quietly with 141 (128 + SIGPIPE), like
@@ -166,6 +167,7 @@ def test_closed_pipe_exits_141_without_a_traceback(argv: list[str], tmp_path: Pa
     assert res.stderr == b""
 
 
+@pytest.mark.slow  # runs the CLI
 def test_head_in_a_shell_pipeline(tmp_path: Path) -> None:
     """`gatekeeper dashboard | head -n 0` under `set -o pipefail`: the pipeline's status
     is 141, as for any Unix tool cut short, and stderr stays empty."""
@@ -224,6 +226,7 @@ def gk(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # runs the CLI
 def test_check_names_the_packaged_file_outside_a_checkout(tmp_path: Path) -> None:
     """Without --config and without ./rules.yaml, check says on its first line that it
     checked the packaged default, by absolute path."""
@@ -237,6 +240,7 @@ def test_check_names_the_packaged_file_outside_a_checkout(tmp_path: Path) -> Non
     assert first == f"checked {packaged} {note}: OK"
 
 
+@pytest.mark.slow  # runs the CLI
 def test_check_names_the_file_it_checked(tmp_path: Path) -> None:
     """./rules.yaml or --config: the first line is "checked <absolute path>: OK" or
     ": INVALID" (the problems follow on stderr, exit 2)."""

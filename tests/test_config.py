@@ -276,6 +276,7 @@ def test_message_formatting() -> None:
     assert "42" in msg and "请" in msg and "retry" in msg
 
 
+@pytest.mark.slow  # runs the CLI
 def test_check_command_exit_codes(tmp_path: Path, repo_root: Path) -> None:
     """`gatekeeper check` exits 0 with a summary, or 2 listing every problem with its line."""
     ok = subprocess.run(

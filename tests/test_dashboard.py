@@ -67,6 +67,7 @@ def custom_dash() -> dict[str, Any]:
     return dashboard(load_config(CUSTOM))
 
 
+@pytest.mark.slow  # runs the CLI
 def test_checked_in_dashboard_is_current() -> None:
     """dashboards/gatekeeper.json is exactly `gatekeeper dashboard` for the default rules."""
     out = subprocess.run(
@@ -98,6 +99,7 @@ def test_documents_share_no_objects() -> None:
     assert json.dumps(dashboard(config)) == pristine
 
 
+@pytest.mark.slow  # runs the CLI
 def test_dashboard_command_reports_config_errors(tmp_path: Path) -> None:
     """`gatekeeper dashboard` on an invalid rules file exits 2 and names the problem."""
     bad = tmp_path / "bad.yaml"

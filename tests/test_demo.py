@@ -11,7 +11,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from support import free_port
+
+pytestmark = pytest.mark.slow  # real processes: the demo and its two children
 
 
 def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path) -> None:
@@ -75,9 +78,13 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                 assert first.status_code == 200 and first.content[:4] == b"RIFF"
                 blocked = c.post(f"http://127.0.0.1:{port}/batch-generate", json={})
                 assert blocked.status_code == 410
-            time.sleep(1.0)
-            lines = log.read_text().splitlines()
-            status = [ln for ln in lines if "in-flight" in ln]
+            # The demo redraws its status line every second: until one shows both requests.
+            deadline = time.monotonic() + 10
+            while True:
+                status = [ln for ln in log.read_text().splitlines() if "in-flight" in ln]
+                if (status and "blocked 1" in status[-1]) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert status, log.read_text()
             assert re.search(r"admitted 1 rejected 0 blocked 1", status[-1]), status[-1]
             assert "cpu" in status[-1] and "mem" in status[-1]

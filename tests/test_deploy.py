@@ -123,6 +123,7 @@ def test_every_file_in_deploy_parses() -> None:
 # --------------------------------------------------------------------------- kubernetes
 
 
+@pytest.mark.slow  # runs the CLI
 def test_configmap_rules_pass_gatekeeper_check(tmp_path: Path) -> None:
     """The ConfigMap's rules.yaml is accepted by the real `gatekeeper check`."""
     path, _ = configmap_rules(tmp_path)
@@ -202,6 +203,7 @@ def test_service_monitor_scrapes_the_admin_service() -> None:
     )
 
 
+@pytest.mark.slow  # runs the CLI
 def test_prometheus_rule_equals_the_alert_rules_export(tmp_path: Path) -> None:
     """The PrometheusRule's spec is exactly `gatekeeper alert-rules` for the ConfigMap's rules."""
     path, _ = configmap_rules(tmp_path)
@@ -278,6 +280,7 @@ def test_systemd_unit_invariants() -> None:
     assert re.search(rf"^u {unit_value(unit, svc, 'User')}\s", sysusers, re.M)
 
 
+@pytest.mark.slow  # runs systemd-analyze
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """systemd-analyze verify accepts the unit (with ExecStart pointed at this install)."""
     analyze = shutil.which("systemd-analyze")

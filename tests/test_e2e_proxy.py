@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +23,26 @@ from support import (
     ADMIT_ROUTES,
     Proc,
     free_port,
+    resources_file,
+    rules,
     send_generation,
-    start_engine,
     start_gatekeeper,
 )
 
 from gatekeeper.enginesim import gzip_plain_body
 
 GEN = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop"}
+ENGINE_SECONDS = 1.5  # the song length of the module's engine (conftest.engine)
 
 
-def rules(
-    readings: Path, admission: str = "", upstream: str = "", tail: str = "", queue: bool = False
-) -> str:
-    """Rules text: short intervals, plus extra indented lines under admission/upstream.
-
-    CPU and memory come from the ``readings`` file, never from psutil: on a 2-core box
-    running the test suite, real CPU often exceeds 90 % and admission would (rightly)
-    reject the requests a test is about. /generate is an ``admit`` route (these tests are
-    about the proxy path and admission) unless ``queue`` or ``tail`` gives routes.
-    """
-    if not queue and "routes:" not in tail:
-        tail += ADMIT_ROUTES
-    if not readings.exists():
-        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
-    return (
-        "admission:\n  expected_seconds: 30\n  sample_interval: 0.1\n"
-        f"  resources:\n    source: file\n    file: {readings}\n"
-        + admission
-        + "upstream:\n  probe:\n    interval: 0.5\n"
-        + upstream
-        + tail
-    )
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
-    proc, url = start_engine(tmp_path_factory.mktemp("engine"), seconds=1.5)
-    yield proc, url
-    proc.stop()
+# Short intervals. CPU and memory come from a readings file, never from psutil: on a 2-core
+# box running the test suite, real CPU often exceeds 90 % and admission would (rightly)
+# reject the requests a test is about. /generate is an ``admit`` route (these tests are
+# about the proxy path and admission: ADMIT_ROUTES) unless a test gives the routes.
+BASE = {
+    "admission": {"expected_seconds": 30, "sample_interval": 0.1},
+    "upstream": {"probe": {"interval": 0.5}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +50,8 @@ def gk(
     engine: tuple[Proc, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Proc, str, str]]:
     tmp = tmp_path_factory.mktemp("gk")
-    proc, url, admin = start_gatekeeper(tmp, rules(tmp / "calm.json"), engine[1])
+    text = rules(BASE, resources_file(tmp / "calm.json"), ADMIT_ROUTES)
+    proc, url, admin = start_gatekeeper(tmp, text, engine[1])
     yield proc, url, admin
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
@@ -81,18 +63,12 @@ def gk_queue(
 ) -> Iterator[tuple[Proc, str, str]]:
     """The shipped queue route; per_client 5 so one test client may queue 5."""
     tmp = tmp_path_factory.mktemp("gkq")
-    text = rules(tmp / "calm.json", admission="  queue: {per_client: 5}\n", queue=True)
+    queue = {"admission": {"queue": {"per_client": 5}}}
+    text = rules(BASE, resources_file(tmp / "calm.json"), queue)
     proc, url, admin = start_gatekeeper(tmp, text, engine[1])
     yield proc, url, admin
     assert proc.stop() == 0
     assert "Traceback" not in proc.output()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
 
 
 async def get_json(s: aiohttp.ClientSession, url: str) -> Any:
@@ -189,7 +165,12 @@ async def test_cancel_mode_frees_slot_at_once(
     """cancel: a client that leaves frees the slot within a second, the upstream call dropped."""
     proc, url, admin = start_gatekeeper(
         tmp_path,
-        rules(tmp_path / "calm.json", admission="  on_client_disconnect: cancel\n"),
+        rules(
+            BASE,
+            resources_file(tmp_path / "calm.json"),
+            ADMIT_ROUTES,
+            {"admission": {"on_client_disconnect": "cancel"}},
+        ),
         engine[1],
     )
     try:
@@ -208,7 +189,9 @@ async def test_upstream_errors_free_the_slot(
 ) -> None:
     """502 on a dead engine, 504 on a read timeout, each with JSON; the slot is freed each time."""
     dead, url, admin = start_gatekeeper(
-        tmp_path, rules(tmp_path / "calm.json"), f"http://127.0.0.1:{free_port()}"
+        tmp_path,
+        rules(BASE, resources_file(tmp_path / "calm.json"), ADMIT_ROUTES),
+        f"http://127.0.0.1:{free_port()}",
     )
     try:
         async with http.post(url + "/generate", json=GEN) as r:
@@ -218,9 +201,10 @@ async def test_upstream_errors_free_the_slot(
     finally:
         dead.stop()
     slow_rules = rules(
-        tmp_path / "calm.json",
-        upstream="  timeouts:\n    read: 0.5\n",
-        tail="routes:\n  - name: slow\n    match: {path: /_sim/sleep}\n    action: admit\n",
+        BASE,
+        resources_file(tmp_path / "calm.json"),
+        {"upstream": {"timeouts": {"read": 0.5}}},
+        {"routes": [{"name": "slow", "match": {"path": "/_sim/sleep"}, "action": "admit"}]},
     )
     slow, url, admin = start_gatekeeper(tmp_path, slow_rules, engine[1])
     try:
@@ -357,7 +341,7 @@ async def test_hysteresis_through_file_source(
     """A fire drill through the readings file: cpu trips at >90, holds at 80, clears under 75."""
     res = tmp_path / "res.json"
     res.write_text('{"cpu_percent": 10, "memory_percent": 10}')
-    text = rules(res)
+    text = rules(BASE, resources_file(res), ADMIT_ROUTES)
     proc, url, _ = start_gatekeeper(tmp_path, text, engine[1])
     try:
 
@@ -378,7 +362,12 @@ async def test_hysteresis_through_file_source(
 @pytest.mark.slow
 def test_rss_bounded_while_streaming_1gib(engine: tuple[Proc, str], tmp_path: Path) -> None:
     """A 1 GiB download and a 1 GiB upload pass with gatekeeper's RSS growing < 20 MiB."""
-    text = rules(tmp_path / "calm.json", tail="limits:\n  max_body_bytes: 2147483648\n")
+    text = rules(
+        BASE,
+        resources_file(tmp_path / "calm.json"),
+        ADMIT_ROUTES,
+        {"limits": {"max_body_bytes": 2147483648}},
+    )
     proc, url, _ = start_gatekeeper(tmp_path, text, engine[1])
     ps = psutil.Process(proc.proc.pid)
     size = 1 << 30

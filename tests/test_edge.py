@@ -9,7 +9,6 @@ finish their request head, with the process's open-file limit at systemd's usual
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import time
 from dataclasses import replace
@@ -17,7 +16,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import find_binary, raise_fd_limit, start_engine, start_gatekeeper
+from support import (
+    eventually,
+    find_binary,
+    metric,
+    raise_fd_limit,
+    start_engine,
+    start_gatekeeper,
+    wait_metrics,
+)
 
 from gatekeeper.config import Limits
 from gatekeeper.proxy.connections import Connections
@@ -164,13 +171,19 @@ def test_pipelined_overlap_keeps_the_connection_busy() -> None:
 # --------------------------------------------------------------------------- real process
 
 SLOW = 1000
+OPEN = "gatekeeper_client_connections"
+EVICTED = 'gatekeeper_client_connections_closed_total{reason="connection_limit"}'
+TIMED_OUT = 'gatekeeper_client_connections_closed_total{reason="header_timeout"}'
 
 
-async def _slowloris(host: str, port: int, opened: list[asyncio.StreamWriter]) -> None:
+async def _slowloris(
+    host: str, port: int, opened: list[asyncio.StreamWriter], refused: list[OSError]
+) -> None:
     """Open a connection and send a request head that never ends."""
     try:
         _, writer = await asyncio.open_connection(host, port)
-    except OSError:
+    except OSError as exc:
+        refused.append(exc)
         return
     opened.append(writer)
     writer.write(b"GET /progress HTTP/1.1\r\nHost: x\r\n")
@@ -183,12 +196,6 @@ async def _slowloris(host: str, port: int, opened: list[asyncio.StreamWriter]) -
         pass
 
 
-def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    assert m, name
-    return float(m.group(1))
-
-
 @pytest.mark.slow
 async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
     tmp_path: Path,
@@ -199,11 +206,24 @@ async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
     rules = "limits:\n  header_timeout: 3s\nupstream:\n  probe:\n    interval: 1s\n"
     gk, url, admin = start_gatekeeper(tmp_path, rules, engine_url, nofile=1024)
     opened: list[asyncio.StreamWriter] = []
+    refused: list[OSError] = []
     try:
         assert "lowered to 960 by the open-file limit" in gk.output()
         host, port = url.removeprefix("http://").split(":")
-        attack = [asyncio.create_task(_slowloris(host, int(port), opened)) for _ in range(SLOW)]
-        await asyncio.sleep(1.0)  # every slow connection is open (or was evicted)
+        attack = [
+            asyncio.create_task(_slowloris(host, int(port), opened, refused)) for _ in range(SLOW)
+        ]
+        # Every slow connection is open (or was refused), and gatekeeper holds each one
+        # (or evicted it): the cap's work is done before the real clients come.
+        assert await eventually(lambda: len(opened) + len(refused) == SLOW, 30)
+        await wait_metrics(
+            admin,
+            lambda t: (
+                metric(t, OPEN) + metric(t, EVICTED, default=0) + metric(t, TIMED_OUT, default=0)
+                >= len(opened)
+            ),
+            timeout=30,
+        )
         timings = []
         async with aiohttp.ClientSession() as http:
             for _ in range(10):
@@ -218,21 +238,17 @@ async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
             generation = time.monotonic() - t0
             async with http.get(admin + "/metrics") as r:
                 metrics = await r.text()
-        open_now = _metric(metrics, "gatekeeper_client_connections")
-        evicted = _metric(
-            metrics, 'gatekeeper_client_connections_closed_total{reason="connection_limit"}'
-        )
+        open_now = metric(metrics, OPEN)
+        evicted = metric(metrics, EVICTED)
         assert open_now <= 960
         assert evicted >= SLOW - 960  # the cap held: the oldest waiting ones went
-        # The head deadline closes what is left of the attack.
-        await asyncio.sleep(4.0)
+        # The head deadline (3 s) closes what is left of the attack.
+        await wait_metrics(admin, lambda t: metric(t, OPEN) < 10, timeout=15)
         async with aiohttp.ClientSession() as http, http.get(admin + "/metrics") as r:
             metrics = await r.text()
-        timed_out = _metric(
-            metrics, 'gatekeeper_client_connections_closed_total{reason="header_timeout"}'
-        )
+        timed_out = metric(metrics, TIMED_OUT)
         assert timed_out >= 900
-        assert _metric(metrics, "gatekeeper_client_connections") < 10
+        assert metric(metrics, OPEN) < 10
         print(
             f"\nslowloris {SLOW} conns at nofile=1024: poll p50 {sorted(timings)[5] * 1000:.1f} ms,"
             f" max {max(timings) * 1000:.1f} ms; generation {generation:.2f}s;"
@@ -249,6 +265,7 @@ async def test_slowloris_under_a_1024_fd_limit_never_locks_out_real_clients(
     assert "Traceback" not in gk.output()
 
 
+@pytest.mark.slow  # real processes
 async def test_a_connection_that_sends_nothing_gets_408_after_header_timeout(
     tmp_path: Path,
 ) -> None:
@@ -298,10 +315,10 @@ async def test_slowhttptest_slow_headers_and_bodies_do_not_lock_out_users(
         stderr=subprocess.DEVNULL,
     )
     try:
-        await asyncio.sleep(4.0)  # the slow connections are open
+        # The attack is at full strength: gatekeeper holds (nearly) all its connections.
+        metrics = await wait_metrics(admin, lambda t: metric(t, OPEN) >= 0.9 * SLOW, timeout=15)
+        open_during = metric(metrics, OPEN)
         async with aiohttp.ClientSession() as http:
-            async with http.get(admin + "/metrics") as r:
-                open_during = _metric(await r.text(), "gatekeeper_client_connections")
             async with http.get(admin + "/status") as r:
                 assert (await r.json())["in_flight"] == 0  # no slow body holds the slot
             timings = []

@@ -9,35 +9,30 @@ gatekeeper believes.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from support import Proc, poll, start_engine, start_gatekeeper
+import yaml
+from support import Proc, poll, resources_file, rules, start_engine, start_gatekeeper
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
 
 
-def rules(engines: list[tuple[str, str]], readings: Path) -> str:
-    listed = "".join(f'    - {{name: {n}, url: "{u}"}}\n' for n, u in engines)
-    readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
-    return (  # the engines last: a test appends one by appending a line
-        "admission:\n  expected_seconds: 2\n  sample_interval: 0.1\n"
-        f"  resources:\n    source: file\n    file: {readings}\n"
-        "  queue:\n    per_client: 50\n    max_waiting: 50\n"
-        "upstream:\n  probe:\n    interval: 0.3\n    timeout: 1\n  engines:\n" + listed
-    )
+BASE = {
+    "admission": {
+        "expected_seconds": 2,
+        "sample_interval": 0.1,
+        "queue": {"per_client": 50, "max_waiting": 50},
+    },
+    "upstream": {"probe": {"interval": 0.3, "timeout": 1}},
+}
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
+def engines(*listed: tuple[str, str]) -> dict[str, Any]:
+    """A rules layer: ``upstream.engines`` named and at the URLs given."""
+    return {"upstream": {"engines": [{"name": n, "url": u} for n, u in listed]}}
 
 
 async def submit(s: aiohttp.ClientSession, url: str, lyrics: str, seconds: float) -> str:
@@ -95,7 +90,9 @@ def start_two(tmp_path: Path, procs: list[Proc], seconds: float) -> tuple[str, s
     a, a_url = start_engine(tmp_path, seconds=seconds)
     b, b_url = start_engine(tmp_path, seconds=seconds)
     procs += [a, b]
-    text = rules([("gpu0", a_url), ("gpu1", b_url)], tmp_path / "calm.json")
+    text = rules(
+        BASE, resources_file(tmp_path / "calm.json"), engines(("gpu0", a_url), ("gpu1", b_url))
+    )
     gk, url, admin = start_gatekeeper(tmp_path, text, None, "--state-dir", str(tmp_path / "s"))
     procs.append(gk)
     return url, admin, a_url, b_url
@@ -196,10 +193,12 @@ async def test_reload_adds_and_removes_engines_without_touching_a_running_job(
     assert (await view(http, url, running))["engine"] == "gpu0"
 
     rules_file = rules_of(tmp_path)
-    text = rules_file.read_text()
-    gpu0 = f'    - {{name: gpu0, url: "{a_url}"}}\n'
-    assert gpu0 in text
-    rules_file.write_text(text.replace(gpu0, "") + f'    - {{name: gpu2, url: "{c_url}"}}\n')
+    doc = yaml.safe_load(rules_file.read_text())
+    listed = doc["upstream"]["engines"]
+    assert {"name": "gpu0", "url": a_url} in listed
+    doc["upstream"]["engines"] = [e for e in listed if e["name"] != "gpu0"]
+    doc["upstream"]["engines"].append({"name": "gpu2", "url": c_url})
+    rules_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     async with http.post(admin + "/reload") as r:
         body = await r.json()
         assert r.status == 200, body
@@ -243,7 +242,11 @@ async def test_every_engine_down_queues_jobs_until_one_is_back(
 
     await poll(all_down, 10)
     waiting = await submit(http, url, "patient", 0.5)
-    await asyncio.sleep(1.0)
+
+    async def waited_a_second() -> bool:  # three probe intervals by the server's clock
+        return bool((await view(http, url, waiting))["waited_seconds"] >= 1.0)
+
+    await poll(waited_a_second)
     assert (await view(http, url, waiting))["state"] == "queued"
     port = b_url.rsplit(":", 1)[1]
     back = Proc(
@@ -267,8 +270,12 @@ async def test_an_engine_that_refuses_a_connection_is_down_before_its_next_probe
     a, a_url = start_engine(tmp_path, seconds=0.3)
     b, b_url = start_engine(tmp_path, seconds=0.3)
     procs += [a, b]
-    text = rules([("gpu0", a_url), ("gpu1", b_url)], tmp_path / "calm.json")
-    text = text.replace("interval: 0.3", "interval: 30")
+    text = rules(
+        BASE,
+        resources_file(tmp_path / "calm.json"),
+        engines(("gpu0", a_url), ("gpu1", b_url)),
+        {"upstream": {"probe": {"interval": 30}}},  # no probe between the crash and the jobs
+    )
     gk, url, admin = start_gatekeeper(tmp_path, text, None, "--state-dir", str(tmp_path / "s"))
     procs.append(gk)
     await poll(lambda: _all_up(http, admin), 10)

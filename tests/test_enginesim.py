@@ -139,7 +139,12 @@ async def test_generate_rejects_bad_input_with_422(client: Client, body: bytes) 
 async def test_generate_sends_nothing_before_work_is_done(client: Client) -> None:
     """Not even the status line of /generate arrives while the generation is running."""
     pending = asyncio.create_task(client.post("/generate", json={"lyrics": "x", "seconds": 0.4}))
-    await asyncio.sleep(0.2)
+
+    async def halfway() -> bool:
+        gens = (await (await client.get("/progress")).json())["generations"]
+        return bool(gens) and gens[0]["progress"] >= 0.5
+
+    await poll(halfway)  # the engine's own clock: half the song is done
     assert not pending.done()
     resp = await pending
     assert resp.status == 200
@@ -383,6 +388,7 @@ async def test_sim_sse_spaces_events(client: Client) -> None:
     assert events[-1][0] - events[0][0] >= 0.25
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_cpu_worker_is_started_and_reaped(make_client: MakeClient) -> None:
     """With burn_cpu, a worker process holds the memory while generating and is gone after."""
     client = await make_client(SimConfig(seconds=0.5, memory_mb=64, burn_cpu=True))
@@ -400,6 +406,7 @@ async def test_cpu_worker_is_started_and_reaped(make_client: MakeClient) -> None
     assert me.children(recursive=True) == []
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_dead_worker_fails_the_generation(make_client: MakeClient) -> None:
     """A worker that dies (e.g. OOM-killed) fails its generation with a 500 detail."""
     client = await make_client(SimConfig(seconds=5, memory_mb=0, burn_cpu=True))
@@ -413,6 +420,7 @@ async def test_dead_worker_fails_the_generation(make_client: MakeClient) -> None
     assert stats["active_generations"] == 0
 
 
+@pytest.mark.slow  # a real CPU worker process
 async def test_shutdown_kills_running_workers(make_client: MakeClient) -> None:
     """Closing the app fails running generations at once and leaves no worker behind."""
     client = await make_client(SimConfig(seconds=30, memory_mb=0, burn_cpu=True))
@@ -455,6 +463,7 @@ async def test_an_unmarked_handler_cannot_start_a_generation(aiohttp_client: Aio
     assert await listed_generations(client) == []
 
 
+@pytest.mark.slow  # a real Python process
 async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -> None:
     """`gatekeeper run`/`check` parse their flags without importing the simulator itself."""
     code = (
@@ -469,6 +478,7 @@ async def test_building_the_gatekeeper_parser_loads_only_the_simulator_flags() -
     assert out.decode().split() == ["gatekeeper.enginesim", "gatekeeper.enginesim.flags"]
 
 
+@pytest.mark.slow  # a real process
 async def test_main_serves_over_a_socket_and_exits_0_on_sigterm() -> None:
     """main() prints the bound address, serves a generation, and exits 0 on SIGTERM."""
     code = (

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from browser import Browser
 from gradio_support import require_gradio, start_gradio_app
-from support import Proc, poll, start_gatekeeper
+from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -42,6 +42,15 @@ SONG_URL = """(() => {
 # The text of Gradio's error toasts on the page.
 TOASTS = """[...document.querySelectorAll('[data-testid="toast-body"], .toast-body')]
     .map(e => e.innerText).join(' | ')"""
+# A toast is on screen and no animation of it (or of a box around it) is still running:
+# Gradio fades toasts in with a CSS animation, removed when it ends.
+TOAST_SETTLED = """(() => {
+    const body = document.querySelector('[data-testid="toast-body"], .toast-body');
+    if (!body) return null;
+    const moving = document.getAnimations().some(a => a.playState !== 'finished'
+        && a.effect && a.effect.target && a.effect.target.contains(body));
+    return moving ? null : true;
+})()"""
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +163,7 @@ async def test_browser_two_tabs_and_the_refusal_toast(
             f"(() => {{ const t = {TOASTS}; return t || null; }})()", timeout=20
         )
         assert "busy" in toast and "请约" in toast, toast
-        await asyncio.sleep(1.0)  # the toast fades in
+        await two.wait_for(TOAST_SETTLED, timeout=10)  # the toast has faded in
         shot = await two.screenshot(tmp_path / "gradio-refused.png")
         keep = os.environ.get("GATEKEEPER_SCREENSHOT_DIR")
         if keep:
@@ -183,7 +192,8 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
 
         await poll(started, timeout=20)
         await tab.close()
-    await asyncio.sleep(0.5)
+    # gatekeeper has seen every connection of the closed browser go
+    await wait_metrics(admin, lambda t: metric(t, "gatekeeper_client_connections") == 0)
     assert (await get_json(admin + "/status"))["in_flight"] == 1
     assert (await get_json(app + "/_app/stats"))["active"] == 1
 

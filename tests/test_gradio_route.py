@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from support import ProductionLikeServer, eventually
+from support import ProductionLikeServer, connections_closed, eventually, settle
 
 from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
@@ -45,6 +45,7 @@ class FakeGradio:
         self.direct: list[str] = []
         self.cut = asyncio.Event()  # break every open queue/data stream
         self.new_event = asyncio.Event()
+        self.beats = 0  # heartbeats written: a clock the test can wait on
         self.app = web.Application()
         r = self.app.router
         r.add_get("/config", self.config)
@@ -96,6 +97,7 @@ class FakeGradio:
         await resp.prepare(request)
         while True:
             await resp.write(b"data: ALIVE\n\n")
+            self.beats += 1
             await asyncio.sleep(0.2)
 
     async def data(self, request: web.Request) -> web.StreamResponse:
@@ -197,7 +199,8 @@ async def test_slot_from_join_to_process_completed(rig: Rig) -> None:
     stream = await rig.stream("s1")
     assert stream.headers["Content-Type"].startswith("text/event-stream")
     assert (await stream.content.readuntil(b"\n\n")).startswith(b"data: {")  # estimation
-    await asyncio.sleep(0.1)
+    # process_starts relayed: gatekeeper has read both messages before it (and freed nothing)
+    assert b'"process_starts"' in await stream.content.readuntil(b"\n\n")
     assert rig.in_flight == 1  # running: estimation and process_starts do not free it
     assert rig.state.gate.running()[0].route == "song"
     rig.fake.events[eid].finish.set()
@@ -263,7 +266,11 @@ async def test_tab_closed_mid_job_keeps_the_slot_until_the_app_finishes(rig: Rig
     await beat.content.readuntil(b"\n\n")
     stream.close()  # the tab closes: both connections go
     beat.close()
-    await asyncio.sleep(0.5)
+    assert await eventually(lambda: connections_closed(rig.server))  # gatekeeper saw them go
+    # Two more heartbeats of the app reached gatekeeper, which has nobody to relay them to.
+    beats = rig.fake.beats
+    assert await eventually(lambda: rig.fake.beats >= beats + 2)
+    await settle()
     assert rig.in_flight == 1
     rig.fake.events[eid].finish.set()
     assert await eventually(lambda: rig.in_flight == 0)

@@ -12,15 +12,16 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-from support import ADMIT_ROUTES, Proc, start_engine, start_gatekeeper
+from support import ADMIT_ROUTES, Proc, start_gatekeeper, wait_output
 
 GEN = {"lyrics": "[verse] la", "description": "pop", "seconds": 0.3}
 GEN_BODY = json.dumps(GEN).encode()
+ENGINE_SECONDS = 0.3  # the song length of the module's engine (conftest.engine)
 
 RULES = """\
 limits:
@@ -36,13 +37,6 @@ RULES += ADMIT_ROUTES  # hostile clients against the admit path (busy: 503 at on
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
-    proc, url = start_engine(tmp_path_factory.mktemp("engine"), seconds=0.3)
-    yield proc, url
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def gk(
     engine: tuple[Proc, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Proc, str, str]]:
@@ -51,12 +45,6 @@ def gk(
     assert proc.stop() == 0
     output = proc.output()
     assert "Traceback" not in output and " ERROR " not in output, output
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield s
 
 
 def addr(url: str) -> tuple[str, int]:
@@ -138,8 +126,7 @@ async def test_malformed_framing_gets_400_and_reaches_nothing(
     assert len(re.findall(rb"HTTP/1\.[01] \d{3} [A-Z]", answer)) == 1, answer
     assert await engine_requests(http, engine[1]) == {}
     if shape != "HTTP/2 preface":  # aiohttp refuses that one without logging
-        await asyncio.sleep(0.1)
-        assert "malformed request from 127.0.0.1 refused with 400" in gk[0].output()
+        await wait_output(gk[0], "malformed request from 127.0.0.1 refused with 400")
 
 
 async def test_http09_and_silence_are_closed_by_the_head_deadline(

@@ -15,13 +15,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from support import Proc, free_port, poll, start_engine, start_gatekeeper
+from support import Proc, free_port, poll, resources_file, rules, start_gatekeeper
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -30,39 +30,24 @@ CALM = '{"cpu_percent": 5, "memory_percent": 5}'
 HOT = '{"cpu_percent": 99, "memory_percent": 5}'
 
 
-def rules(readings: Path, *, slots: int = 1, jobs: str = "") -> str:
-    """Rules: ``slots`` generations at once, CPU/memory from ``readings`` (calm unless a
-    test heats it), every client one key (all come from 127.0.0.1) with room for many."""
-    if not readings.exists():
-        readings.write_text(CALM)
-    return (
-        f"admission:\n  max_in_flight: {slots}\n  expected_seconds: 1\n  sample_interval: 0.1\n"
-        "  on_client_disconnect: finish\n"
-        f"  resources:\n    source: file\n    file: {readings}\n"
-        "  queue:\n    per_client: 20\n"
-        + "upstream:\n  probe:\n    interval: 0.5\n"
-        + ("jobs:\n" + jobs if jobs else "")
-    )
+# One generation at a time; every client one key (all come from 127.0.0.1) with room for
+# many; CPU/memory from a readings file (``resources_file``: calm unless a test heats it).
+BASE = {
+    "admission": {
+        "max_in_flight": 1,
+        "expected_seconds": 1,
+        "sample_interval": 0.1,
+        "on_client_disconnect": "finish",
+        "queue": {"per_client": 20},
+    },
+    "upstream": {"probe": {"interval": 0.5}},
+}
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[str]:
-    proc, url = start_engine(tmp_path, seconds=1.0)
-    yield url
-    proc.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        yield s
-
-
-@pytest.fixture
-def procs(procs: list[Proc]) -> Iterator[list[Proc]]:
-    """The shared fixture, plus: no gatekeeper logged a traceback during the test."""
-    yield procs
+@pytest.fixture(autouse=True)
+def no_traceback(procs: list[Proc]) -> Iterator[None]:
+    """No process of the test (engine, gatekeepers) logged a traceback."""
+    yield
     for p in procs:
         assert "Traceback" not in p.output(), p.output()
 
@@ -158,9 +143,16 @@ def assert_json_error(status: int, body: Any, expected: int) -> None:
 
 
 async def test_async_job_lifecycle_events_and_result(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
-    _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
+    engine = fresh_engine[1]  # its own engine: counts from zero
+    _, url, _ = gatekeeper(
+        tmp_path,
+        procs,
+        engine,
+        tmp_path / "state",
+        rules(BASE, resources_file(tmp_path / "r.json")),
+    )
     first, second = song("ahead", 1.0), song("[verse] 海风吹过夏天的街", 0.5)
     code, _, ahead = await submit(http, url, first)
     assert code == 202
@@ -211,10 +203,15 @@ async def test_async_job_lifecycle_events_and_result(
 
 
 async def test_delete_queued_finished_and_unknown_jobs(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, admin = gatekeeper(
-        tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json")
+        tmp_path,
+        procs,
+        engine,
+        tmp_path / "state",
+        rules(BASE, resources_file(tmp_path / "r.json")),
     )
     _, _, ahead = await submit(http, url, song("ahead", 0.8))
     _, _, queued = await submit(http, url, song("never sung", 0.3))
@@ -257,10 +254,11 @@ async def test_delete_queued_finished_and_unknown_jobs(
 
 
 async def test_kill_9_mid_queue_keeps_queued_and_done_jobs(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     state, readings = tmp_path / "state", tmp_path / "r.json"
-    text = rules(readings)
+    text = rules(BASE, resources_file(readings))
     first, url, _ = gatekeeper(tmp_path, procs, engine, state, text)
     _, _, done = await submit(http, url, song("done before", 0.2))
     await until_state(http, url, done["id"], "done")
@@ -312,9 +310,16 @@ async def test_kill_9_mid_queue_keeps_queued_and_done_jobs(
 
 
 async def test_duplicate_while_running_is_coalesced(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
-    _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
+    engine = fresh_engine[1]  # its own engine: counts from zero
+    _, url, _ = gatekeeper(
+        tmp_path,
+        procs,
+        engine,
+        tmp_path / "state",
+        rules(BASE, resources_file(tmp_path / "r.json")),
+    )
     body = song("sung once", 1.0)
 
     async def held() -> tuple[int, Any, bytes]:
@@ -353,10 +358,15 @@ async def test_duplicate_while_running_is_coalesced(
 
 
 async def test_retry_after_client_timeout_gets_kept_result(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     _, url, admin = gatekeeper(
-        tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json")
+        tmp_path,
+        procs,
+        engine,
+        tmp_path / "state",
+        rules(BASE, resources_file(tmp_path / "r.json")),
     )
     body = song("[verse] the frontend gave up", 1.5)
     with pytest.raises(asyncio.TimeoutError):  # the seed's frontend timeout, shortened
@@ -404,13 +414,14 @@ async def test_retry_after_client_timeout_gets_kept_result(
 
 
 async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
+    engine = fresh_engine[1]  # its own engine: counts from zero
     max_bytes = 200_000  # a WAV is ~132 kB: one kept result fits, two do not
     text = rules(
-        tmp_path / "r.json",
-        slots=2,
-        jobs=f"  max_bytes: {max_bytes}\n",
+        BASE,
+        resources_file(tmp_path / "r.json"),
+        {"admission": {"max_in_flight": 2}, "jobs": {"max_bytes": max_bytes}},
     )
     _, url, admin = gatekeeper(tmp_path, procs, engine, tmp_path / "state", text)
     # A streamed (SSE) generation: its result file grows for the whole test.
@@ -448,9 +459,16 @@ async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
 
 
 async def test_bad_prefer_and_idempotency_key_are_400(
-    tmp_path: Path, procs: list[Proc], engine: str, http: aiohttp.ClientSession
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
 ) -> None:
-    _, url, _ = gatekeeper(tmp_path, procs, engine, tmp_path / "state", rules(tmp_path / "r.json"))
+    engine = fresh_engine[1]  # its own engine: counts from zero
+    _, url, _ = gatekeeper(
+        tmp_path,
+        procs,
+        engine,
+        tmp_path / "state",
+        rules(BASE, resources_file(tmp_path / "r.json")),
+    )
     body = json.dumps(song("never", 0.1))
     cases: list[list[tuple[str, str]]] = [
         [("Prefer", ", ".join(["respond-async"] + ["wait=1"] * 200))],  # > 1024 bytes
@@ -487,7 +505,7 @@ def test_unusable_state_dir_exits_2(tmp_path: Path) -> None:
     plain.write_text("not a directory")
     state = plain / "state"
     cfg = tmp_path / "rules.yaml"
-    cfg.write_text(rules(tmp_path / "r.json"))
+    cfg.write_text(rules(BASE, resources_file(tmp_path / "r.json")))
     run = subprocess.run(
         [
             sys.executable,

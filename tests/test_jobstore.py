@@ -366,6 +366,7 @@ def test_a_second_opener_is_refused_while_the_lock_is_held(tmp_path: Path) -> No
     JobStore.open(tmp_path).close()  # released on close
 
 
+@pytest.mark.slow  # a second real process
 def test_a_second_process_is_refused_too(tmp_path: Path) -> None:
     """The lock holds across processes: a second process cannot open the directory."""
     first = JobStore.open(tmp_path)

@@ -44,6 +44,7 @@ def test_run_returns_the_coroutine_result() -> None:
     assert run(answer(), "asyncio") == 42
 
 
+@pytest.mark.slow  # real processes
 @pytest.mark.parametrize("loop", ["asyncio", "auto"])
 async def test_gatekeeper_serves_on_either_loop(tmp_path: Path, loop: str) -> None:
     """The real process proxies a generation on the stdlib loop and on the default one."""

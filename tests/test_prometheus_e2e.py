@@ -104,18 +104,19 @@ scrape_configs:
 
 
 @pytest.fixture(scope="module")
-def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, Prometheus]]:
+def driven(
+    tmp_path_factory: pytest.TempPathFactory, module_procs: list[Proc]
+) -> Iterator[tuple[Live, Prometheus]]:
     """gatekeeper + engine-sim + Prometheus (the shipped rules: /generate is a queue
     route), after admitted, queued, passed, rejected (client_limit), blocked and
     upstream-failed requests."""
     tmp_path = tmp_path_factory.mktemp("prometheus-e2e")
-    procs: list[Proc] = []
+    # The processes are module_procs': stopped after this fixture's teardown, on any way out.
+    live = start_live(tmp_path, module_procs, engine_seconds=1.0, expected=30, cpu=20, memory=30)
     try:
-        live = start_live(tmp_path, procs, engine_seconds=1.0, expected=30, cpu=20, memory=30)
         prom = start_prometheus(tmp_path, live.admin.removeprefix("http://"))
-    except BaseException:
-        for p in reversed(procs):
-            p.stop()
+    except BaseException:  # prometheus missing (a skip) or not starting: no client left open
+        live.close()
         raise
     try:
         # Traffic starts after the first scrape, as in production: every series then has a
@@ -147,8 +148,6 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, Pro
     finally:
         live.close()
         stop_process(prom.proc)
-        for p in reversed(procs):
-            p.stop()
 
 
 def panel_queries(dash: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -18,7 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Proc, poll, send_generation, start_engine, start_gatekeeper
+from support import (
+    Proc,
+    poll,
+    resources_file,
+    rules,
+    send_generation,
+    start_engine,
+    start_gatekeeper,
+)
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -32,21 +40,15 @@ def song(name: str, seconds: float) -> dict[str, Any]:
     return {"lyrics": f"[verse] {name}", "description": "pop", "seconds": seconds}
 
 
-def rules(queue: str = "", admission: str = "", extra: str = "", per_client: int = 20) -> str:
-    return f"""
-upstream:
-  probe: {{interval: 200ms}}
-admission:
-  max_in_flight: 1
-  sample_interval: 100ms
-  retry_after_default: 77
-{admission}
-  queue:
-    per_client: {per_client}
-    client_key: "header:{USER}"
-{queue}
-{extra}
-"""
+BASE = {
+    "upstream": {"probe": {"interval": "200ms"}},
+    "admission": {
+        "max_in_flight": 1,
+        "sample_interval": "100ms",
+        "retry_after_default": 77,
+        "queue": {"per_client": 20, "client_key": f"header:{USER}"},
+    },
+}
 
 
 def start(
@@ -112,7 +114,7 @@ def retry_after(r: httpx.Response) -> int:
 # --------------------------------------------------------------------------- fairness
 
 
-# Arrival order while a job of client Z runs. By the rule of gatekeeper/waitroom.py
+# Arrival order while a job of client Z runs. By the rule of gatekeeper/jobs/waitroom.py
 # (a ring of clients in the order they joined; dispatch takes the head client's
 # first waiter and moves that client to the tail if it has more):
 #   ring after arrivals: A B C; queues A:1-5 B:1-3 C:1-2
@@ -126,7 +128,7 @@ async def test_ten_waiters_from_three_clients_are_served_round_robin(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """10 held waiters of 3 keys complete in the ring order, one generation at a time."""
-    _, proxy, admin, upstream = start(tmp_path, procs, rules())
+    _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE))
     finished: list[str] = []
 
     async def held(name: str, seconds: float) -> httpx.Response:
@@ -160,7 +162,7 @@ async def test_a_waiter_that_disconnects_leaves_the_queue_at_once(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """Closing a held waiter's socket frees its place within 0.5 s; the engine never sees it."""
-    _, proxy, admin, upstream = start(tmp_path, procs, rules())
+    _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE))
     async with client() as c:
         await ready(c, admin)
         first = asyncio.create_task(post(c, proxy, "run", 1.5, user="a"))
@@ -190,7 +192,7 @@ async def test_max_wait_fires_on_time_while_the_slot_is_busy(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """A waiter gets 503 queue_timeout after max_wait (1 s) with Retry-After; the runner 200."""
-    text = rules(queue="    max_wait: 1s", admission="  expected_seconds: 3")
+    text = rules(BASE, {"admission": {"expected_seconds": 3, "queue": {"max_wait": "1s"}}})
     _, proxy, admin, upstream = start(tmp_path, procs, text)
     async with client() as c:
         await ready(c, admin)
@@ -219,7 +221,8 @@ async def test_queue_full_and_client_limit_answer_with_a_retry_after_from_the_qu
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """max_waiting 2: the 4th request 503 queue_full; a key's 3rd 429 client_limit; not 77."""
-    text = rules(queue="    max_waiting: 2", admission="  expected_seconds: 4", per_client=2)
+    queue = {"max_waiting": 2, "per_client": 2}
+    text = rules(BASE, {"admission": {"expected_seconds": 4, "queue": queue}})
     _, proxy, admin, upstream = start(tmp_path, procs, text)
     async with client() as c:
         await ready(c, admin)
@@ -262,8 +265,7 @@ async def test_cpu_over_threshold_holds_dispatch_without_failing_waiters(
     """CPU 95: arrivals queue and stay queued; CPU 5: they are dispatched and answered 200."""
     readings = tmp_path / "readings.json"
     readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
-    resources = f"  resources:\n    source: file\n    file: {readings}"
-    _, proxy, admin, upstream = start(tmp_path, procs, rules(admission=resources))
+    _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE, resources_file(readings)))
 
     async def overloaded(value: bool) -> None:
         async def check() -> bool:
@@ -277,7 +279,12 @@ async def test_cpu_over_threshold_holds_dispatch_without_failing_waiters(
         await overloaded(True)
         held = [asyncio.create_task(post(c, proxy, f"h{i}", 0.2, user=f"u{i}")) for i in range(2)]
         await waiting(c, admin, 2)
-        await asyncio.sleep(1.0)  # ten samples and four ticks later: still waiting
+
+        async def waited_a_second() -> bool:  # ten samples and four ticks, the server's clock
+            entries = (await status(c, admin))["queue"]["entries"]
+            return bool(entries) and min(e["waited_seconds"] for e in entries) >= 1.0
+
+        await poll(waited_a_second)  # and still waiting:
         doc = await status(c, admin)
         assert doc["queue"]["waiting"] == 2
         assert [e["state"] for e in doc["queue"]["entries"]] == ["queued", "queued"]
@@ -309,8 +316,8 @@ async def test_sigterm_answers_held_waiters_draining_and_finishes_the_running_jo
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """SIGTERM: both held waiters 503 draining within 1.5 s, the runner 200, exit 0."""
-    shutdown = "shutdown:\n  drain_timeout: 30s\n  linger: 0s"
-    gk, proxy, admin, upstream = start(tmp_path, procs, rules(extra=shutdown))
+    shutdown = {"shutdown": {"drain_timeout": "30s", "linger": "0s"}}
+    gk, proxy, admin, upstream = start(tmp_path, procs, rules(BASE, shutdown))
     async with client() as c:
         await ready(c, admin)
         first = asyncio.create_task(post(c, proxy, "run", 2.0, user="a"))
@@ -346,7 +353,7 @@ async def test_eta_is_within_20_percent_after_five_completed_jobs(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """Async jobs of 0.4 s, prior 5 s: once 5 are done, each 202's eta_seconds is within 20 %."""
-    text = rules(admission="  expected_seconds: 5")
+    text = rules(BASE, {"admission": {"expected_seconds": 5}})
     _, proxy, admin, upstream = start(tmp_path, procs, text)
     length = 0.4
 
@@ -413,7 +420,7 @@ async def test_status_lists_running_then_waiters_and_never_a_job_id(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """queue.entries: the running job at position 0, waiters 1..n; no job id in /status."""
-    _, proxy, admin, upstream = start(tmp_path, procs, rules())
+    _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE))
     async with client() as c:
         await ready(c, admin)
         first = asyncio.create_task(post(c, proxy, "run", 1.2, user="a"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from support import eventually
+from support import connections_closed, eventually, settle
 
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app.state import AppState
@@ -189,15 +191,18 @@ async def test_runtime_usage_wakes_a_waiter_when_the_epoch_drains() -> None:
     ended = u.advance()
     newer = u.enter()
     waiter = asyncio.create_task(u.wait_idle_through(ended))
-    await asyncio.sleep(0.01)
+    await settle()  # the waiter runs to its wait
     u.leave(newer)
-    await asyncio.sleep(0.01)
+    await settle()  # woken by the newer request's leaving, it rechecked and waits again
     assert not waiter.done()
     u.leave(token)
     await asyncio.wait_for(waiter, 1.0)
 
 
 # --------------------------------------------------------------------------- in-process
+
+# The log line of a retiring pool that waits for running requests (gated and passthrough).
+STAYS_OPEN = re.compile(r"old (gated|passthrough) upstream pool .* stays open for \d+ running")
 
 
 @dataclass
@@ -450,9 +455,10 @@ async def test_unreadable_file_is_a_failed_reload(
 
 
 async def test_upstream_change_applies_to_new_requests_and_old_pool_closes_when_idle(
-    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]]
+    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A generation on engine A survives a switch to B; A's pool closes only after it ends."""
+    caplog.set_level(logging.INFO, logger="gatekeeper.reload")
     a = await fake_engine(aiohttp_server, "A")
     b = await fake_engine(aiohttp_server, "B")
     rig = await make_rig(a.url, max=2)
@@ -464,7 +470,9 @@ async def test_upstream_change_applies_to_new_requests_and_old_pool_closes_when_
     assert body["changed"] == [{"key": "upstream.url", "old": a.url, "new": b.url}]
     assert rig.st.runtime.gated is not old.gated
     assert (await (await rig.proxy.get("/ping")).json()) == {"engine": "B"}
-    await asyncio.sleep(0.1)
+    # The retirement of the old pools has looked and decided to wait for the running song.
+    assert await eventually(lambda: len(STAYS_OPEN.findall(caplog.text)) == 2)
+    await settle()
     assert not old.gated.session.closed
     assert not old.passthrough.session.closed
     a.release.set()
@@ -478,10 +486,11 @@ async def test_upstream_change_applies_to_new_requests_and_old_pool_closes_when_
 
 
 async def test_reload_never_closes_a_pool_under_a_finish_job_whose_client_left(
-    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]]
+    aiohttp_server: Any, make_rig: Callable[..., Awaitable[Rig]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client leaves (its handler is cancelled), a reload replaces the pools: the
     generation still holds its slot and its old pool until the engine answers."""
+    caplog.set_level(logging.INFO, logger="gatekeeper.reload")
     a = await fake_engine(aiohttp_server, "A")
     b = await fake_engine(aiohttp_server, "B")
     rig = await make_rig(a.url, max=1)
@@ -492,10 +501,12 @@ async def test_reload_never_closes_a_pool_under_a_finish_job_whose_client_left(
     await writer.drain()
     await a.until_waiting(1)
     writer.transport.abort()  # aiohttp's test server cancels the handler now
-    await asyncio.sleep(0.1)
+    assert await eventually(lambda: connections_closed(rig.proxy.server))
     status, _ = await rig.reload(url=b.url)
     assert status == 200
-    await asyncio.sleep(0.2)
+    # The retirement of the old pools has looked and decided to wait for the running song.
+    assert await eventually(lambda: len(STAYS_OPEN.findall(caplog.text)) == 2)
+    await settle()
     assert rig.st.gate.in_flight == 1  # the engine is still computing
     assert not old.gated.session.closed  # and its connection was not cut by the reload
     a.release.set()

@@ -115,6 +115,7 @@ def test_memory_pressure_over_threshold_rejects_with_its_reason(
         assert c.post(proxy + "/generate", json={"lyrics": "la"}).status_code == 200
 
 
+@pytest.mark.slow  # runs the CLI
 def test_check_says_which_signals_are_live(tmp_path: Path) -> None:
     """gatekeeper check prints the live signals of this machine, and never crashes without
     NVML (the gpu signal is reported absent with the reason)."""

@@ -29,6 +29,7 @@ from typing import IO, Any, TextIO
 
 import yaml
 
+from gatekeeper.cli.procs import gatekeeper_argv, spawn, stop
 from gatekeeper.config import load_config_file
 
 CLEAR_LINE = "\r\x1b[K"  # carriage return + erase to end of line (ECMA-48 EL)
@@ -123,14 +124,8 @@ def _spawn(
     argv: list[str], expect: str, live: LiveLine, timeout: float = 20.0
 ) -> subprocess.Popen[str]:
     """Start a child, relay its stderr at once, wait for the line announcing it listens."""
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    # Its own session: Ctrl-C reaches the demo only, and the demo stops the children.
+    proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     errors = relay(proc.stderr, live)
     deadline = time.monotonic() + timeout
@@ -146,16 +141,9 @@ def _spawn(
     raise RuntimeError(f"`{' '.join(argv[2:4])}` did not start (exit code {proc.poll()})")
 
 
-def _stop(proc: subprocess.Popen[str], signals: int = 2) -> None:
-    for _ in range(signals):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, a second one after 5 s (a draining gatekeeper stops waiting), then SIGKILL."""
+    stop(proc, timeout=5.0, signals=2)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -242,7 +230,6 @@ def run(args: argparse.Namespace, config: str) -> int:
     engine = f"{host}:{args.engine_port}"
     public = f"{host}:{args.port}"
     admin = f"{host}:{args.admin_port}"
-    gk_cmd = [sys.executable, "-m", "gatekeeper"]
     children: list[subprocess.Popen[str]] = []
     # A closed terminal (SIGHUP) or a plain `kill` must stop the children too.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -256,10 +243,10 @@ def run(args: argparse.Namespace, config: str) -> int:
         try:
             sim_args = ["engine-sim", "--listen", engine, "--seconds", str(args.seconds)]
             sim_args += ["--memory-mb", str(args.memory_mb)]
-            children.append(_spawn(gk_cmd + sim_args, "listening", live))
+            children.append(_spawn(gatekeeper_argv(*sim_args), "listening", live))
             run_args = ["run", "--config", str(rules), "--upstream", f"http://{engine}"]
             run_args += ["--listen", public, "--admin-listen", admin, "--log-level", "WARNING"]
-            children.append(_spawn(gk_cmd + run_args, "admin listening", live))
+            children.append(_spawn(gatekeeper_argv(*run_args), "admin listening", live))
         except RuntimeError as exc:
             print(f"demo: {exc}", file=sys.stderr)
             print(
