@@ -33,8 +33,9 @@ from aiohttp import web
 from gatekeeper import __version__
 from gatekeeper.admin import build_admin_app
 from gatekeeper.config import Config
-from gatekeeper.jobs.service import Jobs
-from gatekeeper.jobs.store import JobStore
+from gatekeeper.jobs.deps import JobDeps
+from gatekeeper.jobs.service import JobService
+from gatekeeper.jobs.sqlite import SqliteJobStore
 from gatekeeper.lifecycle.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.eventloop import freeze_startup_objects
 from gatekeeper.lifecycle.haproxy_agent import AgentServer
@@ -94,7 +95,16 @@ async def create_state(
     directory = (
         Path(tempfile.mkdtemp(prefix="gatekeeper-state-")) if state_dir is None else state_dir
     )
-    st.jobs = Jobs(st, JobStore.open(directory), directory, ephemeral=ephemeral)
+    deps = JobDeps(
+        clock=st.clock,
+        gate=st.gate,
+        metrics=st.metrics,
+        counters=st.counters,
+        epochs=st.usage,
+        live=st,
+        engines=st,
+    )
+    st.jobs = JobService(deps, SqliteJobStore.open(directory), directory, ephemeral=ephemeral)
     wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0

@@ -21,6 +21,7 @@ from gatekeeper.core.admission import DurationEstimator, Gate
 from gatekeeper.core.routes import PASS_ROUTE
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.jobs.service import JobService
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
 from gatekeeper.observability.counters import Counters
@@ -28,8 +29,7 @@ from gatekeeper.observability.metrics import Metrics
 
 log = logging.getLogger("gatekeeper.probe")
 
-if TYPE_CHECKING:  # jobs imports state; the waiting room is attached after both exist
-    from gatekeeper.jobs.service import Jobs
+if TYPE_CHECKING:
     from gatekeeper.resources.samplers import Sample
 
 
@@ -49,7 +49,7 @@ class AppState:
     # Set by the alert loop (issue #4): the firing alerts as /status lists them.
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
     # The waiting room (issue #9): queue routes, async jobs, kept results.
-    jobs: Jobs | None = None
+    jobs: JobService | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
     # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.

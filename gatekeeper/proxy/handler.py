@@ -30,8 +30,8 @@ from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan, 
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.gradio.route import GradioRoute
 from gatekeeper.jobs.api import JobsApi
+from gatekeeper.jobs.model import Refused
 from gatekeeper.jobs.route import QueueRoute
-from gatekeeper.jobs.service import Refused
 from gatekeeper.lifecycle.runtime import Runtime
 from gatekeeper.observability.status import status_document
 from gatekeeper.proxy.connections import Connections
