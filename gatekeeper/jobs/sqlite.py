@@ -40,10 +40,7 @@ from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.statedir import cause, open_db, prepare, take_lock
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
-from gatekeeper.jobs.store import StateDirError
-
-# Expired rows are kept this many times `keep` (GET answers "expired", not 404), then deleted.
-EXPIRED_ROW_KEEP_FACTOR = 7
+from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (

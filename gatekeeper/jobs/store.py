@@ -33,6 +33,10 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.record import Headers, JobRecord
 
+# An expired job answers "expired" (not 404) for this many times ``jobs.keep`` after it
+# finished; then ``evict`` deletes its record.
+EXPIRED_ROW_KEEP_FACTOR = 7
+
 
 class StateDirError(Exception):
     """The state directory cannot be used; ``str()`` is one line naming the directory and why."""
