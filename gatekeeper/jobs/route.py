@@ -1,7 +1,7 @@
 """A request on a ``queue`` route: checked, spooled, submitted, then held or answered 202.
 
 1. ``Prefer`` and ``Idempotency-Key`` are checked (400 on a malformed one);
-2. the client key is derived (``clientkey``);
+2. the client key is derived (``core.clientkey``);
 3. the body is spooled into the state dir (hashed on the way for coalescing);
 4. ``JobService.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
    attached to an identical job, a kept result, or a new job;

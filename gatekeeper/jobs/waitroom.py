@@ -1,7 +1,7 @@
 """The waiting room: who waits for a slot, in which order, until when (issue #9).
 
 PURE: no aiohttp, no I/O, no clock reads (``now`` is passed in). The
-orchestrator (``jobs.Jobs``) joins a ``Waiter`` when a job finds no free slot,
+orchestrator (``service.JobService``) joins a ``Waiter`` when a job finds no free slot,
 ``pop_next``s one when the gate has room, ``leave``s one whose client went away
 or cancelled, and ``expire``s those past their deadline.
 

@@ -13,7 +13,7 @@ A *ratio* signal (``per`` set) is one gauge over another, 0 where the divisor
 is 0 (``queue_full_ratio`` with ``max_waiting: 0``), in both readers.
 
 The waiting room's readers (``queue_*``) are here too, shared with ``gauges``:
-``AppState.jobs`` (the lead's ``jobs.Jobs``) may be absent or None, which
+``AppState.jobs`` (the ``jobs.service.JobService``) may be absent or None, which
 reads as an empty queue, so the metrics exist before the first job.
 
 A rate over ``window`` seconds is ``rate(counter[window]) * window``: the
