@@ -9,6 +9,7 @@ Protocol's methods only, never an implementation's files or tables.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import select
 import signal
@@ -237,9 +238,9 @@ def _fair_order(records: list[JobRecord]) -> list[str]:
 
 @pytest.mark.parametrize("retry", [False, True])
 def test_fair_order_survives_a_restart(open_store: Opener, tmp_path: Path, retry: bool) -> None:
-    """The queued records come back in arrival order, so the restored waiting room
-    dispatches them by its rule (round-robin across clients, FIFO within one); an
-    interrupted job requeued by retry_interrupted keeps its place at the head."""
+    """After a restart the queued records come back in arrival order and claim_next serves
+    them as the restored waiting room would (round-robin across clients in the order of
+    their oldest job, FIFO within one); a job requeued by retry_interrupted keeps its place."""
     s = open_store(tmp_path)
     names: dict[str, str] = {}
     count: dict[str, int] = {}
@@ -253,9 +254,59 @@ def test_fair_order_survives_a_restart(open_store: Opener, tmp_path: Path, retry
     try:
         s.recover(now=10.0, retry_interrupted=retry)
         got = [names[i] for i in _fair_order(s.queued())]
+        claimed = []
+        while (row := s.claim_next(20.0)) is not None:
+            claimed.append(names[row.id])
     finally:
         s.close()
-    assert got == (FAIR if retry else FAIR_WITHOUT_A1)
+    assert got == claimed == (FAIR if retry else FAIR_WITHOUT_A1)
+
+
+def test_claim_next_serves_round_robin_across_clients(store: JobStore) -> None:
+    """claim_next takes the oldest job of the client at the head of the ring, then moves
+    that client to the tail: A A A B C C -> A B C A C A; None when nothing is queued."""
+    names: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for client in ARRIVALS:
+        count[client] = count.get(client, 0) + 1
+        names[add(store, client=client).id] = f"{client}{count[client]}"
+    got = []
+    while (row := store.claim_next(5.0)) is not None:
+        assert row.state is JobState.RUNNING and row.started == 5.0
+        got.append(names[row.id])
+    assert got == FAIR
+    assert store.queued() == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_claim_next_follows_the_waiting_room(store: JobStore, seed: int) -> None:
+    """Through random arrivals, claims (by claim_next or by id, as the service claims what
+    its waiting room chose) and jobs leaving the queue, the store serves exactly the
+    order of waitroom.WaitingRoom."""
+    rng = random.Random(seed)
+    room = WaitingRoom()
+    for _ in range(120):
+        op = rng.random()
+        if op < 0.5 or not room:
+            row = add(store, client=rng.choice("ABCDE"))
+            room.join(Waiter(row.id, row.client, row.route, 0.0, float("inf")))
+        elif op < 0.7:
+            w = room.pop_next()
+            assert w is not None
+            claimed = store.claim_next(1.0)
+            assert claimed is not None and claimed.id == w.job_id
+        elif op < 0.85:
+            w = room.pop_next()
+            assert w is not None
+            store.mark_running(w.job_id, 1.0)
+        else:
+            gone = rng.choice(room.waiters())
+            room.leave(gone.job_id)
+            store.finish(gone.job_id, JobState.CANCELLED, "client_gone", 2.0)
+    while (w := room.pop_next()) is not None:
+        claimed = store.claim_next(1.0)
+        assert claimed is not None and claimed.id == w.job_id
+    assert store.claim_next(1.0) is None
 
 
 # -- coalescing --------------------------------------------------------------------------------

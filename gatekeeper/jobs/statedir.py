@@ -24,6 +24,17 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 2000
 
 
+def open_state(directory: Path, schema: str) -> tuple[sqlite3.Connection, IO[str]]:
+    """The directory prepared and locked, and its database: (database, lock)."""
+    prepare(directory)
+    lock = take_lock(directory)
+    try:
+        return open_db(directory, schema), lock
+    except BaseException:
+        lock.close()
+        raise
+
+
 def cause(exc: OSError) -> str:
     return exc.strerror or str(exc)
 

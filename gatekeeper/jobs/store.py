@@ -10,10 +10,12 @@ Design notes for an implementation shared by several boxes (PostgreSQL):
   ``recover`` and ``evict`` and must follow ``states.TRANSITIONS``; a change the
   table does not allow raises ValueError, an unknown id KeyError, so two boxes
   racing for one row learn it from the store, not from a corrupted row;
-- ``mark_running`` is the claim: it succeeds for exactly one caller (queued ->
-  running in one statement); a shared store adds the claim of the next fair
-  job (round-robin across client keys, FIFO within a key, the rule of
-  ``waitroom``) in one statement with ``FOR UPDATE SKIP LOCKED``;
+- ``claim_next`` takes the next queued job by the waiting room's fairness rule
+  (round-robin across client keys, FIFO within a key: ``waitroom``) and marks
+  it running, for exactly one caller (a shared store: one statement with
+  ``FOR UPDATE SKIP LOCKED``); ``mark_running`` claims a job by id (the one the
+  service's waiting room chose: a single box keeps the same rule in memory
+  for positions and ETAs, and both orders agree, as the conformance suite checks);
 - ``set_progress`` is the running job's heartbeat (a shared store stamps its
   lease there); ``recover`` is what a store does for jobs whose process died
   (at start here; when a lease lapses in a shared store);
@@ -83,7 +85,12 @@ class JobStore(Protocol):
     # -- the life of a job (states.TRANSITIONS)
 
     def mark_running(self, job_id: str, started: float) -> JobRecord:
-        """queued -> running (the claim); ValueError from another state, KeyError if unknown."""
+        """queued -> running (a claim by id); ValueError from another state, KeyError if
+        unknown. Its client goes to the tail of the fairness ring (as a claim_next would)."""
+        ...
+
+    def claim_next(self, started: float) -> JobRecord | None:
+        """The next queued job by the fairness rule, now running; None if nothing is queued."""
         ...
 
     def set_result_head(
