@@ -16,9 +16,11 @@ Design notes for an implementation shared by several boxes (PostgreSQL):
   ``FOR UPDATE SKIP LOCKED``); ``mark_running`` claims a job by id (the one the
   service's waiting room chose: a single box keeps the same rule in memory
   for positions and ETAs, and both orders agree, as the conformance suite checks);
-- ``set_progress`` is the running job's heartbeat (a shared store stamps its
-  lease there); ``recover`` is what a store does for jobs whose process died
-  (at start here; when a lease lapses in a shared store);
+- ``set_progress`` is where a running job reports to its store: the runner
+  writes it once, when the answer is complete; a shared store that leases
+  running jobs stamps the lease there, and its runner calls it periodically
+  (the heartbeat); ``recover`` is what a store does for jobs whose process
+  died (at start here; when a lease lapses in a shared store);
 - the result and body files are the store's too: a follower reads the result
   while the runner writes it (``result_path``), and eviction counts their bytes.
 
@@ -99,7 +101,7 @@ class JobStore(Protocol):
         """The engine's status line and end-to-end headers (running only)."""
 
     def set_progress(self, job_id: str, progress: float | None, result_bytes: int) -> None:
-        """A running job's progress (its heartbeat)."""
+        """A running job's progress and result bytes (running only; module text)."""
 
     def finish(
         self, job_id: str, state: JobState, reason: str | None, finished: float
