@@ -1,16 +1,17 @@
 """A job's state machine: every state change a job can make, and every way it can end.
 
 Everything that changes a job's state is decided here (after h11's ``_state.py``):
-the service, the runner and the store read ``TRANSITIONS`` and the ``Ending``
-values below; the HTTP layer reads an ending's status and Retry-After policy
-instead of re-deriving them from the reason string. PURE: no I/O, no clock.
+the store checks every change against ``TRANSITIONS``; the service and the
+runner end a job only with one of the ``Endings``; the HTTP layer reads an
+ending's status and Retry-After policy instead of re-deriving them from the
+reason string. PURE: no I/O, no clock.
 
 The states are ``core.vocab.JobState`` (they are metric labels and API values)::
 
     queued ──claim──▶ running ──▶ done | failed | cancelled ──evict──▶ expired
-       │                 │  ╲
-       │                 │   ╲__ recover(retry_interrupted) ──▶ queued (same seq)
-       └──▶ failed | cancelled | expired
+       │                 ╲
+       │                  ╲__ recover(retry_interrupted) ──▶ queued (same seq)
+       └──▶ failed | cancelled | expired      (and a live job may expire at once)
 
 An ``Ending`` is how a queued or running job becomes final: its final state,
 its reason code (the ``reason`` of the job JSON, the access log and the
@@ -84,7 +85,7 @@ def sources(after: JobState) -> tuple[JobState, ...]:
 class RetryAfter(enum.Enum):
     """Where the Retry-After of a held client's answer comes from when its job ended early."""
 
-    NONE = "none"  # no Retry-After: retrying the same request will not help
+    NONE = "none"  # no Retry-After header
     DEFAULT = "default"  # admission.retry_after_default: a restart or a drain
     QUEUE = "queue"  # when a newcomer behind today's queue would start (waitroom)
 
