@@ -241,7 +241,7 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
 
 
 class FakeJobs:
-    """The three readers ``jobs.Jobs`` provides to metrics and signals."""
+    """The three readers ``JobService`` provides to metrics and signals."""
 
     def __init__(self, depth: int, arrivals: list[float], results: int = 0):
         self._depth, self.arrivals, self.results = depth, arrivals, results

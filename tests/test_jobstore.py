@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.core.vocab import JobState
-from gatekeeper.jobs.store import JobRow, JobStore, ResultWriter, StateDirError
+from gatekeeper.jobs.files import ResultWriter
+from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.sqlite import SqliteJobStore
+from gatekeeper.jobs.store import StateDirError
 
 
 def new_id() -> str:
@@ -25,47 +28,49 @@ def new_id() -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    s = JobStore.open(tmp_path / "state")
+def store(tmp_path: Path) -> Iterator[SqliteJobStore]:
+    s = SqliteJobStore.open(tmp_path / "state")
     yield s
     s.close()
 
 
 def add(
-    store: JobStore,
+    store: SqliteJobStore,
     *,
     body: bytes = b"{}",
     held: bool = False,
     key: str | None = None,
     client: str = "10.0.0.1",
     created: float = 1000.0,
-) -> JobRow:
+) -> JobRecord:
     job_id = new_id()
     w = store.body_writer(job_id)
     w.write(body)
     size = w.commit()
     return store.create(
-        id=job_id,
-        route="generate",
-        client=client,
-        held=held,
-        method="POST",
-        target="/generate?x=1",
-        headers=(("Content-Type", "application/json"),),
-        coalesce_key=key,
-        created=created,
-        body_size=size,
+        JobRecord(
+            id=job_id,
+            route="generate",
+            client=client,
+            held=held,
+            method="POST",
+            target="/generate?x=1",
+            headers=(("Content-Type", "application/json"),),
+            coalesce_key=key,
+            created=created,
+            body_size=size,
+        )
     )
 
 
 def done(
-    store: JobStore,
+    store: SqliteJobStore,
     finished: float,
     size: int = 100,
     status: int = 200,
     state: JobState = JobState.DONE,
     key: str | None = None,
-) -> JobRow:
+) -> JobRecord:
     """A job that ran and ended in `state` at `finished`, with a `size`-byte result."""
     row = add(store, key=key)
     store.mark_running(row.id, finished - 1)
@@ -76,7 +81,7 @@ def done(
     return store.finish(row.id, state, None, finished)
 
 
-def running(store: JobStore, size: int) -> tuple[JobRow, ResultWriter]:
+def running(store: SqliteJobStore, size: int) -> tuple[JobRecord, ResultWriter]:
     """A running job whose result has `size` bytes so far (the caller ends the writer)."""
     row = add(store)
     store.mark_running(row.id, 1000.0)
@@ -89,7 +94,7 @@ def running(store: JobStore, size: int) -> tuple[JobRow, ResultWriter]:
 # -- rows ------------------------------------------------------------------------------------
 
 
-def test_a_created_job_reads_back_with_every_field(store: JobStore) -> None:
+def test_a_created_job_reads_back_with_every_field(store: SqliteJobStore) -> None:
     """create() returns the row get() reads back; headers keep order, duplicates, non-ASCII."""
     job_id = new_id()
     w = store.body_writer(job_id)
@@ -98,16 +103,18 @@ def test_a_created_job_reads_back_with_every_field(store: JobStore) -> None:
     assert w.commit() == 5
     headers = (("X-A", "1"), ("X-A", "2"), ("X-Name", "歌"))
     row = store.create(
-        id=job_id,
-        route="generate",
-        client="header:u1",
-        held=True,
-        method="POST",
-        target="/generate?q=%20",
-        headers=headers,
-        coalesce_key="k1",
-        created=1234.5,
-        body_size=5,
+        JobRecord(
+            id=job_id,
+            route="generate",
+            client="header:u1",
+            held=True,
+            method="POST",
+            target="/generate?q=%20",
+            headers=headers,
+            coalesce_key="k1",
+            created=1234.5,
+            body_size=5,
+        )
     )
     assert row.state is JobState.QUEUED and row.headers == headers and row.held
     assert store.get(job_id) == row
@@ -118,21 +125,21 @@ def test_a_created_job_reads_back_with_every_field(store: JobStore) -> None:
 
 def test_seq_is_arrival_order_and_never_reused(tmp_path: Path) -> None:
     """seq increases with every create, also across a reopen and after rows were deleted."""
-    s = JobStore.open(tmp_path)
+    s = SqliteJobStore.open(tmp_path)
     first = [add(s) for _ in range(3)]
     for r in first:
         s.finish(r.id, JobState.EXPIRED, "gone", 0.0)
     s.evict(now=100.0, keep=1.0, max_bytes=1)  # deletes the expired rows (older than 7*keep)
     assert all(s.get(r.id) is None for r in first)
     s.close()
-    s = JobStore.open(tmp_path)
+    s = SqliteJobStore.open(tmp_path)
     later = add(s)
     s.close()
     assert [r.seq for r in first] == sorted(r.seq for r in first)
     assert later.seq > max(r.seq for r in first)
 
 
-def test_queued_and_running_lists_are_in_arrival_order(store: JobStore) -> None:
+def test_queued_and_running_lists_are_in_arrival_order(store: SqliteJobStore) -> None:
     """queued() and running() list by seq; mark_running moves a job from one to the other."""
     rows = [add(store) for _ in range(4)]
     store.mark_running(rows[2].id, 1.0)
@@ -142,7 +149,7 @@ def test_queued_and_running_lists_are_in_arrival_order(store: JobStore) -> None:
     assert store.running()[1].started == 1.0
 
 
-def test_finish_deletes_the_body_and_is_final(store: JobStore) -> None:
+def test_finish_deletes_the_body_and_is_final(store: SqliteJobStore) -> None:
     """finish() sets state, reason and time, deletes the body; a second finish is an error."""
     row = add(store)
     store.mark_running(row.id, 5.0)
@@ -171,13 +178,13 @@ def test_finish_deletes_the_body_and_is_final(store: JobStore) -> None:
         (lambda s, i: s.set_progress(i, None, 0), KeyError),
     ],
 )
-def test_an_unknown_job_id_is_a_key_error(store: JobStore, call: object, error: type) -> None:
+def test_an_unknown_job_id_is_a_key_error(store: SqliteJobStore, call: object, error: type) -> None:
     """Changing a job that does not exist raises KeyError, never silently does nothing."""
     with pytest.raises(error):
         call(store, new_id())  # type: ignore[operator]
 
 
-def test_a_job_id_that_is_not_a_file_name_is_refused(store: JobStore) -> None:
+def test_a_job_id_that_is_not_a_file_name_is_refused(store: SqliteJobStore) -> None:
     """Ids become file names: a path-like id is refused before any file is touched."""
     for bad in ("../x", "a/b", "", "x" * 65, "a.b"):
         with pytest.raises(ValueError):
@@ -189,14 +196,14 @@ def test_a_job_id_that_is_not_a_file_name_is_refused(store: JobStore) -> None:
 def test_a_job_id_with_a_box_is_a_file_name() -> None:
     """A "<box_id>.<token>" id (issue #11 §2) is accepted at the file boundary; a '.' in
     any other shape is not."""
-    from gatekeeper.jobs.store import _SAFE_ID
+    from gatekeeper.jobs.files import SAFE_ID
 
-    assert _SAFE_ID.fullmatch("box-a." + "A" * 24)
+    assert SAFE_ID.fullmatch("box-a." + "A" * 24)
     for bad in ("a..x" + "A" * 22, ".a" + "A" * 23, "a.b" + "A" * 22, "A" * 24 + ".a"):
-        assert not _SAFE_ID.fullmatch(bad)
+        assert not SAFE_ID.fullmatch(bad)
 
 
-def test_add_coalesced_counts(store: JobStore) -> None:
+def test_add_coalesced_counts(store: SqliteJobStore) -> None:
     """add_coalesced returns the running count and the row shows it."""
     row = add(store)
     assert [store.add_coalesced(row.id) for _ in range(3)] == [1, 2, 3]
@@ -206,7 +213,7 @@ def test_add_coalesced_counts(store: JobStore) -> None:
 # -- coalescing --------------------------------------------------------------------------------
 
 
-def test_find_coalesce_prefers_a_live_job_then_the_newest_kept_2xx(store: JobStore) -> None:
+def test_find_coalesce_prefers_a_live_job_then_the_newest_kept_2xx(store: SqliteJobStore) -> None:
     """A queued/running job wins; else the newest done 2xx result within keep with its file."""
     old = done(store, 100.0, key="k")
     new = done(store, 200.0, key="k")
@@ -227,7 +234,7 @@ def test_find_coalesce_prefers_a_live_job_then_the_newest_kept_2xx(store: JobSto
 # -- files -------------------------------------------------------------------------------------
 
 
-def test_a_body_is_invisible_until_committed(store: JobStore) -> None:
+def test_a_body_is_invisible_until_committed(store: SqliteJobStore) -> None:
     """The body is a .tmp file until commit; abort removes it and may be called again."""
     job_id = new_id()
     w = store.body_writer(job_id)
@@ -243,7 +250,7 @@ def test_a_body_is_invisible_until_committed(store: JobStore) -> None:
     assert store.body_path(job_id) is not None
 
 
-def test_a_result_is_partial_while_running_then_final(store: JobStore) -> None:
+def test_a_result_is_partial_while_running_then_final(store: SqliteJobStore) -> None:
     """result_path gives the growing .part file, then the final file; bytes are counted."""
     row = add(store)
     store.mark_running(row.id, 1.0)
@@ -262,7 +269,7 @@ def test_a_result_is_partial_while_running_then_final(store: JobStore) -> None:
     assert store.results_bytes() == 18
 
 
-def test_an_aborted_result_is_deleted(store: JobStore) -> None:
+def test_an_aborted_result_is_deleted(store: SqliteJobStore) -> None:
     """abort() deletes the partial result and its bytes leave results_bytes."""
     row, first = running(store, 50)
     assert store.results_bytes() == 50
@@ -280,11 +287,11 @@ def test_an_aborted_result_is_deleted(store: JobStore) -> None:
 
 def test_results_bytes_is_counted_from_disk_on_open(tmp_path: Path) -> None:
     """A reopened store knows the bytes of the results already there."""
-    s = JobStore.open(tmp_path)
+    s = SqliteJobStore.open(tmp_path)
     done(s, 10.0, size=300)
     done(s, 20.0, size=200)
     s.close()
-    s = JobStore.open(tmp_path)
+    s = SqliteJobStore.open(tmp_path)
     assert s.results_bytes() == 500
     s.close()
 
@@ -292,7 +299,7 @@ def test_results_bytes_is_counted_from_disk_on_open(tmp_path: Path) -> None:
 # -- eviction ----------------------------------------------------------------------------------
 
 
-def test_evict_by_keep_expires_old_final_results(store: JobStore) -> None:
+def test_evict_by_keep_expires_old_final_results(store: SqliteJobStore) -> None:
     """Final jobs finished more than keep ago become expired and lose their files."""
     a = done(store, 100.0)
     b = done(store, 200.0, state=JobState.FAILED)
@@ -312,7 +319,9 @@ def test_evict_by_keep_expires_old_final_results(store: JobStore) -> None:
     w.abort()
 
 
-def test_evict_by_max_bytes_takes_the_oldest_first_and_never_live_jobs(store: JobStore) -> None:
+def test_evict_by_max_bytes_takes_the_oldest_first_and_never_live_jobs(
+    store: SqliteJobStore,
+) -> None:
     """Over max_bytes, the oldest-finished results go first until under; live jobs stay."""
     r, w = running(store, 150)
     q = add(store)
@@ -332,7 +341,7 @@ def test_evict_by_max_bytes_takes_the_oldest_first_and_never_live_jobs(store: Jo
     assert w.commit() == 151
 
 
-def test_expired_rows_are_deleted_after_seven_keeps(store: JobStore) -> None:
+def test_expired_rows_are_deleted_after_seven_keeps(store: SqliteJobStore) -> None:
     """An expired job answers as expired for 7 * keep after it finished, then is forgotten."""
     a = done(store, 100.0)
     store.evict(now=200.0, keep=50.0, max_bytes=10**9)
@@ -349,7 +358,7 @@ def test_expired_rows_are_deleted_after_seven_keeps(store: JobStore) -> None:
 def test_open_lays_out_the_directory(tmp_path: Path) -> None:
     """open creates the directory 0o700 with the database (WAL), bodies/ and results/."""
     d = tmp_path / "a" / "b"
-    JobStore.open(d).close()
+    SqliteJobStore.open(d).close()
     assert d.stat().st_mode & 0o777 == 0o700
     assert {p.name for p in d.iterdir()} >= {"jobs.sqlite3", "bodies", "results", "lock"}
     with sqlite3.connect(d / "jobs.sqlite3") as db:
@@ -358,18 +367,18 @@ def test_open_lays_out_the_directory(tmp_path: Path) -> None:
 
 def test_a_second_opener_is_refused_while_the_lock_is_held(tmp_path: Path) -> None:
     """Another gatekeeper on the same directory gets StateDirError naming the holder's pid."""
-    first = JobStore.open(tmp_path)
+    first = SqliteJobStore.open(tmp_path)
     with pytest.raises(StateDirError, match=rf"another gatekeeper \(pid {os.getpid()}\)") as e:
-        JobStore.open(tmp_path)
+        SqliteJobStore.open(tmp_path)
     assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
     first.close()
-    JobStore.open(tmp_path).close()  # released on close
+    SqliteJobStore.open(tmp_path).close()  # released on close
 
 
 @pytest.mark.slow  # a second real process
 def test_a_second_process_is_refused_too(tmp_path: Path) -> None:
     """The lock holds across processes: a second process cannot open the directory."""
-    first = JobStore.open(tmp_path)
+    first = SqliteJobStore.open(tmp_path)
     try:
         out = subprocess.run(
             [sys.executable, "-c", OPEN_SCRIPT, str(tmp_path)],
@@ -386,9 +395,10 @@ def test_a_second_process_is_refused_too(tmp_path: Path) -> None:
 OPEN_SCRIPT = """
 import sys
 from pathlib import Path
-from gatekeeper.jobs.store import JobStore, StateDirError
+from gatekeeper.jobs.sqlite import SqliteJobStore
+from gatekeeper.jobs.store import StateDirError
 try:
-    JobStore.open(Path(sys.argv[1]))
+    SqliteJobStore.open(Path(sys.argv[1]))
 except StateDirError as exc:
     print(exc)
     sys.exit(2)
@@ -400,7 +410,7 @@ def test_a_path_under_a_regular_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(StateDirError, match="cannot be created") as e:
-        JobStore.open(f / "state")
+        SqliteJobStore.open(f / "state")
     assert str(f / "state") in str(e.value) and "\n" not in str(e.value)
 
 
@@ -409,7 +419,7 @@ def test_a_regular_file_as_the_directory_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(StateDirError, match="not a directory"):
-        JobStore.open(f)
+        SqliteJobStore.open(f)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o500 directory")
@@ -419,7 +429,7 @@ def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:
     d.mkdir(mode=0o500)
     try:
         with pytest.raises(StateDirError, match="not writable"):
-            JobStore.open(d)
+            SqliteJobStore.open(d)
     finally:
         d.chmod(0o700)
 
@@ -428,19 +438,19 @@ def test_a_corrupt_database_is_refused(tmp_path: Path) -> None:
     """A jobs.sqlite3 that is not a database is StateDirError, not a traceback later."""
     (tmp_path / "jobs.sqlite3").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateDirError, match=r"jobs\.sqlite3"):
-        JobStore.open(tmp_path)
-    JobStore.open(tmp_path / "other").close()  # the lock was released on the failure path
+        SqliteJobStore.open(tmp_path)
+    SqliteJobStore.open(tmp_path / "other").close()  # the lock was released on the failure path
     (tmp_path / "jobs.sqlite3").unlink()
-    JobStore.open(tmp_path).close()
+    SqliteJobStore.open(tmp_path).close()
 
 
 def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     """A newer gatekeeper's database is not guessed at."""
-    JobStore.open(tmp_path).close()
+    SqliteJobStore.open(tmp_path).close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(StateDirError, match="schema version 99"):
-        JobStore.open(tmp_path)
+        SqliteJobStore.open(tmp_path)
 
 
 # -- recovery after a real kill -9 ---------------------------------------------------------------
@@ -452,18 +462,20 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from gatekeeper.jobs.store import JobStore
+    from gatekeeper.jobs.record import JobRecord
+    from gatekeeper.jobs.sqlite import SqliteJobStore
     from gatekeeper.core.vocab import JobState
 
-    store = JobStore.open(Path(sys.argv[1]))
+    store = SqliteJobStore.open(Path(sys.argv[1]))
     ids = dict(zip("adbcef", json.loads(sys.argv[2])))
 
     def add(name, held=False):
         w = store.body_writer(ids[name])
         w.write(name.encode() * 10)
-        store.create(id=ids[name], route="generate", client="c", held=held, method="POST",
-                     target="/generate", headers=(), coalesce_key="key-" + name,
-                     created=time.time(), body_size=w.commit())
+        store.create(JobRecord(id=ids[name], route="generate", client="c", held=held,
+                               method="POST", target="/generate", headers=(),
+                               coalesce_key="key-" + name, created=time.time(),
+                               body_size=w.commit()))
 
     add("a"); add("d"); add("b", held=True); add("c"); add("e")
     store.mark_running(ids["e"], 1.0)
@@ -520,7 +532,7 @@ def test_recovery_after_kill_9_keeps_queue_order_and_done_results(
     assert (tmp_path / "bodies" / f"{f}.tmp").exists()
     assert (tmp_path / "results" / f"{d}.part").stat().st_size > 500
 
-    store = JobStore.open(tmp_path)  # the dead process's lock went with it
+    store = SqliteJobStore.open(tmp_path)  # the dead process's lock went with it
     try:
         assert store.running()[0].id == d
         changed = store.recover(now=5000.0, retry_interrupted=retry)

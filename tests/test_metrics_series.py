@@ -122,7 +122,7 @@ def test_queue_wait_and_eta_error_buckets() -> None:
 
 
 class FakeJobs:
-    """What ``jobs.Jobs`` gives the gauges: depth, the oldest wait at a time, kept bytes."""
+    """What ``JobService`` gives the gauges: depth, the oldest wait at a time, kept bytes."""
 
     def __init__(self, depth: int, oldest_arrival: float | None, results: int):
         self._depth, self.oldest_arrival, self.results = depth, oldest_arrival, results

@@ -12,6 +12,7 @@ from gatekeeper.jobs.waitroom import (
     Waiter,
     WaitingRoom,
     eta_for,
+    eta_new,
     retry_after_client,
     retry_after_full,
     retry_after_timeout,
@@ -358,3 +359,26 @@ def test_retry_after_timeout(
 def test_retry_after_client(done_in: tuple[float, ...], want: int) -> None:
     """client_limit: when the client's earliest job ends, >= 1 (1 with nothing known)."""
     assert retry_after_client(done_in) == want
+
+
+@pytest.mark.parametrize(
+    ("running", "slots", "waiting", "expected", "free", "want"),
+    [
+        ((), 1, 0, 600.0, True, 600.0),  # starts at once: done in one expected run
+        ((100.0,), 1, 0, 600.0, False, 700.0),  # after the running one
+        ((100.0,), 1, 2, 600.0, False, 1900.0),  # behind two waiters: 100 + 2*600 + 600
+        ((100.0, 300.0), 2, 1, 600.0, False, 900.0),  # starts 100, 300: the newcomer at 300
+        ((), 2, 0, 10.0, False, 10.0),  # a free slot the gate refuses now: modelled free
+    ],
+)
+def test_eta_new(
+    running: tuple[float, ...],
+    slots: int,
+    waiting: int,
+    expected: float,
+    free: bool,
+    want: float,
+) -> None:
+    """A newcomer's done-in: one expected run when it starts at once, else its start
+    behind today's waiters plus one expected run."""
+    assert eta_new(running, slots, waiting, expected, free) == want

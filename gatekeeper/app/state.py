@@ -24,7 +24,7 @@ from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.routes import PASS_ROUTE
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents
-from gatekeeper.jobs.service import Jobs
+from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.views import jobs_status, queue_status
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.probe import engine_refused, engine_verdict
@@ -51,7 +51,7 @@ class AppState:
     alerts_firing: list[dict[str, Any]] = field(default_factory=list)
     # The waiting room (issue #9): queue routes, async jobs, kept results; attached by
     # ``create_state`` once the state it reads exists.
-    jobs: Jobs | None = None
+    jobs: JobService | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
     # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.

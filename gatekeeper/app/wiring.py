@@ -24,9 +24,10 @@ from gatekeeper.config import Config
 from gatekeeper.core.admission import ResourceState
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.gradio.route import GradioRoute
+from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
-from gatekeeper.jobs.service import Jobs
-from gatekeeper.jobs.store import JobStore
+from gatekeeper.jobs.service import JobService
+from gatekeeper.jobs.sqlite import SqliteJobStore
 from gatekeeper.lifecycle.probe import probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
@@ -66,7 +67,16 @@ async def create_state(
     directory = (
         Path(tempfile.mkdtemp(prefix="gatekeeper-state-")) if state_dir is None else state_dir
     )
-    st.jobs = Jobs(st, JobStore.open(directory), directory, ephemeral=ephemeral)
+    deps = JobDeps(
+        clock=st.clock,
+        gate=st.gate,
+        metrics=st.metrics,
+        counters=st.counters,
+        epochs=st.usage,
+        live=st,
+        engines=st,
+    )
+    st.jobs = JobService(deps, SqliteJobStore.open(directory), directory, ephemeral=ephemeral)
     wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0

@@ -1,6 +1,6 @@
 """``jobs``: where queued jobs, their bodies and kept results live, and for how long.
 
-The state directory holds the job database and files (``gatekeeper.jobs.store``);
+The state directory holds the job database and files (``gatekeeper.jobs.sqlite``);
 it must survive a restart, so by default it sits next to the rules file rather
 than in ``$TMPDIR``. Its location is bound at start: a reload that changes it
 is reported as "needs restart" (``gatekeeper.lifecycle.reload``).

@@ -28,8 +28,8 @@ from aiohttp import web
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
-from gatekeeper.jobs.service import Job, Jobs
-from gatekeeper.jobs.store import JobRow
+from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.responses import json_answer, json_body
 
@@ -55,7 +55,7 @@ def job_json(status: int, view: dict[str, Any], rid: str, **headers: str) -> web
 
 
 class JobsApi:
-    def __init__(self, jobs: Jobs, base: str, clock: Any):
+    def __init__(self, jobs: JobService, base: str, clock: Any):
         self.jobs = jobs
         self.base = base
         self.clock = clock
@@ -68,7 +68,7 @@ class JobsApi:
         found = self.jobs.find(job_id)
         if found is None:
             owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
-            here = self.jobs.st.config.box_id
+            here = self.jobs.config.box_id
             if sep and owner != here:
                 # RFC 9110 §15.5.20: this box cannot answer for that target. Behind HAProxy
                 # the job URL must go to its box (issue #11 §2); a 404 would say the job
@@ -98,9 +98,9 @@ class JobsApi:
             return self._delete(found, rid)
         return job_json(200, job_view(self.jobs, found, self.clock(), self.base), rid)
 
-    def _delete(self, found: Job | JobRow, rid: str) -> web.Response:
+    def _delete(self, found: Job, rid: str) -> web.Response:
         now = self.clock()
-        if isinstance(found, Job) and not found.final:
+        if not found.final:
             self.jobs.delete(found)
             return job_json(
                 200, job_view(self.jobs, self.jobs.find(found.id) or found, now, self.base), rid
@@ -114,12 +114,9 @@ class JobsApi:
             state=view["state"],
         )
 
-    async def _result(
-        self, request: web.BaseRequest, found: Job | JobRow, rid: str
-    ) -> web.StreamResponse:
-        row = found if isinstance(found, JobRow) else self.jobs.store.get(found.id)
-        state = found.state
-        if row is None or state not in FINAL_STATES:
+    async def _result(self, request: web.BaseRequest, found: Job, rid: str) -> web.StreamResponse:
+        row, state = found.record, found.state
+        if state not in FINAL_STATES:
             return _answer(
                 409, "not_done", f"the job is {state}; its result is not ready", rid, state=state
             )

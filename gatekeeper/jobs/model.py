@@ -1,8 +1,13 @@
-"""A job while it lives in this process, and the answers ``Jobs.submit`` gives.
+"""A job in this process, and the answers ``JobService.submit`` gives.
 
-``Job`` is mutable and owned by ``jobs.Jobs``; everyone else reads it. Waiting
-for a change: take ``job.changed()`` *before* reading its state, then await it
-(``notify`` swaps in a fresh event, so no wake-up is ever lost).
+``Job`` is its stored ``record`` (``record.JobRecord``: what survives the
+process) plus what only this process knows (the loop-clock times, the slot's
+ticket, the runner task, the held clients following it). It is built from a
+record in one place, ``Job.from_record``: a new job, a job restored at start,
+a job read back from the store by ``find``. It is mutable and owned by the
+service; everyone else reads it. Waiting for a change: take ``job.changed()``
+*before* reading its state, then await it (``notify`` swaps in a fresh event,
+so no wake-up is ever lost).
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatekeeper.config import Config, Route
+from gatekeeper.config import Config
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
-from gatekeeper.jobs.store import JobRow
+from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.states import Ending
 from gatekeeper.jobs.waitroom import QueueLimits
 
 
@@ -24,44 +30,56 @@ class ResultBroken(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One job while it lives in this process (queued or running, or just ended)."""
+    """One job: live (queued or running, or just ended) or read back from the store."""
 
-    id: str
-    route: Route
-    client: str
-    held: bool  # created by a held connection (not durable across a restart)
-    method: str
-    target: str
-    headers: list[tuple[str, str]]  # the upstream request headers
-    coalesce_key: str | None
-    body_size: int
+    # As stored: replaced by every change this process writes (service, the one owner).
+    record: JobRecord
+    # The route it runs under: the record's, or the route its target matches now when a
+    # reload renamed or removed that one while it waited on disk.
+    route: str
     arrived: float  # loop clock
-    created_wall: float
     predicted_done: float | None = None  # loop clock: the ETA given at arrival
-    state: JobState = JobState.QUEUED
-    reason: str | None = None
-    error_status: int | None = None  # gatekeeper's own status when it failed before a head
-    error_detail: str | None = None
-    started: float | None = None
-    finished: float | None = None
+    # How it ended (states.Ending), set by this process; None while live, and for a job
+    # read back from the store (its record's state and reason say how it ended).
+    ending: Ending | None = None
+    error_detail: str | None = None  # the engine failure's detail (logged, not shown)
+    started: float | None = None  # loop clock
+    finished: float | None = None  # loop clock
     ticket: Lease | None = None
     task: asyncio.Task[None] | None = None
     followers: int = 0  # held connections waiting for / streaming its answer now
     async_owners: int = 0  # async requests that were given its id
-    coalesced: int = 0
     head: tuple[int, str, list[tuple[str, str]]] | None = None
-    result_bytes: int = 0
-    progress: float | None = None
+    result_bytes: int = 0  # streamed so far (the record has it from the end of the run)
+    progress: float | None = None  # the latest seen while streaming
     cancel_requested: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
-    def changed(self) -> asyncio.Event:
-        """The event set at the next change; take it *before* reading the state."""
-        return self._changed
+    @classmethod
+    def from_record(
+        cls, record: JobRecord, *, now: float, wall: float, route: str | None = None
+    ) -> Job:
+        """The job of ``record``; its arrival on the loop clock is ``now`` minus its age."""
+        return cls(
+            record=record,
+            route=record.route if route is None else route,
+            arrived=now - max(0.0, wall - record.created),
+            result_bytes=record.result_bytes,
+            progress=record.progress,
+        )
 
-    def notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> JobState:
+        # The ending first: it is set before the store writes it.
+        return self.ending.state if self.ending is not None else self.record.state
+
+    @property
+    def reason(self) -> str | None:
+        return self.ending.reason if self.ending is not None else self.record.reason
 
     @property
     def final(self) -> bool:
@@ -70,7 +88,15 @@ class Job:
     @property
     def wanted(self) -> bool:
         """Someone still wants the answer (a held client, or an async owner)."""
-        return self.followers > 0 or self.async_owners > 0 or not self.held
+        return self.followers > 0 or self.async_owners > 0 or not self.record.held
+
+    def changed(self) -> asyncio.Event:
+        """The event set at the next change; take it *before* reading the state."""
+        return self._changed
+
+    def notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,7 @@ class Joined:
 
 @dataclass(frozen=True)
 class Kept:
-    row: JobRow  # a done job whose 2xx result is replayed
+    job: Job  # a done job whose 2xx result is replayed (read back from the store)
 
 
 Submitted = Refused | Joined | Kept

@@ -1,9 +1,9 @@
 """A request on a ``queue`` route: checked, spooled, submitted, then held or answered 202.
 
 1. ``Prefer`` and ``Idempotency-Key`` are checked (400 on a malformed one);
-2. the client key is derived (``clientkey``);
+2. the client key is derived (``core.clientkey``);
 3. the body is spooled into the state dir (hashed on the way for coalescing);
-4. ``Jobs.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
+4. ``JobService.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
    attached to an identical job, a kept result, or a new job;
 5. async (``Prefer: respond-async``): 202 + ``Location``; held: wait for the
    job's answer head (the client leaving the queue frees its place at once),
@@ -38,9 +38,11 @@ from gatekeeper.jobs.ids import (
     new_job_id,
     wants_async,
 )
-from gatekeeper.jobs.model import ResultBroken
+from gatekeeper.jobs.model import Job, Joined, Kept, Refused, ResultBroken
+from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.runner import follow
-from gatekeeper.jobs.service import Job, Jobs, Joined, Kept, Refused
+from gatekeeper.jobs.service import JobService
+from gatekeeper.jobs.states import RetryAfter
 from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
@@ -62,7 +64,7 @@ POLL_SECONDS = 0.5
 class JobsEndpoint:
     """The async-job endpoints under ``jobs_path``, as the proxy handler calls them."""
 
-    def __init__(self, jobs: Jobs, clock: Clock):
+    def __init__(self, jobs: JobService, clock: Clock):
         self.jobs = jobs
         self.clock = clock
 
@@ -75,7 +77,7 @@ class JobsEndpoint:
 
 class QueueRoute:
     def __init__(
-        self, jobs: Jobs, clock: Clock, respond: Responder, conns: Connections | None = None
+        self, jobs: JobService, clock: Clock, respond: Responder, conns: Connections | None = None
     ):
         self.jobs = jobs
         self.clock = clock
@@ -135,18 +137,18 @@ class QueueRoute:
                 request_id=rec.request_id,
             )
             save: Callable[[Path], None] = spool.save if spool is not None else _nothing
-            result = jobs.submit(
-                job_id=new_job_id(cfg.box_id),
-                route=route,
+            arrival = JobRecord(
+                id=new_job_id(cfg.box_id),
+                route=route.name,
                 client=client,
                 held=not want_async,
                 method=request.method,
                 target=request.raw_path,
-                headers=list(headers.items()),
+                headers=tuple(headers.items()),
                 coalesce_key=key,
                 body_size=spool.size if spool is not None else 0,
-                save_body=save,
             )
+            result = jobs.submit(arrival, save)
         finally:
             if spool is not None:
                 spool.close()
@@ -168,7 +170,7 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = job_view(jobs, result.row, now, base)
+                view = job_view(jobs, result.job, now, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await self._replay_kept(ctx, result)
@@ -226,17 +228,20 @@ class QueueRoute:
                 jobs.detach(job)
 
     def _job_error(self, ctx: RequestContext, job: Job) -> web.Response:
-        """The job ended before the engine answered: say why, as the admit route would."""
+        """The job ended before the engine answered: say why, as the admit route would
+        (its ending's reason, status and Retry-After policy: ``states.Endings``)."""
         cfg, route, rec, jobs = ctx.config, ctx.route, ctx.rec, self.jobs
-        reason = job.reason or "internal"
-        status = job.error_status or 503
+        assert job.ending is not None
+        ending = job.ending
+        reason = ending.reason or "internal"
+        status = ending.status or 503
         retry_after: int | None = None
-        if reason == "queue_timeout":
-            retry_after = jobs.retry_after_timeout(self.clock())
-        elif reason in ("draining", "interrupted"):
+        if ending.retry_after is RetryAfter.QUEUE:
+            retry_after = jobs.schedule.retry_after_timeout(self.clock())
+        elif ending.retry_after is RetryAfter.DEFAULT:
             retry_after = cfg.admission.retry_after_default
         q = cfg.admission.queue
-        detail = job.error_detail if reason.startswith("upstream") and job.error_detail else None
+        detail = job.error_detail if ending.engine_failed and job.error_detail else None
         text = cfg.message(
             reason,
             route=route.name,
@@ -246,7 +251,7 @@ class QueueRoute:
             max_waiting=q.max_waiting,
             per_client=q.per_client,
         )
-        if reason.startswith("upstream"):
+        if ending.engine_failed:
             text = cfg.message(reason, route=route.name)
             if detail:
                 log.info("job %s… failed: %s", job.id[:6], detail)
@@ -297,7 +302,7 @@ class QueueRoute:
     async def _replay_kept(self, ctx: RequestContext, kept: Kept) -> web.StreamResponse:
         """A retry of a request whose answer is kept: the stored answer, from disk."""
         request, rec, jobs = ctx.request, ctx.rec, self.jobs
-        row = kept.row
+        row = kept.job.record
         path = jobs.store.result_path(row.id)
         assert row.result_status is not None
         out = web.StreamResponse(status=row.result_status, reason=row.result_reason)

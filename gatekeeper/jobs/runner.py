@@ -1,7 +1,7 @@
 """One job's exchange with the engine, and following its result file as it grows.
 
-``run`` is the body of a job's runner task (``Jobs._start`` owns the task and
-its ticket): the body file goes up, the answer is written to
+``run`` is the body of a job's runner task (``JobService._start`` owns the task
+and its ticket): the body file goes up, the answer is written to
 ``results/<id>.part`` chunk by chunk and renamed when complete; an SSE answer
 is scanned for ``"progress"`` on the way. ``follow`` is what a held client
 reads: the result file from its start, waiting on the job's change event for
@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -25,13 +25,13 @@ from multidict import CIMultiDict
 from gatekeeper.config import Config
 from gatekeeper.core.errors import UpstreamError
 from gatekeeper.core.headers import downstream_response_headers
-from gatekeeper.core.vocab import ErrorKind, JobState
+from gatekeeper.core.vocab import ErrorKind
+from gatekeeper.jobs.deps import JobDeps
+from gatekeeper.jobs.files import ResultWriter
 from gatekeeper.jobs.model import Job, ResultBroken
-from gatekeeper.jobs.store import JobStore, ResultWriter
+from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
+from gatekeeper.jobs.store import JobStore
 from gatekeeper.upstream import UpstreamPool
-
-if TYPE_CHECKING:
-    from gatekeeper.jobs.service import Jobs
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -41,31 +41,42 @@ READ_CHUNK = 256 * 1024
 _PROGRESS_SCAN = 4096
 
 
-async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
+class Host(Protocol):
+    """What a runner needs of the service that started it (``JobService``)."""
+
+    deps: JobDeps
+    store: JobStore
+
+    @property
+    def closing(self) -> bool: ...
+
+    def finish(self, job: Job, ending: Ending, *, detail: str | None = None) -> None: ...
+
+
+async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
     """Send the job's body file to the engine and its answer into the result file."""
-    st, store = jobs.st, jobs.store
-    path = store.body_path(job.id) if job.body_size else None
-    headers = list(job.headers)
-    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-    if job.body_size or job.method in ("POST", "PUT", "PATCH"):
-        headers.append(("Content-Length", str(job.body_size)))
+    deps, store, req = jobs.deps, jobs.store, job.record
+    path = store.body_path(job.id) if req.body_size else None
+    headers = [(k, v) for k, v in req.headers if k.lower() != "content-length"]
+    if req.body_size or req.method in ("POST", "PUT", "PATCH"):
+        headers.append(("Content-Length", str(req.body_size)))
     writer: ResultWriter | None = None
     upstream_done = False
-    sent_at = st.clock()
+    sent_at = deps.clock()
     try:
         try:
             exchange = await pool.send(
-                job.method,
-                job.target,
+                req.method,
+                req.target,
                 _multidict(headers),
                 _file_chunks(path) if path is not None else None,
                 max_body_bytes=cfg.limits.max_body_bytes,
                 client_body_timeout=cfg.limits.client_body_timeout,
             )
         except UpstreamError as exc:
-            st.count_upstream_error(job.route.name, exc.kind)
+            deps.counters.upstream_error(job.route, exc.kind)
             if job.ticket is not None:
-                st.engine_refused(job.ticket.engine, exc.kind)
+                deps.engines.engine_refused(job.ticket.engine, exc.kind)
             log.warning(
                 "job %s… upstream error: kind=%s status=%d: %s",
                 job.id[:6],
@@ -73,7 +84,7 @@ async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
                 exc.status,
                 exc.detail,
             )
-            jobs.finish(job, JobState.FAILED, exc.reason, status=exc.status, detail=exc.detail)
+            jobs.finish(job, upstream_refused(exc), detail=exc.detail)
             return
         try:
             resp = exchange.response
@@ -95,7 +106,7 @@ async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             upstream_done = True
         except (aiohttp.ClientError, TimeoutError) as exc:
             kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
-            st.count_upstream_error(job.route.name, kind)
+            deps.counters.upstream_error(job.route, kind)
             log.warning(
                 "job %s… engine failed mid-answer after %d bytes: kind=%s %r",
                 job.id[:6],
@@ -105,32 +116,33 @@ async def run(jobs: Jobs, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             )
             if writer is not None:
                 writer.abort()
-            jobs.finish(job, JobState.FAILED, f"upstream_{kind}_mid_body")
+            jobs.finish(job, mid_body(kind))
             return
         finally:
             exchange.close(reuse=upstream_done)
         assert writer is not None
         size = writer.commit()
         status = resp.status
-        elapsed = st.clock() - sent_at
-        st.metrics.upstream_duration.labels(job.route.name, str(status)).observe(elapsed)
+        elapsed = deps.clock() - sent_at
+        deps.metrics.upstream_duration.labels(job.route, str(status)).observe(elapsed)
         store.set_progress(job.id, job.progress, size)
         if job.cancel_requested:
-            jobs.finish(job, JobState.CANCELLED, "deleted")
+            jobs.finish(job, Endings.DELETED_RUNNING)
         elif 200 <= status < 300:
-            st.gate.estimator.observe(elapsed)
-            jobs.finish(job, JobState.DONE, None)
+            deps.gate.estimator.observe(elapsed)
+            jobs.finish(job, Endings.DONE)
         else:
-            jobs.finish(job, JobState.FAILED, "upstream_status")
+            jobs.finish(job, Endings.UPSTREAM_STATUS)
     except asyncio.CancelledError:
         if writer is not None:
             writer.abort()
         if not job.final:
             if jobs.closing:
-                jobs.finish(job, JobState.FAILED, "interrupted", status=503)
+                jobs.finish(job, Endings.INTERRUPTED)
+            elif job.cancel_requested:
+                jobs.finish(job, Endings.DELETED_RUNNING)
             else:
-                why = "deleted" if job.cancel_requested else "client_gone"
-                jobs.finish(job, JobState.CANCELLED, why, status=499)
+                jobs.finish(job, Endings.CLIENT_GONE)
         raise
 
 
@@ -154,9 +166,7 @@ async def follow(store: JobStore, job: Job) -> AsyncIterator[bytes]:
                 # Complete: a done job, or the engine's own failed answer. Anything
                 # else that ended after the head (cut off, cancelled) is truncated
                 # and must not pass for a whole answer.
-                complete = job.state == JobState.DONE or (
-                    job.state == JobState.FAILED and job.reason == "upstream_status"
-                )
+                complete = job.ending is not None and job.ending.whole_answer
                 if job.head is not None and not complete:
                     raise ResultBroken(job.reason or job.state)
                 if f is None and job.head is not None and job.result_bytes:

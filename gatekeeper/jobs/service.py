@@ -1,24 +1,23 @@
 """The waiting room at work: jobs queued, dispatched onto the gate, run, kept.
 
-Every request on a ``queue`` route becomes a job (docs/waiting-room.md):
+Every request on a ``queue`` route becomes a job (docs/architecture.md):
 
 - ``submit`` decides in one synchronous step: attach to an identical job
   (coalescing), replay a kept result, refuse (``client_limit`` 429,
-  ``queue_full`` 503, with a Retry-After computed from the queue), or create a
-  job and put it in the waiting room (``waitroom.WaitingRoom``, pure);
+  ``queue_full`` 503, with a Retry-After computed from the queue: ``schedule``),
+  or create a job and put it in the waiting room (``waitroom.WaitingRoom``, pure);
 - ``dispatch`` runs whenever a slot may have freed (the gate's ``on_free``, an
   arrival, the tick that notices resources recovered or a raised
   ``max_in_flight``): while the gate would admit, the next fair waiter gets a
-  ``Lease`` and a runner task;
-- the runner streams the job's body file to the engine and the engine's answer
-  into the job's result file; the runner task holds the lease (``Lease.follow``:
-  the task's end releases it, exactly once, whatever ended the task);
-- held clients (the frontend, unchanged) follow the result file as it grows,
-  so an SSE answer stays live; async clients (``Prefer: respond-async``) read
-  it later through ``jobsapi``.
+  ``Lease`` and a runner task (``runner.run``); the runner task holds the lease
+  (``Lease.follow``: the task's end releases it, exactly once, whatever ended it);
+- held clients follow the result file as it grows, so an SSE answer stays live;
+  async clients (``Prefer: respond-async``) read it later through ``jobs.api``.
 
-The store (``jobstore``, SQLite + files) is written synchronously on the loop:
-each call is one small statement in WAL mode (microseconds; bench/ measures).
+A job ends in ``finish`` with one of the ``states.Endings``: the one place its
+final state is stored, counted and announced. The store (``store.JobStore``)
+is written synchronously on the loop: each call is one small statement in WAL
+mode (microseconds; bench/ measures).
 """
 
 from __future__ import annotations
@@ -27,34 +26,25 @@ import asyncio
 import logging
 import math
 import shutil
-import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gatekeeper.config import Config, Route
+from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
-from gatekeeper.jobs import runner as jobrunner
+from gatekeeper.jobs import runner
+from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
-from gatekeeper.jobs.store import JobRow, JobStore
-from gatekeeper.jobs.waitroom import (
-    Waiter,
-    WaitingRoom,
-    eta_for,
-    retry_after_client,
-    retry_after_full,
-    retry_after_timeout,
-    start_delays,
-)
-
-if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
-    from gatekeeper.app.state import AppState
-
-__all__ = ["Job", "Jobs", "Joined", "Kept", "Refused", "Submitted"]
+from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.schedule import Schedule
+from gatekeeper.jobs.states import Ending, Endings
+from gatekeeper.jobs.store import JobStore
+from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -65,9 +55,9 @@ TICK_SECONDS = 0.25
 EVICT_EVERY_SECONDS = 30.0
 
 
-class Jobs:
-    def __init__(self, st: AppState, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
-        self.st = st
+class JobService:
+    def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
+        self.deps = deps
         self.store = store
         self.state_dir = state_dir
         self.ephemeral = ephemeral  # a temporary directory, removed at close
@@ -78,51 +68,42 @@ class Jobs:
             self, _release, store, state_dir if ephemeral else None
         )
         self.room = WaitingRoom()
+        self.schedule = Schedule(deps.gate, self.room)
         self.live: dict[str, Job] = {}
         self._by_key: dict[str, Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_evict = 0.0
         self._changed = asyncio.Event()  # any queue change (SSE positions)
-        st.gate.on_free = self.dispatch
+        deps.gate.on_free = self.dispatch
+
+    @property
+    def config(self) -> Config:
+        return self.deps.config
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Recover what a previous process left, then start the background tick."""
-        now, wall = self.st.clock(), time.time()
-        cfg = self.st.config
+        deps, cfg = self.deps, self.deps.config
+        now, wall = deps.clock(), deps.wall()
         for row in self.store.recover(wall, cfg.jobs.retry_interrupted):
             if row.state in FINAL_STATES:
-                self.st.metrics.jobs.labels(row.route, row.state).inc()
+                deps.metrics.jobs.labels(row.route, row.state).inc()
                 log.warning(
                     "job %s… (%s) was %s at the last stop: now %s (%s)",
                     row.id[:6],
                     row.route,
-                    "running" if row.reason == "interrupted" else "queued",
+                    "running" if row.reason == Endings.INTERRUPTED.reason else "queued",
                     row.state,
                     row.reason,
                 )
-        router = self.st.runtime.router
+        router = deps.live.runtime.router
         for row in self.store.queued():
             route = next((r for r in cfg.routes if r.name == row.route), None)
             if route is None:  # its route was renamed or removed: match its target again
                 route = router.match(row.method, row.target.split("?", 1)[0])
-            job = Job(
-                id=row.id,
-                route=route,
-                client=row.client,
-                held=row.held,
-                method=row.method,
-                target=row.target,
-                headers=list(row.headers),
-                coalesce_key=row.coalesce_key,
-                body_size=row.body_size,
-                arrived=now - max(0.0, wall - row.created),
-                created_wall=row.created,
-                coalesced=row.coalesced,
-            )
-            self._enter(job, cfg)
+            self._enter(Job.from_record(row, now=now, wall=wall, route=route.name), cfg)
         if self.live:
             log.info("restored %d queued job(s) from %s", len(self.live), self.state_dir)
         self._task = asyncio.create_task(self._tick(), name="gatekeeper-jobs")
@@ -147,104 +128,69 @@ class Jobs:
         for the next start; the running job finishes."""
         for w in self.room.waiters():
             job = self.live.get(w.job_id)
-            if job is not None and job.held and job.async_owners == 0:
+            if job is not None and job.record.held and job.async_owners == 0:
                 self.room.leave(job.id)
-                self.finish(job, JobState.CANCELLED, "draining", status=503)
+                self.finish(job, Endings.DRAINING)
         self._changed_all()
 
     # ------------------------------------------------------------------ arrivals
 
-    def submit(
-        self,
-        *,
-        job_id: str,
-        route: Route,
-        client: str,
-        held: bool,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        coalesce_key: str | None,
-        body_size: int,
-        save_body: Callable[[Path], None],
-    ) -> Submitted:
-        """One arrival, decided in one synchronous step (see the module text)."""
-        st, cfg = self.st, self.st.config
-        now = st.clock()
-        if coalesce_key is not None and cfg.jobs.coalesce:
-            twin = self._by_key.get(coalesce_key)
+    def submit(self, request: JobRecord, save_body: Callable[[Path], None]) -> Submitted:
+        """One arrival (``request``: a new record, ``created`` stamped here), decided in
+        one synchronous step (see the module text)."""
+        deps, cfg = self.deps, self.deps.config
+        now = deps.clock()
+        held, key, route = request.held, request.coalesce_key, request.route
+        if key is not None and cfg.jobs.coalesce:
+            twin = self._by_key.get(key)
             if twin is not None and not twin.final:
-                twin.coalesced += 1
-                self.store.add_coalesced(twin.id)
-                st.metrics.coalesced.labels(route.name).inc()
+                twin.record = replace(twin.record, coalesced=self.store.add_coalesced(twin.id))
+                deps.metrics.coalesced.labels(route).inc()
                 if held:
                     twin.followers += 1
                 else:
                     twin.async_owners += 1
                 self._changed_all()
                 return Joined(twin, coalesced=True)
-            kept = self.store.find_coalesce(coalesce_key, time.time(), cfg.jobs.keep)
+            kept = self.store.find_coalesce(key, deps.wall(), cfg.jobs.keep)
             if kept is not None and kept.state == JobState.DONE:
-                self.store.add_coalesced(kept.id)
-                st.metrics.coalesced.labels(route.name).inc()
-                return Kept(kept)
-        refusal = self._refusal(client, cfg, now)
+                self.store.add_coalesced(kept.id)  # the answer shows the count it found
+                deps.metrics.coalesced.labels(route).inc()
+                return Kept(Job.from_record(kept, now=now, wall=deps.wall()))
+        refusal = self._refusal(request.client, cfg, now)
         if refusal is not None:
             return refusal
-        if body_size:
-            save_body(self.store.body_target(job_id))
-        self.store.create(
-            id=job_id,
-            route=route.name,
-            client=client,
-            held=held,
-            method=method,
-            target=target,
-            headers=tuple(headers),
-            coalesce_key=coalesce_key,
-            created=time.time(),
-            body_size=body_size,
-        )
-        job = Job(
-            id=job_id,
-            route=route,
-            client=client,
-            held=held,
-            method=method,
-            target=target,
-            headers=headers,
-            coalesce_key=coalesce_key,
-            body_size=body_size,
-            arrived=now,
-            created_wall=time.time(),
-        )
+        if request.body_size:
+            save_body(self.store.body_target(request.id))
+        wall = deps.wall()
+        job = Job.from_record(self.store.create(replace(request, created=wall)), now=now, wall=wall)
         if held:
             job.followers = 1
         else:
             job.async_owners = 1
-        job.predicted_done = now + self._eta_new(now)
+        job.predicted_done = now + self.schedule.done_in_new(now)
         self._enter(job, cfg)
         self.dispatch()
         return Joined(job, coalesced=False)
 
     def _enter(self, job: Job, cfg: Config) -> None:
         self.live[job.id] = job
-        if job.coalesce_key is not None:
-            self._by_key[job.coalesce_key] = job
+        key = job.record.coalesce_key
+        if key is not None:
+            self._by_key[key] = job
         deadline = job.arrived + cfg.admission.queue.max_wait
-        self.room.join(Waiter(job.id, job.client, job.route.name, job.arrived, deadline))
-        self.st.metrics.jobs.labels(job.route.name, JobState.QUEUED).inc()
+        self.room.join(Waiter(job.id, job.record.client, job.route, job.arrived, deadline))
+        self.deps.metrics.jobs.labels(job.route, JobState.QUEUED).inc()
         self._changed_all()
-
-    def _running_for(self, client: str) -> int:
-        return sum(
-            1 for j in self.live.values() if j.client == client and j.state == JobState.RUNNING
-        )
 
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
-        running = self._running_for(client)
-        free_now = not self.room and self.st.gate.check(now) is None
+        running = sum(
+            1
+            for j in self.live.values()
+            if j.record.client == client and j.state == JobState.RUNNING
+        )
+        free_now = not self.room and self.deps.gate.check(now) is None
         reason = self.room.refusal(client, running, limits)
         if reason == QueueReason.QUEUE_FULL and free_now:
             reason = None  # max_waiting 0: no one waits, but a free slot still serves
@@ -258,16 +204,10 @@ class Jobs:
             "max_wait": math.ceil(q.max_wait),
         }
         if reason == QueueReason.CLIENT_LIMIT:
-            mine = [j for j in self.live.values() if j.client == client]
-            done_in = [self.eta(j, now)[1] for j in mine]
-            return Refused(reason, 429, retry_after_client(done_in), fields)
-        remaining, slots, expected = self.running_remaining(now)
-        return Refused(
-            reason,
-            cfg.admission.reject_status,
-            retry_after_full(remaining, slots, expected),
-            fields,
-        )
+            mine = [j for j in self.live.values() if j.record.client == client]
+            return Refused(reason, 429, self.schedule.retry_after_client(mine, now), fields)
+        retry_after = self.schedule.retry_after_full(now)
+        return Refused(reason, cfg.admission.reject_status, retry_after, fields)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -277,10 +217,10 @@ class Jobs:
         between a release and the queue's next job."""
         if self._closing:
             return
-        st = self.st
+        deps = self.deps
         while self.room:
-            now = st.clock()
-            if st.gate.check(now) is not None:
+            now = deps.clock()
+            if deps.gate.check(now) is not None:
                 return
             waiter = self.room.pop_next()
             if waiter is None:
@@ -288,35 +228,34 @@ class Jobs:
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
-            result = st.gate.try_admit(job.route.name, now)
+            result = deps.gate.try_admit(job.route, now)
             if isinstance(result, Rejection):  # cannot happen: checked just above
                 self.room.join(waiter)
                 return
             self._start(job, result, now)
 
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
-        st = self.st
-        job.state, job.started, job.ticket = JobState.RUNNING, now, ticket
-        wait = now - job.arrived
-        st.metrics.queue_wait.labels(job.route.name).observe(wait)
-        st.metrics.jobs.labels(job.route.name, JobState.RUNNING).inc()
-        self.store.mark_running(job.id, time.time())
-        epoch = st.usage.enter()  # the runner may use this epoch's pools to its end
-        rt = st.runtime
+        deps = self.deps
+        job.started, job.ticket = now, ticket
+        job.record = self.store.mark_running(job.id, deps.wall())
+        deps.metrics.queue_wait.labels(job.route).observe(now - job.arrived)
+        deps.metrics.jobs.labels(job.route, JobState.RUNNING).inc()
+        epoch = deps.epochs.enter()  # the runner may use this epoch's pools to its end
+        rt = deps.live.runtime
         task = asyncio.create_task(
-            jobrunner.run(self, job, rt.config, rt.gated_for(ticket.engine)),
+            runner.run(self, job, rt.config, rt.gated_for(ticket.engine)),
             name=f"job-{job.id[:6]}",
         )
         job.task = task
 
         def done(t: asyncio.Task[None]) -> None:
-            st.usage.leave(epoch)
+            deps.epochs.leave(epoch)
             if not t.cancelled() and t.exception() is not None:
                 log.error("job %s… runner failed", job.id[:6], exc_info=t.exception())
                 if not job.final:
-                    self.finish(job, JobState.FAILED, "internal", status=500)
+                    self.finish(job, Endings.INTERNAL)
             if not job.final:  # cancelled before it could record why
-                self.finish(job, JobState.FAILED, "interrupted", status=503)
+                self.finish(job, Endings.INTERRUPTED)
 
         task.add_done_callback(done)
         # The runner task holds the slot: its end, whatever it is, releases it once,
@@ -327,37 +266,33 @@ class Jobs:
 
     # ------------------------------------------------------------------ endings
 
-    def finish(
-        self,
-        job: Job,
-        state: JobState,
-        reason: str | None,
-        *,
-        status: int | None = None,
-        detail: str | None = None,
-    ) -> None:
+    def finish(self, job: Job, ending: Ending, *, detail: str | None = None) -> None:
         """The job's final state: stored, counted, announced; it leaves the live set."""
         if job.final:
             return
-        st = self.st
-        now = st.clock()
-        job.state, job.reason, job.finished = state, reason, now
-        if status is not None and job.head is None:
-            job.error_status, job.error_detail = status, detail
-        self.store.finish(job.id, state, reason, time.time())
-        st.metrics.jobs.labels(job.route.name, state).inc()
-        if state == JobState.DONE and job.predicted_done is not None:
+        deps = self.deps
+        now = deps.clock()
+        job.ending, job.finished = ending, now
+        if job.head is None:
+            job.error_detail = detail
+        job.record = self.store.finish(job.id, ending.state, ending.reason, deps.wall())
+        deps.metrics.jobs.labels(job.route, ending.state).inc()
+        if ending.state == JobState.DONE and job.predicted_done is not None:
             actual = now - job.arrived
             if actual > 0:
-                st.metrics.eta_error.observe(
+                deps.metrics.eta_error.observe(
                     abs(actual - (job.predicted_done - job.arrived)) / actual
                 )
         self.live.pop(job.id, None)
-        if job.coalesce_key is not None and self._by_key.get(job.coalesce_key) is job:
-            del self._by_key[job.coalesce_key]
+        key = job.record.coalesce_key
+        if key is not None and self._by_key.get(key) is job:
+            del self._by_key[key]
         job.notify()
         self._changed_all()
-        if state == JobState.DONE and self.store.results_bytes() > st.config.jobs.max_bytes:
+        if (
+            ending.state == JobState.DONE
+            and self.store.results_bytes() > self.config.jobs.max_bytes
+        ):
             self.evict()
 
     def expire_waiters(self, now: float) -> None:
@@ -365,13 +300,13 @@ class Jobs:
             job = self.live.get(w.job_id)
             if job is None:
                 continue
-            self.st.count_rejection(job.route.name, QueueReason.QUEUE_TIMEOUT)
+            self.deps.counters.rejection(job.route, QueueReason.QUEUE_TIMEOUT)
             log.info(
                 "job %s… waited %.0fs (admission.queue.max_wait) without a slot: queue_timeout",
                 job.id[:6],
                 now - job.arrived,
             )
-            self.finish(job, JobState.FAILED, QueueReason.QUEUE_TIMEOUT, status=503)
+            self.finish(job, Endings.QUEUE_TIMEOUT)
 
     def detach(self, job: Job) -> None:
         """A held client of ``job`` is gone (disconnected, or it stopped reading)."""
@@ -380,10 +315,10 @@ class Jobs:
             return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
-            self.finish(job, JobState.CANCELLED, "client_gone", status=499)
+            self.finish(job, Endings.CLIENT_GONE)
         elif (
             job.state == JobState.RUNNING
-            and self.st.config.admission.on_client_disconnect == "cancel"
+            and self.config.admission.on_client_disconnect == "cancel"
             and job.task is not None
         ):
             job.task.cancel(msg="client disconnected")
@@ -393,22 +328,22 @@ class Jobs:
         """DELETE: queued -> removed; running -> per on_client_disconnect."""
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
-            self.finish(job, JobState.CANCELLED, "deleted", status=409)
+            self.finish(job, Endings.DELETED_WAITING)
             self.dispatch()
         elif job.state == JobState.RUNNING and not job.cancel_requested:
             job.cancel_requested = True
-            if self.st.config.admission.on_client_disconnect == "cancel" and job.task is not None:
+            if self.config.admission.on_client_disconnect == "cancel" and job.task is not None:
                 job.task.cancel(msg="job deleted")
             job.notify()
             self._changed_all()
 
     def evict(self) -> list[str]:
-        cfg = self.st.config.jobs
-        expired = self.store.evict(time.time(), cfg.keep, cfg.max_bytes)
+        cfg = self.config.jobs
+        expired = self.store.evict(self.deps.wall(), cfg.keep, cfg.max_bytes)
         for job_id in expired:
             row = self.store.get(job_id)
             if row is not None:
-                self.st.metrics.jobs.labels(row.route, JobState.EXPIRED).inc()
+                self.deps.metrics.jobs.labels(row.route, JobState.EXPIRED).inc()
         if expired:
             log.info("expired %d kept result(s) (jobs.keep / jobs.max_bytes)", len(expired))
         return expired
@@ -417,7 +352,7 @@ class Jobs:
 
     async def _tick(self) -> None:
         while True:
-            now = self.st.clock()
+            now = self.deps.clock()
             self.expire_waiters(now)
             self.dispatch()
             if now >= self._next_evict:
@@ -449,40 +384,15 @@ class Jobs:
     def results_bytes(self) -> int:
         return self.store.results_bytes()
 
-    def find(self, job_id: str) -> Job | JobRow | None:
+    def find(self, job_id: str) -> Job | None:
+        """The job: live here, else read back from the store; None if there is no such job."""
         live = self.live.get(job_id)
         if live is not None:
             return live
-        return self.store.get(job_id)
-
-    def running_remaining(self, now: float) -> tuple[list[float], int, float]:
-        gate = self.st.gate
-        expected = gate.estimator.expected
-        remaining = [max(0.0, expected - e) for e in gate.elapsed(now)]
-        return remaining, gate.limits.max_in_flight, expected
-
-    def eta(self, job: Job, now: float) -> tuple[float, float]:
-        """(starts_in, done_in) seconds for a live job."""
-        remaining, slots, expected = self.running_remaining(now)
-        if job.state == JobState.RUNNING:
-            assert job.started is not None
-            return 0.0, max(0.0, expected - (now - job.started))
-        pos = self.room.position(job.id)
-        if pos is None:
-            return 0.0, 0.0
-        return eta_for(pos, remaining, slots, expected)
-
-    def _eta_new(self, now: float) -> float:
-        """Done-in for a job joining the end of the queue now."""
-        remaining, slots, expected = self.running_remaining(now)
-        if not self.room and len(remaining) < slots and self.st.gate.check(now) is None:
-            return expected
-        starts = start_delays(remaining, slots, len(self.room) + 1, expected)
-        return starts[-1] + expected
-
-    def retry_after_timeout(self, now: float) -> int:
-        remaining, slots, expected = self.running_remaining(now)
-        return retry_after_timeout(remaining, slots, len(self.room), expected)
+        row = self.store.get(job_id)
+        if row is None:
+            return None
+        return Job.from_record(row, now=self.deps.clock(), wall=self.deps.wall())
 
 
 def _release(store: JobStore, temporary: Path | None) -> None:

@@ -8,33 +8,30 @@ client key is shown as a keyed hash).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.ids import client_hash
 from gatekeeper.jobs.model import Job
-from gatekeeper.jobs.store import JobRow
+from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.waitroom import retry_after_full, start_delays
 
-if TYPE_CHECKING:
-    from gatekeeper.jobs.service import Jobs
 
-
-def job_view(jobs: Jobs, found: Job | JobRow, now: float, base: str) -> dict[str, Any]:
-    """The public JSON of one job (GET <jobs_path>/<id>, its events, the 202)."""
+def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
+    """The public JSON of one job (GET <jobs_path>/<id>, its events, the 202): a live
+    job as the waiting room sees it now, an ended one as its record says."""
     links = {
-        "self": f"{base}/{found.id}",
-        "events": f"{base}/{found.id}/events",
-        "result": f"{base}/{found.id}/result",
+        "self": f"{base}/{j.id}",
+        "events": f"{base}/{j.id}/events",
+        "result": f"{base}/{j.id}/result",
     }
-    if isinstance(found, Job) and not found.final:
-        j = found
-        starts_in, done_in = jobs.eta(j, now)
+    if not j.final:
+        starts_in, done_in = jobs.schedule.eta(j, now)
         waited = (j.started if j.started is not None else now) - j.arrived
         return {
             "id": j.id,
             "state": j.state,
-            "route": j.route.name,
+            "route": j.route,
             "position": jobs.room.position(j.id) if j.state == JobState.QUEUED else 0,
             "eta_seconds": round(done_in, 1),
             "starts_in_seconds": round(starts_in, 1),
@@ -42,14 +39,13 @@ def job_view(jobs: Jobs, found: Job | JobRow, now: float, base: str) -> dict[str
             "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
             "engine": j.ticket.engine if j.ticket is not None else None,
             "progress": j.progress,
-            "coalesced": j.coalesced,
+            "coalesced": j.record.coalesced,
             "cancel_requested": j.cancel_requested,
             "reason": None,
             "result": None,
             "links": links,
         }
-    row = found if isinstance(found, JobRow) else jobs.store.get(found.id)
-    assert row is not None
+    row = j.record
     started, finished = row.started, row.finished
     return {
         "id": row.id,
@@ -73,16 +69,16 @@ def job_view(jobs: Jobs, found: Job | JobRow, now: float, base: str) -> dict[str
     }
 
 
-def queue_status(jobs: Jobs, now: float) -> dict[str, Any]:
+def queue_status(jobs: JobService, now: float) -> dict[str, Any]:
     """The ``queue`` object of the status document: no job id ever appears here."""
-    cfg = jobs.st.config
+    cfg = jobs.config
     q = cfg.admission.queue
     entries: list[dict[str, Any]] = []
     running = sorted(
         (j for j in jobs.live.values() if j.state == JobState.RUNNING),
         key=lambda j: j.started or 0.0,
     )
-    remaining, slots, expected = jobs.running_remaining(now)
+    remaining, slots, expected = jobs.schedule.running_remaining(now)
     for j in running:
         assert j.started is not None
         entries.append(_entry(j, 0, max(0.0, expected - (now - j.started)), now))
@@ -110,20 +106,20 @@ def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:
     return {
         "position": position,
         "state": j.state,
-        "route": j.route.name,
-        "client": client_hash(j.client),
-        "held": j.held and j.async_owners == 0,
+        "route": j.route,
+        "client": client_hash(j.record.client),
+        "held": j.record.held and j.async_owners == 0,
         "waited_seconds": round(waited, 1),
         "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
         "eta_seconds": round(done_in, 1),
-        "coalesced": j.coalesced,
+        "coalesced": j.record.coalesced,
         "engine": j.ticket.engine if j.ticket is not None else None,
     }
 
 
-def jobs_status(jobs: Jobs) -> dict[str, Any]:
+def jobs_status(jobs: JobService) -> dict[str, Any]:
     return {
         "results_bytes": jobs.store.results_bytes(),
-        "max_bytes": jobs.st.config.jobs.max_bytes,
+        "max_bytes": jobs.config.jobs.max_bytes,
         "state_dir": str(jobs.state_dir),
     }

@@ -1,7 +1,7 @@
 """The waiting room: who waits for a slot, in which order, until when (issue #9).
 
 PURE: no aiohttp, no I/O, no clock reads (``now`` is passed in). The
-orchestrator (``jobs.Jobs``) joins a ``Waiter`` when a job finds no free slot,
+orchestrator (``service.JobService``) joins a ``Waiter`` when a job finds no free slot,
 ``pop_next``s one when the gate has room, ``leave``s one whose client went away
 or cancelled, and ``expire``s those past their deadline.
 
@@ -47,6 +47,7 @@ __all__ = [
     "Waiter",
     "WaitingRoom",
     "eta_for",
+    "eta_new",
     "retry_after_client",
     "retry_after_full",
     "retry_after_timeout",
@@ -274,6 +275,15 @@ def eta_for(
         raise ValueError(f"position is 1-based, not {position}")
     starts_in = start_delays(running_remaining, slots, position, expected)[-1]
     return starts_in, starts_in + expected
+
+
+def eta_new(
+    running_remaining: Sequence[float], slots: int, waiting: int, expected: float, free: bool
+) -> float:
+    """Done-in of a job joining the end of the queue now (``free``: it starts at once)."""
+    if free:
+        return expected
+    return start_delays(running_remaining, slots, waiting + 1, expected)[-1] + expected
 
 
 def _seconds(x: float) -> int:

@@ -13,8 +13,9 @@ A *ratio* signal (``per`` set) is one gauge over another, 0 where the divisor
 is 0 (``queue_full_ratio`` with ``max_waiting: 0``), in both readers.
 
 The waiting room's readers (``queue_*``) are here too, shared with ``gauges``:
-``Readings.jobs`` (the waiting room, ``WaitingRoom``) may be None, which
-reads as an empty queue, so the metrics exist before the first job.
+``Readings.jobs`` (the waiting room, ``WaitingRoom``: the app passes the
+``jobs.service.JobService``) may be None, which reads as an empty queue, so the
+metrics exist before the first job.
 
 A rate over ``window`` seconds is ``rate(counter[window]) * window``: the
 increase over the window, which is what the built-in evaluator computes.

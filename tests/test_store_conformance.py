@@ -1,0 +1,530 @@
+"""The job store conformance suite: what any ``jobs.store.JobStore`` must do.
+
+One set of tests, parametrized over the implementations in ``STORES`` (the
+SQLite state directory today). A new store (PostgreSQL, issue #17 §4) is added
+to ``STORES`` and must pass every test here unchanged. The tests use the
+Protocol's methods only, never an implementation's files or tables.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.states import TRANSITIONS, Endings, allowed
+from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
+from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
+
+# name -> "module:callable" that opens a store on a directory (a child process imports it).
+STORES = {"sqlite": "gatekeeper.jobs.sqlite:SqliteJobStore.open"}
+
+Opener = Callable[[Path], JobStore]
+
+
+def _opener(spec: str) -> Opener:
+    module, _, attr = spec.partition(":")
+    obj: object = __import__(module, fromlist=["_"])
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]
+
+
+@pytest.fixture(params=sorted(STORES))
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_store(impl: str) -> Opener:
+    return _opener(STORES[impl])
+
+
+@pytest.fixture
+def store(open_store: Opener, tmp_path: Path) -> Iterator[JobStore]:
+    s = open_store(tmp_path / "state")
+    yield s
+    s.close()
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def add(
+    store: JobStore,
+    *,
+    client: str = "10.0.0.1",
+    held: bool = False,
+    key: str | None = None,
+    created: float = 1000.0,
+    body: bytes = b"{}",
+) -> JobRecord:
+    job_id = new_id()
+    w = store.body_writer(job_id)
+    w.write(body)
+    size = w.commit()
+    return store.create(
+        JobRecord(
+            id=job_id,
+            route="generate",
+            client=client,
+            held=held,
+            method="POST",
+            target="/generate",
+            headers=(("Content-Type", "application/json"),),
+            coalesce_key=key,
+            created=created,
+            body_size=size,
+        )
+    )
+
+
+def done(
+    store: JobStore,
+    finished: float,
+    *,
+    size: int = 100,
+    status: int = 200,
+    state: JobState = JobState.DONE,
+    key: str | None = None,
+) -> JobRecord:
+    """A job that ran and ended in ``state`` at ``finished`` with a ``size``-byte result."""
+    row = add(store, key=key)
+    store.mark_running(row.id, finished - 1)
+    store.set_result_head(row.id, status, "OK", (("Content-Type", "audio/wav"),))
+    w = store.result_writer(row.id)
+    w.write(b"r" * size)
+    w.commit()
+    return store.finish(row.id, state, None, finished)
+
+
+# -- records and ordering ----------------------------------------------------------------------
+
+
+def test_a_record_reads_back_as_created(store: JobStore) -> None:
+    """create() assigns a seq and returns the record that get() reads back, field for field."""
+    row = add(store, key="k", held=True)
+    assert row.seq > 0 and row.state is JobState.QUEUED
+    assert store.get(row.id) == row
+    assert store.get(new_id()) is None
+
+
+def test_queued_and_running_are_in_arrival_order(store: JobStore) -> None:
+    """queued() and running() list by arrival; mark_running moves a job between them."""
+    rows = [add(store) for _ in range(4)]
+    assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+    assert store.mark_running(rows[2].id, 1.0).state is JobState.RUNNING
+    store.mark_running(rows[0].id, 2.0)
+    assert [r.id for r in store.queued()] == [rows[1].id, rows[3].id]
+    assert [r.id for r in store.running()] == [rows[0].id, rows[2].id]
+
+
+def test_seq_is_never_reused(open_store: Opener, tmp_path: Path) -> None:
+    """A seq is never given twice, also after records were deleted and the store reopened."""
+    s = open_store(tmp_path)
+    first = [add(s) for _ in range(3)]
+    for r in first:
+        s.finish(r.id, JobState.EXPIRED, "keep", 0.0)
+    s.evict(now=100.0, keep=1.0, max_bytes=1)
+    assert all(s.get(r.id) is None for r in first)
+    s.close()
+    s = open_store(tmp_path)
+    try:
+        assert add(s).seq > max(r.seq for r in first)
+    finally:
+        s.close()
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+def _put_in(store: JobStore, state: JobState) -> JobRecord:
+    """A job brought to ``state`` through the store's own calls."""
+    row = add(store)
+    if state is JobState.QUEUED:
+        return row
+    store.mark_running(row.id, 1.0)
+    if state is JobState.RUNNING:
+        return store.get(row.id)  # type: ignore[return-value]
+    if state is JobState.EXPIRED:
+        return store.finish(row.id, JobState.EXPIRED, "keep", 2.0)
+    return store.finish(row.id, state, None, 2.0)
+
+
+@pytest.mark.parametrize("before", list(JobState))
+@pytest.mark.parametrize("after", [JobState.RUNNING, *sorted(FINAL_STATES)])
+def test_the_store_follows_the_transition_table(
+    store: JobStore, before: JobState, after: JobState
+) -> None:
+    """mark_running and finish succeed exactly where states.TRANSITIONS allows, else
+    ValueError and the record is unchanged."""
+    row = _put_in(store, before)
+
+    def change() -> JobRecord:
+        if after is JobState.RUNNING:
+            return store.mark_running(row.id, 5.0)
+        return store.finish(row.id, after, "x", 5.0)
+
+    # finish is the live job's ending; a kept result leaves only by evict (tested below).
+    ok = allowed(before, after) and before in (JobState.QUEUED, JobState.RUNNING)
+    if ok:
+        assert change().state is after
+    else:
+        with pytest.raises(ValueError):
+            change()
+        assert store.get(row.id) == row
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, i: s.mark_running(i, 1.0),
+        lambda s, i: s.finish(i, JobState.DONE, None, 1.0),
+        lambda s, i: s.add_coalesced(i),
+        lambda s, i: s.set_progress(i, None, 0),
+    ],
+)
+def test_an_unknown_job_is_a_key_error(store: JobStore, call: Callable[..., object]) -> None:
+    """Changing a job that does not exist raises KeyError, never silently does nothing."""
+    with pytest.raises(KeyError):
+        call(store, new_id())
+
+
+def test_finish_deletes_the_body_and_keeps_the_result(store: JobStore) -> None:
+    """A finished job's body is gone; its result stays until evict (expired: gone at once)."""
+    kept = done(store, 10.0)
+    assert store.body_path(kept.id) is None and store.result_path(kept.id) is not None
+    row = add(store)
+    store.mark_running(row.id, 1.0)
+    w = store.result_writer(row.id)
+    w.write(b"x" * 10)
+    w.commit()
+    assert store.finish(row.id, JobState.EXPIRED, "keep", 2.0).state is JobState.EXPIRED
+    assert store.result_path(row.id) is None and store.results_bytes() == 100
+
+
+# -- fairness ----------------------------------------------------------------------------------
+
+# Arrivals (client per job) and the dispatch order of the waiting room's rule (round-robin
+# across clients in the order they joined, FIFO within one): A A A B C C -> A B C A C A.
+ARRIVALS = ["A", "A", "A", "B", "C", "C"]
+FAIR = ["A1", "B1", "C1", "A2", "C2", "A3"]
+# Without A1 (it ran and was failed "interrupted"): A A B C C -> A B C A C.
+FAIR_WITHOUT_A1 = ["A2", "B1", "C1", "A3", "C2"]
+
+
+def _fair_order(records: list[JobRecord]) -> list[str]:
+    room = WaitingRoom()
+    for r in records:
+        room.join(Waiter(r.id, r.client, r.route, r.created, float("inf")))
+    out: list[str] = []
+    while (w := room.pop_next()) is not None:
+        out.append(w.job_id)
+    return out
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_fair_order_survives_a_restart(open_store: Opener, tmp_path: Path, retry: bool) -> None:
+    """After a restart the queued records come back in arrival order and claim_next serves
+    them as the restored waiting room would (round-robin across clients in the order of
+    their oldest job, FIFO within one); a job requeued by retry_interrupted keeps its place."""
+    s = open_store(tmp_path)
+    names: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for client in ARRIVALS:
+        count[client] = count.get(client, 0) + 1
+        names[add(s, client=client, created=float(len(names))).id] = f"{client}{count[client]}"
+    first = next(i for i, n in names.items() if n == "A1")
+    s.mark_running(first, 1.0)  # A1 was running when the process stopped
+    s.close()
+    s = open_store(tmp_path)
+    try:
+        s.recover(now=10.0, retry_interrupted=retry)
+        got = [names[i] for i in _fair_order(s.queued())]
+        claimed = []
+        while (row := s.claim_next(20.0)) is not None:
+            claimed.append(names[row.id])
+    finally:
+        s.close()
+    assert got == claimed == (FAIR if retry else FAIR_WITHOUT_A1)
+
+
+def test_claim_next_serves_round_robin_across_clients(store: JobStore) -> None:
+    """claim_next takes the oldest job of the client at the head of the ring, then moves
+    that client to the tail: A A A B C C -> A B C A C A; None when nothing is queued."""
+    names: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for client in ARRIVALS:
+        count[client] = count.get(client, 0) + 1
+        names[add(store, client=client).id] = f"{client}{count[client]}"
+    got = []
+    while (row := store.claim_next(5.0)) is not None:
+        assert row.state is JobState.RUNNING and row.started == 5.0
+        got.append(names[row.id])
+    assert got == FAIR
+    assert store.queued() == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_claim_next_follows_the_waiting_room(store: JobStore, seed: int) -> None:
+    """Through random arrivals, claims (by claim_next or by id, as the service claims what
+    its waiting room chose) and jobs leaving the queue, the store serves exactly the
+    order of waitroom.WaitingRoom."""
+    rng = random.Random(seed)
+    room = WaitingRoom()
+    for _ in range(120):
+        op = rng.random()
+        if op < 0.5 or not room:
+            row = add(store, client=rng.choice("ABCDE"))
+            room.join(Waiter(row.id, row.client, row.route, 0.0, float("inf")))
+        elif op < 0.7:
+            w = room.pop_next()
+            assert w is not None
+            claimed = store.claim_next(1.0)
+            assert claimed is not None and claimed.id == w.job_id
+        elif op < 0.85:
+            w = room.pop_next()
+            assert w is not None
+            store.mark_running(w.job_id, 1.0)
+        else:
+            gone = rng.choice(room.waiters())
+            room.leave(gone.job_id)
+            store.finish(gone.job_id, JobState.CANCELLED, "client_gone", 2.0)
+    while (w := room.pop_next()) is not None:
+        claimed = store.claim_next(1.0)
+        assert claimed is not None and claimed.id == w.job_id
+    assert store.claim_next(1.0) is None
+
+
+# -- coalescing --------------------------------------------------------------------------------
+
+
+def test_coalescing_finds_a_live_job_then_the_newest_kept_2xx(store: JobStore) -> None:
+    """A queued or running job with the key wins; else the newest done 2xx within keep
+    whose result is there; a failed answer or another key never matches."""
+    old = done(store, 100.0, key="k")
+    new = done(store, 200.0, key="k")
+    done(store, 250.0, key="k", status=500)
+    done(store, 260.0, key="k", state=JobState.FAILED)
+    done(store, 270.0, key="other")
+    assert store.find_coalesce("k", now=300.0, keep=1000.0) == store.get(new.id)
+    assert store.find_coalesce("k", now=300.0, keep=50.0) is None
+    store.evict(now=300.0 + 1000.0 - 150.0, keep=1000.0, max_bytes=10**9)  # nothing old enough
+    assert store.find_coalesce("k", now=300.0, keep=1000.0) == store.get(new.id)
+    store.evict(now=1150.0, keep=1000.0, max_bytes=10**9)  # old (finished 100) expires
+    assert store.get(old.id).state is JobState.EXPIRED  # type: ignore[union-attr]
+    live = add(store, key="k")
+    assert store.find_coalesce("k", now=300.0, keep=1000.0) == live
+    store.mark_running(live.id, 300.0)
+    assert store.find_coalesce("k", now=300.0, keep=1000.0).id == live.id  # type: ignore[union-attr]
+    assert store.find_coalesce("nothing", now=300.0, keep=1000.0) is None
+
+
+def test_add_coalesced_counts(store: JobStore) -> None:
+    """add_coalesced returns the running count and the record shows it."""
+    row = add(store)
+    assert [store.add_coalesced(row.id) for _ in range(3)] == [1, 2, 3]
+    assert store.get(row.id).coalesced == 3  # type: ignore[union-attr]
+
+
+# -- eviction ----------------------------------------------------------------------------------
+
+
+def test_evict_by_age_then_by_bytes_never_live_jobs(store: JobStore) -> None:
+    """Kept results older than keep expire ("keep"); then the oldest-finished go until the
+    bytes fit ("max_bytes"); queued and running jobs and their partial results stay."""
+    a = done(store, 100.0)
+    b = done(store, 200.0, state=JobState.FAILED)
+    c = done(store, 300.0)
+    d = done(store, 310.0)
+    q = add(store)
+    r = add(store)
+    store.mark_running(r.id, 1.0)
+    w = store.result_writer(r.id)
+    w.write(b"p" * 40)
+    assert store.results_bytes() == 4 * 100 + 40
+    assert store.evict(now=400.0, keep=150.0, max_bytes=200) == [a.id, b.id, c.id]
+    for row, why in ((a, "keep"), (b, "keep"), (c, "max_bytes")):
+        got = store.get(row.id)
+        assert got is not None and (got.state, got.reason) == (JobState.EXPIRED, why)
+        assert store.result_path(row.id) is None
+    assert store.get(d.id).state is JobState.DONE  # type: ignore[union-attr]
+    assert store.get(q.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert store.body_path(q.id) is not None
+    assert store.results_bytes() == 100 + 40
+    assert store.evict(now=400.0, keep=150.0, max_bytes=1) == [d.id]
+    assert store.get(r.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    w.write(b"p")
+    assert w.commit() == 41
+
+
+def test_expired_records_go_after_the_keep_factor(store: JobStore) -> None:
+    """An expired job answers as expired for EXPIRED_ROW_KEEP_FACTOR * keep, then is gone."""
+    a = done(store, 100.0)
+    store.evict(now=200.0, keep=50.0, max_bytes=10**9)
+    assert store.get(a.id).state is JobState.EXPIRED  # type: ignore[union-attr]
+    store.evict(now=100.0 + EXPIRED_ROW_KEEP_FACTOR * 50.0 - 1, keep=50.0, max_bytes=10**9)
+    assert store.get(a.id) is not None
+    store.evict(now=100.0 + EXPIRED_ROW_KEEP_FACTOR * 50.0, keep=50.0, max_bytes=10**9)
+    assert store.get(a.id) is None
+
+
+def test_results_bytes_counts_partial_and_final_and_survives_a_reopen(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    """Partial results count while written, an aborted one stops counting, a reopened store
+    knows the bytes already there."""
+    s = open_store(tmp_path)
+    done(s, 10.0, size=300)
+    row = add(s)
+    s.mark_running(row.id, 1.0)
+    w = s.result_writer(row.id)
+    w.write(b"x" * 50)
+    assert s.results_bytes() == 350
+    w.abort()
+    assert s.results_bytes() == 300 and s.result_path(row.id) is None
+    s.close()
+    s = open_store(tmp_path)
+    try:
+        assert s.results_bytes() == 300
+    finally:
+        s.close()
+
+
+# -- recovery after a real kill -9 -------------------------------------------------------------
+
+# The child opens the store, then: a async queued, d async running (partial result),
+# b held queued, c async queued, e async done (result committed), g async queued (its
+# body will be lost), f: a body being written, never created. Then it writes to d's
+# result until it is killed.
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from gatekeeper.core.vocab import JobState
+    from gatekeeper.jobs.record import JobRecord
+
+    module, _, attr = sys.argv[1].partition(":")
+    opener = __import__(module, fromlist=["_"])
+    for part in attr.split("."):
+        opener = getattr(opener, part)
+    store = opener(Path(sys.argv[2]))
+    ids = dict(zip("adbcegf", json.loads(sys.argv[3])))
+
+    def add(name, held=False):
+        w = store.body_writer(ids[name])
+        w.write(name.encode() * 10)
+        store.create(JobRecord(id=ids[name], route="generate", client="c", held=held,
+                               method="POST", target="/generate", headers=(),
+                               coalesce_key="key-" + name, created=time.time(),
+                               body_size=w.commit()))
+
+    add("a"); add("d"); add("b", held=True); add("c"); add("e"); add("g")
+    store.mark_running(ids["e"], 1.0)
+    store.set_result_head(ids["e"], 200, "OK", (("Content-Type", "audio/wav"),))
+    w = store.result_writer(ids["e"]); w.write(b"E" * 1000); w.commit()
+    store.finish(ids["e"], JobState.DONE, None, time.time())
+    store.mark_running(ids["d"], 2.0)
+    part = store.result_writer(ids["d"]); part.write(b"D" * 500)
+    body = store.body_writer(ids["f"]); body.write(b"f" * 100)
+    print("ready", flush=True)
+    while True:
+        part.write(b"D")
+        time.sleep(0.01)
+    """
+)
+
+
+def run_and_kill(spec: str, directory: Path, ids: list[str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, spec, str(directory), json.dumps(ids)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30.0)
+        line = proc.stdout.readline() if ready else b""
+        assert line == b"ready\n", proc.stderr.read() if proc.stderr else b""
+        time.sleep(0.05)  # let it append to the partial result, then kill it mid-write
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retry", [False, True])
+def test_recovery_after_kill_9(impl: str, open_store: Opener, tmp_path: Path, retry: bool) -> None:
+    """After kill -9 and recover: the running job is failed "interrupted" (or queued again
+    in its place with retry_interrupted), a held queued job is cancelled "restart", an
+    async one without its body failed "body_lost", the others stay queued in order, the
+    done result is still served, partial results are gone; recover is idempotent."""
+    ids = [new_id() for _ in range(7)]
+    a, d, b, c, e, g, f = ids
+    run_and_kill(STORES[impl], tmp_path, ids)
+    store = open_store(tmp_path)
+    try:
+        assert [r.id for r in store.running()] == [d]
+        lost = store.body_path(g)
+        assert lost is not None
+        lost.unlink()  # as a power loss may leave it
+        changed = store.recover(now=5000.0, retry_interrupted=retry)
+        got = {r.id: r for r in changed}
+        assert [r.id for r in changed] == [d, b, g]  # by seq
+        assert (got[b].state, got[b].reason) == (Endings.RESTART.state, Endings.RESTART.reason)
+        assert (got[g].state, got[g].reason) == (Endings.BODY_LOST.state, "body_lost")
+        if retry:
+            assert got[d].state is JobState.QUEUED and got[d].started is None
+            assert got[d].result_status is None and got[d].result_bytes == 0
+            assert [r.id for r in store.queued()] == [a, d, c]
+        else:
+            assert (got[d].state, got[d].reason, got[d].finished) == (
+                JobState.FAILED,
+                "interrupted",
+                5000.0,
+            )
+            assert [r.id for r in store.queued()] == [a, c]
+        assert store.running() == []
+        assert store.result_path(d) is None
+        assert store.body_path(b) is None and store.body_path(f) is None
+        for job in (a, c):
+            path = store.body_path(job)
+            assert path is not None and len(path.read_bytes()) == 10
+        kept = store.find_coalesce("key-e", now=time.time(), keep=3600.0)
+        assert kept is not None and kept.id == e
+        assert kept.result_headers == (("Content-Type", "audio/wav"),)
+        assert store.result_path(e).read_bytes() == b"E" * 1000  # type: ignore[union-attr]
+        assert store.results_bytes() == 1000
+        assert store.recover(now=5001.0, retry_interrupted=retry) == []
+    finally:
+        store.close()
+
+
+def test_every_state_is_reachable_through_the_store() -> None:
+    """The table has no state the store's calls cannot reach from a new job (queued)."""
+    seen, todo = {JobState.QUEUED}, [JobState.QUEUED]
+    while todo:
+        for nxt in TRANSITIONS[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    assert seen == set(JobState)
