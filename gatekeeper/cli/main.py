@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper import __version__
+from gatekeeper.cli.output import broken_pipe
 from gatekeeper.cli.status import DEFAULT_ADMIN_URL
 from gatekeeper.config import Config, ConfigError, load_config_file
 from gatekeeper.observability.logs import setup_logging
@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(args, args.config or str(default_config_path()))
 
 
-# --------------------------------------------------------------------------- status, dashboard
+# ----------------------------------------- status; generated: dashboard, alert rules, schema
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,17 +150,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- alert-rules
-
-
 def cmd_alert_rules(args: argparse.Namespace) -> int:
     from gatekeeper.observability.alerts.promrules import rule_file
 
     sys.stdout.write(rule_file(_load(args.config)))
     return 0
-
-
-# --------------------------------------------------------------------------- schema
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -378,22 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a shell reports for a command killed by SIGPIPE (128 + 13), e.g. `yes | head`.
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-
-
-def _broken_pipe() -> int:
-    """The reader of stdout went away (`gatekeeper status | head -3`): stop quietly.
-
-    Python ignores SIGPIPE, so a write raises BrokenPipeError instead of ending the
-    process like a Unix tool. Pointing stdout at /dev/null keeps the interpreter's own
-    final flush from raising it again; the exit status is what the signal would give.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_BROKEN_PIPE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -403,5 +381,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except BrokenPipeError:
-        return _broken_pipe()
+        return broken_pipe()
     return code

@@ -13,6 +13,7 @@ so no wake-up is ever lost).
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,17 @@ class Refused:
     status: int
     retry_after: int
     fields: dict[str, Any]
+
+    @staticmethod
+    def fields_of(cfg: Config, waiting: int) -> dict[str, Any]:
+        """The message fields of a queue refusal (``messages`` placeholders)."""
+        q = cfg.admission.queue
+        return {
+            "waiting": waiting,
+            "max_waiting": q.max_waiting,
+            "per_client": q.per_client,
+            "max_wait": math.ceil(q.max_wait),
+        }
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import shutil
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
@@ -196,13 +194,7 @@ class JobService:
             reason = None  # max_waiting 0: no one waits, but a free slot still serves
         if reason is None:
             return None
-        q = cfg.admission.queue
-        fields: dict[str, Any] = {
-            "waiting": len(self.room),
-            "max_waiting": q.max_waiting,
-            "per_client": q.per_client,
-            "max_wait": math.ceil(q.max_wait),
-        }
+        fields = Refused.fields_of(cfg, len(self.room))
         if reason == QueueReason.CLIENT_LIMIT:
             mine = [j for j in self.live.values() if j.record.client == client]
             return Refused(reason, 429, self.schedule.retry_after_client(mine, now), fields)
