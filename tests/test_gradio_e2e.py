@@ -181,6 +181,8 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
     stays taken (gatekeeper reads the session's stream itself) and frees when it ends."""
     app, url, admin = rig
     await idle(rig)
+    # Connections other clients of this module's rig may still hold open (keep-alive).
+    before = metric(await wait_metrics(admin, lambda t: True), "gatekeeper_client_connections")
     async with Browser.start(tmp_path) as browser:
         tab = await browser.new_tab()
         await tab.navigate(url + "/")
@@ -193,7 +195,7 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
         await poll(started, timeout=20)
         await tab.close()
     # gatekeeper has seen every connection of the closed browser go
-    await wait_metrics(admin, lambda t: metric(t, "gatekeeper_client_connections") == 0)
+    await wait_metrics(admin, lambda t: metric(t, "gatekeeper_client_connections") <= before)
     assert (await get_json(admin + "/status"))["in_flight"] == 1
     assert (await get_json(app + "/_app/stats"))["active"] == 1
 
