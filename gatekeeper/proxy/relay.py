@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -40,9 +40,6 @@ from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import client_left
 from gatekeeper.proxy.spool import Spool
 from gatekeeper.upstream import ClientGone, Exchange, UpstreamPool
-
-if TYPE_CHECKING:  # the wiring's state until this module takes a Protocol of its own
-    pass
 
 log = logging.getLogger("gatekeeper.proxy")
 
