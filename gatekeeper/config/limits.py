@@ -3,7 +3,8 @@
 These bound a *client*, not the engine: a slow or hostile client may cost a
 connection, a file descriptor and a spool file for a bounded time, but never
 the generation slot (the body of an admit route is taken before admission,
-see ``gatekeeper.proxy.spool``).
+see ``gatekeeper.proxy.spool``); all clients together may hold at most
+``max_spooled_bytes`` of spooled bodies.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ class Limits:
         minimum=0,
         default=1024 * 1024,
     )
+    max_spooled_bytes: int = integer(
+        "Request body bytes held by spools at once, across every connection and route kind"
+        " (admit, queue, Gradio joins). A declared Content-Length that does not fit in what is"
+        " left is refused 503 spool_full before any of the body is read; a chunked body that"
+        " grows past it is cut off with the same 503. Must be >= max_body_bytes.",
+        minimum=0,
+        default=1024 * 1024 * 1024,
+    )
 
 
 @section_check(Limits)
@@ -60,5 +69,13 @@ def _check(lim: Limits, sec: Section, ctx: Context) -> Limits:
             sec.node_of("client_body_deadline"),
             f"must be >= client_body_timeout ({lim.client_body_timeout:g}s)",
             lim.client_body_deadline,
+        )
+    if lim.max_spooled_bytes < lim.max_body_bytes:
+        sec.problem(
+            "max_spooled_bytes",
+            sec.node_of("max_spooled_bytes"),
+            f"must be >= max_body_bytes ({lim.max_body_bytes}): a body of the largest"
+            " accepted size must fit",
+            lim.max_spooled_bytes,
         )
     return lim

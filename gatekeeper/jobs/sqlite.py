@@ -40,6 +40,7 @@ from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import sqlite_fair
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
+from gatekeeper.jobs.sqlite_heads import KeptHeads
 from gatekeeper.jobs.statedir import cause, open_state
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
@@ -64,7 +65,7 @@ def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
 
-class SqliteJobStore:
+class SqliteJobStore(KeptHeads):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
 
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):

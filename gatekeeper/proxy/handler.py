@@ -40,8 +40,19 @@ from gatekeeper.proxy.record import RecordLog, RequestRecord
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
+from gatekeeper.proxy.spool import SpoolBudget, SpoolFull
 
-__all__ = ["Features", "JobsHandler", "ProxyHandler", "RouteHandler", "check_target"]
+__all__ = [
+    "SPOOL_BUDGET",
+    "Features",
+    "JobsHandler",
+    "ProxyHandler",
+    "RouteHandler",
+    "check_target",
+]
+
+# The proxy app's spool budget (``limits.max_spooled_bytes``), for whoever reads its use.
+SPOOL_BUDGET = web.AppKey("gatekeeper.spool_budget", SpoolBudget)
 
 
 def check_target(request: web.BaseRequest) -> None:
@@ -98,7 +109,10 @@ class ProxyHandler:
         self.log_record = RecordLog(ports.clock, on_record)
         # Shared with the features' routes (``register``): one way to count and refuse.
         self.respond = Responder(ports.counters, ports.gate)
-        self.admit = Admit(ports, self.respond, self.log_record)
+        # The bytes every spool holds (limits.max_spooled_bytes): one budget for the
+        # process, shared with the features' routes that spool (queue, Gradio).
+        self.budget = SpoolBudget(lambda: ports.rules.runtime.config.limits.max_spooled_bytes)
+        self.admit = Admit(ports, self.respond, self.log_record, self.budget)
         self.features = Features()
 
     def register(self, features: Features) -> None:
@@ -183,15 +197,18 @@ class ProxyHandler:
         if isinstance(decided, Refuse):
             return self.respond.refuse(ctx, decided)
         assert isinstance(decided, Forward)
-        if decided.gradio and features.gradio is not None:
-            return await features.gradio(ctx)
-        if not decided.gated:
-            self.respond.count(ctx, Outcome.PASSED)
-            pool = rt.pass_pool(ports.gate.engine_up)
-            return await Relay(ports, ctx, pool).run()
-        if decided.queued and features.queue is not None:
-            return await features.queue(ctx)
-        return await self.admit(ctx)
+        try:
+            if decided.gradio and features.gradio is not None:
+                return await features.gradio(ctx)
+            if not decided.gated:
+                self.respond.count(ctx, Outcome.PASSED)
+                pool = rt.pass_pool(ports.gate.engine_up)
+                return await Relay(ports, ctx, pool).run()
+            if decided.queued and features.queue is not None:
+                return await features.queue(ctx)
+            return await self.admit(ctx)
+        except SpoolFull:  # raised before any answer began: the spool already gave back
+            return self.respond.spool_full(ctx)
 
     # ------------------------------------------------------------------ gatekeeper's endpoints
 
