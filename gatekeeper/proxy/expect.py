@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-_SENT = "gatekeeper.continue_sent"
+_SENT = web.RequestKey("gatekeeper.continue_sent", bool)
 
 
 def _expects_continue(request: web.BaseRequest) -> bool:
