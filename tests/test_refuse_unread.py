@@ -166,10 +166,8 @@ def state_bytes(state: Path) -> int:
     total = 0
     for root, _, files in os.walk(state):
         for f in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(root, f)).st_size
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -189,7 +187,9 @@ def assert_client_limit(r: Answer) -> None:
     assert r.status == 429, r.body
     doc = r.json()
     assert doc["reason"] == "client_limit" and r.headers["x-gatekeeper-reason"] == "client_limit"
-    assert int(r.headers["retry-after"]) >= 1 and doc["retry_after"] == int(r.headers["retry-after"])
+    assert int(r.headers["retry-after"]) >= 1 and doc["retry_after"] == int(
+        r.headers["retry-after"]
+    )
     assert doc["detail"] and "1" in doc["detail"]  # the message quotes per_client
 
 
@@ -224,13 +224,13 @@ async def test_bodies_sent_anyway_are_never_written(rig: Rig) -> None:
             reader, writer = await asyncio.open_connection(rig.host, rig.port)
             writer.write(head_bytes("/generate", "alice", 32 * MiB))
 
-            async def upload(n: int = i) -> None:
+            async def upload(w: asyncio.StreamWriter, n: int) -> None:
                 chunk = bytes([65 + n]) * MiB
                 for _ in range(32):
-                    writer.write(chunk)
-                    await writer.drain()
+                    w.write(chunk)
+                    await w.drain()
 
-            sender = asyncio.create_task(upload())
+            sender = asyncio.create_task(upload(writer, i))
             try:
                 assert_client_limit(await asyncio.wait_for(read_answer(reader), 10))
             finally:
