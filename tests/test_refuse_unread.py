@@ -330,3 +330,17 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.01)
     return check()
+
+
+async def test_a_full_queue_is_refused_before_the_body_is_sent(rig: Rig) -> None:
+    """max_waiting 20 (the default): one running and 20 waiting jobs of 21 clients; a
+    22nd client gets 503 queue_full from its head, with the queue's numbers."""
+    for i in range(21):
+        r = await send(rig, "/generate", f"c{i}", song(f"c{i}"), Prefer="respond-async")
+        assert r.status == 202, r.body
+    r = await head_only(rig, "/generate", "newcomer", 20 * MiB, Expect="100-continue")
+    assert r.status == 503 and r.interim == [], r.body
+    doc = r.json()
+    assert doc["reason"] == "queue_full" and "20" in doc["detail"]
+    assert int(r.headers["retry-after"]) == doc["retry_after"] >= 1
+    assert rig.budget.used == 0

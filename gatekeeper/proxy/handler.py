@@ -9,8 +9,11 @@ The path of one request (see docs/architecture.md):
 3. the outcomes a feature serves (the status document, the jobs API, a queue
    route, a Gradio route) go to the handler the app registered for them
    (``Features``); the proxy imports no feature;
-4. ``admit`` (``admit.Admit``): the body is spooled first, then the gate is
-   asked again and the slot's ``Lease`` taken in the same synchronous step;
+4. ``admit`` (``admit.Admit``): the body is spooled first (within the
+   process's ``SpoolBudget``, ``limits.max_spooled_bytes``: 503 ``spool_full``),
+   then the gate is asked again and the slot's ``Lease`` taken in the same
+   synchronous step; ``100 Continue`` is sent only when a body is about to be
+   read (``expect``), so a refusal from the plan never invites one;
 5. ``relay.Relay`` streams the request to the pool's session and the answer
    back, chunk by chunk, never whole;
 6. the lease is released exactly once, on every path, by its holder
