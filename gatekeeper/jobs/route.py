@@ -158,18 +158,7 @@ class QueueRoute:
         try:
             key = None
             if cfg.jobs.coalesce:
-                key = coalesce_key(
-                    route.name,
-                    request.method,
-                    # The target exactly as forwarded: the engine sees /generate/ and
-                    # /generate as different paths (and may answer one 404), so they
-                    # are different generations.
-                    request.raw_path.partition("?")[0],
-                    request.query_string,
-                    spool.sha256 if spool is not None else EMPTY_SHA256,
-                    idem,
-                    client=client,
-                )
+                key = _key(ctx, client, idem, spool.sha256 if spool is not None else EMPTY_SHA256)
             headers = upstream_request_headers(
                 request.headers,
                 client_ip=request.remote,
@@ -227,9 +216,8 @@ class QueueRoute:
         request, cfg, route = ctx.request, ctx.config, ctx.route
         path = request.raw_path.partition("?")[0]
         key = None
-        if idem is not None and cfg.jobs.coalesce:  # the key is the head's alone
-            query = request.query_string
-            key = coalesce_key(route.name, request.method, path, query, EMPTY_SHA256, idem, client)
+        if idem is not None and cfg.jobs.coalesce:  # the key is the head's alone (ids)
+            key = _key(ctx, client, idem, EMPTY_SHA256)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         size: int | None = request.content_length if encoding in ("", "identity") else None
         if not request.body_exists:
@@ -378,6 +366,23 @@ class QueueRoute:
         except ConnectionError:
             rec.client_gone = True
         return out
+
+
+def _key(ctx: RequestContext, client: str, idem: str | None, body_sha256: str) -> str:
+    """The request's coalescing key (``ids.coalesce_key``), the one place it is made: after
+    the body, and from the head alone when an ``Idempotency-Key`` makes the body moot."""
+    request = ctx.request
+    return coalesce_key(
+        ctx.route.name,
+        request.method,
+        # The target exactly as forwarded: the engine sees /generate/ and /generate as
+        # different paths (and may answer one 404), so they are different generations.
+        request.raw_path.partition("?")[0],
+        request.query_string,
+        body_sha256,
+        idem,
+        client=client,
+    )
 
 
 def _transport_gone(request: web.BaseRequest) -> bool:
