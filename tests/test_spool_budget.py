@@ -144,3 +144,15 @@ def test_the_limit_is_read_live() -> None:
     assert not b.take(6)
     limit[0] = 6
     assert b.take(6)
+
+
+def test_the_budget_in_effect_is_never_below_max_body_bytes() -> None:
+    """A config whose max_body_bytes is over max_spooled_bytes stays valid (as before the
+    key existed), and its largest body still fits when nothing else is spooled."""
+    from gatekeeper.config import load_config
+    from gatekeeper.proxy.handler import spool_limit
+
+    big = load_config("limits: {max_body_bytes: 2147483648}\n")
+    assert spool_limit(big) == 2147483648
+    small = load_config("limits: {max_spooled_bytes: 5000000, max_body_bytes: 1000000}\n")
+    assert spool_limit(small) == 5000000

@@ -55,7 +55,9 @@ class Limits:
         "Request body bytes held by spools at once, across every connection and route kind"
         " (admit, queue, Gradio joins). A declared Content-Length that does not fit in what is"
         " left is refused 503 spool_full before any of the body is read; a chunked body that"
-        " grows past it is cut off with the same 503. Must be >= max_body_bytes.",
+        " grows past it is cut off with the same 503. Never less than max_body_bytes in effect"
+        " (a smaller value counts as max_body_bytes): the largest accepted body always fits"
+        " when no other is being received.",
         minimum=0,
         default=1024 * 1024 * 1024,
     )
@@ -69,13 +71,5 @@ def _check(lim: Limits, sec: Section, ctx: Context) -> Limits:
             sec.node_of("client_body_deadline"),
             f"must be >= client_body_timeout ({lim.client_body_timeout:g}s)",
             lim.client_body_deadline,
-        )
-    if lim.max_spooled_bytes < lim.max_body_bytes:
-        sec.problem(
-            "max_spooled_bytes",
-            sec.node_of("max_spooled_bytes"),
-            f"must be >= max_body_bytes ({lim.max_body_bytes}): a body of the largest"
-            " accepted size must fit",
-            lim.max_spooled_bytes,
         )
     return lim

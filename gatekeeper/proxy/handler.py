@@ -100,6 +100,12 @@ class Features:
     gradio: RouteHandler | None = None
 
 
+def spool_limit(cfg: Config) -> int:
+    """The spool budget in effect: ``limits.max_spooled_bytes``, never less than
+    ``max_body_bytes`` (the largest accepted body always fits when no other is spooled)."""
+    return max(cfg.limits.max_spooled_bytes, cfg.limits.max_body_bytes)
+
+
 class ProxyHandler:
     def __init__(
         self,
@@ -114,7 +120,7 @@ class ProxyHandler:
         self.respond = Responder(ports.counters, ports.gate)
         # The bytes every spool holds (limits.max_spooled_bytes): one budget for the
         # process, shared with the features' routes that spool (queue, Gradio).
-        self.budget = SpoolBudget(lambda: ports.rules.runtime.config.limits.max_spooled_bytes)
+        self.budget = SpoolBudget(lambda: spool_limit(ports.rules.runtime.config))
         self.admit = Admit(ports, self.respond, self.log_record, self.budget)
         self.features = Features()
 
