@@ -333,6 +333,33 @@ def test_coalescing_finds_a_live_job_then_the_newest_kept_2xx(store: JobStore) -
     assert store.find_coalesce("nothing", now=300.0, keep=1000.0) is None
 
 
+def test_kept_like_never_misses_a_kept_result_a_body_could_match(store: JobStore) -> None:
+    """``kept_like`` (issue #18 §2: a refusal decided from the head) says True for every
+    kept 2xx result within ``keep`` on the same route, method and path, of the
+    head's body length or any length when unknown; False when none could match."""
+    from gatekeeper.jobs.head import RequestHead
+
+    row = done(store, 200.0, key="k")
+    size = row.body_size
+
+    def head(path: str = "/generate", body_size: int | None = size, **kw: str) -> RequestHead:
+        args = {"client": "c", "route": "generate", "method": "POST", **kw}
+        return RequestHead(path=path, body_size=body_size, **args)
+
+    assert store.kept_like(head(), now=300.0, keep=1000.0)
+    assert store.kept_like(head(body_size=None), now=300.0, keep=1000.0)
+    assert store.kept_like(head(client="someone else"), now=300.0, keep=1000.0)  # over-approx.
+    assert not store.kept_like(head(body_size=size + 1), now=300.0, keep=1000.0)
+    assert not store.kept_like(head(path="/generate/x"), now=300.0, keep=1000.0)
+    assert not store.kept_like(head(path="/gen"), now=300.0, keep=1000.0)
+    assert not store.kept_like(head(method="PUT"), now=300.0, keep=1000.0)
+    assert not store.kept_like(head(route="other"), now=300.0, keep=1000.0)
+    assert not store.kept_like(head(), now=300.0, keep=50.0)  # finished before keep
+    other = done(store, 280.0, key="k2", status=500)  # a failed answer is never replayed
+    assert other.body_size == size
+    assert not store.kept_like(head(), now=1250.0, keep=1000.0)
+
+
 def test_add_coalesced_counts(store: JobStore) -> None:
     """add_coalesced returns the running count and the record shows it."""
     row = add(store)

@@ -38,7 +38,8 @@ from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections
-from gatekeeper.proxy.handler import Features, ProxyHandler
+from gatekeeper.proxy.expect import defer_continue
+from gatekeeper.proxy.handler import SPOOL_BUDGET, Features, ProxyHandler
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.resources.monitor import Monitor
 
@@ -185,7 +186,7 @@ def build_proxy_app(
         Features(
             status=lambda: status_document(st),
             jobs=JobsEndpoint(jobs, st.clock) if jobs is not None else None,
-            queue=QueueRoute(jobs, st.clock, handler.respond, conns).handle
+            queue=QueueRoute(jobs, st.clock, handler.respond, handler.budget, conns).handle
             if jobs is not None
             else None,
             gradio=gradio.handle,
@@ -198,7 +199,9 @@ def build_proxy_app(
         app.cleanup_ctx.append(reloader.cleanup_ctx())
     # One catch-all route: every method and path is the upstream's business, not ours.
     # The bound coroutine method, not the instance: aiohttp deprecates non-async handlers.
-    app.router.add_route("*", "/{tail:.*}", handler.__call__)
+    # No "100 Continue" at routing: the body is asked for only when it is wanted (expect).
+    app.router.add_route("*", "/{tail:.*}", handler.__call__, expect_handler=defer_continue)
+    app[SPOOL_BUDGET] = handler.budget
     app.cleanup_ctx.append(_background(st, monitor=monitor, probe=probe, conns=conns))
     app.cleanup_ctx.append(_waiting_room(st))
     if alerts:

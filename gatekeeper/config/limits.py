@@ -3,7 +3,8 @@
 These bound a *client*, not the engine: a slow or hostile client may cost a
 connection, a file descriptor and a spool file for a bounded time, but never
 the generation slot (the body of an admit route is taken before admission,
-see ``gatekeeper.proxy.spool``).
+see ``gatekeeper.proxy.spool``); all clients together may hold at most
+``max_spooled_bytes`` of spooled bodies.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class Limits:
         " in a temporary file beyond (never whole in memory).",
         minimum=0,
         default=1024 * 1024,
+    )
+    max_spooled_bytes: int = integer(
+        "Request body bytes held by spools at once, across every connection and route kind"
+        " (admit, queue, Gradio joins). A declared Content-Length that does not fit in what is"
+        " left is refused 503 spool_full before any of the body is read; a chunked body that"
+        " grows past it is cut off with the same 503. Never less than max_body_bytes in effect"
+        " (a smaller value counts as max_body_bytes): the largest accepted body always fits"
+        " when no other is being received.",
+        minimum=0,
+        default=1024 * 1024 * 1024,
     )
 
 

@@ -31,6 +31,8 @@ REASONS: tuple[str, ...] = (
     "queue_full",
     "queue_timeout",
     "client_limit",
+    # limits.max_spooled_bytes: the bodies being uploaded fill the spool budget (issue #18).
+    "spool_full",
 )
 # Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
 # Every message may use every field (a field that does not apply renders as 0);

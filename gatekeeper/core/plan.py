@@ -17,8 +17,10 @@ are tried:
                        request (a gated function's queue join takes a slot; the
                        rest passes)
 ``Refuse`` (draining)  a ``queue`` route while draining (waiting would outlive us)
-``Forward`` (queue)    a ``queue`` route: the body is spooled, then the waiting room
-                       decides (``Jobs.submit``): coalesce, refuse, or wait its turn
+``Forward`` (queue)    a ``queue`` route: the waiting room refuses from the head
+                       when no body could change it (``jobs.route``), else the body
+                       is spooled and it decides (``Jobs.submit``): coalesce,
+                       refuse, or wait its turn
 ``Refuse`` (rejected)  an ``admit`` route the gate would refuse *now*, with
                        Retry-After; no body is read. The reasons, first one
                        answered: draining, busy, engine_down, cpu, memory,

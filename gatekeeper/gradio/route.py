@@ -55,6 +55,7 @@ from gatekeeper.gradio.wire import (
 )
 from gatekeeper.proxy.admit import Admit
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
@@ -154,6 +155,9 @@ class GradioRoute:
             idle_timeout=cfg.limits.client_body_timeout,
             deadline=cfg.limits.client_body_deadline,
             memory_limit=max(cfg.limits.spool_memory_bytes, MAX_JOIN_BODY),
+            budget=self.admit.budget,  # the process's limits.max_spooled_bytes
+            declared=request.content_length,
+            before_read=lambda: send_continue(request),
         )
 
     async def _which(

@@ -2,12 +2,36 @@
 
 1. ``Prefer`` and ``Idempotency-Key`` are checked (400 on a malformed one);
 2. the client key is derived (``core.clientkey``);
-3. the body is spooled into the state dir (hashed on the way for coalescing);
-4. ``JobService.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
+3. the head alone decides a refusal when the body cannot change it (below);
+4. the body is spooled into the state dir (hashed on the way for coalescing),
+   within ``limits.max_spooled_bytes`` (``proxy.spool``: 503 ``spool_full``);
+5. ``JobService.submit`` decides: refused (429 ``client_limit``, 503 ``queue_full``),
    attached to an identical job, a kept result, or a new job;
-5. async (``Prefer: respond-async``): 202 + ``Location``; held: wait for the
+6. async (``Prefer: respond-async``): 202 + ``Location``; held: wait for the
    job's answer head (the client leaving the queue frees its place at once),
    then stream the result file as it grows.
+
+**Refused from the head** (issue #18 §2: nothing is written for a request that
+will be refused). ``submit`` tries coalescing before the waiting room's limits:
+an identical request attaches to a live job, or replays a kept result, even
+from a client at ``per_client`` or into a full queue. The body enters only the
+coalescing key, so ``JobService.refusal_before_body`` answers the refusal
+before a byte of the body is read (and instead of ``100 Continue``:
+``proxy.expect``) exactly when
+
+- the waiting room refuses this client now (every reason of
+  ``JobService._refusal``: ``client_limit``, ``queue_full``, and any reason
+  added there), and
+- no body could make it coalesce: ``jobs.coalesce`` is off; or, with an
+  ``Idempotency-Key`` (the key is then the head's alone), no live job and no
+  kept result has that key; or, without one, no live job and no kept 2xx
+  result has this route, method and path and (when the head tells the body's
+  length: a ``Content-Length`` without ``Content-Encoding``) that body length
+  (``head.RequestHead.may_match``, an over-approximation of the key).
+
+Otherwise the body is read and ``submit`` decides as before. The answer is the
+one ``submit`` gives (status, reason, Retry-After, JSON fields); the
+connection closes after it when the body was not read.
 
 Headers ``X-Gatekeeper-Job: <id>`` (held answers too, so a client that times
 out can fetch the result later) and ``X-Gatekeeper-Coalesced: 1``.
@@ -31,6 +55,7 @@ from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs.api import JobsApi, job_json
+from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.ids import (
     BadHeader,
     check_idempotency_key,
@@ -46,10 +71,11 @@ from gatekeeper.jobs.states import RetryAfter
 from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import Clock
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
-from gatekeeper.proxy.spool import Spool, take_body
+from gatekeeper.proxy.spool import Spool, SpoolBudget, take_body
 from gatekeeper.upstream import ClientGone
 
 # The proxy's logger: a job's failure is told where the admit route tells its own.
@@ -77,11 +103,17 @@ class JobsEndpoint:
 
 class QueueRoute:
     def __init__(
-        self, jobs: JobService, clock: Clock, respond: Responder, conns: Connections | None = None
+        self,
+        jobs: JobService,
+        clock: Clock,
+        respond: Responder,
+        budget: SpoolBudget,
+        conns: Connections | None = None,
     ):
         self.jobs = jobs
         self.clock = clock
         self.respond = respond
+        self.budget = budget  # limits.max_spooled_bytes, shared with every route that spools
         self.conns = conns
 
     async def handle(self, ctx: RequestContext) -> web.StreamResponse:
@@ -100,6 +132,11 @@ class QueueRoute:
             request.headers,
             request.headers.getall("X-Forwarded-For", []),
         )
+        early = jobs.refusal_before_body(self._head(ctx, client, idem))
+        if early is not None:  # the same answer submit would give, the body unread
+            return self.respond.refuse_waiting(
+                ctx, early.status, early.reason, early.retry_after, early.fields
+            )
         spool: Spool | None = None
         if request.body_exists:
             try:
@@ -111,6 +148,9 @@ class QueueRoute:
                     memory_limit=cfg.limits.spool_memory_bytes,
                     directory=jobs.spool_dir,
                     digest=True,
+                    budget=self.budget,
+                    declared=request.content_length,
+                    before_read=lambda: send_continue(request),
                 )
             except ClientGone:
                 return self.respond.client_left(ctx, "sending the request body")
@@ -118,18 +158,7 @@ class QueueRoute:
         try:
             key = None
             if cfg.jobs.coalesce:
-                key = coalesce_key(
-                    route.name,
-                    request.method,
-                    # The target exactly as forwarded: the engine sees /generate/ and
-                    # /generate as different paths (and may answer one 404), so they
-                    # are different generations.
-                    request.raw_path.partition("?")[0],
-                    request.query_string,
-                    spool.sha256 if spool is not None else EMPTY_SHA256,
-                    idem,
-                    client=client,
-                )
+                key = _key(ctx, client, idem, spool.sha256 if spool is not None else EMPTY_SHA256)
             headers = upstream_request_headers(
                 request.headers,
                 client_ip=request.remote,
@@ -180,6 +209,20 @@ class QueueRoute:
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
         return await self._hold(ctx, job, coalesced)
+
+    @staticmethod
+    def _head(ctx: RequestContext, client: str, idem: str | None) -> RequestHead:
+        """What the head says of the job this request would make (``head``)."""
+        request, cfg, route = ctx.request, ctx.config, ctx.route
+        path = request.raw_path.partition("?")[0]
+        key = None
+        if idem is not None and cfg.jobs.coalesce:  # the key is the head's alone (ids)
+            key = _key(ctx, client, idem, EMPTY_SHA256)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        size: int | None = request.content_length if encoding in ("", "identity") else None
+        if not request.body_exists:
+            size = 0
+        return RequestHead(client, route.name, request.method, path, size, key)
 
     # ------------------------------------------------------------------ held clients
 
@@ -323,6 +366,23 @@ class QueueRoute:
         except ConnectionError:
             rec.client_gone = True
         return out
+
+
+def _key(ctx: RequestContext, client: str, idem: str | None, body_sha256: str) -> str:
+    """The request's coalescing key (``ids.coalesce_key``), the one place it is made: after
+    the body, and from the head alone when an ``Idempotency-Key`` makes the body moot."""
+    request = ctx.request
+    return coalesce_key(
+        ctx.route.name,
+        request.method,
+        # The target exactly as forwarded: the engine sees /generate/ and /generate as
+        # different paths (and may answer one 404), so they are different generations.
+        request.raw_path.partition("?")[0],
+        request.query_string,
+        body_sha256,
+        idem,
+        client=client,
+    )
 
 
 def _transport_gone(request: web.BaseRequest) -> bool:

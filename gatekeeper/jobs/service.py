@@ -37,6 +37,7 @@ from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
 from gatekeeper.jobs import runner
 from gatekeeper.jobs.deps import JobDeps
+from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
@@ -170,6 +171,12 @@ class JobService:
         self._enter(job, cfg)
         self.dispatch()
         return Joined(job, coalesced=False)
+
+    def refusal_before_body(self, head: RequestHead) -> Refused | None:
+        """What ``submit`` refuses whatever the body; None if a body may coalesce (``head``)."""
+        refusal = self._refusal(head.client, self.config, self.deps.clock())
+        live = (j.record for j in self.live.values() if not j.final)
+        return head.decide(refusal, self.config.jobs, live, self.store, self.deps.wall())
 
     def _enter(self, job: Job, cfg: Config) -> None:
         self.live[job.id] = job

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
+from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.record import Headers, JobRecord
 
 # An expired job answers "expired" (not 404) for this many times ``jobs.keep`` after it
@@ -78,6 +79,12 @@ class JobStore(Protocol):
     def find_coalesce(self, key: str, now: float, keep: float) -> JobRecord | None:
         """The job a request with coalescing ``key`` attaches to: a queued or running one,
         else the newest done 2xx whose result file is there and finished within ``keep``."""
+        ...
+
+    def kept_like(self, head: RequestHead, now: float, keep: float) -> bool:
+        """Could a kept 2xx result that ``find_coalesce`` would replay (finished within
+        ``keep``) match a request with this ``head``, for some body? May say True for
+        one that cannot (``head.RequestHead.may_match``), never False for one that can."""
         ...
 
     def add_coalesced(self, job_id: str) -> int:

@@ -26,31 +26,38 @@ from gatekeeper.core.admission import Rejection
 from gatekeeper.core.plan import rejected
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.record import RecordLog, RequestRecord
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
-from gatekeeper.proxy.spool import Spool, take_body
+from gatekeeper.proxy.spool import Spool, SpoolBudget, take_body
 from gatekeeper.upstream import ClientGone
 
 
 class Admit:
-    def __init__(self, ports: ProxyPorts, respond: Responder, log_record: RecordLog):
+    def __init__(
+        self, ports: ProxyPorts, respond: Responder, log_record: RecordLog, budget: SpoolBudget
+    ):
         self.ports = ports
         self.respond = respond
         self.log_record = log_record
+        self.budget = budget
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
-        limits = ctx.config.limits
+        limits, request = ctx.config.limits, ctx.request
         spool: Spool | None = None
-        if ctx.request.body_exists:
+        if request.body_exists:
             try:
                 spool = await take_body(
-                    ctx.request.content.iter_any(),
+                    request.content.iter_any(),
                     max_bytes=limits.max_body_bytes,
                     idle_timeout=limits.client_body_timeout,
                     deadline=limits.client_body_deadline,
                     memory_limit=limits.spool_memory_bytes,
+                    budget=self.budget,
+                    declared=request.content_length,
+                    before_read=lambda: send_continue(request),
                 )
             except ClientGone:
                 return self.respond.client_left(ctx, "sending the request body")

@@ -9,8 +9,11 @@ The path of one request (see docs/architecture.md):
 3. the outcomes a feature serves (the status document, the jobs API, a queue
    route, a Gradio route) go to the handler the app registered for them
    (``Features``); the proxy imports no feature;
-4. ``admit`` (``admit.Admit``): the body is spooled first, then the gate is
-   asked again and the slot's ``Lease`` taken in the same synchronous step;
+4. ``admit`` (``admit.Admit``): the body is spooled first (within the
+   process's ``SpoolBudget``, ``limits.max_spooled_bytes``: 503 ``spool_full``),
+   then the gate is asked again and the slot's ``Lease`` taken in the same
+   synchronous step; ``100 Continue`` is sent only when a body is about to be
+   read (``expect``), so a refusal from the plan never invites one;
 5. ``relay.Relay`` streams the request to the pool's session and the answer
    back, chunk by chunk, never whole;
 6. the lease is released exactly once, on every path, by its holder
@@ -40,8 +43,19 @@ from gatekeeper.proxy.record import RecordLog, RequestRecord
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
+from gatekeeper.proxy.spool import SpoolBudget, SpoolFull
 
-__all__ = ["Features", "JobsHandler", "ProxyHandler", "RouteHandler", "check_target"]
+__all__ = [
+    "SPOOL_BUDGET",
+    "Features",
+    "JobsHandler",
+    "ProxyHandler",
+    "RouteHandler",
+    "check_target",
+]
+
+# The proxy app's spool budget (``limits.max_spooled_bytes``), for whoever reads its use.
+SPOOL_BUDGET = web.AppKey("gatekeeper.spool_budget", SpoolBudget)
 
 
 def check_target(request: web.BaseRequest) -> None:
@@ -86,6 +100,12 @@ class Features:
     gradio: RouteHandler | None = None
 
 
+def spool_limit(cfg: Config) -> int:
+    """The spool budget in effect: ``limits.max_spooled_bytes``, never less than
+    ``max_body_bytes`` (the largest accepted body always fits when no other is spooled)."""
+    return max(cfg.limits.max_spooled_bytes, cfg.limits.max_body_bytes)
+
+
 class ProxyHandler:
     def __init__(
         self,
@@ -98,7 +118,10 @@ class ProxyHandler:
         self.log_record = RecordLog(ports.clock, on_record)
         # Shared with the features' routes (``register``): one way to count and refuse.
         self.respond = Responder(ports.counters, ports.gate)
-        self.admit = Admit(ports, self.respond, self.log_record)
+        # The bytes every spool holds (limits.max_spooled_bytes): one budget for the
+        # process, shared with the features' routes that spool (queue, Gradio).
+        self.budget = SpoolBudget(lambda: spool_limit(ports.rules.runtime.config))
+        self.admit = Admit(ports, self.respond, self.log_record, self.budget)
         self.features = Features()
 
     def register(self, features: Features) -> None:
@@ -183,15 +206,18 @@ class ProxyHandler:
         if isinstance(decided, Refuse):
             return self.respond.refuse(ctx, decided)
         assert isinstance(decided, Forward)
-        if decided.gradio and features.gradio is not None:
-            return await features.gradio(ctx)
-        if not decided.gated:
-            self.respond.count(ctx, Outcome.PASSED)
-            pool = rt.pass_pool(ports.gate.engine_up)
-            return await Relay(ports, ctx, pool).run()
-        if decided.queued and features.queue is not None:
-            return await features.queue(ctx)
-        return await self.admit(ctx)
+        try:
+            if decided.gradio and features.gradio is not None:
+                return await features.gradio(ctx)
+            if not decided.gated:
+                self.respond.count(ctx, Outcome.PASSED)
+                pool = rt.pass_pool(ports.gate.engine_up)
+                return await Relay(ports, ctx, pool).run()
+            if decided.queued and features.queue is not None:
+                return await features.queue(ctx)
+            return await self.admit(ctx)
+        except SpoolFull:  # raised before any answer began: the spool already gave back
+            return self.respond.spool_full(ctx)
 
     # ------------------------------------------------------------------ gatekeeper's endpoints
 

@@ -36,6 +36,7 @@ from gatekeeper.core.headers import (
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import client_left
 from gatekeeper.proxy.spool import Spool
@@ -157,7 +158,10 @@ class Relay:
             body = self.spool.chunks()
             headers["Content-Length"] = str(self.spool.size)  # was chunked, or the same
         else:
-            body = request.content.iter_any() if request.body_exists else None
+            body = None
+            if request.body_exists:
+                await send_continue(request)  # the body is wanted now (proxy.expect)
+                body = request.content.iter_any()
         self.sent_at = ports.clock()
         rec.queue_seconds = self.sent_at - rec.started
         # Without ``finish`` a vanished client cancels the wait (and the upstream request).

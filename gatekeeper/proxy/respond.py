@@ -20,11 +20,15 @@ from gatekeeper.core.errors import HttpError, UpstreamError
 from gatekeeper.core.plan import Refuse
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import body_unread
 from gatekeeper.proxy.ports import Counting
 from gatekeeper.proxy.record import RequestRecord
 from gatekeeper.proxy.responses import RefusalBodies, json_answer, json_error
 
 log = logging.getLogger("gatekeeper.proxy")
+
+# The reason code of a refusal for ``limits.max_spooled_bytes`` (``messages.spool_full``).
+SPOOL_FULL = "spool_full"
 
 
 def client_left(
@@ -74,9 +78,8 @@ class Responder:
                 **gate.resources.message_fields(),  # cpu_percent, memory_percent, ...
                 route=route.name,
             )
-        return self._answer(
-            rec, refusal.status, refusal.reason, body, refusal.retry_after, refusal.close
-        )
+        close = refusal.close or body_unread(ctx.request)
+        return self._answer(rec, refusal.status, refusal.reason, body, refusal.retry_after, close)
 
     def refuse_waiting(
         self,
@@ -98,7 +101,15 @@ class Responder:
             route=ctx.route.name,
             **fields,
         )
-        return self._answer(ctx.rec, status, reason, body, retry_after, False)
+        close = body_unread(ctx.request)
+        return self._answer(ctx.rec, status, reason, body, retry_after, close)
+
+    def spool_full(self, ctx: RequestContext) -> web.Response:
+        """``limits.max_spooled_bytes`` reached (``spool.SpoolFull``): 503 ``spool_full``,
+        before the body is read when its length was declared, else where it was cut off."""
+        retry_after = ctx.config.admission.retry_after_default
+        refusal = Refuse(ctx.route, 503, SPOOL_FULL, Outcome.REJECTED, retry_after, close=True)
+        return self.refuse(ctx, refusal)
 
     def error(self, cfg: Config, exc: HttpError, rec: RequestRecord) -> web.Response:
         """An ``HttpError`` raised anywhere on the request's path, answered and counted."""

@@ -13,7 +13,18 @@ once, in ``$TMPDIR``), never whole in memory. Reading it is bounded three ways:
 
 - ``limits.max_body_bytes``: more is refused with 413;
 - ``limits.client_body_timeout``: a pause between two chunks -> 408;
-- ``limits.client_body_deadline``: the whole body -> 408, whatever the pace.
+- ``limits.client_body_deadline``: the whole body -> 408, whatever the pace;
+- ``limits.max_spooled_bytes``: the bytes all spools hold at once, across every
+  connection and route kind (``SpoolBudget``, one per process). A declared
+  ``Content-Length`` is reserved whole before the first byte is read (over the
+  budget: ``SpoolFull`` -> 503 ``spool_full``, nothing read); a chunked body
+  takes its bytes as they come and is cut off with the same 503 when it would
+  pass the budget. A spool gives its bytes back exactly once, when it is
+  closed or saved (renamed into the job store), whatever ended it.
+
+``before_read`` runs after the reservation and before the first read: the
+``100 Continue`` of a client that sent ``Expect: 100-continue`` (``expect``),
+so a refused client is never invited to send its body.
 
 File writes are synchronous: they land in the page cache in microseconds per
 64 KiB chunk, cheaper than a thread hop per chunk.
@@ -26,7 +37,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
@@ -37,16 +48,52 @@ from gatekeeper.upstream import ClientGone
 REPLAY_CHUNK = 256 * 1024
 
 
+class SpoolFull(Exception):
+    """``limits.max_spooled_bytes`` would be passed: the request is refused 503 ``spool_full``
+    (before its body is read when its length is declared; mid-body when chunked)."""
+
+
+class SpoolBudget:
+    """The bytes held by every spool in flight; ``limit`` reads ``limits.max_spooled_bytes``
+    from the live rules (a reload applies to the next reservation)."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (nothing reserved) if that would pass the limit."""
+        if n > 0 and self.used + n > self._limit():
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        if self.used < 0:  # a spool gave back more than it took: a bug, never hidden
+            raise RuntimeError(f"spool budget below zero ({self.used})")
+
+
 class Spool:
     """A request body, in memory up to ``memory_limit`` bytes, in a temp file beyond.
 
     ``directory``: where the temp file goes (a queue route's: the state dir, so that
     ``save`` is a rename); None: an anonymous file in ``$TMPDIR``. ``digest``: keep a
-    SHA-256 of the body as it arrives (the coalescing key of a job).
+    SHA-256 of the body as it arrives (the coalescing key of a job). ``budget``: the
+    process's ``SpoolBudget``; the spool holds ``held`` bytes of it until ``close``.
     """
 
-    def __init__(self, memory_limit: int, *, directory: Path | None = None, digest: bool = False):
+    def __init__(
+        self,
+        memory_limit: int,
+        *,
+        directory: Path | None = None,
+        digest: bool = False,
+        budget: SpoolBudget | None = None,
+    ):
         self._limit = memory_limit
+        self._budget = budget
+        self.held = 0  # bytes reserved in the budget, given back once by ``close``
         self._buffer = bytearray()
         self._file: IO[bytes] | None = None
         self._dir = directory
@@ -68,7 +115,18 @@ class Spool:
         """The whole body while it is in memory (a small one); None once it is on disk."""
         return bytes(self._buffer) if self._file is None else None
 
+    def reserve(self, n: int) -> None:
+        """Hold ``n`` more bytes of the budget; SpoolFull (nothing held) if it has no room."""
+        if self._budget is None or n <= 0:
+            return
+        if not self._budget.take(n):
+            raise SpoolFull(n)
+        self.held += n
+
     def write(self, chunk: bytes) -> None:
+        beyond = self.size + len(chunk) - self.held
+        if beyond > 0:
+            self.reserve(beyond)  # a chunked body, or more than it declared
         self.size += len(chunk)
         if self._hash is not None:
             self._hash.update(chunk)
@@ -101,30 +159,37 @@ class Spool:
 
     def save(self, path: Path) -> None:
         """Put the whole body at ``path``, atomically (a temp file renamed over it), and
-        close the spool. A reader of ``path`` sees nothing or the whole body."""
-        if self._file is not None and self._dir is not None:
-            f, self._file = self._file, None
-            f.close()  # flushed; a named temp file in the same directory tree: a rename
-            os.replace(f.name, path)
-        else:
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as out:
-                if self._file is not None:
-                    self._file.flush()
-                    self._file.seek(0)
-                    while chunk := self._file.read(REPLAY_CHUNK):
-                        out.write(chunk)
-                else:
-                    out.write(self._buffer)
-            os.replace(tmp, path)
-        self.close()
+        close the spool (its budget bytes given back, whether the save worked or not).
+        A reader of ``path`` sees nothing or the whole body."""
+        try:
+            if self._file is not None and self._dir is not None:
+                f = self._file
+                f.close()  # flushed; a named temp file in the same directory tree: a rename
+                os.replace(f.name, path)
+                self._file = None  # renamed: nothing left to unlink
+            else:
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "wb") as out:
+                    if self._file is not None:
+                        self._file.flush()
+                        self._file.seek(0)
+                        while chunk := self._file.read(REPLAY_CHUNK):
+                            out.write(chunk)
+                    else:
+                        out.write(self._buffer)
+                os.replace(tmp, path)
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Free the memory or the file; safe to call more than once."""
+        """Free the memory or the file and give the budget back; safe to call more than once."""
         self._buffer = bytearray()
+        held, self.held = self.held, 0
+        if self._budget is not None and held:
+            self._budget.give(held)
         if self._file is not None:
             f, self._file = self._file, None
-            f.close()
+            f.close()  # closing twice (save's rename failed) is harmless
             if self._dir is not None:  # a named temp file: not unlinked by closing
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f.name)
@@ -139,12 +204,27 @@ async def take_body(
     memory_limit: int,
     directory: Path | None = None,
     digest: bool = False,
+    budget: SpoolBudget | None = None,
+    declared: int | None = None,
+    before_read: Callable[[], Awaitable[None]] | None = None,
 ) -> Spool:
-    """Read a whole request body into a Spool; raises BodyTooLarge, ClientTimeout, ClientGone.
+    """Read a whole request body into a Spool; raises BodyTooLarge, ClientTimeout,
+    ClientGone, SpoolFull.
 
-    On any failure (cancellation included) the spool is closed before the error leaves.
+    ``declared`` (the request's Content-Length) is reserved in ``budget`` before anything
+    is read; then ``before_read`` runs (``expect.send_continue``). On any failure
+    (cancellation included) the spool is closed, its budget given back, before the error
+    leaves.
     """
-    spool = Spool(memory_limit, directory=directory, digest=digest)
+    spool = Spool(memory_limit, directory=directory, digest=digest, budget=budget)
+    try:
+        if declared:
+            spool.reserve(min(declared, max_bytes + 1))
+        if before_read is not None:
+            await before_read()
+    except BaseException:
+        spool.close()
+        raise
     try:
         async with asyncio.timeout(deadline) as whole:
             while True:
