@@ -19,7 +19,7 @@ from pathlib import Path
 from gatekeeper.cli.status_view import status_report
 from gatekeeper.config import ConfigError, load_config_file
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+from gatekeeper.cli.clients import DEFAULT_ADMIN_URL
 
 
 def default_admin_url(config: str | None) -> str:
