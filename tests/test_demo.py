@@ -86,7 +86,7 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                     break
                 time.sleep(0.1)
             assert status, log.read_text()
-            assert re.search(r"admitted 1 rejected 0 blocked 1", status[-1]), status[-1]
+            assert re.search(r"admitted 1 queued 0 coalesced 0 rejected 0 blocked 1", status[-1]), status[-1]
             assert "cpu" in status[-1] and "mem" in status[-1]
         finally:
             proc.send_signal(signal.SIGINT)
