@@ -250,7 +250,9 @@ def test_every_view_of_the_counts_shows_queued_and_coalesced_beside_admitted() -
     line = status_line(doc(counts=counts))
     assert " | admitted 1 queued 3 coalesced 2 rejected 1 blocked 0 | " in line
     report = "\n".join(status_report(doc(counts=counts)))
-    assert "requests    admitted 1  queued 3  coalesced 2  passed 0  rejected 1  blocked 0" in report
+    assert (
+        "requests    admitted 1  queued 3  coalesced 2  passed 0  rejected 1  blocked 0" in report
+    )
     # An older document (before the waiting room) has neither: the classic four show.
     assert " | admitted 4 rejected 2 blocked 1 | " in status_line(BUSY)
 

@@ -50,8 +50,7 @@ def reload_report(body: dict[str, Any]) -> tuple[int, list[str]]:
     if body.get("result") == "failure":
         errors = body.get("errors") or []
         lines = [
-            f"reload of {source} FAILED: {len(errors)} problem(s); "
-            "the previous rules stay in force"
+            f"reload of {source} FAILED: {len(errors)} problem(s); the previous rules stay in force"
         ]
         for e in errors:
             where = f"line {e['line']}: " if e.get("line") else ""

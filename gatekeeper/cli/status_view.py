@@ -78,7 +78,8 @@ def status_line(doc: dict[str, Any]) -> str:
     return (
         f"{generation_line(doc)} | in-flight {doc['in_flight']}/{doc['max_in_flight']}{queued}"
         f" | cpu {doc['cpu_percent']:.0f}% mem {doc['memory_percent']:.0f}%"
-        " | " + " ".join(f"{k} {v}" for k, v in count_items(counts) if k != "passed")
+        " | "
+        + " ".join(f"{k} {v}" for k, v in count_items(counts) if k != "passed")
         + f" | engine {up} | {state}"
     )
 
