@@ -208,6 +208,11 @@ def build_proxy_app(
         n = gradio.close_idle_streams()
         if n:
             log.info("closed %d idle Gradio session stream(s)", n)
+        # The drain is over: an engine's own event streams on pass routes end now, not
+        # after 2 x the close grace (issue #18 §7).
+        n = ports.streams.close_all()
+        if n:
+            log.info("closed %d pass-through event stream(s)", n)
 
     app.on_shutdown.append(close_gradio_streams)
 
