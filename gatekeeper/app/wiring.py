@@ -36,10 +36,12 @@ from gatekeeper.observability.alerts.notify import Notifier
 from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
+from gatekeeper.observability.ungated import threshold as ungated_threshold
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.handler import Features, ProxyHandler
 from gatekeeper.proxy.ports import ProxyPorts
+from gatekeeper.proxy.record import RequestRecord
 from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
@@ -165,6 +167,24 @@ def proxy_ports(st: AppState) -> ProxyPorts:
     )
 
 
+def _recorder(st: AppState) -> Callable[[RequestRecord], None]:
+    """Each finished request: its access-log line, and the ungated-generation watch."""
+
+    def record(rec: RequestRecord) -> None:
+        log_request(rec)
+        st.ungated.observe(
+            route=rec.route,
+            action=rec.action,
+            method=rec.method,
+            path=rec.path,
+            head_seconds=rec.upstream_head_seconds,
+            limit=ungated_threshold(st.config.admission.expected_seconds),
+            now=st.clock(),
+        )
+
+    return record
+
+
 def build_proxy_app(
     st: AppState,
     *,
@@ -175,7 +195,7 @@ def build_proxy_app(
     conns: Connections | None = None,
 ) -> web.Application:
     ports = proxy_ports(st)
-    handler = ProxyHandler(ports, on_record=log_request, conns=conns)
+    handler = ProxyHandler(ports, on_record=_recorder(st), conns=conns)
     assert st.gradio is not None  # AppState.create builds it
     st.gradio.on_record = log_request  # a Gradio generation's line, at its end
     gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)

@@ -185,6 +185,14 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
                 f"  {'ALERT':<11} [{a.get('severity', '?')}] {a.get('alertname', '?')}: "
                 f"{a.get('summary', '')}"
             )
+    ungated = doc.get("ungated")
+    if isinstance(ungated, dict) and ungated.get("count"):
+        last = ungated.get("last") or {}
+        lines.append(
+            f"  {'WARNING':<11} {ungated['count']} request(s) that look like generations passed "
+            f"ungated (latest {last.get('method', '?')} {last.get('path', '?')} on route "
+            f"{last.get('route', '?')!r}): gate them with a queue/admit/gradio route"
+        )
     lines.extend(queue_lines(doc))
     if doc.get("draining"):
         lines.append(f"  {'draining':<11} shutting down, waiting for running generations")

@@ -201,6 +201,7 @@ class Relay:
         ports, rec, request = self.ports, self.rec, self.request
         upstream = exchange.response
         rec.upstream_status = upstream.status
+        rec.upstream_head_seconds = ports.clock() - self.sent_at
         upstream_done = False  # the engine's body was read to its end
         send_timeout = self.send_timeout
         # An engine's own event stream on a pass route may never end: a stop cancels it.
