@@ -39,9 +39,10 @@ from gatekeeper.observability.status import status_document
 from gatekeeper.observability.ungated import threshold as ungated_threshold
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections
-from gatekeeper.proxy.handler import Features, ProxyHandler
+from gatekeeper.proxy.handler import Features, JobsHandler, ProxyHandler
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.record import RequestRecord
+from gatekeeper.proxy.streams import OpenStreams
 from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
@@ -167,6 +168,23 @@ def proxy_ports(st: AppState) -> ProxyPorts:
     )
 
 
+def _events_end_at_stop(jobs: JobsHandler, streams: OpenStreams) -> JobsHandler:
+    """A job's ``/events`` stream waits for a change that a stop may never bring (a job
+    queued until the next start): registered like a pass-through event stream, it ends
+    when the stop begins instead of holding it for 2 x the close grace."""
+
+    async def handle(
+        request: web.BaseRequest, config: Config, rest: str, request_id: str
+    ) -> web.StreamResponse:
+        task = streams.enter() if rest.rstrip("/").endswith("/events") else None
+        try:
+            return await jobs(request, config, rest, request_id)
+        finally:
+            streams.leave(task)
+
+    return handle
+
+
 def _recorder(st: AppState) -> Callable[[RequestRecord], None]:
     """Each finished request: its access-log line, and the ungated-generation watch."""
 
@@ -204,7 +222,9 @@ def build_proxy_app(
     handler.register(
         Features(
             status=lambda: status_document(st),
-            jobs=JobsEndpoint(jobs, st.clock) if jobs is not None else None,
+            jobs=_events_end_at_stop(JobsEndpoint(jobs, st.clock), ports.streams)
+            if jobs is not None
+            else None,
             queue=QueueRoute(jobs, st.clock, handler.respond, conns).handle
             if jobs is not None
             else None,
@@ -228,11 +248,11 @@ def build_proxy_app(
         n = gradio.close_idle_streams()
         if n:
             log.info("closed %d idle Gradio session stream(s)", n)
-        # The drain is over: an engine's own event streams on pass routes end now, not
-        # after 2 x the close grace (issue #18 §7).
+        # The drain is over: an engine's own event streams on pass routes and the jobs'
+        # /events watchers end now, not after 2 x the close grace (issue #18 §7).
         n = ports.streams.close_all()
         if n:
-            log.info("closed %d pass-through event stream(s)", n)
+            log.info("closed %d open event stream(s)", n)
 
     app.on_shutdown.append(close_gradio_streams)
 

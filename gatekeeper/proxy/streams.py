@@ -6,7 +6,9 @@ close grace, cancels only its request body, and waits again: such a stream held 
 with nothing running for 2 x ``CLOSE_GRACE_SECONDS``. The relay of each one registers
 its task here while it relays; the app's ``on_shutdown`` (which runs once the drain is
 over and before aiohttp waits for handlers) cancels them all, as the Gradio route does
-for its idle session streams. Generations are never registered: their relays hold a
+for its idle session streams. The app registers the jobs' ``/events`` watchers here too
+(a job queued until the next start never brings the change they wait for).
+Generations are never registered: their relays hold a
 ``Lease`` and the drain has already waited for them.
 
     streams = OpenStreams()
