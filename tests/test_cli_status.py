@@ -167,6 +167,7 @@ QUEUED = doc(
     accepting=False,
     reasons=["busy"],
     in_flight=1,
+    counts={"admitted": 1, "passed": 0, "rejected": 0, "blocked": 0, "queued": 3, "coalesced": 2},
     queue={
         "waiting": 2,
         "max_waiting": 2,
@@ -242,6 +243,20 @@ def test_status_of_an_older_gatekeeper_has_no_queue_lines() -> None:
     assert " | queue 2/2 | " in status_line(QUEUED)
 
 
+def test_every_view_of_the_counts_shows_queued_and_coalesced_beside_admitted() -> None:
+    """Issue #18 §7: on the shipped queue route songs count as queued/coalesced, not
+    admitted; the demo line and `gatekeeper status` said `admitted 0` after several songs."""
+    counts = {"admitted": 1, "passed": 0, "rejected": 1, "blocked": 0, "queued": 3, "coalesced": 2}
+    line = status_line(doc(counts=counts))
+    assert " | admitted 1 queued 3 coalesced 2 rejected 1 blocked 0 | " in line
+    report = "\n".join(status_report(doc(counts=counts)))
+    assert (
+        "requests    admitted 1  queued 3  coalesced 2  passed 0  rejected 1  blocked 0" in report
+    )
+    # An older document (before the waiting room) has neither: the classic four show.
+    assert " | admitted 4 rejected 2 blocked 1 | " in status_line(BUSY)
+
+
 def test_default_admin_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No ./rules.yaml: the documented default; otherwise its admin_listen, with wildcard
     addresses reached through loopback; --config takes precedence."""
@@ -311,7 +326,7 @@ def test_one_shot_against_a_running_gatekeeper(busy: Live) -> None:
     assert "in-flight   1/1" in out
     assert "cpu          42.5%" in out and "reject >85% recover <70%" in out
     assert "memory       37.5%" in out
-    assert "requests    admitted 1  passed 0  rejected 1  blocked 0" in out
+    assert "requests    admitted 1  queued 0  coalesced 0  passed 0  rejected 1  blocked 0" in out
     assert "turned away busy 1" in out
 
 

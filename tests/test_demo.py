@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -86,7 +87,9 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                     break
                 time.sleep(0.1)
             assert status, log.read_text()
-            assert re.search(r"admitted 1 rejected 0 blocked 1", status[-1]), status[-1]
+            assert re.search(r"admitted 1 queued 0 coalesced 0 rejected 0 blocked 1", status[-1]), (
+                status[-1]
+            )
             assert "cpu" in status[-1] and "mem" in status[-1]
         finally:
             proc.send_signal(signal.SIGINT)
@@ -156,3 +159,121 @@ def test_log_lines_and_the_live_line_share_a_terminal(tmp_path: Path, repo_root:
     assert m, log_line
     assert "overloaded=True" in m.group(1) and "in-flight" not in m.group(1), log_line
     assert code == 0 and "Traceback" not in text
+
+
+def _start_demo(
+    tmp_path: Path, repo_root: Path, seconds: float
+) -> tuple[Any, Path, int, int, Path]:
+    """The demo on the shipped rules with file readings (calm), output to a file."""
+    port, admin, engine = free_port(), free_port(), free_port()
+    readings = tmp_path / "readings.json"
+    readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    rules = (repo_root / "rules.yaml").read_text()
+    rules = rules.replace("source: psutil", "source: file").replace(
+        "file: null", f"file: {readings}"
+    )
+    (tmp_path / "rules.yaml").write_text(rules)
+    log = tmp_path / "demo.log"
+    argv = ["demo", "--port", str(port), "--admin-port", str(admin), "--engine-port", str(engine)]
+    argv += ["--seconds", str(seconds), "--memory-mb", "8", "--log-every", "0.3"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gatekeeper", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    deadline = time.monotonic() + 30
+    while "Live status" not in log.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.1)
+    return proc, log, port, admin, readings
+
+
+def _wait_for(log: Path, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def test_one_ctrl_c_mid_song_lets_the_song_finish(tmp_path: Path, repo_root: Path) -> None:
+    """Issue #18 §7: one Ctrl-C while a song runs drains gatekeeper (the song reaches its
+    client), never a timed second signal that drops it; the demo exits 0."""
+    import threading
+
+    proc, log, port, admin, _ = _start_demo(tmp_path, repo_root, seconds=8)
+    answer: dict[str, Any] = {}
+
+    def song() -> None:
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"lyrics": "x"}, timeout=60)
+        answer.update(status=r.status_code, head=r.content[:4])
+
+    t = threading.Thread(target=song)
+    try:
+        t.start()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()["in_flight"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        t.join(timeout=60)
+    text = log.read_text()
+    assert answer == {"status": 200, "head": b"RIFF"}, text[-3000:]
+    assert code == 0, text[-3000:]
+    assert "second signal" not in text and "Traceback" not in text
+    assert "a running song finishes first" in text
+
+
+def test_gatekeeper_stopped_cleanly_is_not_unexpected(tmp_path: Path, repo_root: Path) -> None:
+    """A clean SIGTERM to gatekeeper (a supervisor, `kill`) ends the demo with exit 0 and
+    says so, instead of "exited unexpectedly" and exit 1."""
+    proc, log, _, _, _ = _start_demo(tmp_path, repo_root, seconds=2)
+    try:
+        gk = next(
+            c for c in psutil.Process(proc.pid).children(recursive=True) if "run" in c.cmdline()
+        )
+        gk.terminate()
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "unexpectedly" not in text
+    assert "gatekeeper stopped (exit code 0)" in text
+
+
+def test_a_recovery_shows_in_the_demo(tmp_path: Path, repo_root: Path) -> None:
+    """The overload (WARNING) and its recovery (INFO) both show; access lines do not."""
+    proc, log, port, _, readings = _start_demo(tmp_path, repo_root, seconds=2)
+    try:
+        readings.write_text('{"cpu_percent": 97, "memory_percent": 5}')
+        _wait_for(log, "overloaded=True")
+        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+        _wait_for(log, "cpu 5.0% overloaded=False")
+        httpx.post(f"http://127.0.0.1:{port}/batch-generate", json={}, timeout=10)
+        _wait_for(log, "blocked 1")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    text = log.read_text()
+    assert "INFO    gatekeeper.monitor resource state changed: cpu 5.0% overloaded=False" in text
+    assert "gatekeeper.access" not in text
+    assert code == 0
+
+
+def test_which_log_lines_the_demo_shows() -> None:
+    from gatekeeper.cli.demo import shown
+
+    ts = "2026-01-01T00:00:00.000"
+    assert shown(f"{ts} WARNING gatekeeper.monitor resource state changed: cpu 97.0%")
+    assert shown(f"{ts} INFO    gatekeeper.probe upstream http://e is up again")
+    assert shown(f"{ts} INFO    gatekeeper.reload config reloaded (SIGHUP)")
+    assert not shown(f"{ts} INFO    gatekeeper.access request request_id=1 status=200")
+    assert not shown(f"{ts} DEBUG   gatekeeper.monitor sample")
+    assert shown("Traceback (most recent call last):")

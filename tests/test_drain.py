@@ -196,6 +196,62 @@ async def test_sigterm_with_nothing_running_exits_at_once(
     assert time.monotonic() - t0 < 2.0
 
 
+async def test_sigterm_with_an_open_pass_through_stream_exits_at_once(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Issue #18 §7: an engine's own SSE stream open on a pass route (a progress feed that
+    never ends by itself) does not hold the stop: with nothing running, SIGTERM exits 0
+    within 2 s (it waited 2 x the close grace, 20 s), and the stream's client sees it end."""
+    gk, proxy, admin = _start(tmp_path, procs, seconds=1.0, drain_timeout="60s", linger="30s")
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+        await _ready(c, admin)
+        url = proxy + "/_sim/sse?events=100000&interval=0.5"
+        async with c.stream("GET", url) as resp:
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            lines = resp.aiter_lines()
+            while "tick" not in await anext(lines):
+                pass
+            t0 = time.monotonic()
+            gk.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(gk.wait, 30) == 0
+            took = time.monotonic() - t0
+            with pytest.raises((httpx.HTTPError, StopAsyncIteration)):
+                while True:  # the rest of the stream ends (cut) instead of hanging
+                    await asyncio.wait_for(anext(lines), 5)
+    assert took < 2.0, f"stop took {took:.1f}s with only a pass-through stream open"
+    assert "gatekeeper stopped" in gk.output()
+
+
+async def test_sigterm_with_a_job_events_watcher_open_exits_at_once(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Issue #18 §7: a watcher of a queued async job's /events (the job waits for the next
+    start: CPU over its threshold holds dispatch, nothing runs) does not hold the stop."""
+    readings = tmp_path / "hot.json"
+    readings.write_text('{"cpu_percent": 97, "memory_percent": 5}')
+    rules = RULES.format(drain_timeout="60s", linger="0s").replace(
+        "admission:\n", f"admission:\n  resources: {{source: file, file: {readings}}}\n", 1
+    )
+    engine, upstream = start_engine(tmp_path, seconds=1.0)
+    procs.append(engine)
+    gk, proxy, admin = start_gatekeeper(tmp_path, rules, upstream)
+    procs.append(gk)
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+        await _ready(c, admin)
+        job = await c.post(proxy + "/generate", json=SONG, headers={"Prefer": "respond-async"})
+        assert job.status_code == 202, job.text
+        assert job.json()["state"] == "queued"
+        async with c.stream("GET", proxy + job.headers["Location"] + "/events") as resp:
+            lines = resp.aiter_lines()
+            while "event: job" not in await anext(lines):
+                pass
+            t0 = time.monotonic()
+            gk.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(gk.wait, 30) == 0
+            took = time.monotonic() - t0
+    assert took < 2.0, f"stop took {took:.1f}s with only a job's /events watcher open"
+
+
 async def test_aiohttp_shutdown_timeout_does_not_cut_the_drain_short(
     aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

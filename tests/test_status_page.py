@@ -346,6 +346,9 @@ async def test_status_page_shows_the_queue_in_chromium(aiohttp_server: Any, tmp_
     assert cells[1] == ["#1", "queued (async)", "generate", "9b1e0a77", "40s", "–", "~18m20s", "–"]
     assert cells[2][-2:] == ["?", "–"]
     assert dom.t("jobs-results") == "Kept results: 1.2 KiB of 10.0 GiB in /var/lib/gk"
+    # Issue #18 §7: songs of a queue route count as queued/coalesced; the page shows both.
+    assert (dom.t("count-queued"), dom.t("count-coalesced")) == ("3", "2")
+    assert dom.t("count-admitted") == "1"
     assert dom.t("in-flight") == "1/1"  # the rest of the page still renders
     assert dom.attrs["error"]["data-visible"] == "false"
 

@@ -31,6 +31,7 @@ from gatekeeper.lifecycle.probe import engine_refused, engine_verdict
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
 from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.metrics import Metrics
+from gatekeeper.observability.ungated import UngatedWatch
 from gatekeeper.resources.samplers import Sample
 
 
@@ -56,6 +57,8 @@ class AppState:
     gradio: GradioEvents | None = None
     # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.
     host: Sample | None = None
+    # Requests that looked like generations but passed ungated (issue #18 §7).
+    ungated: UngatedWatch = field(default_factory=UngatedWatch)
 
     @property
     def upstream_up(self) -> bool | None:

@@ -36,11 +36,14 @@ from gatekeeper.observability.alerts.notify import Notifier
 from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
+from gatekeeper.observability.ungated import threshold as ungated_threshold
 from gatekeeper.proxy.accesslog import log_request
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.expect import defer_continue
-from gatekeeper.proxy.handler import SPOOL_BUDGET, Features, ProxyHandler
+from gatekeeper.proxy.handler import SPOOL_BUDGET, Features, JobsHandler, ProxyHandler
 from gatekeeper.proxy.ports import ProxyPorts
+from gatekeeper.proxy.record import RequestRecord
+from gatekeeper.proxy.streams import OpenStreams
 from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
@@ -166,6 +169,41 @@ def proxy_ports(st: AppState) -> ProxyPorts:
     )
 
 
+def _events_end_at_stop(jobs: JobsHandler, streams: OpenStreams) -> JobsHandler:
+    """A job's ``/events`` stream waits for a change that a stop may never bring (a job
+    queued until the next start): registered like a pass-through event stream, it ends
+    when the stop begins instead of holding it for 2 x the close grace."""
+
+    async def handle(
+        request: web.BaseRequest, config: Config, rest: str, request_id: str
+    ) -> web.StreamResponse:
+        task = streams.enter() if rest.rstrip("/").endswith("/events") else None
+        try:
+            return await jobs(request, config, rest, request_id)
+        finally:
+            streams.leave(task)
+
+    return handle
+
+
+def _recorder(st: AppState) -> Callable[[RequestRecord], None]:
+    """Each finished request: its access-log line, and the ungated-generation watch."""
+
+    def record(rec: RequestRecord) -> None:
+        log_request(rec)
+        st.ungated.observe(
+            route=rec.route,
+            action=rec.action,
+            method=rec.method,
+            path=rec.path,
+            head_seconds=rec.upstream_head_seconds,
+            limit=ungated_threshold(st.config.admission.expected_seconds),
+            now=st.clock(),
+        )
+
+    return record
+
+
 def build_proxy_app(
     st: AppState,
     *,
@@ -176,7 +214,7 @@ def build_proxy_app(
     conns: Connections | None = None,
 ) -> web.Application:
     ports = proxy_ports(st)
-    handler = ProxyHandler(ports, on_record=log_request, conns=conns)
+    handler = ProxyHandler(ports, on_record=_recorder(st), conns=conns)
     assert st.gradio is not None  # AppState.create builds it
     st.gradio.on_record = log_request  # a Gradio generation's line, at its end
     gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
@@ -185,7 +223,9 @@ def build_proxy_app(
     handler.register(
         Features(
             status=lambda: status_document(st),
-            jobs=JobsEndpoint(jobs, st.clock) if jobs is not None else None,
+            jobs=_events_end_at_stop(JobsEndpoint(jobs, st.clock), ports.streams)
+            if jobs is not None
+            else None,
             queue=QueueRoute(jobs, st.clock, handler.respond, handler.budget, conns).handle
             if jobs is not None
             else None,
@@ -211,6 +251,11 @@ def build_proxy_app(
         n = gradio.close_idle_streams()
         if n:
             log.info("closed %d idle Gradio session stream(s)", n)
+        # The drain is over: an engine's own event streams on pass routes and the jobs'
+        # /events watchers end now, not after 2 x the close grace (issue #18 §7).
+        n = ports.streams.close_all()
+        if n:
+            log.info("closed %d open event stream(s)", n)
 
     app.on_shutdown.append(close_gradio_streams)
 

@@ -95,13 +95,32 @@ class LiveLine:
             self._line = ""
 
 
-def relay(stream: IO[str], live: LiveLine) -> threading.Thread:
-    """A daemon thread writing each line of a child's ``stream`` above the live line."""
+# gatekeeper runs at INFO under the demo so that good news shows (a resource or the engine
+# recovered, a reload applied: INFO by design); its other INFO lines (one access line per
+# request, the startup summary) would bury the live line, so only these loggers' show.
+SHOWN_INFO_LOGGERS = frozenset({"gatekeeper.monitor", "gatekeeper.probe", "gatekeeper.reload"})
+
+
+def shown(line: str) -> bool:
+    """Whether the demo shows a line of gatekeeper's text log: WARNING and above, INFO of
+    ``SHOWN_INFO_LOGGERS``; a line that is not a log line (a traceback) always."""
+    parts = line.split(None, 3)
+    if len(parts) < 3 or parts[1] not in ("DEBUG", "INFO"):
+        return True
+    return parts[1] == "INFO" and parts[2] in SHOWN_INFO_LOGGERS
+
+
+def relay(
+    stream: IO[str], live: LiveLine, keep: Callable[[str], bool] = lambda line: True
+) -> threading.Thread:
+    """A daemon thread writing each line of a child's ``stream`` that ``keep`` accepts
+    above the live line."""
 
     def pump() -> None:
         with contextlib.suppress(OSError, ValueError):  # the child or our terminal went away
             for line in stream:
-                live.above(line)
+                if keep(line):
+                    live.above(line)
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
@@ -121,13 +140,17 @@ def demo_rules(text: str, seconds: float, source: str) -> str:
 
 
 def _spawn(
-    argv: list[str], expect: str, live: LiveLine, timeout: float = 20.0
+    argv: list[str],
+    expect: str,
+    live: LiveLine,
+    timeout: float = 20.0,
+    keep: Callable[[str], bool] = lambda line: True,
 ) -> subprocess.Popen[str]:
     """Start a child, relay its stderr at once, wait for the line announcing it listens."""
     # Its own session: Ctrl-C reaches the demo only, and the demo stops the children.
     proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
-    errors = relay(proc.stderr, live)
+    errors = relay(proc.stderr, live, keep)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -150,12 +173,31 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_all(children: list[subprocess.Popen[str]]) -> None:
-    """Stop the children, newest first, not to be interrupted by a second signal.
+def _let_gatekeeper_drain(gk: subprocess.Popen[str]) -> None:
+    """One SIGTERM: gatekeeper drains, the running song finishes and its client gets it
+    (bounded by ``shutdown.drain_timeout``). A second Ctrl-C (or SIGTERM/SIGHUP) while it
+    waits is passed on as gatekeeper's second signal: exit now, abandoning the song."""
+    if gk.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        gk.send_signal(signal.SIGTERM)
+    try:
+        gk.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError):
+            print("demo: second signal: stopping now", file=sys.stderr, flush=True)
 
+
+def _stop_all(children: list[subprocess.Popen[str]], *, drain: bool = False) -> None:
+    """Stop the children, newest first, not to be interrupted by a further signal.
+
+    ``drain``: gatekeeper (the newest) first gets one SIGTERM and all the time its drain
+    takes, so one Ctrl-C mid-song does not lose the song; a second Ctrl-C cuts it short.
     A closed terminal sends SIGHUP and often SIGTERM after it; either, raised in the
-    middle of this, would leave the children running. The wait is bounded by ``_stop``.
+    middle of the rest, would leave the children running. That wait is bounded by ``_stop``.
     """
+    if drain and children:
+        _let_gatekeeper_drain(children[-1])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     for child in reversed(children):
@@ -245,8 +287,9 @@ def run(args: argparse.Namespace, config: str) -> int:
             sim_args += ["--memory-mb", str(args.memory_mb)]
             children.append(_spawn(gatekeeper_argv(*sim_args), "listening", live))
             run_args = ["run", "--config", str(rules), "--upstream", f"http://{engine}"]
-            run_args += ["--listen", public, "--admin-listen", admin, "--log-level", "WARNING"]
-            children.append(_spawn(gatekeeper_argv(*run_args), "admin listening", live))
+            run_args += ["--listen", public, "--admin-listen", admin, "--log-level", "INFO"]
+            run_args += ["--log-format", "text"]  # what ``shown`` reads
+            children.append(_spawn(gatekeeper_argv(*run_args), "admin listening", live, keep=shown))
         except RuntimeError as exc:
             print(f"demo: {exc}", file=sys.stderr)
             print(
@@ -258,16 +301,22 @@ def run(args: argparse.Namespace, config: str) -> int:
         except KeyboardInterrupt:
             _stop_all(children)
             return 0
+        drain = False
         try:
             print(banner(args, f"http://{public}", admin, engine), flush=True)
             return _watch(args, children[-1], f"http://{admin}/status", live, status_line)
         except KeyboardInterrupt:
+            drain = True
             with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
                 live.end()
-                print("demo: stopping", flush=True)
+                print(
+                    "demo: stopping; a running song finishes first and reaches its client "
+                    "(Ctrl-C again to stop at once)",
+                    flush=True,
+                )
             return 0
         finally:
-            _stop_all(children)
+            _stop_all(children, drain=drain)
 
 
 def _watch(
@@ -293,5 +342,8 @@ def _watch(
                 last_print = time.monotonic()
             time.sleep(1.0)
     live.end()
-    print("demo: gatekeeper exited unexpectedly", file=sys.stderr)
+    if gk.returncode == 0:  # stopped cleanly by a signal from outside (kill, a supervisor)
+        print("demo: gatekeeper stopped (exit code 0); stopping the demo", flush=True)
+        return 0
+    print(f"demo: gatekeeper exited unexpectedly (exit code {gk.returncode})", file=sys.stderr)
     return 1

@@ -11,6 +11,7 @@ so ``gatekeeper --help`` loads none of them.
     gatekeeper engine-sim [--listen H:P] [--seconds N] ...
     gatekeeper demo
     gatekeeper status [--admin URL] [--watch]
+    gatekeeper reload [--admin URL]
     gatekeeper dashboard [--config rules.yaml]
     gatekeeper alert-rules [--config rules.yaml]
     gatekeeper schema
@@ -31,7 +32,6 @@ from typing import TYPE_CHECKING
 
 from gatekeeper import __version__
 from gatekeeper.cli.output import broken_pipe
-from gatekeeper.cli.status import DEFAULT_ADMIN_URL
 from gatekeeper.config import Config, ConfigError, load_config_file
 from gatekeeper.observability.logs import setup_logging
 
@@ -132,13 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(args, args.config or str(default_config_path()))
 
 
-# ----------------------------------------- status; generated: dashboard, alert rules, schema
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from gatekeeper.cli.status import show_status
-
-    return show_status(args)
+# ------------------------------ generated: dashboard, alert rules, schema (status: cli.clients)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -302,29 +296,9 @@ def _add_run_commands(sub: Subparsers) -> None:
 
 
 def _add_observability_commands(sub: Subparsers) -> None:
-    status = _command(
-        sub,
-        "status",
-        "show a running gatekeeper's status (one-shot or --watch)",
-        "Read a running gatekeeper's /status from its admin listener and print it for a "
-        "person (or --json for scripts). Exit 1 when it cannot be reached.",
-    )
-    status.add_argument(
-        "--admin",
-        metavar="URL",
-        help=f"admin listener URL (default: admin_listen of --config or ./rules.yaml, "
-        f"else {DEFAULT_ADMIN_URL})",
-    )
-    status.add_argument(
-        "--config",
-        metavar="PATH",
-        help="rules file to take admin_listen from (default: ./rules.yaml if there is one)",
-    )
-    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
-    status.set_defaults(func=cmd_status)
+    from gatekeeper.cli.clients import add_client_commands  # status, reload: parser only
+
+    add_client_commands(sub, _command)
 
     dash = _command(
         sub,

@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from gatekeeper.cli.clients import DEFAULT_ADMIN_URL
 from gatekeeper.cli.status_view import status_report
 from gatekeeper.config import ConfigError, load_config_file
-
-DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
 
 
 def default_admin_url(config: str | None) -> str:

@@ -48,8 +48,23 @@ def generation_line(doc: dict[str, Any], width: int = 20) -> str:
     )
 
 
+# The order every view shows the request counts in: the generations first (started at
+# once, waited their turn, answered from another's), then the rest. An outcome this list
+# does not know (a newer gatekeeper's) still shows, after these.
+COUNT_ORDER = ("admitted", "queued", "coalesced", "passed", "rejected", "blocked")
+_CLASSIC_OUTCOMES = frozenset({"admitted", "passed", "rejected", "blocked"})
+
+
+def count_items(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Every outcome of ``counts`` in ``COUNT_ORDER`` (the classic four even when absent;
+    queued/coalesced exist since the waiting room, issue #9: an older document has none)."""
+    known = [k for k in COUNT_ORDER if k in counts or k in _CLASSIC_OUTCOMES]
+    extra = sorted(k for k in counts if k not in COUNT_ORDER and k in OUTCOMES)
+    return [(k, int(counts.get(k, 0))) for k in known + extra]
+
+
 def status_line(doc: dict[str, Any]) -> str:
-    counts = doc.get("counts", {})
+    counts = doc.get("counts") or {}
     state = (
         "accepting"
         if doc.get("accepting")
@@ -63,8 +78,9 @@ def status_line(doc: dict[str, Any]) -> str:
     return (
         f"{generation_line(doc)} | in-flight {doc['in_flight']}/{doc['max_in_flight']}{queued}"
         f" | cpu {doc['cpu_percent']:.0f}% mem {doc['memory_percent']:.0f}%"
-        f" | admitted {counts.get('admitted', 0)} rejected {counts.get('rejected', 0)}"
-        f" blocked {counts.get('blocked', 0)} | engine {up} | {state}"
+        " | "
+        + " ".join(f"{k} {v}" for k, v in count_items(counts) if k != "passed")
+        + f" | engine {up} | {state}"
     )
 
 
@@ -116,9 +132,6 @@ def _signal_lines(doc: dict[str, Any], width: int) -> list[str]:
     return out
 
 
-_CLASSIC_OUTCOMES = frozenset({"admitted", "passed", "rejected", "blocked"})
-
-
 def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> list[str]:
     """The status document as a multi-line summary for ``gatekeeper status``."""
     reasons = doc.get("reasons") or []
@@ -157,10 +170,8 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
             )
     else:
         lines.append(f"  {'engine':<11} {_UP.get(doc.get('upstream_up'), '?')}")
-    counts = doc.get("counts") or {}
-    # queued/coalesced exist since the waiting room (issue #9): an older document has none.
-    outcomes = [k for k in OUTCOMES if k in counts or k in _CLASSIC_OUTCOMES]
-    lines.append(f"  {'requests':<11} " + "  ".join(f"{k} {counts.get(k, 0)}" for k in outcomes))
+    counts = count_items(doc.get("counts") or {})
+    lines.append(f"  {'requests':<11} " + "  ".join(f"{k} {v}" for k, v in counts))
     by_reason = doc.get("rejections_by_reason") or {}
     if by_reason:
         pairs = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -174,6 +185,14 @@ def status_report(doc: dict[str, Any], source: str = "", width: int = 30) -> lis
                 f"  {'ALERT':<11} [{a.get('severity', '?')}] {a.get('alertname', '?')}: "
                 f"{a.get('summary', '')}"
             )
+    ungated = doc.get("ungated")
+    if isinstance(ungated, dict) and ungated.get("count"):
+        last = ungated.get("last") or {}
+        lines.append(
+            f"  {'WARNING':<11} {ungated['count']} request(s) that look like generations passed "
+            f"ungated (latest {last.get('method', '?')} {last.get('path', '?')} on route "
+            f"{last.get('route', '?')!r}): gate them with a queue/admit/gradio route"
+        )
     lines.extend(queue_lines(doc))
     if doc.get("draining"):
         lines.append(f"  {'draining':<11} shutting down, waiting for running generations")

@@ -23,6 +23,7 @@ from gatekeeper.config import Config, Resources, Threshold
 from gatekeeper.core.admission import Gate
 from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.logs import redact_url
+from gatekeeper.observability.ungated import UngatedWatch
 from gatekeeper.resources.samplers import HOST_SIGNALS, Sample
 
 
@@ -53,6 +54,9 @@ class StatusSource(Protocol):
     @property
     def alerts_firing(self) -> list[dict[str, Any]]: ...
 
+    @property
+    def ungated(self) -> UngatedWatch: ...
+
     def queue_sections(self, now: float) -> Mapping[str, Any]:
         """The waiting room's ``queue`` and ``jobs`` sections; empty without one."""
 
@@ -63,6 +67,9 @@ def status_document(st: StatusSource) -> dict[str, Any]:
     cfg = st.config
     reasons = gate.reasons(now)
     warnings = ["upstream_unavailable"] if st.upstream_up is False else []
+    ungated = st.ungated.status()
+    if ungated is not None:  # generations passing ungated (observability.ungated)
+        warnings.append("ungated_generations")
     rejection = gate.check(now)
     expected = gate.estimator.expected
     res = gate.resources
@@ -123,6 +130,8 @@ def status_document(st: StatusSource) -> dict[str, Any]:
         "rejections_by_reason": dict(st.counters.rejections_by_reason),
         "uptime_seconds": round(st.clock() - st.started_monotonic, 1),
         "alerts": list(st.alerts_firing),
+        # Requests that looked like generations but passed ungated: how many, where, latest.
+        "ungated": ungated,
         **st.queue_sections(now),
     }
 

@@ -113,7 +113,23 @@ def _kv(d: dict[str, Any]) -> str:
 
 def config_warnings(config: Config) -> list[str]:
     """Every warning about a valid config: the loader's, the route lint's, the pools'."""
-    return [*config.warnings, *lint(config.routes), *_pool_warnings(config)]
+    return [
+        *config.warnings,
+        *lint(config.routes),
+        *_pool_warnings(config),
+        *_ungated_warnings(config),
+    ]
+
+
+def _ungated_warnings(config: Config) -> list[str]:
+    """No route gates anything: every generation would pass to the engine ungated."""
+    if any(r.gated or r.action == "gradio" for r in config.routes):
+        return []
+    return [
+        "no route gates a generation (action queue, admit or gradio): every request passes"
+        " to the engine ungated, as many songs at once as are asked for; see README"
+        " 'In front of your engine'"
+    ]
 
 
 def _pool_warnings(config: Config) -> list[str]:

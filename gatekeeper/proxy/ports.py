@@ -8,12 +8,13 @@ the reload epochs, the live rules' holder, ...). A test can pass fakes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.lifecycle.runtime import Runtime
+from gatekeeper.proxy.streams import OpenStreams
 
 # The loop clock (seconds): every duration the proxy measures reads it.
 Clock = Callable[[], float]
@@ -59,3 +60,5 @@ class ProxyPorts:
     epochs: Epochs
     engine_refused: EngineRefused
     upstream_timed: UpstreamTimed
+    # Pass-through event streams open now: a stop ends them (``proxy.streams``).
+    streams: OpenStreams = field(default_factory=OpenStreams)

@@ -30,6 +30,8 @@ class RequestRecord:
     started: float = 0.0
     queue_seconds: float = 0.0  # arrival to the request leaving for the engine
     upstream_seconds: float | None = None
+    # Request sent to the head of the engine's answer (a generation computes first).
+    upstream_head_seconds: float | None = None
     total_seconds: float = 0.0
     client_gone: bool = False
     engine: str | None = None  # the engine a generation ran on (several engines: issue #11)

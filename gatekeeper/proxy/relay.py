@@ -40,6 +40,7 @@ from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import client_left
 from gatekeeper.proxy.spool import Spool
+from gatekeeper.proxy.streams import is_event_stream
 from gatekeeper.upstream import ClientGone, Exchange, UpstreamPool
 
 log = logging.getLogger("gatekeeper.proxy")
@@ -201,8 +202,12 @@ class Relay:
         ports, rec, request = self.ports, self.rec, self.request
         upstream = exchange.response
         rec.upstream_status = upstream.status
+        rec.upstream_head_seconds = ports.clock() - self.sent_at
         upstream_done = False  # the engine's body was read to its end
         send_timeout = self.send_timeout
+        # An engine's own event stream on a pass route may never end: a stop cancels it.
+        stream = self.lease is None and self.observer is None
+        held = ports.streams.enter() if stream and is_event_stream(upstream.headers) else None
         try:
             out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             out.headers.extend(downstream_response_headers(upstream.headers))
@@ -246,6 +251,7 @@ class Relay:
                 self._upstream_broke(exc)
             return out
         finally:
+            ports.streams.leave(held)
             if self.observer is not None:
                 self.observer.done(upstream_done)
             exchange.close(reuse=upstream_done)
