@@ -36,7 +36,7 @@ from gatekeeper.observability.alerts.notify import Notifier
 from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
-from gatekeeper.proxy.accesslog import log_request
+from gatekeeper.proxy.accesslog import AccessLog
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.handler import Features, ProxyHandler
 from gatekeeper.proxy.ports import ProxyPorts
@@ -175,9 +175,11 @@ def build_proxy_app(
     conns: Connections | None = None,
 ) -> web.Application:
     ports = proxy_ports(st)
-    handler = ProxyHandler(ports, on_record=log_request, conns=conns)
+    # One access log for every line, so refusals are aggregated across routes (issue #18 §8).
+    access = AccessLog(st.clock, lambda: st.config.log.refusals)
+    handler = ProxyHandler(ports, on_record=access, conns=conns)
     assert st.gradio is not None  # AppState.create builds it
-    st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    st.gradio.on_record = access  # a Gradio generation's line, at its end
     gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
     jobs = st.jobs
     # The plan's outcomes that features serve; the proxy imports none of them.
@@ -215,6 +217,7 @@ def build_proxy_app(
         if st.gradio is not None:
             st.gradio.close()  # Gradio events still open: their slots are released
         await st.runtime.close()
+        access.close()  # the last second's refusal summary, and no timer left behind
 
     app.on_cleanup.append(close_pools)
     return app
