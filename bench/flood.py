@@ -19,6 +19,12 @@ Two engines, because the answer depends on what a generation is:
   second the flood costs the box (gatekeeper's rejections *and* the load generator,
   which lives on the same 2 cores) slows it down. The same ``wrk`` flood aimed at
   nginx's ``return 503`` instead shows what the cheapest possible "no" costs.
+
+gatekeeper runs as it ships (issue #18 §8): ``--log-level INFO`` (refusal lines
+aggregated under the flood, ``log.refusals``) and at the ``Nice=`` of the shipped
+systemd unit, its CPU weight below the engine's (read from
+``deploy/systemd/gatekeeper.service``). The engines and the load generators run at
+nice 0.
 """
 
 from __future__ import annotations
@@ -160,6 +166,10 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
     print(f"  floods: POST {FLOOD_BODY} to <target>/generate with")
     print(f"    wrk -t 2 -c {c} --timeout 10s -s {script}   (closed loop, as fast as answered)")
     print(f"    hey -c {c} -q 1                              (open loop, {c:,} req/s)")
+    print(
+        f"  gatekeeper as shipped: --log-level INFO, nice {targets.shipped_nice()}"
+        " (the systemd unit's Nice=); engines and load generators at nice 0"
+    )
     print(f"  {plan.repeat} generation(s) per row; the median is shown, range spans all\n")
     rows: list[list[str]] = []
     for kind in ("engine-sim", "cpu_engine"):
@@ -172,7 +182,10 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
                 _, engine = targets.cpu_engine(svcs, g)
                 body = {"lyrics": "x", "description": "bench", "work": True}
                 nginx = targets.nginx(svcs)
-            gk, proxy = targets.gatekeeper(svcs, engine)
+            # As shipped: the INFO access log, and the unit's Nice= below the engine.
+            gk, proxy = targets.gatekeeper(
+                svcs, engine, log_level="INFO", nice=targets.shipped_nice()
+            )
             async with aiohttp.ClientSession() as session:
                 gens = [
                     await _one(session, gk, proxy, engine, body, None) for _ in range(plan.repeat)
