@@ -229,9 +229,7 @@ def test_gatekeeper_weighs_less_than_the_engine_for_the_cpu() -> None:
     gets the minimum, below gatekeeper's): the engine requests far more than gatekeeper,
     and gatekeeper has no CPU limit (a CFS quota would stall its event loop in bursts)."""
     gk, engine = container("gatekeeper")["resources"], container("engine")["resources"]
-    assert cpu_millicores(engine["requests"]["cpu"]) >= 10 * cpu_millicores(
-        gk["requests"]["cpu"]
-    )
+    assert cpu_millicores(engine["requests"]["cpu"]) >= 10 * cpu_millicores(gk["requests"]["cpu"])
     assert "cpu" not in gk.get("limits", {})
 
 
