@@ -1,14 +1,15 @@
 """Which refusal lines the access log writes under a flood (issue #18 §8), decided purely.
 
-A refused request (decision ``rejected`` or ``blocked``) costs gatekeeper a few
-microseconds; its access line costs more than the refusal itself, and a flood of
-them is a flood into the journal. So refusal lines are aggregated per second of
-the injected clock: within one second, the first ``per_client`` refusals of one
-(reason, client) are logged one by one as before, and at most ``per_second`` in
-all; every other one is only counted. When a second in which something was left
-unlogged is over, ``flush`` hands back one ``Summary`` of that second: how many
-were refused, how many of them went unlogged and from how many clients, per
-reason. The metrics count every refusal elsewhere; this only decides lines.
+A refused request (decision ``rejected`` or ``blocked``) is answered from a
+prebuilt body; its access line adds a formatted write per refusal, so at INFO a
+flood of refusals is slower to answer and a flood into the journal. So refusal
+lines are aggregated per second of the injected clock: within one second, the
+first ``per_client`` refusals of one (reason, client) are logged one by one as
+before, and at most ``per_second`` in all; every other one is only counted.
+When a second in which something was left unlogged is over, ``flush`` hands
+back one ``Summary`` of that second: how many were refused, how many of them
+went unlogged and from how many clients, per reason. The metrics count every
+refusal elsewhere; this only decides lines.
 
 Nothing here logs, reads a config or arms a timer: the access log
 (``proxy.accesslog``) is the adapter, and calls ``flush`` before each refusal and
