@@ -19,6 +19,12 @@ Two engines, because the answer depends on what a generation is:
   second the flood costs the box (gatekeeper's rejections *and* the load generator,
   which lives on the same 2 cores) slows it down. The same ``wrk`` flood aimed at
   nginx's ``return 503`` instead shows what the cheapest possible "no" costs.
+
+gatekeeper runs as it ships (issue #18 §8): ``--log-level INFO`` (refusal lines
+aggregated under the flood, ``log.refusals``) and at the ``Nice=`` of the shipped
+systemd unit, its CPU weight below the engine's (read from
+``deploy/systemd/gatekeeper.service``). The engines and the load generators run at
+nice 0.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from bench import targets
 from bench.client import post_generate, sim_stats, wait_active
 from bench.load import (
     Load,
+    Meter,
     parse_hey,
     parse_wrk,
     process_cpu,
@@ -67,6 +74,7 @@ class Generation:
     flood: Load | None
     server_cpu: float  # cores, the flooded server (gatekeeper when idle)
     flooder_cpu: float  # cores, the load generator
+    other_cpu: float  # cores, everything on the machine that is not this run's (load.Meter)
 
 
 async def _start(
@@ -94,6 +102,7 @@ async def _start(
 
 
 async def _one(
+    svcs: Services,
     session: aiohttp.ClientSession,
     gk: Service,
     proxy: str,
@@ -103,6 +112,7 @@ async def _one(
 ) -> Generation:
     server = flood.server if flood is not None else gk
     server_cpu, tool_cpu = process_cpu([server.pid]), reaped_children_cpu()
+    meter = Meter(None, [s.pid for s in svcs.running()])
     t0, gen = await _start(session, proxy, engine, body)
     flooding: asyncio.Task[str] | None = None
     stop = asyncio.Event()
@@ -132,6 +142,7 @@ async def _one(
         load,
         (process_cpu([server.pid]) - server_cpu) / elapsed,
         (reaped_children_cpu() - tool_cpu) / elapsed,
+        meter.stop()[1],
     )
 
 
@@ -160,7 +171,14 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
     print(f"  floods: POST {FLOOD_BODY} to <target>/generate with")
     print(f"    wrk -t 2 -c {c} --timeout 10s -s {script}   (closed loop, as fast as answered)")
     print(f"    hey -c {c} -q 1                              (open loop, {c:,} req/s)")
-    print(f"  {plan.repeat} generation(s) per row; the median is shown, range spans all\n")
+    print(
+        f"  gatekeeper as shipped: --log-level INFO, nice {targets.shipped_nice()}"
+        " (the systemd unit's Nice=); engines and load generators at nice 0"
+    )
+    print(
+        f"  {plan.repeat} generation(s) per row, interleaved (idle, each flood, idle, ...);"
+        " the median is shown, range spans all\n"
+    )
     rows: list[list[str]] = []
     for kind in ("engine-sim", "cpu_engine"):
         with svcs.scope():
@@ -172,25 +190,28 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
                 _, engine = targets.cpu_engine(svcs, g)
                 body = {"lyrics": "x", "description": "bench", "work": True}
                 nginx = targets.nginx(svcs)
-            gk, proxy = targets.gatekeeper(svcs, engine)
+            # As shipped: the INFO access log, and the unit's Nice= below the engine.
+            gk, proxy = targets.gatekeeper(
+                svcs, engine, log_level="INFO", nice=targets.shipped_nice()
+            )
+            floods = _floods(plan, script, (gk, proxy), nginx)
             async with aiohttp.ClientSession() as session:
-                gens = [
-                    await _one(session, gk, proxy, engine, body, None) for _ in range(plan.repeat)
-                ]
-                idle = median([x.wall for x in gens])
-                rows.append(_row(kind, "none (idle box)", gens, idle))
-                for flood in _floods(plan, script, (gk, proxy), nginx):
-                    gens = [
-                        await _one(session, gk, proxy, engine, body, flood)
-                        for _ in range(plan.repeat)
-                    ]
+                # Interleaved (idle, each flood; idle, each flood; ...): on a shared box the
+                # load of others drifts over minutes, and it then weighs on every row alike.
+                runs: list[list[Generation]] = [[] for _ in range(1 + len(floods))]
+                for _ in range(plan.repeat):
+                    for i, flood in enumerate([None, *floods]):
+                        runs[i].append(await _one(svcs, session, gk, proxy, engine, body, flood))
+                idle = median([x.wall for x in runs[0]])
+                rows.append(_row(kind, "none (idle box)", runs[0], idle))
+                for flood, gens in zip(floods, runs[1:], strict=True):
                     rows.append(_row(kind, flood.label, gens, idle))
                     wall = median([x.wall for x in gens])
                     target = 1.05 if flood.url == proxy else None
                     what = f"generation time, {kind}, flood at {flood.label}"
                     summary.add(Ratio(what, wall, "idle box", idle, "s", target, False))
                 stats = await sim_stats(session, engine)
-            measured = (1 + len(_floods(plan, script, (gk, proxy), nginx))) * plan.repeat
+            measured = (1 + len(floods)) * plan.repeat
             print(
                 f"  {kind}: flood requests that reached the engine (after a generation "
                 f"ended): {_leaked(kind, stats, measured)}"
@@ -199,7 +220,7 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
     print(table(
         ["engine", "flood at", "generation", "range", "slowdown", "engine-side work",
          "flood req/s", "flood requests", "2xx (got through)",
-         "transport errors", "server CPU", "flooder CPU"],
+         "transport errors", "server CPU", "flooder CPU", "other CPU (cores)"],
         rows,
     ))  # fmt: skip
 
@@ -222,6 +243,7 @@ def _row(kind: str, label: str, gens: list[Generation], idle: float) -> list[str
         f"{sum(_transport_errors(f) for f in floods):,}" if floods else "-",
         f"{median([x.server_cpu for x in gens]) * 100:.0f} %",
         f"{median([x.flooder_cpu for x in gens]):.2f} cores" if floods else "-",
+        f"{max(x.other_cpu for x in gens):.2f}",
     ]
 
 

@@ -17,6 +17,7 @@ Every config, pid file and log lives in the run's temp dir.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from gatekeeper.cli.procs import free_port
 
 PYTHON = sys.executable
 BENCH_DIR = Path(__file__).resolve().parent
+UNIT = BENCH_DIR.parent / "deploy" / "systemd" / "gatekeeper.service"
 SMALL_FILE_BYTES = 512
 SMALL_PATH = "/small.json"
 # The body every baseline rejects with: gatekeeper's answer is about this size.
@@ -180,6 +182,12 @@ def cpu_engine(svcs: Services, work_seconds: float) -> tuple[Service, str]:
     return svc, f"http://127.0.0.1:{port}"
 
 
+def shipped_nice() -> int:
+    """The ``Nice=`` of the shipped systemd unit: gatekeeper's CPU weight below the engine's."""
+    m = re.search(r"^Nice=(-?\d+)\s*$", UNIT.read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
 def gatekeeper(
     svcs: Services,
     upstream: str,
@@ -189,11 +197,13 @@ def gatekeeper(
     name: str = "rules",
     args: Sequence[str] = (),
     action: str = "admit",
+    nice: int = 0,
 ) -> tuple[Service, str]:
     """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
 
     ``admission`` is YAML added under :data:`BENCH_RULES`'s ``admission:`` (indented two
-    spaces), written to ``<name>.yaml``; ``args`` are more command-line flags."""
+    spaces), written to ``<name>.yaml``; ``args`` are more command-line flags; ``nice``
+    runs it under ``nice -n`` (``nice`` execs it: the service's pid is gatekeeper's)."""
     port, admin = free_port(), free_port()
     rules = svcs.workdir / f"{name}.yaml"
     if not rules.exists():
@@ -201,7 +211,8 @@ def gatekeeper(
         readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
         text = BENCH_RULES.format(readings=readings, action=action)
         rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
-    argv = [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
+    argv = ["nice", "-n", str(nice)] if nice else []
+    argv += [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", log_level, *args]
     svc = svcs.start("gatekeeper", argv)

@@ -218,6 +218,21 @@ def test_prometheus_rule_equals_the_alert_rules_export(tmp_path: Path) -> None:
     assert rule["spec"] == yaml.safe_load(done.stdout), "run scripts/gen-prometheusrule"
 
 
+def cpu_millicores(quantity: str | float) -> float:
+    """A Kubernetes CPU quantity (``100m``, ``3``, ``0.5``) in millicores."""
+    text = str(quantity)
+    return float(text[:-1]) if text.endswith("m") else float(text) * 1000
+
+
+def test_gatekeeper_weighs_less_than_the_engine_for_the_cpu() -> None:
+    """Issue #18 §8: CPU requests are the containers' CPU weights (a container without one
+    gets the minimum, below gatekeeper's): the engine requests far more than gatekeeper,
+    and gatekeeper has no CPU limit (a CFS quota would stall its event loop in bursts)."""
+    gk, engine = container("gatekeeper")["resources"], container("engine")["resources"]
+    assert cpu_millicores(engine["requests"]["cpu"]) >= 10 * cpu_millicores(gk["requests"]["cpu"])
+    assert "cpu" not in gk.get("limits", {})
+
+
 def test_kustomization_lists_every_manifest() -> None:
     """kubectl apply -k deploy/kubernetes applies every manifest in the directory."""
     kust = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
@@ -278,6 +293,14 @@ def test_systemd_unit_invariants() -> None:
         assert unit_value(unit, svc, key) == value, key
     sysusers = (DEPLOY / "systemd" / "gatekeeper.sysusers").read_text()
     assert re.search(rf"^u {unit_value(unit, svc, 'User')}\s", sysusers, re.M)
+
+
+def test_systemd_gives_gatekeeper_a_lower_cpu_weight_than_the_engine() -> None:
+    """Issue #18 §8: under a flood of refused retries the CPU-bound engine keeps its share.
+    CPUWeight= below systemd's default of 100 (the engine's unit), and Nice= above 0."""
+    unit = parse_unit(UNIT.read_text())
+    assert 1 <= int(unit_value(unit, "Service", "CPUWeight")) < 100
+    assert int(unit_value(unit, "Service", "Nice")) > 0
 
 
 @pytest.mark.slow  # runs systemd-analyze

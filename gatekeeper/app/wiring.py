@@ -37,7 +37,7 @@ from gatekeeper.observability.gauges import host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
 from gatekeeper.observability.ungated import threshold as ungated_threshold
-from gatekeeper.proxy.accesslog import log_request
+from gatekeeper.proxy.accesslog import AccessLog
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.expect import defer_continue
 from gatekeeper.proxy.handler import SPOOL_BUDGET, Features, JobsHandler, ProxyHandler
@@ -186,11 +186,11 @@ def _events_end_at_stop(jobs: JobsHandler, streams: OpenStreams) -> JobsHandler:
     return handle
 
 
-def _recorder(st: AppState) -> Callable[[RequestRecord], None]:
+def _recorder(st: AppState, access: AccessLog) -> Callable[[RequestRecord], None]:
     """Each finished request: its access-log line, and the ungated-generation watch."""
 
     def record(rec: RequestRecord) -> None:
-        log_request(rec)
+        access(rec)
         st.ungated.observe(
             route=rec.route,
             action=rec.action,
@@ -214,9 +214,12 @@ def build_proxy_app(
     conns: Connections | None = None,
 ) -> web.Application:
     ports = proxy_ports(st)
-    handler = ProxyHandler(ports, on_record=_recorder(st), conns=conns)
+    # One access log for every line, so refusals are aggregated across routes (issue #18 §8).
+    access = AccessLog(st.clock, lambda: st.config.log.refusals)
+    record = _recorder(st, access)
+    handler = ProxyHandler(ports, on_record=record, conns=conns)
     assert st.gradio is not None  # AppState.create builds it
-    st.gradio.on_record = log_request  # a Gradio generation's line, at its end
+    st.gradio.on_record = record  # a Gradio generation's line, at its end
     gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
     jobs = st.jobs
     # The plan's outcomes that features serve; the proxy imports none of them.
@@ -263,6 +266,7 @@ def build_proxy_app(
         if st.gradio is not None:
             st.gradio.close()  # Gradio events still open: their slots are released
         await st.runtime.close()
+        access.close()  # the last second's refusal summary, and no timer left behind
 
     app.on_cleanup.append(close_pools)
     return app

@@ -61,6 +61,7 @@ from gatekeeper.config.alerts import (
 from gatekeeper.config.errors import ConfigError, ConfigProblem
 from gatekeeper.config.jobs import Jobs
 from gatekeeper.config.limits import Limits
+from gatekeeper.config.logs import Log, RefusalLog
 from gatekeeper.config.messages import DEFAULT_MESSAGES, MESSAGE_FIELDS, REASONS
 from gatekeeper.config.root import Config, Reload, Shutdown, load_config, load_config_file
 from gatekeeper.config.routes import (
@@ -112,12 +113,14 @@ __all__ = [
     "HostPort",
     "Jobs",
     "Limits",
+    "Log",
     "Pool",
     "PoolLimits",
     "PressureThreshold",
     "Probe",
     "Queue",
     "Receiver",
+    "RefusalLog",
     "Reload",
     "Resources",
     "Route",

@@ -26,6 +26,7 @@ from gatekeeper.config.declare import boolean, checked, custom, declared, durati
 from gatekeeper.config.errors import ConfigError, ConfigProblem
 from gatekeeper.config.jobs import Jobs, check_dir
 from gatekeeper.config.limits import Limits
+from gatekeeper.config.logs import Log
 from gatekeeper.config.messages import (
     DEFAULT_MESSAGES,
     MESSAGE_FIELDS,
@@ -174,6 +175,7 @@ class Config:
     )
     reload: Reload = section("Reloading the rules without a restart.", factory=Reload)
     alerts: Alerts = section("Built-in alerts, their receivers and rules.", factory=Alerts)
+    log: Log = section("What the log writes: refusal lines under a flood.", factory=Log)
     # Where the config came from, for reloads and messages; not a YAML key.
     source: str = "<defaults>"
     # Valid but probably not meant (e.g. an empty file); not a YAML key.

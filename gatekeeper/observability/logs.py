@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +38,17 @@ def _fmt_value(v: Any) -> str:
     return f'"{s}"' if (" " in s or "=" in s or not s) else s
 
 
+def _pairs(fields: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` pairs; a nested mapping's keys are dotted (``reasons.busy.refused=8``)."""
+    out: list[str] = []
+    for k, v in fields.items():
+        if isinstance(v, Mapping):
+            out += _pairs(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={_fmt_value(v)}")
+    return out
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
@@ -44,7 +56,7 @@ class TextFormatter(logging.Formatter):
         line = f"{ts} {record.levelname:<7} {record.name} {record.getMessage()}"
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={_fmt_value(v)}" for k, v in fields.items())
+            line += " " + " ".join(_pairs(fields))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
