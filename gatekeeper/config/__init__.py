@@ -78,6 +78,7 @@ from gatekeeper.config.upstream import (
     Pool,
     PoolLimits,
     Probe,
+    ProbeBusy,
     Timeouts,
     Upstream,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "PoolLimits",
     "PressureThreshold",
     "Probe",
+    "ProbeBusy",
     "Queue",
     "Receiver",
     "Reload",

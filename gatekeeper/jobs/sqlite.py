@@ -60,6 +60,15 @@ _LIVE = tuple(s.value for s in LIVE_STATES)
 _KEPT = tuple(s.value for s in KEPT_STATES)
 
 
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """Add the ``JobRecord`` fields a database of an older gatekeeper lacks (each added
+    field is nullable or has a default; its rows read None or that default)."""
+    have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+    for f in STORED:
+        if f.name not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {f.name} {f.metadata['sql']}")
+
+
 def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
@@ -70,6 +79,7 @@ class SqliteJobStore:
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
         self.directory = directory
         self._db = db
+        add_missing_columns(db)
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
@@ -182,25 +192,26 @@ class SqliteJobStore:
                 raise KeyError(job_id)
             raise ValueError(f"job {job_id} is {row.state}, not {' or '.join(values)}")
 
-    def mark_running(self, job_id: str, started: float) -> JobRecord:
-        """queued -> running; ValueError from another state, KeyError for an unknown id."""
+    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+        """queued -> running on ``engine``; ValueError from another state, KeyError for an
+        unknown id."""
         with self._txn() as db:
             self._update(
                 job_id,
-                "state = ?, started = ?",
-                (JobState.RUNNING.value, started),
+                "state = ?, started = ?, engine = ?",
+                (JobState.RUNNING.value, started, engine),
                 (JobState.QUEUED,),
             )
             row = self._must_get(job_id)
             sqlite_fair.served(db, row.client)
         return row
 
-    def claim_next(self, started: float) -> JobRecord | None:
+    def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job by the fairness rule (``sqlite_fair``), now running; None
         when nothing is queued."""
         with self._txn() as db:
             job_id = sqlite_fair.next_job(db)
-            return None if job_id is None else self.mark_running(job_id, started)
+            return None if job_id is None else self.mark_running(job_id, started, engine)
 
     def set_result_head(
         self, job_id: str, status: int, reason: str | None, headers: Headers
