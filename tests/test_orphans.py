@@ -89,6 +89,22 @@ def test_an_engine_reporting_busy_gets_no_slot_until_it_reports_idle() -> None:
     assert gate.repeat_releases == 0
 
 
+def test_an_engine_with_a_busy_rule_is_held_until_its_first_report() -> None:
+    gate = _gate(A1)
+    gate.hold_orphan("a", 5.0, signal=True)
+    assert isinstance(gate.try_admit("r", 60.0), Rejection)  # grace over, no report yet
+    assert gate.engine_busy("a", False) is True
+    _lease(gate.try_admit("r", 61.0))
+
+
+def test_an_idle_report_before_the_hold_means_the_orphan_ended() -> None:
+    """The probe may answer before the restored jobs are read: idle since the stop."""
+    gate = _gate(A1)
+    gate.engine_busy("a", False)
+    gate.hold_orphan("a", 5.0, signal=True)
+    _lease(gate.try_admit("r", 1.0))
+
+
 def test_orphans_expire_one_by_one_at_their_grace() -> None:
     held = Orphans()
     held.add(["k"], 5.0)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_jobstore import add
 
-from gatekeeper.config import Engine, ProbeBusy, load_config
+from gatekeeper.config import Engine, ProbeBusy, Upstream, load_config
 from gatekeeper.core.admission import Gate, GateLimits, Rejection
 from gatekeeper.core.engines import EngineSlots
 from gatekeeper.core.estimator import DurationEstimator
@@ -25,6 +26,11 @@ from gatekeeper.jobs.sqlite import SqliteJobStore
 from gatekeeper.lifecycle.probe import busy_of
 
 ENGINES = (Engine("a", "http://127.0.0.1:8001"), Engine("b", "http://127.0.0.1:8002"))
+
+
+def _upstream(busy: str = "") -> Upstream:
+    up = load_config("").upstream
+    return replace(up, engines=ENGINES, probe=replace(up.probe, busy=ProbeBusy(busy, True)))
 
 
 @pytest.fixture
@@ -90,9 +96,34 @@ def test_jobs_running_at_start_hold_their_engine_for_its_remaining_time(
     row = add(store)
     store.mark_running(row.id, started, engine)
     gate = _gate(expected=100.0)
-    hold_orphans(gate, ENGINES, store.running(), 1.0, 1030.0)
+    hold_orphans(gate, _upstream(), store.running(), 1.0, 1030.0)
     took = []
     while not isinstance(lease := gate.try_admit("r", now), Rejection):
+        took.append(lease.engine)
+    assert sorted(took) == free
+
+
+@pytest.mark.parametrize(
+    ("report", "free"),
+    [
+        ("none yet", ["b"]),  # a busy rule and no answer yet: held past its grace
+        (None, ["a", "b"]),  # its answer does not carry the signal: the grace decides
+        (True, ["b"]),
+        (False, ["a", "b"]),
+    ],
+)
+def test_with_a_busy_rule_the_engine_waits_for_its_report(
+    store: SqliteJobStore, report: bool | str | None, free: list[str]
+) -> None:
+    row = add(store)
+    store.mark_running(row.id, 1000.0, "a")
+    gate = _gate(expected=100.0)
+    hold_orphans(gate, _upstream("/busy"), store.running(), 1.0, 1030.0)
+    if report != "none yet":
+        assert isinstance(report, bool | None)
+        gate.engine_busy("a", report)
+    took = []
+    while not isinstance(lease := gate.try_admit("r", 500.0), Rejection):  # grace long over
         took.append(lease.engine)
     assert sorted(took) == free
 

@@ -292,11 +292,13 @@ class Gate:
             out[key] = out.get(key, 0) + n
         return out
 
-    def hold_orphan(self, engine: str | None, until: float) -> None:
+    def hold_orphan(self, engine: str | None, until: float, signal: bool = False) -> None:
         """A generation a previous process left running on ``engine`` (None: unknown,
         every listed engine is held): it occupies one of the engine's slots until the
-        engine reports idle (``engine_busy``) or, without such a report, until ``until``."""
-        self.orphans.add([e.key for e in self.limits.slots if engine in (None, e.name)], until)
+        engine reports idle (``engine_busy``; ``signal``: it has a busy rule, so it is
+        held until its first report) or, without a busy signal, until ``until``."""
+        keys = [e.key for e in self.limits.slots if engine in (None, e.name)]
+        self.orphans.add(keys, until, signal)
 
     def engine_busy(self, engine: str, busy: bool | None) -> bool:
         """The engine's own busy signal (its probe's ``upstream.probe.busy`` rule; None:

@@ -82,8 +82,9 @@ class Orphans:
     Each one occupies a slot of its engine (``counts``) until the engine is known
     idle: ``report(key, False)`` (the engine's busy signal says idle) ends all of an
     engine's orphans at once; while the last report is ``True`` (busy) they stay,
-    whatever their grace; with no signal (``None``: no rule, an unreadable answer)
-    each ends at its grace (``until``, on the caller's clock).
+    whatever their grace, and so they do before the first report of an engine that
+    has a busy rule (``signal``); with no signal (no rule, or ``None``: an answer that
+    does not carry it) each ends at its grace (``until``, on the caller's clock).
     """
 
     def __init__(self) -> None:
@@ -93,10 +94,15 @@ class Orphans:
     def __bool__(self) -> bool:
         return bool(self._until)
 
-    def add(self, keys: Iterable[str], until: float) -> None:
+    def add(self, keys: Iterable[str], until: float, signal: bool = False) -> None:
         """One orphaned generation on the engine of each of ``keys`` (several: its engine
-        is not known, so every candidate is held)."""
+        is not known, so every candidate is held). ``signal``: the engine has a busy
+        rule, so it is presumed busy until its probe says otherwise."""
         for key in keys:
+            if self._busy.get(key) is False:  # reported idle since the stop: it ended
+                continue
+            if signal:
+                self._busy.setdefault(key, True)
             self._until.setdefault(key, []).append(until)
 
     def report(self, key: str, busy: bool | None) -> bool:

@@ -86,7 +86,7 @@ class JobService:
         """Recover what a previous process left, then start the background tick."""
         deps, cfg = self.deps, self.deps.config
         now, wall = deps.clock(), deps.wall()
-        hold_orphans(deps.gate, cfg.upstream.engines, self.store.running(), now, wall)
+        hold_orphans(deps.gate, cfg.upstream, self.store.running(), now, wall)
         for row in self.store.recover(wall, cfg.jobs.retry_interrupted):
             if row.state in FINAL_STATES:
                 deps.metrics.jobs.labels(row.route, row.state).inc()
