@@ -136,6 +136,8 @@ def test_a_reload_renaming_a_busy_engine_keeps_its_lease_counted(
     gate.limits = GateLimits(sum(e.max_in_flight for e in after), 30, engines=after)
     second = gate.try_admit("r", 1.0)
     assert isinstance(second, Lease) is admitted, second
+    # /status lists a removed engine while its job runs; a renamed one is not "removed".
+    assert gate.unlisted() == ([] if URL1 in {e.address for e in after} else ["a"])
     if not admitted:
         assert isinstance(second, Rejection) and second.reason == "busy"
         assert gate.in_flight_on("b") == 1 and gate.in_flight == 1

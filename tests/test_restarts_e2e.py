@@ -138,6 +138,11 @@ async def test_a_reload_renaming_the_busy_engine_keeps_its_slot(
     nxt = await _submit(http, url, "the next song", 0.3)
     view = await _job(http, url, nxt)
     assert view["state"] == "queued", view  # the renamed engine's slot is still taken
+    async with http.get(admin + "/status") as r:
+        status = await r.json()
+    if (await _job(http, url, long))["state"] == "running":  # one engine, its one job
+        seen = [(e["name"], e["in_flight"]) for e in status["engines"]]
+        assert seen == [("renamed", 1)], status["engines"]
     await _until(http, url, nxt, "done", timeout=15)
     sim = await _sim(http, engine)
     assert sim["peak_active_generations"] == 1, sim

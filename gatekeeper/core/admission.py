@@ -277,11 +277,16 @@ class Gate:
         return next((e.key for e in self.limits.slots if e.name == engine), engine)
 
     def in_flight_on(self, engine: str) -> int:
-        """Leases running on ``engine``'s address (a listed engine), or naming it (a
-        removed one, finishing its job)."""
+        """Leases on ``engine``'s address, or naming it (a removed one: ``unlisted``)."""
         if any(e.name == engine for e in self.limits.slots):
             return self._by_key.get(self._key(engine), 0)
-        return sum(1 for t in self._leases.values() if t.engine == engine)
+        return self.unlisted().count(engine)
+
+    def unlisted(self) -> list[str]:
+        """The engine of each lease counted on no listed engine (a reload removed its
+        address; a renamed one's leases count on its new name), oldest first."""
+        listed = {e.key for e in self.limits.slots}
+        return [t.engine for t in self.running() if self._key_of[id(t)] not in listed]
 
     def _occupied(self, now: float) -> dict[str, int]:
         """Slots taken by engine key: our leases, plus the orphans still held."""
@@ -293,16 +298,13 @@ class Gate:
         return out
 
     def hold_orphan(self, engine: str | None, until: float, signal: bool = False) -> None:
-        """A generation a previous process left running on ``engine`` (None: unknown,
-        every listed engine is held): it occupies one of the engine's slots until the
-        engine reports idle (``engine_busy``; ``signal``: it has a busy rule, so it is
-        held until its first report) or, without a busy signal, until ``until``."""
+        """A generation a previous process left on ``engine`` (None: unknown, hold all):
+        one of its slots until it reports idle (``engine_busy``), or ``until`` (``Orphans``)."""
         keys = [e.key for e in self.limits.slots if engine in (None, e.name)]
         self.orphans.add(keys, until, signal)
 
     def engine_busy(self, engine: str, busy: bool | None) -> bool:
-        """The engine's own busy signal (its probe's ``upstream.probe.busy`` rule; None:
-        no signal). True when it freed the slots of its orphaned generations."""
+        """The engine's busy signal (None: none); True when it freed orphans' slots."""
         return self.orphans.report(self._key(engine), busy)
 
     def running(self, engine: str | None = None) -> list[Lease]:
