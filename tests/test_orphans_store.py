@@ -23,7 +23,7 @@ from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.jobs.orphans import hold_orphans
 from gatekeeper.jobs.record import STORED
 from gatekeeper.jobs.sqlite import SqliteJobStore
-from gatekeeper.lifecycle.probe import busy_of
+from gatekeeper.lifecycle.probe import busy_of, engine_busy
 
 ENGINES = (Engine("a", "http://127.0.0.1:8001"), Engine("b", "http://127.0.0.1:8002"))
 
@@ -153,3 +153,17 @@ def test_probe_busy_is_configured_under_upstream_probe() -> None:
     cfg = load_config("upstream:\n  probe:\n    busy: {pointer: /engine/busy, equals: yes}\n")
     assert cfg.upstream.probe.busy == ProbeBusy("/engine/busy", True)
     assert load_config("").upstream.probe.busy == ProbeBusy("", True)  # off by default
+
+
+def test_an_idle_report_wakes_the_waiting_room_once() -> None:
+    """The probe's idle report frees the orphan's slot and dispatches at once."""
+    gate = _gate()
+    woken: list[None] = []
+    gate.on_free = lambda: woken.append(None)
+    gate.hold_orphan("a", 1e9, signal=True)
+    engine_busy(gate, "a", True)
+    engine_busy(gate, "b", False)  # nothing held there: nothing to wake
+    assert woken == []
+    engine_busy(gate, "a", False)
+    engine_busy(gate, "a", False)
+    assert len(woken) == 1
