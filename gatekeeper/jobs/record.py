@@ -4,7 +4,7 @@ The store's columns, its row mapping and its INSERT are derived from this
 dataclass (``dataclasses.fields``): a field's ``column`` metadata is its SQL
 type, and its ``encode``/``decode`` turn its value into a column value and back.
 Adding a field is one line here; a nullable one (or one with a SQL default) is
-added to an older database when it is opened (``sqlite.add_missing_columns``),
+added to an older database when it is opened (``statedir.add_missing_columns``),
 any other needs a schema version bump.
 
 Times are wall clock (``time.time()``): a record outlives the process and its

@@ -40,7 +40,7 @@ from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import sqlite_fair
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
-from gatekeeper.jobs.statedir import cause, open_state
+from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
 
@@ -60,15 +60,6 @@ _LIVE = tuple(s.value for s in LIVE_STATES)
 _KEPT = tuple(s.value for s in KEPT_STATES)
 
 
-def add_missing_columns(db: sqlite3.Connection) -> None:
-    """Add the ``JobRecord`` fields a database of an older gatekeeper lacks (each added
-    field is nullable or has a default; its rows read None or that default)."""
-    have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-    for f in STORED:
-        if f.name not in have:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {f.name} {f.metadata['sql']}")
-
-
 def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
@@ -79,7 +70,7 @@ class SqliteJobStore:
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
         self.directory = directory
         self._db = db
-        add_missing_columns(db)
+        add_missing_columns(db, "jobs", [(f.name, f.metadata["sql"]) for f in STORED])
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
@@ -193,8 +184,7 @@ class SqliteJobStore:
             raise ValueError(f"job {job_id} is {row.state}, not {' or '.join(values)}")
 
     def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
-        """queued -> running on ``engine``; ValueError from another state, KeyError for an
-        unknown id."""
+        """queued -> running on ``engine``; ValueError from another state, KeyError if unknown."""
         with self._txn() as db:
             self._update(
                 job_id,
