@@ -192,7 +192,10 @@ def test_engines_are_read_in_order_and_their_slots_add_up() -> None:
     assert cfg.admission.max_in_flight == 3
     assert cfg.upstream.url == "http://127.0.0.1:8001"
     limits = admission_limits(cfg)
-    assert limits.slots == (EngineSlots("gpu0", 1), EngineSlots("gpu1", 2))
+    assert limits.slots == (
+        EngineSlots("gpu0", 1, "http://127.0.0.1:8001"),
+        EngineSlots("gpu1", 2, "http://127.0.0.1:8002"),
+    )
     assert limits.down_retry_after == 5
 
 

@@ -337,7 +337,7 @@ async def test_unknown_route_is_fastapi_style_json(client: Client) -> None:
     wrong = await client.delete("/healthz")
     assert wrong.status == 405 and "GET" in wrong.headers["Allow"]
     health = await client.get("/healthz")
-    assert await health.json() == {"status": "ok"}
+    assert await health.json() == {"status": "ok", "busy": False, "active_generations": 0}
 
 
 async def test_sleep_delays_the_headers(client: Client) -> None:

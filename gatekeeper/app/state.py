@@ -27,7 +27,7 @@ from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.views import jobs_status, queue_status
 from gatekeeper.lifecycle.epochs import RuntimeUsage
-from gatekeeper.lifecycle.probe import engine_refused, engine_verdict
+from gatekeeper.lifecycle.probe import engine_busy, engine_refused, engine_verdict
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
 from gatekeeper.observability.counters import Counters
 from gatekeeper.observability.metrics import Metrics
@@ -86,6 +86,10 @@ class AppState:
     def set_engine_up(self, engine: str, up: bool) -> None:
         """One engine's probe verdict (``probe.engine_verdict``)."""
         engine_verdict(self.gate, engine, up)
+
+    def set_engine_busy(self, engine: str, busy: bool | None) -> None:
+        """One engine's own busy signal (``probe.engine_busy``; issue #18 §5)."""
+        engine_busy(self.gate, engine, busy)
 
     def engine_refused(self, engine: str, kind: ErrorKind) -> None:
         """A refused connection's verdict on ``engine`` (``probe.engine_refused``)."""

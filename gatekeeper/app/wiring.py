@@ -132,7 +132,8 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
 def start_probe(st: AppState) -> asyncio.Task[None]:
     """The periodic upstream probe, publishing its verdict onto ``st``."""
     return asyncio.create_task(
-        probe_loop(lambda: st.config, st.set_engine_up), name="gatekeeper-probe"
+        probe_loop(lambda: st.config, st.set_engine_up, st.set_engine_busy),
+        name="gatekeeper-probe",
     )
 
 

@@ -79,6 +79,7 @@ from gatekeeper.config.upstream import (
     Pool,
     PoolLimits,
     Probe,
+    ProbeBusy,
     Timeouts,
     Upstream,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "PoolLimits",
     "PressureThreshold",
     "Probe",
+    "ProbeBusy",
     "Queue",
     "Receiver",
     "RefusalLog",

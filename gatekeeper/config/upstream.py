@@ -71,6 +71,44 @@ class Pool:
 PASSTHROUGH_LIMITS = PoolLimits(max_connections=10, max_keepalive_connections=5)
 
 
+_POINTER = re.compile(r"^(/([^~]|~[01])*)*$")
+Scalar = bool | int | float | str
+
+
+def _check_pointer(v: object) -> str | None:
+    if isinstance(v, str) and _POINTER.match(v):
+        return None
+    return "must be a JSON pointer (RFC 6901, e.g. /busy or /engine/running), or '' for none"
+
+
+def _check_scalar(v: object) -> str | None:
+    if isinstance(v, bool | int | float | str):
+        return None
+    return "must be a boolean, a number or a string"
+
+
+@declared
+class ProbeBusy:
+    """The engine's own busy signal, read from its probe's answer (issue #18 §5)."""
+
+    pointer: str = checked(
+        "JSON pointer (RFC 6901) into the probe's JSON answer, e.g. /busy; '' (the default):"
+        " the engine offers no busy signal. After a restart that found a job running, its"
+        " engine gets no new generation until this says idle (without it: until the"
+        " interrupted job's expected remaining time has passed).",
+        _check_pointer,
+        {"type": "string", "pattern": _POINTER.pattern},
+        default="",
+    )
+    equals: Scalar = checked(
+        "The value at pointer that means busy (any other value: idle; an answer that is not"
+        " JSON or lacks the pointer: no signal).",
+        _check_scalar,
+        {"type": ["boolean", "number", "string"]},
+        default=True,
+    )
+
+
 @declared
 class Probe:
     path: str = checked(
@@ -78,6 +116,10 @@ class Probe:
     )
     interval: float = duration("Time between probes.", default=5.0)
     timeout: float = duration("A probe slower than this counts as down.", default=3.0)
+    busy: ProbeBusy = section(
+        "The engine's busy signal in the probe's JSON answer (engine-sim: pointer /busy).",
+        factory=ProbeBusy,
+    )
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"

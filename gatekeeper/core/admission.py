@@ -22,6 +22,10 @@ Invariants (the reliability contract of issue #2):
    reload) and below its own ``max_in_flight``, the least loaded first (ties: the
    file's order). The total never exceeds ``GateLimits.max_in_flight`` and no
    engine ever exceeds its own.
+5. Restarts and reloads never double an engine (issue #18 §5): an engine's slots are
+   counted by its address (``EngineSlots.key``), so a reload renaming it keeps its
+   running leases counted; a generation a previous process left running on it
+   (``Orphans``, ``hold_orphan``) occupies a slot until the engine is known idle.
 
 Reasons are checked in this order, so a client hears the most useful one:
 ``draining`` (come back to the new instance) > ``busy`` (someone else's song
@@ -41,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gatekeeper.config import DEFAULT_ENGINE, Resources, Threshold
-from gatekeeper.core.engines import EngineSlots, no_engine_reason, pick_engine
+from gatekeeper.core.engines import EngineSlots, Orphans, no_engine_reason, pick_engine
 from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import RESOURCE_REASONS, AdmitReason
@@ -246,7 +250,12 @@ class Gate:
         # The probe's verdict per engine name (absent or None: no answer yet).
         self.engine_up: dict[str, bool | None] = {}
         self._leases: dict[int, Lease] = {}
-        self._by_engine: dict[str, int] = {}
+        # Running leases by engine key (its address: ``EngineSlots.key``), and each
+        # lease's key as it was taken (a reload may rename its engine meanwhile).
+        self._by_key: dict[str, int] = {}
+        self._key_of: dict[int, str] = {}
+        # Generations a previous process left running, by engine key (``hold_orphan``).
+        self.orphans = Orphans()
         # Called right after a slot frees, in the same synchronous step (the waiting
         # room dispatches its next job there, before any new arrival can take the slot).
         self.on_free: Callable[[], None] | None = None
@@ -263,22 +272,54 @@ class Gate:
     def in_flight(self) -> int:
         return len(self._leases)
 
+    def _key(self, engine: str) -> str:
+        """The key an engine's slots are counted by (a listed engine's address)."""
+        return next((e.key for e in self.limits.slots if e.name == engine), engine)
+
     def in_flight_on(self, engine: str) -> int:
-        return self._by_engine.get(engine, 0)
+        """Leases on ``engine``'s address, or naming it (a removed one: ``unlisted``)."""
+        if any(e.name == engine for e in self.limits.slots):
+            return self._by_key.get(self._key(engine), 0)
+        return self.unlisted().count(engine)
+
+    def unlisted(self) -> list[str]:
+        """The engine of each lease counted on no listed engine (a reload removed its
+        address; a renamed one's leases count on its new name), oldest first."""
+        listed = {e.key for e in self.limits.slots}
+        return [t.engine for t in self.running() if self._key_of[id(t)] not in listed]
+
+    def _occupied(self, now: float) -> dict[str, int]:
+        """Slots taken by engine key: our leases, plus the orphans still held."""
+        if not self.orphans:
+            return self._by_key
+        out = dict(self._by_key)
+        for key, n in self.orphans.counts(now).items():
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def hold_orphan(self, engine: str | None, until: float, signal: bool = False) -> None:
+        """A generation a previous process left on ``engine`` (None: unknown, hold all):
+        one of its slots until it reports idle (``engine_busy``), or ``until`` (``Orphans``)."""
+        keys = [e.key for e in self.limits.slots if engine in (None, e.name)]
+        self.orphans.add(keys, until, signal)
+
+    def engine_busy(self, engine: str, busy: bool | None) -> bool:
+        """The engine's busy signal (None: none); True when it freed orphans' slots."""
+        return self.orphans.report(self._key(engine), busy)
 
     def running(self, engine: str | None = None) -> list[Lease]:
         """The leases held now (on ``engine``), oldest first; each names its holder."""
         leases = [t for t in self._leases.values() if engine is None or t.engine == engine]
         return sorted(leases, key=lambda t: t.started_at)
 
-    def pick(self) -> str | None:
+    def pick(self, now: float) -> str | None:
         """The engine the next admit would run on (None: no engine may take one)."""
-        return pick_engine(self.limits.slots, self._by_engine, self.engine_up)
+        return pick_engine(self.limits.slots, self._occupied(now), self.engine_up)
 
-    def _no_engine(self, engine: str | None) -> str | None:
+    def _no_engine(self, engine: str | None, now: float) -> str | None:
         if engine is not None:
             return None
-        return no_engine_reason(self.limits.slots, self._by_engine, self.engine_up)
+        return no_engine_reason(self.limits.slots, self._occupied(now), self.engine_up)
 
     def elapsed(self, now: float) -> list[float]:
         return [now - t.started_at for t in self._leases.values()]
@@ -286,7 +327,7 @@ class Gate:
     def _listed_in_flight(self) -> int:
         """Leases on the engines listed now: a removed engine's job, finishing, holds
         no slot of the engines that remain."""
-        return sum(self._by_engine.get(e.name, 0) for e in self.limits.slots)
+        return sum(self._by_key.get(key, 0) for key in {e.key for e in self.limits.slots})
 
     def _decide(self, now: float, engine: str | None) -> Rejection | None:
         return decide(
@@ -296,12 +337,12 @@ class Gate:
             draining=self.draining,
             expected=self.estimator.expected,
             running_elapsed=self.elapsed(now),
-            no_engine=self._no_engine(engine),
+            no_engine=self._no_engine(engine, now),
         )
 
     def check(self, now: float) -> Rejection | None:
         """The decision a new admit request would get now, without taking a slot."""
-        return self._decide(now, self.pick())
+        return self._decide(now, self.pick(now))
 
     def reasons(self, now: float) -> list[str]:
         """Every reason a new admit request would be refused now (``check`` gives the first)."""
@@ -310,18 +351,20 @@ class Gate:
             limits=self.limits,
             resources=self.resources,
             draining=self.draining,
-            no_engine=self._no_engine(self.pick()),
+            no_engine=self._no_engine(self.pick(now), now),
         )
 
     def try_admit(self, route: str, now: float) -> Lease | Rejection:
-        engine = self.pick()
+        engine = self.pick(now)
         rejection = self._decide(now, engine)
         if rejection is not None:
             return rejection
         assert engine is not None  # decide admits only when an engine was picked
         lease = Lease(route, now, engine, self._free, self._repeated)
+        key = self._key(engine)
         self._leases[id(lease)] = lease
-        self._by_engine[engine] = self._by_engine.get(engine, 0) + 1
+        self._key_of[id(lease)] = key
+        self._by_key[key] = self._by_key.get(key, 0) + 1
         self._idle.clear()
         if self.on_admit is not None:
             self.on_admit(lease)
@@ -334,11 +377,12 @@ class Gate:
 
     def _free(self, lease: Lease) -> None:
         del self._leases[id(lease)]
-        left = self._by_engine[lease.engine] - 1
+        key = self._key_of.pop(id(lease))
+        left = self._by_key[key] - 1
         if left:
-            self._by_engine[lease.engine] = left
+            self._by_key[key] = left
         else:
-            del self._by_engine[lease.engine]
+            del self._by_key[key]
         if not self._leases:
             self._idle.set()
         if self.on_free is not None:

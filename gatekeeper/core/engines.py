@@ -3,11 +3,22 @@
 The gate asks ``pick_engine`` in the same synchronous step that takes the slot:
 an engine whose probe said down, or that is at its own ``max_in_flight``, is
 skipped; of the rest the least loaded wins, ties going to the file's order.
+
+An engine's slots are counted by its **address** (``EngineSlots.key``: its URL),
+not by its name (issue #18 §5): a reload that renames an engine keeping its URL
+keeps the generations running there counted against it.
+
+``Orphans``: generations a previous gatekeeper process started and never saw
+end (found ``running`` at start, after a ``kill -9``). The engine is still
+computing them, so each occupies a slot of its engine until the engine is
+known idle: its busy signal (``upstream.probe.busy``) says idle, or, where the
+engine offers none, its grace (the interrupted job's expected remaining time)
+has passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gatekeeper.core.vocab import AdmitReason
@@ -15,10 +26,17 @@ from gatekeeper.core.vocab import AdmitReason
 
 @dataclass(frozen=True)
 class EngineSlots:
-    """One engine as the gate sees it: its name and how many generations it takes."""
+    """One engine as the gate sees it: its name, how many generations it takes, and
+    its address (the URL, by which its slots are counted; "": the name)."""
 
     name: str
     max_in_flight: int
+    address: str = ""
+
+    @property
+    def key(self) -> str:
+        """What the engine's running generations are counted by."""
+        return self.address or self.name
 
 
 def pick_engine(
@@ -28,14 +46,15 @@ def pick_engine(
 ) -> str | None:
     """The engine a new generation goes to, or None if no engine may take one.
 
-    Not one whose probe said down (``None``, no answer yet, is not "down": a fresh
-    gatekeeper must not refuse its first request), not one at its own limit; of the
-    rest, the lowest in_flight/max_in_flight, then the file's order.
+    ``in_flight``: the slots taken, by engine key (``EngineSlots.key``). Not one whose
+    probe said down (``None``, no answer yet, is not "down": a fresh gatekeeper must
+    not refuse its first request), not one at its own limit; of the rest, the lowest
+    in_flight/max_in_flight, then the file's order.
     """
     best: str | None = None
     best_load = 2.0
     for e in slots:
-        n = in_flight.get(e.name, 0)
+        n = in_flight.get(e.key, 0)
         if up.get(e.name) is False or n >= e.max_in_flight:
             continue
         load = n / e.max_in_flight
@@ -52,6 +71,61 @@ def no_engine_reason(
     """Why ``pick_engine`` found none: ``busy`` if an engine that is up is full (its
     song's ETA is the honest wait), else ``engine_down``."""
     live = [e for e in slots if up.get(e.name) is not False]
-    if any(in_flight.get(e.name, 0) >= e.max_in_flight for e in live):
+    if any(in_flight.get(e.key, 0) >= e.max_in_flight for e in live):
         return AdmitReason.BUSY
     return AdmitReason.ENGINE_DOWN
+
+
+class Orphans:
+    """Generations left running on engines by a previous process, by engine key.
+
+    Each one occupies a slot of its engine (``counts``) until the engine is known
+    idle: ``report(key, False)`` (the engine's busy signal says idle) ends all of an
+    engine's orphans at once; while the last report is ``True`` (busy) they stay,
+    whatever their grace, and so they do before the first report of an engine that
+    has a busy rule (``signal``); with no signal (no rule, or ``None``: an answer that
+    does not carry it) each ends at its grace (``until``, on the caller's clock).
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, list[float]] = {}
+        self._busy: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def add(self, keys: Iterable[str], until: float, signal: bool = False) -> None:
+        """One orphaned generation on the engine of each of ``keys`` (several: its engine
+        is not known, so every candidate is held). ``signal``: the engine has a busy
+        rule, so it is presumed busy until its probe says otherwise."""
+        for key in keys:
+            if self._busy.get(key) is False:  # reported idle since the stop: it ended
+                continue
+            if signal:
+                self._busy.setdefault(key, True)
+            self._until.setdefault(key, []).append(until)
+
+    def report(self, key: str, busy: bool | None) -> bool:
+        """The engine's busy signal; True when it freed the engine's orphans."""
+        if busy is None:
+            self._busy.pop(key, None)
+            return False
+        self._busy[key] = busy
+        if busy or key not in self._until:
+            return False
+        del self._until[key]
+        return True
+
+    def counts(self, now: float) -> dict[str, int]:
+        """The orphans still held at ``now``, by engine key (the expired ones go)."""
+        out: dict[str, int] = {}
+        for key in list(self._until):
+            held = self._until[key]
+            if not self._busy.get(key, False):
+                held = [u for u in held if u > now]
+            if held:
+                self._until[key] = held
+                out[key] = len(held)
+            else:
+                del self._until[key]
+        return out

@@ -37,7 +37,8 @@ Engine endpoints (errors are FastAPI-style JSON ``{"detail": ...}``, bad input i
 ``POST /upload``
     Reads a body of any size chunk by chunk; answers ``{"bytes": n, "sha256": hex}``.
 ``GET /healthz``
-    ``{"status": "ok"}``.
+    ``{"status": "ok", "busy": bool, "active_generations": n}``: ``busy`` while a
+    generation runs (gatekeeper's ``upstream.probe.busy`` reads it: pointer ``/busy``).
 
 Test helpers under ``/_sim/``:
 

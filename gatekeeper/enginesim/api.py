@@ -246,4 +246,6 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Up, and whether a generation is running (a busy signal, as some engines offer)."""
+    active = request.app[ENGINE].active_count
+    return web.json_response({"status": "ok", "busy": active > 0, "active_generations": active})

@@ -3,7 +3,9 @@
 The store's columns, its row mapping and its INSERT are derived from this
 dataclass (``dataclasses.fields``): a field's ``column`` metadata is its SQL
 type, and its ``encode``/``decode`` turn its value into a column value and back.
-Adding a field is one line here (plus a schema version bump for old databases).
+Adding a field is one line here; a nullable one (or one with a SQL default) is
+added to an older database when it is opened (``statedir.add_missing_columns``),
+any other needs a schema version bump.
 
 Times are wall clock (``time.time()``): a record outlives the process and its
 loop clock. The live job (``model.Job``) is built from a record in one place,
@@ -84,6 +86,9 @@ class JobRecord:
     progress: float | None = field(default=None, metadata=column("REAL"))  # 0..1 when known
     # how many extra requests attached
     coalesced: int = field(default=0, metadata=column("INTEGER NOT NULL DEFAULT 0"))
+    # the engine's name it was started on (mark_running): after a kill -9 that engine is
+    # still computing it, and gets no new generation until known idle (issue #18 §5)
+    engine: str | None = field(default=None, metadata=column("TEXT"))
 
 
 STORED: tuple[Field[Any], ...] = fields(JobRecord)

@@ -39,6 +39,7 @@ from gatekeeper.jobs import runner
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
+from gatekeeper.jobs.orphans import hold_orphans
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.states import Ending, Endings
@@ -86,6 +87,7 @@ class JobService:
         """Recover what a previous process left, then start the background tick."""
         deps, cfg = self.deps, self.deps.config
         now, wall = deps.clock(), deps.wall()
+        hold_orphans(deps.gate, cfg.upstream, self.store.running(), now, wall)
         for row in self.store.recover(wall, cfg.jobs.retry_interrupted):
             if row.state in FINAL_STATES:
                 deps.metrics.jobs.labels(row.route, row.state).inc()
@@ -236,7 +238,7 @@ class JobService:
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
         job.started, job.ticket = now, ticket
-        job.record = self.store.mark_running(job.id, deps.wall())
+        job.record = self.store.mark_running(job.id, deps.wall(), ticket.engine)
         deps.metrics.queue_wait.labels(job.route).observe(now - job.arrived)
         deps.metrics.jobs.labels(job.route, JobState.RUNNING).inc()
         epoch = deps.epochs.enter()  # the runner may use this epoch's pools to its end

@@ -40,7 +40,7 @@ from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import sqlite_fair, sqlite_heads
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
-from gatekeeper.jobs.statedir import cause, open_state
+from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
 
@@ -70,6 +70,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads):
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
         self.directory = directory
         self._db = db
+        add_missing_columns(db, "jobs", [(f.name, f.metadata["sql"]) for f in STORED])
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
@@ -182,25 +183,25 @@ class SqliteJobStore(sqlite_heads.KeptHeads):
                 raise KeyError(job_id)
             raise ValueError(f"job {job_id} is {row.state}, not {' or '.join(values)}")
 
-    def mark_running(self, job_id: str, started: float) -> JobRecord:
-        """queued -> running; ValueError from another state, KeyError for an unknown id."""
+    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+        """queued -> running on ``engine``; ValueError from another state, KeyError if unknown."""
         with self._txn() as db:
             self._update(
                 job_id,
-                "state = ?, started = ?",
-                (JobState.RUNNING.value, started),
+                "state = ?, started = ?, engine = ?",
+                (JobState.RUNNING.value, started, engine),
                 (JobState.QUEUED,),
             )
             row = self._must_get(job_id)
             sqlite_fair.served(db, row.client)
         return row
 
-    def claim_next(self, started: float) -> JobRecord | None:
+    def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job by the fairness rule (``sqlite_fair``), now running; None
         when nothing is queued."""
         with self._txn() as db:
             job_id = sqlite_fair.next_job(db)
-            return None if job_id is None else self.mark_running(job_id, started)
+            return None if job_id is None else self.mark_running(job_id, started, engine)
 
     def set_result_head(
         self, job_id: str, status: int, reason: str | None, headers: Headers

@@ -117,3 +117,12 @@ def open_db(directory: Path, schema: str) -> sqlite3.Connection:
         if db is not None:
             db.close()
         raise
+
+
+def add_missing_columns(db: sqlite3.Connection, table: str, columns: list[tuple[str, str]]) -> None:
+    """Add the ``(name, SQL type)`` columns a database of an older gatekeeper lacks
+    (each one nullable or with a default: its old rows read None or that default)."""
+    have = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+    for name, sql in columns:
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql}")

@@ -93,12 +93,13 @@ class JobStore(Protocol):
 
     # -- the life of a job (states.TRANSITIONS)
 
-    def mark_running(self, job_id: str, started: float) -> JobRecord:
-        """queued -> running (a claim by id); ValueError from another state, KeyError if
-        unknown. Its client goes to the tail of the fairness ring (as a claim_next would)."""
+    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+        """queued -> running on ``engine`` (a claim by id); ValueError from another state,
+        KeyError if unknown. Its client goes to the tail of the fairness ring (as a
+        claim_next would)."""
         ...
 
-    def claim_next(self, started: float) -> JobRecord | None:
+    def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job by the fairness rule, now running; None if nothing is queued."""
         ...
 

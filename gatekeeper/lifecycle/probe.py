@@ -8,17 +8,26 @@ and it must not queue behind a 15-minute generation in the proxy's pools.
 The verdicts live on the gate (``Gate.engine_up``, which admission reads):
 ``engine_verdict`` records the probe's, ``engine_refused`` the one a refused
 connection gives before the next probe.
+
+The engine's busy signal (issue #18 §5): with ``upstream.probe.busy.pointer``
+set, the probe's answer is read as JSON and the value at the pointer compared
+with ``equals`` (``busy_of``, pure); ``engine_busy`` hands it to the gate, where
+it ends the hold on an engine that a previous process left computing
+(``Gate.hold_orphan``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from gatekeeper.config import Config, Engine
+from gatekeeper.config import Config, Engine, ProbeBusy
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.observability.logs import redact_url
@@ -53,28 +62,85 @@ def engine_refused(gate: Gate, engine: str, kind: ErrorKind) -> None:
     log.warning("engine %s refused a generation's connection: down until its probe answers", engine)
 
 
-async def probe_once(client: httpx.AsyncClient, config: Config, url: str | None = None) -> bool:
-    """One probe of ``url`` (default: the first engine's)."""
-    up = config.upstream
+def engine_busy(gate: Gate, engine: str, busy: bool | None) -> None:
+    """The engine's own busy signal (None: none). An engine now known idle that a
+    previous process left computing takes generations again: wake the waiting room."""
+    if gate.engine_busy(engine, busy) and gate.on_free is not None:
+        log.info("engine %s reports idle: the generation left running there has ended", engine)
+        gate.on_free()
+
+
+_MISSING = object()
+
+
+def _at(doc: Any, pointer: str) -> Any:
+    """The value at a JSON pointer (RFC 6901), or ``_MISSING``."""
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(doc, dict) and token in doc:
+            doc = doc[token]
+        elif isinstance(doc, list) and token.isdigit() and int(token) < len(doc):
+            doc = doc[int(token)]
+        else:
+            return _MISSING
+    return doc
+
+
+def busy_of(rule: ProbeBusy, body: bytes) -> bool | None:
+    """The busy signal in a probe's answer: True/False, None when the rule is off or the
+    answer does not carry it (not JSON, no such pointer)."""
+    if not rule.pointer:
+        return None
     try:
-        await client.get((url or up.url) + up.probe.path, timeout=up.probe.timeout)
+        value = _at(json.loads(body), rule.pointer)
+    except ValueError:
+        return None
+    if value is _MISSING:
+        return None
+    # Strict: true is not 1 (Python's True == 1), numbers compare as numbers.
+    if isinstance(value, bool) or isinstance(rule.equals, bool):
+        return type(value) is type(rule.equals) and value == rule.equals
+    return bool(value == rule.equals)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    up: bool
+    busy: bool | None = None  # the engine's busy signal (None: none)
+
+
+async def probe_engine(client: httpx.AsyncClient, config: Config, url: str) -> Verdict:
+    """One probe of the engine at ``url``: up, and its busy signal."""
+    probe = config.upstream.probe
+    try:
+        answer = await client.get(url + probe.path, timeout=probe.timeout)
     except httpx.HTTPError:
-        return False
-    return True
+        return Verdict(False)
+    return Verdict(True, busy_of(probe.busy, answer.content))
 
 
-async def _probe(client: httpx.AsyncClient, cfg: Config, engine: Engine) -> bool:
+async def probe_once(client: httpx.AsyncClient, config: Config, url: str | None = None) -> bool:
+    """One probe of ``url`` (default: the first engine's): up or not."""
+    return (await probe_engine(client, config, url or config.upstream.url)).up
+
+
+async def _probe(client: httpx.AsyncClient, cfg: Config, engine: Engine) -> Verdict:
     try:
-        return await probe_once(client, cfg, engine.url)
+        return await probe_engine(client, cfg, engine.url)
     except Exception:  # never let the probe die: readyz would freeze on its last word
         log.exception("upstream probe of engine %s failed unexpectedly", engine.name)
-        return False
+        return Verdict(False)
 
 
-async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool], None]) -> None:
+async def probe_loop(
+    config: Callable[[], Config],
+    publish: Callable[[str, bool], None],
+    publish_busy: Callable[[str, bool | None], None] | None = None,
+) -> None:
     """Every ``upstream.probe.interval``, probe every engine at once and publish each
-    verdict by engine name. The engine list is read each round, so a reload that adds
-    or removes an engine is probed from the next round on."""
+    verdict by engine name (and its busy signal, when the engine answered). The engine
+    list is read each round, so a reload that adds or removes an engine is probed from
+    the next round on."""
     last: dict[str, bool] = {}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         while True:
@@ -82,7 +148,8 @@ async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool]
             engines = cfg.upstream.engines
             verdicts = await asyncio.gather(*(_probe(client, cfg, e) for e in engines))
             several = len(engines) > 1
-            for engine, up in zip(engines, verdicts, strict=True):
+            for engine, verdict in zip(engines, verdicts, strict=True):
+                up = verdict.up
                 if up != last.get(engine.name):
                     what = f"engine {engine.name} " if several else ""
                     (log.info if up else log.warning)(
@@ -90,6 +157,8 @@ async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool]
                     )
                     last[engine.name] = up
                 publish(engine.name, up)
+                if up and publish_busy is not None:
+                    publish_busy(engine.name, verdict.busy)
             for gone in set(last) - {e.name for e in engines}:
                 del last[gone]
             await asyncio.sleep(cfg.upstream.probe.interval)

@@ -120,6 +120,7 @@ def admission_limits(config: Config) -> GateLimits:
     return GateLimits(
         max_in_flight=config.admission.max_in_flight,
         retry_after_default=config.admission.retry_after_default,
-        engines=tuple(EngineSlots(e.name, e.max_in_flight) for e in up.engines),
+        # Counted by address: a reload renaming an engine keeps its leases (issue #18 §5).
+        engines=tuple(EngineSlots(e.name, e.max_in_flight, e.url) for e in up.engines),
         down_retry_after=max(1, math.ceil(up.probe.interval)),
     )

@@ -84,9 +84,9 @@ def status_document(st: StatusSource) -> dict[str, Any]:
         }
         for e in cfg.upstream.engines
     ]
-    listed = {e.name for e in cfg.upstream.engines}
-    # Engines a reload removed while they run a job: shown until it ends.
-    removed = dict.fromkeys(t.engine for t in gate.running() if t.engine not in listed)
+    # Engines a reload removed while they run a job: shown until it ends (one renamed,
+    # its URL kept, is not: its job counts on its new name).
+    removed = dict.fromkeys(gate.unlisted())
     engines += [
         {
             "name": name,
