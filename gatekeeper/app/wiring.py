@@ -44,6 +44,9 @@ from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
 
+# The public listener's request handlers: bodies are never decoded (see build_proxy_app).
+RAW_BODIES: dict[str, object] = {"auto_decompress": False}
+
 
 async def create_state(
     config: Config,
@@ -191,7 +194,12 @@ def build_proxy_app(
             gradio=gradio.handle,
         )
     )
-    app = web.Application(middlewares=[handler.refuse_foreign_targets])
+    # The body is forwarded as the client sent it (issue #18 §4): aiohttp's server would
+    # otherwise decompress a gzip or deflate body while its Content-Encoding went on to the
+    # engine unchanged. Set on the app, not the runner: every server of this app (the
+    # process's listener, a test server) hands the handlers the raw bytes, and the app's
+    # handler_args win over a runner's.
+    app = web.Application(middlewares=[handler.refuse_foreign_targets], handler_args=RAW_BODIES)
     if reloader is not None:
         # The file watcher (issue #5 §1); the proxy handler counts which requests may
         # hold which pools (the state's ``usage``), so a reload closes old pools only once idle.
