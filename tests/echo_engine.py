@@ -27,7 +27,8 @@ class Seen:
 
 
 class EchoEngine:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # where ``serve`` listens
         self.seen: list[Seen] = []
         self.hold = asyncio.Event()
         self.hold.set()  # clear it to keep every POST running until it is set again
@@ -55,12 +56,16 @@ class EchoEngine:
     def posts(self, prefix: str) -> list[Seen]:
         return [s for s in self.seen if s.method == "POST" and s.path.startswith(prefix)]
 
-    async def serve(self, port: int) -> str:
+    async def serve(self) -> str:
         runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+        await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
         self._runner = runner
-        return f"http://127.0.0.1:{port}"
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -158,8 +158,9 @@ class JobService:
         refusal = self._refusal(request.client, cfg, now)
         if refusal is not None:
             return refusal
-        if request.body_size:
-            save_body(self.store.body_target(request.id))
+        # The body file is the job's: written for every job, an empty body too (a queued
+        # job without its file is "body_lost" at the next start; issue #18 §5).
+        save_body(self.store.body_target(request.id))
         wall = deps.wall()
         job = Job.from_record(self.store.create(replace(request, created=wall)), now=now, wall=wall)
         if held:
