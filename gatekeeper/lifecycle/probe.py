@@ -30,11 +30,12 @@ def engine_verdict(gate: Gate, engine: str, up: bool) -> None:
     """One engine's probe verdict (``gatekeeper_engine_up`` reads it at scrape time).
 
     A verdict that changes the set of engines that may take a job wakes the
-    waiting room: a job may now start on the engine that came back.
+    waiting room: a job may now start on the engine that came back, or that a
+    probe has just seen up for the first time (a queued job waits for that).
     """
     before = gate.engine_up.get(engine)
     gate.engine_up[engine] = up
-    if before is False and up and gate.on_free is not None:
+    if before is not True and up and gate.on_free is not None:
         gate.on_free()
 
 
