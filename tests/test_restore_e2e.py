@@ -107,7 +107,7 @@ async def test_restored_async_jobs_send_the_exact_bytes_and_an_empty_body(
     first, url = await run_gatekeeper(tmp_path, procs, upstream, state)
 
     echo.hold.clear()  # the first job holds the slot: the others wait in the queue
-    running = await submit(http, url, plain, **{"Content-Type": "application/json"})
+    running = await submit(http, url, b'{"lyrics": "first"}')
     await asyncio.wait_for(echo.arrived.wait(), 10)
     queued = [
         await submit(http, url, gz, **{"Content-Encoding": "gzip", "X-Song": "gz"}),
@@ -131,6 +131,13 @@ async def test_restored_async_jobs_send_the_exact_bytes_and_an_empty_body(
     assert got["gz"].headers["Content-Length"] == str(len(gz))
     assert got["zl"].body == zl and got["zl"].headers["Content-Encoding"] == "deflate"
     assert got["empty"].body == b"" and "Content-Encoding" not in got["empty"].headers
+
+    # The listener `gatekeeper run` builds passes a pass route's body as sent too.
+    headers = {"Content-Encoding": "gzip", "X-Song": "pass"}
+    async with http.post(url + "/elsewhere", data=gz, headers=headers) as r:
+        assert r.status == 200, await r.text()
+    (passed,) = echo.posts("/elsewhere")
+    assert passed.body == gz and passed.headers["Content-Encoding"] == "gzip"
 
 
 async def test_restored_jobs_wait_for_the_engine(
