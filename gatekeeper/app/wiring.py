@@ -28,7 +28,7 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
-from gatekeeper.lifecycle.probe import probe_loop
+from gatekeeper.lifecycle.probe import first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
 from gatekeeper.observability.alerts.loop import AlertLoop
@@ -126,6 +126,11 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
             await jobs.close()
 
     return ctx
+
+
+async def probe_first(st: AppState) -> None:
+    """Each engine's first verdict, before the waiting room starts (``first_verdicts``)."""
+    await first_verdicts(st.config, st.set_engine_up)
 
 
 def start_probe(st: AppState) -> asyncio.Task[None]:

@@ -94,3 +94,16 @@ async def probe_loop(config: Callable[[], Config], publish: Callable[[str, bool]
             for gone in set(last) - {e.name for e in engines}:
                 del last[gone]
             await asyncio.sleep(cfg.upstream.probe.interval)
+
+
+async def first_verdicts(config: Config, publish: Callable[[str, bool], None]) -> None:
+    """One round at start, before the waiting room starts and the listeners open: a
+    queue restored from the state directory, and the first requests, are decided with
+    each engine's verdict known (a queued job waits for "up": ``engines.available``),
+    not in a race with the loop's first round (issue #18 §5). Silent: ``probe_loop``
+    logs its own first verdicts after the startup lines. At most ``probe.timeout``."""
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        engines = config.upstream.engines
+        verdicts = await asyncio.gather(*(_probe(client, config, e) for e in engines))
+    for engine, up in zip(engines, verdicts, strict=True):
+        publish(engine.name, up)
