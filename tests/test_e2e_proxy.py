@@ -22,10 +22,10 @@ import pytest
 from support import (
     ADMIT_ROUTES,
     Proc,
-    free_port,
     resources_file,
     rules,
     send_generation,
+    start_engine,
     start_gatekeeper,
 )
 
@@ -188,11 +188,20 @@ async def test_upstream_errors_free_the_slot(
     engine: tuple[Proc, str], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """502 on a dead engine, 504 on a read timeout, each with JSON; the slot is freed each time."""
+    # The engine dies after gatekeeper's probe saw it up (its first round runs before the
+    # listener opens: an engine already dead at start is 503 engine_down, not a 502).
+    doomed, doomed_url = start_engine(tmp_path)
     dead, url, admin = start_gatekeeper(
         tmp_path,
-        rules(BASE, resources_file(tmp_path / "calm.json"), ADMIT_ROUTES),
-        f"http://127.0.0.1:{free_port()}",
+        rules(
+            BASE,
+            resources_file(tmp_path / "calm.json"),
+            ADMIT_ROUTES,
+            {"upstream": {"probe": {"interval": 600}}},
+        ),
+        doomed_url,
     )
+    doomed.kill()
     try:
         async with http.post(url + "/generate", json=GEN) as r:
             assert r.status == 502

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import pytest
 
@@ -14,8 +16,10 @@ from gatekeeper.gradio.wire import (
     Kind,
     SSEEvent,
     SSEParser,
+    UnreadableCoding,
     api_names,
     classify,
+    decoded_body,
     ending,
     event_id_of,
     parse_join,
@@ -101,6 +105,50 @@ def test_parse_join(body: bytes, expected: Join | str) -> None:
 )
 def test_event_id_of(body: bytes, expected: str | None) -> None:
     assert event_id_of(body) == expected
+
+
+JOIN_TEXT = b'{"fn_index": 0, "session_hash": "s"}'
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    ("body", "codings", "expected"),
+    [
+        (JOIN_TEXT, [], JOIN_TEXT),
+        (JOIN_TEXT, ["identity"], JOIN_TEXT),
+        (gzip.compress(JOIN_TEXT), ["gzip"], JOIN_TEXT),
+        (gzip.compress(JOIN_TEXT), ["X-GZIP"], JOIN_TEXT),
+        (zlib.compress(JOIN_TEXT), ["deflate"], JOIN_TEXT),
+        (_raw_deflate(JOIN_TEXT), ["deflate"], JOIN_TEXT),  # what some clients send
+        # Codings apply in the order listed: undone last first, header repeated or not.
+        (gzip.compress(zlib.compress(JOIN_TEXT)), ["deflate, gzip"], JOIN_TEXT),
+        (gzip.compress(zlib.compress(JOIN_TEXT)), ["deflate", "gzip"], JOIN_TEXT),
+        # Over the limit once decoded: unknown (a zip bomb is never inflated whole).
+        (gzip.compress(b" " * 10_000_000), ["gzip"], None),
+    ],
+)
+def test_decoded_body(body: bytes, codings: list[str], expected: bytes | None) -> None:
+    assert decoded_body(body, codings, 256 * 1024) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "codings", "error", "says"),
+    [
+        (gzip.compress(JOIN_TEXT)[:-8], ["gzip"], ValueError, "gzip body is cut short"),
+        (gzip.compress(JOIN_TEXT) + b"x", ["gzip"], ValueError, "bytes after its end"),
+        (JOIN_TEXT, ["gzip"], ValueError, "not valid gzip"),
+        (JOIN_TEXT, ["deflate"], ValueError, "not valid deflate"),
+        (JOIN_TEXT, ["br"], UnreadableCoding, "'br' cannot be read"),
+        (gzip.compress(JOIN_TEXT), ["gzip, zstd"], UnreadableCoding, "'zstd'"),
+    ],
+)
+def test_decoded_body_refuses(body: bytes, codings: list[str], error: type, says: str) -> None:
+    with pytest.raises(error, match=says):
+        decoded_body(body, codings, 256 * 1024)
 
 
 def test_api_names_from_config() -> None:

@@ -185,6 +185,7 @@ async def test_each_path_holds_its_lease_and_releases_it_once(
     st: AppState = await create_state(
         _rules(str(engine.make_url("")).rstrip("/"), action=action, disconnect=disconnect)
     )
+    st.set_upstream_up(True)  # the probe's word (none runs here): a queued job waits for it
     client = await aiohttp_client(build_proxy_app(st, monitor=False, probe=False))
     holders: list[str] = []
 

@@ -410,6 +410,7 @@ async def test_high_cpu_holds_the_queue_instead_of_failing_it(
         admission={"sample_interval": 0.05, "resources": {"source": "file", "file": str(f)}},
     )
     gk = await gatekeeper(cfg, monitor=True)
+    gk.state.set_upstream_up(True)  # the probe's word (none runs here): a job waits for it
     jobs = gk.state.jobs
     assert jobs is not None
     assert await eventually(lambda: gk.state.gate.resources.cpu_percent == 95)

@@ -4,7 +4,9 @@ Nothing imports this module except ``cli``. Lifecycle follows aiohttp's
 ``AppRunner`` → ``TCPSite`` → ``cleanup()``; the apps and their background
 loops (``cleanup_ctx`` generators that cancel and await their task) are built
 by ``wiring``. The upstream probe starts only once both listeners are bound
-(``Gatekeeper.start``), so what it reports follows the startup lines.
+(``Gatekeeper.start``), so what it reports follows the startup lines; one silent
+round before that (``probe_first``) gives each engine its verdict before the
+waiting room starts, since a queued job waits for a probe's "up".
 
 Shutdown (issue #5 §2): the first SIGTERM/SIGINT starts a drain — ``/readyz``
 turns 503, admit routes answer ``draining``, pass routes keep working — and
@@ -30,7 +32,7 @@ from aiohttp import web
 from gatekeeper import __version__
 from gatekeeper.admin import build_admin_app
 from gatekeeper.app.state import AppState
-from gatekeeper.app.wiring import build_proxy_app, create_state, start_probe
+from gatekeeper.app.wiring import build_proxy_app, create_state, probe_first, start_probe
 from gatekeeper.config import Config
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.changes import Overrides
@@ -80,6 +82,10 @@ class Gatekeeper:
         cfg = self.config
         st = self.state = await create_state(cfg, state_dir=cfg.jobs.state_dir(cfg.source))
         rl = self.reloader = Reloader(st, cfg.source, self.overrides)
+        # Before the proxy app starts its waiting room: a queued job goes only to an engine
+        # a probe has seen up, so restored jobs and the first arrivals are decided with the
+        # verdicts known rather than racing the probe loop's first round (issue #18 §5).
+        await probe_first(st)
         closed = st.metrics.client_connections_closed
         conns = self.connections = Connections(
             lambda: st.config.limits, st.clock, lambda reason: closed.labels(reason).inc()

@@ -28,7 +28,7 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
-from gatekeeper.lifecycle.probe import probe_loop
+from gatekeeper.lifecycle.probe import first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
 from gatekeeper.observability.alerts.loop import AlertLoop
@@ -47,6 +47,9 @@ from gatekeeper.proxy.streams import OpenStreams
 from gatekeeper.resources.monitor import Monitor
 
 log = logging.getLogger("gatekeeper")
+
+# The public listener's request handlers: bodies are never decoded (see build_proxy_app).
+RAW_BODIES: dict[str, object] = {"auto_decompress": False}
 
 
 async def create_state(
@@ -127,6 +130,11 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
             await jobs.close()
 
     return ctx
+
+
+async def probe_first(st: AppState) -> None:
+    """Each engine's first verdict, before the waiting room starts (``first_verdicts``)."""
+    await first_verdicts(st.config, st.set_engine_up)
 
 
 def start_probe(st: AppState) -> asyncio.Task[None]:
@@ -236,7 +244,12 @@ def build_proxy_app(
             gradio=gradio.handle,
         )
     )
-    app = web.Application(middlewares=[handler.refuse_foreign_targets])
+    # The body is forwarded as the client sent it (issue #18 §4): aiohttp's server would
+    # otherwise decompress a gzip or deflate body while its Content-Encoding went on to the
+    # engine unchanged. Set on the app, not the runner: every server of this app (the
+    # process's listener, a test server) hands the handlers the raw bytes, and the app's
+    # handler_args win over a runner's.
+    app = web.Application(middlewares=[handler.refuse_foreign_targets], handler_args=RAW_BODIES)
     if reloader is not None:
         # The file watcher (issue #5 §1); the proxy handler counts which requests may
         # hold which pools (the state's ``usage``), so a reload closes old pools only once idle.

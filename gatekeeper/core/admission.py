@@ -312,14 +312,20 @@ class Gate:
         leases = [t for t in self._leases.values() if engine is None or t.engine == engine]
         return sorted(leases, key=lambda t: t.started_at)
 
-    def pick(self, now: float) -> str | None:
-        """The engine the next admit would run on (None: no engine may take one)."""
-        return pick_engine(self.limits.slots, self._occupied(now), self.engine_up)
+    def pick(self, now: float, *, probed_only: bool = False) -> str | None:
+        """The engine the next admit would run on (None: no engine may take one).
+        ``probed_only``: the waiting room's rule, only an engine a probe has seen up
+        (``engines.available``)."""
+        return pick_engine(
+            self.limits.slots, self._occupied(now), self.engine_up, probed_only=probed_only
+        )
 
-    def _no_engine(self, engine: str | None, now: float) -> str | None:
+    def _no_engine(self, engine: str | None, now: float, probed_only: bool = False) -> str | None:
         if engine is not None:
             return None
-        return no_engine_reason(self.limits.slots, self._occupied(now), self.engine_up)
+        return no_engine_reason(
+            self.limits.slots, self._occupied(now), self.engine_up, probed_only=probed_only
+        )
 
     def elapsed(self, now: float) -> list[float]:
         return [now - t.started_at for t in self._leases.values()]
@@ -329,7 +335,7 @@ class Gate:
         no slot of the engines that remain."""
         return sum(self._by_key.get(key, 0) for key in {e.key for e in self.limits.slots})
 
-    def _decide(self, now: float, engine: str | None) -> Rejection | None:
+    def _decide(self, now: float, engine: str | None, probed_only: bool) -> Rejection | None:
         return decide(
             in_flight=self._listed_in_flight(),
             limits=self.limits,
@@ -337,12 +343,13 @@ class Gate:
             draining=self.draining,
             expected=self.estimator.expected,
             running_elapsed=self.elapsed(now),
-            no_engine=self._no_engine(engine, now),
+            no_engine=self._no_engine(engine, now, probed_only),
         )
 
-    def check(self, now: float) -> Rejection | None:
-        """The decision a new admit request would get now, without taking a slot."""
-        return self._decide(now, self.pick(now))
+    def check(self, now: float, *, probed_only: bool = False) -> Rejection | None:
+        """The decision a new admit request (``probed_only``: a queued job) would get
+        now, without taking a slot."""
+        return self._decide(now, self.pick(now, probed_only=probed_only), probed_only)
 
     def reasons(self, now: float) -> list[str]:
         """Every reason a new admit request would be refused now (``check`` gives the first)."""
@@ -354,9 +361,10 @@ class Gate:
             no_engine=self._no_engine(self.pick(now), now),
         )
 
-    def try_admit(self, route: str, now: float) -> Lease | Rejection:
-        engine = self.pick(now)
-        rejection = self._decide(now, engine)
+    def try_admit(self, route: str, now: float, *, probed_only: bool = False) -> Lease | Rejection:
+        """A lease, or why not. ``probed_only``: the waiting room's rule (``pick``)."""
+        engine = self.pick(now, probed_only=probed_only)
+        rejection = self._decide(now, engine, probed_only)
         if rejection is not None:
             return rejection
         assert engine is not None  # decide admits only when an engine was picked

@@ -48,7 +48,9 @@ from gatekeeper.gradio.wire import (
     GradioPath,
     Join,
     Kind,
+    UnreadableCoding,
     classify,
+    decoded_body,
     event_id_of,
     parse_join,
     refusal_frames,
@@ -167,8 +169,23 @@ class GradioRoute:
         Raises BadRequest for a body that is not a Gradio join."""
         route = ctx.route
         body = spool.memory() if spool is not None else b"{}"
+        if body is not None and len(body) <= MAX_JOIN_BODY:
+            # Read from a decoded copy: the app gets the bytes as they came (issue #18 §4).
+            try:
+                body = decoded_body(
+                    body, ctx.request.headers.getall("Content-Encoding", []), MAX_JOIN_BODY
+                )
+            except UnreadableCoding as exc:  # 415: RFC 9110 §15.5.16
+                raise BadRequest(
+                    f"Gradio {gp.kind} body: {exc}", status=415, reason="bad_gradio_request"
+                ) from exc
+            except ValueError as exc:
+                raise BadRequest(
+                    f"Gradio {gp.kind} body: {exc}", reason="bad_gradio_request"
+                ) from exc
         if body is None or len(body) > MAX_JOIN_BODY:
-            join = Join(None, None)  # too big to look at: the function is unknown
+            # Too big to look at: the function is unknown.
+            join = Join(None, None)
         else:
             parsed = parse_join(body)
             if isinstance(parsed, str):

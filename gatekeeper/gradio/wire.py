@@ -19,6 +19,8 @@ buffered beyond one event) and the messages. See docs/gradio.md.
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -114,6 +116,66 @@ def parse_join(body: bytes) -> Join | str:
     if session is not None and (not isinstance(session, str) or not session):
         return f"session_hash must be a non-empty string, not {session!r}"
     return Join(fn, session)
+
+
+# zlib's window bits for each Content-Encoding a join body is read from (RFC 9110 §8.4.1):
+# "deflate" is the zlib format, but some clients send a raw deflate stream.
+_WBITS: dict[str, tuple[int, ...]] = {
+    "gzip": (31,),
+    "x-gzip": (31,),
+    "deflate": (15, -15),
+}
+
+
+class UnreadableCoding(ValueError):
+    """A ``Content-Encoding`` ``decoded_body`` does not undo."""
+
+
+def decoded_body(body: bytes, encodings: Iterable[str], limit: int) -> bytes | None:
+    """A copy of ``body`` with its ``Content-Encoding`` undone, to read a join from.
+
+    gatekeeper forwards a body as it came (issue #18 §4) but must still read a
+    compressed join. ``encodings``: the header's values (a list, applied in order,
+    so undone in reverse; ``identity`` is no coding). None: a text over ``limit``
+    bytes once decoded (the caller treats the function as unknown, as for a join
+    too big to look at). Raises ``UnreadableCoding`` for a coding this module does
+    not read (``br``, ``zstd``: no Gradio client compresses a join, and a join
+    that cannot be read cannot be gated), ValueError for a body that is not what
+    its coding says (the message names the coding).
+    """
+    codings = [c.strip().lower() for value in encodings for c in value.split(",") if c.strip()]
+    out = body
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        wbits = _WBITS.get(coding)
+        if wbits is None:
+            raise UnreadableCoding(
+                f"Content-Encoding {coding!r} cannot be read here; send the join "
+                f"uncompressed, or as {', '.join(sorted(_WBITS))}"
+            )
+        decoded = _inflate(out, coding, wbits, limit)
+        if decoded is None:
+            return None
+        out = decoded
+    return out
+
+
+def _inflate(data: bytes, coding: str, wbits: tuple[int, ...], limit: int) -> bytes | None:
+    problem = ""
+    for bits in wbits:
+        d = zlib.decompressobj(bits)
+        try:
+            out = d.decompress(data, limit + 1)
+        except zlib.error as exc:
+            problem = str(exc)
+            continue
+        if len(out) > limit:
+            return None
+        if not d.eof or d.unused_data:
+            raise ValueError(f"the {coding} body is cut short or has bytes after its end")
+        return out
+    raise ValueError(f"the body is not valid {coding} ({problem})")
 
 
 def event_id_of(body: bytes) -> str | None:

@@ -42,8 +42,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -75,13 +74,14 @@ from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import Clock
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
-from gatekeeper.proxy.spool import Spool, SpoolBudget, take_body
+from gatekeeper.proxy.spool import SpoolBudget, take_body
 from gatekeeper.upstream import ClientGone
 
 # The proxy's logger: a job's failure is told where the admit route tells its own.
 log = logging.getLogger("gatekeeper.proxy")
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
 # A held client whose connection closed is noticed at once through the connection
 # table (``proxy.connections``); without one (in-process tests) by polling its transport.
 POLL_SECONDS = 0.5
@@ -137,35 +137,36 @@ class QueueRoute:
             return self.respond.refuse_waiting(
                 ctx, early.status, early.reason, early.retry_after, early.fields
             )
-        spool: Spool | None = None
-        if request.body_exists:
-            try:
-                spool = await take_body(
-                    request.content.iter_any(),
-                    max_bytes=cfg.limits.max_body_bytes,
-                    idle_timeout=cfg.limits.client_body_timeout,
-                    deadline=cfg.limits.client_body_deadline,
-                    memory_limit=cfg.limits.spool_memory_bytes,
-                    directory=jobs.spool_dir,
-                    digest=True,
-                    budget=self.budget,
-                    declared=request.content_length,
-                    before_read=lambda: send_continue(request),
-                )
-            except ClientGone:
-                return self.respond.client_left(ctx, "sending the request body")
-            rec.bytes_in = spool.size
+        # Every job has its body, an empty one included: an empty body is a body, and a
+        # job without its body file is lost at the next start (issue #18 §5).
+        try:
+            spool = await take_body(
+                request.content.iter_any() if request.body_exists else _no_body(),
+                max_bytes=cfg.limits.max_body_bytes,
+                idle_timeout=cfg.limits.client_body_timeout,
+                deadline=cfg.limits.client_body_deadline,
+                memory_limit=cfg.limits.spool_memory_bytes,
+                directory=jobs.spool_dir,
+                digest=True,
+                budget=self.budget,
+                declared=request.content_length,
+                before_read=lambda: send_continue(request),
+            )
+        except ClientGone:
+            return self.respond.client_left(ctx, "sending the request body")
+        rec.bytes_in = spool.size
         try:
             key = None
             if cfg.jobs.coalesce:
-                key = _key(ctx, client, idem, spool.sha256 if spool is not None else EMPTY_SHA256)
+                # The bytes as the client sent them and the engine gets them (a gzip body
+                # is not decoded: issue #18 §4).
+                key = _key(ctx, client, idem, spool.sha256)
             headers = upstream_request_headers(
                 request.headers,
                 client_ip=request.remote,
                 scheme=request.scheme,
                 request_id=rec.request_id,
             )
-            save: Callable[[Path], None] = spool.save if spool is not None else _nothing
             arrival = JobRecord(
                 id=new_job_id(cfg.box_id),
                 route=route.name,
@@ -175,12 +176,11 @@ class QueueRoute:
                 target=request.raw_path,
                 headers=tuple(headers.items()),
                 coalesce_key=key,
-                body_size=spool.size if spool is not None else 0,
+                body_size=spool.size,
             )
-            result = jobs.submit(arrival, save)
+            result = jobs.submit(arrival, spool.save)
         finally:
-            if spool is not None:
-                spool.close()
+            spool.close()
         if isinstance(result, Refused):
             return self.respond.refuse_waiting(
                 ctx, result.status, result.reason, result.retry_after, result.fields
@@ -390,8 +390,9 @@ def _transport_gone(request: web.BaseRequest) -> bool:
     return t is None or t.is_closing()
 
 
-def _nothing(_: Path) -> None:
-    return None
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 def _cim(pairs: Any) -> CIMultiDict[str]:

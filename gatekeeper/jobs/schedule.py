@@ -45,7 +45,11 @@ class Schedule:
     def done_in_new(self, now: float) -> float:
         """Done-in for a job joining the end of the queue now."""
         remaining, slots, expected = self.running_remaining(now)
-        free = not self.room and len(remaining) < slots and self.gate.check(now) is None
+        free = (
+            not self.room
+            and len(remaining) < slots
+            and self.gate.check(now, probed_only=True) is None
+        )
         return eta_new(remaining, slots, len(self.room), expected, free)
 
     def retry_after_full(self, now: float) -> int:

@@ -161,8 +161,9 @@ class JobService:
         refusal = self._refusal(request.client, cfg, now)
         if refusal is not None:
             return refusal
-        if request.body_size:
-            save_body(self.store.body_target(request.id))
+        # The body file is the job's: written for every job, an empty body too (a queued
+        # job without its file is "body_lost" at the next start; issue #18 §5).
+        save_body(self.store.body_target(request.id))
         wall = deps.wall()
         job = Job.from_record(self.store.create(replace(request, created=wall)), now=now, wall=wall)
         if held:
@@ -197,7 +198,7 @@ class JobService:
             for j in self.live.values()
             if j.record.client == client and j.state == JobState.RUNNING
         )
-        free_now = not self.room and self.deps.gate.check(now) is None
+        free_now = not self.room and self.deps.gate.check(now, probed_only=True) is None
         reason = self.room.refusal(client, running, limits)
         if reason == QueueReason.QUEUE_FULL and free_now:
             reason = None  # max_waiting 0: no one waits, but a free slot still serves
@@ -221,7 +222,9 @@ class JobService:
         deps = self.deps
         while self.room:
             now = deps.clock()
-            if deps.gate.check(now) is not None:
+            # probed_only: a job goes only to an engine a probe has seen up (a queue
+            # restored while the engine is down waits for it; issue #18 §5).
+            if deps.gate.check(now, probed_only=True) is not None:
                 return
             waiter = self.room.pop_next()
             if waiter is None:
@@ -229,7 +232,7 @@ class JobService:
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
-            result = deps.gate.try_admit(job.route, now)
+            result = deps.gate.try_admit(job.route, now, probed_only=True)
             if isinstance(result, Rejection):  # cannot happen: checked just above
                 self.room.join(waiter)
                 return

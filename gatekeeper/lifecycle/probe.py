@@ -39,11 +39,12 @@ def engine_verdict(gate: Gate, engine: str, up: bool) -> None:
     """One engine's probe verdict (``gatekeeper_engine_up`` reads it at scrape time).
 
     A verdict that changes the set of engines that may take a job wakes the
-    waiting room: a job may now start on the engine that came back.
+    waiting room: a job may now start on the engine that came back, or that a
+    probe has just seen up for the first time (a queued job waits for that).
     """
     before = gate.engine_up.get(engine)
     gate.engine_up[engine] = up
-    if before is False and up and gate.on_free is not None:
+    if before is not True and up and gate.on_free is not None:
         gate.on_free()
 
 
@@ -162,3 +163,16 @@ async def probe_loop(
             for gone in set(last) - {e.name for e in engines}:
                 del last[gone]
             await asyncio.sleep(cfg.upstream.probe.interval)
+
+
+async def first_verdicts(config: Config, publish: Callable[[str, bool], None]) -> None:
+    """One round at start, before the waiting room starts and the listeners open: a
+    queue restored from the state directory, and the first requests, are decided with
+    each engine's verdict known (a queued job waits for "up": ``engines.available``),
+    not in a race with the loop's first round (issue #18 §5). Silent: ``probe_loop``
+    logs its own first verdicts after the startup lines. At most ``probe.timeout``."""
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        engines = config.upstream.engines
+        verdicts = await asyncio.gather(*(_probe(client, config, e) for e in engines))
+    for engine, verdict in zip(engines, verdicts, strict=True):
+        publish(engine.name, verdict.up)
