@@ -51,6 +51,7 @@ __all__ = [
     "retry_after_client",
     "retry_after_full",
     "retry_after_timeout",
+    "start_delay",
     "start_delays",
 ]
 
@@ -236,6 +237,36 @@ class WaitingRoom:
             heapq.heapify(self._deadlines)
 
 
+def _slot_frees(running_remaining: Sequence[float], slots: int, expected: float) -> list[float]:
+    """When each slot is free for the first waiter, sorted (see ``start_delays``)."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, not {slots}")
+    if expected < 0:
+        raise ValueError(f"expected must be >= 0, not {expected}")
+    frees = sorted(max(0.0, float(r)) for r in running_remaining)[-slots:]
+    return [0.0] * (slots - len(frees)) + frees
+
+
+def start_delay(
+    running_remaining: Sequence[float], slots: int, index: int, expected: float
+) -> float:
+    """Seconds until the waiter at 0-based ``index`` (in ``order()``) starts: the
+    ``index``-th value of ``start_delays``, in O(slots log slots) whatever the index.
+
+    When the slots' free times lie within one ``expected`` of each other (always so
+    for running jobs, whose remaining time is at most ``expected``), each waiter takes
+    the slots in turn: waiter k starts at ``frees[k % slots] + (k // slots) * expected``
+    (the heap's pop-min, push-min+expected keeps the spread within ``expected``).
+    Otherwise the heap is run, as ``start_delays`` does."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, not {index}")
+    frees = _slot_frees(running_remaining, slots, expected)
+    if frees[-1] - frees[0] <= expected:
+        rounds, slot = divmod(index, slots)
+        return frees[slot] + rounds * expected
+    return _run_heap(frees, index + 1, expected)[-1]
+
+
 def start_delays(
     running_remaining: Sequence[float], slots: int, count: int, expected: float
 ) -> list[float]:
@@ -251,14 +282,14 @@ def start_delays(
     keeping the ``slots`` latest-finishing running jobs on the heap: the
     earlier ones finish before any slot can be free, whatever order.
     """
-    if slots < 1:
-        raise ValueError(f"slots must be >= 1, not {slots}")
     if count < 0:
         raise ValueError(f"count must be >= 0, not {count}")
-    if expected < 0:
-        raise ValueError(f"expected must be >= 0, not {expected}")
-    frees = sorted(max(0.0, float(r)) for r in running_remaining)[-slots:]
-    heap = [0.0] * (slots - len(frees)) + frees  # sorted, so already a heap
+    frees = _slot_frees(running_remaining, slots, expected)
+    return _run_heap(frees, count, expected)
+
+
+def _run_heap(frees: list[float], count: int, expected: float) -> list[float]:
+    heap = list(frees)  # sorted, so already a heap
     out: list[float] = []
     for _ in range(count):
         start = heap[0]
@@ -273,7 +304,7 @@ def eta_for(
     """(starts_in, done_in) of the waiter at 1-based ``position``."""
     if position < 1:
         raise ValueError(f"position is 1-based, not {position}")
-    starts_in = start_delays(running_remaining, slots, position, expected)[-1]
+    starts_in = start_delay(running_remaining, slots, position - 1, expected)
     return starts_in, starts_in + expected
 
 
@@ -283,7 +314,7 @@ def eta_new(
     """Done-in of a job joining the end of the queue now (``free``: it starts at once)."""
     if free:
         return expected
-    return start_delays(running_remaining, slots, waiting + 1, expected)[-1] + expected
+    return start_delay(running_remaining, slots, waiting, expected) + expected
 
 
 def _seconds(x: float) -> int:
@@ -293,14 +324,14 @@ def _seconds(x: float) -> int:
 
 def retry_after_full(running_remaining: Sequence[float], slots: int, expected: float) -> int:
     """``queue_full``: when a place frees, i.e. when the first waiter starts."""
-    return _seconds(start_delays(running_remaining, slots, 1, expected)[0])
+    return _seconds(start_delay(running_remaining, slots, 0, expected))
 
 
 def retry_after_timeout(
     running_remaining: Sequence[float], slots: int, waiting: int, expected: float
 ) -> int:
     """``queue_timeout``: when a newcomer behind today's ``waiting`` would start."""
-    return _seconds(start_delays(running_remaining, slots, waiting + 1, expected)[-1])
+    return _seconds(start_delay(running_remaining, slots, waiting, expected))
 
 
 def retry_after_client(client_done_in: Sequence[float]) -> int:
