@@ -189,11 +189,13 @@ def gatekeeper(
     name: str = "rules",
     args: Sequence[str] = (),
     action: str = "admit",
+    command: Sequence[str] = ("-m", "gatekeeper"),
 ) -> tuple[Service, str]:
     """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
 
     ``admission`` is YAML added under :data:`BENCH_RULES`'s ``admission:`` (indented two
-    spaces), written to ``<name>.yaml``; ``args`` are more command-line flags."""
+    spaces), written to ``<name>.yaml``; ``args`` are more command-line flags;
+    ``command``: what python runs instead of ``-m gatekeeper`` (``bench/loopwatch.py``)."""
     port, admin = free_port(), free_port()
     rules = svcs.workdir / f"{name}.yaml"
     if not rules.exists():
@@ -201,7 +203,7 @@ def gatekeeper(
         readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
         text = BENCH_RULES.format(readings=readings, action=action)
         rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
-    argv = [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
+    argv = [PYTHON, *command, "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", log_level, *args]
     svc = svcs.start("gatekeeper", argv)
