@@ -6,18 +6,22 @@ asyncio's debug mode times every callback in ``BaseEventLoop._run_once`` (around
 ``Handle._run``) and logs those that took ``loop.slow_callback_duration`` or
 more. This does the same timing without the rest of debug mode (a traceback
 captured for every handle, which would slow every callback it measures): it
-wraps ``asyncio.events.Handle._run`` and keeps every callback of 1 ms or more
-(its end on the monotonic clock, which other processes on the box share, its
-wall time, the thread's CPU time in it, what it ran; a garbage collection of 1 ms
-or more is recorded too, inside the callback it interrupted), written to REPORT.json
-twice a second. Needs the stdlib
-loop (``--loop asyncio``): uvloop does not run callbacks through ``Handle``.
+wraps ``asyncio.events.Handle._run`` and keeps every callback of 1 ms or more:
+its end on the monotonic clock (which other processes on the box share), its
+wall time, the thread's CPU time in it, what it ran, ``[preempted]`` when the
+kernel gave the loop thread's CPU to another process meanwhile (an involuntary
+context switch: on a busy box the wall time is then not all gatekeeper's) and
+``[blocked]`` when the thread waited in the kernel (a voluntary switch: a disk
+write, a fault). A garbage collection of 1 ms or more is recorded too (inside the
+callback it interrupted). REPORT.json is rewritten twice a second. Needs the
+stdlib loop (``--loop asyncio``): uvloop does not run callbacks through ``Handle``.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import resource
 import sys
 import threading
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 KEEP_SECONDS = 0.001  # callbacks this long or longer are recorded
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 
 def install(report: Path) -> None:
@@ -34,15 +39,18 @@ def install(report: Path) -> None:
     run = events.Handle._run
 
     def timed(self: Any) -> None:
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, s0 = time.perf_counter(), time.thread_time(), _switches()
         try:
             run(self)
         finally:
             spent = time.perf_counter() - t0
             if spent >= KEEP_SECONDS:
                 cpu = time.thread_time() - c0
+                s1 = _switches()
+                what = _what(self) + (" [preempted]" if s1[1] > s0[1] else "")
+                what += " [blocked]" if s1[0] > s0[0] else ""
                 with lock:
-                    slow.append((time.monotonic(), spent, cpu, _what(self)))
+                    slow.append((time.monotonic(), spent, cpu, what))
 
     events.Handle._run = timed  # type: ignore[method-assign]
     gc_started = [0.0, 0.0]
@@ -69,6 +77,13 @@ def install(report: Path) -> None:
             tmp.replace(report)
 
     threading.Thread(target=writer, name="loopwatch", daemon=True).start()
+
+
+def _switches() -> tuple[int, int]:
+    """This thread's (voluntary, involuntary) context switches so far: it waited in the
+    kernel (a disk write, a page fault), the kernel gave its CPU to another process."""
+    usage = resource.getrusage(RUSAGE_THREAD)
+    return usage.ru_nvcsw, usage.ru_nivcsw
 
 
 def _what(handle: Any) -> str:
