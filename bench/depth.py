@@ -61,7 +61,7 @@ async def one_depth(svcs: Services, depth: int) -> tuple[list[str], float, Stall
         _, proxy = targets.gatekeeper(
             svcs,
             engine,
-            admission=RULES.format(n=depth + PROBES + 1),
+            admission=RULES.format(n=depth + min(PROBES, depth) + 1),
             name=f"rules-f-{depth}",
             args=["--state-dir", str(svcs.workdir / f"state-f-{depth}"), "--loop", "asyncio"],
             action="queue",
@@ -82,10 +82,11 @@ async def one_depth(svcs: Services, depth: int) -> tuple[list[str], float, Stall
             await asyncio.gather(*(filler() for _ in range(32)))
             fill_rate = depth / (time.perf_counter() - t0)
             filled = time.monotonic()
-            submits = [(await _submit(session, proxy, f"probe {i}"))[0] for i in range(PROBES)]
+            probes = min(PROBES, depth)  # --smoke: as many as it queued
+            submits = [(await _submit(session, proxy, f"probe {i}"))[0] for i in range(probes)]
             rng = random.Random(depth)
             views: list[float] = []
-            for url in rng.sample(ids, min(PROBES, len(ids))):
+            for url in rng.sample(ids, probes):
                 t1 = time.perf_counter()
                 async with session.get(proxy + url) as r:
                     view = await r.json()
@@ -94,7 +95,7 @@ async def one_depth(svcs: Services, depth: int) -> tuple[list[str], float, Stall
                     raise CheckFailed(f"a queued job's view at depth {depth}: {view}")
             probed = time.monotonic()
             st_time, doc = await status_time(session, proxy + "/_gatekeeper/status", runs=1)
-            if doc["queue"]["waiting"] != depth + PROBES:
+            if doc["queue"]["waiting"] != depth + probes:
                 raise CheckFailed(f"status shows {doc['queue']['waiting']} waiting")
             done = time.monotonic()
         filling = Stalls.of(stalls(report, since, filled))
