@@ -198,12 +198,14 @@ def gatekeeper(
     args: Sequence[str] = (),
     action: str = "admit",
     nice: int = 0,
+    command: Sequence[str] = ("-m", "gatekeeper"),
 ) -> tuple[Service, str]:
     """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
 
     ``admission`` is YAML added under :data:`BENCH_RULES`'s ``admission:`` (indented two
     spaces), written to ``<name>.yaml``; ``args`` are more command-line flags; ``nice``
-    runs it under ``nice -n`` (``nice`` execs it: the service's pid is gatekeeper's)."""
+    runs it under ``nice -n`` (``nice`` execs it: the service's pid is gatekeeper's);
+    ``command``: what python runs instead of ``-m gatekeeper`` (``bench/loopwatch.py``)."""
     port, admin = free_port(), free_port()
     rules = svcs.workdir / f"{name}.yaml"
     if not rules.exists():
@@ -212,7 +214,7 @@ def gatekeeper(
         text = BENCH_RULES.format(readings=readings, action=action)
         rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
     argv = ["nice", "-n", str(nice)] if nice else []
-    argv += [PYTHON, "-m", "gatekeeper", "run", "--config", str(rules)]
+    argv += [PYTHON, *command, "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", log_level, *args]
     svc = svcs.start("gatekeeper", argv)

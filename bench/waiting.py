@@ -19,6 +19,8 @@
    held ``POST /generate`` (no ``Prefer``; one connection each) wait at once:
    gatekeeper's RSS before and while they wait, a status request's time while they
    wait; then the holder is deleted and every held client must get its ``200``.
+5. **deep queue** (``bench/depth.py``, issue #18 §6): submit, job view and status at
+   1,000 and 10,000 queued jobs, the event loop's longest callback meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import psutil
 
 from bench import targets
 from bench.client import JSON_HEADERS, sim_stats
+from bench.depth import DEPTHS, deep_queue
 from bench.procs import Services
 from bench.report import CheckFailed, MiB, Plan, Summary, heading, ms, percentile, table
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
@@ -268,3 +271,4 @@ async def section_f(svcs: Services, plan: Plan, summary: Summary) -> None:
           f"the async drain, peak {peak} active (the cancelled holders keep running there);"
           "\n  a 0 s song costs engine-sim ~24 ms (its WAV): the drain rate")  # fmt: skip
     summary.lines.append(f"waiting room, {n:,} waiters: see section f (figures printed, no target)")
+    await deep_queue(svcs, summary, DEPTHS if n >= 1000 else (n,))

@@ -43,6 +43,7 @@ EXPECTED_ROWS = (
     "async submissions (202)",
     "dispatch: queue drained (0 s songs)",
     "held drained, every client its 200",
+    "callbacks, probing",
     "## h. several engines (4 async jobs, 1 s songs)",
     "two engines  gpu1",
     "one engine   gpu0",

@@ -191,7 +191,9 @@ def test_every_dashboard_query_returns_a_series(driven: tuple[Live, Prometheus])
                 params={"match[]": "gatekeeper_build_info"},
             ).json()
         assert instance in var["data"], var
-        # Every counter has to be scraped at least twice after the last request.
+        # Every counter has to be scraped at least twice after the last request, and the
+        # gauges once after the traffic ended (the fixture saw in_flight 0 before now).
+        traffic_ended = time.time()
         while time.monotonic() < deadline:
             empty = [
                 f"{title} [{ref}]: {expr}"
@@ -202,7 +204,11 @@ def test_every_dashboard_query_returns_a_series(driven: tuple[Live, Prometheus])
                 client,
                 f'gatekeeper_rejections_total{{instance="{instance}",reason="client_limit"}}',
             )
-            if not empty and last_rejection and last_rejection[0]["value"][1] == "1":
+            scraped = prom.query(
+                client, f'timestamp(gatekeeper_in_flight{{instance="{instance}"}})'
+            )
+            after = bool(scraped) and float(scraped[0]["value"][1]) > traffic_ended
+            if not empty and last_rejection and last_rejection[0]["value"][1] == "1" and after:
                 break
             time.sleep(0.5)
         exempt = [q for q in empty if "gatekeeper_alerts_firing" in q and not alerts_defined]

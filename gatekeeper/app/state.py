@@ -111,6 +111,7 @@ class AppState:
         after each reload."""
         routes = (*self.config.routes, PASS_ROUTE)
         self.metrics.prime_routes((r.name, r.action) for r in routes)
+        self.metrics.prime_alerts((r.alert, r.severity) for r in self.config.alerts.rules)
 
     def queue_sections(self, now: float) -> Mapping[str, Any]:
         """The waiting room's sections of the status document (none without one)."""

@@ -2,8 +2,9 @@
 
 =========================  ====================================================
 ``GET    <id>``            the job: state, position, ETA, waited, elapsed, progress
-``GET    <id>/events``     the same as SSE, one ``job`` event per change; ends at a
-                           final state (a ``: keep-alive`` comment every 15 s)
+``GET    <id>/events``     the same as SSE, one ``job`` event per change (progress
+                           and ETA changes included, at most 2 a second: ``watch``);
+                           ends at a final state (``: keep-alive`` when quiet 15 s)
 ``GET    <id>/result``     the engine's stored answer replayed (status, end-to-end
                            headers, body from disk; ``Range`` on a 200); 409 with
                            the state before it is done, 410 once expired
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs import watch
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
@@ -163,30 +165,57 @@ class JobsApi:
             }
         )
         await out.prepare(request)
-        last: Any = None
         try:
-            while True:
-                ev = self.jobs.any_change()
-                found = self.jobs.find(job_id)
-                if found is None:
-                    break
-                view = job_view(self.jobs, found, self.clock(), self.base)
-                key = (view["state"], view["position"], view["progress"], view["result"])
-                if key != last:
-                    last = key
-                    data = json.dumps(view, ensure_ascii=False)
-                    await out.write(f"event: job\ndata: {data}\n\n".encode())
-                if view["state"] in FINAL_STATES:
-                    break
-                try:
-                    async with asyncio.timeout(KEEPALIVE_SECONDS):
-                        await ev.wait()
-                except TimeoutError:
-                    await out.write(b": keep-alive\n\n")
+            await self._tell(out, job_id)
             await out.write_eof()
         except ConnectionError:
             pass  # the client left; nothing to clean up
         return out
+
+    async def _tell(self, out: web.StreamResponse, job_id: str) -> None:
+        """One ``job`` event per change (``watch``: coalesced, ETA changes included)
+        until the job's final state; a keep-alive comment when quiet for long."""
+        told: watch.Told | None = None
+        wrote = self.clock()
+        while True:
+            queue_moved = self.jobs.any_change()
+            found = self.jobs.find(job_id)
+            if found is None:
+                return
+            job_changed = found.changed()
+            now = self.clock()
+            view = job_view(self.jobs, found, now, self.base)
+            final = view["state"] in FINAL_STATES
+            if watch.is_news(told, view, now):
+                if told is not None and now - told.at < watch.MIN_GAP:
+                    await asyncio.sleep(told.at + watch.MIN_GAP - now)
+                    continue  # coalesced: the latest view goes out at the end of the gap
+                told, wrote = watch.Told.of(view, now), now
+                data = json.dumps(view, ensure_ascii=False)
+                await out.write(f"event: job\ndata: {data}\n\n".encode())
+            if final:
+                return
+            assert told is not None
+            look = watch.next_look(told, view, now, self.jobs.schedule.steady_for(now))
+            keepalive = max(0.0, wrote + KEEPALIVE_SECONDS - now)
+            wait = keepalive if look is None else min(keepalive, max(0.05, look))
+            woken = await _either(job_changed, queue_moved, wait)
+            if not woken and self.clock() >= wrote + KEEPALIVE_SECONDS:
+                wrote = self.clock()
+                await out.write(b": keep-alive\n\n")
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event, within: float) -> bool:
+    """Wait until ``a`` or ``b`` is set, at most ``within`` seconds; whether one was."""
+    if a.is_set() or b.is_set():
+        return True
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return bool(done)
 
 
 def _cim(pairs: Any) -> Any:

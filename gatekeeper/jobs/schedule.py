@@ -31,6 +31,15 @@ class Schedule:
         remaining = [max(0.0, expected - e) for e in self.gate.elapsed(now)]
         return remaining, self.gate.limits.max_in_flight, expected
 
+    def steady_for(self, now: float) -> float:
+        """Seconds from ``now`` during which every waiter's ETA counts down with the
+        clock: until the first of the slots that bound the schedule is due. 0 when a
+        slot is free or overdue (then the waiters' ETAs stand still as time passes)."""
+        remaining, slots, _ = self.running_remaining(now)
+        if len(remaining) < slots:
+            return 0.0
+        return sorted(remaining)[-slots]
+
     def eta(self, job: Job, now: float) -> tuple[float, float]:
         """(starts_in, done_in) seconds for a live job."""
         remaining, slots, expected = self.running_remaining(now)

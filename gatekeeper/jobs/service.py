@@ -70,6 +70,9 @@ class JobService:
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)
         self.live: dict[str, Job] = {}
+        # Each client's running jobs (at most max_in_flight in all): a submit's
+        # client_limit check and Retry-After without a walk over every live job.
+        self._running: dict[str, dict[str, Job]] = {}
         self._by_key: dict[str, Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -193,11 +196,8 @@ class JobService:
 
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
-        running = sum(
-            1
-            for j in self.live.values()
-            if j.record.client == client and j.state == JobState.RUNNING
-        )
+        mine = self._running.get(client, {})
+        running = len(mine)
         free_now = not self.room and self.deps.gate.check(now, probed_only=True) is None
         reason = self.room.refusal(client, running, limits)
         if reason == QueueReason.QUEUE_FULL and free_now:
@@ -206,8 +206,11 @@ class JobService:
             return None
         fields = Refused.fields_of(cfg, len(self.room))
         if reason == QueueReason.CLIENT_LIMIT:
-            mine = [j for j in self.live.values() if j.record.client == client]
-            return Refused(reason, 429, self.schedule.retry_after_client(mine, now), fields)
+            # The earliest of the client's jobs to be done: a running one, or its
+            # first waiter (the others of its queue start after that one).
+            first = self.room.first_of(client)
+            soonest = [*mine.values(), *([self.live[first.job_id]] if first else [])]
+            return Refused(reason, 429, self.schedule.retry_after_client(soonest, now), fields)
         retry_after = self.schedule.retry_after_full(now)
         return Refused(reason, cfg.admission.reject_status, retry_after, fields)
 
@@ -241,6 +244,7 @@ class JobService:
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
         job.started, job.ticket = now, ticket
+        self._running.setdefault(job.record.client, {})[job.id] = job
         job.record = self.store.mark_running(job.id, deps.wall(), ticket.engine)
         deps.metrics.queue_wait.labels(job.route).observe(now - job.arrived)
         deps.metrics.jobs.labels(job.route, JobState.RUNNING).inc()
@@ -288,6 +292,9 @@ class JobService:
                     abs(actual - (job.predicted_done - job.arrived)) / actual
                 )
         self.live.pop(job.id, None)
+        mine = self._running.get(job.record.client)
+        if mine is not None and mine.pop(job.id, None) is not None and not mine:
+            del self._running[job.record.client]
         key = job.record.coalesce_key
         if key is not None and self._by_key.get(key) is job:
             del self._by_key[key]

@@ -13,10 +13,11 @@ ring). A client that joins the ring (its first waiter, or first again after it
 left the ring) goes to the tail. So with A×10 waiting, then B×1, then C×2 the
 order is A B C A C A A A ...: one user's ten jobs cannot starve another's one.
 
-Cost: ``join``, ``leave``, ``pop_next``, ``waiting_for``, ``len`` and ``in``
-are O(1) (``expire`` O(log n) per waiter it removes, amortised);
-``oldest_arrival`` is O(clients); ``position`` is O(clients + the waiter's
-rank within its client); ``order`` and ``waiters`` are O(n).
+Cost: ``join``, ``leave``, ``pop_next`` and ``position`` are O(log n)
+(``WaitingRoom`` says how), ``waiting_for``, ``len`` and ``in`` O(1),
+``expire`` O(log n) per waiter it removes; ``oldest_arrival`` is O(clients);
+``order`` and ``waiters`` are O(n). The ETA arithmetic below is O(slots) per
+waiter (``start_delay``), whatever its position.
 
 Below the room, the arithmetic of when a waiter will start (``start_delays``)
 and the honest ``Retry-After`` of each queue refusal.
@@ -35,12 +36,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count as _count
 
 from gatekeeper.core.vocab import QueueReason
+from gatekeeper.jobs.ordered import Fenwick, Labelled, Labels, Treap
 
 __all__ = [
     "QueueLimits",
@@ -51,6 +52,7 @@ __all__ = [
     "retry_after_client",
     "retry_after_full",
     "retry_after_timeout",
+    "start_delay",
     "start_delays",
 ]
 
@@ -80,21 +82,67 @@ class Waiter:
     deadline: float  # arrived + max_wait
 
 
+class _Client(Labelled):
+    """One client key in the ring: its waiters in arrival order, its head's round.
+
+    ``items`` holds its waiters by join (None once gone); ``alive`` is a Fenwick
+    of 1 per waiter still there, so a waiter's rank in the client's queue is a
+    prefix sum; ``first`` is the index (0-based) of the oldest one still there.
+    """
+
+    __slots__ = ("alive", "count", "first", "items", "key", "round")
+
+    def __init__(self, key: str, rnd: int) -> None:
+        super().__init__()
+        self.key = key
+        self.round = rnd  # the round of its head waiter; rank k is in round + k
+        self.items: list[Waiter | None] = []
+        self.alive = Fenwick()
+        self.first = 0
+        self.count = 0
+
+    def head(self) -> Waiter:
+        while self.items[self.first] is None:
+            self.first += 1
+        w = self.items[self.first]
+        assert w is not None
+        return w
+
+
 class WaitingRoom:
     """Round-robin across client keys, FIFO within one key (rule: module docstring).
 
-    Invariants: every waiter is in ``_by_id`` and in exactly one client queue of
-    ``_ring``; a client is in ``_ring`` iff its queue is non-empty; ``_ring``'s
-    key order is the ring order (head first). ``_deadlines`` is a min-heap of
-    (deadline, join number, waiter) with lazy deletion: an entry is live iff
-    ``_by_id.get(waiter.job_id) is waiter``; it is rebuilt when stale entries
-    outnumber live ones, so its size stays O(n).
+    **How the order is kept** (O(log n) for join, leave, pop_next and position).
+    Give each client in the ring a *label* (``ordered.Labels``: comparable
+    positions in a list) and the *round* of its head waiter; the waiter of rank k
+    in its client's queue has the key ``(round + k, label)``. The order is the
+    keys' order (``ordered.Treap``, one key per waiter) and stays so:
+
+    - every client's head key lies in ``[(H, l0), (H + 1, l0))``, where ``(H, l0)``
+      is the key of the ring's head; the ring order is the head keys' order;
+    - ``pop_next`` takes the smallest key; its client's head round becomes H + 1,
+      which is above every other head key: the client is at the tail, and no
+      other key changes;
+    - a client that joins the ring is labelled right after the tail's label
+      (``Labels.insert_after``) with the tail's round: just above the tail,
+      still below ``(H + 1, l0)``;
+    - a waiter that leaves from the middle of its client's queue: the waiters
+      behind it move up one rank, i.e. into the keys before theirs; the client's
+      last key is removed, no other key changes;
+    - a waiter's rank within its client is a Fenwick prefix sum.
+
+    ``order`` and ``waiters`` are O(n); ``oldest_arrival`` O(clients). ``expire``
+    is O(log n) per waiter it removes (a min-heap of deadlines with lazy deletion,
+    rebuilt when stale entries outnumber live ones).
     """
 
     def __init__(self) -> None:
         self._by_id: dict[str, Waiter] = {}  # insertion order = join order
-        # OrderedDict for both levels: O(1) removal anywhere, O(1) head/tail moves.
-        self._ring: OrderedDict[str, OrderedDict[str, Waiter]] = OrderedDict()
+        self._index: dict[str, int] = {}  # job id -> its place in its client's items
+        self._clients: dict[str, _Client] = {}
+        self._labels = Labels()
+        self._keys = Treap()
+        self._tail: _Client | None = None
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._joins = _count()
 
@@ -122,11 +170,19 @@ class WaitingRoom:
         """Add ``w`` at the end of its client's queue (the client at the ring's tail if new)."""
         if w.job_id in self._by_id:
             raise ValueError(f"job {w.job_id!r} is already waiting")
+        c = self._clients.get(w.client)
+        if c is None:
+            tail = self._tail
+            c = _Client(w.client, tail.round if tail is not None else 0)
+            self._labels.insert_after(tail, c)
+            self._clients[w.client] = c
+            self._tail = c
         self._by_id[w.job_id] = w
-        queue = self._ring.get(w.client)
-        if queue is None:
-            queue = self._ring[w.client] = OrderedDict()
-        queue[w.job_id] = w
+        self._keys.insert(c.round + c.count, c)
+        self._index[w.job_id] = len(c.items)
+        c.items.append(w)
+        c.alive.append(1)
+        c.count += 1
         heapq.heappush(self._deadlines, (w.deadline, next(self._joins), w))
 
     def leave(self, job_id: str) -> Waiter | None:
@@ -134,67 +190,44 @@ class WaitingRoom:
         w = self._by_id.pop(job_id, None)
         if w is None:
             return None
-        queue = self._ring[w.client]
-        del queue[job_id]
-        if not queue:
-            del self._ring[w.client]  # the others keep their places in the ring
+        c = self._clients[w.client]
+        self._keys.delete(c.round + c.count - 1, c)  # those behind it move up one key
+        self._drop(c, self._index.pop(job_id))
         self._forgot()
         return w
 
     def pop_next(self) -> Waiter | None:
         """Remove and return the next waiter to dispatch (the fairness rule), or None."""
-        if not self._ring:
+        first = self._keys.first()
+        if first is None:
             return None
-        client, queue = next(iter(self._ring.items()))
-        _, w = queue.popitem(last=False)
-        if queue:
-            self._ring.move_to_end(client)
-        else:
-            del self._ring[client]
+        rnd, owner = first
+        c: _Client = owner
+        self._keys.delete(rnd, c)
+        w = c.head()
         del self._by_id[w.job_id]
+        c.round += 1
+        if c.count > 1:
+            self._tail = c
+        self._drop(c, self._index.pop(w.job_id))
         self._forgot()
         return w
 
     def order(self) -> list[Waiter]:
-        """The order ``pop_next`` would give, without changing anything.
-
-        Each pop moves its client to the tail, so the ring order never changes
-        among the clients that remain: round r takes the r-th waiter of every
-        client that has more than r, in ring order.
-        """
-        queues = [list(q.values()) for q in self._ring.values()]
-        out: list[Waiter] = []
-        rnd = 0
-        while queues:
-            out.extend(q[rnd] for q in queues)
-            rnd += 1
-            queues = [q for q in queues if len(q) > rnd]
-        return out
+        """The order ``pop_next`` would give, without changing anything."""
+        queues = {
+            c.key: [w for w in c.items[c.first :] if w is not None] for c in self._clients.values()
+        }
+        return [queues[c.key][rnd - c.round] for rnd, c in self._keys]
 
     def position(self, job_id: str) -> int | None:
-        """1-based index of ``job_id`` in ``order()``; None if it is not waiting.
-
-        Counted without building the order: a waiter of rank r in its client's
-        queue comes after min(len, r) waiters of every client, plus the r-th
-        waiter of every client ahead of its own in the ring that has one.
-        """
+        """1-based index of ``job_id`` in ``order()``; None if it is not waiting."""
         w = self._by_id.get(job_id)
         if w is None:
             return None
-        rank = 0
-        for other in self._ring[w.client]:
-            if other == job_id:
-                break
-            rank += 1
-        ahead = 0
-        before = True
-        for client, queue in self._ring.items():
-            if client == w.client:
-                before = False
-            ahead += min(len(queue), rank)
-            if before and len(queue) > rank:
-                ahead += 1
-        return ahead + 1
+        c = self._clients[w.client]
+        rank = c.alive.prefix(self._index[job_id])  # those of its client before it
+        return self._keys.rank(c.round + rank, c) + 1
 
     def expire(self, now: float) -> list[Waiter]:
         """Remove and return the waiters whose deadline is <= ``now``, earliest first."""
@@ -216,17 +249,46 @@ class WaitingRoom:
 
     def waiting_for(self, client: str) -> int:
         """How many of ``client``'s jobs are waiting."""
-        queue = self._ring.get(client)
-        return len(queue) if queue is not None else 0
+        c = self._clients.get(client)
+        return c.count if c is not None else 0
+
+    def first_of(self, client: str) -> Waiter | None:
+        """``client``'s oldest waiter (the first of its to start), or None."""
+        c = self._clients.get(client)
+        return c.head() if c is not None else None
 
     def oldest_arrival(self) -> float | None:
         """The earliest ``arrived`` of anyone waiting (each client's oldest is its head)."""
-        heads = (next(iter(q.values())).arrived for q in self._ring.values())
-        return min(heads, default=None)
+        return min((c.head().arrived for c in self._clients.values()), default=None)
 
     def waiters(self) -> list[Waiter]:
         """Everyone waiting, in join order (= arrival order: jobs join as they arrive)."""
         return list(self._by_id.values())
+
+    def _drop(self, c: _Client, index: int) -> None:
+        """Waiter ``index`` of ``c`` is gone (its key already removed)."""
+        c.items[index] = None
+        c.alive.add(index + 1, -1)
+        c.count -= 1
+        if c.count == 0:
+            del self._clients[c.key]
+            if self._tail is c:  # the new tail: its label's predecessor, else the last
+                prev = c.prev if c.prev is not self._labels.base else None
+                last = self._labels.last if self._labels.last is not c else None
+                tail = prev if prev is not None else last
+                assert tail is None or isinstance(tail, _Client)
+                self._tail = tail
+            self._labels.remove(c)
+        elif len(c.items) > 2 * c.count + 32:
+            self._compact(c)
+
+    def _compact(self, c: _Client) -> None:
+        """Forget the gone waiters of ``c`` (amortised O(1) per waiter)."""
+        live = [w for w in c.items[c.first :] if w is not None]
+        c.items, c.first = list(live), 0
+        c.alive = Fenwick([1] * len(live))
+        for i, w in enumerate(live):
+            self._index[w.job_id] = i
 
     def _forgot(self) -> None:
         """A waiter left: rebuild the deadline heap once it is mostly stale entries."""
@@ -234,6 +296,36 @@ class WaitingRoom:
             live = self._by_id
             self._deadlines = [e for e in self._deadlines if live.get(e[2].job_id) is e[2]]
             heapq.heapify(self._deadlines)
+
+
+def _slot_frees(running_remaining: Sequence[float], slots: int, expected: float) -> list[float]:
+    """When each slot is free for the first waiter, sorted (see ``start_delays``)."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, not {slots}")
+    if expected < 0:
+        raise ValueError(f"expected must be >= 0, not {expected}")
+    frees = sorted(max(0.0, float(r)) for r in running_remaining)[-slots:]
+    return [0.0] * (slots - len(frees)) + frees
+
+
+def start_delay(
+    running_remaining: Sequence[float], slots: int, index: int, expected: float
+) -> float:
+    """Seconds until the waiter at 0-based ``index`` (in ``order()``) starts: the
+    ``index``-th value of ``start_delays``, in O(slots log slots) whatever the index.
+
+    When the slots' free times lie within one ``expected`` of each other (always so
+    for running jobs, whose remaining time is at most ``expected``), each waiter takes
+    the slots in turn: waiter k starts at ``frees[k % slots] + (k // slots) * expected``
+    (the heap's pop-min, push-min+expected keeps the spread within ``expected``).
+    Otherwise the heap is run, as ``start_delays`` does."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, not {index}")
+    frees = _slot_frees(running_remaining, slots, expected)
+    if frees[-1] - frees[0] <= expected:
+        rounds, slot = divmod(index, slots)
+        return frees[slot] + rounds * expected
+    return _run_heap(frees, index + 1, expected)[-1]
 
 
 def start_delays(
@@ -251,14 +343,14 @@ def start_delays(
     keeping the ``slots`` latest-finishing running jobs on the heap: the
     earlier ones finish before any slot can be free, whatever order.
     """
-    if slots < 1:
-        raise ValueError(f"slots must be >= 1, not {slots}")
     if count < 0:
         raise ValueError(f"count must be >= 0, not {count}")
-    if expected < 0:
-        raise ValueError(f"expected must be >= 0, not {expected}")
-    frees = sorted(max(0.0, float(r)) for r in running_remaining)[-slots:]
-    heap = [0.0] * (slots - len(frees)) + frees  # sorted, so already a heap
+    frees = _slot_frees(running_remaining, slots, expected)
+    return _run_heap(frees, count, expected)
+
+
+def _run_heap(frees: list[float], count: int, expected: float) -> list[float]:
+    heap = list(frees)  # sorted, so already a heap
     out: list[float] = []
     for _ in range(count):
         start = heap[0]
@@ -273,7 +365,7 @@ def eta_for(
     """(starts_in, done_in) of the waiter at 1-based ``position``."""
     if position < 1:
         raise ValueError(f"position is 1-based, not {position}")
-    starts_in = start_delays(running_remaining, slots, position, expected)[-1]
+    starts_in = start_delay(running_remaining, slots, position - 1, expected)
     return starts_in, starts_in + expected
 
 
@@ -283,7 +375,7 @@ def eta_new(
     """Done-in of a job joining the end of the queue now (``free``: it starts at once)."""
     if free:
         return expected
-    return start_delays(running_remaining, slots, waiting + 1, expected)[-1] + expected
+    return start_delay(running_remaining, slots, waiting, expected) + expected
 
 
 def _seconds(x: float) -> int:
@@ -293,14 +385,14 @@ def _seconds(x: float) -> int:
 
 def retry_after_full(running_remaining: Sequence[float], slots: int, expected: float) -> int:
     """``queue_full``: when a place frees, i.e. when the first waiter starts."""
-    return _seconds(start_delays(running_remaining, slots, 1, expected)[0])
+    return _seconds(start_delay(running_remaining, slots, 0, expected))
 
 
 def retry_after_timeout(
     running_remaining: Sequence[float], slots: int, waiting: int, expected: float
 ) -> int:
     """``queue_timeout``: when a newcomer behind today's ``waiting`` would start."""
-    return _seconds(start_delays(running_remaining, slots, waiting + 1, expected)[-1])
+    return _seconds(start_delay(running_remaining, slots, waiting, expected))
 
 
 def retry_after_client(client_done_in: Sequence[float]) -> int:

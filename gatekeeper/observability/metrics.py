@@ -226,6 +226,15 @@ class Metrics:
             if action != "block":
                 for kind in ERROR_KINDS:
                     self.upstream_errors.labels(name, kind)
+            if action in ("admit", "queue", "gradio"):
+                # The duration panel draws the 2xx generations of the gated routes.
+                self.upstream_duration.labels(name, "200")
+
+    def prime_alerts(self, rules: Iterable[tuple[str, str]]) -> None:
+        """``gatekeeper_alerts_firing`` at 0 for each (alert, severity) rule, before the
+        alert loop's first evaluation; a series already set keeps its value."""
+        for alert, severity in rules:
+            self.alerts_firing.labels(alert, severity)
 
     def _signal_metrics(self, r: CollectorRegistry) -> None:
         """The signals of a real engine box (issue #11 §3); wired in ``gauges``. Percent,
