@@ -46,6 +46,16 @@ class Jobs:
     coalesce: bool = boolean(
         "Attach a request identical to a queued/running job (or a kept result) to it.", default=True
     )
+    min_free_bytes: int = integer(
+        "Free space the state directory keeps: below it, new jobs are refused 503 storage_full"
+        " (Retry-After: admission.retry_after_default) and the alert GatekeeperStateDiskLow"
+        " fires; jobs are taken again by themselves once space returns. Sampled in the"
+        " background every second. The default, 512 MiB, holds the bodies and answers of a"
+        " few songs (a 5-minute WAV is about 50 MiB), so a job accepted just above the floor"
+        " can still be written whole. 0 disables the floor.",
+        minimum=0,
+        default=512 * 1024**2,
+    )
     retry_interrupted: bool = boolean(
         "A job running when the process died is re-queued instead of failed 'interrupted'.",
         default=False,

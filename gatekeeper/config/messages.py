@@ -31,6 +31,9 @@ REASONS: tuple[str, ...] = (
     "queue_full",
     "queue_timeout",
     "client_limit",
+    # The state directory (issue #18 §1): below jobs.min_free_bytes; a failed read or write.
+    "storage_full",
+    "storage_error",
 )
 # Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
 # Every message may use every field (a field that does not apply renders as 0);
