@@ -26,6 +26,8 @@ log = logging.getLogger("gatekeeper.jobs")
 
 # How often the tick samples the free space (the refusal and the gauge follow it).
 SAMPLE_EVERY_SECONDS = 1.0
+# After a claim failed on a storage fault, dispatch waits this long before the next try.
+STORAGE_HOLD_SECONDS = 1.0
 
 
 def free_bytes(directory: Path) -> int:

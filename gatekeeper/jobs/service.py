@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,7 +42,7 @@ from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import JobState, QueueReason
 from gatekeeper.jobs import runner, upkeep
 from gatekeeper.jobs.deps import JobDeps
-from gatekeeper.jobs.floor import DiskFloor
+from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.record import JobRecord
@@ -53,9 +52,6 @@ from gatekeeper.jobs.store import JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
-
-# After a claim failed on a storage fault, dispatch waits this long before the next try.
-STORAGE_HOLD_SECONDS = 1.0
 
 
 class JobService:
@@ -73,7 +69,7 @@ class JobService:
         # Closes the store (and removes a temporary directory) exactly once: at ``close``,
         # or when this object is collected without it (a state built but never served).
         self._release_store = weakref.finalize(
-            self, _release, store, state_dir if ephemeral else None
+            self, upkeep.release, store, state_dir if ephemeral else None
         )
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)
@@ -189,8 +185,7 @@ class JobService:
         self._changed_all()
 
     def storage_refusal(self, now: float) -> Refused | None:
-        """``503 storage_full`` below ``jobs.min_free_bytes`` (``floor``): from a head alone."""
-        return self.floor.refusal(self.config, len(self.room))
+        return self.floor.refusal(self.config, len(self.room))  # decidable from a head alone
 
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
@@ -230,7 +225,7 @@ class JobService:
         deps = self.deps
         while self.room:
             now = deps.clock()
-            if now < self._hold_until or deps.gate.check(now) is not None:
+            if self._held(now) or deps.gate.check(now) is not None:
                 return
             waiter = self.room.pop_next()
             if waiter is None:
@@ -260,6 +255,11 @@ class JobService:
                 self.room.join(waiter)
                 self._hold_until = now + STORAGE_HOLD_SECONDS
                 return
+
+    def _held(self, now: float) -> bool:
+        """No claim now: the store just failed one, or the state directory is below its
+        floor (a result could not be written; the waiter keeps its place until space returns)."""
+        return now < self._hold_until or self.floor.below(self.config.jobs.min_free_bytes)
 
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
@@ -309,6 +309,8 @@ class JobService:
                 job.record, state=ending.state, reason=ending.reason, finished=wall
             )
             self.unsaved[job.id] = job
+        if ending is Endings.STORAGE_ERROR:  # how full is the disk now? (dispatch reads it)
+            self.floor.sample(now, self.config.jobs.min_free_bytes)
         job.ending, job.finished = ending, now
         if job.head is None:
             job.error_detail = detail
@@ -391,9 +393,3 @@ class JobService:
         if row is None:
             return None
         return Job.from_record(row, now=self.deps.clock(), wall=self.deps.wall())
-
-
-def _release(store: JobStore, temporary: Path | None) -> None:
-    store.close()
-    if temporary is not None:
-        shutil.rmtree(temporary, ignore_errors=True)

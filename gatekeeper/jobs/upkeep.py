@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.states import Endings
+from gatekeeper.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from gatekeeper.jobs.service import JobService
@@ -119,3 +122,11 @@ def recover(jobs: JobService, wall: float) -> None:
                 row.state,
                 row.reason,
             )
+
+
+def release(store: JobStore, temporary: Path | None) -> None:
+    """The service's end (``close``, or its collection): the store closed, a temporary
+    state directory removed."""
+    store.close()
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
