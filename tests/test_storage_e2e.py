@@ -14,10 +14,7 @@ The time from "space returned" to "the queued job is running" is printed.
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import REQUIRE_E2E, Proc, metric, rules, start_engine, start_gatekeeper
+from support import Proc, fill_fs, metric, rules, small_tmpfs, start_engine, start_gatekeeper
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -34,44 +31,11 @@ FIRST, TAIL = 1024**2, 6 * 1024**2  # the big job: 1 MiB, a pause, then 6 MiB th
 ENGINE_SECONDS = 0.2
 
 
-def _unavailable(msg: str) -> None:
-    if REQUIRE_E2E:
-        pytest.fail(msg + " and GATEKEEPER_REQUIRE_E2E=1")
-    pytest.skip(msg)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs mounted for this test, unmounted after it."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a tmpfs needs root")
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "fs", "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a file until the file system is full; returns it."""
-    filler = directory / "filler"
-    block = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(block)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 async def _json(r: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -122,7 +86,7 @@ async def test_a_full_disk_releases_the_slot_and_recovers_by_itself(
             small = (await _json(r))["id"]
             assert r.status == 202
         assert (await _view(s, base, small))["state"] == "queued"
-        filler = _fill(small_fs)
+        filler = fill_fs(small_fs)
 
         # The big job's answer cannot be written: failed storage_error, slot released.
         view = await _until(s, base, big, "failed", "done")
@@ -160,7 +124,7 @@ async def test_a_full_disk_releases_the_slot_and_recovers_by_itself(
             assert metric(await r.text(), "gatekeeper_in_flight") == 0
 
         # The disk full again: SIGTERM still ends the process at once (nothing is held).
-        _fill(small_fs)
+        fill_fs(small_fs)
     stopped = time.monotonic()
     gk.signal(signal.SIGTERM)
     assert gk.wait(timeout=30) == 0
