@@ -266,3 +266,27 @@ def test_state_disk_low_follows_min_free_bytes() -> None:
     cfg = load_config("jobs:\n  min_free_bytes: 2147483648\n")
     (low,) = [r for r in cfg.alerts.rules if r.alert == "GatekeeperStateDiskLow"]
     assert (low.signal, low.op, low.threshold) == ("state_free_bytes", "<", 2147483648)
+
+
+# The engine's 200 (served by aiohttp's FileResponse) and its own 4xx (streamed).
+@pytest.mark.parametrize("query", ["bytes=5000", "bytes=many"])
+async def test_a_result_file_deleted_is_a_json_answer_not_a_500(
+    engine: TestServer, aiohttp_client: ClientFactory, tmp_path: Path, query: str
+) -> None:
+    """A kept result whose file went (deleted by hand, a broken disk) is answered in JSON,
+    never a text/plain 500 nor a 200 with a short body."""
+    st, client = await _box(engine, aiohttp_client, tmp_path)
+    jobs = st.jobs
+    assert jobs is not None
+    async with client.get(f"/download?{query}", headers=ASYNC) as r:
+        job_id = (await _json(r))["id"]
+    for _ in range(100):
+        if (await _state(client, job_id))["state"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    result = jobs.store.result_path(job_id)
+    assert result is not None
+    result.unlink()
+    async with client.get(f"{JOBS}/{job_id}/result") as r:
+        body = await _json(r)
+        assert r.status == 409 and body["reason"] == "no_result", body
