@@ -50,9 +50,9 @@ class Jobs:
         "Free space the state directory keeps: below it, new jobs are refused 503 storage_full"
         " (Retry-After: admission.retry_after_default) and the alert GatekeeperStateDiskLow"
         " fires; jobs are taken again by themselves once space returns. Sampled in the"
-        " background every second. The default, 512 MiB, holds the bodies and answers of a"
-        " few songs (a 5-minute WAV is about 50 MiB), so a job accepted just above the floor"
-        " can still be written whole. 0 disables the floor.",
+        " background every 0.25 s (the jobs tick). The default, 512 MiB, holds the bodies"
+        " and answers of a few songs (a 5-minute WAV is about 50 MiB), so a job accepted"
+        " just above the floor can still be written whole. 0 disables the floor.",
         minimum=0,
         default=512 * 1024**2,
     )

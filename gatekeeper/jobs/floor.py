@@ -25,7 +25,7 @@ from gatekeeper.jobs.model import Refused
 log = logging.getLogger("gatekeeper.jobs")
 
 # How often the tick samples the free space (the refusal and the gauge follow it).
-SAMPLE_EVERY_SECONDS = 1.0
+SAMPLE_EVERY_SECONDS = 0.25  # each jobs tick: statvfs costs about a microsecond
 # After a claim failed on a storage fault, dispatch waits this long before the next try.
 STORAGE_HOLD_SECONDS = 1.0
 

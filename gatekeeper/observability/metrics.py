@@ -327,7 +327,7 @@ class Metrics:
         )
         self.state_free_bytes = Gauge(
             "gatekeeper_state_free_bytes",
-            "Free bytes on the state directory's file system (sampled every second by the"
+            "Free bytes on the state directory's file system (sampled every 0.25 s by the"
             " jobs tick; below jobs.min_free_bytes new jobs are refused storage_full).",
             registry=r,
         )
