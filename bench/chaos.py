@@ -18,9 +18,9 @@ ends with a SIGTERM drain. ``--engines N`` runs N engine-sims listed in
 killed), and the invariants hold per engine too. ``--storage`` (root) puts the state
 directory on a 16 MiB tmpfs, adds held jobs on a queue route and a ``disk_full`` fault
 (filled, then freed), and checks that no answer is a bare 500 (issue #18 §1). It stops
-at ``--exchanges`` or after ``--minutes``, whichever comes first (the phase running then is completed). Exit status:
-0 every invariant held, 1 one failed (the message names the seed to replay and the temp
-dir is kept)."""
+at ``--exchanges`` or after ``--minutes``, whichever comes first (the phase running then
+is completed). Exit status: 0 every invariant held, 1 one failed (the message names the
+seed to replay and the temp dir is kept)."""
 
 from __future__ import annotations
 
