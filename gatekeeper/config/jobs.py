@@ -46,6 +46,10 @@ class Jobs:
     coalesce: bool = boolean(
         "Attach a request identical to a queued/running job (or a kept result) to it.", default=True
     )
+    retry_interrupted: bool = boolean(
+        "A job running when the process died is re-queued instead of failed 'interrupted'.",
+        default=False,
+    )
     min_free_bytes: int = integer(
         "Free space the state directory keeps: below it, new jobs are refused 503 storage_full"
         " (Retry-After: admission.retry_after_default) and the alert GatekeeperStateDiskLow"
@@ -55,10 +59,6 @@ class Jobs:
         " just above the floor can still be written whole. 0 disables the floor.",
         minimum=0,
         default=512 * 1024**2,
-    )
-    retry_interrupted: bool = boolean(
-        "A job running when the process died is re-queued instead of failed 'interrupted'.",
-        default=False,
     )
 
     def state_dir(self, source: str) -> Path:
