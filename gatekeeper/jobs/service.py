@@ -20,8 +20,9 @@ is written synchronously on the loop: each call is one small statement in WAL
 mode (microseconds; bench/ measures).
 
 Storage faults never wedge the queue (issue #18 §1): any failure of the state
-directory is one ``guard.StorageError``; dispatch releases a lease itself until
-the runner task owns it (a waiter whose claim failed waits again); ``finish``
+directory is one ``guard.StorageError``; dispatch stores a claim before it takes
+a lease (a waiter whose claim failed waits again) and releases the lease itself
+until the runner task owns it; ``finish``
 never raises for a store that cannot write (``unsaved``: ``find`` reads it, the
 tick writes it later: ``upkeep``).
 """
@@ -233,10 +234,19 @@ class JobService:
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
-            result = deps.gate.try_admit(job.route, now)
-            if isinstance(result, Rejection):  # cannot happen: checked just above
+            try:  # the claim is stored first: no slot is held while the store is asked
+                job.record = self.store.mark_running(job.id, deps.wall())
+            except StorageError as exc:
+                # Not claimed: the job waits again (at its client's tail), and nothing is
+                # claimed until the store had a moment (the tick tries again).
+                log.error("job %s… could not start: %s", job.id[:6], exc.detail)
                 self.room.join(waiter)
+                self._hold_until = now + STORAGE_HOLD_SECONDS
                 return
+            result = deps.gate.try_admit(job.route, now)  # admits: checked, nothing awaited
+            if isinstance(result, Rejection):
+                self.finish(job, Endings.INTERNAL)
+                continue
             try:
                 self._start(job, result, now)
             except BaseException as exc:
@@ -245,16 +255,8 @@ class JobService:
                     result.release()
                 if not isinstance(exc, Exception):
                     raise
-                if not isinstance(exc, StorageError):
-                    log.exception("job %s… could not start", job.id[:6])
-                    self.finish(job, Endings.INTERNAL)
-                    continue
-                # The claim was not stored: the job waits again (at its client's tail), and
-                # nothing is claimed until the store had a moment (the tick tries again).
-                log.error("job %s… could not start: %s", job.id[:6], exc.detail)
-                self.room.join(waiter)
-                self._hold_until = now + STORAGE_HOLD_SECONDS
-                return
+                log.exception("job %s… could not start", job.id[:6])
+                self.finish(job, Endings.INTERNAL)
 
     def _held(self, now: float) -> bool:
         """No claim now: the store just failed one, or the state directory is below its
@@ -264,7 +266,6 @@ class JobService:
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
         job.started, job.ticket = now, ticket
-        job.record = self.store.mark_running(job.id, deps.wall())
         deps.metrics.queue_wait.labels(job.route).observe(now - job.arrived)
         deps.metrics.jobs.labels(job.route, JobState.RUNNING).inc()
         epoch = deps.epochs.enter()  # the runner may use this epoch's pools to its end
