@@ -28,6 +28,7 @@ from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import load_config
 from gatekeeper.enginesim import SimConfig, create_app
 from gatekeeper.jobs.floor import DiskFloor
+from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.store import JobStore
 
@@ -290,3 +291,22 @@ async def test_a_result_file_deleted_is_a_json_answer_not_a_500(
     async with client.get(f"{JOBS}/{job_id}/result") as r:
         body = await _json(r)
         assert r.status == 409 and body["reason"] == "no_result", body
+
+
+@pytest.mark.parametrize("method", ["recover", "queued"])
+async def test_a_store_that_fails_at_start_says_so_in_one_line(
+    engine: TestServer, aiohttp_client: ClientFactory, tmp_path: Path, method: str
+) -> None:
+    """The calls made only at start (recover, queued) raise one StorageError naming the
+    call and the cause; close never raises (the store is released at any rate)."""
+    st, _client = await _box(engine, aiohttp_client, tmp_path)
+    jobs = st.jobs
+    assert jobs is not None
+    faults = Faults(_store(jobs), method, OSError(errno.EIO, "Input/output error"))
+    faults.armed = True
+    with pytest.raises(StorageError) as err:
+        jobs.start()
+    assert str(err.value) == f"the job store failed ({method}): Input/output error"
+    assert err.value.status == 503 and err.value.reason == "storage_error"
+    Faults(_store(jobs), "close", OSError(errno.EIO, "Input/output error")).armed = True
+    jobs.store.close()

@@ -70,7 +70,7 @@ class JobService:
         # Closes the store (and removes a temporary directory) exactly once: at ``close``,
         # or when this object is collected without it (a state built but never served).
         self._release_store = weakref.finalize(
-            self, upkeep.release, store, state_dir if ephemeral else None
+            self, upkeep.release, self.store, state_dir if ephemeral else None
         )
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)

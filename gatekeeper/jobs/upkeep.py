@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
-from gatekeeper.jobs.guard import StorageError
+from gatekeeper.jobs.guard import GuardedStore, StorageError
 from gatekeeper.jobs.states import Endings
-from gatekeeper.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from gatekeeper.jobs.service import JobService
@@ -124,9 +123,9 @@ def recover(jobs: JobService, wall: float) -> None:
             )
 
 
-def release(store: JobStore, temporary: Path | None) -> None:
-    """The service's end (``close``, or its collection): the store closed, a temporary
-    state directory removed."""
+def release(store: GuardedStore, temporary: Path | None) -> None:
+    """The service's end (``close``, or its collection): the store closed (the guard's
+    close never raises), a temporary state directory removed."""
     store.close()
     if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)
