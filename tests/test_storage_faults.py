@@ -308,5 +308,9 @@ async def test_a_store_that_fails_at_start_says_so_in_one_line(
         jobs.start()
     assert str(err.value) == f"the job store failed ({method}): Input/output error"
     assert err.value.status == 503 and err.value.reason == "storage_error"
-    Faults(_store(jobs), "close", OSError(errno.EIO, "Input/output error")).armed = True
-    jobs.store.close()
+    faults.armed = False
+    failing = Faults(_store(jobs), "close", OSError(errno.EIO, "Input/output error"))
+    failing.armed = True
+    jobs.store.close()  # the guard's close never raises
+    assert failing.hits == 1
+    failing.armed = False  # the real close, so the lock file is not left open
