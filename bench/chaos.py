@@ -6,6 +6,7 @@ Run with the project's virtualenv from the repository root::
     .venv/bin/python bench/chaos.py --seed 7 --exchanges 20000 --minutes 30
     .venv/bin/python bench/chaos.py --seed 1234 --keep       # keep the logs of a failure
     .venv/bin/python bench/chaos.py --engines 2              # two engines in upstream.engines
+    sudo .venv/bin/python bench/chaos.py --storage      # state dir on a tmpfs: disk-full faults
 
 The driver is ``tests/chaos.py`` (the fast CI run is ``tests/test_chaos.py``). It starts
 ``gatekeeper engine-sim`` and ``gatekeeper run`` on 127.0.0.1 free ports, runs phases of
@@ -14,15 +15,18 @@ mixed: toggled by reloads mid-phase) and ``max_in_flight`` (1 and 2), with engin
 SIGHUP and ``POST /reload`` in the middle, checks the invariants after each phase, and
 ends with a SIGTERM drain. ``--engines N`` runs N engine-sims listed in
 ``upstream.engines`` (one slot each, so the limit is N in every phase; a random one is
-killed), and the invariants hold per engine too. It stops at ``--exchanges`` or after
-``--minutes``, whichever comes first (the phase running then is completed). Exit status:
-0 every invariant held, 1 one failed (the message names the seed to replay and the temp
-dir is kept)."""
+killed), and the invariants hold per engine too. ``--storage`` (root) puts the state
+directory on a 16 MiB tmpfs, adds held jobs on a queue route and a ``disk_full`` fault
+(filled, then freed), and checks that no answer is a bare 500 (issue #18 §1). It stops
+at ``--exchanges`` or after ``--minutes``, whichever comes first (the phase running then
+is completed). Exit status: 0 every invariant held, 1 one failed (the message names the
+seed to replay and the temp dir is kept)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -32,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from chaos import Chaos, InvariantViolation
+from support import small_tmpfs
 
 SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1), ("mixed", 2)]
 
@@ -39,7 +44,17 @@ SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed"
 async def run(args: argparse.Namespace, tmp: Path) -> int:
     deadline = time.monotonic() + args.minutes * 60
     started = time.monotonic()
-    async with Chaos(tmp, args.seed, concurrency=args.concurrency, engines=args.engines) as c:
+    with contextlib.ExitStack() as stack:
+        storage = stack.enter_context(small_tmpfs(tmp / "fs", "16m")) if args.storage else None
+        return await _run(args, tmp, storage, deadline, started)
+
+
+async def _run(
+    args: argparse.Namespace, tmp: Path, storage: Path | None, deadline: float, started: float
+) -> int:
+    async with Chaos(
+        tmp, args.seed, concurrency=args.concurrency, engines=args.engines, storage=storage
+    ) as c:
         try:
             sent, i = 0, 0
             while sent < args.exchanges and time.monotonic() < deadline:
@@ -76,6 +91,9 @@ def main() -> int:
         "--engines", type=int, default=0, help="N engines in upstream.engines (default: one)"
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, rules)")
+    p.add_argument(
+        "--storage", action="store_true", help="state dir on a tmpfs with disk-full faults (root)"
+    )
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gatekeeper-chaos-"))
     code = 1

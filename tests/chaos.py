@@ -30,6 +30,13 @@ requests equal the sum of ``gatekeeper_engine_admitted_total``.
 A final phase sends SIGTERM with a generation running: the slot accounting holds while
 draining, the generation is delivered, and the process exits 0.
 
+With ``storage=<dir>`` (a small file system the test mounted, issue #18 §1) the state
+directory lives there, a ``queue`` route takes jobs (``queued_job``: held jobs with bodies
+of up to 512 KiB), and a ``disk_full`` fault fills the file system for a moment and frees
+it again. The invariants above still hold, and two more: no answer of gatekeeper is a
+``500`` or a non-JSON 5xx (every storage fault is a JSON ``storage_full`` or
+``storage_error``), and after the phase the fresh generation is still served.
+
 The schedule is a function of the seed alone: exchange ``i`` draws its action and
 parameters from ``Random(f"{seed}:{i}")``, so a failing seed replays the same shapes (the
 interleaving still depends on timing). A violation raises ``InvariantViolation`` carrying
@@ -53,7 +60,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from support import Proc, free_port
+from support import Proc, fill_fs, free_port
 
 # Admit routes of the chaos rules, by engine path; the route name is what metrics label.
 ADMIT_ROUTES = {
@@ -96,9 +103,14 @@ routes:
   - {{name: stall, match: {{methods: [GET], path: /_sim/stall}}, action: admit}}
   - {{name: abort, match: {{methods: [GET], path: /_sim/abort}}, action: admit}}
   - {{name: batch, match: {{methods: [POST], path: /batch-generate}}, action: block, status: 410}}
-shutdown: {{drain_timeout: 10s, drain_log_interval: 1s, linger: 0s}}
+{queue_route}shutdown: {{drain_timeout: 10s, drain_log_interval: 1s, linger: 0s}}
 alerts: {{rules: []}}
-"""
+{jobs}"""
+QUEUE_ROUTE = (
+    "  - {name: queued, match: {methods: [POST], path: /_sim/echo/queued}, action: queue}\n"
+)
+QUEUED_PATH = "/_sim/echo/queued"
+MIN_FREE = 1024**2  # jobs.min_free_bytes of a storage run
 
 
 class InvariantViolation(AssertionError):
@@ -200,7 +212,13 @@ def check_engines(obs: Observation) -> list[str]:
         peak = obs.engine_peaks.get(name, 0)
         if obs.mode == "finish" and peak > slots:
             bad.append(f"engine {name} ran {peak} generations at once > its max_in_flight {slots}")
-    total = metric_sum(obs.metrics, "gatekeeper_requests_total", outcome="admitted")
+    # Generations started: admissions, where a queue route's are its jobs that ran (one
+    # that waited, or coalesced, started later or never; gatekeeper_jobs_total{running}).
+    total = (
+        metric_sum(obs.metrics, "gatekeeper_requests_total", outcome="admitted")
+        - metric_sum(obs.metrics, "gatekeeper_requests_total", route="queued", outcome="admitted")
+        + metric_sum(obs.metrics, "gatekeeper_jobs_total", state="running")
+    )
     on_engines = metric_sum(obs.metrics, "gatekeeper_engine_admitted_total")
     if total != on_engines:
         bad.append(
@@ -294,6 +312,20 @@ def _status_of(data: bytes) -> int:
     if not data.startswith(b"HTTP/1."):
         return 0  # connection closed without an answer
     return int(data.split(b" ", 2)[1])
+
+
+async def _exchange_head(t: Target, raw: bytes) -> tuple[int, bytes]:
+    """Send ``raw``, read until the server closes; (status, the answer's head)."""
+    reader, writer = await _connect(t)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        data = await reader.read()
+    except ConnectionError:
+        return 0, b""
+    finally:
+        writer.transport.abort()
+    return _status_of(data), data.partition(b"\r\n\r\n")[0]
 
 
 async def _exchange(t: Target, raw: bytes) -> int:
@@ -489,6 +521,26 @@ async def burst(c: Chaos, rng: random.Random) -> str:
     return f"won={statuses.count('200')}"
 
 
+async def queued_job(c: Chaos, rng: random.Random) -> str:
+    """A held job on the queue route (storage runs), with a body of up to 512 KiB; a 5xx
+    must be gatekeeper's JSON (storage_full, storage_error, ...), never a bare 500."""
+    body = rng.randbytes(rng.randrange(1, 512 * 1024))
+    status, head = await _exchange_head(
+        c.target, _head("POST", QUEUED_PATH, len(body), "application/octet-stream") + body
+    )
+    if status >= 500 and (status == 500 or b"application/json" not in head.lower()):
+        c.bad_answers.append(head.decode("latin-1")[:300])
+    reason = next(
+        (
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-gatekeeper-reason:")
+        ),
+        "",
+    )
+    return f"{status} {reason}".strip()
+
+
 ACTIONS: dict[str, tuple[Action, int]] = {
     "burst": (burst, 1),
     "pipelined": (pipelined, 1),
@@ -539,6 +591,7 @@ class Chaos:
         actions: dict[str, tuple[Action, int]] | None = None,
         faults: bool = True,
         engines: int = 0,
+        storage: Path | None = None,
     ) -> None:
         """``engines`` 0: one engine-sim given by ``--upstream``; N: N engine-sims listed in
         ``upstream.engines`` (gpu0...), one slot each, so the limit is N (issue #11 §1)."""
@@ -554,7 +607,11 @@ class Chaos:
         # catches over-admission.
         self.configured_max = gatekeeper_max_in_flight or max_in_flight
         self.limit_offset = self.configured_max - max_in_flight
-        self.actions = actions or ACTIONS
+        self.storage = storage  # a small file system for the state dir: disk_full faults
+        self.actions = actions or (
+            {**ACTIONS, "queued_job": (queued_job, 4)} if storage is not None else ACTIONS
+        )
+        self.bad_answers: list[str] = []  # 5xx answers that were not gatekeeper's JSON
         self.faults_enabled = faults
         self.rng = random.Random(seed)
         self.log: list[str] = []
@@ -648,6 +705,12 @@ class Chaos:
                 mode=self.mode,
                 retry_after=self.retry_after,
                 readings=self.readings,
+                queue_route=QUEUE_ROUTE if self.storage is not None else "",
+                jobs=(
+                    f"jobs: {{dir: {self.storage / 'state'}, min_free_bytes: {MIN_FREE}}}\n"
+                    if self.storage is not None
+                    else ""
+                ),
             )
         )
 
@@ -702,6 +765,19 @@ class Chaos:
             self.engines[name] = await asyncio.to_thread(self._start_engine, name)
             self.note(f"fault: engine {name} restarted")
 
+    async def disk_full(self, stop: asyncio.Event) -> None:
+        """Fill the state directory's file system, hold it full a moment, free it."""
+        assert self.storage is not None
+        filler = fill_fs(self.storage)
+        self.note(f"fault: disk full ({filler.stat().st_size >> 10} KiB filler)")
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.rng.uniform(0.3, 1.5)):
+                    await stop.wait()
+        finally:
+            filler.unlink()
+            self.note("fault: disk space back")
+
     async def reload(self, how: str) -> None:
         """Rewrite the rules (retry_after changes; mode and limit kept) and reload."""
         self.retry_after = 2 + (self.retry_after % 5)
@@ -739,13 +815,16 @@ class Chaos:
                     await stop.wait()
             if stop.is_set():
                 return
-            kinds, weights = ["kill_engine", "sighup", "post_reload", "toggle_mode"], [2, 1, 1, 0]
+            kinds = ["kill_engine", "sighup", "post_reload", "toggle_mode", "disk_full"]
+            weights = [2, 1, 1, 0, 3 if self.storage is not None else 0]
             if self.phase_mode == "mixed":
-                weights[-1] = 3
+                weights[3] = 3
             kind = self.rng.choices(kinds, weights)[0]
             faults[kind] += 1
             if kind == "kill_engine":
                 await self.kill_engine()
+            elif kind == "disk_full":
+                await self.disk_full(stop)
             elif kind == "toggle_mode":
                 await self.set_mode("cancel" if self.mode == "finish" else "finish")
             else:
@@ -872,6 +951,12 @@ class Chaos:
             samples=tuple(samples),
         )
         violations = check_invariants(obs)
+        if self.bad_answers:
+            violations.append(
+                f"{len(self.bad_answers)} 5xx answer(s) not gatekeeper's JSON:"
+                f" {self.bad_answers[0]}"
+            )
+            self.bad_answers.clear()
         if stuck:
             violations.append(f"{stuck} exchange(s) took longer than {EXCHANGE_TIMEOUT}s")
         if "Traceback" in self.gk.output():

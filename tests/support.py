@@ -12,12 +12,14 @@ waits: a test waits for the event it is about, never for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +306,44 @@ class ProductionLikeServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> Any:
         return await super()._make_runner(**{**kwargs, **self._runner_kwargs})
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str = "8m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``directory`` (created) for the block, then unmounted.
+    Needs root (mount): skips without it, fails when GATEKEEPER_REQUIRE_E2E=1."""
+    directory.mkdir(parents=True, exist_ok=True)
+    msg = None
+    if os.geteuid() != 0:
+        msg = "mounting a tmpfs needs root"
+    else:
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            msg = f"cannot mount a tmpfs: {res.stderr.strip()}"
+    if msg is not None:
+        if REQUIRE_E2E:
+            pytest.fail(msg + " and GATEKEEPER_REQUIRE_E2E=1")
+        pytest.skip(msg)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill_fs(directory: Path) -> Path:
+    """Write ``directory/filler`` until its file system is full (ENOSPC); returns it."""
+    filler = directory / "filler"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler

@@ -14,6 +14,7 @@ from support import find_binary
 from gatekeeper.config import SIGNALS, load_config, load_config_file
 from gatekeeper.observability.alerts import inputs as signals
 from gatekeeper.observability.alerts.promrules import prom_duration, promql, rule_file
+from gatekeeper.observability.alerts.rules import format_value
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = ROOT / "gatekeeper" / "rules.yaml"
@@ -60,7 +61,7 @@ def test_export_matches_the_built_in_rules() -> None:
     assert len(group["rules"]) == len(cfg.alerts.rules)
     for exported, rule in zip(group["rules"], cfg.alerts.rules, strict=True):
         assert exported["alert"] == rule.alert
-        want = f"{signals.SIGNALS[rule.signal].promql()} {rule.op} {rule.threshold:g}"
+        want = f"{signals.SIGNALS[rule.signal].promql()} {rule.op} {format_value(rule.threshold)}"
         assert exported["expr"] == want
         assert exported.get("for", "0s") == (
             prom_duration(rule.for_seconds) if rule.for_seconds else "0s"
@@ -158,7 +159,7 @@ def test_promtool_check_rules() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     count = len(load_config_file(PACKAGED).alerts.rules)
-    assert count == 9  # cpu, memory, rejections, upstream x2, stuck, reload, queue x2
+    assert count == 10  # cpu, memory, rejections, upstream x2, stuck, reload, disk, queue x2
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 

@@ -28,6 +28,7 @@ DEFAULT_NAMES = (
     "GatekeeperUpstreamTimeouts",
     "GatekeeperGenerationStuck",
     "GatekeeperConfigReloadFailed",
+    "GatekeeperStateDiskLow",
     "GatekeeperQueueFull",
     "GatekeeperQueueWaitLong",
 )
@@ -39,7 +40,7 @@ def test_packaged_rules_yaml_is_exactly_the_code_defaults() -> None:
 
 
 def test_default_rules_and_receivers() -> None:
-    """Nine default rules, each with a summary and a runbook; only a log receiver by default."""
+    """Ten default rules, each with a summary and a runbook; only a log receiver by default."""
     rules = Config().alerts.rules
     assert tuple(r.alert for r in rules) == DEFAULT_NAMES
     for r in rules:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -229,6 +230,7 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
         "config_reload_failed": 0.0,
         "queue_full_ratio": 0.0,  # no waiting room wired: an empty queue
         "queue_oldest_wait_seconds": 0.0,
+        "state_free_bytes": None,  # no waiting room wired: no free-space sample
     }
     now[0] += 61  # a minute later, with no new events: per-minute rates fall to 0
     st.upstream_up, st.config_reload_failed = False, True
@@ -242,6 +244,8 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
 
 class FakeJobs:
     """The three readers ``JobService`` provides to metrics and signals."""
+
+    floor = SimpleNamespace(free=None)  # no free-space sample yet
 
     def __init__(self, depth: int, arrivals: list[float], results: int = 0):
         self._depth, self.arrivals, self.results = depth, arrivals, results

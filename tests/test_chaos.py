@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from chaos import (
     check_invariants,
     parse_metrics,
 )
+from support import small_tmpfs
 
 SEED = int(os.environ.get("GATEKEEPER_CHAOS_SEED", "20261203"))
 PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 1)]
 # Two one-slot engines (issue #11 §1): the limit is always their sum, 2.
 TWO_ENGINE_PHASES = ["finish", "cancel", "mixed"]
+# Exchanges per phase of the storage-fault run (GATEKEEPER_CHAOS_EXCHANGES for a long run).
+STORAGE_EXCHANGES = int(os.environ.get("GATEKEEPER_CHAOS_EXCHANGES", "150"))
 
 
 @pytest.mark.slow
@@ -47,6 +51,24 @@ async def test_chaos_two_engines_fast_run(tmp_path: Path) -> None:
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
+
+
+@pytest.mark.slow
+async def test_chaos_storage_faults_fast_run(tmp_path: Path) -> None:
+    """The state directory on a 16 MiB tmpfs filled and freed at random (issue #18 §1),
+    held jobs with bodies on a queue route, with the usual hostile clients, engine kills
+    and reloads: no leak, no over-admission, no bare 500, the fresh generation served."""
+    with small_tmpfs(tmp_path / "fs", "16m") as fs:
+        async with Chaos(tmp_path, SEED, storage=fs) as c:
+            try:
+                for mode in ("finish", "cancel"):
+                    await c.phase(STORAGE_EXCHANGES, mode)
+                await c.sigterm_phase()
+            finally:
+                print("\n" + c.summary())
+    outcomes = sum((r.outcomes.get("queued_job", Counter()) for r in c.results), Counter())
+    assert outcomes["200"] > 0, outcomes  # jobs were served between the faults
+    assert sum(r.faults["disk_full"] for r in c.results) > 0
 
 
 def _observation(**change: object) -> Observation:

@@ -93,6 +93,7 @@ ENDINGS = [
     ("DRAINING", C, "draining", 503, RetryAfter.DEFAULT, False),
     ("INTERRUPTED", F, "interrupted", 503, RetryAfter.DEFAULT, False),
     ("INTERNAL", F, "internal", 500, RetryAfter.NONE, False),
+    ("STORAGE_ERROR", F, "storage_error", 503, RetryAfter.DEFAULT, False),
     ("CLIENT_GONE", C, "client_gone", 499, RetryAfter.NONE, False),
     ("DELETED_WAITING", C, "deleted", 409, RetryAfter.NONE, False),
     ("DELETED_RUNNING", C, "deleted", 499, RetryAfter.NONE, False),

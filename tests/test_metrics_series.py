@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
@@ -123,6 +124,8 @@ def test_queue_wait_and_eta_error_buckets() -> None:
 
 class FakeJobs:
     """What ``JobService`` gives the gauges: depth, the oldest wait at a time, kept bytes."""
+
+    floor = SimpleNamespace(free=None)  # no free-space sample yet
 
     def __init__(self, depth: int, oldest_arrival: float | None, results: int):
         self._depth, self.oldest_arrival, self.results = depth, oldest_arrival, results

@@ -37,6 +37,7 @@ SIGNALS: tuple[str, ...] = (
     "config_reload_failed",
     "queue_full_ratio",
     "queue_oldest_wait_seconds",
+    "state_free_bytes",
 )
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
@@ -266,10 +267,12 @@ def _receivers(
 
 
 # Default rules whose threshold follows another key: GenerationStuck follows
-# ``upstream.timeouts.read``, QueueWaitLong half of ``admission.queue.max_wait``.
-_FOLLOWS: dict[str, Callable[[float, float], float]] = {
-    "GatekeeperGenerationStuck": lambda read_timeout, max_wait: read_timeout,
-    "GatekeeperQueueWaitLong": lambda read_timeout, max_wait: max_wait / 2,
+# ``upstream.timeouts.read``, QueueWaitLong half of ``admission.queue.max_wait``,
+# StateDiskLow ``jobs.min_free_bytes`` (it fires while new jobs are refused storage_full).
+_FOLLOWS: dict[str, Callable[[float, float, float], float]] = {
+    "GatekeeperGenerationStuck": lambda read_timeout, max_wait, min_free: read_timeout,
+    "GatekeeperQueueWaitLong": lambda read_timeout, max_wait, min_free: max_wait / 2,
+    "GatekeeperStateDiskLow": lambda read_timeout, max_wait, min_free: min_free,
 }
 
 
@@ -289,11 +292,11 @@ def _shipped_rules() -> tuple[AlertRule, ...]:
 
 
 def default_alert_rules(
-    read_timeout: float = 900.0, max_wait: float = 1800.0
+    read_timeout: float = 900.0, max_wait: float = 1800.0, min_free: float = 512 * 1024**2
 ) -> tuple[AlertRule, ...]:
     """The rules shipped in rules.yaml, with the thresholds that follow other keys."""
     return tuple(
-        replace(rule, threshold=_FOLLOWS[rule.alert](read_timeout, max_wait))
+        replace(rule, threshold=_FOLLOWS[rule.alert](read_timeout, max_wait, min_free))
         if rule.alert in _FOLLOWS
         else rule
         for rule in _shipped_rules()
@@ -311,6 +314,7 @@ def _rules(
     return default_alert_rules(
         ctx.values.get("upstream.timeouts.read", 900.0),
         ctx.values.get("admission.queue.max_wait", 1800.0),
+        ctx.values.get("jobs.min_free_bytes", 512 * 1024**2),
     )
 
 

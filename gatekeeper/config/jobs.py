@@ -50,6 +50,16 @@ class Jobs:
         "A job running when the process died is re-queued instead of failed 'interrupted'.",
         default=False,
     )
+    min_free_bytes: int = integer(
+        "Free space the state directory keeps: below it, new jobs are refused 503 storage_full"
+        " (Retry-After: admission.retry_after_default) and the alert GatekeeperStateDiskLow"
+        " fires; jobs are taken again by themselves once space returns. Sampled in the"
+        " background every 0.25 s (the jobs tick). The default, 512 MiB, holds the bodies"
+        " and answers of a few songs (a 5-minute WAV is about 50 MiB), so a job accepted"
+        " just above the floor can still be written whole. 0 disables the floor.",
+        minimum=0,
+        default=512 * 1024**2,
+    )
 
     def state_dir(self, source: str) -> Path:
         """The absolute state directory for a config loaded from ``source`` (Config.source).

@@ -33,6 +33,9 @@ REASONS: tuple[str, ...] = (
     "client_limit",
     # limits.max_spooled_bytes: the bodies being uploaded fill the spool budget (issue #18).
     "spool_full",
+    # The state directory (issue #18 §1): below jobs.min_free_bytes; a failed read or write.
+    "storage_full",
+    "storage_error",
 )
 # Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
 # Every message may use every field (a field that does not apply renders as 0);

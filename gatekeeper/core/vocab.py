@@ -50,6 +50,8 @@ class QueueReason(StrEnum):
     QUEUE_FULL = "queue_full"
     QUEUE_TIMEOUT = "queue_timeout"
     CLIENT_LIMIT = "client_limit"
+    # The state directory is below jobs.min_free_bytes (issue #18 §1): no new job is written.
+    STORAGE_FULL = "storage_full"
 
 
 class JobState(StrEnum):

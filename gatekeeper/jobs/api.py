@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 from aiohttp import web
 
+from gatekeeper.config import Config
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import watch
+from gatekeeper.jobs.guard import StorageError, describe
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
+from gatekeeper.jobs.states import kept_whole
 from gatekeeper.jobs.views import job_view
-from gatekeeper.proxy.responses import json_answer, json_body
+from gatekeeper.proxy.responses import json_answer, json_body, json_error
 
 KEEPALIVE_SECONDS = 15.0
 # Replayed from the stored answer, never from the file's own framing.
@@ -45,6 +49,14 @@ def _answer(status: int, reason: str, detail: str, rid: str, **extra: Any) -> we
     body.update(extra)
     data = json.dumps(body, ensure_ascii=False).encode()
     return json_answer(status, reason, data, request_id=rid)
+
+
+def storage_error_answer(cfg: Config, rid: str) -> web.Response:
+    """The state directory failed under this request (``guard.StorageError``, logged where
+    it happened): 503 storage_error in JSON, never aiohttp's text/plain 500."""
+    retry_after = cfg.admission.retry_after_default
+    text = cfg.message("storage_error", retry_after=retry_after)
+    return json_error(503, "storage_error", text, retry_after=retry_after, request_id=rid)
 
 
 def job_json(status: int, view: dict[str, Any], rid: str, **headers: str) -> web.Response:
@@ -63,6 +75,12 @@ class JobsApi:
         self.clock = clock
 
     async def handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
+        try:
+            return await self._handle(request, rest, rid)
+        except StorageError:
+            return storage_error_answer(self.jobs.config, rid)
+
+    async def _handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         parts = [p for p in rest.split("/") if p]
         if not parts or len(parts) > 2 or not is_job_id(parts[0]):
             return _answer(404, "not_found", "no such job", rid)
@@ -127,7 +145,9 @@ class JobsApi:
                 410, "expired", "the result was kept for jobs.keep and is gone", rid, state=state
             )
         path = self.jobs.store.result_path(row.id)
-        if row.result_status is None or path is None or state == JobState.CANCELLED:
+        if path is not None and path.name != row.id:
+            path = None  # a partial file (.part) is never a final job's result
+        if row.result_status is None or path is None or not kept_whole(state, row.reason):
             return _answer(
                 409,
                 "no_result",
@@ -139,20 +159,34 @@ class JobsApi:
         headers = end_to_end(_cim(row.result_headers or ()), drop=_NOT_REPLAYED)
         headers[REQUEST_ID] = rid
         headers["X-Gatekeeper-Job"] = row.id
-        if row.result_status == 200:
-            # aiohttp serves Range, If-Range, HEAD and sendfile from the file.
-            return web.FileResponse(path, headers=headers)
-        out = web.StreamResponse(
-            status=row.result_status, reason=row.result_reason, headers=headers
-        )
-        out.content_length = path.stat().st_size
-        await out.prepare(request)
-        if request.method != "HEAD":
-            with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
+        try:
+            # Opened first: a file deleted from here on is still read whole (the inode
+            # lives while open); one already gone is a JSON answer, never a 500.
+            f = open(path, "rb")  # noqa: SIM115, ASYNC230 - page-cache reads, as spool.py
+        except OSError as exc:
+            return _answer(
+                409,
+                "no_result",
+                f"the job is {state} but its stored answer cannot be read ({describe(exc)})",
+                rid,
+                state=state,
+                job_reason=row.reason,
+            )
+        with f:
+            if row.result_status == 200:
+                # aiohttp serves Range, If-Range, HEAD and sendfile from the file (it opens
+                # it again: deleted in between, it answers a bodiless 404, never a 200).
+                return web.FileResponse(path, headers=headers)
+            out = web.StreamResponse(
+                status=row.result_status, reason=row.result_reason, headers=headers
+            )
+            out.content_length = os.fstat(f.fileno()).st_size
+            await out.prepare(request)
+            if request.method != "HEAD":
                 while chunk := f.read(256 * 1024):
                     await out.write(chunk)
-        await out.write_eof()
-        return out
+            await out.write_eof()
+            return out
 
     async def _events(self, request: web.BaseRequest, job_id: str, rid: str) -> web.StreamResponse:
         out = web.StreamResponse(

@@ -53,7 +53,8 @@ from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
-from gatekeeper.jobs.api import JobsApi, job_json
+from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
+from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.ids import (
     BadHeader,
@@ -117,6 +118,15 @@ class QueueRoute:
         self.conns = conns
 
     async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+        try:
+            return await self._handle(ctx)
+        except StorageError as exc:
+            log.error("request %s: %s", ctx.rec.request_id, exc.detail)
+            ctx.rec.reason = exc.reason
+            ctx.rec.status = 503
+            return storage_error_answer(ctx.config, ctx.rec.request_id)
+
+    async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
         request, cfg, route, rec, jobs = ctx.request, ctx.config, ctx.route, ctx.rec, self.jobs
         try:
             want_async = wants_async(request.headers.getall("Prefer", []))
@@ -132,6 +142,11 @@ class QueueRoute:
             request.headers,
             request.headers.getall("X-Forwarded-For", []),
         )
+        full = jobs.storage_refusal(self.clock())  # from the head: nothing is written
+        if full is not None:
+            return self.respond.refuse_waiting(
+                ctx, full.status, full.reason, full.retry_after, full.fields
+            )
         early = jobs.refusal_before_body(self._head(ctx, client, idem))
         if early is not None:  # the same answer submit would give, the body unread
             return self.respond.refuse_waiting(
@@ -154,6 +169,10 @@ class QueueRoute:
             )
         except ClientGone:
             return self.respond.client_left(ctx, "sending the request body")
+        except OSError as exc:
+            if isinstance(exc, ConnectionError):
+                raise
+            raise StorageError("spooling the request body", exc) from exc
         rec.bytes_in = spool.size
         try:
             key = None

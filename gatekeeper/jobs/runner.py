@@ -27,11 +27,10 @@ from gatekeeper.core.errors import UpstreamError
 from gatekeeper.core.headers import downstream_response_headers
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.jobs.deps import JobDeps
-from gatekeeper.jobs.files import ResultWriter
+from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError
 from gatekeeper.jobs.model import Job, ResultBroken
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
-from gatekeeper.jobs.store import JobStore
-from gatekeeper.upstream import UpstreamPool
+from gatekeeper.upstream import ClientGone, UpstreamPool
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -45,7 +44,7 @@ class Host(Protocol):
     """What a runner needs of the service that started it (``JobService``)."""
 
     deps: JobDeps
-    store: JobStore
+    store: GuardedStore
 
     @property
     def closing(self) -> bool: ...
@@ -56,14 +55,14 @@ class Host(Protocol):
 async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
     """Send the job's body file to the engine and its answer into the result file."""
     deps, store, req = jobs.deps, jobs.store, job.record
-    path = store.body_path(job.id) if req.body_size else None
     headers = [(k, v) for k, v in req.headers if k.lower() != "content-length"]
     if req.body_size or req.method in ("POST", "PUT", "PATCH"):
         headers.append(("Content-Length", str(req.body_size)))
-    writer: ResultWriter | None = None
+    writer: GuardedWriter | None = None
     upstream_done = False
     sent_at = deps.clock()
     try:
+        path = store.body_path(job.id) if req.body_size else None
         try:
             exchange = await pool.send(
                 req.method,
@@ -73,6 +72,8 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
                 max_body_bytes=cfg.limits.max_body_bytes,
                 client_body_timeout=cfg.limits.client_body_timeout,
             )
+        except ClientGone as exc:  # the body file failed under the relay (upstream.py)
+            raise _storage_cause(exc) from exc
         except UpstreamError as exc:
             deps.counters.upstream_error(job.route, exc.kind)
             if job.ticket is not None:
@@ -133,6 +134,13 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             jobs.finish(job, Endings.DONE)
         else:
             jobs.finish(job, Endings.UPSTREAM_STATUS)
+    except StorageError as exc:
+        # The state directory failed (a full disk, an I/O error, a file deleted under us):
+        # what was written is not the whole answer and is never served as one.
+        log.error("job %s… %s", job.id[:6], exc.detail)
+        if writer is not None:
+            writer.abort()
+        jobs.finish(job, Endings.STORAGE_ERROR)
     except asyncio.CancelledError:
         if writer is not None:
             writer.abort()
@@ -146,7 +154,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
         raise
 
 
-async def follow(store: JobStore, job: Job) -> AsyncIterator[bytes]:
+async def follow(store: GuardedStore, job: Job) -> AsyncIterator[bytes]:
     """The result body as it is written; raises ResultBroken if the engine broke off."""
     f = None
     try:
@@ -178,14 +186,27 @@ async def follow(store: JobStore, job: Job) -> AsyncIterator[bytes]:
             f.close()
 
 
+def _storage_cause(exc: BaseException) -> BaseException:
+    """The StorageError behind ``exc`` (the relay wraps what the body iterator raised)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, StorageError):
+            return cause
+        cause = cause.__cause__
+    return exc
+
+
 def _multidict(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
     return CIMultiDict(pairs)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
-        while chunk := f.read(READ_CHUNK):
-            yield chunk
+    try:
+        with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+    except OSError as exc:
+        raise StorageError("reading the request body", exc) from exc
 
 
 def _is_sse(headers: Any) -> bool:

@@ -18,13 +18,19 @@ A job ends in ``finish`` with one of the ``states.Endings``: the one place its
 final state is stored, counted and announced. The store (``store.JobStore``)
 is written synchronously on the loop: each call is one small statement in WAL
 mode (microseconds; bench/ measures).
+
+Storage faults never wedge the queue (issue #18 §1): any failure of the state
+directory is one ``guard.StorageError``; dispatch stores a claim before it takes
+a lease (a waiter whose claim failed waits again) and releases the lease itself
+until the runner task owns it; ``finish``
+never raises for a store that cannot write (``unsaved``: ``find`` reads it, the
+tick writes it later: ``upkeep``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,9 +40,11 @@ from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
-from gatekeeper.core.vocab import FINAL_STATES, JobState, QueueReason
-from gatekeeper.jobs import runner
+from gatekeeper.core.vocab import JobState, QueueReason
+from gatekeeper.jobs import runner, upkeep
 from gatekeeper.jobs.deps import JobDeps
+from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
+from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.orphans import hold_orphans
@@ -48,24 +56,23 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
 
-# How often the background tick re-checks what no event announces: resources that
-# recovered (the monitor publishes a new state), waiters past max_wait.
-TICK_SECONDS = 0.25
-# How often kept results are checked against jobs.keep and jobs.max_bytes.
-EVICT_EVERY_SECONDS = 30.0
-
 
 class JobService:
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
-        self.store = store
+        self.store = GuardedStore(store)
+        self.floor = DiskFloor(state_dir)
+        # Jobs whose ending the store could not write yet (the tick retries; find reads them).
+        self.unsaved: dict[str, Job] = {}
+        self._hold_until = 0.0  # no claim before this (loop clock): the store just failed
+        self._dispatching = False
         self.state_dir = state_dir
         self.ephemeral = ephemeral  # a temporary directory, removed at close
         self.spool_dir = store.bodies_dir  # request bodies spool here: saving is a rename
         # Closes the store (and removes a temporary directory) exactly once: at ``close``,
         # or when this object is collected without it (a state built but never served).
         self._release_store = weakref.finalize(
-            self, _release, store, state_dir if ephemeral else None
+            self, upkeep.release, self.store, state_dir if ephemeral else None
         )
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)
@@ -76,7 +83,7 @@ class JobService:
         self._by_key: dict[str, Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._next_evict = 0.0
+        self.next_evict = 0.0
         self._changed = asyncio.Event()  # any queue change (SSE positions)
         deps.gate.on_free = self.dispatch
 
@@ -91,17 +98,7 @@ class JobService:
         deps, cfg = self.deps, self.deps.config
         now, wall = deps.clock(), deps.wall()
         hold_orphans(deps.gate, cfg.upstream, self.store.running(), now, wall)
-        for row in self.store.recover(wall, cfg.jobs.retry_interrupted):
-            if row.state in FINAL_STATES:
-                deps.metrics.jobs.labels(row.route, row.state).inc()
-                log.warning(
-                    "job %s… (%s) was %s at the last stop: now %s (%s)",
-                    row.id[:6],
-                    row.route,
-                    "running" if row.reason == Endings.INTERRUPTED.reason else "queued",
-                    row.state,
-                    row.reason,
-                )
+        upkeep.recover(self, wall)
         router = deps.live.runtime.router
         for row in self.store.queued():
             route = next((r for r in cfg.routes if r.name == row.route), None)
@@ -110,7 +107,7 @@ class JobService:
             self._enter(Job.from_record(row, now=now, wall=wall, route=route.name), cfg)
         if self.live:
             log.info("restored %d queued job(s) from %s", len(self.live), self.state_dir)
-        self._task = asyncio.create_task(self._tick(), name="gatekeeper-jobs")
+        self._task = asyncio.create_task(upkeep.tick(self), name="gatekeeper-jobs")
         self.dispatch()
 
     @property
@@ -125,6 +122,7 @@ class JobService:
             self._task = None
         runners = [j.task for j in self.live.values() if j.task is not None]
         await cancel_and_wait([t for t in runners if not t.done()])
+        upkeep.save_unsaved(self)
         self._release_store()
 
     def drain(self) -> None:
@@ -161,14 +159,20 @@ class JobService:
                 self.store.add_coalesced(kept.id)  # the answer shows the count it found
                 deps.metrics.coalesced.labels(route).inc()
                 return Kept(Job.from_record(kept, now=now, wall=deps.wall()))
-        refusal = self._refusal(request.client, cfg, now)
+        refusal = self.storage_refusal(now) or self._refusal(request.client, cfg, now)
         if refusal is not None:
             return refusal
         # The body file is the job's: written for every job, an empty body too (a queued
         # job without its file is "body_lost" at the next start; issue #18 §5).
-        save_body(self.store.body_target(request.id))
+        target = self.store.body_target(request.id)
+        guarded("saving the request body", lambda: save_body(target))
         wall = deps.wall()
-        job = Job.from_record(self.store.create(replace(request, created=wall)), now=now, wall=wall)
+        try:
+            row = self.store.create(replace(request, created=wall))
+        except StorageError:
+            self.store.drop_file(target)
+            raise
+        job = Job.from_record(row, now=now, wall=wall)
         if held:
             job.followers = 1
         else:
@@ -193,6 +197,9 @@ class JobService:
         self.room.join(Waiter(job.id, job.record.client, job.route, job.arrived, deadline))
         self.deps.metrics.jobs.labels(job.route, JobState.QUEUED).inc()
         self._changed_all()
+
+    def storage_refusal(self, now: float) -> Refused | None:
+        return self.floor.refusal(self.config, len(self.room))  # decidable from a head alone
 
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
@@ -220,14 +227,21 @@ class JobService:
         """While the gate would admit, start the next fair waiter. Synchronous: called
         from the gate's release, so no arrival on an admit route can take the slot
         between a release and the queue's next job."""
-        if self._closing:
-            return
+        if self._closing or self._dispatching:
+            return  # a release inside this loop (a failed claim) is seen by the loop itself
+        self._dispatching = True
+        try:
+            self._dispatch()
+        finally:
+            self._dispatching = False
+
+    def _dispatch(self) -> None:
         deps = self.deps
         while self.room:
             now = deps.clock()
             # probed_only: a job goes only to an engine a probe has seen up (a queue
             # restored while the engine is down waits for it; issue #18 §5).
-            if deps.gate.check(now, probed_only=True) is not None:
+            if self._held(now) or deps.gate.check(now, probed_only=True) is not None:
                 return
             waiter = self.room.pop_next()
             if waiter is None:
@@ -235,17 +249,42 @@ class JobService:
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
-            result = deps.gate.try_admit(job.route, now, probed_only=True)
-            if isinstance(result, Rejection):  # cannot happen: checked just above
+            # The engine the lease will name (the same synchronous step: nothing between
+            # this and try_admit can change the gate), recorded with the claim.
+            engine = deps.gate.pick(now, probed_only=True)
+            try:  # the claim is stored first: no slot is held while the store is asked
+                job.record = self.store.mark_running(job.id, deps.wall(), engine)
+            except StorageError as exc:
+                # Not claimed: the job waits again (at its client's tail), and nothing is
+                # claimed until the store had a moment (the tick tries again).
+                log.error("job %s… could not start: %s", job.id[:6], exc.detail)
                 self.room.join(waiter)
+                self._hold_until = now + STORAGE_HOLD_SECONDS
                 return
-            self._start(job, result, now)
+            result = deps.gate.try_admit(job.route, now, probed_only=True)  # checked above
+            if isinstance(result, Rejection):
+                self.finish(job, Endings.INTERNAL)
+                continue
+            try:
+                self._start(job, result, now)
+            except BaseException as exc:
+                if job.task is None:  # no runner owns the slot: it is released here, once
+                    job.started = job.ticket = None
+                    result.release()
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("job %s… could not start", job.id[:6])
+                self.finish(job, Endings.INTERNAL)
+
+    def _held(self, now: float) -> bool:
+        """No claim now: the store just failed one, or the state directory is below its
+        floor (a result could not be written; the waiter keeps its place until space returns)."""
+        return now < self._hold_until or self.floor.below(self.config.jobs.min_free_bytes)
 
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
         job.started, job.ticket = now, ticket
         self._running.setdefault(job.record.client, {})[job.id] = job
-        job.record = self.store.mark_running(job.id, deps.wall(), ticket.engine)
         deps.metrics.queue_wait.labels(job.route).observe(now - job.arrived)
         deps.metrics.jobs.labels(job.route, JobState.RUNNING).inc()
         epoch = deps.epochs.enter()  # the runner may use this epoch's pools to its end
@@ -254,7 +293,6 @@ class JobService:
             runner.run(self, job, rt.config, rt.gated_for(ticket.engine)),
             name=f"job-{job.id[:6]}",
         )
-        job.task = task
 
         def done(t: asyncio.Task[None]) -> None:
             deps.epochs.leave(epoch)
@@ -269,6 +307,7 @@ class JobService:
         # The runner task holds the slot: its end, whatever it is, releases it once,
         # after ``done`` has recorded the job's ending (callbacks run in order).
         ticket.follow(task, "queue-job")
+        job.task = task  # from here the task owns the lease (dispatch reads this)
         job.notify()
         self._changed_all()
 
@@ -279,11 +318,22 @@ class JobService:
         if job.final:
             return
         deps = self.deps
-        now = deps.clock()
+        now, wall = deps.clock(), deps.wall()
+        try:
+            job.record = self.store.finish(job.id, ending.state, ending.reason, wall)
+        except StorageError as exc:
+            # Not stored: whatever the engine answered, this job's result is not kept whole.
+            log.error("job %s… could not be stored as %s: %s", job.id[:6], ending.state, exc.detail)
+            ending = Endings.STORAGE_ERROR
+            job.record = replace(
+                job.record, state=ending.state, reason=ending.reason, finished=wall
+            )
+            self.unsaved[job.id] = job
+        if ending is Endings.STORAGE_ERROR:  # how full is the disk now? (dispatch reads it)
+            self.floor.sample(now, self.config.jobs.min_free_bytes)
         job.ending, job.finished = ending, now
         if job.head is None:
             job.error_detail = detail
-        job.record = self.store.finish(job.id, ending.state, ending.reason, deps.wall())
         deps.metrics.jobs.labels(job.route, ending.state).inc()
         if ending.state == JobState.DONE and job.predicted_done is not None:
             actual = now - job.arrived
@@ -300,24 +350,11 @@ class JobService:
             del self._by_key[key]
         job.notify()
         self._changed_all()
-        if (
-            ending.state == JobState.DONE
-            and self.store.results_bytes() > self.config.jobs.max_bytes
-        ):
-            self.evict()
-
-    def expire_waiters(self, now: float) -> None:
-        for w in self.room.expire(now):
-            job = self.live.get(w.job_id)
-            if job is None:
-                continue
-            self.deps.counters.rejection(job.route, QueueReason.QUEUE_TIMEOUT)
-            log.info(
-                "job %s… waited %.0fs (admission.queue.max_wait) without a slot: queue_timeout",
-                job.id[:6],
-                now - job.arrived,
-            )
-            self.finish(job, Endings.QUEUE_TIMEOUT)
+        if ending.state == JobState.DONE and self.results_bytes() > self.config.jobs.max_bytes:
+            try:
+                self.evict()
+            except StorageError as exc:
+                log.error("evicting kept results failed: %s", exc.detail)
 
     def detach(self, job: Job) -> None:
         """A held client of ``job`` is gone (disconnected, or it stopped reading)."""
@@ -349,32 +386,7 @@ class JobService:
             self._changed_all()
 
     def evict(self) -> list[str]:
-        cfg = self.config.jobs
-        expired = self.store.evict(self.deps.wall(), cfg.keep, cfg.max_bytes)
-        for job_id in expired:
-            row = self.store.get(job_id)
-            if row is not None:
-                self.deps.metrics.jobs.labels(row.route, JobState.EXPIRED).inc()
-        if expired:
-            log.info("expired %d kept result(s) (jobs.keep / jobs.max_bytes)", len(expired))
-        return expired
-
-    # ------------------------------------------------------------------ the background tick
-
-    async def _tick(self) -> None:
-        while True:
-            now = self.deps.clock()
-            self.expire_waiters(now)
-            self.dispatch()
-            if now >= self._next_evict:
-                self._next_evict = now + EVICT_EVERY_SECONDS
-                try:
-                    self.evict()
-                except Exception:  # a disk error must not stop the queue
-                    log.exception("evicting kept results failed")
-            deadline = self.room.next_deadline()
-            delay = TICK_SECONDS if deadline is None else min(TICK_SECONDS, deadline - now)
-            await asyncio.sleep(max(0.0, delay))
+        return upkeep.evict(self)
 
     # ------------------------------------------------------------------ reading
 
@@ -397,16 +409,10 @@ class JobService:
 
     def find(self, job_id: str) -> Job | None:
         """The job: live here, else read back from the store; None if there is no such job."""
-        live = self.live.get(job_id)
+        live = self.live.get(job_id) or self.unsaved.get(job_id)
         if live is not None:
             return live
         row = self.store.get(job_id)
         if row is None:
             return None
         return Job.from_record(row, now=self.deps.clock(), wall=self.deps.wall())
-
-
-def _release(store: JobStore, temporary: Path | None) -> None:
-    store.close()
-    if temporary is not None:
-        shutil.rmtree(temporary, ignore_errors=True)

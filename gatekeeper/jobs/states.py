@@ -40,6 +40,7 @@ __all__ = [
     "Endings",
     "RetryAfter",
     "allowed",
+    "kept_whole",
     "mid_body",
     "sources",
     "upstream_refused",
@@ -136,6 +137,10 @@ class Endings:
     INTERRUPTED: Final = Ending(FAILED, "interrupted", 503, RetryAfter.DEFAULT)
     # The runner raised: a bug, logged with its traceback.
     INTERNAL: Final = Ending(FAILED, "internal", 500)
+    # The state directory failed a read or a write (jobs.guard.StorageError: a full disk,
+    # an I/O error, a read-only remount, a deleted or corrupt database or result file):
+    # what was written of the answer is never served as whole.
+    STORAGE_ERROR: Final = Ending(FAILED, "storage_error", 503, RetryAfter.DEFAULT)
     # Nobody wants the answer any more (every held client left; on_client_disconnect).
     CLIENT_GONE: Final = Ending(CANCELLED, "client_gone", 499)
     # DELETE <id>: a waiting job is removed (409 to a held follower of it) ...
@@ -163,6 +168,15 @@ _MID_BODY = {
     ErrorKind.TIMEOUT: Endings.UPSTREAM_TIMEOUT_MID_BODY,
     ErrorKind.PROTOCOL: Endings.UPSTREAM_PROTOCOL_MID_BODY,
 }
+
+
+_WHOLE = frozenset((e.state, e.reason) for e in ALL_ENDINGS if e.whole_answer)
+
+
+def kept_whole(state: JobState, reason: str | None) -> bool:
+    """A job that ended in ``state`` with ``reason`` (as stored) kept a whole answer: only
+    those results may be served (a truncated or failed write is never a 200)."""
+    return (state, reason) in _WHOLE
 
 
 def upstream_refused(exc: UpstreamError) -> Ending:

@@ -20,6 +20,7 @@ from gatekeeper.observability.alerts.inputs import (
     queue_depth,
     queue_oldest_wait,
     results_bytes,
+    state_free_bytes,
 )
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.resources.samplers import HOST_SIGNALS, Sample
@@ -70,6 +71,7 @@ def wire_gauges(st: Mirrored) -> None:
     m.queue_oldest_wait.set_function(lambda: queue_oldest_wait(st, st.clock()))
     m.queue_max_wait.set_function(lambda: queue_bounds(st)[1])
     m.results_bytes.set_function(lambda: results_bytes(st))
+    m.state_free_bytes.set_function(lambda: _or_nan(state_free_bytes(st)))
     wire_engine_gauges(m, gate, st.config.upstream.engines)
 
 
@@ -96,6 +98,10 @@ def _readers(gate: Gate, name: str) -> tuple[Callable[[], float], Callable[[], f
 
 def _samples(family: Any) -> list[Any]:
     return [s for metric in family.collect() for s in metric.samples]
+
+
+def _or_nan(v: float | None) -> float:
+    return float("nan") if v is None else v
 
 
 def _overloaded(st: Mirrored, reason: AdmitReason) -> float:

@@ -334,6 +334,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.state_free_bytes = Gauge(
+            "gatekeeper_state_free_bytes",
+            "Free bytes on the state directory's file system (sampled every 0.25 s by the"
+            " jobs tick; below jobs.min_free_bytes new jobs are refused storage_full).",
+            registry=r,
+        )
         self.results_bytes = Gauge(
             "gatekeeper_results_bytes",
             "Bytes of job results kept on disk (partial results of running jobs included).",

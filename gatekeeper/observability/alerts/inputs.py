@@ -37,8 +37,18 @@ from gatekeeper.core.admission import Gate
 from gatekeeper.observability.counters import Counters
 
 
+class FreeSpace(Protocol):
+    """The state directory's last free-space sample (``jobs.floor.DiskFloor``)."""
+
+    @property
+    def free(self) -> int | None: ...
+
+
 class WaitingRoom(Protocol):
     """The waiting room as the alert inputs and the gauges read it."""
+
+    @property
+    def floor(self) -> FreeSpace: ...
 
     def depth(self) -> int: ...
 
@@ -136,6 +146,12 @@ def results_bytes(st: Readings) -> int:
     return 0 if st.jobs is None else st.jobs.results_bytes()
 
 
+def state_free_bytes(st: Readings, now: float = 0.0) -> float | None:
+    """Free bytes of the state directory; None before the first sample (no alert fires)."""
+    free = None if st.jobs is None else st.jobs.floor.free
+    return None if free is None else float(free)
+
+
 def queue_bounds(st: Readings) -> tuple[int, float]:
     """(max_waiting, max_wait) of the live rules."""
     queue = st.config.admission.queue
@@ -208,4 +224,5 @@ SIGNALS: Mapping[str, AlertInput] = _table(
     AlertInput(
         "queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait
     ),
+    AlertInput("state_free_bytes", "gatekeeper_state_free_bytes", state_free_bytes),
 )

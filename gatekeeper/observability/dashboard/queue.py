@@ -101,7 +101,12 @@ def results_kept(_config: Config) -> Panel:
     return timeseries(
         "Kept results bytes",
         "Job results on disk in the state directory (partial results of running jobs "
-        "included); beyond jobs.max_bytes the oldest finished results expire first.",
-        [(gauge("gatekeeper_results_bytes"), "kept results")],
+        "included); beyond jobs.max_bytes the oldest finished results expire first. Free: "
+        "below jobs.min_free_bytes new jobs get 503 storage_full (alert GatekeeperStateDiskLow).",
+        [
+            (gauge("gatekeeper_results_bytes"), "kept results"),
+            # The alert signal's PromQL: GatekeeperStateDiskLow fires below jobs.min_free_bytes.
+            (signal("state_free_bytes"), "free on the state dir"),
+        ],
         unit="bytes",
     )

@@ -1,0 +1,174 @@
+"""The store boundary: every storage failure becomes one ``StorageError``.
+
+A store call or a file it hands out may fail for reasons no caller can fix on
+the spot: a full disk (ENOSPC, SQLite's "database or disk is full"), an I/O
+error, a file system remounted read-only, a database file deleted or
+corrupted, a result file deleted under its reader. ``GuardedStore`` wraps any
+``store.JobStore`` and translates each of those (``OSError``,
+``sqlite3.Error``) into ``StorageError``, the one type the service, the runner
+and the HTTP layer handle (a job ends ``storage_error``; a request is answered
+``503 storage_error`` in JSON: it is an ``HttpError``). Errors that mean a bug
+(``ValueError`` for a transition the table refuses, ``KeyError`` for an
+unknown id) pass unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from gatekeeper.core.errors import HttpError
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.files import BodyWriter, ResultWriter
+from gatekeeper.jobs.head import RequestHead
+from gatekeeper.jobs.record import Headers, JobRecord
+from gatekeeper.jobs.store import JobStore
+
+T = TypeVar("T")
+
+# What a failing disk or database raises; everything else is not a storage fault.
+STORAGE_FAULTS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error)
+
+
+class StorageError(HttpError):
+    """The state directory failed a read or a write (module text)."""
+
+    status = 503
+    reason = "storage_error"
+
+    def __init__(self, operation: str, cause: BaseException):
+        super().__init__(f"the job store failed ({operation}): {describe(cause)}")
+        self.operation = operation
+        self.cause = cause
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def guarded(operation: str, call: Callable[[], T]) -> T:
+    """``call()``, with a storage fault raised as ``StorageError``."""
+    try:
+        return call()
+    except STORAGE_FAULTS as exc:
+        raise StorageError(operation, exc) from exc
+
+
+class GuardedWriter:
+    """A body or result writer whose failures are ``StorageError``s; ``abort`` never raises
+    (it is what a failed job calls on its way out)."""
+
+    def __init__(self, inner: BodyWriter | ResultWriter, what: str):
+        self._inner = inner
+        self._what = what
+
+    @property
+    def bytes_written(self) -> int:
+        inner = self._inner
+        return inner.bytes_written if isinstance(inner, ResultWriter) else inner.size
+
+    def write(self, chunk: bytes) -> None:
+        guarded(f"writing the {self._what}", lambda: self._inner.write(chunk))
+
+    def commit(self) -> int:
+        return guarded(f"committing the {self._what}", self._inner.commit)
+
+    def abort(self) -> None:
+        # A partial file that cannot be deleted stays for recover's sweep at the next start.
+        with contextlib.suppress(*STORAGE_FAULTS):
+            self._inner.abort()
+
+
+class GuardedStore:
+    """Any ``JobStore`` with every storage fault raised as ``StorageError`` (module text)."""
+
+    def __init__(self, inner: JobStore):
+        self.inner = inner
+        self.directory = inner.directory
+
+    def close(self) -> None:
+        with contextlib.suppress(*STORAGE_FAULTS):  # a broken database: nothing more to lose
+            self.inner.close()
+
+    def create(self, record: JobRecord) -> JobRecord:
+        return guarded("create", lambda: self.inner.create(record))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return guarded("get", lambda: self.inner.get(job_id))
+
+    def queued(self) -> list[JobRecord]:
+        return guarded("queued", self.inner.queued)
+
+    def running(self) -> list[JobRecord]:
+        return guarded("running", self.inner.running)
+
+    def find_coalesce(self, key: str, now: float, keep: float) -> JobRecord | None:
+        return guarded("find_coalesce", lambda: self.inner.find_coalesce(key, now, keep))
+
+    def kept_like(self, head: RequestHead, now: float, keep: float) -> bool:
+        return guarded("kept_like", lambda: self.inner.kept_like(head, now, keep))
+
+    def add_coalesced(self, job_id: str) -> int:
+        return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))
+
+    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+        return guarded("mark_running", lambda: self.inner.mark_running(job_id, started, engine))
+
+    def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
+        return guarded("claim_next", lambda: self.inner.claim_next(started, engine))
+
+    def set_result_head(
+        self, job_id: str, status: int, reason: str | None, headers: Headers
+    ) -> None:
+        guarded(
+            "set_result_head", lambda: self.inner.set_result_head(job_id, status, reason, headers)
+        )
+
+    def set_progress(self, job_id: str, progress: float | None, result_bytes: int) -> None:
+        guarded("set_progress", lambda: self.inner.set_progress(job_id, progress, result_bytes))
+
+    def finish(
+        self, job_id: str, state: JobState, reason: str | None, finished: float
+    ) -> JobRecord:
+        return guarded("finish", lambda: self.inner.finish(job_id, state, reason, finished))
+
+    def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
+        return guarded("recover", lambda: self.inner.recover(now, retry_interrupted))
+
+    def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
+        return guarded("evict", lambda: self.inner.evict(now, keep, max_bytes))
+
+    def results_bytes(self) -> int:
+        return guarded("results_bytes", self.inner.results_bytes)
+
+    def body_writer(self, job_id: str) -> GuardedWriter:
+        return GuardedWriter(guarded("body_writer", lambda: self.inner.body_writer(job_id)), "body")
+
+    def body_target(self, job_id: str) -> Path:
+        return guarded("body_target", lambda: self.inner.body_target(job_id))
+
+    @property
+    def bodies_dir(self) -> Path:
+        return self.inner.bodies_dir
+
+    def body_path(self, job_id: str) -> Path | None:
+        return guarded("body_path", lambda: self.inner.body_path(job_id))
+
+    def result_writer(self, job_id: str) -> GuardedWriter:
+        return GuardedWriter(
+            guarded("result_writer", lambda: self.inner.result_writer(job_id)), "result"
+        )
+
+    def result_path(self, job_id: str) -> Path | None:
+        return guarded("result_path", lambda: self.inner.result_path(job_id))
+
+    @staticmethod
+    def drop_file(path: Path) -> None:
+        """Delete a file this store wrote for a job that was never stored; never raises."""
+        with contextlib.suppress(OSError):  # else recover's sweep removes it at the next start
+            path.unlink(missing_ok=True)
