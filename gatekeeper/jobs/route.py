@@ -31,11 +31,14 @@ from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs.api import JobsApi, job_json
+from gatekeeper.jobs.handle_view import as_handle
 from gatekeeper.jobs.ids import (
     BadHeader,
     check_idempotency_key,
     coalesce_key,
     new_job_id,
+    vary_headers,
+    vary_values,
     wants_async,
 )
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, ResultBroken
@@ -128,7 +131,7 @@ class QueueRoute:
                     request.query_string,
                     spool.sha256 if spool is not None else EMPTY_SHA256,
                     idem,
-                    client=client,
+                    **_identity(cfg, request, client, idem),
                 )
             headers = upstream_request_headers(
                 request.headers,
@@ -170,20 +173,23 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = job_view(jobs, result.job, now, base)
+                view = as_handle(job_view(jobs, result.job, now, base), result.handle, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await self._replay_kept(ctx, result)
         job = result.job
         if want_async:
-            view = job_view(jobs, job, now, base)
+            view = as_handle(job_view(jobs, job, now, base), result.handle, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
-        return await self._hold(ctx, job, coalesced)
+        return await self._hold(ctx, job, coalesced, result.handle)
 
     # ------------------------------------------------------------------ held clients
 
-    async def _hold(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+    async def _hold(
+        self, ctx: RequestContext, job: Job, coalesced: bool, handle: str
+    ) -> web.StreamResponse:
+        """Wait for the answer head, then stream it; ``handle`` is this client's own id."""
         request, rec, jobs = ctx.request, ctx.rec, self.jobs
         gone: list[bool] = []
 
@@ -198,7 +204,7 @@ class QueueRoute:
             while job.head is None and not job.final:
                 ev = job.changed()
                 if gone or _transport_gone(request):
-                    jobs.detach(job)
+                    jobs.detach(job, handle)
                     attached = False
                     where = (
                         "waiting in the queue"
@@ -219,15 +225,15 @@ class QueueRoute:
             if job.ticket is not None:
                 rec.engine = job.ticket.engine
             if job.head is None:
-                return self._job_error(ctx, job)
-            return await self._stream(ctx, job, coalesced)
+                return self._job_error(ctx, job, handle)
+            return await self._stream(ctx, job, coalesced, handle)
         finally:
             if undo is not None:
                 undo()
             if attached:
-                jobs.detach(job)
+                jobs.detach(job, handle)
 
-    def _job_error(self, ctx: RequestContext, job: Job) -> web.Response:
+    def _job_error(self, ctx: RequestContext, job: Job, handle: str) -> web.Response:
         """The job ended before the engine answered: say why, as the admit route would
         (its ending's reason, status and Retry-After policy: ``states.Endings``)."""
         cfg, route, rec, jobs = ctx.config, ctx.route, ctx.rec, self.jobs
@@ -256,19 +262,21 @@ class QueueRoute:
             if detail:
                 log.info("job %s… failed: %s", job.id[:6], detail)
         resp = json_error(status, reason, text, retry_after=retry_after, request_id=rec.request_id)
-        resp.headers["X-Gatekeeper-Job"] = job.id
+        resp.headers["X-Gatekeeper-Job"] = handle
         rec.reason = reason
         rec.status = status
         return resp
 
-    async def _stream(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+    async def _stream(
+        self, ctx: RequestContext, job: Job, coalesced: bool, handle: str
+    ) -> web.StreamResponse:
         request, cfg, rec, jobs = ctx.request, ctx.config, ctx.rec, self.jobs
         assert job.head is not None
         status, reason, pairs = job.head
         out = web.StreamResponse(status=status, reason=reason or None)
         out.headers.extend(_cim(pairs))
         out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = job.id
+        out.headers["X-Gatekeeper-Job"] = handle
         if coalesced:
             out.headers["X-Gatekeeper-Coalesced"] = "1"
         rec.upstream_status = status
@@ -308,7 +316,7 @@ class QueueRoute:
         out = web.StreamResponse(status=row.result_status, reason=row.result_reason)
         out.headers.extend(end_to_end(_cim(row.result_headers or ())))
         out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = row.id
+        out.headers["X-Gatekeeper-Job"] = kept.handle
         out.headers["X-Gatekeeper-Coalesced"] = "1"
         rec.upstream_status = row.result_status
         try:
@@ -323,6 +331,23 @@ class QueueRoute:
         except ConnectionError:
             rec.client_gone = True
         return out
+
+
+def _identity(
+    cfg: Config, request: web.BaseRequest, client: str, idem: str | None
+) -> dict[str, Any]:
+    """Who a coalescing key is for (issue #18 §3): the client key (kept for an
+    Idempotency-Key, dropped only with ``jobs.coalesce_across_clients``) and the values
+    of the ``jobs.coalesce_vary`` headers."""
+    q = cfg.admission.queue
+    names = vary_headers(
+        cfg.jobs.coalesce_vary, q.client_key.header if q.client_key.source == "header" else None
+    )
+    shared = cfg.jobs.coalesce_across_clients and idem is None
+    return {
+        "client": "" if shared else client,
+        "vary": vary_values(names, lambda name: request.headers.getall(name, [])),
+    }
 
 
 def _transport_gone(request: web.BaseRequest) -> bool:
