@@ -177,6 +177,13 @@ async def test_one_identity_shares_but_each_submitter_holds_its_own_handle(
     assert third not in (first, second["id"]) and len(held_answer) > 100_000
     assert await generations(http, engine) == 1
     assert (await view(http, url, third))["state"] == "done"
+    # The events of a handle name that handle only.
+    async with http.get(f"{url}{JOBS}/{second['id']}/events") as r:
+        assert r.headers["X-Gatekeeper-Job"] == second["id"]
+        stream = (await r.read()).decode()
+    assert f'"id": "{second["id"]}"' in stream and '"state": "done"' in stream
+    never_shows(first, stream)
+    never_shows(third, stream)
 
     # The second submitter lets go: only its handle is gone.
     code, body2 = await delete(http, url, second["id"])
@@ -249,3 +256,26 @@ async def test_handles_survive_kill_9(
     readings.write_text(CALM)
     await asyncio.sleep(1.0)  # the monitor sees calm: a job still queued would start now
     assert await generations(http, engine) == 0
+
+
+async def test_sharing_across_identities_only_when_configured(
+    tmp_path: Path, procs: list[Proc], fresh_engine: tuple[Proc, str], http: aiohttp.ClientSession
+) -> None:
+    """coalesce_vary: [] (and coalesce_across_clients): other credentials share the job,
+    yet each holds its own id, and one's DELETE does not cancel the other's generation."""
+    engine = fresh_engine[1]
+    shared = {"jobs": {"coalesce_vary": [], "coalesce_across_clients": True}}
+    _, url, _ = start(tmp_path, procs, engine, shared)
+    body = song("one answer for everyone", 2.0)
+    _, _, text = await submit(http, url, body, VICTIM)
+    victim = json.loads(text)["id"]
+    await until(http, url, victim, "running")
+    code, h, text = await submit(http, url, body, ATTACKER)
+    attacker = json.loads(text)["id"]
+    assert code == 202 and h["X-Gatekeeper-Coalesced"] == "1" and attacker != victim
+    never_shows(victim, text, h)
+    code, gone = await delete(http, url, attacker)
+    assert code == 200 and (gone["id"], gone["state"]) == (attacker, "cancelled")
+    done = await until(http, url, victim, "done")
+    assert done["result"]["status"] == 200
+    assert await generations(http, engine) == 1
