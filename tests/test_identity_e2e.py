@@ -11,6 +11,7 @@ another submitter's id. Handles are stored: they survive ``kill -9``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,13 +242,34 @@ async def test_handles_survive_kill_9(
     a, b, c = ids
     assert len(set(ids)) == 3
     assert (await delete(http, url, c))[0] == 200
+    # Another job held by a held request only, once its async creator let go: nobody
+    # holds it after the kill, so it must not come back queued (and run for no one).
+    orphan = song("held only by a held request", 0.3)
+    _, _, text = await submit(http, url, orphan, VICTIM)
+    creator = json.loads(text)["id"]
+
+    async def held() -> None:
+        async with http.post(url + "/generate", json=orphan, headers=VICTIM) as r:
+            await r.read()
+
+    holding = asyncio.create_task(held())
+
+    async def joined() -> bool:
+        return bool((await view(http, url, creator))["coalesced"] == 1)
+
+    await poll(joined, 10.0)
+    code, let_go = await delete(http, url, creator)
+    assert code == 200 and let_go["state"] == "cancelled"  # this id only: the held one stays
     first_proc.kill()
+    with contextlib.suppress(aiohttp.ClientError):
+        await holding
     assert first_proc.proc.returncode == -9
 
     _, url, _ = start(tmp_path, procs, engine)
     assert (await view(http, url, a))["state"] == "queued"
     assert (await view(http, url, b))["state"] == "queued"
     assert (await view(http, url, c))["state"] == "cancelled"  # deleted before the kill
+    assert (await view(http, url, creator))["state"] == "cancelled"
     code, gone = await delete(http, url, b)
     assert code == 200 and gone["state"] == "cancelled"
     assert (await view(http, url, a))["state"] == "queued"  # a still holds it

@@ -102,9 +102,7 @@ class JobService(HandleOps):
             route = next((r for r in cfg.routes if r.name == row.route), None)
             if route is None:  # its route was renamed or removed: match its target again
                 route = router.match(row.method, row.target.split("?", 1)[0])
-            restored = Job.from_record(row, now=now, wall=wall, route=route.name)
-            self.restore_holders(restored)
-            self._enter(restored, cfg)
+            self.restore(Job.from_record(row, now=now, wall=wall, route=route.name), cfg)
         if self.live:
             log.info("restored %d queued job(s) from %s", len(self.live), self.state_dir)
         self._task = asyncio.create_task(self._tick(), name="gatekeeper-jobs")

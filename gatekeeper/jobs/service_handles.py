@@ -6,17 +6,19 @@ every coalesced (or kept-result) submitter a fresh handle (``handles``);
 ``DELETE``: it detaches that handle only, and when no handle holds the job any
 more (no async handle left, no held connection attached) the generation is
 deleted as a ``DELETE`` always did (``JobService.delete``: queued -> removed;
-running -> per ``admission.on_client_disconnect``). ``restore_holders`` gives a
-job restored at start the async handles its store kept.
+running -> per ``admission.on_client_disconnect``). ``restore`` gives a job
+restored at start the async handles its store kept (none: it ends ``restart``).
 """
 
 from __future__ import annotations
 
+from gatekeeper.config import Config
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.handles import Handle, creator_of
 from gatekeeper.jobs.ids import new_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.store import JobStore
 
 
@@ -33,6 +35,12 @@ class HandleOps:
         raise NotImplementedError
 
     def _changed_all(self) -> None:
+        raise NotImplementedError
+
+    def _enter(self, job: Job, cfg: Config) -> None:
+        raise NotImplementedError
+
+    def finish(self, job: Job, ending: Ending, *, detail: str | None = None) -> None:
         raise NotImplementedError
 
     def _creator_handle(self, job: Job) -> str:
@@ -87,11 +95,16 @@ class HandleOps:
             self._changed_all()
         return handle
 
-    def restore_holders(self, job: Job) -> None:
-        """A job restored at start: held by its async handles not deleted (held ones lost
-        their connection with the last process), its creator's implied one included."""
+    def restore(self, job: Job, cfg: Config) -> None:
+        """A queued job restored at start: held by its async handles not deleted (held
+        ones lost their connection with the last process), its creator's implied one
+        included; back in the waiting room, or ended ``restart`` when none holds it."""
         rows = {h.id: h for h in self.store.handles_of(job.id)}
         if job.id not in rows and not job.record.held:
             job.holders.add(job.id)
         job.holders.update(h.id for h in rows.values() if h.attached and not h.held)
         job.async_owners = len(job.holders)
+        if job.holders:
+            self._enter(job, cfg)
+        else:
+            self.finish(job, Endings.RESTART)
