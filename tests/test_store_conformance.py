@@ -464,8 +464,7 @@ KILL_SCRIPT = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     from gatekeeper.core.vocab import JobState
-    from gatekeeper.jobs.handles import Handle
-from gatekeeper.jobs.record import JobRecord
+    from gatekeeper.jobs.record import JobRecord
 
     module, _, attr = sys.argv[1].partition(":")
     opener = __import__(module, fromlist=["_"])
