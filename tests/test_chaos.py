@@ -16,6 +16,7 @@ from chaos import (
     Observation,
     Sample,
     check_invariants,
+    metric_sum,
     parse_metrics,
 )
 from support import small_tmpfs
@@ -227,3 +228,42 @@ def test_checker_fails_on_each_engine_leak(change: dict[str, Any], expected: str
 def test_checker_tolerates_an_engine_peak_in_cancel_mode() -> None:
     """cancel mode: an engine computing an abandoned song next to a new one is by design."""
     assert check_invariants(_two_engines(mode="cancel", engine_peaks={"gpu0": 2})) == []
+
+
+@pytest.mark.slow
+async def test_chaos_two_identities_never_cross(tmp_path: Path) -> None:
+    """Issue #18 §3 under chaos: alice and bob send identical requests (held and async,
+    some deleted at once) while generations, engine kills and reloads go on; requests of
+    one identity do coalesce, and no answer carries the other identity's id or answer."""
+    actions = {k: ACTIONS[k] for k in ("identities", "gen_ok", "hang")}
+    actions["identities"] = (ACTIONS["identities"][0], 6)
+    async with Chaos(tmp_path, SEED, actions=actions) as c:
+        try:
+            for mode in ("finish", "cancel"):
+                await c.phase(150, mode)
+            coalesced = metric_sum(await c.metrics(), "gatekeeper_coalesced_total")
+            assert coalesced > 0, "no request was coalesced: the run proved nothing"
+            outcomes = Counter[str]()
+            for r in c.results:
+                outcomes.update(r.outcomes.get("identities", {}))
+            assert outcomes["ok"] > 0 and "CROSSED" not in outcomes, outcomes
+        finally:
+            print("\n" + c.summary())
+
+
+def test_checker_counts_queue_jobs_started_as_admitted() -> None:
+    """A queue route's generation is counted when its job starts (its request may have
+    waited): 3 admitted + 2 queue jobs started = 5 on the engines, and a 6th is a leak."""
+    extra = (
+        'gatekeeper_requests_total{route="shared",outcome="queued"} 2\n'
+        'gatekeeper_jobs_total{route="shared",state="running"} 2\n'
+    )
+    for on_engines, ok in ((5, True), (6, False)):
+        metrics = parse_metrics(
+            'gatekeeper_requests_total{route="generate",outcome="admitted"} 3\n'
+            + extra
+            + f'gatekeeper_engine_admitted_total{{engine="default"}} {on_engines}\n'
+        )
+        bad = check_invariants(_observation(metrics=metrics))
+        leak = any("gatekeeper_engine_admitted_total" in b for b in bad)
+        assert leak is not ok, bad

@@ -38,7 +38,8 @@ def test_defaults_of_the_waiting_room() -> None:
     assert q == Queue(20, 1800.0, 2, ClientKey("remote", None), ())
     assert q.client_key.describe() == "remote"
     jobs = Config().jobs
-    assert jobs == Jobs(None, 86400.0, 10 * 1024**3, True, False)
+    assert jobs == Jobs(None, 86400.0, 10 * 1024**3, True, None, False, False)
+    assert (jobs.coalesce_vary, jobs.coalesce_across_clients) == (None, False)
     assert Config().jobs_path == "/_gatekeeper/jobs"
 
 

@@ -16,6 +16,8 @@ from gatekeeper.jobs.ids import (
     coalesce_key,
     is_job_id,
     new_job_id,
+    vary_headers,
+    vary_values,
     wants_async,
 )
 
@@ -119,8 +121,12 @@ def test_idempotency_key_alone_decides() -> None:
 
 def test_coalesce_key_is_the_documented_encoding() -> None:
     """The hash is over the NUL-joined canonical form the design fixes."""
-    want = hashlib.sha256(f"req\0generate\0POST\0/generate\0seed=1\0{BODY}".encode()).hexdigest()
+    # The client key (issue #18 §3) ends the request form; "" only when identities share.
+    want = hashlib.sha256(f"req\0generate\0POST\0/generate\0seed=1\0{BODY}\0".encode()).hexdigest()
     assert coalesce_key(*BASE) == want
+    alice = coalesce_key(*BASE, client="ip:10.0.0.7", vary=(("authorization", "Bearer A"),))
+    form = f"req\0generate\0POST\0/generate\0seed=1\0{BODY}\0ip:10.0.0.7\0authorization:Bearer A"
+    assert alice == hashlib.sha256(form.encode()).hexdigest()
     idem = hashlib.sha256(b"idem\0generate\0ip:10.0.0.7\0k-1").hexdigest()
     key = coalesce_key("generate", "POST", "/generate", "", BODY, "k-1", client="ip:10.0.0.7")
     assert key == idem
@@ -134,6 +140,48 @@ def test_idempotency_key_is_scoped_to_the_client() -> None:
     # ... while the same user's key still decides alone, whatever the body.
     other = hashlib.sha256(b"other").hexdigest()
     assert a == coalesce_key("generate", "PUT", "/x", "q", other, "1", client="hdr:alice")
+
+
+def test_a_shared_job_never_crosses_identities() -> None:
+    """Issue #18 §3: the same request from another client key, or with another value of a
+    coalesce_vary header (Authorization, Cookie, ...), is another job; the same identity's
+    identical request still coalesces."""
+    victim = coalesce_key(*BASE, client="ip:10.0.0.7", vary=(("authorization", "Bearer V"),))
+    assert victim == coalesce_key(
+        *BASE, client="ip:10.0.0.7", vary=(("authorization", "Bearer V"),)
+    )
+    assert victim != coalesce_key(
+        *BASE, client="ip:10.0.0.8", vary=(("authorization", "Bearer V"),)
+    )
+    assert victim != coalesce_key(
+        *BASE, client="ip:10.0.0.7", vary=(("authorization", "Bearer A"),)
+    )
+    assert victim != coalesce_key(*BASE, client="ip:10.0.0.7")
+    # The same for an Idempotency-Key: the key decides only within one identity.
+    idem = ("generate", "POST", "/generate", "", BODY, "k")
+    a = coalesce_key(*idem, client="c", vary=(("authorization", "Bearer V"),))
+    assert a != coalesce_key(*idem, client="c", vary=(("authorization", "Bearer A"),))
+
+
+def test_vary_headers_default_and_values() -> None:
+    """null: Authorization, Cookie and the client-key header; a list is used as given; an
+    absent header differs from an empty one and repeated values all count."""
+    assert vary_headers(None, None) == ("Authorization", "Cookie")
+    assert vary_headers(None, "X-User-Id") == ("Authorization", "Cookie", "X-User-Id")
+    assert vary_headers([], "X-User-Id") == ()
+    assert vary_headers(["X-Tenant"], None) == ("X-Tenant",)
+    headers = {"authorization": ["Bearer V"], "cookie": [""], "x-a": ["1", "2"]}
+
+    def getall(name: str) -> list[str]:
+        return headers.get(name.lower(), [])
+
+    assert vary_values(["Authorization", "X-Missing"], getall) == (
+        ("authorization", "1"),
+        ("authorization", "Bearer V"),
+        ("x-missing", "0"),
+    )
+    assert vary_values(["Cookie"], getall) != vary_values(["Cookie"], lambda name: [])
+    assert vary_values(["X-A"], getall) == (("x-a", "2"), ("x-a", "1"), ("x-a", "2"))
 
 
 @pytest.mark.parametrize(

@@ -336,8 +336,11 @@ async def test_duplicate_while_running_is_coalesced(
     (s1, h1, b1), (s2, h2, b2) = await asyncio.gather(one, two)
     assert s1 == s2 == 200
     assert b1 == b2 and len(b1) > 100_000
-    assert h1["X-Gatekeeper-Job"] == h2["X-Gatekeeper-Job"]
-    assert JOB_ID.fullmatch(h1["X-Gatekeeper-Job"])
+    # One generation, a handle each (issue #18 §3): no answer carries another's id.
+    assert h1["X-Gatekeeper-Job"] != h2["X-Gatekeeper-Job"]
+    assert JOB_ID.fullmatch(h1["X-Gatekeeper-Job"]) and JOB_ID.fullmatch(h2["X-Gatekeeper-Job"])
+    for handle in (h1["X-Gatekeeper-Job"], h2["X-Gatekeeper-Job"]):
+        assert (await job(http, url, handle))["state"] == "done"
     assert "X-Gatekeeper-Coalesced" not in h1
     assert h2["X-Gatekeeper-Coalesced"] == "1"
     assert await generations(http, engine) == 1
@@ -351,9 +354,10 @@ async def test_duplicate_while_running_is_coalesced(
     c1, _, v1 = await submit(http, url, song("first words", 0.5), **key)
     c2, h, v2 = await submit(http, url, song("other words", 0.5), **key)
     assert c1 == c2 == 202
-    assert v1["id"] == v2["id"]
-    assert h["X-Gatekeeper-Coalesced"] == "1"
+    assert v1["id"] != v2["id"]  # the same job, each request its own id on it
+    assert h["X-Gatekeeper-Coalesced"] == "1" and v2["coalesced"] == 1
     await until_state(http, url, v1["id"], "done")
+    await until_state(http, url, v2["id"], "done")
     assert await generations(http, engine) == 2
 
 

@@ -195,8 +195,15 @@ async def test_coalescing_hashes_the_bytes_as_sent(rig: Rig) -> None:
             coalesced.append(r.headers.get("X-Gatekeeper-Coalesced"))
     rig.engine.hold.set()
     assert ids[0] != ids[1], "different bytes were coalesced"
-    assert ids[2] == ids[0] and coalesced == [None, None, "1"]
+    # The same bytes again attach to the first job, under an id of their own (each
+    # submitter holds its own handle: issue #18 §3).
+    assert coalesced == [None, None, "1"] and len(set(ids)) == 3
     jobs = rig.state.jobs
     assert jobs is not None
-    assert await eventually(lambda: all((j := jobs.find(i)) is not None and j.final for i in ids))
+    held = [jobs.find_handle(i) for i in ids]
+    assert all(h is not None for h in held)
+    assert held[2] is not None and held[0] is not None and held[2][0].id == held[0][0].id
+    assert await eventually(
+        lambda: all((h := jobs.find_handle(i)) is not None and h[0].final for i in ids)
+    )
     assert sorted(s.body for s in rig.engine.posts("/queue/")) == sorted([first, second])

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.states import TRANSITIONS, Endings, allowed
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
@@ -407,6 +408,54 @@ def test_expired_records_go_after_the_keep_factor(store: JobStore) -> None:
     assert store.get(a.id) is not None
     store.evict(now=100.0 + EXPIRED_ROW_KEEP_FACTOR * 50.0, keep=50.0, max_bytes=10**9)
     assert store.get(a.id) is None
+
+
+# -- handles: each submitter's own id on a job (issue #18 §3) --------------------------------
+
+
+def test_handles_read_back_detach_once_and_survive_a_reopen(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    """A handle reads back as added, in creation order per job; detach stamps it once; an
+    unknown job or handle is a KeyError, a taken id a ValueError; all survive a reopen."""
+    store = open_store(tmp_path / "state")
+    row = add(store, client="victim")
+    creator = Handle(row.id, row.id, "victim", False, 1000.0)
+    mine = Handle(new_id(), row.id, "victim", True, 1001.0)
+    store.add_handle(creator)
+    store.add_handle(mine)
+    assert store.get_handle(mine.id) == mine and mine.attached
+    assert store.handles_of(row.id) == [creator, mine]
+    assert store.get_handle(new_id()) is None
+    with pytest.raises(KeyError):
+        store.add_handle(Handle(new_id(), new_id(), "x", False, 1.0))
+    with pytest.raises(ValueError):
+        store.add_handle(Handle(mine.id, row.id, "other", False, 1.0))
+    with pytest.raises(KeyError):
+        store.detach_handle(new_id(), 5.0)
+    gone = store.detach_handle(mine.id, 1002.0)
+    assert gone.detached == 1002.0 and not gone.attached
+    assert store.detach_handle(mine.id, 1003.0).detached == 1002.0  # stamped once
+    assert store.get_handle(creator.id) == creator  # the other handle is untouched
+    store.close()
+    store = open_store(tmp_path / "state")
+    try:
+        assert store.handles_of(row.id) == [creator, gone]
+        assert store.get_handle(mine.id) == gone
+    finally:
+        store.close()
+
+
+def test_handles_go_with_their_record(store: JobStore) -> None:
+    """evict deletes a job's handles with its record, never before."""
+    a = done(store, 100.0)
+    h = Handle(new_id(), a.id, "c", False, 100.0)
+    store.add_handle(h)
+    store.evict(now=200.0, keep=50.0, max_bytes=10**9)  # expired: the record stays a while
+    assert store.get_handle(h.id) == h
+    store.evict(now=100.0 + EXPIRED_ROW_KEEP_FACTOR * 50.0, keep=50.0, max_bytes=10**9)
+    assert store.get(a.id) is None and store.get_handle(h.id) is None
+    assert store.handles_of(a.id) == []
 
 
 def test_results_bytes_counts_partial_and_final_and_survives_a_reopen(

@@ -9,12 +9,22 @@ is reported as "needs restart" (``gatekeeper.lifecycle.reload``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from gatekeeper.config.declare import boolean, checked, declared, duration, integer
 
 STATE_DIR_NAME = "gatekeeper-state"
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def check_vary(v: Any) -> str | None:
+    if isinstance(v, list) and all(isinstance(h, str) and _HEADER_NAME.fullmatch(h) for h in v):
+        return None
+    return "must be a list of header names, e.g. [Authorization, Cookie, X-User-Id], or null"
 
 
 def check_dir(v: Any) -> str | None:
@@ -45,6 +55,24 @@ class Jobs:
     )
     coalesce: bool = boolean(
         "Attach a request identical to a queued/running job (or a kept result) to it.", default=True
+    )
+    coalesce_vary: tuple[str, ...] | None = checked(
+        "Request headers whose values must match for two requests to share a job (the"
+        " engine may answer another Authorization differently). null: Authorization, Cookie"
+        " and the client-key header when admission.queue.client_key is header:<Name>.",
+        check_vary,
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$"},
+        },
+        convert=tuple,
+        allow_none=True,
+        default=None,
+    )
+    coalesce_across_clients: bool = boolean(
+        "Let requests of different client keys share a job (with coalesce_vary: [] for"
+        " requests that carry credentials). false: a job is shared only within one client key.",
+        default=False,
     )
     retry_interrupted: bool = boolean(
         "A job running when the process died is re-queued instead of failed 'interrupted'.",

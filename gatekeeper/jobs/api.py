@@ -8,10 +8,16 @@
 ``GET    <id>/result``     the engine's stored answer replayed (status, end-to-end
                            headers, body from disk; ``Range`` on a 200); 409 with
                            the state before it is done, 410 once expired
-``DELETE <id>``            cancel: queued -> removed; running -> per
+``DELETE <id>``            let go of the job: this id only, when other requests
+                           hold the same job (coalesced: each has its own id);
+                           by the last holder: queued -> removed; running -> per
                            ``admission.on_client_disconnect`` (cancel: stopped now;
                            finish: the engine finishes, the result is discarded)
 =========================  ====================================================
+
+``<id>`` is a handle (``handles``): the job's own id for the request that created
+it, a fresh one for each request coalesced onto it or given its kept result, so
+no answer carries another submitter's id.
 
 A job id (144 random bits) is the only capability to read a result: there is no
 listing on the public port, an unknown or malformed id is a plain 404, except an
@@ -32,11 +38,12 @@ from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import watch
 from gatekeeper.jobs.guard import StorageError, describe
+from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
+from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.states import kept_whole
-from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.responses import json_answer, json_body, json_error
 
 KEEPALIVE_SECONDS = 15.0
@@ -85,8 +92,8 @@ class JobsApi:
         if not parts or len(parts) > 2 or not is_job_id(parts[0]):
             return _answer(404, "not_found", "no such job", rid)
         job_id, sub = parts[0], parts[1] if len(parts) == 2 else ""
-        found = self.jobs.find(job_id)
-        if found is None:
+        held = self.jobs.find_handle(job_id)  # each submitter's own id (handles)
+        if held is None:
             owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
             here = self.jobs.config.box_id
             if sep and owner != here:
@@ -110,22 +117,32 @@ class JobsApi:
             resp = _answer(405, "method_not_allowed", f"{request.method} is not allowed here", rid)
             resp.headers["Allow"] = ", ".join(methods)
             return resp
+        found, handle = held
         if sub == "events":
             return await self._events(request, job_id, rid)
         if sub == "result":
-            return await self._result(request, found, rid)
+            if let_go_alone(found, handle):
+                return _answer(
+                    409,
+                    "no_result",
+                    "this job id was deleted",
+                    rid,
+                    state=JobState.CANCELLED,
+                    job_reason=DELETED,
+                )
+            return await self._result(request, found, rid, handle.id)
         if request.method == "DELETE":
-            return self._delete(found, rid)
-        return job_json(200, job_view(self.jobs, found, self.clock(), self.base), rid)
+            return self._delete(found, handle, rid)
+        return job_json(200, handle_view(self.jobs, found, handle, self.clock(), self.base), rid)
 
-    def _delete(self, found: Job, rid: str) -> web.Response:
+    def _delete(self, found: Job, handle: Handle, rid: str) -> web.Response:
+        """Detach this handle only; the job goes when no handle holds it (handles)."""
         now = self.clock()
-        if not found.final:
-            self.jobs.delete(found)
-            return job_json(
-                200, job_view(self.jobs, self.jobs.find(found.id) or found, now, self.base), rid
-            )
-        view = job_view(self.jobs, found, now, self.base)
+        if not found.final and handle.attached:
+            handle = self.jobs.delete_handle(found, handle)
+            job = self.jobs.find(found.id) or found
+            return job_json(200, handle_view(self.jobs, job, handle, now, self.base), rid)
+        view = handle_view(self.jobs, found, handle, now, self.base)
         return _answer(
             409,
             "job_finished",
@@ -134,7 +151,9 @@ class JobsApi:
             state=view["state"],
         )
 
-    async def _result(self, request: web.BaseRequest, found: Job, rid: str) -> web.StreamResponse:
+    async def _result(
+        self, request: web.BaseRequest, found: Job, rid: str, handle_id: str
+    ) -> web.StreamResponse:
         row, state = found.record, found.state
         if state not in FINAL_STATES:
             return _answer(
@@ -158,7 +177,7 @@ class JobsApi:
             )
         headers = end_to_end(_cim(row.result_headers or ()), drop=_NOT_REPLAYED)
         headers[REQUEST_ID] = rid
-        headers["X-Gatekeeper-Job"] = row.id
+        headers["X-Gatekeeper-Job"] = handle_id
         try:
             # Opened first: a file deleted from here on is still read whole (the inode
             # lives while open); one already gone is a JSON answer, never a 500.
@@ -213,12 +232,12 @@ class JobsApi:
         wrote = self.clock()
         while True:
             queue_moved = self.jobs.any_change()
-            found = self.jobs.find(job_id)
-            if found is None:
+            held = self.jobs.find_handle(job_id)  # the watcher's own handle (issue #18 §3)
+            if held is None:
                 return
-            job_changed = found.changed()
+            job_changed = held[0].changed()
             now = self.clock()
-            view = job_view(self.jobs, found, now, self.base)
+            view = handle_view(self.jobs, *held, now, self.base)
             final = view["state"] in FINAL_STATES
             if watch.is_news(told, view, now):
                 if told is not None and now - told.at < watch.MIN_GAP:

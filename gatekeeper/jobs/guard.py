@@ -23,6 +23,7 @@ from typing import TypeVar
 from gatekeeper.core.errors import HttpError
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
+from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.record import Headers, JobRecord
 from gatekeeper.jobs.store import JobStore
@@ -112,6 +113,18 @@ class GuardedStore:
 
     def kept_like(self, head: RequestHead, now: float, keep: float) -> bool:
         return guarded("kept_like", lambda: self.inner.kept_like(head, now, keep))
+
+    def add_handle(self, handle: Handle) -> None:
+        guarded("add_handle", lambda: self.inner.add_handle(handle))
+
+    def get_handle(self, handle_id: str) -> Handle | None:
+        return guarded("get_handle", lambda: self.inner.get_handle(handle_id))
+
+    def detach_handle(self, handle_id: str, when: float) -> Handle:
+        return guarded("detach_handle", lambda: self.inner.detach_handle(handle_id, when))
+
+    def handles_of(self, job_id: str) -> list[Handle]:
+        return guarded("handles_of", lambda: self.inner.handles_of(job_id))
 
     def add_coalesced(self, job_id: str) -> int:
         return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))

@@ -5,10 +5,13 @@
   box (issue #11 §2: HAProxy routes ``<jobs_path>/<box>.…`` back to the box that
   holds the job). ``is_job_id`` checks the exact shape, so anything else is a 404
   without a lookup.
-- **Coalescing keys** (``coalesce_key``): two requests that would make the same
-  generation get the same key. With an ``Idempotency-Key`` the key (plus the
-  route) alone decides; otherwise method, normalised path, raw query and the
-  body's SHA-256 do.
+- **Coalescing keys** (``coalesce_key``): two requests that would be the same
+  request to the engine *for the same identity* get the same key (issue #18 §3):
+  the client key (unless ``jobs.coalesce_across_clients``) and the values of the
+  ``jobs.coalesce_vary`` headers (``vary_headers``) always count; with an
+  ``Idempotency-Key`` that key (plus the route) decides the rest; otherwise
+  method, the path as forwarded, raw query and the SHA-256 of the body bytes as
+  forwarded do.
 - **Request headers** a job depends on, parsed strictly (a malformed one is a
   400 ``BadHeader``, never a guess): ``Prefer: respond-async`` (RFC 7240) and
   ``Idempotency-Key`` (draft-ietf-httpapi-idempotency-key-header).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "BOX_SEPARATOR",
@@ -32,6 +35,8 @@ __all__ = [
     "coalesce_key",
     "is_job_id",
     "new_job_id",
+    "vary_headers",
+    "vary_values",
     "wants_async",
 ]
 
@@ -75,15 +80,21 @@ def coalesce_key(
     body_sha256: str,
     idempotency_key: str | None,
     client: str = "",
+    vary: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Hex SHA-256 naming the generation a request asks for.
+    """Hex SHA-256 naming the generation a request asks for, for one identity.
 
     ``path`` is the path exactly as forwarded (not normalised: the engine may treat
     ``/generate/`` and ``/generate`` differently), ``query`` the raw query string,
-    ``body_sha256`` the hex digest of the body. With an
-    ``Idempotency-Key`` it alone (within the route and the ``client`` key)
-    decides: the client said "this is the same operation", whatever the body.
-    Scoped to the client so two users' weak keys (``1``) never share a result.
+    ``body_sha256`` the hex digest of the body bytes as forwarded. ``client`` is the
+    client key (``""`` only when ``jobs.coalesce_across_clients`` says identities
+    may share), ``vary`` the (lowercased name, value) pairs of the
+    ``jobs.coalesce_vary`` headers (``vary_values``): two requests that differ in
+    either are different requests to the engine (another ``Authorization``, another
+    answer) and never share a job. With an ``Idempotency-Key`` it alone (within the
+    route, the client key and ``vary``) decides: the client said "this is the same
+    operation", whatever the body; always scoped to the client, so two users' weak
+    keys (``1``) never share a result.
     """
     if _SHA256_HEX.fullmatch(body_sha256) is None:
         raise ValueError(f"body_sha256 must be 64 lowercase hex digits, not {body_sha256!r}")
@@ -91,9 +102,39 @@ def coalesce_key(
     if idempotency_key is not None:
         parts = ("idem", route, client, idempotency_key)
     else:
-        parts = ("req", route, method, path, query, body_sha256)
+        parts = ("req", route, method, path, query, body_sha256, client)
+    for name, value in vary:
+        parts += (f"{name.lower()}:{value}",)
     canonical = "\0".join(_field(p) for p in parts)
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# The default of ``jobs.coalesce_vary`` (null): who the engine may answer differently.
+DEFAULT_VARY = ("Authorization", "Cookie")
+
+
+def vary_headers(
+    configured: Sequence[str] | None, client_key_header: str | None
+) -> tuple[str, ...]:
+    """The header names whose values are part of a coalescing key: ``jobs.coalesce_vary``
+    as configured, or by default (None) ``Authorization``, ``Cookie`` and the client-key
+    header when ``client_key`` is ``header:<Name>``."""
+    if configured is not None:
+        return tuple(configured)
+    return DEFAULT_VARY + ((client_key_header,) if client_key_header else ())
+
+
+def vary_values(
+    names: Sequence[str], getall: Callable[[str], Sequence[str]]
+) -> tuple[tuple[str, str], ...]:
+    """(lowercased name, value) of every value of every header in ``names``, in order;
+    an absent header counts too (its name with no value), so absent != empty."""
+    out: list[tuple[str, str]] = []
+    for name in names:
+        values = getall(name)
+        out.append((name.lower(), str(len(values))))
+        out.extend((name.lower(), v) for v in values)
+    return tuple(out)
 
 
 # Keyed per process: an 8-hex-digit plain hash of an IPv4 address could be reversed by

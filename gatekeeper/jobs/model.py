@@ -49,7 +49,10 @@ class Job:
     ticket: Lease | None = None
     task: asyncio.Task[None] | None = None
     followers: int = 0  # held connections waiting for / streaming its answer now
-    async_owners: int = 0  # async requests that were given its id
+    async_owners: int = 0  # async handles not deleted (each request has its own: handles)
+    # The handles that still hold it: async ones until their DELETE, held ones while their
+    # connection is attached. Empty after a DELETE: the generation is cancelled.
+    holders: set[str] = field(default_factory=set)
     head: tuple[int, str, list[tuple[str, str]]] | None = None
     result_bytes: int = 0  # streamed so far (the record has it from the end of the run)
     progress: float | None = None  # the latest seen while streaming
@@ -89,7 +92,7 @@ class Job:
     @property
     def wanted(self) -> bool:
         """Someone still wants the answer (a held client, or an async owner)."""
-        return self.followers > 0 or self.async_owners > 0 or not self.record.held
+        return self.followers > 0 or self.async_owners > 0
 
     def changed(self) -> asyncio.Event:
         """The event set at the next change; take it *before* reading the state."""
@@ -123,11 +126,13 @@ class Refused:
 class Joined:
     job: Job
     coalesced: bool  # attached to a job that already existed
+    handle: str  # this submitter's own id on the job (handles.Handle), the only one it sees
 
 
 @dataclass(frozen=True)
 class Kept:
     job: Job  # a done job whose 2xx result is replayed (read back from the store)
+    handle: str  # this submitter's own id on it (handles.Handle)
 
 
 Submitted = Refused | Joined | Kept

@@ -55,12 +55,15 @@ from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_hea
 from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
 from gatekeeper.jobs.guard import StorageError
+from gatekeeper.jobs.handle_view import as_handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.ids import (
     BadHeader,
     check_idempotency_key,
     coalesce_key,
     new_job_id,
+    vary_headers,
+    vary_values,
     wants_async,
 )
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, ResultBroken
@@ -218,16 +221,16 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = job_view(jobs, result.job, now, base)
+                view = as_handle(job_view(jobs, result.job, now, base), result.handle, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await self._replay_kept(ctx, result)
         job = result.job
         if want_async:
-            view = job_view(jobs, job, now, base)
+            view = as_handle(job_view(jobs, job, now, base), result.handle, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
-        return await self._hold(ctx, job, coalesced)
+        return await self._hold(ctx, job, coalesced, result.handle)
 
     @staticmethod
     def _head(ctx: RequestContext, client: str, idem: str | None) -> RequestHead:
@@ -245,7 +248,10 @@ class QueueRoute:
 
     # ------------------------------------------------------------------ held clients
 
-    async def _hold(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+    async def _hold(
+        self, ctx: RequestContext, job: Job, coalesced: bool, handle: str
+    ) -> web.StreamResponse:
+        """Wait for the answer head, then stream it; ``handle`` is this client's own id."""
         request, rec, jobs = ctx.request, ctx.rec, self.jobs
         gone: list[bool] = []
 
@@ -260,7 +266,7 @@ class QueueRoute:
             while job.head is None and not job.final:
                 ev = job.changed()
                 if gone or _transport_gone(request):
-                    jobs.detach(job)
+                    jobs.detach(job, handle)
                     attached = False
                     where = (
                         "waiting in the queue"
@@ -281,15 +287,15 @@ class QueueRoute:
             if job.ticket is not None:
                 rec.engine = job.ticket.engine
             if job.head is None:
-                return self._job_error(ctx, job)
-            return await self._stream(ctx, job, coalesced)
+                return self._job_error(ctx, job, handle)
+            return await self._stream(ctx, job, coalesced, handle)
         finally:
             if undo is not None:
                 undo()
             if attached:
-                jobs.detach(job)
+                jobs.detach(job, handle)
 
-    def _job_error(self, ctx: RequestContext, job: Job) -> web.Response:
+    def _job_error(self, ctx: RequestContext, job: Job, handle: str) -> web.Response:
         """The job ended before the engine answered: say why, as the admit route would
         (its ending's reason, status and Retry-After policy: ``states.Endings``)."""
         cfg, route, rec, jobs = ctx.config, ctx.route, ctx.rec, self.jobs
@@ -318,19 +324,21 @@ class QueueRoute:
             if detail:
                 log.info("job %s… failed: %s", job.id[:6], detail)
         resp = json_error(status, reason, text, retry_after=retry_after, request_id=rec.request_id)
-        resp.headers["X-Gatekeeper-Job"] = job.id
+        resp.headers["X-Gatekeeper-Job"] = handle
         rec.reason = reason
         rec.status = status
         return resp
 
-    async def _stream(self, ctx: RequestContext, job: Job, coalesced: bool) -> web.StreamResponse:
+    async def _stream(
+        self, ctx: RequestContext, job: Job, coalesced: bool, handle: str
+    ) -> web.StreamResponse:
         request, cfg, rec, jobs = ctx.request, ctx.config, ctx.rec, self.jobs
         assert job.head is not None
         status, reason, pairs = job.head
         out = web.StreamResponse(status=status, reason=reason or None)
         out.headers.extend(_cim(pairs))
         out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = job.id
+        out.headers["X-Gatekeeper-Job"] = handle
         if coalesced:
             out.headers["X-Gatekeeper-Coalesced"] = "1"
         rec.upstream_status = status
@@ -370,7 +378,7 @@ class QueueRoute:
         out = web.StreamResponse(status=row.result_status, reason=row.result_reason)
         out.headers.extend(end_to_end(_cim(row.result_headers or ())))
         out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = row.id
+        out.headers["X-Gatekeeper-Job"] = kept.handle
         out.headers["X-Gatekeeper-Coalesced"] = "1"
         rec.upstream_status = row.result_status
         try:
@@ -400,8 +408,25 @@ def _key(ctx: RequestContext, client: str, idem: str | None, body_sha256: str) -
         request.query_string,
         body_sha256,
         idem,
-        client=client,
+        **_identity(ctx.config, request, client, idem),
     )
+
+
+def _identity(
+    cfg: Config, request: web.BaseRequest, client: str, idem: str | None
+) -> dict[str, Any]:
+    """Who a coalescing key is for (issue #18 §3): the client key (kept for an
+    Idempotency-Key, dropped only with ``jobs.coalesce_across_clients``) and the values
+    of the ``jobs.coalesce_vary`` headers."""
+    q = cfg.admission.queue
+    names = vary_headers(
+        cfg.jobs.coalesce_vary, q.client_key.header if q.client_key.source == "header" else None
+    )
+    shared = cfg.jobs.coalesce_across_clients and idem is None
+    return {
+        "client": "" if shared else client,
+        "vary": vary_values(names, lambda name: request.headers.getall(name, [])),
+    }
 
 
 def _transport_gone(request: web.BaseRequest) -> bool:

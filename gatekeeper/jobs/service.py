@@ -50,6 +50,7 @@ from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_l
 from gatekeeper.jobs.orphans import hold_orphans
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
+from gatekeeper.jobs.service_handles import HandleOps
 from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
@@ -57,7 +58,7 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService:
+class JobService(HandleOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
@@ -104,7 +105,7 @@ class JobService:
             route = next((r for r in cfg.routes if r.name == row.route), None)
             if route is None:  # its route was renamed or removed: match its target again
                 route = router.match(row.method, row.target.split("?", 1)[0])
-            self._enter(Job.from_record(row, now=now, wall=wall, route=route.name), cfg)
+            self.restore(Job.from_record(row, now=now, wall=wall, route=route.name), cfg)
         if self.live:
             log.info("restored %d queued job(s) from %s", len(self.live), self.state_dir)
         self._task = asyncio.create_task(upkeep.tick(self), name="gatekeeper-jobs")
@@ -153,12 +154,13 @@ class JobService:
                 else:
                     twin.async_owners += 1
                 self._changed_all()
-                return Joined(twin, coalesced=True)
+                return Joined(twin, coalesced=True, handle=self._new_handle(twin, request))
             kept = self.store.find_coalesce(key, deps.wall(), cfg.jobs.keep)
             if kept is not None and kept.state == JobState.DONE:
                 self.store.add_coalesced(kept.id)  # the answer shows the count it found
                 deps.metrics.coalesced.labels(route).inc()
-                return Kept(Job.from_record(kept, now=now, wall=deps.wall()))
+                job = Job.from_record(kept, now=now, wall=deps.wall())
+                return Kept(job, handle=self._new_handle(job, request, holds=False))
         refusal = self.storage_refusal(now) or self._refusal(request.client, cfg, now)
         if refusal is not None:
             return refusal
@@ -178,9 +180,10 @@ class JobService:
         else:
             job.async_owners = 1
         job.predicted_done = now + self.schedule.done_in_new(now)
+        handle = self._creator_handle(job)
         self._enter(job, cfg)
         self.dispatch()
-        return Joined(job, coalesced=False)
+        return Joined(job, coalesced=False, handle=handle)
 
     def refusal_before_body(self, head: RequestHead) -> Refused | None:
         """What ``submit`` refuses whatever the body; None if a body may coalesce (``head``)."""
@@ -356,9 +359,11 @@ class JobService:
             except StorageError as exc:
                 log.error("evicting kept results failed: %s", exc.detail)
 
-    def detach(self, job: Job) -> None:
-        """A held client of ``job`` is gone (disconnected, or it stopped reading)."""
+    def detach(self, job: Job, handle: str | None = None) -> None:
+        """A held client of ``job`` (its ``handle``) is gone (disconnected, or stopped reading)."""
         job.followers = max(0, job.followers - 1)
+        if handle is not None:
+            job.holders.discard(handle)
         if job.wanted or job.final:
             return
         if job.state == JobState.QUEUED:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
-from gatekeeper.jobs import sqlite_fair, sqlite_heads
+from gatekeeper.jobs import sqlite_fair, sqlite_handles, sqlite_heads
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_coalesce ON jobs (coalesce_key) WHERE coalesce_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
-{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}"""
+{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}"""
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # seq is assigned by SQLite (AUTOINCREMENT: increasing, never reused).
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
@@ -64,7 +64,7 @@ def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
 
-class SqliteJobStore(sqlite_heads.KeptHeads):
+class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
 
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
@@ -366,6 +366,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads):
                 "DELETE FROM jobs WHERE state = ? AND finished <= ?",
                 (JobState.EXPIRED.value, now - EXPIRED_ROW_KEEP_FACTOR * keep),
             )
+            self._drop_orphan_handles(db)
         expired = old + by_size
         for job_id in expired:
             ledger.drop_job(job_id)

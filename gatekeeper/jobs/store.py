@@ -35,6 +35,7 @@ from typing import Protocol
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
+from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.record import Headers, JobRecord
 
@@ -89,6 +90,24 @@ class JobStore(Protocol):
 
     def add_coalesced(self, job_id: str) -> int:
         """One more request attached to this job; returns the new count."""
+        ...
+
+    # -- handles: each submitter's own id on a job (``handles``; issue #18 §3)
+
+    def add_handle(self, handle: Handle) -> None:
+        """A new handle on an existing job; ValueError if the id is taken, KeyError if
+        the job is unknown."""
+
+    def get_handle(self, handle_id: str) -> Handle | None: ...
+
+    def detach_handle(self, handle_id: str, when: float) -> Handle:
+        """The handle lets go of its job (stamped once; a second call changes nothing);
+        KeyError if unknown."""
+        ...
+
+    def handles_of(self, job_id: str) -> list[Handle]:
+        """Every handle of a job, attached or not, in creation order. ``evict`` deletes
+        them with their job's record."""
         ...
 
     # -- the life of a job (states.TRANSITIONS)
