@@ -46,13 +46,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gatekeeper.config import Config
 from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.errors import BadRequest
-from gatekeeper.core.headers import REQUEST_ID, end_to_end, upstream_request_headers
+from gatekeeper.core.headers import upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
+from gatekeeper.jobs import held
 from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.handle_view import as_handle
@@ -66,18 +66,15 @@ from gatekeeper.jobs.ids import (
     vary_values,
     wants_async,
 )
-from gatekeeper.jobs.model import Job, Joined, Kept, Refused, ResultBroken
+from gatekeeper.jobs.model import Job, Joined, Kept, Refused
 from gatekeeper.jobs.record import JobRecord
-from gatekeeper.jobs.runner import follow
 from gatekeeper.jobs.service import JobService
-from gatekeeper.jobs.states import RetryAfter
 from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import Clock
 from gatekeeper.proxy.respond import Responder
-from gatekeeper.proxy.responses import json_error
 from gatekeeper.proxy.spool import SpoolBudget, take_body
 from gatekeeper.upstream import ClientGone
 
@@ -224,7 +221,7 @@ class QueueRoute:
                 view = as_handle(job_view(jobs, result.job, now, base), result.handle, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
-            return await self._replay_kept(ctx, result)
+            return await held.replay_kept(jobs, ctx, result)
         job = result.job
         if want_async:
             view = as_handle(job_view(jobs, job, now, base), result.handle, base)
@@ -287,112 +284,13 @@ class QueueRoute:
             if job.ticket is not None:
                 rec.engine = job.ticket.engine
             if job.head is None:
-                return self._job_error(ctx, job, handle)
-            return await self._stream(ctx, job, coalesced, handle)
+                return held.job_error(jobs, self.clock, ctx, job, handle)
+            return await held.stream(jobs, ctx, job, coalesced, handle)
         finally:
             if undo is not None:
                 undo()
             if attached:
                 jobs.detach(job, handle)
-
-    def _job_error(self, ctx: RequestContext, job: Job, handle: str) -> web.Response:
-        """The job ended before the engine answered: say why, as the admit route would
-        (its ending's reason, status and Retry-After policy: ``states.Endings``)."""
-        cfg, route, rec, jobs = ctx.config, ctx.route, ctx.rec, self.jobs
-        assert job.ending is not None
-        ending = job.ending
-        reason = ending.reason or "internal"
-        status = ending.status or 503
-        retry_after: int | None = None
-        if ending.retry_after is RetryAfter.QUEUE:
-            retry_after = jobs.schedule.retry_after_timeout(self.clock())
-        elif ending.retry_after is RetryAfter.DEFAULT:
-            retry_after = cfg.admission.retry_after_default
-        q = cfg.admission.queue
-        detail = job.error_detail if ending.engine_failed and job.error_detail else None
-        text = cfg.message(
-            reason,
-            route=route.name,
-            retry_after=retry_after or 0,
-            max_wait=int(q.max_wait),
-            waiting=jobs.depth(),
-            max_waiting=q.max_waiting,
-            per_client=q.per_client,
-        )
-        if ending.engine_failed:
-            text = cfg.message(reason, route=route.name)
-            if detail:
-                log.info("job %s… failed: %s", job.id[:6], detail)
-        resp = json_error(status, reason, text, retry_after=retry_after, request_id=rec.request_id)
-        resp.headers["X-Gatekeeper-Job"] = handle
-        rec.reason = reason
-        rec.status = status
-        return resp
-
-    async def _stream(
-        self, ctx: RequestContext, job: Job, coalesced: bool, handle: str
-    ) -> web.StreamResponse:
-        request, cfg, rec, jobs = ctx.request, ctx.config, ctx.rec, self.jobs
-        assert job.head is not None
-        status, reason, pairs = job.head
-        out = web.StreamResponse(status=status, reason=reason or None)
-        out.headers.extend(_cim(pairs))
-        out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = handle
-        if coalesced:
-            out.headers["X-Gatekeeper-Coalesced"] = "1"
-        rec.upstream_status = status
-        send_timeout = cfg.limits.client_send_timeout
-        try:
-            async with asyncio.timeout(send_timeout):
-                await out.prepare(request)
-            async for chunk in follow(jobs.store, job):
-                rec.bytes_out += len(chunk)
-                async with asyncio.timeout(send_timeout):
-                    await out.write(chunk)
-            async with asyncio.timeout(send_timeout):
-                await out.write_eof()
-            rec.status = status
-            if job.started is not None and job.finished is not None:
-                rec.upstream_seconds = job.finished - job.started  # the engine's whole answer
-        except ResultBroken as exc:
-            rec.reason = job.reason or "upstream_mid_body"
-            log.warning(
-                "job %s… answer broke off (%s): aborting the client connection", job.id[:6], exc
-            )
-            if request.transport is not None:
-                request.transport.abort()
-        except (ConnectionError, TimeoutError) as exc:
-            rec.client_gone = True
-            rec.reason = "client_stalled" if isinstance(exc, TimeoutError) else "client_disconnect"
-            if request.transport is not None:
-                request.transport.abort()
-        return out
-
-    async def _replay_kept(self, ctx: RequestContext, kept: Kept) -> web.StreamResponse:
-        """A retry of a request whose answer is kept: the stored answer, from disk."""
-        request, rec, jobs = ctx.request, ctx.rec, self.jobs
-        row = kept.job.record
-        path = jobs.store.result_path(row.id)
-        assert row.result_status is not None
-        out = web.StreamResponse(status=row.result_status, reason=row.result_reason)
-        out.headers.extend(end_to_end(_cim(row.result_headers or ())))
-        out.headers[REQUEST_ID] = rec.request_id
-        out.headers["X-Gatekeeper-Job"] = kept.handle
-        out.headers["X-Gatekeeper-Coalesced"] = "1"
-        rec.upstream_status = row.result_status
-        try:
-            await out.prepare(request)
-            if path is not None:
-                with open(path, "rb") as f:  # noqa: ASYNC230 - page-cache reads, as spool.py
-                    while chunk := f.read(256 * 1024):
-                        rec.bytes_out += len(chunk)
-                        await out.write(chunk)
-            await out.write_eof()
-            rec.status = row.result_status
-        except ConnectionError:
-            rec.client_gone = True
-        return out
 
 
 def _key(ctx: RequestContext, client: str, idem: str | None, body_sha256: str) -> str:
@@ -437,7 +335,3 @@ def _transport_gone(request: web.BaseRequest) -> bool:
 async def _no_body() -> AsyncIterator[bytes]:
     return
     yield  # an async generator that yields nothing
-
-
-def _cim(pairs: Any) -> CIMultiDict[str]:
-    return CIMultiDict(list(pairs))

@@ -359,37 +359,6 @@ class JobService(HandleOps):
             except StorageError as exc:
                 log.error("evicting kept results failed: %s", exc.detail)
 
-    def detach(self, job: Job, handle: str | None = None) -> None:
-        """A held client of ``job`` (its ``handle``) is gone (disconnected, or stopped reading)."""
-        job.followers = max(0, job.followers - 1)
-        if handle is not None:
-            job.holders.discard(handle)
-        if job.wanted or job.final:
-            return
-        if job.state == JobState.QUEUED:
-            self.room.leave(job.id)
-            self.finish(job, Endings.CLIENT_GONE)
-        elif (
-            job.state == JobState.RUNNING
-            and self.config.admission.on_client_disconnect == "cancel"
-            and job.task is not None
-        ):
-            job.task.cancel(msg="client disconnected")
-        # finish mode: the engine keeps computing; its answer is kept as the job's result
-
-    def delete(self, job: Job) -> None:
-        """DELETE: queued -> removed; running -> per on_client_disconnect."""
-        if job.state == JobState.QUEUED:
-            self.room.leave(job.id)
-            self.finish(job, Endings.DELETED_WAITING)
-            self.dispatch()
-        elif job.state == JobState.RUNNING and not job.cancel_requested:
-            job.cancel_requested = True
-            if self.config.admission.on_client_disconnect == "cancel" and job.task is not None:
-                job.task.cancel(msg="job deleted")
-            job.notify()
-            self._changed_all()
-
     def evict(self) -> list[str]:
         return upkeep.evict(self)
 

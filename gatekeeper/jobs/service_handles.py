@@ -1,6 +1,8 @@
 """The waiting room's handles: each submitter's own id on a shared job (issue #18 §3).
 
-``JobService`` inherits these: ``submit`` gives the creator the job's own id and
+``JobService`` inherits these, with ``detach`` (a held client gone) and
+``delete`` (the job's own ``DELETE``): who holds a job, and what letting go
+does. ``submit`` gives the creator the job's own id and
 every coalesced (or kept-result) submitter a fresh handle (``handles``);
 ``find_handle`` resolves an id the jobs API was given; ``delete_handle`` is a
 ``DELETE``: it detaches that handle only, and when no handle holds the job any
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gatekeeper.config import Config
+from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.guard import GuardedStore
 from gatekeeper.jobs.handles import Handle, creator_of
@@ -22,6 +25,7 @@ from gatekeeper.jobs.ids import new_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.states import Ending, Endings
+from gatekeeper.jobs.waitroom import WaitingRoom
 
 
 class HandleOps:
@@ -31,10 +35,11 @@ class HandleOps:
     store: GuardedStore
     # JobService's own methods, which these operations call.
     find: Callable[[str], Job | None]
-    delete: Callable[[Job], None]
     _changed_all: Callable[[], None]
     _enter: Callable[[Job, Config], None]
     finish: Callable[[Job, Ending], None]
+    dispatch: Callable[[], None]
+    room: WaitingRoom
 
     def _creator_handle(self, job: Job) -> str:
         """The creator of a new job holds it under the job's own id."""
@@ -101,3 +106,34 @@ class HandleOps:
             self._enter(job, cfg)
         else:
             self.finish(job, Endings.RESTART)
+
+    def detach(self, job: Job, handle: str | None = None) -> None:
+        """A held client of ``job`` (its ``handle``) is gone (disconnected, or stopped reading)."""
+        job.followers = max(0, job.followers - 1)
+        if handle is not None:
+            job.holders.discard(handle)
+        if job.wanted or job.final:
+            return
+        if job.state == JobState.QUEUED:
+            self.room.leave(job.id)
+            self.finish(job, Endings.CLIENT_GONE)
+        elif (
+            job.state == JobState.RUNNING
+            and self.deps.config.admission.on_client_disconnect == "cancel"
+            and job.task is not None
+        ):
+            job.task.cancel(msg="client disconnected")
+        # finish mode: the engine keeps computing; its answer is kept as the job's result
+
+    def delete(self, job: Job) -> None:
+        """DELETE: queued -> removed; running -> per on_client_disconnect."""
+        if job.state == JobState.QUEUED:
+            self.room.leave(job.id)
+            self.finish(job, Endings.DELETED_WAITING)
+            self.dispatch()
+        elif job.state == JobState.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            if self.deps.config.admission.on_client_disconnect == "cancel" and job.task is not None:
+                job.task.cancel(msg="job deleted")
+            job.notify()
+            self._changed_all()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
-from gatekeeper.jobs import sqlite_fair, sqlite_handles, sqlite_heads
+from gatekeeper.jobs import sqlite_fair, sqlite_handles, sqlite_heads, sqlite_recover
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
@@ -64,7 +64,7 @@ def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
 
-class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles):
+class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlite_recover.Recovery):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
 
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
@@ -263,64 +263,6 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles):
         return int(r[0])
 
     # -- start and housekeeping --------------------------------------------------------------
-
-    def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
-        """Make the rows true again after a restart; returns the rows it changed.
-
-        - running -> failed "interrupted", partial result deleted (never silently re-run,
-          issue #9 §2); with ``retry_interrupted`` -> queued again with the same seq.
-        - held queued -> cancelled "restart": nobody holds their connection any more.
-        - an async queued job whose body file is missing -> failed "body_lost".
-        - leftover ``*.tmp`` bodies, ``*.part`` results and files without a live row go.
-        """
-        running, queued = JobState.RUNNING.value, JobState.QUEUED.value
-        changed: dict[str, None] = {}  # ids in seq order, each once
-        with self._txn() as db:
-            for r in db.execute("SELECT id FROM jobs WHERE state = ?", (running,)):
-                changed[r["id"]] = None
-            if retry_interrupted:
-                db.execute(
-                    "UPDATE jobs SET state = ?, started = NULL, result_status = NULL,"
-                    " result_reason = NULL, result_headers = NULL, result_bytes = 0,"
-                    " progress = NULL WHERE state = ?",
-                    (queued, running),
-                )
-            else:
-                end = Endings.INTERRUPTED
-                db.execute(
-                    "UPDATE jobs SET state = ?, reason = ?, finished = ? WHERE state = ?",
-                    (end.state.value, end.reason, now, running),
-                )
-            # Held jobs requeued just above are included: their client is gone too.
-            rows = db.execute("SELECT id, held FROM jobs WHERE state = ?", (queued,)).fetchall()
-            for r in rows:
-                if r["held"]:
-                    end = Endings.RESTART
-                elif self._files.body_path(r["id"]) is None:
-                    end = Endings.BODY_LOST
-                else:
-                    continue
-                db.execute(
-                    "UPDATE jobs SET state = ?, reason = ?, finished = ? WHERE id = ?",
-                    (end.state.value, end.reason, now, r["id"]),
-                )
-                changed[r["id"]] = None
-            sqlite_fair.rebuild(db)
-        for job_id in changed:
-            # An interrupted run's output, partial or even committed, is never served.
-            self._files.ledger.drop_job(job_id)
-        self._sweep()
-        rows = [self.get(job_id) for job_id in changed]
-        return sorted((r for r in rows if r is not None), key=lambda r: r.seq)
-
-    def _sweep(self) -> None:
-        """Delete files no row needs: temp and partial files, bodies of jobs no longer queued,
-        results of jobs not done/failed/cancelled (or without a row)."""
-        states = dict(self._db.execute("SELECT id, state FROM jobs").fetchall())
-        self._files.sweep(
-            keep_body=lambda name: states.get(name) == JobState.QUEUED.value,
-            keep_result=lambda name: states.get(name) in _KEPT,
-        )
 
     def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
         """Expire kept results by age, then by total size; returns the ids it expired.
