@@ -116,3 +116,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def no_traceback(procs: list[Proc]) -> Iterator[None]:
+    """No process of the test (engine, gatekeepers) logged a traceback (opt in with
+    ``pytestmark = pytest.mark.usefixtures("no_traceback")``)."""
+    yield
+    for p in procs:
+        assert "Traceback" not in p.output(), p.output()

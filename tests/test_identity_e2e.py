@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from support import Proc, poll, resources_file, rules, start_gatekeeper
+
+# No process of a test (engine, gatekeepers) logged a traceback.
+pytestmark = pytest.mark.usefixtures("no_traceback")
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -38,13 +40,6 @@ BASE = {
     },
     "upstream": {"probe": {"interval": 0.5}},
 }
-
-
-@pytest.fixture(autouse=True)
-def no_traceback(procs: list[Proc]) -> Iterator[None]:
-    yield
-    for p in procs:
-        assert "Traceback" not in p.output(), p.output()
 
 
 def song(lyrics: str, seconds: float) -> dict[str, Any]:

@@ -15,13 +15,15 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from support import Proc, free_port, poll, resources_file, rules, start_gatekeeper
+
+# No process of a test (engine, gatekeepers) logged a traceback.
+pytestmark = pytest.mark.usefixtures("no_traceback")
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -42,14 +44,6 @@ BASE = {
     },
     "upstream": {"probe": {"interval": 0.5}},
 }
-
-
-@pytest.fixture(autouse=True)
-def no_traceback(procs: list[Proc]) -> Iterator[None]:
-    """No process of the test (engine, gatekeepers) logged a traceback."""
-    yield
-    for p in procs:
-        assert "Traceback" not in p.output(), p.output()
 
 
 def gatekeeper(

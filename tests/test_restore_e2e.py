@@ -19,7 +19,6 @@ import asyncio
 import gzip
 import json
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,9 @@ import aiohttp
 import pytest
 from echo_engine import EchoEngine
 from support import Proc, free_port, poll, rules, start_gatekeeper, wait_output
+
+# No process of a test (engine, gatekeepers) logged a traceback.
+pytestmark = pytest.mark.usefixtures("no_traceback")
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
@@ -42,13 +44,6 @@ BASE = {
     # A running job is not waited for: the stop interrupts it, the queue stays on disk.
     "shutdown": {"drain_timeout": "1s", "linger": "0s"},
 }
-
-
-@pytest.fixture(autouse=True)
-def no_traceback(procs: list[Proc]) -> Iterator[None]:
-    yield
-    for p in procs:
-        assert "Traceback" not in p.output(), p.output()
 
 
 @pytest.fixture
