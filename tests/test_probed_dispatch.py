@@ -11,11 +11,13 @@ with the engine down is ``test_restore_e2e.py``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 import pytest
 import yaml
 from echo_engine import EchoEngine
@@ -27,7 +29,9 @@ from gatekeeper.config import DEFAULT_ENGINE, load_config
 from gatekeeper.core.admission import Gate, GateLimits, Rejection
 from gatekeeper.core.engines import EngineSlots, available, no_engine_reason, pick_engine
 from gatekeeper.core.estimator import DurationEstimator
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
+from gatekeeper.lifecycle.probe import first_verdicts, probe_loop
 
 A, B = EngineSlots("a", 1), EngineSlots("b", 1)
 
@@ -139,3 +143,37 @@ async def test_an_admit_request_is_served_before_the_first_probe(rig: Rig) -> No
     async with rig.http.post(rig.base + "/admit/x", data=b"song") as r:
         assert r.status == 200
     assert [s.body for s in rig.engine.posts("/admit/")] == [b"song"]
+
+
+async def test_the_probe_loop_takes_the_first_verdicts_as_its_first_round(
+    aiohttp_server: Any,
+) -> None:
+    """The verdicts probed before the listeners opened are the loop's first round: it
+    publishes them and probes again only after ``probe.interval`` (before: it probed at
+    once, so an engine that died in between was marked down by a second probe instead
+    of by the first generation sent there, a race a test lost under load)."""
+    probes: list[str] = []
+
+    async def probe(request: web.Request) -> web.Response:
+        probes.append(request.path)
+        return web.Response(text="up")
+
+    engine = web.Application()
+    engine.router.add_get("/", probe)
+    upstream = await aiohttp_server(engine)
+    url = str(upstream.make_url("")).rstrip("/")
+    doc = {**RULES, "upstream": {"url": url, "probe": {"interval": 30}}}
+    cfg = load_config(yaml.safe_dump(doc))
+    published: list[tuple[str, bool]] = []
+    first = await first_verdicts(cfg, lambda name, up: published.append((name, up)))
+    assert first[DEFAULT_ENGINE].up and published == [(DEFAULT_ENGINE, True)] and probes == ["/"]
+    loop = asyncio.create_task(
+        probe_loop(lambda: cfg, lambda name, up: published.append((name, up)), None, first)
+    )
+    try:
+        assert await eventually(lambda: len(published) == 2)
+        await asyncio.sleep(0.2)
+        assert published == [(DEFAULT_ENGINE, True)] * 2
+        assert probes == ["/"]  # published, not probed again
+    finally:
+        await cancel_and_wait([loop])

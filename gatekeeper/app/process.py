@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -38,6 +38,7 @@ from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.lifecycle.changes import Overrides
 from gatekeeper.lifecycle.eventloop import freeze_startup_objects
 from gatekeeper.lifecycle.haproxy_agent import AgentServer
+from gatekeeper.lifecycle.probe import Verdict
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.observability.summary import config_warnings, describe, describe_signals
 from gatekeeper.proxy.connections import Connections, EdgeSite, fd_ceiling
@@ -73,6 +74,7 @@ class Gatekeeper:
         self.connections: Connections | None = None
         self._runners: list[web.AppRunner] = []
         self._probe: asyncio.Task[None] | None = None
+        self._first: Mapping[str, Verdict] | None = None
         self.agent: AgentServer | None = None
         self.proxy_urls: list[str] = []
         self.admin_urls: list[str] = []
@@ -85,7 +87,7 @@ class Gatekeeper:
         # Before the proxy app starts its waiting room: a queued job goes only to an engine
         # a probe has seen up, so restored jobs and the first arrivals are decided with the
         # verdicts known rather than racing the probe loop's first round (issue #18 §5).
-        await probe_first(st)
+        self._first = await probe_first(st)
         closed = st.metrics.client_connections_closed
         conns = self.connections = Connections(
             lambda: st.config.limits, st.clock, lambda reason: closed.labels(reason).inc()
@@ -153,7 +155,7 @@ class Gatekeeper:
             log.info("%s listener bound to %s", name, ", ".join(urls))
         # Only now: its "upstream ... is DOWN" must follow the startup lines, and must not
         # be said at all by a gatekeeper that failed to bind.
-        self._probe = start_probe(st)
+        self._probe = start_probe(st, self._first)
 
     async def drain(self) -> bool:
         """Stop admitting; wait for running generations. True when none was left running."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +28,7 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
-from gatekeeper.lifecycle.probe import first_verdicts, probe_loop
+from gatekeeper.lifecycle.probe import Verdict, first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
 from gatekeeper.observability.alerts.loop import AlertLoop
@@ -132,15 +132,16 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
     return ctx
 
 
-async def probe_first(st: AppState) -> None:
+async def probe_first(st: AppState) -> Mapping[str, Verdict]:
     """Each engine's first verdict, before the waiting room starts (``first_verdicts``)."""
-    await first_verdicts(st.config, st.set_engine_up)
+    return await first_verdicts(st.config, st.set_engine_up)
 
 
-def start_probe(st: AppState) -> asyncio.Task[None]:
-    """The periodic upstream probe, publishing its verdict onto ``st``."""
+def start_probe(st: AppState, first: Mapping[str, Verdict] | None = None) -> asyncio.Task[None]:
+    """The periodic upstream probe, publishing its verdict onto ``st``; ``first``: the
+    verdicts of ``probe_first``, its first round."""
     return asyncio.create_task(
-        probe_loop(lambda: st.config, st.set_engine_up, st.set_engine_busy),
+        probe_loop(lambda: st.config, st.set_engine_up, st.set_engine_busy, first),
         name="gatekeeper-probe",
     )
 

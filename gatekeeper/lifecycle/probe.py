@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,17 +137,27 @@ async def probe_loop(
     config: Callable[[], Config],
     publish: Callable[[str, bool], None],
     publish_busy: Callable[[str, bool | None], None] | None = None,
+    first: Mapping[str, Verdict] | None = None,
 ) -> None:
     """Every ``upstream.probe.interval``, probe every engine at once and publish each
     verdict by engine name (and its busy signal, when the engine answered). The engine
     list is read each round, so a reload that adds or removes an engine is probed from
-    the next round on."""
+    the next round on.
+
+    ``first``: the verdicts of ``first_verdicts`` (by engine name), taken as this loop's
+    first round (logged and published, not probed again): a second probe right after
+    them would only race the first requests for nothing, and an engine's state between
+    two rounds is what its generations find (a refused connection marks it down)."""
     last: dict[str, bool] = {}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         while True:
             cfg = config()
             engines = cfg.upstream.engines
-            verdicts = await asyncio.gather(*(_probe(client, cfg, e) for e in engines))
+            if first is not None and all(e.name in first for e in engines):
+                verdicts = [first[e.name] for e in engines]
+            else:
+                verdicts = await asyncio.gather(*(_probe(client, cfg, e) for e in engines))
+            first = None
             several = len(engines) > 1
             for engine, verdict in zip(engines, verdicts, strict=True):
                 up = verdict.up
@@ -165,14 +175,18 @@ async def probe_loop(
             await asyncio.sleep(cfg.upstream.probe.interval)
 
 
-async def first_verdicts(config: Config, publish: Callable[[str, bool], None]) -> None:
+async def first_verdicts(
+    config: Config, publish: Callable[[str, bool], None]
+) -> dict[str, Verdict]:
     """One round at start, before the waiting room starts and the listeners open: a
     queue restored from the state directory, and the first requests, are decided with
     each engine's verdict known (a queued job waits for "up": ``engines.available``),
     not in a race with the loop's first round (issue #18 §5). Silent: ``probe_loop``
-    logs its own first verdicts after the startup lines. At most ``probe.timeout``."""
+    logs its own first verdicts after the startup lines, given these as its first round.
+    At most ``probe.timeout``."""
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         engines = config.upstream.engines
         verdicts = await asyncio.gather(*(_probe(client, config, e) for e in engines))
     for engine, verdict in zip(engines, verdicts, strict=True):
         publish(engine.name, verdict.up)
+    return {e.name: v for e, v in zip(engines, verdicts, strict=True)}
