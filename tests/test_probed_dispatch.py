@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 import pytest
 import yaml
+from aiohttp import web
 from echo_engine import EchoEngine
 from support import ProductionLikeServer, eventually, settle
 
@@ -27,9 +27,9 @@ from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import DEFAULT_ENGINE, load_config
 from gatekeeper.core.admission import Gate, GateLimits, Rejection
+from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.engines import EngineSlots, available, no_engine_reason, pick_engine
 from gatekeeper.core.estimator import DurationEstimator
-from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
 from gatekeeper.lifecycle.probe import first_verdicts, probe_loop
 
