@@ -4,14 +4,26 @@ One table beside ``jobs``, created with ``CREATE TABLE IF NOT EXISTS`` so an
 existing state directory gains it at its next start (its jobs, which have no
 rows, keep answering under their own ids: ``handles.creator_of``). A handle row
 goes when its job's row is deleted by ``evict``.
+
+A client's list (``client_handles``, issue #20 §2) is keyed by the handle row's
+``rowid``: SQLite gives a new row one more than the largest, so keys only grow
+(a reused key is the largest deleted one, still above every row left), and the
+index ``handles_client`` (client, then rowid implicitly) reads a client's
+handles newest first from a cursor without a sort: ``EXPLAIN QUERY PLAN`` shows
+``SEARCH h USING INDEX handles_client (client=? AND rowid<?)`` and the job by
+its primary key, no temporary B-tree (pinned by tests/test_listing.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 
+from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import check_id
 from gatekeeper.jobs.handles import Handle
+from gatekeeper.jobs.record import COLUMNS, decode
+from gatekeeper.jobs.store import LIST_SCAN, HandlePage, Listed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS handles (
@@ -23,8 +35,18 @@ CREATE TABLE IF NOT EXISTS handles (
     detached REAL
 );
 CREATE INDEX IF NOT EXISTS handles_job ON handles (job_id);
+CREATE INDEX IF NOT EXISTS handles_client ON handles (client);
 """
 _COLUMNS = "id, job_id, client, held, created, detached"
+_H = len(_COLUMNS.split(", "))
+# A client's handles newest first, each with its job's record (module text).
+LIST_SQL = (
+    f"SELECT h.rowid, {', '.join('h.' + c for c in _COLUMNS.split(', '))},"
+    f" {', '.join('j.' + c for c in COLUMNS)}"
+    " FROM handles h JOIN jobs j ON j.id = h.job_id"
+    " WHERE h.client = ? AND h.rowid < ? ORDER BY h.rowid DESC LIMIT ?"
+)
+_NO_CURSOR = 2**63 - 1  # above every rowid
 
 
 def _handle(r: sqlite3.Row | tuple[object, ...]) -> Handle:
@@ -89,5 +111,38 @@ class SqliteHandles:
         )
         return [_handle(r) for r in rows]
 
+    def client_handles(
+        self,
+        client: str,
+        *,
+        limit: int,
+        before: int | None = None,
+        states: Collection[JobState] | None = None,
+        scan: int = LIST_SCAN,
+    ) -> HandlePage:
+        """A page of the handles ``client`` holds or held, newest first (``JobStore``)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        wanted = None if states is None else frozenset(states)
+        fetch = limit + 1 if wanted is None else max(scan, limit + 1)
+        cursor = _NO_CURSOR if before is None else before
+        rows = self._db.execute(LIST_SQL, (client, cursor, fetch)).fetchall()
+        entries: list[Listed] = []
+        last: int | None = None
+        for r in rows:
+            if len(entries) == limit:
+                return HandlePage(entries, last)  # r is older: the next page starts there
+            handle = _handle(r[1 : 1 + _H])
+            record = decode(dict(zip(COLUMNS, r[1 + _H :], strict=True)))
+            last = int(r[0])
+            if wanted is None or record.state in wanted or _reads_cancelled(handle, wanted):
+                entries.append(Listed(last, handle, record))
+        return HandlePage(entries, last if len(rows) == fetch else None)
+
     def _drop_orphan_handles(self, db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM handles WHERE job_id NOT IN (SELECT id FROM jobs)")
+
+
+def _reads_cancelled(handle: Handle, wanted: frozenset[JobState]) -> bool:
+    """A detached handle may read ``cancelled`` whatever its job's state (``handle_view``)."""
+    return not handle.attached and JobState.CANCELLED in wanted
