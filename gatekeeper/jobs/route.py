@@ -48,7 +48,6 @@ from typing import Any
 from aiohttp import web
 
 from gatekeeper.config import Config
-from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
@@ -66,6 +65,7 @@ from gatekeeper.jobs.ids import (
     vary_values,
     wants_async,
 )
+from gatekeeper.jobs.listing import caller_key
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
@@ -134,14 +134,7 @@ class QueueRoute:
         except BadHeader as exc:
             raise BadRequest(f"{exc.header}: {exc.detail}", reason="bad_header") from exc
         want_async = want_async and cfg.jobs_path is not None
-        q = cfg.admission.queue
-        client = client_key(
-            q.client_key,
-            q.trusted_proxies,
-            request.remote,
-            request.headers,
-            request.headers.getall("X-Forwarded-For", []),
-        )
+        client = caller_key(cfg, request)  # the key GET <jobs_path> lists under (listing)
         full = jobs.storage_refusal(self.clock())  # from the head: nothing is written
         if full is not None:
             return self.respond.refuse_waiting(
