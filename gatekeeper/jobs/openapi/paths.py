@@ -238,7 +238,7 @@ def submit_operation(name: str, method: str) -> JSON:
                 **{"X-Gatekeeper-Job": _JOB_HEADER},
             ),
             "400": error("bad_header: a malformed Prefer or Idempotency-Key."),
-            "413": error("The body is over limits.max_body_bytes."),
+            "413": error("body_too_large: the body is over limits.max_body_bytes."),
             "429": error("client_limit: this client key has per_client jobs.", retry_after=True),
             "502": error("Held: the engine could not be reached (upstream_unavailable)."),
             "503": error(
