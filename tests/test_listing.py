@@ -32,7 +32,7 @@ from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.listing import MAX_LIMIT, BadQuery, ListQuery, parse_query
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.sqlite import SqliteJobStore
-from gatekeeper.jobs.sqlite_handles import LIST_SQL
+from gatekeeper.jobs.sqlite_handles import FILTERED_SQL, LIST_SQL, WINDOW_SQL
 from gatekeeper.jobs.store import JobStore
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -127,19 +127,27 @@ def test_who_may_list(mode: str, key: str, client: str, expected: tuple[int, str
         assert "jobs.listing" in got[2] or "X-User-Id" in got[2]
 
 
+def _plan(store: SqliteJobStore, sql: str, *args: object) -> str:
+    return " | ".join(str(r[-1]) for r in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+
 def test_the_list_query_is_an_index_range_without_a_sort(tmp_path: Path) -> None:
     """The SQLite list reads the client's handles through the handles_client index, newest
-    first without a temporary B-tree, and each job by its id: O(page), not O(store)."""
+    first without a temporary B-tree, and each job by its id: O(page), not O(store); the
+    filtered list reads a window of the same index (LIMIT scan) and sorts only that."""
     store = SqliteJobStore.open(tmp_path)
     try:
-        plan = " | ".join(
-            str(r[-1]) for r in store._db.execute(f"EXPLAIN QUERY PLAN {LIST_SQL}", ("c", 10, 5))
-        )
+        plan = _plan(store, LIST_SQL, "c", 10, 5)
+        filtered = _plan(store, FILTERED_SQL.format(marks="?"), "c", 10, 50, "done", 1, 6)
+        window = _plan(store, WINDOW_SQL, "c", 10, 50)
     finally:
         store.close()
     assert "USING INDEX handles_client (client=? AND rowid<?)" in plan, plan
     assert "TEMP B-TREE" not in plan.upper(), plan
-    assert "jobs" in plan and ("sqlite_autoindex_jobs" in plan or "PRIMARY KEY" in plan), plan
+    assert "sqlite_autoindex_jobs" in plan or "PRIMARY KEY" in plan, plan
+    assert "USING INDEX handles_client (client=? AND rowid<?)" in filtered, filtered
+    assert "sqlite_autoindex_jobs" in filtered or "PRIMARY KEY" in filtered, filtered
+    assert "USING COVERING INDEX handles_client (client=? AND rowid<?)" in window, window
 
 
 # -- in-process: the real app in front of the engine stand-in ---------------------------------

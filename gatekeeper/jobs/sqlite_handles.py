@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection
+from typing import Any
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import check_id
@@ -45,6 +46,21 @@ LIST_SQL = (
     f" {', '.join('j.' + c for c in COLUMNS)}"
     " FROM handles h JOIN jobs j ON j.id = h.job_id"
     " WHERE h.client = ? AND h.rowid < ? ORDER BY h.rowid DESC LIMIT ?"
+)
+# The same, within the window of the client's next ``scan`` handles, for some states (a
+# detached handle reads cancelled whatever its job's state: ``handle_view``).
+FILTERED_SQL = (
+    f"SELECT h.k, {', '.join('h.' + c for c in _COLUMNS.split(', '))},"
+    f" {', '.join('j.' + c for c in COLUMNS)}"
+    f" FROM (SELECT rowid AS k, {_COLUMNS} FROM handles WHERE client = ? AND rowid < ?"
+    " ORDER BY rowid DESC LIMIT ?) h JOIN jobs j ON j.id = h.job_id"
+    " WHERE j.state IN ({marks}) OR (h.detached IS NOT NULL AND ?)"
+    " ORDER BY h.k DESC LIMIT ?"
+)
+# How many handles that window held, and the oldest: where the next window starts.
+WINDOW_SQL = (
+    "SELECT COUNT(*), MIN(k) FROM (SELECT rowid AS k FROM handles"
+    " WHERE client = ? AND rowid < ? ORDER BY rowid DESC LIMIT ?)"
 )
 _NO_CURSOR = 2**63 - 1  # above every rowid
 
@@ -123,26 +139,35 @@ class SqliteHandles:
         """A page of the handles ``client`` holds or held, newest first (``JobStore``)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        wanted = None if states is None else frozenset(states)
-        fetch = limit + 1 if wanted is None else max(scan, limit + 1)
         cursor = _NO_CURSOR if before is None else before
-        rows = self._db.execute(LIST_SQL, (client, cursor, fetch)).fetchall()
-        entries: list[Listed] = []
-        last: int | None = None
-        for r in rows:
-            if len(entries) == limit:
-                return HandlePage(entries, last)  # r is older: the next page starts there
-            handle = _handle(r[1 : 1 + _H])
-            record = decode(dict(zip(COLUMNS, r[1 + _H :], strict=True)))
-            last = int(r[0])
-            if wanted is None or record.state in wanted or _reads_cancelled(handle, wanted):
-                entries.append(Listed(last, handle, record))
-        return HandlePage(entries, last if len(rows) == fetch else None)
+        if states is None:
+            rows = self._db.execute(LIST_SQL, (client, cursor, limit + 1)).fetchall()
+            return _page(rows, limit, None)
+        # The window of the next ``scan`` handles, filtered in SQL: only the matches are
+        # decoded (a page that reads 1,000 handles for 20 matches costs the 20).
+        scan = max(scan, limit + 1)
+        values = tuple(s.value for s in JobState if s in frozenset(states))
+        cancelled = int(JobState.CANCELLED in states)
+        rows = self._db.execute(
+            FILTERED_SQL.format(marks=", ".join("?" * len(values))),
+            (client, cursor, scan, *values, cancelled, limit + 1),
+        ).fetchall()
+        if len(rows) > limit:
+            return _page(rows, limit, None)
+        seen, oldest = self._db.execute(WINDOW_SQL, (client, cursor, scan)).fetchone()
+        return _page(rows, limit, int(oldest) if seen == scan else None)
 
     def _drop_orphan_handles(self, db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM handles WHERE job_id NOT IN (SELECT id FROM jobs)")
 
 
-def _reads_cancelled(handle: Handle, wanted: frozenset[JobState]) -> bool:
-    """A detached handle may read ``cancelled`` whatever its job's state (``handle_view``)."""
-    return not handle.attached and JobState.CANCELLED in wanted
+def _page(rows: list[Any], limit: int, oldest: int | None) -> HandlePage:
+    """The first ``limit`` of ``rows`` (newest first); ``next`` is the last one's key when
+    there are more, else ``oldest`` (the next window's start, None at the end)."""
+    entries = [
+        Listed(
+            int(r[0]), _handle(r[1 : 1 + _H]), decode(dict(zip(COLUMNS, r[1 + _H :], strict=True)))
+        )
+        for r in rows[:limit]
+    ]
+    return HandlePage(entries, entries[-1].key if len(rows) > limit else oldest)

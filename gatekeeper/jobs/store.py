@@ -47,7 +47,7 @@ EXPIRED_ROW_KEEP_FACTOR = 7
 
 # ``client_handles`` reads at most this many of a client's handles per call when it filters
 # by state, so a page costs the same whatever the client's history (it may come out short).
-LIST_SCAN = 1000
+LIST_SCAN = 500
 
 
 @dataclass(frozen=True)
