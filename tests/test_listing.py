@@ -217,7 +217,7 @@ async def test_two_users_each_see_only_their_own_jobs(
     engine: TestServer, aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     """alice lists her two jobs newest first, bob his one; each entry is exactly what
-    GET <jobs_path>/<id> shows; the state filter narrows the list."""
+    GET <jobs_path>/<id> shows, with its times; the state filter narrows the list."""
     _, client = await _box(engine, aiohttp_client, tmp_path)
     a1 = await _submit(client, ALICE, "a1", 0.2)
     b1 = await _submit(client, BOB, "b1", 0.2)
@@ -229,6 +229,9 @@ async def test_two_users_each_see_only_their_own_jobs(
     await _until_done(client, [a1, a2, b1])
     mine = await _list(client, ALICE)
     assert mine["jobs"] == [await _view(client, a2), await _view(client, a1)]
+    newer, older = mine["jobs"]  # RFC 3339 in UTC, newest first, each started and ended
+    assert newer["created_at"] >= older["created_at"] and newer["created_at"].endswith("Z")
+    assert all(j["started_at"] and j["finished_at"] >= j["started_at"] for j in mine["jobs"])
     assert (await _list(client, ALICE, "?state=queued,running"))["jobs"] == []
     assert [j["id"] for j in (await _list(client, ALICE, "?state=done&limit=1"))["jobs"]] == [a2]
     assert (await _list(client, {"X-User-Id": "carol"}))["jobs"] == []

@@ -54,7 +54,7 @@ from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs import held
 from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
 from gatekeeper.jobs.guard import StorageError
-from gatekeeper.jobs.handle_view import as_handle
+from gatekeeper.jobs.handle_view import given_view
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.ids import (
     BadHeader,
@@ -69,7 +69,6 @@ from gatekeeper.jobs.listing import caller_key
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
-from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.expect import send_continue
@@ -211,13 +210,13 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = as_handle(job_view(jobs, result.job, now, base), result.handle, base)
+                view = given_view(jobs, result.job, result.handle, now, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await held.replay_kept(jobs, ctx, result)
         job = result.job
         if want_async:
-            view = as_handle(job_view(jobs, job, now, base), result.handle, base)
+            view = given_view(jobs, job, result.handle, now, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
         return await self._hold(ctx, job, coalesced, result.handle)

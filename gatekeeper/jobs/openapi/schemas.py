@@ -61,6 +61,9 @@ JOB: JSON = {
         "cancel_requested",
         "reason",
         "result",
+        "created_at",
+        "started_at",
+        "finished_at",
         "links",
     ],
     "properties": {
@@ -102,6 +105,15 @@ JOB: JSON = {
             ],
             "description": "The engine's answer once it began: its status and size so far.",
         },
+        "created_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "When this id was given: the submit that got it (RFC 3339, UTC).",
+        },
+        "started_at": _nullable(
+            {"type": "string", "format": "date-time"}, "Given to the engine; null before."
+        ),
+        "finished_at": _nullable({"type": "string", "format": "date-time"}, "Ended; null before."),
         "links": ref("JobLinks"),
     },
     "additionalProperties": False,
