@@ -458,6 +458,113 @@ def test_handles_go_with_their_record(store: JobStore) -> None:
     assert store.handles_of(a.id) == []
 
 
+# -- a client's own list (issue #20 §2) ----------------------------------------------------------
+
+
+def _held_by(store: JobStore, client: str, *, job: JobRecord | None = None) -> Handle:
+    """A new job of ``client`` (or ``job``, shared) and ``client``'s handle on it."""
+    row = job or add(store, client=client)
+    h = Handle(row.id if job is None else new_id(), row.id, client, False, 1000.0)
+    store.add_handle(h)
+    return h
+
+
+def _walk(store: JobStore, client: str, limit: int, **kw: object) -> list[list[str]]:
+    """Every page of ``client``'s list, as handle ids, following ``next``."""
+    pages: list[list[str]] = []
+    before = None
+    while True:
+        page = store.client_handles(client, limit=limit, before=before, **kw)  # type: ignore[arg-type]
+        pages.append([e.handle.id for e in page.entries])
+        if page.next is None:
+            return pages
+        before = page.next
+
+
+def test_a_client_lists_only_its_own_handles_newest_first(store: JobStore) -> None:
+    """client_handles lists the handles of one client key, newest first, each with its
+    job's record; another client's handle on the same (coalesced) job is never listed."""
+    mine = [_held_by(store, "hdr:alice") for _ in range(3)]
+    theirs = _held_by(store, "hdr:bob")
+    shared = _held_by(store, "hdr:bob", job=store.get(mine[0].job_id))
+    page = store.client_handles("hdr:alice", limit=10)
+    assert [e.handle for e in page.entries] == mine[::-1] and page.next is None
+    assert [e.record.id for e in page.entries] == [h.job_id for h in mine[::-1]]
+    bob = [e.handle.id for e in store.client_handles("hdr:bob", limit=10).entries]
+    assert bob == [shared.id, theirs.id]  # bob's own id on alice's job, never alice's id
+    assert mine[0].id not in bob
+    assert store.client_handles("hdr:nobody", limit=10).entries == []
+
+
+def test_pagination_over_1000_handles_is_stable_under_inserts(store: JobStore) -> None:
+    """1,000 handles in pages of 37: every handle exactly once, in order, although a new
+    handle is added before each page is read (it sorts first: no page repeats or skips)."""
+    ids = [_held_by(store, "hdr:alice").id for _ in range(1000)]
+    for _ in range(50):
+        _held_by(store, "hdr:bob")  # interleaved: another client's rows are not read
+    seen: list[str] = []
+    before = None
+    added = []
+    while True:
+        added.append(_held_by(store, "hdr:alice").id)  # a submit while the user pages
+        page = store.client_handles("hdr:alice", limit=37, before=before)
+        assert len(page.entries) <= 37
+        seen += [e.handle.id for e in page.entries]
+        if page.next is None:
+            break
+        before = page.next
+    assert seen == [added[0], *ids[::-1]]  # only the one added before the first page
+    assert len(set(seen)) == len(seen)
+
+
+def test_the_state_filter_and_detached_handles(store: JobStore) -> None:
+    """states= keeps entries whose job is in one of them; a detached handle also counts as
+    cancelled (its holder let go while others hold the job), the job's own state too."""
+    q = _held_by(store, "c")
+    d = add(store, client="c")
+    store.mark_running(d.id, 1.0)
+    store.finish(d.id, JobState.DONE, None, 2.0)
+    dh = _held_by(store, "c", job=store.get(d.id))
+    let_go = _held_by(store, "c", job=store.get(q.job_id))
+    store.detach_handle(let_go.id, 3.0)
+
+    def ids(*states: JobState) -> list[str]:
+        return [e.handle.id for e in store.client_handles("c", limit=10, states=states).entries]
+
+    assert ids(JobState.DONE) == [dh.id]
+    assert ids(JobState.QUEUED) == [let_go.id, q.id]
+    assert ids(JobState.CANCELLED) == [let_go.id]
+    assert ids(JobState.FAILED, JobState.EXPIRED) == []
+
+
+def test_a_filtered_page_reads_a_bounded_number_of_handles(store: JobStore) -> None:
+    """With states, one call reads at most ``scan`` handles: a page may be short (even
+    empty) with a next; following next still finds every match exactly once."""
+    wanted = []
+    for i in range(60):
+        h = _held_by(store, "c")
+        if i % 20 == 0:
+            store.finish(h.job_id, JobState.CANCELLED, "deleted", 5.0)
+            wanted.append(h.id)
+    pages = _walk(store, "c", 5, states=[JobState.CANCELLED], scan=10)
+    assert len(pages) >= 6  # 60 handles, 10 read per call
+    assert [i for p in pages for i in p] == wanted[::-1]
+    assert any(p == [] for p in pages)
+
+
+def test_a_page_ends_exactly_at_the_last_handle(store: JobStore) -> None:
+    """A list of exactly ``limit`` handles is one page with next None; limit < 1 is a
+    ValueError."""
+    for _ in range(4):
+        _held_by(store, "c")
+    assert _walk(store, "c", 4) == [
+        [e.handle.id for e in store.client_handles("c", limit=4).entries]
+    ]
+    assert [len(p) for p in _walk(store, "c", 3)] == [3, 1]
+    with pytest.raises(ValueError):
+        store.client_handles("c", limit=0)
+
+
 def test_results_bytes_counts_partial_and_final_and_survives_a_reopen(
     open_store: Opener, tmp_path: Path
 ) -> None:

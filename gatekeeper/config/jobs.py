@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.config.declare import boolean, checked, declared, duration, integer
+from gatekeeper.config.declare import boolean, checked, declared, duration, integer, string
 
 STATE_DIR_NAME = "gatekeeper-state"
+LISTING_MODES = ("auto", "on", "off")
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -87,6 +88,15 @@ class Jobs:
         " just above the floor can still be written whole. 0 disables the floor.",
         minimum=0,
         default=512 * 1024**2,
+    )
+    listing: str = string(
+        "GET <jobs_path> on the public listener: the caller's own jobs (those of its client"
+        " key), newest first. auto: on only when admission.queue.client_key is header:<Name>"
+        " (a user's own list; a request without the header is refused 400), off with remote"
+        " keys, where everyone behind one address would share one list. on: for any client"
+        " key. off: 404 listing_off.",
+        choices=LISTING_MODES,
+        default="auto",
     )
 
     def state_dir(self, source: str) -> Path:

@@ -1,6 +1,9 @@
 """The async-job endpoints under ``jobs_path`` (default ``/_gatekeeper/jobs``).
 
 =========================  ====================================================
+``GET    (jobs_path)``     the caller's own jobs, newest first, paginated
+                           (``listing``: its client key's handles; ``jobs.listing``)
+``GET    openapi.json``    the OpenAPI 3.1 document of this API (``openapi``)
 ``GET    <id>``            the job: state, position, ETA, waited, elapsed, progress
 ``GET    <id>/events``     the same as SSE, one ``job`` event per change (progress
                            and ETA changes included, at most 2 a second: ``watch``);
@@ -19,9 +22,10 @@
 it, a fresh one for each request coalesced onto it or given its kept result, so
 no answer carries another submitter's id.
 
-A job id (144 random bits) is the only capability to read a result: there is no
-listing on the public port, an unknown or malformed id is a plain 404, except an
-id naming another box (``<box>.<token>``, issue #11 §2): 421 misdirected.
+A job id (144 random bits) is the only capability to read a result: the only
+listing on the public port is a caller's own (``listing``), an unknown or
+malformed id is a plain 404, except an id naming another box
+(``<box>.<token>``, issue #11 §2): 421 misdirected.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from aiohttp import web
 from gatekeeper.config import Config
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
-from gatekeeper.jobs import watch
+from gatekeeper.jobs import listing, openapi, watch
 from gatekeeper.jobs.guard import StorageError, describe
 from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
 from gatekeeper.jobs.handles import Handle
@@ -89,7 +93,17 @@ class JobsApi:
 
     async def _handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         parts = [p for p in rest.split("/") if p]
-        if not parts or len(parts) > 2 or not is_job_id(parts[0]):
+        if not parts or parts == [openapi.DOCUMENT]:
+            if request.method not in ("GET", "HEAD"):
+                resp = _answer(
+                    405, "method_not_allowed", f"{request.method} is not allowed here", rid
+                )
+                resp.headers["Allow"] = "GET, HEAD"
+                return resp
+            if parts:
+                return self._openapi(rid)
+            return self._list(request, rid)
+        if len(parts) > 2 or not is_job_id(parts[0]):
             return _answer(404, "not_found", "no such job", rid)
         job_id, sub = parts[0], parts[1] if len(parts) == 2 else ""
         held = self.jobs.find_handle(job_id)  # each submitter's own id (handles)
@@ -134,6 +148,25 @@ class JobsApi:
         if request.method == "DELETE":
             return self._delete(found, handle, rid)
         return job_json(200, handle_view(self.jobs, found, handle, self.clock(), self.base), rid)
+
+    def _list(self, request: web.BaseRequest, rid: str) -> web.Response:
+        """The caller's own jobs (``listing``)."""
+        status, reason, body = listing.listing_answer(self.jobs, request, self.clock(), self.base)
+        if reason is not None:
+            return _answer(status, reason, body["detail"], rid)
+        resp = web.json_response(body, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers[REQUEST_ID] = rid
+        if body["links"]["next"] is not None:
+            resp.headers["Link"] = f'<{body["links"]["next"]}>; rel="next"'  # RFC 8288
+        return resp
+
+    def _openapi(self, rid: str) -> web.Response:
+        """The OpenAPI document of this API, built from the live rules (``openapi``)."""
+        resp = web.Response(body=openapi.document_bytes(self.jobs.config))
+        resp.content_type = "application/json"
+        resp.headers[REQUEST_ID] = rid
+        return resp
 
     def _delete(self, found: Job, handle: Handle, rid: str) -> web.Response:
         """Detach this handle only; the job goes when no handle holds it (handles)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.record import Headers, JobRecord
-from gatekeeper.jobs.store import JobStore
+from gatekeeper.jobs.store import LIST_SCAN, HandlePage, JobStore
 
 T = TypeVar("T")
 
@@ -125,6 +125,22 @@ class GuardedStore:
 
     def handles_of(self, job_id: str) -> list[Handle]:
         return guarded("handles_of", lambda: self.inner.handles_of(job_id))
+
+    def client_handles(
+        self,
+        client: str,
+        *,
+        limit: int,
+        before: int | None = None,
+        states: Collection[JobState] | None = None,
+        scan: int = LIST_SCAN,
+    ) -> HandlePage:
+        return guarded(
+            "client_handles",
+            lambda: self.inner.client_handles(
+                client, limit=limit, before=before, states=states, scan=scan
+            ),
+        )
 
     def add_coalesced(self, job_id: str) -> int:
         return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))

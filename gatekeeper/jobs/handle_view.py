@@ -5,6 +5,7 @@ no answer ever carries another submitter's id. A handle that was deleted while
 others still hold the job reads as ``cancelled`` / ``deleted`` (its holder let
 go; the generation goes on for the others); when its ``DELETE`` deleted the job
 itself, the job's own view says so (cancel requested, then cancelled).
+``created_at`` is when this handle was given (a coalesced submitter's own submit).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.states import Endings
-from gatekeeper.jobs.views import job_view
+from gatekeeper.jobs.views import job_view, rfc3339
 
 DELETED = Endings.DELETED_WAITING.reason
 
@@ -42,6 +43,7 @@ def handle_view(
 ) -> dict[str, Any]:
     """The job JSON one submitter reads through its handle (module text)."""
     view = as_handle(job_view(jobs, job, now, base), handle.id, base)
+    view["created_at"] = rfc3339(handle.created)  # this submitter's own submit (its list order)
     if let_go_alone(job, handle):
         view.update(
             state=JobState.CANCELLED,
@@ -53,3 +55,12 @@ def handle_view(
             cancel_requested=False,
         )
     return view
+
+
+def given_view(jobs: JobService, job: Job, handle_id: str, now: float, base: str) -> dict[str, Any]:
+    """The job JSON of a submit's answer (the 202): ``handle_view`` of the handle the submit
+    just stored, so the 202 and every later ``GET`` of that id agree."""
+    handle = jobs.store.get_handle(handle_id)
+    if handle is None:  # the creator of a job stored before handles existed
+        return as_handle(job_view(jobs, job, now, base), handle_id, base)
+    return handle_view(jobs, job, handle, now, base)

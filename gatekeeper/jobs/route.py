@@ -48,14 +48,13 @@ from typing import Any
 from aiohttp import web
 
 from gatekeeper.config import Config
-from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs import held
 from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
 from gatekeeper.jobs.guard import StorageError
-from gatekeeper.jobs.handle_view import as_handle
+from gatekeeper.jobs.handle_view import given_view
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.ids import (
     BadHeader,
@@ -66,10 +65,10 @@ from gatekeeper.jobs.ids import (
     vary_values,
     wants_async,
 )
+from gatekeeper.jobs.listing import caller_key
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
-from gatekeeper.jobs.views import job_view
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.expect import send_continue
@@ -134,14 +133,7 @@ class QueueRoute:
         except BadHeader as exc:
             raise BadRequest(f"{exc.header}: {exc.detail}", reason="bad_header") from exc
         want_async = want_async and cfg.jobs_path is not None
-        q = cfg.admission.queue
-        client = client_key(
-            q.client_key,
-            q.trusted_proxies,
-            request.remote,
-            request.headers,
-            request.headers.getall("X-Forwarded-For", []),
-        )
+        client = caller_key(cfg, request)  # the key GET <jobs_path> lists under (listing)
         full = jobs.storage_refusal(self.clock())  # from the head: nothing is written
         if full is not None:
             return self.respond.refuse_waiting(
@@ -218,13 +210,13 @@ class QueueRoute:
         extra = {"X-Gatekeeper-Coalesced": "1"} if coalesced else {}
         if isinstance(result, Kept):
             if want_async:
-                view = as_handle(job_view(jobs, result.job, now, base), result.handle, base)
+                view = given_view(jobs, result.job, result.handle, now, base)
                 rec.status = 202
                 return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
             return await held.replay_kept(jobs, ctx, result)
         job = result.job
         if want_async:
-            view = as_handle(job_view(jobs, job, now, base), result.handle, base)
+            view = given_view(jobs, job, result.handle, now, base)
             rec.status = 202
             return job_json(202, view, rec.request_id, Location=view["links"]["self"], **extra)
         return await self._hold(ctx, job, coalesced, result.handle)

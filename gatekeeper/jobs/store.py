@@ -30,6 +30,8 @@ statements (the SQLite store's module text has the measurements).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +44,29 @@ from gatekeeper.jobs.record import Headers, JobRecord
 # An expired job answers "expired" (not 404) for this many times ``jobs.keep`` after it
 # finished; then ``evict`` deletes its record.
 EXPIRED_ROW_KEEP_FACTOR = 7
+
+# ``client_handles`` reads at most this many of a client's handles per call when it filters
+# by state, so a page costs the same whatever the client's history (it may come out short).
+LIST_SCAN = 500
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of a client's list: the handle, its job's record, and its list ``key``
+    (increasing with each handle stored: the order and the cursor of the list)."""
+
+    key: int
+    handle: Handle
+    record: JobRecord
+
+
+@dataclass(frozen=True)
+class HandlePage:
+    """A page of ``client_handles``: newest first; ``next`` is the ``before`` of the next
+    page, None when no older handle of the client is left."""
+
+    entries: list[Listed]
+    next: int | None
 
 
 class StateDirError(Exception):
@@ -108,6 +133,24 @@ class JobStore(Protocol):
     def handles_of(self, job_id: str) -> list[Handle]:
         """Every handle of a job, attached or not, in creation order. ``evict`` deletes
         them with their job's record."""
+        ...
+
+    def client_handles(
+        self,
+        client: str,
+        *,
+        limit: int,
+        before: int | None = None,
+        states: Collection[JobState] | None = None,
+        scan: int = LIST_SCAN,
+    ) -> HandlePage:
+        """The handles the client key ``client`` holds or held (its own list, issue #20 §2),
+        newest first, each with its job's record: at most ``limit`` entries with a key
+        below ``before``. With ``states``: only entries whose record is in one of them or
+        whose handle was detached and ``cancelled`` is asked for (a detached handle reads
+        ``cancelled``: ``handle_view``), reading at most ``max(scan, limit + 1)`` handles.
+        Keys only grow, so a cursor stays right while handles are added. One indexed
+        range read: O(limit) (O(scan) with ``states``), whatever the store holds."""
         ...
 
     # -- the life of a job (states.TRANSITIONS)

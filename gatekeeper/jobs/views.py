@@ -8,11 +8,13 @@ client key is shown as a keyed hash).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.ids import client_hash
 from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.waitroom import retry_after_full, start_delays
 
@@ -43,6 +45,7 @@ def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
             "cancel_requested": j.cancel_requested,
             "reason": None,
             "result": None,
+            **timestamps(j.record),
             "links": links,
         }
     row = j.record
@@ -65,8 +68,23 @@ def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
         "result": {"status": row.result_status, "bytes": row.result_bytes}
         if row.result_status is not None
         else None,
+        **timestamps(j.record),
         "links": links,
     }
+
+
+def timestamps(row: JobRecord) -> dict[str, str | None]:
+    """When the job arrived, started and ended (RFC 3339, UTC; issue #20 §2: a user's list
+    shows when each song was asked for). The stored wall clock, so they survive a restart."""
+    return {
+        "created_at": rfc3339(row.created),
+        "started_at": None if row.started is None else rfc3339(row.started),
+        "finished_at": None if row.finished is None else rfc3339(row.finished),
+    }
+
+
+def rfc3339(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def queue_status(jobs: JobService, now: float) -> dict[str, Any]:
