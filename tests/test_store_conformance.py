@@ -24,6 +24,7 @@ import pytest
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.handles import Handle
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.states import TRANSITIONS, Endings, allowed
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
@@ -604,3 +605,68 @@ def test_every_state_is_reachable_through_the_store() -> None:
                 seen.add(nxt)
                 todo.append(nxt)
     assert seen == set(JobState)
+
+
+# -- the webhook outbox (issue #20 §1) ---------------------------------------------------------
+
+
+def delivery(job_id: str, n: int, *, dest: str = "hooks", at: float = 1000.0) -> Delivery:
+    return Delivery(f"msg_{job_id}_{n}", job_id, dest, "http://r/h", "job.x", b"{}", at, at)
+
+
+def test_outbox_rows_are_written_with_the_state_change(store: JobStore) -> None:
+    """create, mark_running and finish write their deliveries; a refused change writes none."""
+    job_id = new_id()
+    store.body_writer(job_id).commit()
+    rec = JobRecord(job_id, "generate", "c", False, "POST", "/g", (), None, 0, created=1000.0)
+    store.create(rec, [delivery(job_id, 1)])
+    store.mark_running(job_id, 1001.0, None, [delivery(job_id, 2)])
+    with pytest.raises(ValueError):  # queued -> running twice: refused, and nothing written
+        store.mark_running(job_id, 1002.0, None, [delivery(job_id, 99)])
+    store.finish(job_id, JobState.DONE, None, 1003.0, [delivery(job_id, 3)])
+    with pytest.raises(ValueError):
+        store.finish(job_id, JobState.FAILED, "x", 1004.0, [delivery(job_id, 98)])
+    assert [d.id for d in store.outbox_pending(job_id)] == [f"msg_{job_id}_{n}" for n in (1, 2, 3)]
+    assert store.outbox_backlog().count == 3 and store.outbox_backlog().oldest == 1000.0
+
+
+def test_outbox_take_leases_retry_and_deliver(store: JobStore) -> None:
+    """A taken row is not taken again until retried (due at its time) or delivered."""
+    job = add(store)
+    store.outbox_add([delivery(job.id, 1), delivery(job.id, 2, dest="other")])
+    first = store.outbox_take(1000.0, 10, 5000.0, skip=["other"])
+    assert [d.id for d in first] == [f"msg_{job.id}_1"]
+    assert [d.destination for d in store.outbox_take(1000.0, 10, 5000.0)] == ["other"]
+    assert store.outbox_take(1000.0, 10, 5000.0) == []  # both leased
+    store.outbox_retry(first[0].id, 1010.0, "HTTP 500")
+    assert store.outbox_take(1009.0, 10, 5000.0) == []  # not due yet
+    again = store.outbox_take(1010.0, 10, 5000.0)
+    assert [(d.id, d.attempts, d.last_error) for d in again] == [(first[0].id, 1, "HTTP 500")]
+    assert again[0].payload == b"{}"  # the same body and id on every attempt
+    store.outbox_delivered(first[0].id)
+    assert store.outbox_backlog().count == 1
+
+
+def test_gone_stops_a_destination_for_that_job(store: JobStore) -> None:
+    """After a 410 the destination's rows of that job go, and later ones are not written."""
+    job, other = add(store), add(store)
+    store.outbox_add([delivery(job.id, 1), delivery(job.id, 2), delivery(other.id, 1)])
+    assert store.outbox_gone(job.id, "hooks") == 2
+    store.outbox_add([delivery(job.id, 3), delivery(job.id, 4, dest="else")])
+    assert [d.destination for d in store.outbox_pending(job.id)] == ["else"]
+    assert len(store.outbox_pending(other.id)) == 1
+
+
+def test_outbox_survives_a_reopen_with_leases_released(open_store: Opener, tmp_path: Path) -> None:
+    """Undelivered rows outlive the store; a row leased by the dead process is due at once."""
+    s = open_store(tmp_path / "state")
+    job = add(s)
+    s.outbox_add([delivery(job.id, n) for n in range(50)])
+    assert len(s.outbox_take(1000.0, 20, 9999.0)) == 20
+    s.close()
+    s = open_store(tmp_path / "state")
+    try:
+        assert s.outbox_backlog().count == 50
+        assert len(s.outbox_take(1000.0, 100, 9999.0)) == 50
+    finally:
+        s.close()

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.config.declare import boolean, checked, declared, duration, integer
+from gatekeeper.config.declare import boolean, checked, declared, duration, integer, section
+from gatekeeper.config.webhooks import Webhooks
 
 STATE_DIR_NAME = "gatekeeper-state"
 
@@ -87,6 +88,9 @@ class Jobs:
         " just above the floor can still be written whole. 0 disables the floor.",
         minimum=0,
         default=512 * 1024**2,
+    )
+    webhooks: Webhooks = section(
+        "Signed job events POSTed to receivers (docs/webhooks.md).", factory=Webhooks
     )
 
     def state_dir(self, source: str) -> Path:
