@@ -42,6 +42,8 @@ from gatekeeper.jobs.webhooks.sign import headers
 from gatekeeper.observability.metrics import Metrics
 
 log = logging.getLogger("gatekeeper.webhooks")
+# Each attempt is a line of the request log, beside the requests' own (key=value).
+access = logging.getLogger("gatekeeper.access")
 
 __all__ = ["Deliverer"]
 
@@ -94,6 +96,8 @@ class Deliverer:
         self.attempts = 0
         for outcome in Outcome:  # every series at 0 from the start
             metrics.webhook_deliveries.labels(outcome)
+        for d in config().jobs.webhooks.destinations:
+            metrics.webhook_failing.labels(d.name).set(0)
 
     def wake(self) -> None:
         """New rows were (or are about to be) written: look now."""
@@ -108,6 +112,12 @@ class Deliverer:
                 log.error("webhooks: %s (its deliveries wait until it can be read)", problem)
             self._keys_of = (id(cfg), keys)
         return self._keys_of[1]
+
+    def longest_failing(self) -> float:
+        """Seconds the longest-failing destination has failed since its last success."""
+        now = self._wall()
+        streaks = [now - lane.failing_since for lane in self._lanes.values() if lane.failing_since]
+        return max(streaks, default=0.0)
 
     def backlog(self) -> dict[str, object]:
         """The ``webhooks`` object of the status document."""
@@ -175,11 +185,14 @@ class Deliverer:
         self._metrics.webhook_oldest_undelivered.set(
             max(0.0, now - b.oldest) if b.oldest is not None else 0.0
         )
+        streaks: dict[str, float] = {}  # by label: the requests' own lanes share one
         for d, lane in self._lanes.items():
             since = lane.failing_since
-            self._metrics.webhook_failing.labels(metric_label(d)).set(
-                0.0 if since is None else max(0.0, now - since)
-            )
+            label = metric_label(d)
+            streak = 0.0 if since is None else max(0.0, now - since)
+            streaks[label] = max(streaks.get(label, 0.0), streak)
+        for label, streak in streaks.items():
+            self._metrics.webhook_failing.labels(label).set(streak)
 
     async def _attempt(self, client: httpx.AsyncClient, lane: Lane, row: Delivery) -> None:
         cfg = self._config().jobs.webhooks
@@ -219,11 +232,12 @@ class Deliverer:
             else lane.failing_since
         )
         self._metrics.webhook_deliveries.labels(outcome).inc()
-        log.log(
+        access.log(
             logging.INFO if outcome is Outcome.DELIVERED else logging.WARNING,
-            "webhook %s %s job=%s… destination=%s attempt=%d status=%s outcome=%s duration=%.3fs%s",
-            row.event,
+            "webhook delivery_id=%s event=%s job=%s… destination=%s attempt=%d status=%s"
+            " outcome=%s total_s=%.3f%s",
             row.id,
+            row.event,
             row.job_id[:6],
             metric_label(row.destination),
             row.attempts + 1,

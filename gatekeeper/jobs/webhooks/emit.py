@@ -136,7 +136,13 @@ class Emitter:
     def completed(self, job: Job, ending: Ending, wall: float) -> Sequence[Delivery]:
         def make() -> list[Delivery]:
             self._last_progress.pop(job.id, None)
-            record = replace(job.record, state=ending.state, reason=ending.reason, finished=wall)
+            # As stored (the result head and the final progress are written by the runner
+            # without touching the live record), with the ending about to be written.
+            try:
+                stored = self._jobs.store.get(job.id) or job.record
+            except StorageError:  # the ending itself is about to fail: announce what we know
+                stored = job.record
+            record = replace(stored, state=ending.state, reason=ending.reason, finished=wall)
             if record.started is None and job.started is not None:
                 record = replace(record, started=wall - (self._clock() - job.started))
             view = self._view(replace(job, record=record, ending=ending))
