@@ -670,3 +670,18 @@ def test_outbox_survives_a_reopen_with_leases_released(open_store: Opener, tmp_p
         assert len(s.outbox_take(1000.0, 100, 9999.0)) == 50
     finally:
         s.close()
+
+
+def test_wake_makes_a_destinations_retries_due(store: JobStore) -> None:
+    """A destination back after an outage: its rows waiting for a retry are due now; leased
+    rows and other destinations are untouched."""
+    job = add(store)
+    store.outbox_add([delivery(job.id, n) for n in range(3)] + [delivery(job.id, 9, dest="b")])
+    for d in store.outbox_take(1000.0, 10, 5000.0):
+        store.outbox_retry(d.id, 2000.0, "HTTP 503")
+    leased = store.outbox_take(2000.0, 1, 5000.0)
+    assert store.outbox_wake("hooks", 1500.0) == 3 - len(
+        [d for d in leased if d.destination == "hooks"]
+    )
+    due = {d.destination for d in store.outbox_take(1500.0, 10, 5000.0)}
+    assert due == {"hooks"}

@@ -181,6 +181,9 @@ class GuardedStore:
     def outbox_gone(self, job_id: str, destination: str) -> int:
         return guarded("outbox_gone", lambda: self.inner.outbox_gone(job_id, destination))
 
+    def outbox_wake(self, destination: str, now: float) -> int:
+        return guarded("outbox_wake", lambda: self.inner.outbox_wake(destination, now))
+
     def outbox_backlog(self) -> Backlog:
         return guarded("outbox_backlog", self.inner.outbox_backlog)
 

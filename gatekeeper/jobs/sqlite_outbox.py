@@ -149,6 +149,16 @@ class SqliteOutbox:
             )
         return cur.rowcount
 
+    def outbox_wake(self, destination: str, now: float) -> int:
+        """The destination is back: its rows waiting for a retry are due ``now``."""
+        with self._txn():
+            cur = self._db.execute(
+                "UPDATE outbox SET next_at = ? WHERE destination = ? AND next_at > ?"
+                " AND leased IS NULL",
+                (now, destination, now),
+            )
+        return cur.rowcount
+
     def outbox_backlog(self) -> Backlog:
         r = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
         return Backlog(int(r[0]), None if r[1] is None else float(r[1]))

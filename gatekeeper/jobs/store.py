@@ -177,6 +177,12 @@ class JobStore(Protocol):
         for it any more; returns how many went."""
         ...
 
+    def outbox_wake(self, destination: str, now: float) -> int:
+        """The destination answered again: its deliveries waiting for a retry are due
+        ``now`` (a backlog drains at once after an outage, not over its backoff steps);
+        returns how many."""
+        ...
+
     def outbox_backlog(self) -> Backlog:
         """How many deliveries are undelivered, and the oldest one's creation time."""
         ...

@@ -12,7 +12,10 @@ the same few-statement ones as the jobs tick. Each pass:
    other destination waits for it;
 3. records each attempt's outcome (``policy.classify``): delivered and given-up
    rows go, a 410 drops the destination for that job, anything else is due again
-   after ``policy.backoff`` (with jitter), the same ``webhook-id`` each time.
+   after ``policy.backoff`` (with jitter), the same ``webhook-id`` each time. The
+   first success after failures makes the destination's whole backlog due at once
+   (``outbox_wake``): after an outage it drains at the receiver's pace instead of
+   over each row's backoff step.
 
 It wakes when the emitter wrote rows (``wake``), else polls every
 ``POLL_SECONDS`` for retries coming due. Redirects are not followed (a
@@ -222,6 +225,10 @@ class Deliverer:
             outcome = Outcome.EXPIRED
         try:
             self._record(row, outcome, now + delay, error)
+            # Back after failures: its backlog is due now, not at each row's backoff.
+            back = outcome is Outcome.DELIVERED and lane.failing_since is not None
+            if back and self._store.outbox_wake(row.destination, now):
+                self.wake()
         except StorageError as exc:  # the lease stays: retried after a restart
             log.error("webhooks: delivery %s not recorded: %s", row.id, exc.detail)
         lane.failing_since = (
