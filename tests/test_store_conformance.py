@@ -661,7 +661,7 @@ def test_outbox_survives_a_reopen_with_leases_released(open_store: Opener, tmp_p
     """Undelivered rows outlive the store; a row leased by the dead process is due at once."""
     s = open_store(tmp_path / "state")
     job = add(s)
-    s.outbox_add([delivery(job.id, n) for n in range(50)])
+    s.outbox_add([delivery(f"{job.id}-{n}", n) for n in range(50)])  # 50 jobs' events
     assert len(s.outbox_take(1000.0, 20, 9999.0)) == 20
     s.close()
     s = open_store(tmp_path / "state")
@@ -675,13 +675,25 @@ def test_outbox_survives_a_reopen_with_leases_released(open_store: Opener, tmp_p
 def test_wake_makes_a_destinations_retries_due(store: JobStore) -> None:
     """A destination back after an outage: its rows waiting for a retry are due now; leased
     rows and other destinations are untouched."""
-    job = add(store)
-    store.outbox_add([delivery(job.id, n) for n in range(3)] + [delivery(job.id, 9, dest="b")])
+    rows = [delivery(f"job{n}", n) for n in range(3)] + [delivery("job9", 9, dest="b")]
+    store.outbox_add(rows)
     for d in store.outbox_take(1000.0, 10, 5000.0):
         store.outbox_retry(d.id, 2000.0, "HTTP 503")
     leased = store.outbox_take(2000.0, 1, 5000.0)
-    assert store.outbox_wake("hooks", 1500.0) == 3 - len(
-        [d for d in leased if d.destination == "hooks"]
-    )
-    due = {d.destination for d in store.outbox_take(1500.0, 10, 5000.0)}
-    assert due == {"hooks"}
+    assert [d.id for d in leased] == ["msg_job0_0"]
+    assert store.outbox_wake("hooks", 1500.0) == 2
+    assert {d.id for d in store.outbox_take(1500.0, 10, 5000.0)} == {"msg_job1_1", "msg_job2_2"}
+
+
+def test_one_jobs_rows_to_a_destination_go_one_at_a_time_in_order(store: JobStore) -> None:
+    """A row is not taken while an earlier row of its job and destination is in the outbox
+    (leased or waiting for a retry); other jobs and destinations are not held."""
+    a, b = add(store), add(store)
+    store.outbox_add([delivery(a.id, 1), delivery(a.id, 2), delivery(b.id, 1)])
+    store.outbox_add([delivery(a.id, 3, dest="other")])
+    first = {d.id for d in store.outbox_take(1000.0, 10, 5000.0)}
+    assert first == {f"msg_{a.id}_1", f"msg_{b.id}_1", f"msg_{a.id}_3"}
+    store.outbox_retry(f"msg_{a.id}_1", 1000.0, "HTTP 500")  # due again, still first
+    assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_1"]
+    store.outbox_delivered(f"msg_{a.id}_1")
+    assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_2"]

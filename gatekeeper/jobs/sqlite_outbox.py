@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     leased REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, seq);
-CREATE INDEX IF NOT EXISTS outbox_job ON outbox (job_id, destination);
+CREATE INDEX IF NOT EXISTS outbox_job ON outbox (job_id, destination, seq);
 CREATE TABLE IF NOT EXISTS outbox_gone (
     job_id TEXT NOT NULL,
     destination TEXT NOT NULL,
@@ -109,13 +109,19 @@ class SqliteOutbox:
         self, now: float, limit: int, lease_until: float, skip: Collection[str] = ()
     ) -> list[Delivery]:
         """Up to ``limit`` deliveries due at ``now`` and not leased, oldest due first, but
-        none for the destinations in ``skip``; each leased until ``lease_until``."""
+        none for the destinations in ``skip`` and none behind an undelivered earlier row
+        of its job and destination; each leased until ``lease_until``."""
         marks = ", ".join("?" * len(skip))
         with self._txn():
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE next_at <= ?"
+                f"SELECT {_COLUMNS} FROM outbox o WHERE next_at <= ?"
                 " AND (leased IS NULL OR leased <= ?)"
-                f" AND destination NOT IN ({marks}) ORDER BY next_at, seq LIMIT ?",
+                f" AND destination NOT IN ({marks})"
+                # One job's events reach a destination in order, one at a time: a row
+                # waits while an earlier one of its job and destination is undelivered.
+                " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id"
+                " AND e.destination = o.destination AND e.seq < o.seq)"
+                " ORDER BY next_at, seq LIMIT ?",
                 (now, now, *skip, limit),
             ).fetchall()
             self._db.executemany(

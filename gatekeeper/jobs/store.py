@@ -163,7 +163,9 @@ class JobStore(Protocol):
         self, now: float, limit: int, lease_until: float, skip: Collection[str] = ()
     ) -> list[Delivery]:
         """Up to ``limit`` deliveries due at ``now`` (oldest due first), each not due again
-        before ``lease_until`` unless released (a shared store: FOR UPDATE SKIP LOCKED)."""
+        before ``lease_until`` unless released (a shared store: FOR UPDATE SKIP LOCKED);
+        none for the destinations in ``skip``, and none while an earlier delivery of its
+        job to its destination is in the outbox (one job's events arrive in order)."""
         ...
 
     def outbox_delivered(self, delivery_id: str) -> None:

@@ -254,6 +254,8 @@ class Deliverer:
             "" if outcome is Outcome.DELIVERED else f" error={error!r}",
         )
         self._start(client, lane, self._config().jobs.webhooks.concurrency)
+        if outcome is not Outcome.RETRY:
+            self.wake()  # the next event of this job (held behind this one) may be taken
 
     def _record(self, row: Delivery, outcome: Outcome, next_at: float, error: str) -> None:
         if outcome is Outcome.RETRY:
