@@ -75,9 +75,14 @@ async def engine(tmp_path: Path, procs: list[Proc], seconds: float) -> str:
 
 
 async def submit(
-    http: aiohttp.ClientSession, url: str, path: str = "/generate/song", **headers: str
+    http: aiohttp.ClientSession,
+    url: str,
+    path: str = "/generate",
+    lyrics: str = "la",
+    **headers: str,
 ) -> str:
-    async with http.post(url + path, json={"lyrics": "la"}, headers={**ASYNC, **headers}) as r:
+    body = {"lyrics": lyrics}
+    async with http.post(url + path, json=body, headers={**ASYNC, **headers}) as r:
         assert r.status == 202, await r.text()
         return str((await r.json())["id"])
 
@@ -116,6 +121,7 @@ async def test_events_arrive_in_order_signed(
     assert [r.data["state"] for r in receiver.seen][:2] == ["queued", "running"]
     completed = receiver.seen[-1].data
     assert completed == final  # the job's JSON as GET {jobs_path}/<id> shows it
+    assert completed["state"] == "done" and completed["result"]["status"] == 200
     progress = [r.data["progress"] for r in receiver.seen[2:-1]]
     assert progress == sorted(progress) and all(0 < p <= 1 for p in progress)
     for r in receiver.seen:
@@ -156,15 +162,17 @@ async def test_kill_9_with_50_undelivered_loses_none(
     tmp_path: Path, procs: list[Proc], receiver: Receiver
 ) -> None:
     """50 job.queued deliveries pending when gatekeeper is killed -9: after a restart, all
-    50 are delivered (the outbox was written with each job)."""
+    50 are delivered (the outbox was written with each job), and the job that was running
+    is announced job.completed, failed interrupted, by the start's recovery."""
     receiver.down = True
     hook = await receiver.start(free_port())
-    text = base_rules(tmp_path, {"destinations": [dest("app", hook, events=["queued"])]})
+    hooks = [dest("app", hook, events=["queued"]), dest("ends", hook, events=["completed"])]
+    text = base_rules(tmp_path, {"destinations": hooks})
     eng = await engine(tmp_path, procs, 60.0)  # the first job runs; the others wait
     state = tmp_path / "state"
     first, url, admin = await gatekeeper(tmp_path, procs, text, eng, state)
     async with aiohttp.ClientSession() as http:
-        ids = [await submit(http, url, f"/generate/{i}") for i in range(50)]
+        ids = [await submit(http, url, lyrics=f"song {i}") for i in range(50)]
         await poll(_attempted(receiver, 50), timeout=30)  # each tried once, refused
         async with http.get(admin + "/status") as r:
             status = await r.json()
@@ -174,6 +182,11 @@ async def test_kill_9_with_50_undelivered_loses_none(
         receiver.down = False
         await gatekeeper(tmp_path, procs, text, eng, state)
         await poll(_has(receiver, "job.queued", 50), timeout=60)
+        await poll(_has(receiver, "job.completed"), timeout=30)
+    ended = receiver.delivered("job.completed")
+    assert [(r.data["id"], r.data["state"], r.data["reason"]) for r in ended] == [
+        (ids[0], "failed", "interrupted")
+    ]
     delivered = receiver.delivered("job.queued")
     assert sorted(r.data["id"] for r in delivered) == sorted(ids)
     assert all(r.valid for r in receiver.seen)
@@ -207,12 +220,12 @@ async def test_a_sleeping_receiver_delays_no_other_destination_nor_the_queue(
     _, url, _ = await gatekeeper(tmp_path, procs, base_rules(tmp_path, hooks), eng)
     try:
         async with aiohttp.ClientSession() as http:
-            a = await submit(http, url, "/generate/a")
+            a = await submit(http, url, lyrics="a")
             await poll(_started(slow), timeout=10)  # the slow receiver holds its first one
-            b = await submit(http, url, "/generate/b")
+            b = await submit(http, url, lyrics="b")
             await poll(_has(receiver, "job.completed", 2), timeout=30)
-            done = {r.data["id"] for r in receiver.delivered("job.completed")}
-            assert done == {a, b}
+            done = {(r.data["id"], r.data["state"]) for r in receiver.delivered("job.completed")}
+            assert done == {(a, "done"), (b, "done")}
             assert slow.seen == [] and len(slow.started) == 1  # still inside its first
     finally:
         slow.sleep = 0
