@@ -239,20 +239,20 @@ class Deliverer:
             else lane.failing_since
         )
         self._metrics.webhook_deliveries.labels(outcome).inc()
-        access.log(
-            logging.INFO if outcome is Outcome.DELIVERED else logging.WARNING,
-            "webhook delivery_id=%s event=%s job=%s… destination=%s attempt=%d status=%s"
-            " outcome=%s total_s=%.3f%s",
-            row.id,
-            row.event,
-            row.job_id[:6],
-            metric_label(row.destination),
-            row.attempts + 1,
-            status if status is not None else "-",
-            outcome,
-            time.monotonic() - started,
-            "" if outcome is Outcome.DELIVERED else f" error={error!r}",
-        )
+        fields: dict[str, object] = {
+            "delivery_id": row.id,
+            "event": row.event,
+            "job": row.job_id[:6] + "…",
+            "destination": metric_label(row.destination),
+            "attempt": row.attempts + 1,
+            "status": status,
+            "outcome": str(outcome),
+            "total_s": round(time.monotonic() - started, 3),
+        }
+        if outcome is not Outcome.DELIVERED:
+            fields["error"] = error
+        level = logging.INFO if outcome is Outcome.DELIVERED else logging.WARNING
+        access.log(level, "webhook", extra={"fields": fields})
         self._start(client, lane, self._config().jobs.webhooks.concurrency)
         if outcome is not Outcome.RETRY:
             self.wake()  # the next event of this job (held behind this one) may be taken
