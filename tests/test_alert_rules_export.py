@@ -144,6 +144,7 @@ def test_promql_of_every_default_rule_names_an_exported_metric() -> None:
     m = Metrics()
     m.rejections.labels("generate", "busy").inc()
     m.upstream_errors.labels("generate", "timeout").inc()
+    m.webhook_failing.labels("app").set(0)
     exposed = generate_latest(m.registry).decode()
     for rule in load_config_file(PACKAGED).alerts.rules:
         metric = promql(rule).split("(")[-1].split("[")[0].split("{")[0].split(")")[0].strip()
@@ -159,7 +160,8 @@ def test_promtool_check_rules() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     count = len(load_config_file(PACKAGED).alerts.rules)
-    assert count == 10  # cpu, memory, rejections, upstream x2, stuck, reload, disk, queue x2
+    # cpu, memory, rejections, upstream x2, stuck, reload, disk, webhooks, queue x2
+    assert count == 11
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 

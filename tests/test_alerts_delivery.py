@@ -231,6 +231,7 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
         "queue_full_ratio": 0.0,  # no waiting room wired: an empty queue
         "queue_oldest_wait_seconds": 0.0,
         "state_free_bytes": None,  # no waiting room wired: no free-space sample
+        "webhook_failing_seconds": 0.0,  # no webhook deliverer wired: nothing failing
     }
     now[0] += 61  # a minute later, with no new events: per-minute rates fall to 0
     st.upstream_up, st.config_reload_failed = False, True

@@ -24,6 +24,7 @@ import pytest
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.handles import Handle
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.states import TRANSITIONS, Endings, allowed
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
@@ -711,3 +712,95 @@ def test_every_state_is_reachable_through_the_store() -> None:
                 seen.add(nxt)
                 todo.append(nxt)
     assert seen == set(JobState)
+
+
+# -- the webhook outbox (issue #20 §1) ---------------------------------------------------------
+
+
+def delivery(job_id: str, n: int, *, dest: str = "hooks", at: float = 1000.0) -> Delivery:
+    return Delivery(f"msg_{job_id}_{n}", job_id, dest, "http://r/h", "job.x", b"{}", at, at)
+
+
+def test_outbox_rows_are_written_with_the_state_change(store: JobStore) -> None:
+    """create, mark_running and finish write their deliveries; a refused change writes none."""
+    job_id = new_id()
+    store.body_writer(job_id).commit()
+    rec = JobRecord(job_id, "generate", "c", False, "POST", "/g", (), None, 0, created=1000.0)
+    store.create(rec, [delivery(job_id, 1)])
+    store.mark_running(job_id, 1001.0, None, [delivery(job_id, 2)])
+    with pytest.raises(ValueError):  # queued -> running twice: refused, and nothing written
+        store.mark_running(job_id, 1002.0, None, [delivery(job_id, 99)])
+    store.finish(job_id, JobState.DONE, None, 1003.0, [delivery(job_id, 3)])
+    with pytest.raises(ValueError):
+        store.finish(job_id, JobState.FAILED, "x", 1004.0, [delivery(job_id, 98)])
+    assert [d.id for d in store.outbox_pending(job_id)] == [f"msg_{job_id}_{n}" for n in (1, 2, 3)]
+    assert store.outbox_backlog().count == 3 and store.outbox_backlog().oldest == 1000.0
+
+
+def test_outbox_take_leases_retry_and_deliver(store: JobStore) -> None:
+    """A taken row is not taken again until retried (due at its time) or delivered."""
+    job = add(store)
+    store.outbox_add([delivery(job.id, 1), delivery(job.id, 2, dest="other")])
+    first = store.outbox_take(1000.0, 10, 5000.0, skip=["other"])
+    assert [d.id for d in first] == [f"msg_{job.id}_1"]
+    assert [d.destination for d in store.outbox_take(1000.0, 10, 5000.0)] == ["other"]
+    assert store.outbox_take(1000.0, 10, 5000.0) == []  # both leased
+    store.outbox_retry(first[0].id, 1010.0, "HTTP 500")
+    assert store.outbox_take(1009.0, 10, 5000.0) == []  # not due yet
+    again = store.outbox_take(1010.0, 10, 5000.0)
+    assert [(d.id, d.attempts, d.last_error) for d in again] == [(first[0].id, 1, "HTTP 500")]
+    assert again[0].payload == b"{}"  # the same body and id on every attempt
+    store.outbox_delivered(first[0].id)
+    assert store.outbox_backlog().count == 1
+
+
+def test_gone_stops_a_destination_for_that_job(store: JobStore) -> None:
+    """After a 410 the destination's rows of that job go, and later ones are not written."""
+    job, other = add(store), add(store)
+    store.outbox_add([delivery(job.id, 1), delivery(job.id, 2), delivery(other.id, 1)])
+    assert store.outbox_gone(job.id, "hooks") == 2
+    store.outbox_add([delivery(job.id, 3), delivery(job.id, 4, dest="else")])
+    assert [d.destination for d in store.outbox_pending(job.id)] == ["else"]
+    assert len(store.outbox_pending(other.id)) == 1
+
+
+def test_outbox_survives_a_reopen_with_leases_released(open_store: Opener, tmp_path: Path) -> None:
+    """Undelivered rows outlive the store; a row leased by the dead process is due at once."""
+    s = open_store(tmp_path / "state")
+    job = add(s)
+    s.outbox_add([delivery(f"{job.id}-{n}", n) for n in range(50)])  # 50 jobs' events
+    assert len(s.outbox_take(1000.0, 20, 9999.0)) == 20
+    s.close()
+    s = open_store(tmp_path / "state")
+    try:
+        assert s.outbox_backlog().count == 50
+        assert len(s.outbox_take(1000.0, 100, 9999.0)) == 50
+    finally:
+        s.close()
+
+
+def test_wake_makes_a_destinations_retries_due(store: JobStore) -> None:
+    """A destination back after an outage: its rows waiting for a retry are due now; leased
+    rows and other destinations are untouched."""
+    rows = [delivery(f"job{n}", n) for n in range(3)] + [delivery("job9", 9, dest="b")]
+    store.outbox_add(rows)
+    for d in store.outbox_take(1000.0, 10, 5000.0):
+        store.outbox_retry(d.id, 2000.0, "HTTP 503")
+    leased = store.outbox_take(2000.0, 1, 5000.0)
+    assert [d.id for d in leased] == ["msg_job0_0"]
+    assert store.outbox_wake("hooks", 1500.0) == 2
+    assert {d.id for d in store.outbox_take(1500.0, 10, 5000.0)} == {"msg_job1_1", "msg_job2_2"}
+
+
+def test_one_jobs_rows_to_a_destination_go_one_at_a_time_in_order(store: JobStore) -> None:
+    """A row is not taken while an earlier row of its job and destination is in the outbox
+    (leased or waiting for a retry); other jobs and destinations are not held."""
+    a, b = add(store), add(store)
+    store.outbox_add([delivery(a.id, 1), delivery(a.id, 2), delivery(b.id, 1)])
+    store.outbox_add([delivery(a.id, 3, dest="other")])
+    first = {d.id for d in store.outbox_take(1000.0, 10, 5000.0)}
+    assert first == {f"msg_{a.id}_1", f"msg_{b.id}_1", f"msg_{a.id}_3"}
+    store.outbox_retry(f"msg_{a.id}_1", 1000.0, "HTTP 500")  # due again, still first
+    assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_1"]
+    store.outbox_delivered(f"msg_{a.id}_1")
+    assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_2"]

@@ -26,6 +26,7 @@ from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.views import jobs_status, queue_status
+from gatekeeper.jobs.webhooks.deliver import Deliverer
 from gatekeeper.lifecycle.epochs import RuntimeUsage
 from gatekeeper.lifecycle.probe import engine_busy, engine_refused, engine_verdict
 from gatekeeper.lifecycle.runtime import Runtime, admission_limits
@@ -53,6 +54,8 @@ class AppState:
     # The waiting room (issue #9): queue routes, async jobs, kept results; attached by
     # ``create_state`` once the state it reads exists.
     jobs: JobService | None = None
+    # The webhook outbox's sender (issue #20 §1), while the waiting room runs.
+    webhooks: Deliverer | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
     # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.
@@ -117,7 +120,10 @@ class AppState:
         """The waiting room's sections of the status document (none without one)."""
         if self.jobs is None:
             return {}
-        return {"queue": queue_status(self.jobs, now), "jobs": jobs_status(self.jobs)}
+        jobs = jobs_status(self.jobs)
+        if self.webhooks is not None:
+            jobs["webhooks"] = self.webhooks.backlog()
+        return {"queue": queue_status(self.jobs, now), "jobs": jobs}
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:

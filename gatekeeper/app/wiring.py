@@ -28,6 +28,8 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
+from gatekeeper.jobs.webhooks.deliver import Deliverer
+from gatekeeper.jobs.webhooks.emit import Emitter
 from gatekeeper.lifecycle.probe import Verdict, first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
@@ -123,11 +125,20 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         jobs = st.jobs
+        sender: asyncio.Task[None] | None = None
         if jobs is not None:
+            # The webhooks (issue #20 §1) hear the jobs the start recovers, too.
+            deliverer = Deliverer(jobs.store, lambda: st.config, st.metrics)
+            jobs.events = Emitter(jobs, st.clock, jobs.deps.wall, deliverer.wake)
+            st.webhooks = deliverer
+            deliverer.keys()  # a secret that cannot be read is logged at start
             jobs.start()
+            sender = asyncio.create_task(deliverer.run(), name="gatekeeper-webhooks")
         yield
+        if sender is not None:  # an attempt cut here is sent again after the next start
+            await cancel_and_wait([sender])
         if jobs is not None:
-            await jobs.close()
+            await jobs.close()  # the endings it writes are delivered after the next start
 
     return ctx
 

@@ -242,4 +242,20 @@ def queue_lines(doc: dict[str, Any]) -> list[str]:
         if j.get("state_dir"):
             line += f" in {j['state_dir']}"
         lines.append(line)
+        w = j.get("webhooks")
+        if isinstance(w, dict):
+            lines.append(webhook_line(w))
     return lines
+
+
+def webhook_line(w: dict[str, Any]) -> str:
+    """The webhook outbox (issue #20 §1): backlog, its oldest, failing destinations."""
+    line = f"  {'webhooks':<11} {w.get('backlog', 0)} undelivered"
+    if w.get("backlog"):
+        line += f" (oldest {duration(float(w.get('oldest_seconds') or 0))})"
+    line += f", {w.get('in_flight', 0)} in flight"
+    failing = w.get("failing") or []
+    if failing:
+        names = ", ".join(f"{d} for {duration(float(s))}" for d, s in failing)
+        line += f"   FAILING: {names}"
+    return line

@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.config.declare import boolean, checked, declared, duration, integer, string
+from gatekeeper.config.declare import (
+    boolean,
+    checked,
+    declared,
+    duration,
+    integer,
+    section,
+    string,
+)
+from gatekeeper.config.webhooks import Webhooks
 
 STATE_DIR_NAME = "gatekeeper-state"
 LISTING_MODES = ("auto", "on", "off")
@@ -97,6 +106,9 @@ class Jobs:
         " key. off: 404 listing_off.",
         choices=LISTING_MODES,
         default="auto",
+    )
+    webhooks: Webhooks = section(
+        "Signed job events POSTed to receivers (docs/webhooks.md).", factory=Webhooks
     )
 
     def state_dir(self, source: str) -> Path:

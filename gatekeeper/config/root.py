@@ -343,7 +343,26 @@ def _check(cfg: Config, root: Section, ctx: Context) -> Config:
     upstream, admission = _slots(cfg.upstream, cfg.admission, ctx.sections.get("admission"))
     cfg = replace(cfg, upstream=upstream, admission=admission)
     _gradio_needs_one_engine(cfg, root.node_of("routes"), ctx.problems)
+    _webhook_routes_exist(cfg, ctx)
     return cfg
+
+
+def _webhook_routes_exist(cfg: Config, ctx: Context) -> None:
+    """``jobs.webhooks.destinations[].routes`` name queue routes of this file."""
+    queue = {r.name for r in cfg.routes if r.action == "queue"}
+    sec = ctx.sections.get("jobs.webhooks")
+    for i, d in enumerate(cfg.jobs.webhooks.destinations):
+        bad = [n for n in d.routes or () if n not in queue]
+        if bad:
+            ctx.problems.append(
+                ConfigProblem(
+                    f"jobs.webhooks.destinations[{i}].routes",
+                    sec.line if sec is not None else None,
+                    f"names no queue route: {bad} (queue routes: {sorted(queue)})",
+                    list(d.routes or ()),
+                    True,
+                )
+            )
 
 
 def _gradio_needs_one_engine(

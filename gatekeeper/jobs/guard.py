@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
+from gatekeeper.jobs.outbox import Backlog, Delivery
 from gatekeeper.jobs.record import Headers, JobRecord
 from gatekeeper.jobs.store import LIST_SCAN, HandlePage, JobStore
 
@@ -96,8 +97,8 @@ class GuardedStore:
         with contextlib.suppress(*STORAGE_FAULTS):  # a broken database: nothing more to lose
             self.inner.close()
 
-    def create(self, record: JobRecord) -> JobRecord:
-        return guarded("create", lambda: self.inner.create(record))
+    def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
+        return guarded("create", lambda: self.inner.create(record, outbox))
 
     def get(self, job_id: str) -> JobRecord | None:
         return guarded("get", lambda: self.inner.get(job_id))
@@ -145,8 +146,16 @@ class GuardedStore:
     def add_coalesced(self, job_id: str) -> int:
         return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))
 
-    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
-        return guarded("mark_running", lambda: self.inner.mark_running(job_id, started, engine))
+    def mark_running(
+        self,
+        job_id: str,
+        started: float,
+        engine: str | None = None,
+        outbox: Sequence[Delivery] = (),
+    ) -> JobRecord:
+        return guarded(
+            "mark_running", lambda: self.inner.mark_running(job_id, started, engine, outbox)
+        )
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         return guarded("claim_next", lambda: self.inner.claim_next(started, engine))
@@ -162,9 +171,40 @@ class GuardedStore:
         guarded("set_progress", lambda: self.inner.set_progress(job_id, progress, result_bytes))
 
     def finish(
-        self, job_id: str, state: JobState, reason: str | None, finished: float
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
-        return guarded("finish", lambda: self.inner.finish(job_id, state, reason, finished))
+        return guarded("finish", lambda: self.inner.finish(job_id, state, reason, finished, outbox))
+
+    def outbox_add(self, deliveries: list[Delivery]) -> None:
+        guarded("outbox_add", lambda: self.inner.outbox_add(deliveries))
+
+    def outbox_take(
+        self, now: float, limit: int, lease_until: float, skip: Collection[str] = ()
+    ) -> list[Delivery]:
+        return guarded("outbox_take", lambda: self.inner.outbox_take(now, limit, lease_until, skip))
+
+    def outbox_delivered(self, delivery_id: str) -> None:
+        guarded("outbox_delivered", lambda: self.inner.outbox_delivered(delivery_id))
+
+    def outbox_retry(self, delivery_id: str, next_at: float, error: str) -> None:
+        guarded("outbox_retry", lambda: self.inner.outbox_retry(delivery_id, next_at, error))
+
+    def outbox_gone(self, job_id: str, destination: str) -> int:
+        return guarded("outbox_gone", lambda: self.inner.outbox_gone(job_id, destination))
+
+    def outbox_wake(self, destination: str, now: float) -> int:
+        return guarded("outbox_wake", lambda: self.inner.outbox_wake(destination, now))
+
+    def outbox_backlog(self) -> Backlog:
+        return guarded("outbox_backlog", self.inner.outbox_backlog)
+
+    def outbox_pending(self, job_id: str) -> list[Delivery]:
+        return guarded("outbox_pending", lambda: self.inner.outbox_pending(job_id))
 
     def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
         return guarded("recover", lambda: self.inner.recover(now, retry_interrupted))

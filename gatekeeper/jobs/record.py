@@ -89,6 +89,9 @@ class JobRecord:
     # the engine's name it was started on (mark_running): after a kill -9 that engine is
     # still computing it, and gets no new generation until known idle (issue #18 §5)
     engine: str | None = field(default=None, metadata=column("TEXT"))
+    # the request's own webhook (Gatekeeper-Webhook, allowed by jobs.webhooks.allow):
+    # {"url": ..., "events": [...]} as JSON; its deliveries outlive the process
+    webhook: str | None = field(default=None, metadata=column("TEXT"))
 
 
 STORED: tuple[Field[Any], ...] = fields(JobRecord)

@@ -69,6 +69,7 @@ from gatekeeper.jobs.listing import caller_key
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
+from gatekeeper.jobs.webhooks.request import own_webhook, without_webhook_headers
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.expect import send_continue
@@ -133,6 +134,7 @@ class QueueRoute:
         except BadHeader as exc:
             raise BadRequest(f"{exc.header}: {exc.detail}", reason="bad_header") from exc
         want_async = want_async and cfg.jobs_path is not None
+        webhook = own_webhook(request.headers, cfg.jobs.webhooks)  # 400 before the body
         client = caller_key(cfg, request)  # the key GET <jobs_path> lists under (listing)
         full = jobs.storage_refusal(self.clock())  # from the head: nothing is written
         if full is not None:
@@ -168,7 +170,7 @@ class QueueRoute:
         rec.bytes_in = spool.size
         try:
             key = None
-            if cfg.jobs.coalesce:
+            if cfg.jobs.coalesce and webhook is None:  # its own webhook: its own job
                 # The bytes as the client sent them and the engine gets them (a gzip body
                 # is not decoded: issue #18 §4).
                 key = _key(ctx, client, idem, spool.sha256)
@@ -185,9 +187,10 @@ class QueueRoute:
                 held=not want_async,
                 method=request.method,
                 target=request.raw_path,
-                headers=tuple(headers.items()),
+                headers=without_webhook_headers(headers.items()),
                 coalesce_key=key,
                 body_size=spool.size,
+                webhook=webhook,
             )
             result = jobs.submit(arrival, spool.save)
         finally:

@@ -29,6 +29,7 @@ from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError
 from gatekeeper.jobs.model import Job, ResultBroken
+from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
 from gatekeeper.upstream import ClientGone, UpstreamPool
 
@@ -45,6 +46,7 @@ class Host(Protocol):
 
     deps: JobDeps
     store: GuardedStore
+    events: JobEvents
 
     @property
     def closing(self) -> bool: ...
@@ -103,6 +105,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
                     p = scan.feed(chunk)
                     if p is not None:
                         job.progress = p
+                        jobs.events.progressed(job)  # throttled (jobs.webhooks)
                 job.notify()
             upstream_done = True
         except (aiohttp.ClientError, TimeoutError) as exc:

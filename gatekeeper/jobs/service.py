@@ -48,6 +48,7 @@ from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.orphans import hold_orphans
+from gatekeeper.jobs.outbox import JobEvents, Silent
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.service_handles import HandleOps
@@ -87,6 +88,7 @@ class JobService(HandleOps):
         self.next_evict = 0.0
         self._changed = asyncio.Event()  # any queue change (SSE positions)
         deps.gate.on_free = self.dispatch
+        self.events: JobEvents = Silent()  # the webhooks, when the app sets them up
 
     @property
     def config(self) -> Config:
@@ -170,7 +172,8 @@ class JobService(HandleOps):
         guarded("saving the request body", lambda: save_body(target))
         wall = deps.wall()
         try:
-            row = self.store.create(replace(request, created=wall))
+            new = replace(request, created=wall)
+            row = self.store.create(new, self.events.queued(new))
         except StorageError:
             self.store.drop_file(target)
             raise
@@ -256,7 +259,9 @@ class JobService(HandleOps):
             # this and try_admit can change the gate), recorded with the claim.
             engine = deps.gate.pick(now, probed_only=True)
             try:  # the claim is stored first: no slot is held while the store is asked
-                job.record = self.store.mark_running(job.id, deps.wall(), engine)
+                wall = deps.wall()
+                events = self.events.started(job, wall, engine)
+                job.record = self.store.mark_running(job.id, wall, engine, events)
             except StorageError as exc:
                 # Not claimed: the job waits again (at its client's tail), and nothing is
                 # claimed until the store had a moment (the tick tries again).
@@ -323,7 +328,8 @@ class JobService(HandleOps):
         deps = self.deps
         now, wall = deps.clock(), deps.wall()
         try:
-            job.record = self.store.finish(job.id, ending.state, ending.reason, wall)
+            events = self.events.completed(job, ending, wall)
+            job.record = self.store.finish(job.id, ending.state, ending.reason, wall, events)
         except StorageError as exc:
             # Not stored: whatever the engine answered, this job's result is not kept whole.
             log.error("job %s… could not be stored as %s: %s", job.id[:6], ending.state, exc.detail)

@@ -31,14 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
-from gatekeeper.jobs import sqlite_fair, sqlite_handles, sqlite_heads, sqlite_recover
+from gatekeeper.jobs import (
+    sqlite_fair,
+    sqlite_handles,
+    sqlite_heads,
+    sqlite_outbox,
+    sqlite_recover,
+)
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
@@ -51,7 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_coalesce ON jobs (coalesce_key) WHERE coalesce_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
-{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}"""
+{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}{sqlite_outbox.SCHEMA}"""
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # seq is assigned by SQLite (AUTOINCREMENT: increasing, never reused).
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
@@ -64,7 +71,12 @@ def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
 
-class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlite_recover.Recovery):
+class SqliteJobStore(
+    sqlite_heads.KeptHeads,
+    sqlite_handles.SqliteHandles,
+    sqlite_recover.Recovery,
+    sqlite_outbox.SqliteOutbox,
+):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
 
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
@@ -76,6 +88,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
         self._in_txn = False
         with self._txn() as txn:
             sqlite_fair.rebuild(txn)  # as the service rebuilds its waiting room at start
+            sqlite_outbox.release(txn)  # no attempt of the last process is still going
 
     @classmethod
     def open(cls, directory: Path) -> SqliteJobStore:
@@ -116,8 +129,9 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
 
     # -- records -----------------------------------------------------------------------------
 
-    def create(self, record: JobRecord) -> JobRecord:
-        """A new queued job (its body already committed by ``body_writer``)."""
+    def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
+        """A new queued job (its body already committed by ``body_writer``), and the
+        deliveries announcing it (``outbox``) in the same transaction."""
         check_id(record.id)
         if record.state is not JobState.QUEUED:
             raise ValueError(f"a new job is queued, not {record.state}")
@@ -125,6 +139,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
         with self._txn() as db:
             cur = db.execute(_INSERT, tuple(values[c] for c in _INSERTED))
             sqlite_fair.joined(db, record.client)
+            sqlite_outbox.write(db, outbox)
         assert cur.lastrowid is not None
         return replace(record, seq=cur.lastrowid)
 
@@ -183,8 +198,15 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
                 raise KeyError(job_id)
             raise ValueError(f"job {job_id} is {row.state}, not {' or '.join(values)}")
 
-    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
-        """queued -> running on ``engine``; ValueError from another state, KeyError if unknown."""
+    def mark_running(
+        self,
+        job_id: str,
+        started: float,
+        engine: str | None = None,
+        outbox: Sequence[Delivery] = (),
+    ) -> JobRecord:
+        """queued -> running on ``engine`` (with ``outbox`` in the same transaction);
+        ValueError from another state, KeyError if unknown."""
         with self._txn() as db:
             self._update(
                 job_id,
@@ -194,6 +216,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
             )
             row = self._must_get(job_id)
             sqlite_fair.served(db, row.client)
+            sqlite_outbox.write(db, outbox)
         return row
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
@@ -223,9 +246,15 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
         )
 
     def finish(
-        self, job_id: str, state: JobState, reason: str | None, finished: float
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
-        """A queued or running job enters a final state; its body file is deleted.
+        """A queued or running job enters a final state; its body file is deleted; the
+        deliveries announcing it (``outbox``) are written in the same transaction.
 
         The result file stays until ``evict`` (a failed or cancelled one is never
         replayed: ``find_coalesce`` wants done + 2xx), except for EXPIRED, which means
@@ -243,6 +272,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
             )
             row = self._must_get(job_id)
             sqlite_fair.left(db, row.client)
+            sqlite_outbox.write(db, outbox)
         self._files.drop_body(job_id)
         if state is JobState.EXPIRED:
             self._files.ledger.drop_job(job_id)

@@ -30,7 +30,7 @@ statements (the SQLite store's module text has the measurements).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +39,7 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
+from gatekeeper.jobs.outbox import Backlog, Delivery
 from gatekeeper.jobs.record import Headers, JobRecord
 
 # An expired job answers "expired" (not 404) for this many times ``jobs.keep`` after it
@@ -88,8 +89,9 @@ class JobStore(Protocol):
 
     # -- records
 
-    def create(self, record: JobRecord) -> JobRecord:
-        """A new queued job (its body already committed); returns it with its ``seq``."""
+    def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
+        """A new queued job (its body already committed); returns it with its ``seq``.
+        ``outbox``: the deliveries announcing it, written in the same transaction."""
         ...
 
     def get(self, job_id: str) -> JobRecord | None: ...
@@ -155,8 +157,15 @@ class JobStore(Protocol):
 
     # -- the life of a job (states.TRANSITIONS)
 
-    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
-        """queued -> running on ``engine`` (a claim by id); ValueError from another state,
+    def mark_running(
+        self,
+        job_id: str,
+        started: float,
+        engine: str | None = None,
+        outbox: Sequence[Delivery] = (),
+    ) -> JobRecord:
+        """queued -> running on ``engine`` (a claim by id), with ``outbox`` in the same
+        transaction; ValueError from another state,
         KeyError if unknown. Its client goes to the tail of the fairness ring (as a
         claim_next would)."""
         ...
@@ -174,10 +183,56 @@ class JobStore(Protocol):
         """A running job's progress and result bytes (running only; module text)."""
 
     def finish(
-        self, job_id: str, state: JobState, reason: str | None, finished: float
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
         """A live job enters the final ``state``; its body goes, its result stays until
-        ``evict`` (except for EXPIRED). ValueError if the table does not allow it."""
+        ``evict`` (except for EXPIRED); ``outbox`` is written in the same transaction.
+        ValueError if the table does not allow it."""
+        ...
+
+    # -- the webhook outbox (``outbox``; issue #20 §1): written only with the state
+    # change it announces (above) or by ``outbox_add``; it survives the process.
+
+    def outbox_add(self, deliveries: list[Delivery]) -> None:
+        """Deliveries of an event that changes no job state (job.progress)."""
+
+    def outbox_take(
+        self, now: float, limit: int, lease_until: float, skip: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Up to ``limit`` deliveries due at ``now`` (oldest due first), each not due again
+        before ``lease_until`` unless released (a shared store: FOR UPDATE SKIP LOCKED);
+        none for the destinations in ``skip``, and none while an earlier delivery of its
+        job to its destination is in the outbox (one job's events arrive in order)."""
+        ...
+
+    def outbox_delivered(self, delivery_id: str) -> None:
+        """Delivered, or given up: the delivery goes."""
+
+    def outbox_retry(self, delivery_id: str, next_at: float, error: str) -> None:
+        """A failed attempt: one more attempt counted, due again at ``next_at``."""
+
+    def outbox_gone(self, job_id: str, destination: str) -> int:
+        """The destination answered 410: its deliveries of this job go, and none is written
+        for it any more; returns how many went."""
+        ...
+
+    def outbox_wake(self, destination: str, now: float) -> int:
+        """The destination answered again: its deliveries waiting for a retry are due
+        ``now`` (a backlog drains at once after an outage, not over its backoff steps);
+        returns how many."""
+        ...
+
+    def outbox_backlog(self) -> Backlog:
+        """How many deliveries are undelivered, and the oldest one's creation time."""
+        ...
+
+    def outbox_pending(self, job_id: str) -> list[Delivery]:
+        """A job's undelivered deliveries, in the order they were written."""
         ...
 
     def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:

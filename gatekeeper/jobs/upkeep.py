@@ -73,7 +73,9 @@ def save_unsaved(jobs: JobService) -> None:
     for job_id, job in list(jobs.unsaved.items()):
         row = job.record
         try:
-            jobs.store.finish(job_id, row.state, row.reason, row.finished or 0.0)
+            ending = job.ending or Endings.STORAGE_ERROR
+            events = jobs.events.completed(job, ending, row.finished or 0.0)
+            jobs.store.finish(job_id, row.state, row.reason, row.finished or 0.0, events)
         except StorageError:
             return  # still failing: the next tick tries again
         except (KeyError, ValueError):
@@ -112,6 +114,7 @@ def recover(jobs: JobService, wall: float) -> None:
     """At start: make the records of the last process true again, and say what changed."""
     for row in jobs.store.recover(wall, jobs.config.jobs.retry_interrupted):
         if row.state in FINAL_STATES:
+            jobs.events.recovered(row)  # its job.completed (after the row: module text)
             jobs.deps.metrics.jobs.labels(row.route, row.state).inc()
             log.warning(
                 "job %s… (%s) was %s at the last stop: now %s (%s)",

@@ -163,6 +163,7 @@ class Metrics:
             self.config_reloads.labels(result)
         self._alert_metrics(r)
         self._queue_metrics(r)
+        self._webhook_metrics(r)
         self._engine_metrics(r)
         self._signal_metrics(r)
 
@@ -349,5 +350,32 @@ class Metrics:
             "gatekeeper_eta_error_ratio",
             "|actual - predicted| / actual of a job's done time, as predicted at its arrival.",
             buckets=ETA_ERROR_BUCKETS,
+            registry=r,
+        )
+
+    def _webhook_metrics(self, r: CollectorRegistry) -> None:
+        """Job webhooks (issue #20 §1): attempts, the outbox, failing destinations."""
+        self.webhook_deliveries = Counter(
+            "gatekeeper_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered 2xx, gone 410, retry: another"
+            " answer or none, expired: given up at jobs.webhooks.max_age).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "gatekeeper_webhook_backlog",
+            "Webhook deliveries in the outbox not yet delivered.",
+            registry=r,
+        )
+        self.webhook_oldest_undelivered = Gauge(
+            "gatekeeper_webhook_oldest_undelivered_seconds",
+            "Age of the oldest undelivered webhook delivery (0 when none waits).",
+            registry=r,
+        )
+        self.webhook_failing = Gauge(
+            "gatekeeper_webhook_destination_failing_seconds",
+            "How long a destination's attempts have failed without a success (0: its last"
+            " attempt succeeded); requests' own destinations are '@request'.",
+            ["destination"],
             registry=r,
         )

@@ -57,6 +57,12 @@ class WaitingRoom(Protocol):
     def results_bytes(self) -> int: ...
 
 
+class FailingDestinations(Protocol):
+    """The webhook deliverer (``jobs.webhooks.deliver.Deliverer``), as the alert reads it."""
+
+    def longest_failing(self) -> float: ...
+
+
 class Readings(Protocol):
     """What the alert inputs read of the running gatekeeper (the app's state is one)."""
 
@@ -77,6 +83,9 @@ class Readings(Protocol):
 
     @property
     def jobs(self) -> WaitingRoom | None: ...
+
+    @property
+    def webhooks(self) -> FailingDestinations | None: ...
 
 
 Reader = Callable[[Readings, float], "float | None"]
@@ -225,4 +234,11 @@ SIGNALS: Mapping[str, AlertInput] = _table(
         "queue_oldest_wait_seconds", "gatekeeper_queue_oldest_wait_seconds", queue_oldest_wait
     ),
     AlertInput("state_free_bytes", "gatekeeper_state_free_bytes", state_free_bytes),
+    # The longest failing streak of a webhook destination (issue #20 §1); Prometheus
+    # takes the max over the destination label, as the built-in reader does.
+    AlertInput(
+        "webhook_failing_seconds",
+        "gatekeeper_webhook_destination_failing_seconds",
+        lambda st, now: 0.0 if st.webhooks is None else st.webhooks.longest_failing(),
+    ),
 )
