@@ -29,22 +29,9 @@ import re
 from dataclasses import dataclass
 
 from gatekeeper.config import Route
+from gatekeeper.config.values import compile_glob
 
 PASS_ROUTE = Route(name="default", path="/**", action="pass")
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Translate a path glob into an anchored regex."""
-    out: list[str] = []
-    segments = pattern.split("/")[1:]  # patterns start with '/'
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "**":
-            # Zero or more whole segments; '/a/**' also matches '/a' and '/a/'.
-            out.append("(?:/.*)?" if last else "(?:/[^/]*)*?")
-            continue
-        out.append("/" + "[^/]*".join(re.escape(part) for part in seg.split("*")))
-    return re.compile("".join(out) + r"\Z")
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from gatekeeper.core.errors import HttpError
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
@@ -125,6 +126,15 @@ class GuardedStore:
 
     def handles_of(self, job_id: str) -> list[Handle]:
         return guarded("handles_of", lambda: self.inner.handles_of(job_id))
+
+    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
+        return guarded("create_batch", lambda: self.inner.create_batch(batch, items))
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        return guarded("get_batch", lambda: self.inner.get_batch(batch_id))
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        return guarded("batch_jobs", lambda: self.inner.batch_jobs(batch_id))
 
     def add_coalesced(self, job_id: str) -> int:
         return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))

@@ -89,6 +89,8 @@ class JobRecord:
     # the engine's name it was started on (mark_running): after a kill -9 that engine is
     # still computing it, and gets no new generation until known idle (issue #18 §5)
     engine: str | None = field(default=None, metadata=column("TEXT"))
+    # the batch it is an item of (``batch.record``; issue #20 §3), None for a lone job
+    batch: str | None = field(default=None, metadata=column("TEXT"))
 
 
 STORED: tuple[Field[Any], ...] = fields(JobRecord)

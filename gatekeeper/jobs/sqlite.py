@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
-from gatekeeper.jobs import sqlite_fair, sqlite_handles, sqlite_heads, sqlite_recover
+from gatekeeper.jobs import (
+    sqlite_batches,
+    sqlite_fair,
+    sqlite_handles,
+    sqlite_heads,
+    sqlite_recover,
+)
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
@@ -51,7 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_coalesce ON jobs (coalesce_key) WHERE coalesce_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
-{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}"""
+{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}{sqlite_batches.SCHEMA}"""
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # seq is assigned by SQLite (AUTOINCREMENT: increasing, never reused).
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
@@ -64,13 +70,19 @@ def _marks(values: tuple[Any, ...]) -> str:
     return ", ".join("?" * len(values))
 
 
-class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlite_recover.Recovery):
+class SqliteJobStore(
+    sqlite_heads.KeptHeads,
+    sqlite_handles.SqliteHandles,
+    sqlite_batches.SqliteBatches,
+    sqlite_recover.Recovery,
+):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
 
     def __init__(self, directory: Path, db: sqlite3.Connection, lock: IO[str]):
         self.directory = directory
         self._db = db
         add_missing_columns(db, "jobs", [(f.name, f.metadata["sql"]) for f in STORED])
+        sqlite_batches.prepare(db)
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
@@ -309,6 +321,7 @@ class SqliteJobStore(sqlite_heads.KeptHeads, sqlite_handles.SqliteHandles, sqlit
                 (JobState.EXPIRED.value, now - EXPIRED_ROW_KEEP_FACTOR * keep),
             )
             self._drop_orphan_handles(db)
+            sqlite_batches.drop_orphans(db)
         expired = old + by_size
         for job_id in expired:
             ledger.drop_job(job_id)

@@ -30,10 +30,12 @@ statements (the SQLite store's module text has the measurements).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
@@ -108,6 +110,22 @@ class JobStore(Protocol):
     def handles_of(self, job_id: str) -> list[Handle]:
         """Every handle of a job, attached or not, in creation order. ``evict`` deletes
         them with their job's record."""
+        ...
+
+    # -- batches: N jobs of one batch request, created together (issue #20 §3)
+
+    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
+        """The batch and its N new queued jobs (``JobRecord.batch`` = its id, bodies
+        already committed) in one transaction, all or nothing: ValueError (nothing
+        stored) for a taken id or a job that is not a new queued item of it. Returns the
+        jobs with their ``seq``, in order; they join the fairness ring like ``create``'s."""
+        ...
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        """The batch's jobs in item (``seq``) order; ``evict`` deletes a batch with the
+        last of its jobs' rows."""
         ...
 
     # -- the life of a job (states.TRANSITIONS)
