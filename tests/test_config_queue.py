@@ -48,7 +48,7 @@ def test_default_generate_route_queues() -> None:
     generate = DEFAULT_ROUTES[0]
     assert (generate.name, generate.action, generate.gated) == ("generate", "queue", True)
     assert generate.summary() == "generate: POST /generate/** queue"
-    assert ACTIONS == ("admit", "queue", "pass", "block", "gradio")
+    assert ACTIONS == ("admit", "queue", "pass", "block", "gradio", "batch")
     gated = {a: Route(name="r", path="/r", action=a).gated for a in ACTIONS}
     # gradio: decided per Gradio request (a gated function's join takes a slot)
     assert gated == {"admit": True, "queue": True, "pass": False, "block": False, "gradio": False}
@@ -319,7 +319,7 @@ def test_every_bad_proxy_entry_is_reported() -> None:
 def test_missing_action_lists_queue() -> None:
     """A route without an action is told every action, queue included."""
     got = problems_of("routes: [{name: g, match: {path: /g}}]")
-    assert [p.message for p in got] == ["is required (admit, queue, pass, block or gradio)"]
+    assert [p.message for p in got] == ["is required (admit, queue, pass, block, gradio or batch)"]
 
 
 @pytest.mark.parametrize(
