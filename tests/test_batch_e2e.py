@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 from support import Proc, poll, rules, start_engine, start_gatekeeper
+from test_batch_items import conforms
 
 # No process of a test (engine, gatekeepers) logged a traceback.
 pytestmark = pytest.mark.usefixtures("no_traceback")
@@ -128,6 +129,7 @@ async def test_a_seed_batch_of_5_songs_is_5_fair_jobs_with_5_results(
         location = r.headers["Location"]
     assert location == f"{JOBS}/batches/{batch['id']}" == batch["links"]["self"]
     assert batch["total"] == 5 and len(batch["jobs"]) == 5 and batch["state"] == "open"
+    conforms(batch, "BatchView")
     song = {"lyrics": "b", "description": "B", "seconds": SONG}
     async with http.post(url + "/generate", json=song, headers={**ASYNC, **user("B")}) as r:
         assert r.status == 202, await r.text()  # A's batch neither fills the queue nor blocks B
@@ -135,10 +137,12 @@ async def test_a_seed_batch_of_5_songs_is_5_fair_jobs_with_5_results(
     view = await until_complete(http, url + location, "A", timeout=30)
     assert (view["done"], view["ended"], view["counts"]) == (5, 5, {"done": 5})
     assert [j["state"] for j in view["jobs"]] == ["done"] * 5
+    conforms(view, "BatchView")
     assert await started_order(http, engine) == ["C", "A0", "B", "A1", "A2", "A3", "A4"]
 
     index = await get_json(http, url + view["links"]["results"], "A")
     assert index["ready"] == 5 and [x["index"] for x in index["results"]] == list(range(5))
+    conforms(index, "BatchResults")
     wavs = []
     for x in index["results"]:
         async with http.get(url + x["result"]) as r:
@@ -215,6 +219,7 @@ async def test_a_bad_batch_is_refused_with_its_pointer_and_nothing_is_queued(
         answer = await r.json()
         assert r.status == status, answer
     assert (answer["reason"], answer["pointer"]) == (reason, pointer) and answer["detail"]
+    conforms(answer, "BatchProblem")
     async with http.get(admin + "/status") as r:
         queue = (await r.json())["queue"]
     assert queue["waiting"] == 0 and queue["entries"] == []
@@ -244,6 +249,7 @@ async def test_the_per_client_cap_and_delete_touch_only_the_submitters_batch(
         assert r.status == 429, refusal
         assert refusal["reason"] == "client_limit" and "batch.per_client" in refusal["detail"]
         assert int(r.headers["Retry-After"]) == refusal["retry_after"] > 0
+    conforms(refusal, "BatchError")
     async with http.get(admin + "/status") as r:
         assert (await r.json())["queue"]["waiting"] == 8  # 9 items, one running: none added
 

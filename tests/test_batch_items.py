@@ -186,3 +186,33 @@ def test_open_batch_items_have_their_own_cap_and_never_fill_the_queue() -> None:
         book.left(record("A", "batch1"))
     book.left(record("A", "batch1"))  # never below zero
     assert book.of("A") == 0 and book.exempt("B", 0, limits, []) == (0, limits)
+
+
+def conforms(body: object, name: str) -> None:
+    """``body`` is valid against the batch fragment's schema ``name`` (JSON Schema 2020-12)."""
+    import jsonschema
+
+    from gatekeeper.jobs.batch.openapi import SCHEMAS
+
+    doc = {"components": {"schemas": SCHEMAS}, "$ref": f"#/components/schemas/{name}"}
+    jsonschema.Draft202012Validator(doc).validate(body)
+
+
+def test_the_openapi_fragment_is_a_valid_openapi_3_1_document() -> None:
+    """openapi_fragment() merged into a bare OpenAPI 3.1 document validates."""
+    validator = pytest.importorskip("openapi_spec_validator")
+    from gatekeeper.jobs.batch.openapi import openapi_fragment
+
+    fragment = openapi_fragment()
+    doc = {"openapi": "3.1.0", "info": {"title": "gatekeeper", "version": "1"}, **fragment}
+    validator.validate(doc)
+    assert "/_gatekeeper/jobs/batches/{batch_id}" in doc["paths"]
+    assert "/batch-generate" in doc["paths"]
+
+
+def test_a_problem_answer_conforms_to_the_fragment() -> None:
+    """The 400/413 body of a refused batch is what the fragment's BatchProblem says."""
+    with pytest.raises(BatchProblem) as exc:
+        cut(b"[]", SPEC, 50)
+    p = exc.value
+    conforms({"detail": p.detail, "reason": p.reason, "pointer": p.pointer}, "BatchProblem")
