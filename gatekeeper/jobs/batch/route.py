@@ -39,6 +39,7 @@ from gatekeeper.jobs.model import Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
 from gatekeeper.proxy.context import RequestContext
+from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import Clock
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_answer, json_error
@@ -106,6 +107,7 @@ class BatchRoute:
                 memory_limit=spec.max_bytes + 1,  # whole in memory: it is cut as JSON
                 budget=self.budget,
                 declared=request.content_length,
+                before_read=lambda: send_continue(request),
             )
         except BodyTooLarge:
             return self._refused(ctx, problem_answer(too_big, rid), too_big.reason)
