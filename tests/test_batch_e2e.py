@@ -251,7 +251,8 @@ async def test_the_per_client_cap_and_delete_touch_only_the_submitters_batch(
         assert int(r.headers["Retry-After"]) == refusal["retry_after"] > 0
     conforms(refusal, "BatchError")
     async with http.get(admin + "/status") as r:
-        assert (await r.json())["queue"]["waiting"] == 8  # 9 items, one running: none added
+        entries = (await r.json())["queue"]["entries"]
+    assert len(entries) <= 9  # A's 5 and B's 4 at most (some may be done): none of the 4 refused
 
     async with http.delete(url + mine, headers=user("B")) as r:
         assert r.status == 404
@@ -275,7 +276,7 @@ async def test_kill_9_mid_batch_keeps_the_batch_view_consistent(
     first, url, _ = start_gatekeeper(tmp_path, _rules(), engine, "--state-dir", str(state))
     procs.append(first)
     async with http.post(
-        url + "/batch-generate", json=seed_batch(4, "A", 0.8), headers=user("A")
+        url + "/batch-generate", json=seed_batch(4, "A", 2.0), headers=user("A")
     ) as r:
         assert r.status == 202, await r.text()
         location = r.headers["Location"]
