@@ -92,6 +92,7 @@ class BatchRoute:
         if encoding not in ("", "identity"):
             detail = f"a batch body is read as JSON: Content-Encoding {encoding!r} is not accepted"
             answer = json_error(415, "unsupported_encoding", detail, request_id=rid)
+            answer.force_close()  # the body is not read
             return self._refused(ctx, answer, "unsupported_encoding")
         too_big = BatchProblem(
             413, "body_too_large", "", f"the batch body exceeds batch.max_bytes ({spec.max_bytes})"
