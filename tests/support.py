@@ -62,14 +62,33 @@ def resources_file(readings: Path) -> dict[str, Any]:
     return {"admission": {"resources": {"source": "file", "file": str(readings)}}}
 
 
+# /batch-generate as it was shipped before batch routes (issue #20 §3): blocked, 410.
+BATCH_BLOCKED = {
+    "name": "batch-generate",
+    "match": {"methods": ["POST"], "path": "/batch-generate/**"},
+    "action": "block",
+    "status": 410,
+    "detail": "Batch generation is disabled: one song takes 5-15 minutes and the whole"
+    " machine; generate songs one at a time.",
+}
+
+
 def _admit_routes() -> str:
     """The shipped routes with /generate as an ``admit`` route (no free slot: 503 busy at
     once). Tests about admit semantics append this to their rules; the shipped default
-    is ``queue`` (the waiting room), which has its own tests."""
+    is ``queue`` (the waiting room), which has its own tests. A batch route's items need
+    a queue route, so with /generate admitted /batch-generate is blocked (410) again."""
     shipped = yaml.safe_load(
         (Path(__file__).parent.parent / "gatekeeper" / "rules.yaml").read_text("utf-8")
     )
-    routes = [{**r, "action": "admit"} if r["name"] == "generate" else r for r in shipped["routes"]]
+    routes = [
+        {**r, "action": "admit"}
+        if r["name"] == "generate"
+        else BATCH_BLOCKED
+        if r["action"] == "batch"
+        else r
+        for r in shipped["routes"]
+    ]
     assert any(r["action"] == "admit" for r in routes)
     return "\n" + yaml.safe_dump({"routes": routes}, allow_unicode=True, sort_keys=False)
 

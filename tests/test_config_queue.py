@@ -44,17 +44,27 @@ def test_defaults_of_the_waiting_room() -> None:
 
 
 def test_default_generate_route_queues() -> None:
-    """The default generate route is a queue route, gated like admit; batch stays blocked."""
+    """The default generate route is a queue route, gated like admit; /batch-generate is a
+    batch route whose items are jobs of it (issue #20 §3: a batch takes no slot itself)."""
     generate = DEFAULT_ROUTES[0]
     assert (generate.name, generate.action, generate.gated) == ("generate", "queue", True)
     assert generate.summary() == "generate: POST /generate/** queue"
-    assert ACTIONS == ("admit", "queue", "pass", "block", "gradio")
+    assert ACTIONS == ("admit", "queue", "pass", "block", "gradio", "batch")
     gated = {a: Route(name="r", path="/r", action=a).gated for a in ACTIONS}
-    # gradio: decided per Gradio request (a gated function's join takes a slot)
-    assert gated == {"admit": True, "queue": True, "pass": False, "block": False, "gradio": False}
+    # gradio: decided per Gradio request (a gated function's join takes a slot); batch: its
+    # items take slots as jobs of their queue route
+    assert gated == {
+        "admit": True,
+        "queue": True,
+        "pass": False,
+        "block": False,
+        "gradio": False,
+        "batch": False,
+    }
     generates = {a for a in ACTIONS if Route(name="r", path="/r", action=a).generates}
     assert generates == {"admit", "queue", "gradio"}
-    assert DEFAULT_ROUTES[1].action == "block"
+    assert DEFAULT_ROUTES[1].action == "batch"
+    assert DEFAULT_ROUTES[1].batch.each == "/generate"
 
 
 @pytest.mark.parametrize(
@@ -319,7 +329,7 @@ def test_every_bad_proxy_entry_is_reported() -> None:
 def test_missing_action_lists_queue() -> None:
     """A route without an action is told every action, queue included."""
     got = problems_of("routes: [{name: g, match: {path: /g}}]")
-    assert [p.message for p in got] == ["is required (admit, queue, pass, block or gradio)"]
+    assert [p.message for p in got] == ["is required (admit, queue, pass, block, gradio or batch)"]
 
 
 @pytest.mark.parametrize(

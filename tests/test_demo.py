@@ -77,17 +77,19 @@ def test_demo_generates_a_song_and_stops_cleanly(tmp_path: Path, repo_root: Path
                     json={"lyrics": "demo", "description": "test"},
                 )
                 assert first.status_code == 200 and first.content[:4] == b"RIFF"
-                blocked = c.post(f"http://127.0.0.1:{port}/batch-generate", json={})
-                assert blocked.status_code == 410
+                # The shipped batch route (issue #20 §3): a body without its list of songs
+                # is refused with the pointer that failed, and nothing is queued.
+                bad = c.post(f"http://127.0.0.1:{port}/batch-generate", json={})
+                assert bad.status_code == 400 and bad.json()["pointer"] == "/items"
             # The demo redraws its status line every second: until one shows both requests.
             deadline = time.monotonic() + 10
             while True:
                 status = [ln for ln in log.read_text().splitlines() if "in-flight" in ln]
-                if (status and "blocked 1" in status[-1]) or time.monotonic() > deadline:
+                if (status and "rejected 1" in status[-1]) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             assert status, log.read_text()
-            assert re.search(r"admitted 1 queued 0 coalesced 0 rejected 0 blocked 1", status[-1]), (
+            assert re.search(r"admitted 1 queued 0 coalesced 0 rejected 1 blocked 0", status[-1]), (
                 status[-1]
             )
             assert "cpu" in status[-1] and "mem" in status[-1]
@@ -257,7 +259,7 @@ def test_a_recovery_shows_in_the_demo(tmp_path: Path, repo_root: Path) -> None:
         readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
         _wait_for(log, "cpu 5.0% overloaded=False")
         httpx.post(f"http://127.0.0.1:{port}/batch-generate", json={}, timeout=10)
-        _wait_for(log, "blocked 1")
+        _wait_for(log, "rejected 1")
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)

@@ -68,7 +68,8 @@ def shape(got: object) -> object:
     if isinstance(got, Refuse):
         return ("refuse", got.status, got.reason, got.outcome)
     if isinstance(got, Forward):
-        return ("forward", got.route.name, got.gated) + (("queued",) if got.queued else ())
+        flags = (("queued",) if got.queued else ()) + (("batch",) if got.batch else ())
+        return ("forward", got.route.name, got.gated, *flags)
     return got
 
 
@@ -85,7 +86,15 @@ def shape(got: object) -> object:
         ("POST", "/generate/stream", None, gate(cpu=True), ("forward", "generate", True, "queued")),
         ("POST", "/generate", None, gate(draining=True), ("refuse", 503, "draining", "rejected")),
         ("POST", "/generate", 1001, None, ("refuse", 413, "body_too_large", "rejected")),
-        ("POST", "/batch-generate", None, None, ("refuse", 410, "blocked", "blocked")),
+        ("POST", "/batch-generate", None, None, ("forward", "batch-generate", True, "batch")),
+        ("POST", "/batch-generate", 1001, None, ("refuse", 413, "body_too_large", "rejected")),
+        (
+            "POST",
+            "/batch-generate",
+            None,
+            gate(draining=True),
+            ("refuse", 503, "draining", "rejected"),
+        ),
     ],
 )
 def test_plan_table_with_the_waiting_room(

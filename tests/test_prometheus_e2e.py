@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from live import SONG, Generation, Live, start_live
-from support import Proc, find_binary, free_port, stop_process
+from support import BATCH_BLOCKED, Proc, find_binary, free_port, stop_process
 
 from gatekeeper.config import load_config_file
 from gatekeeper.observability import metrics as metrics_module
@@ -103,16 +104,33 @@ scrape_configs:
     raise AssertionError("prometheus did not become ready:\n" + log.read_text(errors="replace"))
 
 
+# The shipped queue route for /generate.
+GENERATE = {
+    "name": "generate",
+    "match": {"methods": ["POST"], "path": "/generate/**"},
+    "action": "queue",
+}
+
+
 @pytest.fixture(scope="module")
 def driven(
     tmp_path_factory: pytest.TempPathFactory, module_procs: list[Proc]
 ) -> Iterator[tuple[Live, Prometheus]]:
     """gatekeeper + engine-sim + Prometheus (the shipped rules: /generate is a queue
-    route), after admitted, queued, passed, rejected (client_limit), blocked and
+    route; /batch-generate blocked, as shipped before batch routes, for a blocked
+    request), after admitted, queued, passed, rejected (client_limit), blocked and
     upstream-failed requests."""
     tmp_path = tmp_path_factory.mktemp("prometheus-e2e")
     # The processes are module_procs': stopped after this fixture's teardown, on any way out.
-    live = start_live(tmp_path, module_procs, engine_seconds=1.0, expected=30, cpu=20, memory=30)
+    live = start_live(
+        tmp_path,
+        module_procs,
+        engine_seconds=1.0,
+        expected=30,
+        cpu=20,
+        memory=30,
+        extra=yaml.safe_dump({"routes": [GENERATE, BATCH_BLOCKED]}, sort_keys=False),
+    )
     try:
         prom = start_prometheus(tmp_path, live.admin.removeprefix("http://"))
     except BaseException:  # prometheus missing (a skip) or not starting: no client left open

@@ -71,7 +71,8 @@ admission:
                     "routes",
                     [
                         "generate: POST /generate/** queue",
-                        "batch-generate: POST /batch-generate/** block -> 410",
+                        "batch-generate: POST /batch-generate/** batch (items /items -> POST"
+                        " /generate each, at most 20)",
                     ],
                     ["g: * /g admit"],
                 )

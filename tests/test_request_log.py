@@ -19,6 +19,18 @@ upstream:
 admission:
   sample_interval: 200ms
 """
+# The shipped routes, with /batch-generate blocked as shipped before batch routes (issue
+# #20 §3): the log shows a blocked request's line.
+WITH_BLOCK = (
+    RULES
+    + """routes:
+  - {name: generate, match: {methods: [POST], path: /generate/**}, action: queue}
+  - name: batch-generate
+    match: {methods: [POST], path: /batch-generate/**}
+    action: block
+    status: 410
+"""
+)
 
 ACCESS_FIELDS = {
     "request_id",
@@ -55,7 +67,7 @@ def _traffic(tmp_path: Path, procs: list[Proc], *extra: str) -> tuple[Proc, dict
     engine, upstream = start_engine(tmp_path, seconds=0.3)
     procs.append(engine)
     secret_upstream = upstream.replace("http://", "http://ops:s3cret-token@")
-    gk, proxy, _ = start_gatekeeper(tmp_path, RULES, secret_upstream, *extra)
+    gk, proxy, _ = start_gatekeeper(tmp_path, WITH_BLOCK, secret_upstream, *extra)
     procs.append(gk)
     seen: dict[str, Any] = {}
     with httpx.Client(timeout=10, trust_env=False) as c:

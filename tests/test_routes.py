@@ -39,12 +39,13 @@ def test_glob_table(pattern: str, path: str, matches: bool) -> None:
 
 
 def test_default_routes() -> None:
-    """Default rules: POST /generate queues (waits its turn), POST /batch-generate blocks,
-    the rest passes."""
+    """Default rules: POST /generate queues (waits its turn), POST /batch-generate is a
+    batch of /generate jobs (issue #20 §3), the rest passes."""
     router = Router(DEFAULT_ROUTES)
     assert router.match("POST", "/generate").action == "queue"
     assert router.match("GET", "/generate") is PASS_ROUTE
-    assert router.match("POST", "/batch-generate").action == "block"
+    batch = router.match("POST", "/batch-generate")
+    assert batch.action == "batch" and router.match("POST", batch.batch.each).action == "queue"
     assert router.match("GET", "/progress/1") is PASS_ROUTE
 
 
@@ -139,10 +140,12 @@ def test_lint_table(routes: tuple[Route, ...], warned: bool) -> None:
 
 
 def test_shipped_rules_gate_every_engine_sim_work_endpoint(repo_root: Path) -> None:
-    """Every endpoint of the bundled engine that starts work is gated (admit or queue) or
-    blocked."""
+    """Every endpoint of the bundled engine that starts work is gated (admit or queue),
+    blocked, or a batch whose items are jobs of a queue route (never passed whole)."""
     router = Router(load_config_file(repo_root / "rules.yaml").routes)
     for method, path in WORK_ENDPOINTS:
         for spelling in (path, path + "/", "/" + path, path + ";v=1"):
             route = router.match(method, spelling)
-            assert route.action in ("admit", "queue", "block"), (method, spelling, route)
+            assert route.action in ("admit", "queue", "block", "batch"), (method, spelling, route)
+            if route.action == "batch":
+                assert router.match("POST", route.batch.each).action == "queue", route

@@ -18,11 +18,13 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import JobRecord
@@ -445,6 +447,102 @@ def test_handles_read_back_detach_once_and_survive_a_reopen(
         assert store.get_handle(mine.id) == gone
     finally:
         store.close()
+
+
+# -- batches: N jobs of one request, created together (issue #20 §3) --------------------------
+
+
+def _batch(store: JobStore, client: str, n: int, *, job_ids: list[str] | None = None):
+    """A batch of ``n`` items of ``client``, each body committed first (as the service does)."""
+    batch = BatchRecord(new_id(), client, "batch-generate", 1000.0, n)
+    items = []
+    for i, job_id in enumerate(job_ids or [new_id() for _ in range(n)]):
+        w = store.body_writer(job_id)
+        w.write(b'{"lyrics": "%d"}' % i)
+        size = w.commit()
+        items.append(
+            JobRecord(
+                job_id,
+                "generate",
+                client,
+                False,
+                "POST",
+                "/generate",
+                (),
+                None,
+                size,
+                created=1000.0,
+                batch=batch.id,
+            )
+        )
+    return batch, items
+
+
+def test_a_batch_and_its_jobs_are_created_together_and_read_back_in_order(
+    open_store: Opener, tmp_path: Path
+) -> None:
+    """create_batch stores the batch and its N queued jobs (seq in item order), which
+    read back by get_batch / batch_jobs / queued, and after a reopen."""
+    store = open_store(tmp_path / "state")
+    batch, items = _batch(store, "alice", 3)
+    rows = store.create_batch(batch, items)
+    assert [r.id for r in rows] == [r.id for r in items]
+    assert [r.seq for r in rows] == sorted(r.seq for r in rows) and rows[0].seq > 0
+    assert store.get_batch(batch.id) == batch
+    assert [r.id for r in store.batch_jobs(batch.id)] == [r.id for r in items]
+    assert all(r.batch == batch.id and r.state is JobState.QUEUED for r in store.queued())
+    assert store.get_batch(new_id()) is None and store.batch_jobs(new_id()) == []
+    store.close()
+    store = open_store(tmp_path / "state")
+    try:
+        assert store.get_batch(batch.id) == batch
+        assert [r.id for r in store.batch_jobs(batch.id)] == [r.id for r in items]
+    finally:
+        store.close()
+
+
+def test_a_batch_is_all_or_nothing(store: JobStore) -> None:
+    """A batch that cannot be stored whole (a job id already taken, a job of another
+    batch, a count that disagrees) raises ValueError and stores none of it."""
+    lone = add(store)
+    batch, items = _batch(store, "alice", 3, job_ids=[new_id(), new_id(), lone.id])
+    with pytest.raises(ValueError):
+        store.create_batch(batch, items)
+    assert store.get_batch(batch.id) is None and store.batch_jobs(batch.id) == []
+    assert [r.id for r in store.queued()] == [lone.id]
+    other, more = _batch(store, "alice", 2)
+    with pytest.raises(ValueError):
+        store.create_batch(other, more[:1])
+    with pytest.raises(ValueError):
+        store.create_batch(other, [more[0], replace(more[1], batch=new_id())])
+    assert store.get_batch(other.id) is None and [r.id for r in store.queued()] == [lone.id]
+
+
+def test_batch_items_take_their_turn_in_the_fair_ring(store: JobStore) -> None:
+    """claim_next serves a 5-item batch of A and B's one job as A, B, A, A, A, A: B's job
+    runs second, not sixth."""
+    batch, items = _batch(store, "A", 5)
+    store.create_batch(batch, items)
+    b = add(store, client="B")
+    order = []
+    while (row := store.claim_next(2000.0)) is not None:
+        order.append(row.client)
+        store.finish(row.id, JobState.DONE, None, 2001.0)
+    assert order == ["A", "B", "A", "A", "A", "A"]
+    assert store.get(b.id).state is JobState.DONE  # type: ignore[union-attr]
+
+
+def test_a_batch_goes_with_the_last_of_its_jobs_records(store: JobStore) -> None:
+    """evict deletes a batch's row once none of its jobs' rows is left, never before."""
+    batch, items = _batch(store, "alice", 2)
+    store.create_batch(batch, items)
+    for r in items:
+        store.mark_running(r.id, 99.0)
+        store.finish(r.id, JobState.DONE, None, 100.0)
+    store.evict(now=200.0, keep=50.0, max_bytes=10**9)
+    assert store.get_batch(batch.id) == batch
+    store.evict(now=100.0 + EXPIRED_ROW_KEEP_FACTOR * 50.0, keep=50.0, max_bytes=10**9)
+    assert store.get_batch(batch.id) is None and store.batch_jobs(batch.id) == []
 
 
 def test_handles_go_with_their_record(store: JobStore) -> None:

@@ -24,6 +24,8 @@ from gatekeeper.config import Config
 from gatekeeper.core.admission import ResourceState
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.gradio.route import GradioRoute
+from gatekeeper.jobs.batch.api import BatchApi
+from gatekeeper.jobs.batch.route import BatchRoute
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
@@ -247,13 +249,18 @@ def build_proxy_app(
     handler.register(
         Features(
             status=lambda: status_document(st),
-            jobs=_events_end_at_stop(JobsEndpoint(jobs, st.clock), ports.streams)
+            jobs=_events_end_at_stop(
+                JobsEndpoint(jobs, st.clock, BatchApi(jobs, st.clock)), ports.streams
+            )
             if jobs is not None
             else None,
             queue=QueueRoute(jobs, st.clock, handler.respond, handler.budget, conns).handle
             if jobs is not None
             else None,
             gradio=gradio.handle,
+            batch=BatchRoute(jobs, st.clock, handler.respond, handler.budget).handle
+            if jobs is not None
+            else None,
         )
     )
     # The body is forwarded as the client sent it (issue #18 §4): aiohttp's server would

@@ -256,7 +256,12 @@ for each of its songs (202 at once; GET it for position and ETA; the result when
 The demo's rules set admission.expected_seconds to {args.seconds:g}s (the real engine's
 default is 600 s); after each song the estimate follows the measured durations.
 
-Try the disabled batch endpoint:  curl -sS -X POST {url}/batch-generate -d '{{}}'
+A batch, as the engine's own batch body: one async job per song, each taking its turn
+(202 + Location; GET it for n of N done and each song's link; docs/batch.md):
+
+  curl -sS -X POST {url}/batch-generate -H 'Content-Type: application/json' \\
+    -d '{{"items": [{{"lyrics": "[verse] one"}}, {{"lyrics": "[verse] two"}}]}}'
+  curl -sS {url}/_gatekeeper/jobs/batches/<id>    # n of N done; .../results?format=tar
 
 Live status (Ctrl-C to stop):
 """

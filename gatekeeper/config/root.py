@@ -344,6 +344,7 @@ def _check(cfg: Config, root: Section, ctx: Context) -> Config:
     cfg = replace(cfg, upstream=upstream, admission=admission)
     _gradio_needs_one_engine(cfg, root.node_of("routes"), ctx.problems)
     _webhook_routes_exist(cfg, ctx)
+    _batch_needs_jobs(cfg, root.node_of("routes"), ctx.problems)
     return cfg
 
 
@@ -360,6 +361,23 @@ def _webhook_routes_exist(cfg: Config, ctx: Context) -> None:
                     sec.line if sec is not None else None,
                     f"names no queue route: {bad} (queue routes: {sorted(queue)})",
                     list(d.routes or ()),
+                    True,
+                )
+            )
+
+
+def _batch_needs_jobs(cfg: Config, routes: yaml.Node | None, problems: list[ConfigProblem]) -> None:
+    """A batch route's items are async jobs, read back under ``jobs_path`` (issue #20 §3)."""
+    if cfg.jobs_path is not None or not isinstance(routes, yaml.SequenceNode):
+        return
+    for i, route in enumerate(cfg.routes):
+        if route.action == "batch" and i < len(routes.value):
+            problems.append(
+                ConfigProblem(
+                    f"routes[{i}].action",
+                    line_of(routes.value[i]),
+                    "batch needs jobs_path (its items are async jobs read back there)",
+                    route.action,
                     True,
                 )
             )

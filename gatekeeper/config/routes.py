@@ -6,7 +6,9 @@ as an async job), ``pass`` (forwarded ungated), ``block`` (answered by gatekeepe
 ``gradio`` (a whole Gradio app: its queue joins for the functions named by
 ``match.fn_index`` / ``match.api_name``, all when neither is given, take a slot
 from the join to the event's completion; everything else passes; see
-``gatekeeper.gradio.wire``, ``gatekeeper.gradio.route``). ``admit`` and ``queue``
+``gatekeeper.gradio.wire``, ``gatekeeper.gradio.route``), ``batch`` (the engine's
+batch body cut into one async job per item, each submitted to a queue route:
+``batch:``, ``config.batch``; issue #20 §3). ``admit`` and ``queue``
 are the *gated* actions: both
 count against ``admission.max_in_flight`` and the resource checks.
 """
@@ -18,14 +20,15 @@ from typing import Any, Literal
 
 import yaml
 
+from gatekeeper.config.batch import BatchSpec
 from gatekeeper.config.build import read_section, section_check
-from gatekeeper.config.declare import JSON, checked, declared, string
+from gatekeeper.config.declare import JSON, checked, declared, section, string
 from gatekeeper.config.reader import Context, Section, join
 from gatekeeper.config.shipped import read_shipped
-from gatekeeper.config.values import PATH_GLOB_SCHEMA, check_path_glob
+from gatekeeper.config.values import PATH_GLOB_SCHEMA, check_path_glob, compile_glob
 
-Action = Literal["admit", "queue", "pass", "block", "gradio"]
-ACTIONS: tuple[Action, ...] = ("admit", "queue", "pass", "block", "gradio")
+Action = Literal["admit", "queue", "pass", "block", "gradio", "batch"]
+ACTIONS: tuple[Action, ...] = ("admit", "queue", "pass", "block", "gradio", "batch")
 # What a gradio route does with a direct call (/run/<api>, /api/<api>) of a gated
 # function: refuse it (it would run outside Gradio's queue), or admit it like an
 # admit route (the slot is held for the call's duration).
@@ -103,9 +106,10 @@ class Route:
     )
     action: Action = string(
         "admit (takes a slot now or is refused), queue (waits its turn), pass (forwarded"
-        " ungated), block (answered by gatekeeper), gradio (a whole Gradio app).",
+        " ungated), block (answered by gatekeeper), gradio (a whole Gradio app), batch"
+        " (the engine's batch body cut into one queued job per item: see batch).",
         choices=ACTIONS,
-        required="is required (admit, queue, pass, block or gradio)",
+        required="is required (admit, queue, pass, block, gradio or batch)",
     )
     methods: frozenset[str] | None = checked(
         "Methods matched; absent: all.",
@@ -155,6 +159,11 @@ class Route:
         choices=("block", "admit"),
         default="block",
     )
+    batch: BatchSpec = section(
+        "batch only (and required there): how the batch body becomes jobs (items, each,"
+        " shared, max_items, per_client, max_bytes; docs/batch.md).",
+        factory=BatchSpec,
+    )
 
     @property
     def generates(self) -> bool:
@@ -174,6 +183,10 @@ class Route:
             fns = [*(str(i) for i in sorted(self.fn_index or ())), *sorted(self.api_name or ())]
             extra = f" (gated: {', '.join(fns) if fns else 'every queued function'};"
             extra += f" direct calls {self.direct_calls})"
+        if self.action == "batch":
+            items = self.batch.items or "''"
+            extra = f" (items {items} -> POST {self.batch.each} each,"
+            extra += f" at most {self.batch.max_items})"
         return f"{self.name}: {methods} {self.path} {self.action}{extra}"
 
 
@@ -202,7 +215,50 @@ def _check_route(route: Route, sec: Section, ctx: Context) -> Route:
                     key, sec.node_of(key), f"only applies to action 'block', not {action!r}"
                 )
         route = replace(route, status=None, detail=None)
+    if action != "batch" and sec.has("batch"):
+        sec.problem(
+            "batch", sec.node_of("batch"), f"only applies to action 'batch', not {action!r}"
+        )
+    if action == "batch":
+        batch = ctx.sections.get(join(sec.path, "batch"))
+        if batch is None or not sec.has("batch"):
+            sec.problem("batch", None, "is required for action 'batch' (items, each)")
+        elif not batch.has("each"):
+            batch.problem(
+                "each", None, "is required: the path of the queue route each item goes to"
+            )
     return route
+
+
+def first_route(routes: tuple[Route, ...], method: str, path: str) -> Route | None:
+    """The first of ``routes`` matching ``method path`` (a path in normal form), as
+    ``core.routes.Router`` matches; None: none (the request would pass)."""
+    for r in routes:
+        if (r.methods is None or method in r.methods) and compile_glob(r.path).match(path):
+            return r
+    return None
+
+
+def _check_batch_targets(routes: tuple[Route, ...], secs: list[Section], ctx: Context) -> None:
+    """A batch route's ``each`` is the path of a queue route: an item must wait its turn
+    like any job (issue #20 §3), never pass to the engine or be refused as a block."""
+    for route, sec in zip(routes, secs, strict=True):
+        batch = ctx.sections.get(join(sec.path, "batch"))
+        if route.action != "batch" or batch is None or not batch.has("each"):
+            continue
+        target = first_route(routes, "POST", route.batch.each)
+        if target is None or target.action != "queue":
+            what = (
+                "no route (it would pass)"
+                if target is None
+                else (f"route {target.name!r} (action {target.action})")
+            )
+            batch.problem(
+                "each",
+                batch.node_of("each"),
+                f"must be the path of a queue route; POST {route.batch.each} matches {what}",
+                route.batch.each,
+            )
 
 
 def read_routes(
@@ -215,6 +271,7 @@ def read_routes(
         parent.problem(key, node, "must be a list of routes")
         return DEFAULT_ROUTES
     routes: list[Route] = []
+    secs: list[Section] = []
     names: set[str] = set()
     for i, item in enumerate(node.value):
         sec = Section(item, f"{join(parent.path, key)}[{i}]", ctx.problems)
@@ -223,10 +280,12 @@ def read_routes(
             sec.problem("name", sec.node_of("name"), "duplicate route name", route.name)
         names.add(route.name)
         routes.append(route)
+        secs.append(sec)
+    _check_batch_targets(tuple(routes), secs, ctx)
     return tuple(routes)
 
 
 # The packaged rules.yaml's routes: /generate/** queued (it also matches /generate
 # itself: the engine's /generate/stream starts the same generation, issue #8) and
-# /batch-generate/** blocked with 410.
+# /batch-generate/** a batch route whose items are jobs of /generate (issue #20 §3).
 DEFAULT_ROUTES: tuple[Route, ...] = read_shipped("routes", read_routes)

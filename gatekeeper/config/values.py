@@ -115,3 +115,19 @@ def check_path_glob(v: Any) -> str | None:
         if "**" in segment and segment != "**":
             return "'**' must be a whole path segment, e.g. /files/**"
     return None
+
+
+# Shared with ``core.routes`` (the router): config checks a batch route's ``each``
+# against the routes with the same matching (``routes.first_route``).
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Translate a path glob into an anchored regex."""
+    out: list[str] = []
+    segments = pattern.split("/")[1:]  # patterns start with '/'
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "**":
+            # Zero or more whole segments; '/a/**' also matches '/a' and '/a/'.
+            out.append("(?:/.*)?" if last else "(?:/[^/]*)*?")
+            continue
+        out.append("/" + "[^/]*".join(re.escape(part) for part in seg.split("*")))
+    return re.compile("".join(out) + r"\Z")

@@ -16,7 +16,11 @@ are tried:
 ``Forward`` (gradio)   a ``gradio`` route: ``gradio.route`` decides per Gradio
                        request (a gated function's queue join takes a slot; the
                        rest passes)
-``Refuse`` (draining)  a ``queue`` route while draining (waiting would outlive us)
+``Refuse`` (draining)  a ``queue`` or ``batch`` route while draining (waiting would
+                       outlive us)
+``Forward`` (batch)    a ``batch`` route: ``jobs.batch`` cuts the body into jobs of
+                       its ``each`` queue route (without that feature: admitted
+                       whole, like an admit route, never passed)
 ``Forward`` (queue)    a ``queue`` route: the waiting room refuses from the head
                        when no body could change it (``jobs.route``), else the body
                        is spooled and it decides (``Jobs.submit``): coalesce,
@@ -75,6 +79,7 @@ class Forward:
     gated: bool
     queued: bool = False  # a queue route: the waiting room decides after the body
     gradio: bool = False  # a gradio route: gradio.route decides (joins of gated functions)
+    batch: bool = False  # a batch route: jobs.batch cuts it into queued jobs (issue #20 §3)
 
 
 Plan = ServeStatus | ServeJobs | Refuse | Forward
@@ -118,12 +123,14 @@ def plan(
         return Forward(route, gated=False)
     if route.action == "gradio":
         return Forward(route, gated=False, gradio=True)
-    if route.action == "queue":
+    if route.action in ("queue", "batch"):
         if gate.draining:
             return rejected(
                 route, Rejection("draining", config.admission.retry_after_default), config
             )
-        return Forward(route, gated=True, queued=True)
+        return Forward(
+            route, gated=True, queued=route.action == "queue", batch=route.action == "batch"
+        )
     rejection = gate.check(now)
     if rejection is not None:
         return rejected(route, rejection, config)

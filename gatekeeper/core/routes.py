@@ -29,22 +29,9 @@ import re
 from dataclasses import dataclass
 
 from gatekeeper.config import Route
+from gatekeeper.config.values import compile_glob
 
 PASS_ROUTE = Route(name="default", path="/**", action="pass")
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Translate a path glob into an anchored regex."""
-    out: list[str] = []
-    segments = pattern.split("/")[1:]  # patterns start with '/'
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "**":
-            # Zero or more whole segments; '/a/**' also matches '/a' and '/a/'.
-            out.append("(?:/.*)?" if last else "(?:/[^/]*)*?")
-            continue
-        out.append("/" + "[^/]*".join(re.escape(part) for part in seg.split("*")))
-    return re.compile("".join(out) + r"\Z")
 
 
 @dataclass(frozen=True)
@@ -97,14 +84,15 @@ _LINT_METHODS = ("POST", "PUT", "PATCH", "GET")
 def lint(routes: tuple[Route, ...]) -> list[str]:
     """Warnings about gated routes a client can walk around (``gatekeeper check``).
 
-    Decidable case: a gated (``admit`` or ``queue``) route whose path is literal (no ``*``) gates
-    exactly that path; if ``<path>/<anything>`` then passes unadmitted, an engine
-    endpoint such as ``/generate/stream`` would start work past the gate.
+    Decidable case: a gated (``admit`` or ``queue``) or ``batch`` route whose path is
+    literal (no ``*``) gates exactly that path; if ``<path>/<anything>`` then passes
+    unadmitted, an engine endpoint such as ``/generate/stream`` would start work past
+    the gate.
     """
     router = Router(routes)
     warnings: list[str] = []
     for i, route in enumerate(routes):
-        if not route.gated or "*" in route.path:
+        if not (route.gated or route.action == "batch") or "*" in route.path:
             continue
         for method in sorted(route.methods) if route.methods else _LINT_METHODS:
             if router.match(method, route.path) is not route:

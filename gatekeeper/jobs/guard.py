@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from gatekeeper.core.errors import HttpError
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
@@ -142,6 +143,15 @@ class GuardedStore:
                 client, limit=limit, before=before, states=states, scan=scan
             ),
         )
+
+    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
+        return guarded("create_batch", lambda: self.inner.create_batch(batch, items))
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        return guarded("get_batch", lambda: self.inner.get_batch(batch_id))
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        return guarded("batch_jobs", lambda: self.inner.batch_jobs(batch_id))
 
     def add_coalesced(self, job_id: str) -> int:
         return guarded("add_coalesced", lambda: self.inner.add_coalesced(job_id))

@@ -92,6 +92,8 @@ class JobRecord:
     # the request's own webhook (Gatekeeper-Webhook, allowed by jobs.webhooks.allow):
     # {"url": ..., "events": [...]} as JSON; its deliveries outlive the process
     webhook: str | None = field(default=None, metadata=column("TEXT"))
+    # the batch it is an item of (``batch.record``; issue #20 §3), None for a lone job
+    batch: str | None = field(default=None, metadata=column("TEXT"))
 
 
 STORED: tuple[Field[Any], ...] = fields(JobRecord)

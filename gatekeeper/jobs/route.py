@@ -73,6 +73,7 @@ from gatekeeper.jobs.webhooks.request import own_webhook, without_webhook_header
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.expect import send_continue
+from gatekeeper.proxy.handler import JobsHandler
 from gatekeeper.proxy.ports import Clock
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.spool import SpoolBudget, take_body
@@ -89,15 +90,19 @@ POLL_SECONDS = 0.5
 
 
 class JobsEndpoint:
-    """The async-job endpoints under ``jobs_path``, as the proxy handler calls them."""
+    """The async-job endpoints under ``jobs_path``, as the proxy handler calls them;
+    ``batches``: those under ``jobs_path/batches`` (``jobs.batch.api``)."""
 
-    def __init__(self, jobs: JobService, clock: Clock):
+    def __init__(self, jobs: JobService, clock: Clock, batches: JobsHandler | None = None):
         self.jobs = jobs
         self.clock = clock
+        self.batches = batches
 
     async def __call__(
         self, request: web.BaseRequest, config: Config, rest: str, request_id: str
     ) -> web.StreamResponse:
+        if self.batches is not None and (rest == "/batches" or rest.startswith("/batches/")):
+            return await self.batches(request, config, rest[len("/batches") :], request_id)
         api = JobsApi(self.jobs, config.jobs_path or "", self.clock)
         return await api.handle(request, rest, request_id)
 

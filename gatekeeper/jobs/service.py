@@ -42,6 +42,7 @@ from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import JobState, QueueReason
 from gatekeeper.jobs import runner, upkeep
+from gatekeeper.jobs.batch.book import OpenItems
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
@@ -83,6 +84,7 @@ class JobService(HandleOps):
         # client_limit check and Retry-After without a walk over every live job.
         self._running: dict[str, dict[str, Job]] = {}
         self._by_key: dict[str, Job] = {}
+        self.batch_open = OpenItems()  # open batch items per client (issue #20 §3)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.next_evict = 0.0
@@ -199,7 +201,7 @@ class JobService(HandleOps):
         key = job.record.coalesce_key
         if key is not None:
             self._by_key[key] = job
-        deadline = job.arrived + cfg.admission.queue.max_wait
+        deadline = self.batch_open.entered(job.record, job.arrived, cfg.admission.queue.max_wait)
         self.room.join(Waiter(job.id, job.record.client, job.route, job.arrived, deadline))
         self.deps.metrics.jobs.labels(job.route, JobState.QUEUED).inc()
         self._changed_all()
@@ -210,7 +212,8 @@ class JobService(HandleOps):
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
         mine = self._running.get(client, {})
-        running = len(mine)
+        running_jobs = (j.record for js in self._running.values() for j in js.values())
+        running, limits = self.batch_open.exempt(client, len(mine), limits, running_jobs)
         free_now = not self.room and self.deps.gate.check(now, probed_only=True) is None
         reason = self.room.refusal(client, running, limits)
         if reason == QueueReason.QUEUE_FULL and free_now:
@@ -350,7 +353,8 @@ class JobService(HandleOps):
                 deps.metrics.eta_error.observe(
                     abs(actual - (job.predicted_done - job.arrived)) / actual
                 )
-        self.live.pop(job.id, None)
+        if self.live.pop(job.id, None) is not None:
+            self.batch_open.left(job.record)
         mine = self._running.get(job.record.client)
         if mine is not None and mine.pop(job.id, None) is not None and not mine:
             del self._running[job.record.client]

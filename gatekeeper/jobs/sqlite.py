@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import (
+    sqlite_batches,
     sqlite_fair,
     sqlite_handles,
     sqlite_heads,
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_coalesce ON jobs (coalesce_key) WHERE coalesce_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
-{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}{sqlite_outbox.SCHEMA}"""
+{sqlite_fair.SCHEMA}{sqlite_heads.SCHEMA}{sqlite_handles.SCHEMA}{sqlite_outbox.SCHEMA}{sqlite_batches.SCHEMA}"""
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # seq is assigned by SQLite (AUTOINCREMENT: increasing, never reused).
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
@@ -74,6 +75,7 @@ def _marks(values: tuple[Any, ...]) -> str:
 class SqliteJobStore(
     sqlite_heads.KeptHeads,
     sqlite_handles.SqliteHandles,
+    sqlite_batches.SqliteBatches,
     sqlite_recover.Recovery,
     sqlite_outbox.SqliteOutbox,
 ):
@@ -83,6 +85,7 @@ class SqliteJobStore(
         self.directory = directory
         self._db = db
         add_missing_columns(db, "jobs", [(f.name, f.metadata["sql"]) for f in STORED])
+        sqlite_batches.prepare(db)
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
@@ -339,6 +342,7 @@ class SqliteJobStore(
                 (JobState.EXPIRED.value, now - EXPIRED_ROW_KEEP_FACTOR * keep),
             )
             self._drop_orphan_handles(db)
+            sqlite_batches.drop_orphans(db)
         expired = old + by_size
         for job_id in expired:
             ledger.drop_job(job_id)

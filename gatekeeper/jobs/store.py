@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.files import BodyWriter, ResultWriter
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
@@ -153,6 +154,22 @@ class JobStore(Protocol):
         ``cancelled``: ``handle_view``), reading at most ``max(scan, limit + 1)`` handles.
         Keys only grow, so a cursor stays right while handles are added. One indexed
         range read: O(limit) (O(scan) with ``states``), whatever the store holds."""
+        ...
+
+    # -- batches: N jobs of one batch request, created together (issue #20 §3)
+
+    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
+        """The batch and its N new queued jobs (``JobRecord.batch`` = its id, bodies
+        already committed) in one transaction, all or nothing: ValueError (nothing
+        stored) for a taken id or a job that is not a new queued item of it. Returns the
+        jobs with their ``seq``, in order; they join the fairness ring like ``create``'s."""
+        ...
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        """The batch's jobs in item (``seq``) order; ``evict`` deletes a batch with the
+        last of its jobs' rows."""
         ...
 
     # -- the life of a job (states.TRANSITIONS)

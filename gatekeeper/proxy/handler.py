@@ -91,13 +91,15 @@ class Features:
 
     ``status``: the status document (None: 404). ``jobs``: None, the jobs API is not
     enabled (404). ``queue``: None, a queue route is admitted like an admit route.
-    ``gradio``: None, a gradio route's requests all pass.
+    ``gradio``: None, a gradio route's requests all pass. ``batch``: None, a batch
+    route's request is admitted whole like an admit route (issue #20 §3: never passed).
     """
 
     status: Callable[[], Mapping[str, Any]] | None = None
     jobs: JobsHandler | None = None
     queue: RouteHandler | None = None
     gradio: RouteHandler | None = None
+    batch: RouteHandler | None = None
 
 
 def spool_limit(cfg: Config) -> int:
@@ -215,6 +217,8 @@ class ProxyHandler:
                 return await Relay(ports, ctx, pool).run()
             if decided.queued and features.queue is not None:
                 return await features.queue(ctx)
+            if decided.batch and features.batch is not None:
+                return await features.batch(ctx)
             return await self.admit(ctx)
         except SpoolFull:  # raised before any answer began: the spool already gave back
             return self.respond.spool_full(ctx)
