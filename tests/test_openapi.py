@@ -36,7 +36,7 @@ FENCE = re.compile(r"^([ \t]*)```([^\n`]*)\n(.*?)^\1```", re.M | re.S)
 TAG = re.compile(r"\bopenapi:([A-Za-z0-9_]+)\b")
 
 
-def _batch_like() -> dict[str, Any]:
+def _batch_like(cfg: object) -> dict[str, Any]:
     """A provider as another feature writes one (a path under the default jobs path, a
     schema, a webhook)."""
     return {
@@ -130,7 +130,7 @@ def test_fragments_that_disagree_are_refused() -> None:
     same definition twice is fine."""
     clash = {"components": {"schemas": {"Job": {"type": "string"}}}}
     with pytest.raises(ValueError, match="/components/schemas/Job"):
-        openapi.build(load_config(""), (*openapi.PROVIDERS, lambda: clash))
+        openapi.build(load_config(""), (*openapi.PROVIDERS, lambda cfg: clash))
     same = openapi.jobs_fragment
     openapi.build(load_config(""), (*openapi.PROVIDERS, same))
 

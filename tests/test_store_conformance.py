@@ -902,3 +902,18 @@ def test_one_jobs_rows_to_a_destination_go_one_at_a_time_in_order(store: JobStor
     assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_1"]
     store.outbox_delivered(f"msg_{a.id}_1")
     assert [d.id for d in store.outbox_take(1000.0, 10, 5000.0)] == [f"msg_{a.id}_2"]
+
+
+def test_a_batch_writes_its_deliveries_with_its_jobs_or_none(store: JobStore) -> None:
+    """create_batch writes the deliveries announcing its jobs in its transaction: all of
+    them with the batch, none when the batch is refused (a job.queued never announces a
+    job that was not stored)."""
+    batch, items = _batch(store, "alice", 2)
+    store.create_batch(batch, items, [delivery(r.id, 1) for r in items])
+    for r in items:
+        assert [d.id for d in store.outbox_pending(r.id)] == [f"msg_{r.id}_1"]
+    lone = add(store)
+    refused, more = _batch(store, "alice", 2, job_ids=[new_id(), lone.id])
+    with pytest.raises(ValueError):
+        store.create_batch(refused, more, [delivery(r.id, 1) for r in more])
+    assert store.outbox_pending(more[0].id) == [] and store.outbox_backlog().count == 2

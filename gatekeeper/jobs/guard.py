@@ -144,8 +144,13 @@ class GuardedStore:
             ),
         )
 
-    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
-        return guarded("create_batch", lambda: self.inner.create_batch(batch, items))
+    def create_batch(
+        self,
+        batch: BatchRecord,
+        items: Sequence[JobRecord],
+        outbox: Sequence[Delivery] = (),
+    ) -> list[JobRecord]:
+        return guarded("create_batch", lambda: self.inner.create_batch(batch, items, outbox))
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
         return guarded("get_batch", lambda: self.inner.get_batch(batch_id))

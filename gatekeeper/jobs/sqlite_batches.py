@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from gatekeeper.core.vocab import JobState
-from gatekeeper.jobs import sqlite_fair
+from gatekeeper.jobs import sqlite_fair, sqlite_outbox
 from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.files import check_id
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import COLUMNS, JobRecord, decode, encode
 
 SCHEMA = """
@@ -53,9 +54,14 @@ class SqliteBatches:
     _db: sqlite3.Connection
     _txn: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]
 
-    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
-        """The batch and its queued jobs, in one transaction (their bodies already
-        committed); returns the jobs with their ``seq``. ValueError (nothing written)
+    def create_batch(
+        self,
+        batch: BatchRecord,
+        items: Sequence[JobRecord],
+        outbox: Sequence[Delivery] = (),
+    ) -> list[JobRecord]:
+        """The batch and its queued jobs, and the deliveries announcing them (``outbox``),
+        in one transaction (their bodies already committed); returns the jobs with their ``seq``. ValueError (nothing written)
         for a job that is not a new queued item of this batch or a taken id."""
         check_id(batch.id)
         if len(items) != batch.total or not items:
@@ -77,6 +83,7 @@ class SqliteBatches:
                     sqlite_fair.joined(db, r.client)
                     assert cur.lastrowid is not None
                     out.append(replace(r, seq=cur.lastrowid))
+                sqlite_outbox.write(db, outbox)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"batch {batch.id}: {exc}") from exc
         return out

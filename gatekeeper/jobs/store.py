@@ -158,9 +158,15 @@ class JobStore(Protocol):
 
     # -- batches: N jobs of one batch request, created together (issue #20 §3)
 
-    def create_batch(self, batch: BatchRecord, items: Sequence[JobRecord]) -> list[JobRecord]:
+    def create_batch(
+        self,
+        batch: BatchRecord,
+        items: Sequence[JobRecord],
+        outbox: Sequence[Delivery] = (),
+    ) -> list[JobRecord]:
         """The batch and its N new queued jobs (``JobRecord.batch`` = its id, bodies
-        already committed) in one transaction, all or nothing: ValueError (nothing
+        already committed) and the deliveries announcing them (``outbox``, as ``create``)
+        in one transaction, all or nothing: ValueError (nothing
         stored) for a taken id or a job that is not a new queued item of it. Returns the
         jobs with their ``seq``, in order; they join the fairness ring like ``create``'s."""
         ...

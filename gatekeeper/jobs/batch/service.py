@@ -73,7 +73,9 @@ def submit_batch(
             written.append(jobs.store.body_target(record.id))
         wall = deps.wall()
         stamped = replace(batch, created=wall)
-        rows = jobs.store.create_batch(stamped, [replace(r, created=wall) for r, _ in items])
+        records = [replace(r, created=wall) for r, _ in items]
+        announce = [d for r in records for d in jobs.events.queued(r)]
+        rows = jobs.store.create_batch(stamped, records, announce)
     except (StorageError, ValueError):
         for path in written:
             jobs.store.drop_file(path)

@@ -6,11 +6,11 @@ the rules' ``queue`` routes (``paths``), then every fragment of ``PROVIDERS``
 merged in. A backend generates its client from it; tests validate it with
 ``openapi-spec-validator`` and check real answers against its schemas.
 
-**Adding to the document** is one line: a provider is a function of no
-arguments returning a fragment, a dict with any of ``components`` (e.g.
+**Adding to the document** is one line: a provider is a function of the rules
+(``Config``) returning a fragment, a dict with any of ``components`` (e.g.
 ``{"schemas": {...}}``), ``paths`` and ``webhooks``, appended to ``PROVIDERS``::
 
-    PROVIDERS: tuple[Provider, ...] = (jobs_fragment, batch.openapi_fragment)
+    PROVIDERS: tuple[Provider, ...] = (jobs_fragment, batch_fragment, webhooks_fragment)
 
 A fragment writes its jobs paths under the default ``/_gatekeeper/jobs``
 (``JOBS``), which the document moves to the configured ``jobs_path``; any
@@ -27,23 +27,41 @@ from typing import Any
 
 from gatekeeper import __version__
 from gatekeeper.config import Config
+from gatekeeper.jobs.batch.openapi import openapi_fragment as batch_openapi_fragment
 from gatekeeper.jobs.openapi.paths import JOBS, jobs_paths, submit_paths
 from gatekeeper.jobs.openapi.schemas import components
+from gatekeeper.jobs.webhooks.payload import openapi_fragment as webhook_openapi_fragment
 
 __all__ = ["DOCUMENT", "JOBS", "PROVIDERS", "Provider", "build", "document_bytes", "merge"]
 
 JSON = dict[str, Any]
-Provider = Callable[[], Mapping[str, Any]]
+Provider = Callable[[Config], Mapping[str, Any]]  # the rules -> a fragment
 DOCUMENT = "openapi.json"  # served at <jobs_path>/openapi.json
 
 
-def jobs_fragment() -> JSON:
+def jobs_fragment(config: Config) -> JSON:
     """The jobs API's own part: its schemas and endpoints."""
     return {"components": components(), "paths": jobs_paths()}
 
 
-# Every part of the document; the webhooks and batch features each add their provider here.
-PROVIDERS: tuple[Provider, ...] = (jobs_fragment,)
+def batch_fragment(config: Config) -> JSON:
+    """The batch endpoints (issue #20 §3): each configured batch route's submit path and
+    the batch view, results and cancel under ``jobs_path``."""
+    paths = [
+        r.path[:-3] if r.path.endswith("/**") else r.path
+        for r in config.routes
+        if r.action == "batch" and not any(c in r.path.rstrip("*") for c in "*?[{")
+    ]
+    return batch_openapi_fragment(batch_paths=paths)
+
+
+def webhooks_fragment(config: Config) -> JSON:
+    """The webhook payloads (issue #20 §1): ``webhooks`` and their schemas."""
+    return webhook_openapi_fragment()
+
+
+# Every part of the document: the jobs API, batches, webhook payloads.
+PROVIDERS: tuple[Provider, ...] = (jobs_fragment, batch_fragment, webhooks_fragment)
 
 
 def merge(into: JSON, fragment: Mapping[str, Any], where: str = "") -> None:
@@ -90,7 +108,7 @@ def build(config: Config, providers: tuple[Provider, ...] = PROVIDERS) -> JSON:
         "paths": submit_paths(config),
     }
     for provide in providers:
-        fragment = dict(provide())
+        fragment = dict(provide(config))
         if "paths" in fragment:
             fragment["paths"] = _moved(fragment["paths"], config.jobs_path)
         merge(doc, fragment)
