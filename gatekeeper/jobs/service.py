@@ -45,6 +45,7 @@ from gatekeeper.jobs import runner, upkeep
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
+from gatekeeper.jobs.guests import Guest, GuestOps
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.orphans import hold_orphans
@@ -58,7 +59,7 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService(HandleOps):
+class JobService(HandleOps, GuestOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
@@ -78,6 +79,7 @@ class JobService(HandleOps):
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)
         self.live: dict[str, Job] = {}
+        self.guests: dict[str, Guest] = {}  # waiters that are not jobs (jobs/guests.py)
         # Each client's running jobs (at most max_in_flight in all): a submit's
         # client_limit check and Retry-After without a walk over every live job.
         self._running: dict[str, dict[str, Job]] = {}
@@ -134,6 +136,7 @@ class JobService(HandleOps):
             if job is not None and job.record.held and job.async_owners == 0:
                 self.room.leave(job.id)
                 self.finish(job, Endings.DRAINING)
+        self.drain_guests()
         self._changed_all()
 
     # ------------------------------------------------------------------ arrivals
@@ -249,6 +252,8 @@ class JobService(HandleOps):
             waiter = self.room.pop_next()
             if waiter is None:
                 return
+            if self._start_guest(waiter, now):  # a Gradio event, not a job (jobs/guests.py)
+                continue
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
