@@ -241,7 +241,7 @@ class GradioQueue:
             return self._refused(ctx, pipe, refusal)
         self.respond.count(ctx, Outcome.QUEUED)
         rec.deferred = True  # the line is written when the event ends
-        rec.status = 200
+        rec.status, rec.bytes_in = 200, len(body)
         log.info(
             "gradio join waits its turn as %s…: route=%s request_id=%s",
             ours[:19],
