@@ -38,9 +38,9 @@ from gatekeeper.core.admission import Rejection
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import AdmitReason, QueueReason
 from gatekeeper.jobs.deps import JobDeps
-from gatekeeper.jobs.model import Refused
+from gatekeeper.jobs.model import Job, Refused
 from gatekeeper.jobs.schedule import Schedule
-from gatekeeper.jobs.waitroom import Waiter, WaitingRoom, eta_for
+from gatekeeper.jobs.waitroom import Waiter, WaitingRoom, eta_for, retry_after_client
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -81,6 +81,7 @@ class GuestOps:
     room: WaitingRoom
     schedule: Schedule
     guests: dict[str, Guest]
+    live: dict[str, Job]
     dispatch: Callable[[], None]
     _changed_all: Callable[[], None]
     _refusal: Callable[[str, Config, float], Refused | None]
@@ -116,6 +117,20 @@ class GuestOps:
         remaining, slots, expected = self.schedule.running_remaining(self.deps.clock())
         _, done_in = eta_for(pos, remaining, slots, expected)
         return Place(pos, len(self.room), done_in)
+
+    def retry_after_client(self, first: Waiter | None, mine: dict[str, Job], now: float) -> int:
+        """``client_limit``: when the earliest of the client's entries is done: a running
+        job, or its first waiter (the others of its queue start after that one), which
+        may be a job or a guest."""
+        done_in = [self.schedule.eta(j, now)[1] for j in mine.values()]
+        if first is not None:
+            job = self.live.get(first.job_id)
+            place = self.place(first.job_id) if job is None else None
+            if job is not None:
+                done_in.append(self.schedule.eta(job, now)[1])
+            elif place is not None:
+                done_in.append(place.done_in)
+        return retry_after_client(done_in)
 
     def _start_guest(self, waiter: Waiter, now: float) -> bool:
         """Dispatch a guest (``waiter`` just left the room); False if it is not a guest."""

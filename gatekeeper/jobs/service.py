@@ -221,9 +221,8 @@ class JobService(HandleOps, GuestOps):
         if reason == QueueReason.CLIENT_LIMIT:
             # The earliest of the client's jobs to be done: a running one, or its
             # first waiter (the others of its queue start after that one).
-            first = self.room.first_of(client)
-            soonest = [*mine.values(), *([self.live[first.job_id]] if first else [])]
-            return Refused(reason, 429, self.schedule.retry_after_client(soonest, now), fields)
+            retry_after = self.retry_after_client(self.room.first_of(client), mine, now)
+            return Refused(reason, 429, retry_after, fields)
         retry_after = self.schedule.retry_after_full(now)
         return Refused(reason, cfg.admission.reject_status, retry_after, fields)
 
