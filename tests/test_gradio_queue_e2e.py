@@ -45,6 +45,9 @@ routes:
 """
 
 
+READINGS: list[Path] = []  # the CPU/memory readings file of the module's gatekeeper
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
     """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
@@ -58,6 +61,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
             tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
         )
         procs.append(gk)
+        READINGS[:] = [tmp / f"calm-{url.rsplit(':', 1)[1]}.json"]  # support.calm_resources
         yield app_url, url, admin
         assert gk.stop(timeout=15) == 0
         assert "Traceback" not in gk.output()
@@ -241,6 +245,42 @@ async def test_a_join_whose_stream_is_never_read_frees_the_slot_when_the_app_end
         return bool(stats["completed"] == 1 and in_flight == 0)
 
     await poll(done, timeout=SONG_SECONDS + 15)
+
+
+async def test_cpu_over_threshold_holds_dispatch_and_recovery_dispatches(
+    rig: tuple[str, str, str],
+) -> None:
+    """CPU over its threshold: joins wait (not refused) and none reaches the app; when the
+    CPU recovers, the waiting events are dispatched one at a time and all finish."""
+    app, url, admin = rig
+    await idle(rig)
+    (readings,) = READINGS
+    readings.write_text('{"cpu_percent": 99, "memory_percent": 5}')
+    try:
+
+        async def hot() -> bool:
+            doc = await get_json(admin + "/status")
+            return bool(any(doc["overloaded"].values()))
+
+        await poll(hot, timeout=10)
+        a, b = await clients(url, "hot-a", "hot-b")
+        jobs = [cl.submit("[verse] h", "pop", api_name="/generate_song") for cl in (a, b)]
+
+        async def both_wait() -> bool:
+            return bool((await get_json(admin + "/status"))["queue"]["waiting"] == 2)
+
+        await poll(both_wait, timeout=20)
+        await asyncio.sleep(2.5)  # more than two samples: still held, nobody refused
+        doc = await get_json(admin + "/status")
+        assert doc["queue"]["waiting"] == 2 and doc["in_flight"] == 0
+        assert (await get_json(app + "/_app/stats"))["started"] == 0
+        assert not any(j.done() for j in jobs)
+    finally:
+        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
+    assert all(Path(audio).suffix == ".wav" for audio, _ in out)
+    stats = await get_json(app + "/_app/stats")
+    assert stats["completed"] == 2 and stats["peak"] == 1
 
 
 async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str]) -> None:
