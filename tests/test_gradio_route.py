@@ -34,6 +34,7 @@ class FakeEvent:
     fn_index: int
     finish: asyncio.Event = field(default_factory=asyncio.Event)
     success: bool = True
+    done: bool = False  # reported completed (test_gradio_waiting_route's stream)
 
 
 class FakeGradio:

@@ -155,8 +155,10 @@ class SessionPipe:
         try:
             while True:
                 mark = await self._read_once()
-                if mark is None or mark == self._seq:
-                    return  # cut, or nothing forwarded since the app closed its stream
+                if mark is None:
+                    return  # cut: its events ended stream_cut
+                if mark == self._seq and not self.events.pending(self.session):
+                    return  # closed, and nothing forwarded since: all was told
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -225,9 +227,13 @@ class SessionPipe:
             self._parked.append(raw)  # perhaps the event a join is being forwarded for
             return
         if m.msg == "close_stream":
+            # Gradio closes a session's stream when it has no event of the session left:
+            # an event still open here reached the app after it decided so (the join of
+            # a waiting event, forwarded as the last one ended). It is not ended: the
+            # reader opens the stream again, where the app reports it.
             self._close_mark = self._seq
-            self.events.end_session(self.session, "close_stream", success=True)
-            if forward_close(len(self.held)) and not self._parked:
+            held = len(self.held) + self.events.pending(self.session)
+            if forward_close(held) and not self._parked:
                 self.closed = True
                 self.put(raw, last=True)
             return

@@ -138,9 +138,9 @@ def rewrite(raw: bytes, ids: IdMap) -> tuple[bytes, dict[str, Any] | None]:
 
 
 def forward_close(held: int) -> bool:
-    """Whether the app's ``close_stream`` goes on to the client: only when gatekeeper
-    holds no event of the session (``held``: waiting, or forwarded but not yet
-    answered by the app)."""
+    """Whether the app's ``close_stream`` goes on to the client: only when no event of
+    the session is left (``held``: waiting in gatekeeper, forwarded but not yet answered
+    by the app, or open in the app after it decided to close: ``pipe``)."""
     return held == 0
 
 
