@@ -38,7 +38,8 @@ from aiohttp import web
 from gatekeeper.core.errors import UpstreamError
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.splice import CLOSE_STREAM, Framer, IdMap, data_of, forward_close, rewrite
-from gatekeeper.gradio.wire import SSEEvent, ending, frame, parse_message
+from gatekeeper.gradio.streams import SessionStream
+from gatekeeper.gradio.wire import frame, parse_message
 from gatekeeper.upstream import Exchange
 
 log = logging.getLogger("gatekeeper.gradio")
@@ -67,6 +68,9 @@ class SessionPipe:
         self.session = session
         self.events = events
         self.ids = IdMap()
+        # The app's frames are read as on a relayed stream (``streams.SessionStream``): the
+        # endings of gated events; its end (``done``) is this pipe's own (``_read``).
+        self.observer = SessionStream(events, session)
         self.open_upstream = open_upstream  # the app's queue/data for this session
         self._send_timeout = send_timeout
         self._on_idle = on_idle
@@ -238,14 +242,12 @@ class SessionPipe:
                 self.put(raw, last=True)
             return
         out = rewrite(raw, self.ids)[0]  # before an ending forgets the mapping
-        end = ending(SSEEvent("message", data))
-        if end is not None and end.event_id is not None:
-            self.events.end(end.event_id, end.why, success=end.success)
-            ours = self.ids.to_ours(end.event_id)
+        # What the frame ends (or reports) is read as on a relayed stream, in the app's ids.
+        self.observer.feed(raw)
+        if eid is not None and not self.events.known(eid):
+            ours = self.ids.to_ours(eid)
             if ours is not None:
                 self.ids.forget(ours)
-        elif end is not None:
-            self.events.end_session(self.session, end.why, success=end.success)
         self.put(out, droppable=m.msg in _DROPPABLE)
 
     def _unpark(self) -> None:
