@@ -30,12 +30,14 @@ from gatekeeper.core.headers import REQUEST_ID, upstream_request_headers
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.held import HeldEvent
+from gatekeeper.gradio.joinbody import MAX_JOIN_BODY
 from gatekeeper.gradio.pipe import SessionPipe
 from gatekeeper.gradio.splice import PREFIX, Estimate, estimation, failure
 from gatekeeper.gradio.wire import Join
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import Responder
+from gatekeeper.proxy.spool import Spool
 from gatekeeper.upstream import Exchange
 
 log = logging.getLogger("gatekeeper.gradio")
@@ -214,6 +216,7 @@ class GradioQueue:
         )
         headers["Content-Length"] = str(len(body))
         headers["Accept-Encoding"] = "identity"  # the answer is read for its event_id
+        self._ended()  # those that ran or left since the last look
         ours = PREFIX + secrets.token_hex(16)
         pipe = self.pipe_for(ctx, session)
         held = HeldEvent(
@@ -318,7 +321,26 @@ class GradioQueue:
 
     # ------------------------------------------------------------------ /cancel
 
-    def cancel(self, body: bytes) -> tuple[web.Response | None, bytes | None]:
+    def cancel(self, ctx: RequestContext, spool: Spool | None) -> web.Response | Spool | None:
+        """A client's ``/cancel``: our answer, or the body to send on (the app's id in
+        place of ours, or the body as it came)."""
+        body = spool.memory() if spool is not None else None
+        coded = ctx.request.headers.get("Content-Encoding", "identity") != "identity"
+        if spool is None or body is None or coded or len(body) > MAX_JOIN_BODY:
+            return spool
+        ours, rewritten = self._cancel(body)
+        if ours is None and rewritten is None:
+            return spool
+        spool.close()
+        if ours is not None:
+            ctx.rec.status = ours.status
+            return ours
+        assert rewritten is not None
+        out = Spool(len(rewritten) + 1)
+        out.write(rewritten)
+        return out
+
+    def _cancel(self, body: bytes) -> tuple[web.Response | None, bytes | None]:
         """A client's ``/cancel``: (our answer, None) for a waiting event of ours;
         (None, the body naming the app's id) for one of ours the app runs; (None, None):
         not ours, sent on as it came."""

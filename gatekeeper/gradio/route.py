@@ -44,7 +44,7 @@ from gatekeeper.core.plan import Refuse, rejected
 from gatekeeper.core.vocab import AdmitReason, Outcome
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.held import MAX_JOIN_ANSWER, read_bounded
-from gatekeeper.gradio.joinbody import MAX_JOIN_BODY, read_join, take_join_body
+from gatekeeper.gradio.joinbody import read_join, take_join_body
 from gatekeeper.gradio.names import ApiNames
 from gatekeeper.gradio.queueing import GradioQueue, WaitingRoomPort
 from gatekeeper.gradio.streams import Heartbeat, SessionStream
@@ -312,23 +312,11 @@ class GradioRoute:
             spool = await self._body(ctx.request, ctx.config)
         except ClientGone:
             return self.respond.client_left(ctx, "sending the request body")
-        body = spool.memory() if spool is not None else None
-        coded = ctx.request.headers.get("Content-Encoding", "identity") != "identity"
-        if body is not None and not coded and len(body) <= MAX_JOIN_BODY:
-            ours, rewritten = self.queue.cancel(body)
-            if ours is not None:
-                assert spool is not None
-                spool.close()
-                self.respond.count(ctx, Outcome.PASSED)
-                ctx.rec.status = ours.status
-                return ours
-            if rewritten is not None:
-                assert spool is not None
-                spool.close()
-                spool = Spool(len(rewritten) + 1)
-                spool.write(rewritten)
         self.respond.count(ctx, Outcome.PASSED)
-        return await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=spool).run()
+        out = self.queue.cancel(ctx, spool)
+        if isinstance(out, web.Response):
+            return out
+        return await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=out).run()
 
     async def _direct(
         self, ctx: RequestContext, gp: GradioPath, spool: Spool | None, api: str | None
