@@ -308,7 +308,8 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
 
 def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> None:
     """SIGTERM with one event running and two waiting: the waiting two fail at once with
-    gatekeeper's draining text; the running one gets its song; the process exits 0."""
+    gatekeeper's draining text; the running one gets its song; the process exits 0, and
+    started again it holds no phantom slot and no waiter."""
     require_gradio()
     from gradio_client.exceptions import AppError
 
@@ -344,7 +345,23 @@ def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> N
             assert Path(audio).suffix == ".wav"
             assert gk.wait(30) == 0
             assert "Traceback" not in gk.output()
+            # Started again on the same state directory: no phantom slot, nobody waiting,
+            # and the next song goes through.
+            gk2, url2, admin2 = start_gatekeeper(
+                tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
+            )
+            try:
+                doc = asyncio.run(get_json(admin2 + "/status"))
+                assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
+                audio, _ = client(url2, "after").predict(
+                    "[verse] again", "pop", api_name="/generate_song"
+                )
+                assert Path(audio).suffix == ".wav"
+            finally:
+                gk2.stop()
         finally:
             gk.stop()
+            while _OPEN:
+                _OPEN.pop().close()
     finally:
         app.stop()
