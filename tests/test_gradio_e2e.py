@@ -21,10 +21,13 @@ from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-# linger 0s: nothing here fetches a result after the last generation.
+# linger 0s: nothing here fetches a result after the last generation. max_waiting 0:
+# no join waits (the waiting joins of issue #19 are tests/test_gradio_queue_e2e.py), so
+# a second one is refused, and the refusal's text is what both clients show.
 RULES = """
 admission:
   expected_seconds: 120
+  queue: {max_waiting: 0}
 shutdown:
   linger: 0s
 routes:
@@ -121,7 +124,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
         await asyncio.to_thread(
             second_client.predict, "[verse] two", "rock", api_name="/generate_song_1"
         )
-    assert "busy" in str(refused.value) and "请约" in str(refused.value)
+    assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
     echo = await asyncio.to_thread(second_client.predict, "still here", api_name="/echo")
     assert echo == "still here"
     assert (await get_json(admin + "/status"))["in_flight"] == 1
@@ -135,7 +138,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
 
     await poll(freed, timeout=10)
     doc = await get_json(admin + "/status")
-    assert doc["rejections_by_reason"].get("busy", 0) >= 1
+    assert doc["rejections_by_reason"].get("queue_full", 0) >= 1
     assert doc["expected_samples"] >= 1  # the whole job's ~3 s was learned, not the join's ms
 
 
@@ -162,7 +165,7 @@ async def test_browser_two_tabs_and_the_refusal_toast(
         toast = await two.wait_for(
             f"(() => {{ const t = {TOASTS}; return t || null; }})()", timeout=20
         )
-        assert "busy" in toast and "请约" in toast, toast
+        assert "queue is full" in toast and "请约" in toast, toast
         await two.wait_for(TOAST_SETTLED, timeout=10)  # the toast has faded in
         shot = await two.screenshot(tmp_path / "gradio-refused.png")
         keep = os.environ.get("GATEKEEPER_SCREENSHOT_DIR")

@@ -34,6 +34,7 @@ class FakeEvent:
     fn_index: int
     finish: asyncio.Event = field(default_factory=asyncio.Event)
     success: bool = True
+    done: bool = False  # reported completed (test_gradio_waiting_route's stream)
 
 
 class FakeGradio:
@@ -210,8 +211,13 @@ async def test_slot_from_join_to_process_completed(rig: Rig) -> None:
     assert rig.state.gate.estimator.samples == 1  # the whole job's duration is learned
 
 
+NO_WAITING = {"admission": {"expected_seconds": 60, "queue": {"max_waiting": 0}}}
+
+
+@pytest.mark.parametrize("rig", [NO_WAITING], indirect=True)
 async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(rig: Rig) -> None:
-    """One generation at a time: the second gated join never reaches the app. It is
+    """One generation at a time and no room to wait (``max_waiting: 0``; issue #19: a
+    join that may wait, waits): the second gated join never reaches the app. It is
     answered with gatekeeper's own event id, and the session's queue/data stream (which
     the client opens next) reports that event failed with the refusal's detail, the way
     Gradio reports a gr.Error; a light function still passes meanwhile."""
@@ -219,7 +225,7 @@ async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(ri
     assert first.status == 200
     second = await rig.join("s2")
     assert second.status == 200
-    assert second.headers["X-Gatekeeper-Reason"] == "busy"
+    assert second.headers["X-Gatekeeper-Reason"] == "queue_full"
     assert int(second.headers["Retry-After"]) > 0
     eid = json.loads(await second.read())["event_id"]
     assert eid.startswith("gatekeeper-")
@@ -227,7 +233,7 @@ async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(ri
     msgs = [json.loads(line[6:]) for line in told.split(b"\n\n") if line.startswith(b"data: ")]
     assert [m["msg"] for m in msgs] == ["process_completed", "close_stream"]
     assert msgs[0]["event_id"] == eid and msgs[0]["success"] is False
-    assert "busy" in msgs[0]["output"]["error"] and "请" in msgs[0]["output"]["error"]
+    assert "queue is full" in msgs[0]["output"]["error"] and "请" in msgs[0]["output"]["error"]
     assert len(rig.fake.joins) == 1
     light = await rig.join("s2", fn_index=1)
     assert light.status == 200 and len(rig.fake.joins) == 2
@@ -236,7 +242,7 @@ async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(ri
     assert page.status == 200 and "gradio" in await page.text()
     counts = rig.state.counters.outcomes
     assert counts["admitted"] == 1 and counts["rejected"] == 1 and counts["passed"] >= 2
-    assert rig.state.counters.rejections_by_reason == {"busy": 1}
+    assert rig.state.counters.rejections_by_reason == {"queue_full": 1}
 
 
 async def test_a_refused_join_of_a_streaming_session_gets_503_json(rig: Rig) -> None:

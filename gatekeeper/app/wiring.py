@@ -243,8 +243,9 @@ def build_proxy_app(
     handler = ProxyHandler(ports, on_record=record, conns=conns)
     assert st.gradio is not None  # AppState.create builds it
     st.gradio.on_record = record  # a Gradio generation's line, at its end
-    gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio)
     jobs = st.jobs
+    # A gated join with no free slot waits in the jobs' waiting room (issue #19).
+    gradio = GradioRoute(ports, handler.respond, handler.admit, st.gradio, jobs)
     # The plan's outcomes that features serve; the proxy imports none of them.
     handler.register(
         Features(
@@ -296,6 +297,7 @@ def build_proxy_app(
     app.on_shutdown.append(close_gradio_streams)
 
     async def close_pools(_: web.Application) -> None:
+        await gradio.queue.close()  # gatekeeper's readers of the Gradio session streams
         if st.gradio is not None:
             st.gradio.close()  # Gradio events still open: their slots are released
         await st.runtime.close()

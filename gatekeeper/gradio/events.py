@@ -94,6 +94,10 @@ class GradioEvents:
         self.idle(session).clear()
         lease.hand_over("gradio-event")  # last: until here the join still releases it
 
+    def known(self, event_id: str) -> bool:
+        """``event_id`` (the app's) is a gated event in flight."""
+        return event_id in self._events
+
     def pending(self, session: str) -> bool:
         return bool(self._sessions.get(session))
 

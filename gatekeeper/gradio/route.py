@@ -26,72 +26,67 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Awaitable
 
 import aiohttp
 from aiohttp import web
 
 from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
-from gatekeeper.core.errors import BadRequest, UpstreamProtocolError, UpstreamTimeout
+from gatekeeper.core.errors import UpstreamProtocolError, UpstreamTimeout
 from gatekeeper.core.headers import (
     REQUEST_ID,
     downstream_response_headers,
     upstream_request_headers,
 )
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.plan import Refuse, rejected
-from gatekeeper.core.vocab import Outcome
+from gatekeeper.core.vocab import AdmitReason, Outcome
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.gradio.held import MAX_JOIN_ANSWER, read_bounded
+from gatekeeper.gradio.joinbody import read_join, take_join_body
 from gatekeeper.gradio.names import ApiNames
+from gatekeeper.gradio.queueing import GradioQueue, WaitingRoomPort
 from gatekeeper.gradio.streams import Heartbeat, SessionStream
 from gatekeeper.gradio.wire import (
     Gating,
     GradioPath,
     Join,
     Kind,
-    UnreadableCoding,
     classify,
-    decoded_body,
     event_id_of,
-    parse_join,
     refusal_frames,
 )
 from gatekeeper.proxy.admit import Admit
 from gatekeeper.proxy.context import RequestContext
-from gatekeeper.proxy.expect import send_continue
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
-from gatekeeper.proxy.spool import Spool, take_body
+from gatekeeper.proxy.spool import Spool
 from gatekeeper.upstream import ClientGone
 
 log = logging.getLogger("gatekeeper.gradio")
+DRAINING = AdmitReason.DRAINING  # a join that finds gatekeeper draining does not wait
 
-# A join body is parsed only when it is at most this big (Gradio sends file paths, not
-# files; a bigger one is still forwarded, and decided as "fn unknown": gated).
-MAX_JOIN_BODY = 256 * 1024
-# Gradio answers a join with {"event_id": "..."}: anything longer is not that answer.
-MAX_JOIN_ANSWER = 64 * 1024
 # How long a refusal waits for the session's queue/data stream to be told through.
 REFUSAL_TTL_SECONDS = 60.0
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    out = bytearray()
-    async for chunk in resp.content.iter_any():
-        out += chunk
-        if len(out) > limit:
-            raise UpstreamProtocolError(
-                f"the Gradio app answered a queue join with more than {limit} bytes"
-            )
-    return bytes(out)
-
-
 class GradioRoute:
-    def __init__(self, ports: ProxyPorts, respond: Responder, admit: Admit, events: GradioEvents):
+    def __init__(
+        self,
+        ports: ProxyPorts,
+        respond: Responder,
+        admit: Admit,
+        events: GradioEvents,
+        room: WaitingRoomPort | None = None,
+    ):
         self.ports = ports
         self.respond = respond
         self.admit = admit  # a direct call, when ``direct_calls: admit``
         self.events = events
+        # Joins that wait their turn, and the session streams gatekeeper writes (issue #19).
+        self.queue = GradioQueue(ports, respond, events, room)
         self.names = ApiNames()
         self._streams: dict[asyncio.Task[object], str] = {}  # handler task -> session
 
@@ -100,8 +95,13 @@ class GradioRoute:
         gp = classify(request.method, request.path)
         if gp.kind in (Kind.JOIN, Kind.CALL, Kind.DIRECT):
             return await self._decide(ctx, gp)
+        if gp.kind == Kind.CANCEL:
+            return await self._cancel(ctx)
         if gp.kind == Kind.DATA:
             session = request.query.get("session_hash")
+            pipe = self.queue.pipe(session) if session else None
+            if session and pipe is not None:  # a session with a gated event: spliced
+                return await self._registered(self.queue.serve(ctx, pipe), session)
             if session:
                 refusal = self.events.take_refusal(session)
                 if refusal is not None and not self.events.pending(session):
@@ -126,12 +126,17 @@ class GradioRoute:
     ) -> web.StreamResponse:
         """A session's stream, relayed with its observer; known to ``close_idle_streams``."""
         self.respond.count(ctx, Outcome.PASSED)
+        relay = Relay(self.ports, ctx, ctx.runtime.passthrough, observer=observer)
+        return await self._registered(relay.run(), session)
+
+    async def _registered(
+        self, serving: Awaitable[web.StreamResponse], session: str
+    ) -> web.StreamResponse:
         task = asyncio.current_task()
         if task is not None:
             self._streams[task] = session
         try:
-            pool = ctx.runtime.passthrough
-            return await Relay(self.ports, ctx, pool, observer=observer).run()
+            return await serving
         finally:
             if task is not None:
                 self._streams.pop(task, None)
@@ -143,24 +148,17 @@ class GradioRoute:
         would hold the stop for aiohttp's shutdown timeout twice (it waits for the handler,
         cancels only the request body, then waits again). A stream whose session still has
         a running event is left to the drain and the close grace."""
-        idle = [t for t, s in self._streams.items() if not self.events.pending(s)]
+        idle = [
+            t
+            for t, s in self._streams.items()
+            if not self.events.pending(s) and not self.queue.sessions_busy(s)
+        ]
         for task in idle:
             task.cancel()
         return len(idle)
 
     async def _body(self, request: web.BaseRequest, cfg: Config) -> Spool | None:
-        if not request.body_exists:
-            return None
-        return await take_body(
-            request.content.iter_any(),
-            max_bytes=cfg.limits.max_body_bytes,
-            idle_timeout=cfg.limits.client_body_timeout,
-            deadline=cfg.limits.client_body_deadline,
-            memory_limit=max(cfg.limits.spool_memory_bytes, MAX_JOIN_BODY),
-            budget=self.admit.budget,  # the process's limits.max_spooled_bytes
-            declared=request.content_length,
-            before_read=lambda: send_continue(request),
-        )
+        return await take_join_body(request, cfg, self.admit.budget)
 
     async def _which(
         self, ctx: RequestContext, gp: GradioPath, spool: Spool | None
@@ -168,29 +166,7 @@ class GradioRoute:
         """The join's fn_index/session, the function's api name, and whether it is gated.
         Raises BadRequest for a body that is not a Gradio join."""
         route = ctx.route
-        body = spool.memory() if spool is not None else b"{}"
-        if body is not None and len(body) <= MAX_JOIN_BODY:
-            # Read from a decoded copy: the app gets the bytes as they came (issue #18 §4).
-            try:
-                body = decoded_body(
-                    body, ctx.request.headers.getall("Content-Encoding", []), MAX_JOIN_BODY
-                )
-            except UnreadableCoding as exc:  # 415: RFC 9110 §15.5.16
-                raise BadRequest(
-                    f"Gradio {gp.kind} body: {exc}", status=415, reason="bad_gradio_request"
-                ) from exc
-            except ValueError as exc:
-                raise BadRequest(
-                    f"Gradio {gp.kind} body: {exc}", reason="bad_gradio_request"
-                ) from exc
-        if body is None or len(body) > MAX_JOIN_BODY:
-            # Too big to look at: the function is unknown.
-            join = Join(None, None)
-        else:
-            parsed = parse_join(body)
-            if isinstance(parsed, str):
-                raise BadRequest(f"Gradio {gp.kind} body: {parsed}", reason="bad_gradio_request")
-            join = parsed
+        join = read_join(ctx.request, gp, spool)
         gating = Gating(route.fn_index, route.api_name)
         api = gp.api_name
         needs_name = route.api_name is not None and not (
@@ -215,7 +191,10 @@ class GradioRoute:
             raise
         if not gated:
             self.respond.count(ctx, Outcome.PASSED)
-            return await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=spool).run()
+            out = await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=spool).run()
+            if gp.kind == Kind.JOIN and out.status == 200:
+                self.queue.passed(join.session_hash)
+            return out
         if gp.kind == Kind.DIRECT:
             return await self._direct(ctx, gp, spool, api)
         return await self._join(ctx, gp, spool, join, api)
@@ -229,8 +208,21 @@ class GradioRoute:
         api: str | None,
     ) -> web.StreamResponse:
         ports, request, cfg, route, rec = self.ports, ctx.request, ctx.config, ctx.route, ctx.rec
-        result = ports.gate.try_admit(route.name, ports.clock())
-        if isinstance(result, Rejection):
+        body = spool.memory() if spool is not None else b"{}"
+        may_wait = gp.kind == Kind.JOIN and self.queue.can_hold(ctx, join, body)
+        now = ports.clock()
+        result: Lease | Rejection | None
+        if may_wait and self.queue.others_wait():  # behind those who wait, whatever is free
+            result = ports.gate.check(now)
+        else:
+            result = ports.gate.try_admit(route.name, now)
+        waits = result is None or (isinstance(result, Rejection) and result.reason != DRAINING)
+        if may_wait and body is not None and waits:  # issue #19: it waits its turn
+            if spool is not None:
+                spool.close()
+            return self.queue.hold(ctx, join, api, body)
+        if not isinstance(result, Lease):
+            assert result is not None  # None (a free slot) waits
             if spool is not None:
                 spool.close()
             session = join.session_hash if gp.kind == Kind.JOIN else None
@@ -265,7 +257,7 @@ class GradioRoute:
                 upstream = exchange.response
                 done = False
                 try:
-                    body = await _read_bounded(upstream, MAX_JOIN_ANSWER)
+                    body = await read_bounded(upstream, MAX_JOIN_ANSWER)
                     done = True
                 except TimeoutError as exc:
                     raise UpstreamTimeout(f"the Gradio app's join answer stalled: {exc}") from exc
@@ -292,6 +284,9 @@ class GradioRoute:
                         timeout=cfg.upstream.timeouts.read,
                     )
                     rec.deferred = True
+                    if gp.kind == Kind.JOIN and join.session_hash:
+                        # gatekeeper reads the session's stream itself from now (pipe.py)
+                        self.queue.pipe_for(ctx, join.session_hash).forwarded()
                 else:
                     log.info(
                         "gradio join not accepted by the app (status %d): slot released; "
@@ -309,6 +304,19 @@ class GradioRoute:
         finally:
             if spool is not None:
                 spool.close()
+
+    async def _cancel(self, ctx: RequestContext) -> web.StreamResponse:
+        """``/cancel``: of a waiting event of ours, answered here; of one of ours the app
+        runs, sent on naming the app's id; anything else, sent on as it came."""
+        try:
+            spool = await self._body(ctx.request, ctx.config)
+        except ClientGone:
+            return self.respond.client_left(ctx, "sending the request body")
+        self.respond.count(ctx, Outcome.PASSED)
+        out = self.queue.cancel(ctx, spool)
+        if isinstance(out, web.Response):
+            return out
+        return await Relay(self.ports, ctx, ctx.runtime.passthrough, spool=out).run()
 
     async def _direct(
         self, ctx: RequestContext, gp: GradioPath, spool: Spool | None, api: str | None

@@ -8,7 +8,8 @@ as one ``StorageError`` (``sqlite``, ``sqlite_fair``, ``sqlite_heads``,
 implementation); ``waitroom`` and ``ordered`` (pure) and ``schedule`` the order
 and the ETAs; ``head`` refusals decided from a request head; ``floor`` free
 space; ``orphans`` engines still busy after a kill -9; ``service`` (with
-``service_handles`` and ``upkeep``) the queue at work; ``runner`` one exchange
+``service_handles``, ``guests`` (waiters that are not jobs: Gradio events) and
+``upkeep``) the queue at work; ``runner`` one exchange
 with the engine; ``route``, ``held``, ``api``, ``views``, ``handle_view`` and
 ``watch`` the HTTP side. ``deps`` declares what the service needs from the
 process around it.

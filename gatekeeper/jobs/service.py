@@ -46,6 +46,7 @@ from gatekeeper.jobs.batch.book import OpenItems
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
+from gatekeeper.jobs.guests import Guest, GuestOps
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
 from gatekeeper.jobs.orphans import hold_orphans
@@ -60,7 +61,7 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService(HandleOps):
+class JobService(HandleOps, GuestOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
@@ -80,6 +81,7 @@ class JobService(HandleOps):
         self.room = WaitingRoom()
         self.schedule = Schedule(deps.gate, self.room)
         self.live: dict[str, Job] = {}
+        self.guests: dict[str, Guest] = {}  # waiters that are not jobs (jobs/guests.py)
         # Each client's running jobs (at most max_in_flight in all): a submit's
         # client_limit check and Retry-After without a walk over every live job.
         self._running: dict[str, dict[str, Job]] = {}
@@ -138,6 +140,7 @@ class JobService(HandleOps):
             if job is not None and job.record.held and job.async_owners == 0:
                 self.room.leave(job.id)
                 self.finish(job, Endings.DRAINING)
+        self.drain_guests()
         self._changed_all()
 
     # ------------------------------------------------------------------ arrivals
@@ -224,9 +227,8 @@ class JobService(HandleOps):
         if reason == QueueReason.CLIENT_LIMIT:
             # The earliest of the client's jobs to be done: a running one, or its
             # first waiter (the others of its queue start after that one).
-            first = self.room.first_of(client)
-            soonest = [*mine.values(), *([self.live[first.job_id]] if first else [])]
-            return Refused(reason, 429, self.schedule.retry_after_client(soonest, now), fields)
+            retry_after = self.retry_after_client(self.room.first_of(client), mine, now)
+            return Refused(reason, 429, retry_after, fields)
         retry_after = self.schedule.retry_after_full(now)
         return Refused(reason, cfg.admission.reject_status, retry_after, fields)
 
@@ -255,6 +257,8 @@ class JobService(HandleOps):
             waiter = self.room.pop_next()
             if waiter is None:
                 return
+            if self._start_guest(waiter, now):  # a Gradio event, not a job (jobs/guests.py)
+                continue
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue

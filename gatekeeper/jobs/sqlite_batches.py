@@ -61,8 +61,9 @@ class SqliteBatches:
         outbox: Sequence[Delivery] = (),
     ) -> list[JobRecord]:
         """The batch and its queued jobs, and the deliveries announcing them (``outbox``),
-        in one transaction (their bodies already committed); returns the jobs with their ``seq``. ValueError (nothing written)
-        for a job that is not a new queued item of this batch or a taken id."""
+        in one transaction (their bodies already committed); returns the jobs with their
+        ``seq``. ValueError (nothing written) for a job that is not a new queued item of
+        this batch or a taken id."""
         check_id(batch.id)
         if len(items) != batch.total or not items:
             raise ValueError(f"batch {batch.id}: {len(items)} jobs for {batch.total} items")

@@ -86,6 +86,8 @@ def save_unsaved(jobs: JobService) -> None:
 
 def expire_waiters(jobs: JobService, now: float) -> None:
     for w in jobs.room.expire(now):
+        if jobs._guest_left(w, QueueReason.QUEUE_TIMEOUT, now):  # jobs/guests.py
+            continue
         job = jobs.live.get(w.job_id)
         if job is None:
             continue

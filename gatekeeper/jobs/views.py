@@ -16,7 +16,7 @@ from gatekeeper.jobs.ids import client_hash
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
-from gatekeeper.jobs.waitroom import retry_after_full, start_delays
+from gatekeeper.jobs.waitroom import Waiter, retry_after_full, start_delays
 
 
 def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
@@ -108,6 +108,8 @@ def queue_status(jobs: JobService, now: float) -> dict[str, Any]:
         job = jobs.live.get(w.job_id)
         if job is not None:
             entries.append(_entry(job, pos, start + expected, now))
+        elif w.job_id in jobs.guests:  # a Gradio event waiting (jobs/guests.py)
+            entries.append(_guest_entry(w, pos, start + expected, now))
     full = len(jobs.room) >= q.max_waiting
     return {
         "waiting": len(jobs.room),
@@ -132,6 +134,22 @@ def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:
         "eta_seconds": round(done_in, 1),
         "coalesced": j.record.coalesced,
         "engine": j.ticket.engine if j.ticket is not None else None,
+    }
+
+
+def _guest_entry(w: Waiter, position: int, done_in: float, now: float) -> dict[str, Any]:
+    """A waiting Gradio event: held by its open stream, never coalesced, no engine yet."""
+    return {
+        "position": position,
+        "state": JobState.QUEUED,
+        "route": w.route,
+        "client": client_hash(w.client),
+        "held": True,
+        "waited_seconds": round(now - w.arrived, 1),
+        "elapsed_seconds": None,
+        "eta_seconds": round(done_in, 1),
+        "coalesced": 0,
+        "engine": None,
     }
 
 

@@ -1,0 +1,367 @@
+"""Gradio joins wait their turn in gatekeeper's waiting room (issue #19), end to end:
+the real CLI in front of the real test Gradio app, driven by gradio_client.
+
+Every join that finds the slot taken is answered at once with gatekeeper's event id,
+waits in the same fair ring as the queue routes' jobs, is reported by ``estimation``
+frames on the session's stream (gradio_client's ``job.status()`` shows rank and ETA)
+and is forwarded to the app when its turn comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from gradio_support import require_gradio, start_gradio_app
+from support import Proc, poll, start_gatekeeper
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+SONG_SECONDS = 3.0
+# Each gradio_client (like each browser tab) holds its heartbeat stream open on the
+# passthrough pool, and each session with an event in the app one queue/data stream.
+RULES = """
+upstream:
+  passthrough:
+    limits: {max_connections: 64}
+admission:
+  expected_seconds: 120
+  queue:
+    max_waiting: 4
+    per_client: 4
+    client_key: header:X-Client
+shutdown:
+  linger: 0s
+routes:
+  - name: song
+    match: {path: /**, api_name: [generate_song, generate_song_1]}
+    action: gradio
+"""
+
+
+READINGS: list[Path] = []  # the CPU/memory readings file of the module's gatekeeper
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
+    require_gradio()
+    tmp = tmp_path_factory.mktemp("gradio-queue")
+    procs: list[Proc] = []
+    try:
+        app, app_url = start_gradio_app(tmp, seconds=SONG_SECONDS)
+        procs.append(app)
+        gk, url, admin = start_gatekeeper(
+            tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
+        )
+        procs.append(gk)
+        READINGS[:] = [tmp / f"calm-{url.rsplit(':', 1)[1]}.json"]  # support.calm_resources
+        yield app_url, url, admin
+        assert gk.stop(timeout=15) == 0
+        assert "Traceback" not in gk.output()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.json()
+
+
+async def idle(rig: tuple[str, str, str]) -> None:
+    """Nothing running or waiting in the app or in gatekeeper; the app's counters zeroed."""
+    app, _, admin = rig
+
+    async def quiet() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        doc = await get_json(admin + "/status")
+        return bool(stats["active"] == 0 and doc["in_flight"] == 0 and not doc["queue"]["waiting"])
+
+    await poll(quiet, timeout=60)
+    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
+        assert r.status == 200
+
+
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Each test's gradio_clients end their heartbeat streams after it."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def client(url: str, key: str) -> Any:
+    from gradio_client import Client
+
+    c = Client(url + "/", verbose=False, headers={"X-Client": key})
+    _OPEN.append(c)
+    return c
+
+
+async def clients(url: str, *keys: str) -> list[Any]:
+    return list(await asyncio.gather(*(asyncio.to_thread(client, url, k) for k in keys)))
+
+
+def watch(jobs: list[Any], seen: list[list[tuple[int | None, float | None]]]) -> None:
+    """Record each waiting job's (rank, eta) as job.status() reports it, until all end."""
+    from gradio_client.utils import Status
+
+    while not all(j.done() for j in jobs):
+        for i, j in enumerate(jobs):
+            st = j.status()
+            if st.code == Status.IN_QUEUE and (not seen[i] or seen[i][-1] != (st.rank, st.eta)):
+                seen[i].append((st.rank, st.eta))
+        time.sleep(0.05)
+
+
+async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
+    rig: tuple[str, str, str],
+) -> None:
+    """Three gradio_client jobs from three clients at once: all three get their song, the
+    app never runs two at once, and a waiting job's status() shows rank 1, then 0, with
+    an ETA; /status lists the waiting events."""
+    app, url, admin = rig
+    await idle(rig)
+    a, b, c = await clients(url, "a", "b", "c")
+    jobs = [cl.submit("[verse] n", "pop", api_name="/generate_song") for cl in (a, b, c)]
+    seen: list[list[tuple[int | None, float | None]]] = [[], [], []]
+    watcher = asyncio.create_task(asyncio.to_thread(watch, jobs, seen))
+
+    async def two_wait() -> bool:
+        return bool((await get_json(admin + "/status"))["queue"]["waiting"] == 2)
+
+    await poll(two_wait, timeout=20)
+    entries = (await get_json(admin + "/status"))["queue"]["entries"]
+    assert [e["position"] for e in entries] == [1, 2] and all(e["held"] for e in entries)
+    results = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
+    await watcher
+    assert all(Path(audio).suffix == ".wav" for audio, _ in results)
+    stats = await get_json(app + "/_app/stats")
+    assert stats == {"active": 0, "peak": 1, "started": 3, "completed": 3}
+    last = [s for s in seen if s and s[0][0] == 1]
+    assert last, seen
+    ranks = [r for r, _ in last[0]]
+    assert ranks[0] == 1 and 0 in ranks and ranks.index(0) > 0, seen
+    assert all(eta is not None and eta > 0 for _, eta in last[0]), seen
+
+
+async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
+    """Client A sends three jobs, then B one, while the slot is taken: the app runs them
+    A B A A after the running one (round-robin across keys, FIFO within one)."""
+    app, url, admin = rig
+    await idle(rig)
+    first, a, b = await clients(url, "first", "A", "B")
+    running = first.submit("[verse] first", "pop", api_name="/generate_song")
+
+    async def started() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+    await poll(started, timeout=20)
+    order: list[str] = []
+    jobs: list[Any] = []
+    for key, cl, n in (("A", a, 3), ("B", b, 1)):
+        for i in range(n):
+            job = cl.submit(f"[verse] {key}{i}", "pop", api_name="/generate_song")
+            job.add_done_callback(lambda _, key=key: order.append(key))
+            jobs.append(job)
+
+            async def queued(k: int = len(jobs)) -> bool:
+                return bool((await get_json(admin + "/status"))["queue"]["waiting"] == k)
+
+            await poll(queued, timeout=20)  # joined in this order
+    await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in [running, *jobs]))
+    assert order == ["A", "B", "A", "A"]
+    assert (await get_json(app + "/_app/stats"))["peak"] == 1
+
+
+async def test_a_waiting_event_cancelled_leaves_the_queue(rig: tuple[str, str, str]) -> None:
+    """job.cancel() of a waiting event (its /cancel names gatekeeper's id): it leaves the
+    queue at once, the app never runs it, and the next one moves up."""
+    app, url, admin = rig
+    await idle(rig)
+    a, b, c = await clients(url, "ca", "cb", "cc")
+    running = a.submit("[verse] run", "pop", api_name="/generate_song")
+
+    async def started() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+    await poll(started, timeout=20)
+    doomed = b.submit("[verse] doomed", "pop", api_name="/generate_song")
+    later = c.submit("[verse] later", "pop", api_name="/generate_song")
+
+    async def waiting(n: int) -> bool:
+        return bool((await get_json(admin + "/status"))["queue"]["waiting"] == n)
+
+    await poll(lambda: waiting(2), timeout=20)
+    assert await asyncio.to_thread(doomed.cancel)
+    await poll(lambda: waiting(1), timeout=10)
+    await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (running, later)))
+    stats = await get_json(app + "/_app/stats")
+    assert stats["started"] == 2 and stats["peak"] == 1
+
+
+async def test_one_session_one_running_one_waiting_on_one_stream(
+    rig: tuple[str, str, str],
+) -> None:
+    """One client (one session, one queue/data stream): its first job runs in the app,
+    its second waits in gatekeeper; both end with their song on that one stream."""
+    app, url, _ = rig
+    await idle(rig)
+    (one,) = await clients(url, "solo")
+    first = one.submit("[verse] 1", "pop", api_name="/generate_song")
+    second = one.submit("[verse] 2", "rock", api_name="/generate_song_1")
+    out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (first, second)))
+    assert all(Path(audio).suffix == ".wav" for audio, _ in out)
+    stats = await get_json(app + "/_app/stats")
+    assert stats == {"active": 0, "peak": 1, "started": 2, "completed": 2}
+
+
+async def test_a_join_whose_stream_is_never_read_frees_the_slot_when_the_app_ends(
+    rig: tuple[str, str, str],
+) -> None:
+    """A join whose client never opens queue/data: gatekeeper reads the session's stream
+    itself, so the slot frees when the app finishes, not at upstream.timeouts.read."""
+    app, url, admin = rig
+    await idle(rig)
+    async with aiohttp.ClientSession() as s:
+        body = {"data": ["[verse] x", "pop", None], "fn_index": 0, "session_hash": "nostream1"}
+        async with s.post(url + "/gradio_api/queue/join", json=body) as r:
+            assert r.status == 200
+
+    async def done() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        in_flight = (await get_json(admin + "/status"))["in_flight"]
+        return bool(stats["completed"] == 1 and in_flight == 0)
+
+    await poll(done, timeout=SONG_SECONDS + 15)
+
+
+async def test_cpu_over_threshold_holds_dispatch_and_recovery_dispatches(
+    rig: tuple[str, str, str],
+) -> None:
+    """CPU over its threshold: joins wait (not refused) and none reaches the app; when the
+    CPU recovers, the waiting events are dispatched one at a time and all finish."""
+    app, url, admin = rig
+    await idle(rig)
+    (readings,) = READINGS
+    readings.write_text('{"cpu_percent": 99, "memory_percent": 5}')
+    try:
+
+        async def hot() -> bool:
+            doc = await get_json(admin + "/status")
+            return bool(any(doc["overloaded"].values()))
+
+        await poll(hot, timeout=10)
+        a, b = await clients(url, "hot-a", "hot-b")
+        jobs = [cl.submit("[verse] h", "pop", api_name="/generate_song") for cl in (a, b)]
+
+        async def both_wait() -> bool:
+            return bool((await get_json(admin + "/status"))["queue"]["waiting"] == 2)
+
+        await poll(both_wait, timeout=20)
+        await asyncio.sleep(2.5)  # more than two samples: still held, nobody refused
+        doc = await get_json(admin + "/status")
+        assert doc["queue"]["waiting"] == 2 and doc["in_flight"] == 0
+        assert (await get_json(app + "/_app/stats"))["started"] == 0
+        assert not any(j.done() for j in jobs)
+    finally:
+        readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
+    out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
+    assert all(Path(audio).suffix == ".wav" for audio, _ in out)
+    stats = await get_json(app + "/_app/stats")
+    assert stats["completed"] == 2 and stats["peak"] == 1
+
+
+async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str]) -> None:
+    """One running and max_waiting (4) waiting: the next join is refused, and
+    gradio_client raises AppError with gatekeeper's queue_full text and the wait."""
+    from gradio_client.exceptions import AppError
+
+    _, url, admin = rig
+    await idle(rig)
+    cls = await clients(url, "f0", "f1", "f2", "f3", "f4", "f5")
+    jobs = []
+    for i, cl in enumerate(cls[:5]):
+        jobs.append(cl.submit(f"[verse] {i}", "pop", api_name="/generate_song"))
+
+        async def placed(k: int = i) -> bool:
+            doc = await get_json(admin + "/status")
+            return bool(doc["in_flight"] + doc["queue"]["waiting"] == k + 1)
+
+        await poll(placed, timeout=20)
+    with pytest.raises(AppError) as refused:
+        await asyncio.to_thread(cls[5].predict, "[verse] 5", "pop", api_name="/generate_song")
+    assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
+    await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in jobs))
+
+
+def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> None:
+    """SIGTERM with one event running and two waiting: the waiting two fail at once with
+    gatekeeper's draining text; the running one gets its song; the process exits 0, and
+    started again it holds no phantom slot and no waiter."""
+    require_gradio()
+    from gradio_client.exceptions import AppError
+
+    app, app_url = start_gradio_app(tmp_path, seconds=4.0)
+    try:
+        # linger: the running song's file is fetched after its event ended
+        rules = RULES.replace("linger: 0s", "linger: 5s")
+        gk, url, admin = start_gatekeeper(
+            tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
+        )
+        try:
+            cls = [client(url, k) for k in ("s1", "s2", "s3")]
+            jobs = [cls[0].submit("[verse] s", "pop", api_name="/generate_song")]
+            while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
+                time.sleep(0.1)
+            jobs += [cl.submit("[verse] s", "pop", api_name="/generate_song") for cl in cls[1:]]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                doc = asyncio.run(get_json(admin + "/status"))
+                if doc["in_flight"] == 1 and doc["queue"]["waiting"] == 2:
+                    break
+                time.sleep(0.1)
+            gk.signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            failures = []
+            for j in jobs[1:]:
+                with pytest.raises(AppError) as failed:
+                    j.result(10)
+                failures.append(str(failed.value))
+            assert time.monotonic() - t0 < 5  # at once, not after the running song
+            assert all("restarting" in f and "waited" in f for f in failures), failures
+            audio, _ = jobs[0].result(30)
+            assert Path(audio).suffix == ".wav"
+            assert gk.wait(30) == 0
+            assert "Traceback" not in gk.output()
+            # Started again on the same state directory: no phantom slot, nobody waiting,
+            # and the next song goes through.
+            gk2, url2, admin2 = start_gatekeeper(
+                tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
+            )
+            try:
+                doc = asyncio.run(get_json(admin2 + "/status"))
+                assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
+                audio, _ = client(url2, "after").predict(
+                    "[verse] again", "pop", api_name="/generate_song"
+                )
+                assert Path(audio).suffix == ".wav"
+            finally:
+                gk2.stop()
+        finally:
+            gk.stop()
+            while _OPEN:
+                _OPEN.pop().close()
+    finally:
+        app.stop()
