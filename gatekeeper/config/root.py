@@ -22,6 +22,11 @@ import yaml
 from gatekeeper.config.admission import Admission
 from gatekeeper.config.alerts import Alerts
 from gatekeeper.config.build import read_section, section_check
+from gatekeeper.config.crosschecks import (
+    batch_needs_jobs,
+    gradio_needs_one_engine,
+    webhook_routes_exist,
+)
 from gatekeeper.config.declare import boolean, checked, custom, declared, duration, section
 from gatekeeper.config.errors import ConfigError, ConfigProblem
 from gatekeeper.config.jobs import Jobs, check_dir
@@ -33,7 +38,7 @@ from gatekeeper.config.messages import (
     MESSAGES_SCHEMA,
     read_messages,
 )
-from gatekeeper.config.reader import Context, Section, line_of, value_of
+from gatekeeper.config.reader import Context, Section, value_of
 from gatekeeper.config.routes import DEFAULT_ROUTES, Route, read_routes
 from gatekeeper.config.upstream import Upstream
 from gatekeeper.config.values import (
@@ -342,66 +347,7 @@ def _check(cfg: Config, root: Section, ctx: Context) -> Config:
         )
     upstream, admission = _slots(cfg.upstream, cfg.admission, ctx.sections.get("admission"))
     cfg = replace(cfg, upstream=upstream, admission=admission)
-    _gradio_needs_one_engine(cfg, root.node_of("routes"), ctx.problems)
-    _webhook_routes_exist(cfg, ctx)
-    _batch_needs_jobs(cfg, root.node_of("routes"), ctx.problems)
+    gradio_needs_one_engine(cfg, root.node_of("routes"), ctx.problems)
+    webhook_routes_exist(cfg, ctx)
+    batch_needs_jobs(cfg, root.node_of("routes"), ctx.problems)
     return cfg
-
-
-def _webhook_routes_exist(cfg: Config, ctx: Context) -> None:
-    """``jobs.webhooks.destinations[].routes`` name queue routes of this file."""
-    queue = {r.name for r in cfg.routes if r.action == "queue"}
-    sec = ctx.sections.get("jobs.webhooks")
-    for i, d in enumerate(cfg.jobs.webhooks.destinations):
-        bad = [n for n in d.routes or () if n not in queue]
-        if bad:
-            ctx.problems.append(
-                ConfigProblem(
-                    f"jobs.webhooks.destinations[{i}].routes",
-                    sec.line if sec is not None else None,
-                    f"names no queue route: {bad} (queue routes: {sorted(queue)})",
-                    list(d.routes or ()),
-                    True,
-                )
-            )
-
-
-def _batch_needs_jobs(cfg: Config, routes: yaml.Node | None, problems: list[ConfigProblem]) -> None:
-    """A batch route's items are async jobs, read back under ``jobs_path`` (issue #20 §3)."""
-    if cfg.jobs_path is not None or not isinstance(routes, yaml.SequenceNode):
-        return
-    for i, route in enumerate(cfg.routes):
-        if route.action == "batch" and i < len(routes.value):
-            problems.append(
-                ConfigProblem(
-                    f"routes[{i}].action",
-                    line_of(routes.value[i]),
-                    "batch needs jobs_path (its items are async jobs read back there)",
-                    route.action,
-                    True,
-                )
-            )
-
-
-def _gradio_needs_one_engine(
-    cfg: Config, routes: yaml.Node | None, problems: list[ConfigProblem]
-) -> None:
-    """A Gradio session lives on one engine: its uploads, its queue/data stream and its
-    heartbeat all name state that engine holds. gatekeeper does not pin sessions to
-    engines, so a gradio route takes one engine; several Gradio engines are several
-    boxes behind HAProxy (with a sticky session), each with its own gatekeeper."""
-    if len(cfg.upstream.engines) < 2 or not isinstance(routes, yaml.SequenceNode):
-        return
-    for i, route in enumerate(cfg.routes):
-        if route.action == "gradio" and i < len(routes.value):
-            problems.append(
-                ConfigProblem(
-                    f"routes[{i}].action",
-                    line_of(routes.value[i]),
-                    "gradio needs exactly one engine (a Gradio session's uploads and streams"
-                    " live on one engine); list one engine, or run one gatekeeper per engine"
-                    " behind HAProxy (README: several boxes)",
-                    route.action,
-                    True,
-                )
-            )

@@ -394,13 +394,3 @@ class JobService(HandleOps, GuestOps):
 
     def results_bytes(self) -> int:
         return self.store.results_bytes()
-
-    def find(self, job_id: str) -> Job | None:
-        """The job: live here, else read back from the store; None if there is no such job."""
-        live = self.live.get(job_id) or self.unsaved.get(job_id)
-        if live is not None:
-            return live
-        row = self.store.get(job_id)
-        if row is None:
-            return None
-        return Job.from_record(row, now=self.deps.clock(), wall=self.deps.wall())

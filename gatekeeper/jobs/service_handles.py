@@ -33,13 +33,24 @@ class HandleOps:
 
     deps: JobDeps
     store: GuardedStore
+    live: dict[str, Job]
+    unsaved: dict[str, Job]
     # JobService's own methods, which these operations call.
-    find: Callable[[str], Job | None]
     _changed_all: Callable[[], None]
     _enter: Callable[[Job, Config], None]
     finish: Callable[[Job, Ending], None]
     dispatch: Callable[[], None]
     room: WaitingRoom
+
+    def find(self, job_id: str) -> Job | None:
+        """The job: live here, else read back from the store; None if there is no such job."""
+        live = self.live.get(job_id) or self.unsaved.get(job_id)
+        if live is not None:
+            return live
+        row = self.store.get(job_id)
+        if row is None:
+            return None
+        return Job.from_record(row, now=self.deps.clock(), wall=self.deps.wall())
 
     def _creator_handle(self, job: Job) -> str:
         """The creator of a new job holds it under the job's own id."""
