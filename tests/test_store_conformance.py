@@ -30,7 +30,13 @@ from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 # name -> "module:callable" that opens a store on a directory (a child process imports it).
-STORES = {"sqlite": "gatekeeper.jobs.sqlite:SqliteJobStore.open"}
+# The PostgreSQL store runs on the session's server, a fresh schema per test (pgserver.py).
+STORES = {
+    "sqlite": "gatekeeper.jobs.sqlite:SqliteJobStore.open",
+    "postgres": "pgserver:open_test_store",
+}
+# A store that needs a server: its tests start a process, so they are in the slow tier.
+SERVER_STORES = {"postgres": "pg_schema"}
 
 Opener = Callable[[Path], JobStore]
 
@@ -43,9 +49,16 @@ def _opener(spec: str) -> Opener:
     return obj  # type: ignore[return-value]
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=pytest.mark.slow) if n in SERVER_STORES else n for n in sorted(STORES)
+    ]
+)
 def impl(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    name = str(request.param)
+    if name in SERVER_STORES:
+        request.getfixturevalue(SERVER_STORES[name])
+    return name
 
 
 @pytest.fixture
