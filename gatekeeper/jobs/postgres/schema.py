@@ -60,7 +60,8 @@ def _version_1() -> list[str]:
     return [
         _jobs_table(),
         "CREATE INDEX jobs_state ON jobs (state, seq)",
-        "CREATE INDEX jobs_client ON jobs (client, state, seq)",
+        # A client's oldest queued job (sql_fair.CLAIM), small: queued rows only.
+        f"CREATE INDEX jobs_queued ON jobs (client, seq) WHERE state = '{JobState.QUEUED.value}'",
         "CREATE INDEX jobs_finished ON jobs (finished) WHERE finished IS NOT NULL",
         # Coalescing across boxes (issue #21): at most one live job per key, enforced here.
         f"CREATE UNIQUE INDEX jobs_live_key ON jobs (coalesce_key)"

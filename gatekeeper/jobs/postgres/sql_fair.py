@@ -11,15 +11,15 @@ a different client's oldest job and no job is claimed twice.
 Where ``sqlite_fair`` deletes a client's row when its last queued job leaves,
 here a row may outlive its client's jobs ("idle"): ``claim`` skips a client
 without a queued job, and ``joined`` sends an idle client to the tail, exactly
-where the SQLite ring would re-insert it, so the order is the same. Deleting rows
+where the SQLite ring would re-insert it (``JOIN``), so the order is the same. Deleting rows
 inside a claim would depend on the claim's snapshot seeing every concurrent
 arrival, which READ COMMITTED does not promise; ``forget_idle`` deletes idle rows
 later, after locking them, in a statement whose fresh snapshot sees any arrival
 that could race it (an arrival that waited on the lock re-inserts its row: that
 is what ``INSERT ... ON CONFLICT`` guarantees).
 
-Every change to a client's queued jobs touches its ring row (``joined``,
-``served``), so claims, arrivals and claims by id of one client serialize on
+Every change to a client's queued jobs touches its ring row (``JOIN``,
+``SERVED``, ``CLAIM``), so claims, arrivals and claims by id of one client serialize on
 that row. Under concurrency the order can deviate by a turn (an arrival racing
 a claim of the same client's last job keeps the claim's turn), never lose a job.
 """
@@ -66,21 +66,18 @@ async def claim(
     return row
 
 
-async def joined(con: asyncpg.Connection, client: str, seq: int) -> None:
-    """``client`` has a new queued job ``seq``: to the tail unless it has another one."""
-    await con.execute(
-        "INSERT INTO ring (client, turn) VALUES ($1, nextval('ring_turn'))"
-        " ON CONFLICT (client) DO UPDATE SET turn = nextval('ring_turn')"
-        " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE client = $1 AND state = $3 AND seq <> $2)",
-        client,
-        seq,
-        _QUEUED,
-    )
-
-
-async def served(con: asyncpg.Connection, client: str) -> None:
-    """A queued job of ``client`` was claimed by id: the client goes to the tail."""
-    await con.execute("UPDATE ring SET turn = nextval('ring_turn') WHERE client = $1", client)
+# Parts of one statement whose CTE ``j`` is the job just created / claimed by id
+# (``sql_records``): the statement's snapshot does not see ``j``'s own change, so
+# "another queued job" is any queued job of the client in it.
+# joined: a client with a new queued job goes to the tail unless it has another one.
+JOIN = f"""
+    INSERT INTO ring (client, turn) SELECT client, nextval('ring_turn') FROM j
+    ON CONFLICT (client) DO UPDATE SET turn = nextval('ring_turn')
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs q WHERE q.client = EXCLUDED.client AND q.state = '{_QUEUED}')
+"""
+# served: a queued job was claimed by id: its client goes to the tail.
+SERVED = "UPDATE ring SET turn = nextval('ring_turn') FROM j WHERE ring.client = j.client"
 
 
 async def rebuild(con: asyncpg.Connection) -> None:

@@ -21,10 +21,15 @@ from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
-_INSERT = (
-    f"INSERT INTO jobs ({', '.join(_INSERTED)}, body_box)"
-    f" VALUES ({', '.join(f'${i + 1}' for i in range(len(_INSERTED) + 1))}) {RETURNING}"
-)
+# One statement (one round trip): the row, and its client joins the ring (sql_fair.JOIN).
+_INSERT = f"""
+WITH j AS (
+    INSERT INTO jobs ({", ".join(_INSERTED)}, body_box)
+    VALUES ({", ".join(f"${i + 1}" for i in range(len(_INSERTED) + 1))})
+    RETURNING {", ".join(COLUMNS)}
+), r AS ({sql_fair.JOIN})
+SELECT * FROM j
+"""
 _REAL = frozenset(f.name for f in STORED if f.metadata["sql"].startswith("REAL"))
 LIVE = [s.value for s in LIVE_STATES]
 KEPT = [s.value for s in KEPT_STATES]
@@ -46,14 +51,12 @@ def values(record: JobRecord) -> list[Any]:
 
 
 async def create(con: asyncpg.Connection, record: JobRecord, box: str) -> JobRecord:
-    async with con.transaction():
-        try:
-            row = await con.fetchrow(_INSERT, *values(record), box)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "jobs_live_key" and record.coalesce_key is not None:
-                raise LiveTwin(record.coalesce_key) from exc
-            raise ValueError(f"job {record.id} exists") from exc
-        await sql_fair.joined(con, record.client, int(row["seq"]))
+    try:
+        row = await con.fetchrow(_INSERT, *values(record), box)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "jobs_live_key" and record.coalesce_key is not None:
+            raise LiveTwin(record.coalesce_key) from exc
+        raise ValueError(f"job {record.id} exists") from exc
     return decode(row)
 
 
@@ -116,19 +119,25 @@ async def update(
     return decode(row)
 
 
+# One statement: the claim by id, and its client to the ring's tail (sql_fair.SERVED).
+_MARK_RUNNING = f"""
+WITH j AS (
+    UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $2, engine = $3,
+        run_box = $4, heartbeat = $2
+    WHERE id = $1 AND state = '{JobState.QUEUED.value}'
+    RETURNING {", ".join(COLUMNS)}
+), r AS ({sql_fair.SERVED})
+SELECT * FROM j
+"""
+
+
 async def mark_running(
     con: asyncpg.Connection, job_id: str, started: float, engine: str | None, box: str
 ) -> JobRecord:
-    async with con.transaction():
-        row = await update(
-            con,
-            job_id,
-            "state = $3, started = $4, engine = $5, run_box = $6, heartbeat = $4",
-            (JobState.RUNNING.value, started, engine, box),
-            [JobState.QUEUED.value],
-        )
-        await sql_fair.served(con, row.client)
-    return row
+    row = await con.fetchrow(_MARK_RUNNING, job_id, started, engine, box)
+    if row is None:
+        await _explain(con, job_id, [JobState.QUEUED.value])
+    return decode(row)
 
 
 async def add_coalesced(con: asyncpg.Connection, job_id: str) -> int:
