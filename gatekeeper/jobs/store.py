@@ -53,6 +53,11 @@ class StateDirError(Exception):
         self.cause = cause
 
 
+class StoreOpenError(Exception):
+    """A shared job store cannot be opened (unreachable, refused, a schema of another
+    version); ``str()`` is one line naming the store and why, never a password."""
+
+
 class JobStore(Protocol):
     """Where jobs are kept: records, their bodies and results (module text)."""
 

@@ -34,7 +34,7 @@ from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
 from gatekeeper.jobs.statedir import prepare, take_lock
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
-from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR
+from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StoreOpenError
 
 BOX_ID_FILE = "box-id"
 _KEPT = frozenset(s.value for s in KEPT_STATES)
@@ -84,8 +84,7 @@ class PostgresJobStore:
         address: str | None = None,
     ) -> PostgresJobStore:
         """Lock ``directory``, connect, create or migrate the schema and register the box.
-        ``StateDirError`` for the directory; ``schema.SchemaError``, ``OSError`` or an
-        asyncpg error for the database (``gatekeeper check`` names them)."""
+        ``StateDirError`` for the directory, ``StoreOpenError`` for the database."""
         directory = Path(directory)
         sch.check_name(schema)
         prepare(directory)
@@ -99,7 +98,13 @@ class PostgresJobStore:
                 await con.execute(f"SET search_path TO {schema}")
                 await _register(con, box, address)
 
-            bridge.start(setup)
+            try:
+                bridge.start(setup)
+            except sch.SchemaError as exc:
+                raise StoreOpenError(f"jobs.postgres: {exc}") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                why = str(exc) or type(exc).__name__
+                raise StoreOpenError(f"jobs.postgres: cannot use PostgreSQL: {why}") from exc
         except BaseException:
             lock.close()
             raise
