@@ -18,7 +18,6 @@ so the fast tier cannot quietly grow a process again.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,16 +67,12 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 def pg_schema(pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh schema name on the session's server, also in the environment of the
-    test's child processes (``pgserver.open_test_store``)."""
+    test's child processes (``pgserver.open_test_store`` reads it)."""
     import secrets
 
     schema = f"t_{secrets.token_hex(6)}"
     monkeypatch.setenv(DSN_ENV, pg_server.dsn)
     monkeypatch.setenv(SCHEMA_ENV, schema)
-    here = str(Path(__file__).parent)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    )
     return schema
 
 

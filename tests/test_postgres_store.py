@@ -20,9 +20,10 @@ from pgserver import PgServer
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.guard import StoreUnavailable
 from gatekeeper.jobs.postgres import PostgresJobStore
-from gatekeeper.jobs.postgres.schema import SCHEMA_VERSION, SchemaError
+from gatekeeper.jobs.postgres.schema import SCHEMA_VERSION
 from gatekeeper.jobs.postgres.sql_records import LiveTwin
 from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.store import StoreOpenError
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +111,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(
 ) -> None:
     """A schema at a version this gatekeeper does not know is refused, not guessed at."""
     _fetch(pg_server.dsn, f"UPDATE {pg_schema}.schema_version SET version = 99")
-    with pytest.raises(SchemaError, match=f"version 99, this gatekeeper knows {SCHEMA_VERSION}"):
+    with pytest.raises(StoreOpenError, match=f"version 99, this gatekeeper knows {SCHEMA_VERSION}"):
         PostgresJobStore.open(tmp_path / "c", dsn=pg_server.dsn, schema=pg_schema)
 
 

@@ -9,6 +9,7 @@ Protocol's methods only, never an implementation's files or tables.
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import select
@@ -54,10 +55,15 @@ def _opener(spec: str) -> Opener:
         pytest.param(n, marks=pytest.mark.slow) if n in SERVER_STORES else n for n in sorted(STORES)
     ]
 )
-def impl(request: pytest.FixtureRequest) -> str:
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     name = str(request.param)
     if name in SERVER_STORES:
         request.getfixturevalue(SERVER_STORES[name])
+        # The kill -9 test's child imports the opener by name (pgserver lives here).
+        here = str(Path(__file__).parent)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+        )
     return name
 
 
