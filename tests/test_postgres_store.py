@@ -123,12 +123,19 @@ def test_two_boxes_claiming_at_once_share_the_queue_without_a_double_claim(
     a, b = boxes
     ids = {add(a, client=f"client{i % 3}").id for i in range(60)}
     got: dict[str, list[str]] = {"a": [], "b": []}
-    start = threading.Barrier(2)
+    last: dict[str, JobRecord | None] = {}
+    rounds = threading.Barrier(2, timeout=30)
 
     def work(name: str, store: PostgresJobStore) -> None:
-        start.wait()
-        while (row := store.claim_next(time.time(), engine=name)) is not None:
-            got[name].append(row.id)
+        # Each round both boxes claim at the same moment (no one-box-takes-all by timing).
+        while True:
+            rounds.wait()
+            last[name] = row = store.claim_next(time.time(), engine=name)
+            if row is not None:
+                got[name].append(row.id)
+            rounds.wait()
+            if last["a"] is None and last["b"] is None:
+                return
 
     threads = [threading.Thread(target=work, args=(n, s)) for n, s in (("a", a), ("b", b))]
     for t in threads:
@@ -241,3 +248,20 @@ def test_an_unanswering_database_costs_one_timeout_then_fails_fast_and_recovers(
         assert got == kept
     finally:
         store.close()
+
+
+def test_running_jobs_are_stamped_on_the_databases_clock(
+    pg_server: PgServer, pg_schema: str, boxes: tuple[PostgresJobStore, PostgresJobStore]
+) -> None:
+    """A claim and every set_progress stamp the job's heartbeat with the database's time,
+    whatever ``started`` the caller passed (boxes' clocks may disagree; issue #21 leases)."""
+    a, _ = boxes
+    row = add(a)
+    claimed = a.claim_next(1.0)
+    assert claimed is not None and claimed.id == row.id and claimed.started == 1.0
+    now = "extract(epoch from clock_timestamp())::float8"
+    sql = f"SELECT heartbeat, {now} AS now FROM {pg_schema}.jobs"
+    first = _fetch(pg_server.dsn, sql)[0]
+    assert 0 <= first["now"] - first["heartbeat"] < 60
+    a.set_progress(row.id, 0.5, 10)
+    assert _fetch(pg_server.dsn, sql)[0]["heartbeat"] > first["heartbeat"]

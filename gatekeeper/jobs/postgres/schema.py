@@ -22,7 +22,8 @@ later (nullable or with a default) is added here at the next start by
 Beside them, three columns only a shared store has: ``body_box`` (the box that
 took the request and holds its body file), ``run_box`` (the box that runs or ran
 it and holds its result file; see ``boxes.address`` for where to fetch it) and
-``heartbeat`` (when ``run_box`` last stamped the running job).
+``heartbeat`` (when ``run_box`` last stamped the running job, on the database's
+clock: ``DB_NOW``, so boxes whose clocks disagree compare one clock).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
 SCHEMA_VERSION = 1
+# The database's clock in seconds since the epoch: heartbeats are stamped with it.
+DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
 _LIVE = f"state IN ('{JobState.QUEUED.value}', '{JobState.RUNNING.value}')"
 _DONE = JobState.DONE.value

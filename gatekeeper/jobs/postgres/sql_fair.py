@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncpg
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.postgres.schema import DB_NOW
 from gatekeeper.jobs.record import COLUMNS
 
 _QUEUED = JobState.QUEUED.value
@@ -47,7 +48,7 @@ WITH pick AS (
     FOR UPDATE OF r SKIP LOCKED
 ), claimed AS (
     UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $1, engine = $2,
-        run_box = $3, heartbeat = $1
+        run_box = $3, heartbeat = {DB_NOW}
     FROM pick
     WHERE jobs.seq = pick.seq AND jobs.state = '{_QUEUED}'
     RETURNING {", ".join(f"jobs.{c}" for c in COLUMNS)}

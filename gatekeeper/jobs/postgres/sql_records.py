@@ -15,6 +15,7 @@ import asyncpg
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.postgres import sql_fair
+from gatekeeper.jobs.postgres.schema import DB_NOW
 from gatekeeper.jobs.record import COLUMNS, STORED, JobRecord, decode, encode
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES
 
@@ -123,7 +124,7 @@ async def update(
 _MARK_RUNNING = f"""
 WITH j AS (
     UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $2, engine = $3,
-        run_box = $4, heartbeat = $2
+        run_box = $4, heartbeat = {DB_NOW}
     WHERE id = $1 AND state = '{JobState.QUEUED.value}'
     RETURNING {", ".join(COLUMNS)}
 ), r AS ({sql_fair.SERVED})

@@ -196,8 +196,8 @@ class PostgresJobStore:
             "set_progress",
             sql_records.update,
             job_id,
-            "progress = $3, result_bytes = $4, heartbeat = $5",
-            (None if progress is None else float(progress), result_bytes, time.time()),
+            f"progress = $3, result_bytes = $4, heartbeat = {sch.DB_NOW}",
+            (None if progress is None else float(progress), result_bytes),
             [JobState.RUNNING.value],
         )
 
