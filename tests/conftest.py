@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pgserver import DSN_ENV, SCHEMA_ENV, PgServer, require_pg_bin
 from support import Proc, start_engine
 
 # The fixtures that own real processes; every other real-process fixture uses one of them.
@@ -52,6 +53,27 @@ def _in_process_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the session (pgserver.py); skipped without
+    PostgreSQL, failed without it when GATEKEEPER_REQUIRE_E2E=1."""
+    server = PgServer.start(require_pg_bin())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_schema(pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh schema name on the session's server, also in the environment of the
+    test's child processes (``pgserver.open_test_store`` reads it)."""
+    import secrets
+
+    schema = f"t_{secrets.token_hex(6)}"
+    monkeypatch.setenv(DSN_ENV, pg_server.dsn)
+    monkeypatch.setenv(SCHEMA_ENV, schema)
+    return schema
 
 
 def _stop_all(started: list[Proc]) -> None:

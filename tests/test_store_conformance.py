@@ -9,6 +9,7 @@ Protocol's methods only, never an implementation's files or tables.
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import select
@@ -33,7 +34,13 @@ from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 # name -> "module:callable" that opens a store on a directory (a child process imports it).
-STORES = {"sqlite": "gatekeeper.jobs.sqlite:SqliteJobStore.open"}
+# The PostgreSQL store runs on the session's server, a fresh schema per test (pgserver.py).
+STORES = {
+    "sqlite": "gatekeeper.jobs.sqlite:SqliteJobStore.open",
+    "postgres": "pgserver:open_test_store",
+}
+# A store that needs a server: its tests start a process, so they are in the slow tier.
+SERVER_STORES = {"postgres": "pg_schema"}
 
 Opener = Callable[[Path], JobStore]
 
@@ -46,9 +53,21 @@ def _opener(spec: str) -> Opener:
     return obj  # type: ignore[return-value]
 
 
-@pytest.fixture(params=sorted(STORES))
-def impl(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=pytest.mark.slow) if n in SERVER_STORES else n for n in sorted(STORES)
+    ]
+)
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = str(request.param)
+    if name in SERVER_STORES:
+        request.getfixturevalue(SERVER_STORES[name])
+        # The kill -9 test's child imports the opener by name (pgserver lives here).
+        here = str(Path(__file__).parent)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+        )
+    return name
 
 
 @pytest.fixture

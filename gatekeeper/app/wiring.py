@@ -21,6 +21,7 @@ from aiohttp import web
 from gatekeeper import __version__
 from gatekeeper.app.state import AppState
 from gatekeeper.config import Config
+from gatekeeper.config.jobs import postgres_dsn
 from gatekeeper.core.admission import ResourceState
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.gradio.route import GradioRoute
@@ -32,6 +33,7 @@ from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
 from gatekeeper.jobs.webhooks.deliver import Deliverer
 from gatekeeper.jobs.webhooks.emit import Emitter
+from gatekeeper.jobs.store import JobStore, StoreOpenError
 from gatekeeper.lifecycle.probe import Verdict, first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
@@ -67,7 +69,8 @@ async def create_state(
 
     ``state_dir``: where jobs are kept (``Gatekeeper`` passes ``jobs.state_dir``);
     None: a fresh temporary directory removed at cleanup (in-process tests).
-    Raises ``StateDirError`` when the directory cannot be used."""
+    Raises ``StateDirError`` when the directory cannot be used, ``StoreOpenError``
+    when the shared store (``jobs.store: postgres``) cannot."""
     loop = asyncio.get_running_loop()
     st = AppState.create(
         Runtime.build(config),
@@ -87,12 +90,34 @@ async def create_state(
         live=st,
         engines=st,
     )
-    st.jobs = JobService(deps, SqliteJobStore.open(directory), directory, ephemeral=ephemeral)
+    store = open_store(config, directory)
+    st.jobs = JobService(deps, store, directory, ephemeral=ephemeral)
     wire_gauges(st)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
     st.metrics.config_last_reload_success.set_to_current_time()
     return st
+
+
+def open_store(config: Config, directory: Path) -> JobStore:
+    """The job store ``jobs.store`` names, its files in ``directory``."""
+    jobs = config.jobs
+    if jobs.store != "postgres":
+        return SqliteJobStore.open(directory)
+    try:  # asyncpg is the optional extra gatekeeper[postgres] (docs/dependencies.md)
+        from gatekeeper.jobs.postgres import PostgresJobStore
+    except ImportError as exc:
+        raise StoreOpenError(
+            f"jobs.store postgres needs asyncpg: pip install 'gatekeeper[postgres]' ({exc})"
+        ) from exc
+    pg = jobs.postgres
+    try:
+        dsn = postgres_dsn(pg, config.source)
+    except ValueError as exc:
+        raise StoreOpenError(str(exc)) from exc
+    return PostgresJobStore.open(
+        directory, dsn=dsn, schema=pg.schema, pool_size=pg.pool_size, timeout=pg.timeout
+    )
 
 
 def _background(

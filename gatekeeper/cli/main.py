@@ -71,12 +71,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("  signals (this machine, now): " + describe_signals(probe(cfg.admission.resources)))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return 0
+    return _check_store(cfg)
+
+
+def _check_store(cfg: Config) -> int:
+    """The shared job store (issue #21): connection and schema version; 1 if unusable."""
+    if cfg.jobs.store != "postgres":
+        return 0
+    from gatekeeper.config.jobs import postgres_dsn
+
+    pg = cfg.jobs.postgres
+    try:
+        from gatekeeper.jobs.postgres.probe import check
+
+        dsn = postgres_dsn(pg, cfg.source)
+        ok, line = check(dsn, pg.schema, max(pg.timeout, 5.0))
+    except ImportError as exc:
+        ok, line = False, f"needs asyncpg: pip install 'gatekeeper[postgres]' ({exc})"
+    except ValueError as exc:
+        ok, line = False, str(exc)
+    print(f"  job store postgres: {line}", flush=True)
+    if not ok:
+        print(f"checked job store: UNUSABLE: {line}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gatekeeper.app.process import Gatekeeper, serve
-    from gatekeeper.jobs.store import StateDirError
+    from gatekeeper.jobs.store import StateDirError, StoreOpenError
     from gatekeeper.lifecycle.changes import Overrides
     from gatekeeper.lifecycle.eventloop import LoopUnavailable, loop_factory, tune_gc
     from gatekeeper.lifecycle.eventloop import run as run_on_loop
@@ -114,6 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_on_loop(serve(cfg, ready=ready, overrides=overrides), args.loop)
     except StateDirError as exc:  # before anything was bound: nothing to undo
         print(f"gatekeeper: cannot use the state directory: {exc}", file=sys.stderr)
+        return 2
+    except StoreOpenError as exc:
+        print(f"gatekeeper: cannot open the job store: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # typically: address already in use
         print(f"gatekeeper: cannot start: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gatekeeper.config.build import section_check
 from gatekeeper.config.declare import (
     boolean,
     checked,
@@ -23,6 +24,7 @@ from gatekeeper.config.declare import (
     string,
 )
 from gatekeeper.config.webhooks import Webhooks
+from gatekeeper.config.reader import Context, Section
 
 STATE_DIR_NAME = "gatekeeper-state"
 LISTING_MODES = ("auto", "on", "off")
@@ -41,6 +43,77 @@ def check_dir(v: Any) -> str | None:
     if not isinstance(v, str) or not v.strip() or "\0" in v:
         return "must be a directory path (or null for the default next to the rules file)"
     return None
+
+
+def check_file(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip() or "\0" in v:
+        return "must be a file path (or null)"
+    return None
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_env_name(v: Any) -> str | None:
+    if isinstance(v, str) and _ENV_NAME.fullmatch(v):
+        return None
+    return "must be the name of an environment variable, e.g. GATEKEEPER_POSTGRES_DSN"
+
+
+def check_schema_name(v: Any) -> str | None:
+    if isinstance(v, str) and _SCHEMA_NAME.fullmatch(v):
+        return None
+    return "must be a PostgreSQL schema name: lower-case letters, digits and _ (at most 63)"
+
+
+@declared
+class Postgres:
+    """``jobs.postgres``: the shared job store (issue #21; docs/postgres.md). The DSN is
+    never in the rules file: it names the variable or the file that holds it."""
+
+    dsn_env: str | None = checked(
+        "Name of the environment variable that holds the PostgreSQL DSN"
+        " (postgresql://user:password@host:5432/db). One of dsn_env and dsn_file.",
+        check_env_name,
+        {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        allow_none=True,
+        default=None,
+    )
+    dsn_file: str | None = checked(
+        "A file whose first line is the DSN (a mounted secret). Relative to the rules"
+        " file's directory. One of dsn_env and dsn_file.",
+        check_file,
+        {"type": "string", "pattern": "\\S"},
+        allow_none=True,
+        default=None,
+    )
+    pool_size: int = integer(
+        "Connections this box keeps to PostgreSQL (the store's own thread uses them).",
+        minimum=1,
+        maximum=100,
+        default=4,
+    )
+    schema: str = checked(
+        "The PostgreSQL schema of gatekeeper's tables, created and migrated by gatekeeper;"
+        " every box of one queue names the same one.",
+        check_schema_name,
+        {"type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$"},
+        default="gatekeeper",
+    )
+    timeout: float = duration(
+        "The longest a store call may keep the event loop waiting for PostgreSQL; past it"
+        " the store counts as unavailable (new submissions get 503 store_unavailable)"
+        " until a background probe sees it answer again.",
+        default=1.0,
+    )
+
+
+@section_check(Postgres)
+def _one_dsn_source(pg: Postgres, sec: Section, ctx: Context) -> Postgres:
+    if pg.dsn_env is not None and pg.dsn_file is not None:
+        sec.problem("dsn_file", sec.node_of("dsn_file"), "set dsn_env or dsn_file, not both")
+    return pg
 
 
 @declared
@@ -111,6 +184,17 @@ class Jobs:
         "Signed job events POSTed to receivers (docs/webhooks.md).", factory=Webhooks
     )
 
+    store: str = string(
+        "Where job records live: sqlite (one box, in the state directory) or postgres"
+        " (shared by several boxes: jobs.postgres). Bodies and results stay in the state"
+        " directory of the box that made them either way.",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+    )
+    postgres: Postgres = section(
+        "The PostgreSQL store (used when store is postgres).", factory=Postgres
+    )
+
     def state_dir(self, source: str) -> Path:
         """The absolute state directory for a config loaded from ``source`` (Config.source).
 
@@ -122,6 +206,44 @@ class Jobs:
         # An absolute dir replaces base (pathlib's "/" keeps the right side's root).
         rel = STATE_DIR_NAME if self.dir is None else Path(self.dir).expanduser()
         return Path(os.path.abspath(base / rel))
+
+
+@section_check(Jobs)
+def _postgres_needs_a_dsn(jobs: Jobs, sec: Section, ctx: Context) -> Jobs:
+    pg = jobs.postgres
+    if jobs.store == "postgres" and pg.dsn_env is None and pg.dsn_file is None:
+        sec.problem(
+            "store",
+            sec.node_of("store"),
+            "postgres needs jobs.postgres.dsn_env or jobs.postgres.dsn_file",
+            jobs.store,
+        )
+    return jobs
+
+
+def _base_dir(source: str) -> Path:
+    return Path(".") if _no_file(source) else Path(source).parent
+
+
+def postgres_dsn(pg: Postgres, source: str) -> str:
+    """The DSN from the variable or the file the rules name; ValueError (one line, naming
+    the variable or file) when it is not there."""
+    if pg.dsn_env is not None:
+        dsn = os.environ.get(pg.dsn_env, "").strip()
+        if not dsn:
+            raise ValueError(f"jobs.postgres.dsn_env: the variable {pg.dsn_env} is not set")
+        return dsn
+    if pg.dsn_file is None:
+        raise ValueError("jobs.postgres: neither dsn_env nor dsn_file is set")
+    path = _base_dir(source) / Path(pg.dsn_file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"jobs.postgres.dsn_file: {path}: {exc.strerror or exc}") from exc
+    dsn = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not dsn:
+        raise ValueError(f"jobs.postgres.dsn_file: {path} is empty")
+    return dsn
 
 
 # The rules shipped inside the package (``gatekeeper run`` with no --config and no

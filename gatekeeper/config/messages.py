@@ -36,6 +36,8 @@ REASONS: tuple[str, ...] = (
     # The state directory (issue #18 §1): below jobs.min_free_bytes; a failed read or write.
     "storage_full",
     "storage_error",
+    # The shared job store (jobs.store: postgres) does not answer (issue #21).
+    "store_unavailable",
 )
 # Placeholders a message may use; anything else is a config error, not a KeyError at 3 a.m.
 # Every message may use every field (a field that does not apply renders as 0);

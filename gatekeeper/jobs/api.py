@@ -41,7 +41,7 @@ from gatekeeper.config import Config
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import listing, openapi, watch
-from gatekeeper.jobs.guard import StorageError, describe
+from gatekeeper.jobs.guard import StorageError, StoreUnavailable, describe
 from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
@@ -62,12 +62,16 @@ def _answer(status: int, reason: str, detail: str, rid: str, **extra: Any) -> we
     return json_answer(status, reason, data, request_id=rid)
 
 
-def storage_error_answer(cfg: Config, rid: str) -> web.Response:
+def storage_error_answer(cfg: Config, rid: str, exc: StorageError | None = None) -> web.Response:
     """The state directory failed under this request (``guard.StorageError``, logged where
-    it happened): 503 storage_error in JSON, never aiohttp's text/plain 500."""
-    retry_after = cfg.admission.retry_after_default
-    text = cfg.message("storage_error", retry_after=retry_after)
-    return json_error(503, "storage_error", text, retry_after=retry_after, request_id=rid)
+    it happened): 503 storage_error in JSON, never aiohttp's text/plain 500; a shared
+    store that does not answer (``guard.StoreUnavailable``): 503 store_unavailable, with
+    the Retry-After of its breaker."""
+    reason, retry_after = "storage_error", cfg.admission.retry_after_default
+    if isinstance(exc, StoreUnavailable):
+        reason, retry_after = exc.reason, exc.retry_after
+    text = cfg.message(reason, retry_after=retry_after)
+    return json_error(503, reason, text, retry_after=retry_after, request_id=rid)
 
 
 def job_json(status: int, view: dict[str, Any], rid: str, **headers: str) -> web.Response:
@@ -88,8 +92,8 @@ class JobsApi:
     async def handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         try:
             return await self._handle(request, rest, rid)
-        except StorageError:
-            return storage_error_answer(self.jobs.config, rid)
+        except StorageError as exc:
+            return storage_error_answer(self.jobs.config, rid, exc)
 
     async def _handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         parts = [p for p in rest.split("/") if p]

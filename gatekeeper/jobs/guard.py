@@ -32,8 +32,19 @@ from gatekeeper.jobs.store import LIST_SCAN, HandlePage, JobStore
 
 T = TypeVar("T")
 
+
+class StoreFault(Exception):
+    """A shared store's database refused a statement (PostgreSQL's own error, e.g. its disk
+    is full): a storage fault like ``sqlite3.Error``, raised by stores that do not use
+    ``sqlite3`` (``jobs.postgres``)."""
+
+    def __init__(self, operation: str, cause: BaseException):
+        super().__init__(f"{operation}: {cause}")
+        self.operation = operation
+
+
 # What a failing disk or database raises; everything else is not a storage fault.
-STORAGE_FAULTS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error)
+STORAGE_FAULTS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, StoreFault)
 
 
 class StorageError(HttpError):
@@ -46,6 +57,18 @@ class StorageError(HttpError):
         super().__init__(f"the job store failed ({operation}): {describe(cause)}")
         self.operation = operation
         self.cause = cause
+
+
+class StoreUnavailable(StorageError):
+    """A shared store (PostgreSQL) did not answer within its call timeout, or its circuit
+    breaker is open: 503 ``store_unavailable`` with Retry-After ``retry_after`` (issue #21).
+    Already a ``StorageError``: ``guarded`` passes it unchanged."""
+
+    reason = "store_unavailable"
+
+    def __init__(self, operation: str, why: str, retry_after: int):
+        super().__init__(operation, ConnectionError(why))
+        self.retry_after = retry_after
 
 
 def describe(exc: BaseException) -> str:

@@ -129,7 +129,7 @@ class QueueRoute:
             log.error("request %s: %s", ctx.rec.request_id, exc.detail)
             ctx.rec.reason = exc.reason
             ctx.rec.status = 503
-            return storage_error_answer(ctx.config, ctx.rec.request_id)
+            return storage_error_answer(ctx.config, ctx.rec.request_id, exc)
 
     async def _handle(self, ctx: RequestContext) -> web.StreamResponse:
         request, cfg, route, rec, jobs = ctx.request, ctx.config, ctx.route, ctx.rec, self.jobs

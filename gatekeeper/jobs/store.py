@@ -1,8 +1,10 @@
 """The job store's interface: what the service asks of wherever jobs are kept.
 
 ``JobStore`` is a Protocol; ``sqlite.SqliteJobStore`` (one state directory:
-SQLite rows and files, held by one process) is its first implementation, and
-tests/test_store_conformance.py is the suite any implementation must pass.
+SQLite rows and files, held by one process) is its first implementation,
+``postgres.PostgresJobStore`` (rows in PostgreSQL shared by several boxes, files
+on the box that made them; issue #21, docs/postgres.md) its second, and
+tests/test_store_conformance.py is the suite both pass.
 
 Design notes for an implementation shared by several boxes (PostgreSQL):
 
@@ -78,6 +80,11 @@ class StateDirError(Exception):
         super().__init__(f"state directory {directory}: {cause}")
         self.directory = directory
         self.cause = cause
+
+
+class StoreOpenError(Exception):
+    """A shared job store cannot be opened (unreachable, refused, a schema of another
+    version); ``str()`` is one line naming the store and why, never a password."""
 
 
 class JobStore(Protocol):

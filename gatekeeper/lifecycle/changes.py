@@ -142,6 +142,12 @@ def keep_restart_only(running: Config, loaded: Config) -> tuple[Config, list[Cha
     if running.jobs.dir != loaded.jobs.dir:
         wanted.append(Change("jobs.dir", str(running.jobs.dir), str(loaded.jobs.dir)))
         kept = replace(kept, jobs=replace(kept.jobs, dir=running.jobs.dir))
+    # So does the store itself (issue #21): the open store is the running one.
+    for key in ("store", "postgres"):
+        if getattr(running.jobs, key) != getattr(loaded.jobs, key):
+            old, new = getattr(running.jobs, key), getattr(loaded.jobs, key)
+            wanted.append(Change(f"jobs.{key}", str(old), str(new)))
+            kept = replace(kept, jobs=replace(kept.jobs, **{key: old}))
     return kept, wanted
 
 

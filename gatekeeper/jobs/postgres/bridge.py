@@ -1,0 +1,172 @@
+"""The bridge: synchronous calls on the caller's loop, asyncpg on the store's own loop.
+
+``JobStore`` is synchronous and called on the proxy's event loop (``store``
+says why); asyncpg is asyncio. ``Bridge`` owns a second event loop in a daemon
+thread, the asyncpg pool on it and the breaker's probe task; ``call`` submits a
+coroutine there (``asyncio.run_coroutine_threadsafe``) and waits for its answer
+at most ``timeout`` seconds. So a store call costs one round trip plus two
+thread hand-offs (``bench/postgres_store.py`` measures it), and the proxy's loop
+is never blocked longer than ``timeout`` by a store that stopped answering:
+
+- a call that times out is cancelled on the store's loop (its transaction is
+  rolled back by the server when the connection is reset; one whose COMMIT was
+  already sent may or may not have committed: its outcome is unknown, as for any
+  client of a database that vanished mid-call) and opens the breaker;
+- while the breaker is open every call raises ``StoreUnavailable`` at once, and
+  a probe on the store's loop reconnects by itself (``breaker``).
+
+Errors are translated here, at the boundary: a lost connection or a timeout is
+``guard.StoreUnavailable``; any other database error is ``guard.StoreFault``
+(the store's ``StorageError``); ``UniqueViolation`` passes through for the
+caller that expects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from gatekeeper.jobs.guard import StoreFault, StoreUnavailable
+from gatekeeper.jobs.postgres.breaker import Breaker
+
+T = TypeVar("T")
+
+# What a dead server, a broken network or a restarted PostgreSQL raises.
+LOST: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError and ConnectionError are OSErrors
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+PASSED: tuple[type[BaseException], ...] = (asyncpg.UniqueViolationError,)
+
+
+class Bridge:
+    """An asyncpg pool on its own loop and thread, called synchronously with a bound."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str,
+        pool_size: int,
+        timeout: float,
+        probe_every: float = 1.0,
+    ):
+        self.timeout = timeout
+        self.breaker = Breaker(time.monotonic, probe_every)
+        self._dsn = dsn
+        self._schema = schema
+        self._pool_size = pool_size
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="gatekeeper-postgres", daemon=True
+        )
+        self._pool: asyncpg.Pool | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self, setup: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        """Start the thread, connect the pool and run ``setup`` on one connection (the
+        schema); a failure here is raised as it is (the caller names it)."""
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._connect(setup), self._loop)
+        try:
+            fut.result(timeout=max(self.timeout, 10.0))
+        except BaseException:
+            fut.cancel()
+            self.close()
+            raise
+
+    async def _connect(self, setup: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        async with asyncio.timeout(max(self.timeout, 10.0)):
+            con = await asyncpg.connect(self._dsn)
+            try:
+                await setup(con)
+            finally:
+                await con.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                server_settings={"search_path": self._schema},
+            )
+        self._probe = asyncio.create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        """While the breaker is open, ``SELECT 1`` every ``probe_every`` seconds."""
+        while True:
+            await asyncio.sleep(self.breaker.probe_every)
+            if not self.breaker.is_open or self._pool is None:
+                continue
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._pool.fetchval("SELECT 1")
+            except Exception:
+                self.breaker.probed(False)
+            else:
+                self.breaker.probed(True)
+
+    def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(connection, *args)`` on the store's loop, waited for at most
+        ``timeout`` seconds; ``StoreUnavailable`` when the store cannot answer."""
+        if not self.breaker.allow():
+            raise StoreUnavailable(op, self.breaker.why, self.breaker.retry_after())
+        if self._closed or self._pool is None:
+            raise StoreUnavailable(op, "the store is closed", self.breaker.retry_after())
+        fut = asyncio.run_coroutine_threadsafe(self._with_connection(fn, args), self._loop)
+        try:
+            return fut.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError as exc:
+            fut.cancel()
+            why = f"no answer within {self.timeout:g}s"
+            self.breaker.failed(why)
+            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
+        except PASSED:
+            raise
+        except LOST as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self.breaker.failed(why)
+            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreFault(op, exc) from exc
+
+    async def _with_connection(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        assert self._pool is not None
+        async with self._pool.acquire() as con:
+            return await fn(con, *args)
+
+    def close(self) -> None:
+        """Close the pool and stop the thread; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            with contextlib.suppress(Exception):
+                fut.result(timeout=max(self.timeout, 5.0))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self._pool is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._pool.close()
+            except LOST:
+                self._pool.terminate()

@@ -1,0 +1,147 @@
+"""The PostgreSQL store's schema: created and migrated by gatekeeper itself, versioned.
+
+Everything lives in one PostgreSQL schema (``jobs.postgres.schema``, default
+``gatekeeper``); the store's connections set ``search_path`` to it, so the SQL
+modules name tables without a prefix. ``migrate`` runs at every start, on one
+connection, in one transaction that first takes ``pg_advisory_xact_lock`` on a
+key derived from the schema's name: boxes starting at once on an empty database
+queue behind that lock, the first creates the schema, the others find it done
+(``tests/test_postgres_store.py`` starts two stores at once on an empty database).
+
+``schema_version`` holds one row, the version the schema is at. ``MIGRATIONS``
+maps each version to the statements that bring the schema from the previous one
+to it; a concept that needs a table (a webhook outbox, batches) appends one
+version with its module's DDL. A database of a newer gatekeeper (a higher
+version) is refused with both numbers, never guessed at. ``gatekeeper check``
+reads the version without changing anything (``read_version``).
+
+The ``jobs`` columns are ``record.JobRecord``'s fields (``record.STORED``), their
+SQLite types mapped to PostgreSQL's (``column_sql``); a field added to the record
+later (nullable or with a default) is added here at the next start by
+``ADD COLUMN IF NOT EXISTS``, as ``statedir.add_missing_columns`` does for SQLite.
+Beside them, three columns only a shared store has: ``body_box`` (the box that
+took the request and holds its body file), ``run_box`` (the box that runs or ran
+it and holds its result file; see ``boxes.address`` for where to fetch it) and
+``heartbeat`` (when ``run_box`` last stamped the running job, on the database's
+clock: ``DB_NOW``, so boxes whose clocks disagree compare one clock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import asyncpg
+
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.record import STORED
+
+SCHEMA_VERSION = 1
+# The database's clock in seconds since the epoch: heartbeats are stamped with it.
+DB_NOW = "extract(epoch from clock_timestamp())"
+_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
+_LIVE = f"state IN ('{JobState.QUEUED.value}', '{JobState.RUNNING.value}')"
+_DONE = JobState.DONE.value
+
+
+def column_sql(sqlite_decl: str) -> str:
+    """A ``record`` field's SQLite column declaration in PostgreSQL's words."""
+    if sqlite_decl == "INTEGER PRIMARY KEY AUTOINCREMENT":
+        # An identity never gives a value twice (seq is never reused).
+        return "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    kind, _, rest = sqlite_decl.partition(" ")
+    return f"{_TYPES[kind]} {rest}".strip()
+
+
+def _jobs_table() -> str:
+    cols = [f"{f.name} {column_sql(f.metadata['sql'])}" for f in STORED]
+    cols += ["body_box TEXT", "run_box TEXT", "heartbeat DOUBLE PRECISION"]
+    return "CREATE TABLE jobs (\n    " + ",\n    ".join(cols) + "\n)"
+
+
+def _version_1() -> list[str]:
+    return [
+        _jobs_table(),
+        "CREATE INDEX jobs_state ON jobs (state, seq)",
+        # A client's oldest queued job (sql_fair.CLAIM), small: queued rows only.
+        f"CREATE INDEX jobs_queued ON jobs (client, seq) WHERE state = '{JobState.QUEUED.value}'",
+        "CREATE INDEX jobs_finished ON jobs (finished) WHERE finished IS NOT NULL",
+        # Coalescing across boxes (issue #21): at most one live job per key, enforced here.
+        f"CREATE UNIQUE INDEX jobs_live_key ON jobs (coalesce_key)"
+        f" WHERE coalesce_key IS NOT NULL AND {_LIVE}",
+        "CREATE INDEX jobs_kept_key ON jobs (coalesce_key, finished)"
+        f" WHERE coalesce_key IS NOT NULL AND state = '{_DONE}'",
+        "CREATE INDEX jobs_kept_heads ON jobs (route, method, body_size, finished)"
+        f" WHERE state = '{_DONE}' AND coalesce_key IS NOT NULL",
+        "CREATE INDEX jobs_run_box ON jobs (run_box, state)",
+        # The fairness ring (sql_fair): one row per client key, the head is the smallest turn.
+        "CREATE SEQUENCE ring_turn",
+        "CREATE TABLE ring (client TEXT PRIMARY KEY, turn BIGINT NOT NULL)",
+        "CREATE INDEX ring_by_turn ON ring (turn)",
+        "CREATE TABLE handles (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, client TEXT NOT NULL,"
+        " held BOOLEAN NOT NULL, created DOUBLE PRECISION NOT NULL, detached DOUBLE PRECISION,"
+        " n BIGINT GENERATED ALWAYS AS IDENTITY)",
+        "CREATE INDEX handles_job ON handles (job_id, created, n)",
+        # Each box using the store: where its files are served from, when it was last seen.
+        "CREATE TABLE boxes (id TEXT PRIMARY KEY, address TEXT, started DOUBLE PRECISION"
+        " NOT NULL, seen DOUBLE PRECISION NOT NULL)",
+    ]
+
+
+MIGRATIONS: dict[int, list[str]] = {1: _version_1()}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class SchemaError(Exception):
+    """The database's schema cannot be used by this gatekeeper (one line, names both)."""
+
+
+def check_name(schema: str) -> str:
+    """A schema name gatekeeper accepts: lower-case letters, digits and ``_``."""
+    if not _NAME.fullmatch(schema):
+        raise ValueError(f"not a schema name: {schema!r} (lower-case letters, digits, _)")
+    return schema
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock key of ``schema`` (a signed 64-bit integer)."""
+    digest = hashlib.sha256(f"gatekeeper schema {schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def read_version(con: asyncpg.Connection, schema: str) -> int:
+    """The schema's version; 0 when gatekeeper never created it."""
+    found = await con.fetchval("SELECT to_regclass($1)", f"{check_name(schema)}.schema_version")
+    if found is None:
+        return 0
+    v = await con.fetchval(f"SELECT version FROM {schema}.schema_version")
+    return 0 if v is None else int(v)
+
+
+async def migrate(con: asyncpg.Connection, schema: str) -> int:
+    """Create or upgrade ``schema`` to ``SCHEMA_VERSION``; returns the version found."""
+    check_name(schema)
+    async with con.transaction():
+        await con.execute("SELECT pg_advisory_xact_lock($1)", lock_key(schema))
+        await con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await con.execute(f"SET LOCAL search_path TO {schema}")
+        found = await read_version(con, schema)
+        if found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"schema {schema} is at version {found}, this gatekeeper knows"
+                f" {SCHEMA_VERSION} (a newer gatekeeper created it)"
+            )
+        if found == 0:
+            await con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            await con.execute("INSERT INTO schema_version VALUES (0)")
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                await con.execute(statement)
+        await con.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION)
+        for f in STORED:  # fields a newer record has (record's module text)
+            decl = column_sql(f.metadata["sql"])
+            if "PRIMARY KEY" not in decl:
+                await con.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {f.name} {decl}")
+    return found

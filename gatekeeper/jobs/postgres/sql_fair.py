@@ -1,0 +1,112 @@
+"""The waiting room's fairness rule in PostgreSQL: which queued job the next claim takes.
+
+The rule is ``waitroom``'s and ``sqlite_fair``'s (round-robin across client keys,
+FIFO within one key) over the whole shared queue: a table ``ring(client, turn)``;
+the next job is the oldest queued job of the client with the smallest turn that
+has one; that client then gets a new turn from the sequence ``ring_turn`` (the
+tail). ``claim`` does it in ONE statement, ``FOR UPDATE OF ring SKIP LOCKED``:
+two boxes claiming at once lock two different clients' ring rows, so each takes
+a different client's oldest job and no job is claimed twice.
+
+Where ``sqlite_fair`` deletes a client's row when its last queued job leaves,
+here a row may outlive its client's jobs ("idle"): ``claim`` skips a client
+without a queued job, and ``joined`` sends an idle client to the tail, exactly
+where the SQLite ring would re-insert it (``JOIN``), so the order is the same. Deleting rows
+inside a claim would depend on the claim's snapshot seeing every concurrent
+arrival, which READ COMMITTED does not promise; ``forget_idle`` deletes idle rows
+later, after locking them, in a statement whose fresh snapshot sees any arrival
+that could race it (an arrival that waited on the lock re-inserts its row: that
+is what ``INSERT ... ON CONFLICT`` guarantees).
+
+Every change to a client's queued jobs touches its ring row (``JOIN``,
+``SERVED``, ``CLAIM``), so claims, arrivals and claims by id of one client serialize on
+that row. Under concurrency the order can deviate by a turn (an arrival racing
+a claim of the same client's last job keeps the claim's turn), never lose a job.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.postgres.schema import DB_NOW
+from gatekeeper.jobs.record import COLUMNS
+
+_QUEUED = JobState.QUEUED.value
+
+CLAIM = f"""
+WITH pick AS (
+    SELECT r.client, j.seq
+    FROM ring r
+    CROSS JOIN LATERAL (
+        SELECT q.seq FROM jobs q
+        WHERE q.client = r.client AND q.state = '{_QUEUED}'
+        ORDER BY q.seq LIMIT 1
+    ) j
+    ORDER BY r.turn
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
+), claimed AS (
+    UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $1, engine = $2,
+        run_box = $3, heartbeat = {DB_NOW}
+    FROM pick
+    WHERE jobs.seq = pick.seq AND jobs.state = '{_QUEUED}'
+    RETURNING {", ".join(f"jobs.{c}" for c in COLUMNS)}
+), moved AS (
+    UPDATE ring SET turn = nextval('ring_turn') FROM claimed WHERE ring.client = claimed.client
+)
+SELECT * FROM claimed
+"""
+
+
+async def claim(
+    con: asyncpg.Connection, started: float, engine: str | None, box: str
+) -> asyncpg.Record | None:
+    """The next job by the rule, now running on ``box`` (one statement); None if none."""
+    row: asyncpg.Record | None = await con.fetchrow(CLAIM, started, engine, box)
+    return row
+
+
+# Parts of one statement whose CTE ``j`` is the job just created / claimed by id
+# (``sql_records``): the statement's snapshot does not see ``j``'s own change, so
+# "another queued job" is any queued job of the client in it.
+# joined: a client with a new queued job goes to the tail unless it has another one.
+JOIN = f"""
+    INSERT INTO ring (client, turn) SELECT client, nextval('ring_turn') FROM j
+    ON CONFLICT (client) DO UPDATE SET turn = nextval('ring_turn')
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs q WHERE q.client = EXCLUDED.client AND q.state = '{_QUEUED}')
+"""
+# served: a queued job was claimed by id: its client goes to the tail.
+SERVED = "UPDATE ring SET turn = nextval('ring_turn') FROM j WHERE ring.client = j.client"
+
+
+async def rebuild(con: asyncpg.Connection) -> None:
+    """The ring from the queued jobs: clients in the order of their oldest queued job
+    (what a restarted box's waiting room does; ``recover``)."""
+    async with con.transaction():
+        await con.execute("LOCK TABLE ring IN EXCLUSIVE MODE")
+        await con.execute("DELETE FROM ring")
+        await con.execute(
+            "INSERT INTO ring (client, turn) SELECT client, nextval('ring_turn') FROM"
+            " (SELECT client, MIN(seq) AS first FROM jobs WHERE state = $1 GROUP BY client"
+            "  ORDER BY first) AS oldest",
+            _QUEUED,
+        )
+
+
+async def forget_idle(con: asyncpg.Connection) -> None:
+    """Delete the ring rows of clients without a queued job (module text)."""
+    async with con.transaction():
+        idle = await con.fetch(
+            "SELECT client FROM ring r WHERE NOT EXISTS (SELECT 1 FROM jobs"
+            " WHERE client = r.client AND state = $1) FOR UPDATE SKIP LOCKED",
+            _QUEUED,
+        )
+        if idle:
+            await con.execute(
+                "DELETE FROM ring r WHERE client = ANY($1::text[]) AND NOT EXISTS"
+                " (SELECT 1 FROM jobs WHERE client = r.client AND state = $2)",
+                [r["client"] for r in idle],
+                _QUEUED,
+            )

@@ -1,0 +1,294 @@
+"""``PostgresJobStore``: the job store shared by several boxes, on PostgreSQL (issue #21).
+
+Records live in PostgreSQL (``schema``, ``sql_*``); a job's files live on the
+box that made them, in its own state directory (``files.JobFiles``, locked by
+``statedir`` exactly as the SQLite store's): the request body on the box that
+took the request (``body_box``), the result on the box that ran it
+(``run_box``). Each box has an id kept in its state directory (``box-id``,
+made once) and registers in ``boxes`` with its internal address, where another
+box will fetch a result from (the relay: docs/postgres.md). Until that relay
+exists, a box replays (``find_coalesce``) and serves only results on its own
+disk, and recovers, evicts and counts (``results_bytes``) only its own files.
+
+Every method is synchronous and waits for the database through ``bridge.Bridge``
+(bounded by ``timeout``; a circuit breaker refuses calls at once while the
+database is unreachable: ``guard.StoreUnavailable``, 503 ``store_unavailable``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+
+from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
+from gatekeeper.jobs.handles import Handle
+from gatekeeper.jobs.head import RequestHead
+from gatekeeper.jobs.postgres import schema as sch
+from gatekeeper.jobs.postgres import sql_fair, sql_handles, sql_heads, sql_records, sql_recover
+from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
+from gatekeeper.jobs.statedir import prepare, take_lock
+from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
+from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StoreOpenError
+
+BOX_ID_FILE = "box-id"
+_KEPT = frozenset(s.value for s in KEPT_STATES)
+
+
+def box_id_of(directory: Path) -> str:
+    """This state directory's box id, made once (the directory is locked by the caller)."""
+    path = directory / BOX_ID_FILE
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        box = secrets.token_hex(8)
+        path.write_text(box + "\n", encoding="ascii")
+        return box
+
+
+async def _register(con: asyncpg.Connection, box: str, address: str | None) -> None:
+    now = time.time()
+    await con.execute(
+        "INSERT INTO boxes (id, address, started, seen) VALUES ($1, $2, $3, $3)"
+        " ON CONFLICT (id) DO UPDATE SET address = $2, started = $3, seen = $3",
+        box,
+        address,
+        now,
+    )
+
+
+class PostgresJobStore:
+    """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory."""
+
+    def __init__(self, directory: Path, lock: IO[str], bridge: Bridge, box: str):
+        self.directory = directory
+        self.box = box
+        self.bridge = bridge
+        self._lock = lock
+        self._files = JobFiles(directory)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        dsn: str,
+        schema: str = "gatekeeper",
+        pool_size: int = 4,
+        timeout: float = 1.0,
+        address: str | None = None,
+    ) -> PostgresJobStore:
+        """Lock ``directory``, connect, create or migrate the schema and register the box.
+        ``StateDirError`` for the directory, ``StoreOpenError`` for the database."""
+        directory = Path(directory)
+        sch.check_name(schema)
+        prepare(directory)
+        lock = take_lock(directory)
+        try:
+            box = box_id_of(directory)
+            bridge = Bridge(dsn, schema=schema, pool_size=pool_size, timeout=timeout)
+
+            async def setup(con: asyncpg.Connection) -> None:
+                await sch.migrate(con, schema)
+                await con.execute(f"SET search_path TO {schema}")
+                await _register(con, box, address)
+
+            try:
+                bridge.start(setup)
+            except sch.SchemaError as exc:
+                raise StoreOpenError(f"jobs.postgres: {exc}") from exc
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                why = str(exc) or type(exc).__name__
+                raise StoreOpenError(f"jobs.postgres: cannot use PostgreSQL: {why}") from exc
+        except BaseException:
+            lock.close()
+            raise
+        return cls(directory, lock, bridge, box)
+
+    def close(self) -> None:
+        """Close the pool, stop the store's thread, release the directory; idempotent."""
+        self.bridge.close()
+        if not self._lock.closed:
+            self._lock.close()
+
+    # -- records -----------------------------------------------------------------------------
+
+    def create(self, record: JobRecord) -> JobRecord:
+        check_id(record.id)
+        if record.state is not JobState.QUEUED:
+            raise ValueError(f"a new job is queued, not {record.state}")
+        return self.bridge.call("create", sql_records.create, record, self.box)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.bridge.call("get", sql_records.get, job_id)
+
+    def queued(self) -> list[JobRecord]:
+        return self.bridge.call("queued", sql_records.in_state, JobState.QUEUED.value)
+
+    def running(self) -> list[JobRecord]:
+        return self.bridge.call("running", sql_records.in_state, JobState.RUNNING.value)
+
+    def find_coalesce(self, key: str, now: float, keep: float) -> JobRecord | None:
+        """A live job with ``key`` on any box; else the newest kept done 2xx within
+        ``keep`` whose result file is on this box."""
+        live = self.bridge.call("find_coalesce", sql_records.live_with_key, key)
+        if live is not None:
+            return live
+        kept = self.bridge.call(
+            "find_coalesce", sql_records.kept_with_key, key, float(now - keep), self.box
+        )
+        return next((r for r in kept if self._files.has_result(r.id)), None)
+
+    def kept_like(self, head: RequestHead, now: float, keep: float) -> bool:
+        return self.bridge.call("kept_like", sql_heads.kept_like, head, float(now - keep))
+
+    def add_coalesced(self, job_id: str) -> int:
+        return self.bridge.call("add_coalesced", sql_records.add_coalesced, job_id)
+
+    # -- handles -----------------------------------------------------------------------------
+
+    def add_handle(self, handle: Handle) -> None:
+        check_id(handle.id)
+        self.bridge.call("add_handle", sql_handles.add, handle)
+
+    def get_handle(self, handle_id: str) -> Handle | None:
+        return self.bridge.call("get_handle", sql_handles.get, handle_id)
+
+    def detach_handle(self, handle_id: str, when: float) -> Handle:
+        return self.bridge.call("detach_handle", sql_handles.detach, handle_id, float(when))
+
+    def handles_of(self, job_id: str) -> list[Handle]:
+        return self.bridge.call("handles_of", sql_handles.of_job, job_id)
+
+    # -- the life of a job -------------------------------------------------------------------
+
+    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+        return self.bridge.call(
+            "mark_running", sql_records.mark_running, job_id, float(started), engine, self.box
+        )
+
+    def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
+        """The next queued job of the whole shared queue by the fairness rule, now
+        running on this box (``sql_fair.CLAIM``: one statement); None if none."""
+        row = self.bridge.call("claim_next", sql_fair.claim, float(started), engine, self.box)
+        return None if row is None else decode(row)
+
+    def set_result_head(
+        self, job_id: str, status: int, reason: str | None, headers: Headers
+    ) -> None:
+        self.bridge.call(
+            "set_result_head",
+            sql_records.update,
+            job_id,
+            "result_status = $3, result_reason = $4, result_headers = $5",
+            (status, reason, dump_headers(headers)),
+            [JobState.RUNNING.value],
+        )
+
+    def set_progress(self, job_id: str, progress: float | None, result_bytes: int) -> None:
+        """Progress and result bytes; also the running job's heartbeat (``heartbeat``)."""
+        self.bridge.call(
+            "set_progress",
+            sql_records.update,
+            job_id,
+            f"progress = $3, result_bytes = $4, heartbeat = {sch.DB_NOW}",
+            (None if progress is None else float(progress), result_bytes),
+            [JobState.RUNNING.value],
+        )
+
+    def finish(
+        self, job_id: str, state: JobState, reason: str | None, finished: float
+    ) -> JobRecord:
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state} is not a final state")
+        froms = [s.value for s in sources(state) if s in LIVE_STATES]
+        row = self.bridge.call(
+            "finish",
+            sql_records.update,
+            job_id,
+            "state = $3, reason = $4, finished = $5",
+            (state.value, reason, float(finished)),
+            froms,
+        )
+        self._files.drop_body(job_id)
+        if state is JobState.EXPIRED:
+            self._files.ledger.drop_job(job_id)
+        return row
+
+    def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
+        """This box's rows made true again after it died (``sql_recover``)."""
+        changed = self.bridge.call(
+            "recover",
+            sql_recover.recover,
+            self.box,
+            float(now),
+            retry_interrupted,
+            lambda job_id: self._files.body_path(job_id) is not None,
+        )
+        for r in changed:
+            if r.state is not JobState.QUEUED or r.started is None:
+                self._files.ledger.drop_job(r.id)
+        states = self.bridge.call("recover", sql_recover.file_states, self.box)
+        self._files.sweep(
+            keep_body=lambda name: states.get(name) == JobState.QUEUED.value,
+            keep_result=lambda name: states.get(name) in _KEPT,
+        )
+        return changed
+
+    def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
+        """This box's kept results expired by age, then by size (``JobStore.evict``)."""
+        ledger = self._files.ledger
+        old = self.bridge.call("evict", sql_records.kept_ids, self.box, float(now - keep), True)
+        total = ledger.total - sum(ledger.size_of(i) for i in old)
+        by_size: list[str] = []
+        if total > max_bytes:
+            newer = self.bridge.call(
+                "evict", sql_records.kept_ids, self.box, float(now - keep), False
+            )
+            for job_id in newer:
+                size = ledger.size_of(job_id)
+                if size:
+                    by_size.append(job_id)
+                    total -= size
+                    if total <= max_bytes:
+                        break
+        by_keep, by_bytes = Endings.EXPIRED_KEEP, Endings.EXPIRED_MAX_BYTES
+        changes = [(i, by_keep.state.value, by_keep.reason) for i in old]
+        changes += [(i, by_bytes.state.value, by_bytes.reason) for i in by_size]
+        drop_before = float(now - EXPIRED_ROW_KEEP_FACTOR * keep)
+        self.bridge.call("evict", sql_records.expire, changes, drop_before)
+        for job_id in old + by_size:
+            ledger.drop_job(job_id)
+        return old + by_size
+
+    # -- files: this box's (the Protocol documents each) -------------------------------------
+
+    def results_bytes(self) -> int:
+        return self._files.ledger.total
+
+    def body_writer(self, job_id: str) -> BodyWriter:
+        return self._files.body_writer(job_id)
+
+    @property
+    def bodies_dir(self) -> Path:
+        return self._files.bodies
+
+    def body_target(self, job_id: str) -> Path:
+        return self._files.body_target(job_id)
+
+    def body_path(self, job_id: str) -> Path | None:
+        return self._files.body_path(job_id)
+
+    def result_writer(self, job_id: str) -> ResultWriter:
+        def committed(size: int) -> None:
+            self.bridge.call("result_writer", sql_records.set_result_bytes, job_id, size)
+
+        return self._files.result_writer(job_id, committed)
+
+    def result_path(self, job_id: str) -> Path | None:
+        return self._files.result_path(job_id)
