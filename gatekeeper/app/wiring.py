@@ -201,15 +201,19 @@ def _recorder(st: AppState, access: AccessLog) -> Callable[[RequestRecord], None
 
     def record(rec: RequestRecord) -> None:
         access(rec)
-        st.ungated.observe(
+        cfg = st.config
+        kind = st.ungated.observe(
             route=rec.route,
             action=rec.action,
             method=rec.method,
             path=rec.path,
             head_seconds=rec.upstream_head_seconds,
-            limit=ungated_threshold(st.config.admission.expected_seconds),
+            limit=ungated_threshold(cfg.admission.expected_seconds, cfg.log.ungated.slow_answer),
             now=st.clock(),
+            interval=cfg.log.ungated.warn_every,
         )
+        if kind is not None:
+            st.metrics.ungated.labels(rec.route, kind).inc()
 
     return record
 
