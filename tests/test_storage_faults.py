@@ -291,7 +291,8 @@ async def test_a_result_file_deleted_is_a_json_answer_not_a_500(
     result.unlink()
     async with client.get(f"{JOBS}/{job_id}/result") as r:
         body = await _json(r)
-        assert r.status == 409 and body["reason"] == "no_result", body
+        assert r.status == 410 and body["reason"] == "result_gone", body
+        assert body["detail"] and body["state"] in ("done", "failed"), body
 
 
 @pytest.mark.parametrize("method", ["recover", "queued"])
