@@ -113,11 +113,11 @@ class AppState:
         self.metrics.prime_routes((r.name, r.action) for r in routes)
         self.metrics.prime_alerts((r.alert, r.severity) for r in self.config.alerts.rules)
 
-    def queue_sections(self, now: float) -> Mapping[str, Any]:
+    def queue_sections(self, now: float, limit: int | None) -> Mapping[str, Any]:
         """The waiting room's sections of the status document (none without one)."""
         if self.jobs is None:
             return {}
-        return {"queue": queue_status(self.jobs, now), "jobs": jobs_status(self.jobs)}
+        return {"queue": queue_status(self.jobs, now, limit), "jobs": jobs_status(self.jobs)}
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:

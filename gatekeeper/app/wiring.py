@@ -239,7 +239,7 @@ def build_proxy_app(
     # The plan's outcomes that features serve; the proxy imports none of them.
     handler.register(
         Features(
-            status=lambda: status_document(st),
+            status=lambda limit: status_document(st, limit),
             jobs=_events_end_at_stop(JobsEndpoint(jobs, st.clock), ports.streams)
             if jobs is not None
             else None,
