@@ -159,7 +159,7 @@ def test_promtool_check_rules() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     count = len(load_config_file(PACKAGED).alerts.rules)
-    assert count == 10  # cpu, memory, rejections, upstream x2, stuck, reload, disk, queue x2
+    assert count == 11  # cpu, memory, rejections, upstream x2, stuck, reload, disk, db, queue x2
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 

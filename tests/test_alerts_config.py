@@ -29,6 +29,7 @@ DEFAULT_NAMES = (
     "GatekeeperGenerationStuck",
     "GatekeeperConfigReloadFailed",
     "GatekeeperStateDiskLow",
+    "GatekeeperStateDbDetached",
     "GatekeeperQueueFull",
     "GatekeeperQueueWaitLong",
 )
@@ -40,7 +41,7 @@ def test_packaged_rules_yaml_is_exactly_the_code_defaults() -> None:
 
 
 def test_default_rules_and_receivers() -> None:
-    """Ten default rules, each with a summary and a runbook; only a log receiver by default."""
+    """Eleven default rules, each with a summary and a runbook; only a log receiver by default."""
     rules = Config().alerts.rules
     assert tuple(r.alert for r in rules) == DEFAULT_NAMES
     for r in rules:

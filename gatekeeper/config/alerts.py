@@ -38,6 +38,7 @@ SIGNALS: tuple[str, ...] = (
     "queue_full_ratio",
     "queue_oldest_wait_seconds",
     "state_free_bytes",
+    "state_db_detached",
 )
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")

@@ -81,10 +81,7 @@ def queue_status(jobs: JobService, now: float, limit: int | None = None) -> dict
     cfg = jobs.config
     q = cfg.admission.queue
     entries: list[dict[str, Any]] = []
-    running = sorted(
-        (j for j in jobs.live.values() if j.state == JobState.RUNNING),
-        key=lambda j: j.started or 0.0,
-    )
+    running = sorted(jobs.running_jobs(), key=lambda j: j.started or 0.0)
     remaining, slots, expected = jobs.schedule.running_remaining(now)
     for j in running:
         assert j.started is not None

@@ -352,6 +352,18 @@ class Metrics:
             " jobs tick; below jobs.min_free_bytes new jobs are refused storage_full).",
             registry=r,
         )
+        self.state_db_detached = Gauge(
+            "gatekeeper_state_db_detached",
+            "1 while the job database was deleted or replaced under gatekeeper and could not"
+            " be put back at its path (new jobs are refused storage_error).",
+            registry=r,
+        )
+        self.state_db_rehomed = Counter(
+            "gatekeeper_state_db_rehomed",
+            "Times the job database, deleted or replaced under gatekeeper, was put back at"
+            " its path whole (the open database copied; a replacement kept aside).",
+            registry=r,
+        )
         self.results_bytes = Gauge(
             "gatekeeper_results_bytes",
             "Bytes of job results kept on disk (partial results of running jobs included).",
