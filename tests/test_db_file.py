@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,11 @@ def test_a_replaced_database_is_kept_aside_never_deleted(tmp_path: Path) -> None
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("restored",)]
     db.close()
     assert [r.id for r in s.queued()] == [mine.id]
+    for _ in range(2):  # replaced again within the same second: a second name, none lost
+        shutil.copy(aside, state / "incoming")
+        os.replace(state / "incoming", state / DB_NAME)
+        assert s.check_file() is not None
+    assert len(list(state.glob(f"{DB_NAME}.replaced-*"))) == 3
     s.close()
     again = SqliteJobStore.open(state)
     try:

@@ -74,7 +74,7 @@ class DbFile:
             copy = self.path.with_name(self.path.name + REHOME_SUFFIX)
             self._copy(db, copy)
             if identity(self.path) is not None:  # replaced: kept aside, never deleted
-                aside = self.path.with_name(f"{self.path.name}{REPLACED_SUFFIX}{int(time.time())}")
+                aside = self._aside()
                 os.replace(self.path, aside)
                 done.append(f"the file found there moved to {aside.name}")
             os.replace(copy, self.path)
@@ -86,6 +86,15 @@ class DbFile:
         new = reopen()
         self.opened = identity(self.path)
         return new, "; ".join(done) or "reopened at its path"
+
+    def _aside(self) -> Path:
+        """A name no file has: ``<name>.replaced-<unix time>``, ``-2``, ``-3``... after it."""
+        base = f"{self.path.name}{REPLACED_SUFFIX}{int(time.time())}"
+        aside, n = self.path.with_name(base), 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{base}-{n}")
+        return aside
 
     @staticmethod
     def _copy(db: sqlite3.Connection, copy: Path) -> None:
