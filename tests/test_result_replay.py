@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,3 +104,25 @@ async def test_a_result_deleted_before_its_open_is_a_json_410(
         assert (r.status, body["reason"], body["state"]) == (410, "result_gone", "done"), body
         assert "gone" in body["detail"], body
     assert calls == [1]
+
+
+async def test_a_result_that_cannot_be_read_is_a_json_503_storage_error(
+    engine: TestServer,
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An I/O error opening the result (a failing disk): 503 storage_error in JSON with a
+    detail (messages.storage_error) and a Retry-After, never a 500."""
+    client, job_id, path = await _done_job(engine, aiohttp_client, tmp_path)
+
+    def failing(file: Any, *args: Any, **kwargs: Any) -> IO[Any]:
+        if Path(file) == path:
+            raise OSError(errno.EIO, "Input/output error", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(api, "open", failing, raising=False)
+    async with client.get(f"{JOBS}/{job_id}/result") as r:
+        body = await _json(r)
+        assert (r.status, body["reason"]) == (503, "storage_error"), body
+        assert body["detail"] and int(r.headers["Retry-After"]) > 0
