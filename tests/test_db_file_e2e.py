@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,11 @@ async def test_a_deleted_database_is_put_back_and_every_job_survives_a_restart(
     async with aiohttp.ClientSession() as s:
         first = await _done_job(s, base, 1000)
         (state / "jobs.sqlite3").unlink()
+        deleted = time.monotonic()
         page = await wait_metrics(
             admin, lambda t: metric(t, "gatekeeper_state_db_rehomed_total", 0) == 1
         )
+        print(f"\njob database deleted -> put back within {time.monotonic() - deleted:.2f} s")
         assert metric(page, "gatekeeper_state_db_detached") == 0
         assert (state / "jobs.sqlite3").exists()
         second = await _done_job(s, base, 2000)
