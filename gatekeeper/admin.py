@@ -15,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatekeeper.lifecycle.reload import RELOADER, Reloader
 from gatekeeper.observability.metrics import Metrics
-from gatekeeper.observability.status import StatusSource, status_document
+from gatekeeper.observability.status import StatusSource, entries_limit, status_document
+from gatekeeper.proxy.responses import json_error
 
 
 class Observed(StatusSource, Protocol):
@@ -67,7 +68,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(status_document(request.app[STATE]))
+    try:
+        limit = entries_limit(request.query)
+    except ValueError as exc:
+        return json_error(400, "bad_request", str(exc))
+    return web.json_response(status_document(request.app[STATE], limit))
 
 
 async def reload_rules(request: web.Request) -> web.Response:

@@ -35,9 +35,11 @@ draining, the generation is delivered, and the process exits 0.
 With ``storage=<dir>`` (a small file system the test mounted, issue #18 §1) the state
 directory lives there, a ``queue`` route takes jobs (``queued_job``: held jobs with bodies
 of up to 512 KiB), and a ``disk_full`` fault fills the file system for a moment and frees
-it again. The invariants above still hold, and two more: no answer of gatekeeper is a
-``500`` or a non-JSON 5xx (every storage fault is a JSON ``storage_full`` or
-``storage_error``), and after the phase the fresh generation is still served.
+it again; a ``db_deleted`` fault deletes ``jobs.sqlite3`` under the running process,
+which must put it back by itself within a few ticks. The invariants above still hold,
+and two more: no answer of gatekeeper is a ``500`` or a non-JSON 5xx (every storage
+fault is a JSON ``storage_full`` or ``storage_error``), and after the phase the fresh
+generation is still served.
 
 The schedule is a function of the seed alone: exchange ``i`` draws its action and
 parameters from ``Random(f"{seed}:{i}")``, so a failing seed replays the same shapes (the
@@ -784,6 +786,20 @@ class Chaos:
             filler.unlink()
             self.note("fault: disk space back")
 
+    async def db_deleted(self) -> None:
+        """``rm jobs.sqlite3`` under the running gatekeeper (issue #18 §1): it must be put
+        back at its path by itself, whole, within a few ticks (``jobs.dbwatch``)."""
+        assert self.storage is not None
+        db = self.storage / "state" / "jobs.sqlite3"
+        db.unlink(missing_ok=True)
+        self.note("fault: job database deleted")
+        deadline = time.monotonic() + 6  # dbwatch.RETRY_SECONDS if the disk was full
+        while not db.exists():
+            if time.monotonic() > deadline:
+                raise InvariantViolation(self._report("the deleted job database never came back"))
+            await asyncio.sleep(0.05)
+        self.note("fault: job database back at its path")
+
     async def reload(self, how: str) -> None:
         """Rewrite the rules (retry_after changes; mode and limit kept) and reload."""
         self.retry_after = 2 + (self.retry_after % 5)
@@ -823,6 +839,8 @@ class Chaos:
                 return
             kinds = ["kill_engine", "sighup", "post_reload", "toggle_mode", "disk_full"]
             weights = [2, 1, 1, 0, 3 if self.storage is not None else 0]
+            kinds.append("db_deleted")  # the database deleted under it (storage runs)
+            weights.append(1 if self.storage is not None else 0)
             if self.phase_mode == "mixed":
                 weights[3] = 3
             kind = self.rng.choices(kinds, weights)[0]
@@ -831,6 +849,8 @@ class Chaos:
                 await self.kill_engine()
             elif kind == "disk_full":
                 await self.disk_full(stop)
+            elif kind == "db_deleted":
+                await self.db_deleted()
             elif kind == "toggle_mode":
                 await self.set_mode("cancel" if self.mode == "finish" else "finish")
             else:

@@ -13,7 +13,7 @@ from gatekeeper.app.process import Gatekeeper
 from gatekeeper.app.wiring import create_state
 from gatekeeper.config import load_config
 from gatekeeper.core.lease import Lease
-from gatekeeper.lifecycle.haproxy_agent import AgentServer, Facts, facts_of, reply
+from gatekeeper.lifecycle.haproxy_agent import BUSY_PERCENT, AgentServer, Facts, facts_of, reply
 
 
 def facts(**kw: object) -> Facts:
@@ -77,6 +77,27 @@ async def test_facts_of_counts_free_slots_on_engines_that_are_up() -> None:
         assert facts_of(st).any_engine_up is False and reply(facts_of(st)) == "maint"
         st.gate.draining = True
         assert reply(facts_of(st)) == "drain"
+        ticket.release()
+    finally:
+        await st.runtime.close()
+
+
+async def test_an_orphaned_generation_counts_as_busy_in_the_agent_answer() -> None:
+    """A generation a killed process left running on an engine (``Orphans``, issue #18 §5)
+    occupies a slot in the agent's weight as a running one does, until the engine is
+    known idle: a box whose only engine computes an orphan answers "ready 1%", not 100%."""
+    st = await create_state(load_config(TWO_ENGINES))
+    try:
+        now = st.clock()
+        st.gate.hold_orphan("a", now + 600.0)  # a's only slot: the orphan's
+        assert facts_of(st).free == 2 and reply(facts_of(st)) == "ready 67%"
+        st.gate.hold_orphan(None, now + 600.0)  # engine unknown: every candidate is held
+        assert facts_of(st).free == 1
+        ticket = st.gate.try_admit("generate", st.clock())
+        assert isinstance(ticket, Lease) and ticket.engine == "b"
+        assert facts_of(st).free == 0 and reply(facts_of(st)) == f"ready {BUSY_PERCENT}%"
+        st.gate.engine_busy("a", False)  # a's busy signal: idle, its orphans ended
+        assert facts_of(st).free == 1
         ticket.release()
     finally:
         await st.runtime.close()

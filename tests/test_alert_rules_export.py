@@ -160,8 +160,8 @@ def test_promtool_check_rules() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     count = len(load_config_file(PACKAGED).alerts.rules)
-    # cpu, memory, rejections, upstream x2, stuck, reload, disk, webhooks, queue x2
-    assert count == 11
+    # cpu, memory, rejections, upstream x2, stuck, reload, disk, webhooks, db, queue x2
+    assert count == 12
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 

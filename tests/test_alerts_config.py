@@ -30,6 +30,7 @@ DEFAULT_NAMES = (
     "GatekeeperConfigReloadFailed",
     "GatekeeperStateDiskLow",
     "GatekeeperWebhookFailing",
+    "GatekeeperStateDbDetached",
     "GatekeeperQueueFull",
     "GatekeeperQueueWaitLong",
 )

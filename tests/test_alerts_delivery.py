@@ -232,6 +232,7 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
         "queue_oldest_wait_seconds": 0.0,
         "state_free_bytes": None,  # no waiting room wired: no free-space sample
         "webhook_failing_seconds": 0.0,  # no webhook deliverer wired: nothing failing
+        "state_db_detached": 0.0,  # nor a database that could be detached
     }
     now[0] += 61  # a minute later, with no new events: per-minute rates fall to 0
     st.upstream_up, st.config_reload_failed = False, True
@@ -247,6 +248,7 @@ class FakeJobs:
     """The three readers ``JobService`` provides to metrics and signals."""
 
     floor = SimpleNamespace(free=None)  # no free-space sample yet
+    db = SimpleNamespace(detached=None)  # the job database at its path
 
     def __init__(self, depth: int, arrivals: list[float], results: int = 0):
         self._depth, self.arrivals, self.results = depth, arrivals, results

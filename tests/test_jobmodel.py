@@ -30,7 +30,13 @@ def test_vocab_job_states() -> None:
     assert JOB_STATES == ("queued", "running", "done", "failed", "cancelled", "expired")
     assert {"done", "failed", "cancelled", "expired"} == FINAL_STATES
     assert JobState.QUEUED not in FINAL_STATES and JobState.RUNNING not in FINAL_STATES
-    assert QUEUE_REASONS == ("queue_full", "queue_timeout", "client_limit", "storage_full")
+    assert QUEUE_REASONS == (
+        "queue_full",
+        "queue_timeout",
+        "client_limit",
+        "storage_full",
+        "storage_error",
+    )
     assert (Outcome.QUEUED, Outcome.COALESCED) == ("queued", "coalesced")
 
 

@@ -126,6 +126,7 @@ class FakeJobs:
     """What ``JobService`` gives the gauges: depth, the oldest wait at a time, kept bytes."""
 
     floor = SimpleNamespace(free=None)  # no free-space sample yet
+    db = SimpleNamespace(detached=None)  # the job database at its path
 
     def __init__(self, depth: int, oldest_arrival: float | None, results: int):
         self._depth, self.oldest_arrival, self.results = depth, oldest_arrival, results

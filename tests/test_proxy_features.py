@@ -120,7 +120,7 @@ async def test_each_outcome_goes_to_the_registered_feature(
     registered, with the request's route; the access-log line is written once."""
     rig.handler.register(
         Features(
-            status=lambda: {"ok": True},
+            status=lambda limit: {"ok": True},
             jobs=rig.jobs,
             queue=rig.route_handler("queue"),
             gradio=rig.route_handler("gradio"),
@@ -138,12 +138,14 @@ async def test_status_document_comes_from_the_registered_callable(
     rig: Rig, aiohttp_client: ClientFactory
 ) -> None:
     """The public status path answers what the registered callable returns, uncached."""
-    rig.handler.register(Features(status=lambda: {"hello": "status"}))
+    rig.handler.register(Features(status=lambda limit: {"hello": "status", "limit": limit}))
     client = await aiohttp_client(rig.app())
     async with client.get("/status") as resp:
         assert resp.status == 200
         assert resp.headers["Cache-Control"] == "no-store"
-        assert await resp.json() == {"hello": "status"}
+        assert await resp.json() == {"hello": "status", "limit": 100}  # STATUS_ENTRIES
+    async with client.get("/status?limit=all") as resp:
+        assert await resp.json() == {"hello": "status", "limit": None}
     assert rig.records[0].decision == "status"
 
 

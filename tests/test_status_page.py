@@ -354,6 +354,23 @@ async def test_status_page_shows_the_queue_in_chromium(aiohttp_server: Any, tmp_
 
 
 @pytest.mark.e2e
+async def test_status_page_says_how_many_more_wait_than_are_listed(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A document listing the first waiting jobs only (issue #18 §6: 10,000 waiting, 2
+    listed) shows its rows and one more row: "… and 9998 more waiting"."""
+    import asyncio
+
+    doc = queued_document()
+    doc["queue"] = {**doc["queue"], "waiting": 10_000, "max_waiting": 20_000, "listed": 2}
+    url = await serve_page(aiohttp_server, doc)
+    dom = Dom(await asyncio.to_thread(chromium_dom, url, tmp_path))
+    assert dom.attrs["queue-entries"]["data-count"] == "3"
+    assert '<tr class="queue-more" data-more="9998">' in dom.html
+    assert "… and 9998 more waiting" in dom.html
+
+
+@pytest.mark.e2e
 async def test_status_page_of_an_older_gatekeeper_hides_the_queue(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import load_config
 from gatekeeper.enginesim import SimConfig, create_app
+from gatekeeper.jobs import dbwatch
 from gatekeeper.jobs.floor import DiskFloor
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.service import JobService
@@ -58,6 +59,7 @@ METHODS = (
     "result_path",
     "result_writer.write",
     "result_writer.commit",
+    "check_file",  # the database's place, asked by the tick (jobs.dbwatch)
 )
 FAULTS: tuple[BaseException, ...] = (
     sqlite3.OperationalError("database or disk is full"),
@@ -150,8 +152,13 @@ async def _state(client: TestClient, job_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("method", METHODS)
 async def test_a_store_fault_at_any_call_never_wedges_the_queue(
-    engine: TestServer, aiohttp_client: ClientFactory, tmp_path: Path, method: str
+    engine: TestServer,
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    method: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(dbwatch, "RETRY_SECONDS", 0.1)  # check_file: tried again soon
     # evict runs after a job is done once the results pass jobs.max_bytes
     extra = {"max_bytes": 1} if method == "evict" else {}
     st, client = await _box(engine, aiohttp_client, tmp_path, **extra)
@@ -203,7 +210,9 @@ async def test_a_store_fault_at_any_call_never_wedges_the_queue(
             else:
                 assert r.status != 200, "a failed job's result was served as complete"
                 await _json(r)
-    # The fault is gone: the queue serves the next job to its end.
+    # The fault is gone: the queue serves the next job to its end (a database that
+    # could not be checked is asked again after dbwatch.RETRY_SECONDS).
+    assert await eventually(lambda: jobs.db.detached is None, timeout=3)
     status, body = await _submit(client, 9)
     assert status == 202, body
     for _ in range(100):
@@ -291,7 +300,8 @@ async def test_a_result_file_deleted_is_a_json_answer_not_a_500(
     result.unlink()
     async with client.get(f"{JOBS}/{job_id}/result") as r:
         body = await _json(r)
-        assert r.status == 409 and body["reason"] == "no_result", body
+        assert r.status == 410 and body["reason"] == "result_gone", body
+        assert body["detail"] and body["state"] in ("done", "failed"), body
 
 
 @pytest.mark.parametrize("method", ["recover", "queued"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import Proc, start_engine, start_gatekeeper
+from support import Proc, metric, start_engine, start_gatekeeper
 
 from gatekeeper.cli.status_view import status_report
 from gatekeeper.config import load_config
@@ -119,17 +119,25 @@ def test_check_warns_when_no_route_gates_anything() -> None:
 
 RULES = """\
 admission:
-  expected_seconds: 2
+  expected_seconds: 600
+log:
+  ungated: {slow_answer: 1s}
 routes:
   - {name: everything, match: {path: /**}, action: pass}
 """
+
+
+def _ungated(kind: str) -> str:
+    return f'gatekeeper_ungated_generations_total{{kind="{kind}",route="everything"}}'
 
 
 async def test_a_slow_pass_answer_is_counted_and_warned_once(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """A real gatekeeper whose routes gate nothing: an engine call that takes 1.5 s before
-    its head (threshold 1 s) and a Gradio join show in /status and one WARNING line."""
+    its head (log.ungated.slow_answer 1 s; the derived threshold would be 30 s) and a
+    Gradio join show in /status, in gatekeeper_ungated_generations_total (at 0 before) and
+    one WARNING line."""
     engine, upstream = start_engine(tmp_path)
     procs.append(engine)
     gk, proxy, admin = start_gatekeeper(tmp_path, RULES, upstream)
@@ -137,10 +145,16 @@ async def test_a_slow_pass_answer_is_counted_and_warned_once(
     async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
         assert (await c.get(proxy + "/_sim/sleep?seconds=0.01")).status_code == 200
         assert (await c.get(admin + "/status")).json()["ungated"] is None
+        page = (await c.get(admin + "/metrics")).text
+        for kind in ("slow_answer", "gradio_join"):
+            assert metric(page, _ungated(kind)) == 0
         for _ in range(2):
             assert (await c.get(proxy + "/_sim/sleep?seconds=1.5")).status_code == 200
         await c.post(proxy + "/gradio_api/queue/join", json={})
         doc = (await c.get(admin + "/status")).json()
+        page = (await c.get(admin + "/metrics")).text
+    assert metric(page, _ungated("slow_answer")) == 2
+    assert metric(page, _ungated("gradio_join")) == 1
     assert "ungated_generations" in doc["warnings"]
     assert doc["ungated"]["count"] == 3
     assert doc["ungated"]["by_route"] == {"everything": 3}

@@ -7,15 +7,13 @@ import random
 import pytest
 
 from gatekeeper.core.vocab import QueueReason
+from gatekeeper.jobs.schedule import retry_after_client, retry_after_full, retry_after_timeout
 from gatekeeper.jobs.waitroom import (
     QueueLimits,
     Waiter,
     WaitingRoom,
     eta_for,
     eta_new,
-    retry_after_client,
-    retry_after_full,
-    retry_after_timeout,
     start_delays,
 )
 

@@ -1,7 +1,7 @@
 """The O(log n) waiting room gives exactly the old room's results (issue #18 §6).
 
 Random sequences of join / leave / pop_next / expire over few and many client
-keys: after every step, ``order()``, every waiter's ``position`` and every
+keys: after every step, ``order()``, its first k (``first``), every waiter's ``position`` and every
 popped or expired waiter are the reference implementation's
 (``waitroom_reference.ReferenceRoom``, the OrderedDict room it replaces).
 """
@@ -49,6 +49,8 @@ def test_same_results_as_the_reference_room(seed: int, clients: int, steps: int)
             assert ids(room.expire(now)) == ids(ref.expire(now))
         order = ids(ref.order())
         assert ids(room.order()) == order
+        k = rng.randrange(len(order) + 2)
+        assert ids(room.first(k)) == order[:k]  # the status document's list (issue #18 §6)
         assert len(room) == len(ref)
         for i, job_id in enumerate(order, start=1):
             assert room.position(job_id) == i
@@ -75,6 +77,8 @@ def test_a_long_queue_of_one_client_and_many_leaving() -> None:
     order = ids(ref.order())
     assert ids(room.order()) == order
     assert [room.position(j) for j in order] == list(range(1, len(order) + 1))
+    for k in (0, 1, 37, 100, len(order), len(order) + 5):
+        assert ids(room.first(k)) == order[:k]
 
 
 def test_labels_stay_ordered_when_one_gap_is_filled_again_and_again() -> None:

@@ -116,14 +116,14 @@ class AppState:
         self.metrics.prime_routes((r.name, r.action) for r in routes)
         self.metrics.prime_alerts((r.alert, r.severity) for r in self.config.alerts.rules)
 
-    def queue_sections(self, now: float) -> Mapping[str, Any]:
+    def queue_sections(self, now: float, limit: int | None) -> Mapping[str, Any]:
         """The waiting room's sections of the status document (none without one)."""
         if self.jobs is None:
             return {}
         jobs = jobs_status(self.jobs)
         if self.webhooks is not None:
             jobs["webhooks"] = self.webhooks.backlog()
-        return {"queue": queue_status(self.jobs, now), "jobs": jobs}
+        return {"queue": queue_status(self.jobs, now, limit), "jobs": jobs}
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:

@@ -239,15 +239,19 @@ def _recorder(st: AppState, access: AccessLog) -> Callable[[RequestRecord], None
 
     def record(rec: RequestRecord) -> None:
         access(rec)
-        st.ungated.observe(
+        cfg = st.config
+        kind = st.ungated.observe(
             route=rec.route,
             action=rec.action,
             method=rec.method,
             path=rec.path,
             head_seconds=rec.upstream_head_seconds,
-            limit=ungated_threshold(st.config.admission.expected_seconds),
+            limit=ungated_threshold(cfg.admission.expected_seconds, cfg.log.ungated.slow_answer),
             now=st.clock(),
+            interval=cfg.log.ungated.warn_every,
         )
+        if kind is not None:
+            st.metrics.ungated.labels(rec.route, kind).inc()
 
     return record
 
@@ -274,7 +278,7 @@ def build_proxy_app(
     # The plan's outcomes that features serve; the proxy imports none of them.
     handler.register(
         Features(
-            status=lambda: status_document(st),
+            status=lambda limit: status_document(st, limit),
             jobs=_events_end_at_stop(
                 JobsEndpoint(jobs, st.clock, BatchApi(jobs, st.clock)), ports.streams
             )

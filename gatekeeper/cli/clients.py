@@ -54,6 +54,12 @@ def add_client_commands(sub: Any, command: Callable[..., argparse.ArgumentParser
     _admin_options(status)
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help="list every waiting job (default: the first 100; at 10,000 waiting the full"
+        " list costs gatekeeper ~80 ms of event loop per refresh)",
+    )
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     status.add_argument("--timeout", type=float, default=3.0, help="request timeout in seconds")
     status.set_defaults(func=cmd_status)

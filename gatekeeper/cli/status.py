@@ -50,7 +50,7 @@ def show_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{exc}\n(pass --admin URL to skip reading the rules file)", file=sys.stderr)
         return 2
-    url = base + "/status"
+    url = base + ("/status?limit=all" if args.all else "/status")
 
     def fetch(client: httpx.Client) -> dict[str, object]:
         resp = client.get(url)

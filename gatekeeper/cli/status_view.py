@@ -234,6 +234,9 @@ def queue_lines(doc: dict[str, Any]) -> list[str]:
             line += f"   FULL: a new request now gets Retry-After: {q['retry_after']}"
         lines.append(line)
         lines.extend(queue_entry_line(e) for e in q.get("entries") or [] if isinstance(e, dict))
+        more = int(q.get("waiting") or 0) - int(q.get("listed", q.get("waiting")) or 0)
+        if more > 0:  # the document lists the first ones only (issue #18 §6)
+            lines.append(f"    ... and {more} more waiting (gatekeeper status --all lists them)")
     j = doc.get("jobs")
     if isinstance(j, dict):
         line = f"  {'results':<11} {size(j.get('results_bytes') or 0)} kept"

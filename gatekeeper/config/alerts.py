@@ -39,6 +39,7 @@ SIGNALS: tuple[str, ...] = (
     "queue_oldest_wait_seconds",
     "state_free_bytes",
     "webhook_failing_seconds",
+    "state_db_detached",
 )
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")

@@ -297,6 +297,12 @@ class Gate:
             out[key] = out.get(key, 0) + n
         return out
 
+    def occupied_on(self, engine: str, now: float) -> int:
+        """Slots of a listed ``engine`` taken now: our leases on its address plus the
+        orphans a previous process left there (what ``pick`` counts; the HAProxy agent's
+        weight reads this, so a box busy with an orphan is not offered as free)."""
+        return self._occupied(now).get(self._key(engine), 0)
+
     def hold_orphan(self, engine: str | None, until: float, signal: bool = False) -> None:
         """A generation a previous process left on ``engine`` (None: unknown, hold all):
         one of its slots until it reports idle (``engine_busy``), or ``until`` (``Orphans``)."""

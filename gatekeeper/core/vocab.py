@@ -52,6 +52,8 @@ class QueueReason(StrEnum):
     CLIENT_LIMIT = "client_limit"
     # The state directory is below jobs.min_free_bytes (issue #18 §1): no new job is written.
     STORAGE_FULL = "storage_full"
+    # The job database was deleted or replaced and cannot be put back (issue #18 §1).
+    STORAGE_ERROR = "storage_error"
 
 
 class JobState(StrEnum):

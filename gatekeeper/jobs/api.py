@@ -9,8 +9,9 @@
                            and ETA changes included, at most 2 a second: ``watch``);
                            ends at a final state (``: keep-alive`` when quiet 15 s)
 ``GET    <id>/result``     the engine's stored answer replayed (status, end-to-end
-                           headers, body from disk; ``Range`` on a 200); 409 with
-                           the state before it is done, 410 once expired
+                           headers, body from disk; ``Range`` on a 200: ``replay``);
+                           409 with the state before it is done, 410 once expired
+                           or when its file is gone
 ``DELETE <id>``            let go of the job: this id only, when other requests
                            hold the same job (coalesced: each has its own id);
                            by the last holder: queued -> removed; running -> per
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +46,7 @@ from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
 from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.replay import served
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.states import kept_whole
 from gatekeeper.proxy.responses import json_answer, json_body, json_error
@@ -200,10 +201,7 @@ class JobsApi:
             return _answer(
                 410, "expired", "the result was kept for jobs.keep and is gone", rid, state=state
             )
-        path = self.jobs.store.result_path(row.id)
-        if path is not None and path.name != row.id:
-            path = None  # a partial file (.part) is never a final job's result
-        if row.result_status is None or path is None or not kept_whole(state, row.reason):
+        if row.result_status is None or not kept_whole(state, row.reason):
             return _answer(
                 409,
                 "no_result",
@@ -212,37 +210,22 @@ class JobsApi:
                 state=state,
                 job_reason=row.reason,
             )
+        path = self.jobs.store.result_path(row.id)
+        if path is None or path.name != row.id:  # a partial file is never a final job's result
+            return _gone(found, rid, "no such file")
         headers = end_to_end(_cim(row.result_headers or ()), drop=_NOT_REPLAYED)
         headers[REQUEST_ID] = rid
         headers["X-Gatekeeper-Job"] = handle_id
         try:
-            # Opened first: a file deleted from here on is still read whole (the inode
-            # lives while open); one already gone is a JSON answer, never a 500.
+            # Opened first, and everything below reads this descriptor: a file deleted or
+            # replaced from here on is still read whole (the inode lives while open).
             f = open(path, "rb")  # noqa: SIM115, ASYNC230 - page-cache reads, as spool.py
+        except FileNotFoundError as exc:
+            return _gone(found, rid, describe(exc))
         except OSError as exc:
-            return _answer(
-                409,
-                "no_result",
-                f"the job is {state} but its stored answer cannot be read ({describe(exc)})",
-                rid,
-                state=state,
-                job_reason=row.reason,
-            )
+            raise StorageError("reading the result", exc) from exc
         with f:
-            if row.result_status == 200:
-                # aiohttp serves Range, If-Range, HEAD and sendfile from the file (it opens
-                # it again: deleted in between, it answers a bodiless 404, never a 200).
-                return web.FileResponse(path, headers=headers)
-            out = web.StreamResponse(
-                status=row.result_status, reason=row.result_reason, headers=headers
-            )
-            out.content_length = os.fstat(f.fileno()).st_size
-            await out.prepare(request)
-            if request.method != "HEAD":
-                while chunk := f.read(256 * 1024):
-                    await out.write(chunk)
-            await out.write_eof()
-            return out
+            return await served(request, f, row.result_status, row.result_reason, headers)
 
     async def _events(self, request: web.BaseRequest, job_id: str, rid: str) -> web.StreamResponse:
         out = web.StreamResponse(
@@ -293,6 +276,19 @@ class JobsApi:
             if not woken and self.clock() >= wrote + KEEPALIVE_SECONDS:
                 wrote = self.clock()
                 await out.write(b": keep-alive\n\n")
+
+
+def _gone(found: Job, rid: str, why: str) -> web.Response:
+    """A kept answer whose file is gone (deleted by hand, or by a broken disk)."""
+    return _answer(
+        410,
+        "result_gone",
+        f"the job is {found.state} but its stored answer is gone from the state directory"
+        f" ({why}); submit the request again",
+        rid,
+        state=found.state,
+        job_reason=found.record.reason,
+    )
 
 
 async def _either(a: asyncio.Event, b: asyncio.Event, within: float) -> bool:

@@ -121,6 +121,9 @@ class GuardedStore:
         with contextlib.suppress(*STORAGE_FAULTS):  # a broken database: nothing more to lose
             self.inner.close()
 
+    def check_file(self) -> str | None:
+        return guarded("putting the database back at its path", self.inner.check_file)
+
     def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
         return guarded("create", lambda: self.inner.create(record, outbox))
 

@@ -39,8 +39,8 @@ from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import AdmitReason, QueueReason
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.model import Job, Refused
-from gatekeeper.jobs.schedule import Schedule
-from gatekeeper.jobs.waitroom import Waiter, WaitingRoom, eta_for, retry_after_client
+from gatekeeper.jobs.schedule import Schedule, retry_after_client
+from gatekeeper.jobs.waitroom import Waiter, WaitingRoom, eta_for
 
 log = logging.getLogger("gatekeeper.jobs")
 

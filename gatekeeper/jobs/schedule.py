@@ -1,23 +1,20 @@
 """When each job will start and be done: the waiting room's ETAs and Retry-After values.
 
-The arithmetic is pure (``waitroom.start_delays`` and friends); this class reads
+The arithmetic is pure (``waitroom.start_delays`` and friends, and the
+``retry_after_*`` functions below); this class reads
 its inputs: the running slots' elapsed times from the gate (each expected to
 take the gate's running estimate) and the waiters' order from the room.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.model import Job
-from gatekeeper.jobs.waitroom import (
-    WaitingRoom,
-    eta_for,
-    eta_new,
-    retry_after_client,
-    retry_after_full,
-    retry_after_timeout,
-)
+from gatekeeper.jobs.waitroom import WaitingRoom, eta_for, eta_new, start_delay
 
 
 class Schedule:
@@ -73,3 +70,25 @@ class Schedule:
         """``queue_timeout``: when a newcomer behind today's queue would start."""
         remaining, slots, expected = self.running_remaining(now)
         return retry_after_timeout(remaining, slots, len(self.room), expected)
+
+
+def _seconds(x: float) -> int:
+    """A Retry-After value: whole seconds rounded up, at least 1 (RFC 9110 §10.2.3)."""
+    return max(1, math.ceil(x))
+
+
+def retry_after_full(running_remaining: Sequence[float], slots: int, expected: float) -> int:
+    """``queue_full``: when a place frees, i.e. when the first waiter starts."""
+    return _seconds(start_delay(running_remaining, slots, 0, expected))
+
+
+def retry_after_timeout(
+    running_remaining: Sequence[float], slots: int, waiting: int, expected: float
+) -> int:
+    """``queue_timeout``: when a newcomer behind today's ``waiting`` would start."""
+    return _seconds(start_delay(running_remaining, slots, waiting, expected))
+
+
+def retry_after_client(client_done_in: Sequence[float]) -> int:
+    """``client_limit``: when the client's earliest job (waiting or running) is done."""
+    return _seconds(min(client_done_in, default=1.0))

@@ -22,9 +22,8 @@ mode (microseconds; bench/ measures).
 Storage faults never wedge the queue (issue #18 §1): any failure of the state
 directory is one ``guard.StorageError``; dispatch stores a claim before it takes
 a lease (a waiter whose claim failed waits again) and releases the lease itself
-until the runner task owns it; ``finish``
-never raises for a store that cannot write (``unsaved``: ``find`` reads it, the
-tick writes it later: ``upkeep``).
+until the runner task owns it; ``finish`` never raises for a store that cannot
+write (``unsaved``: ``find`` reads it, the tick writes it later: ``upkeep``).
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import JobState, QueueReason
 from gatekeeper.jobs import runner, upkeep
 from gatekeeper.jobs.batch.book import OpenItems
+from gatekeeper.jobs.dbwatch import DbWatch
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
@@ -54,6 +54,7 @@ from gatekeeper.jobs.outbox import JobEvents, Silent
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.service_handles import HandleOps
+from gatekeeper.jobs.service_reads import ReadOps
 from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
@@ -61,11 +62,12 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService(HandleOps, GuestOps):
+class JobService(HandleOps, GuestOps, ReadOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
         self.floor = DiskFloor(state_dir)
+        self.db = DbWatch(deps.metrics.state_db_rehomed.inc)  # the database file (dbwatch)
         # Jobs whose ending the store could not write yet (the tick retries; find reads them).
         self.unsaved: dict[str, Job] = {}
         self._hold_until = 0.0  # no claim before this (loop clock): the store just failed
@@ -128,6 +130,7 @@ class JobService(HandleOps, GuestOps):
             await cancel_and_wait([self._task])
             self._task = None
         runners = [j.task for j in self.live.values() if j.task is not None]
+        self.db.lost_at_stop(self.store.check_file, len(self.room), len(runners))
         await cancel_and_wait([t for t in runners if not t.done()])
         upkeep.save_unsaved(self)
         self._release_store()
@@ -210,7 +213,8 @@ class JobService(HandleOps, GuestOps):
         self._changed_all()
 
     def storage_refusal(self, now: float) -> Refused | None:
-        return self.floor.refusal(self.config, len(self.room))  # decidable from a head alone
+        waiting = len(self.room)  # decidable from a head alone (the disk's floor, dbwatch)
+        return self.floor.refusal(self.config, waiting) or self.db.refusal(self.config, waiting)
 
     def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
         limits = queue_limits(cfg)
@@ -292,9 +296,10 @@ class JobService(HandleOps, GuestOps):
                 self.finish(job, Endings.INTERNAL)
 
     def _held(self, now: float) -> bool:
-        """No claim now: the store just failed one, or the state directory is below its
-        floor (a result could not be written; the waiter keeps its place until space returns)."""
-        return now < self._hold_until or self.floor.below(self.config.jobs.min_free_bytes)
+        """No claim now: the store just failed one, the database is not at its path
+        (``dbwatch``), or the state directory is below its floor (until space returns)."""
+        held = now < self._hold_until or self.db.detached is not None
+        return held or self.floor.below(self.config.jobs.min_free_bytes)
 
     def _start(self, job: Job, ticket: Lease, now: float) -> None:
         deps = self.deps
@@ -381,16 +386,3 @@ class JobService(HandleOps, GuestOps):
     def _changed_all(self) -> None:
         ev, self._changed = self._changed, asyncio.Event()
         ev.set()
-
-    def any_change(self) -> asyncio.Event:
-        return self._changed
-
-    def depth(self) -> int:
-        return len(self.room)
-
-    def oldest_wait(self, now: float) -> float:
-        oldest = self.room.oldest_arrival()
-        return 0.0 if oldest is None else max(0.0, now - oldest)
-
-    def results_bytes(self) -> int:
-        return self.store.results_bytes()

@@ -48,7 +48,8 @@ from gatekeeper.jobs import (
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
-from gatekeeper.jobs.statedir import add_missing_columns, cause, open_state
+from gatekeeper.jobs.sqlite_file import DbFile
+from gatekeeper.jobs.statedir import DB_NAME, add_missing_columns, cause, open_db, open_state
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
 
@@ -66,6 +67,14 @@ _INSERTED = tuple(c for c in COLUMNS if c != "seq")
 _INSERT = f"INSERT INTO jobs ({', '.join(_INSERTED)}) VALUES ({', '.join('?' * len(_INSERTED))})"
 _LIVE = tuple(s.value for s in LIVE_STATES)
 _KEPT = tuple(s.value for s in KEPT_STATES)
+
+
+def _closed(db: sqlite3.Connection) -> bool:
+    try:
+        db.total_changes  # noqa: B018 - raises on a closed connection
+    except sqlite3.ProgrammingError:
+        return True
+    return False
 
 
 def _marks(values: tuple[Any, ...]) -> str:
@@ -89,6 +98,9 @@ class SqliteJobStore(
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False
+        # The file SQLite holds, to notice it deleted or replaced (``check_file``).
+        self._file = DbFile(directory / DB_NAME)
+        self._db_closed = False  # by a ``check_file`` that failed after closing it
         with self._txn() as txn:
             sqlite_fair.rebuild(txn)  # as the service rebuilds its waiting room at start
             sqlite_outbox.release(txn)  # no attempt of the last process is still going
@@ -112,6 +124,23 @@ class SqliteJobStore(
         self._db.close()
         if not self._lock.closed:
             self._lock.close()  # closing the descriptor drops the flock
+
+    def check_file(self) -> str | None:
+        """None while the database file is the one at its path; else (deleted or
+        replaced under this process) put it back there and say what was done
+        (``sqlite_file``); an OSError or sqlite3.Error when it cannot be."""
+        if not self._db_closed and not self._file.moved():
+            return None
+        try:
+            db, done = self._file.rehome(
+                None if self._db_closed else self._db,
+                lambda: open_db(self.directory, _SCHEMA),
+            )
+        except BaseException:
+            self._db_closed = self._db_closed or _closed(self._db)
+            raise
+        self._db, self._db_closed = db, False
+        return done
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:

@@ -95,6 +95,13 @@ class JobStore(Protocol):
     def close(self) -> None:
         """Release the store; safe to call more than once."""
 
+    def check_file(self) -> str | None:
+        """Are the store's records still where it keeps them? None if so; else (its
+        database file deleted or replaced under this process) put them back and say
+        what was done; raise (``OSError``, ``sqlite3.Error``) when that fails. A store
+        that keeps no file returns None."""
+        ...
+
     # -- records
 
     def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:

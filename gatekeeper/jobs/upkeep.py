@@ -5,6 +5,8 @@ at a time, each on its own so that one failing never skips the others nor
 ends the loop (issue #18 §1: an exception in ``dispatch`` used to end the tick
 and wedge the queue for good):
 
+- check that the job database is still at its path, and put it back if it was
+  deleted or replaced (``dbwatch``: one ``stat``);
 - sample the state directory's free space (``floor.DiskFloor``: the
   ``storage_full`` refusal and the ``gatekeeper_state_free_bytes`` gauge);
 - write the endings the store could not take when they happened (``save_unsaved``);
@@ -57,6 +59,8 @@ async def tick(jobs: JobService) -> None:
 def steps(jobs: JobService, now: float) -> list[Callable[[], object]]:
     """What one tick does, in order (module text)."""
     todo: list[Callable[[], object]] = []
+    if jobs.db.due(now):
+        todo.append(lambda: jobs.db.check(jobs.store.check_file, now))
     if jobs.floor.due(now):
         todo.append(lambda: jobs.floor.sample(now, jobs.config.jobs.min_free_bytes))
     if jobs.unsaved:

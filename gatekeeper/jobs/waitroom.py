@@ -16,11 +16,11 @@ order is A B C A C A A A ...: one user's ten jobs cannot starve another's one.
 Cost: ``join``, ``leave``, ``pop_next`` and ``position`` are O(log n)
 (``WaitingRoom`` says how), ``waiting_for``, ``len`` and ``in`` O(1),
 ``expire`` O(log n) per waiter it removes; ``oldest_arrival`` is O(clients);
-``order`` and ``waiters`` are O(n). The ETA arithmetic below is O(slots) per
-waiter (``start_delay``), whatever its position.
+``order`` and ``waiters`` are O(n), ``first(k)`` O(k + log n). The ETA
+arithmetic below is O(slots) per waiter (``start_delay``), whatever its position.
 
-Below the room, the arithmetic of when a waiter will start (``start_delays``)
-and the honest ``Retry-After`` of each queue refusal.
+Below the room, the arithmetic of when a waiter will start (``start_delays``);
+the honest ``Retry-After`` of each queue refusal is ``schedule``'s.
 
 Usage::
 
@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count as _count
@@ -49,9 +48,6 @@ __all__ = [
     "WaitingRoom",
     "eta_for",
     "eta_new",
-    "retry_after_client",
-    "retry_after_full",
-    "retry_after_timeout",
     "start_delay",
     "start_delays",
 ]
@@ -131,7 +127,8 @@ class WaitingRoom:
       last key is removed, no other key changes;
     - a waiter's rank within its client is a Fenwick prefix sum.
 
-    ``order`` and ``waiters`` are O(n); ``oldest_arrival`` O(clients). ``expire``
+    ``order`` and ``waiters`` are O(n), ``first(k)`` O(k + log n); ``oldest_arrival``
+    O(clients). ``expire``
     is O(log n) per waiter it removes (a min-heap of deadlines with lazy deletion,
     rebuilt when stale entries outnumber live ones).
     """
@@ -219,6 +216,23 @@ class WaitingRoom:
             c.key: [w for w in c.items[c.first :] if w is not None] for c in self._clients.values()
         }
         return [queues[c.key][rnd - c.round] for rnd, c in self._keys]
+
+    def first(self, k: int) -> list[Waiter]:
+        """The first ``k`` of ``order()``, in O(k + log n) (the status document's list:
+        a page polled at 10,000 waiting must not walk them all)."""
+        out: list[Waiter] = []
+        cursor: dict[str, int] = {}  # each client's next index in its items
+        for _rnd, c in self._keys:  # in key order: each client's ranks come 0, 1, 2, ...
+            if len(out) >= k:
+                break
+            i = cursor.get(c.key, c.first)
+            while c.items[i] is None:
+                i += 1
+            w = c.items[i]
+            assert w is not None
+            out.append(w)
+            cursor[c.key] = i + 1
+        return out
 
     def position(self, job_id: str) -> int | None:
         """1-based index of ``job_id`` in ``order()``; None if it is not waiting."""
@@ -376,25 +390,3 @@ def eta_new(
     if free:
         return expected
     return start_delay(running_remaining, slots, waiting, expected) + expected
-
-
-def _seconds(x: float) -> int:
-    """A Retry-After value: whole seconds rounded up, at least 1 (RFC 9110 §10.2.3)."""
-    return max(1, math.ceil(x))
-
-
-def retry_after_full(running_remaining: Sequence[float], slots: int, expected: float) -> int:
-    """``queue_full``: when a place frees, i.e. when the first waiter starts."""
-    return _seconds(start_delay(running_remaining, slots, 0, expected))
-
-
-def retry_after_timeout(
-    running_remaining: Sequence[float], slots: int, waiting: int, expected: float
-) -> int:
-    """``queue_timeout``: when a newcomer behind today's ``waiting`` would start."""
-    return _seconds(start_delay(running_remaining, slots, waiting, expected))
-
-
-def retry_after_client(client_done_in: Sequence[float]) -> int:
-    """``client_limit``: when the client's earliest job (waiting or running) is done."""
-    return _seconds(min(client_done_in, default=1.0))

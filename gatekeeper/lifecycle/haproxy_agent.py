@@ -52,7 +52,7 @@ class Facts:
 
     draining: bool
     slots: int  # every listed engine's max_in_flight, summed
-    free: int  # slots on engines that are up (or not probed yet) and not in use
+    free: int  # slots on engines that are up (or not probed yet), not in use nor orphaned
     overloaded: tuple[str, ...]  # resource reasons now: "cpu", "memory", PSI, GPU
     any_engine_up: bool  # False only when every engine's probe said down
     waiting: int = 0  # jobs in the waiting room (not part of the answer; for the log)
@@ -93,14 +93,16 @@ class Watched(Protocol):
 
 def facts_of(st: Watched) -> Facts:
     """The running state as ``Facts``: the one place the agent reads it."""
-    gate = st.gate
+    gate, now = st.gate, st.clock()
     slots = gate.limits.slots
+    # Occupied as the gate counts it when it picks an engine: leases and orphans (a
+    # generation a killed process left running is as busy as one of ours).
     free = sum(
-        max(0, e.max_in_flight - gate.in_flight_on(e.name))
+        max(0, e.max_in_flight - gate.occupied_on(e.name, now))
         for e in slots
         if gate.engine_up.get(e.name) is not False
     )
-    overloaded = tuple(r for r in gate.reasons(st.clock()) if r in RESOURCE_REASONS)
+    overloaded = tuple(r for r in gate.reasons(now) if r in RESOURCE_REASONS)
     return Facts(
         draining=gate.draining,
         slots=sum(e.max_in_flight for e in slots),

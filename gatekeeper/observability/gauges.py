@@ -20,6 +20,7 @@ from gatekeeper.observability.alerts.inputs import (
     queue_depth,
     queue_oldest_wait,
     results_bytes,
+    state_db_detached,
     state_free_bytes,
 )
 from gatekeeper.observability.metrics import Metrics
@@ -72,6 +73,7 @@ def wire_gauges(st: Mirrored) -> None:
     m.queue_max_wait.set_function(lambda: queue_bounds(st)[1])
     m.results_bytes.set_function(lambda: results_bytes(st))
     m.state_free_bytes.set_function(lambda: _or_nan(state_free_bytes(st)))
+    m.state_db_detached.set_function(lambda: state_db_detached(st))
     wire_engine_gauges(m, gate, st.config.upstream.engines)
 
 

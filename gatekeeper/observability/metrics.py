@@ -62,6 +62,9 @@ QUEUE_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 36
 # |actual - predicted| / actual of a job's done time, predicted at its arrival (goal: 0.2).
 ETA_ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
 
+# What ``observability.ungated`` reports of a pass request that looks like a generation.
+UNGATED_KINDS = ("slow_answer", "gradio_join")
+
 # A queue route's requests can end in every outcome but those of pass and block routes.
 _NOT_GATED = (Outcome.PASSED, Outcome.BLOCKED)
 
@@ -126,6 +129,13 @@ class Metrics:
         self.upstream_up = Gauge(
             "gatekeeper_upstream_up",
             "1 when the periodic upstream probe got an answer.",
+            registry=r,
+        )
+        self.ungated = Counter(
+            "gatekeeper_ungated_generations",
+            "Requests on pass routes that looked like generations passing ungated, by route"
+            " and kind (slow_answer: log.ungated.slow_answer before the head; gradio_join).",
+            ["route", "kind"],
             registry=r,
         )
         self.draining = Gauge(
@@ -220,6 +230,8 @@ class Metrics:
                 outcomes, reasons = (Outcome.BLOCKED,), ("blocked",)
             else:
                 outcomes, reasons = (Outcome.PASSED,), ()
+                for kind in UNGATED_KINDS:
+                    self.ungated.labels(name, kind)
             for outcome in outcomes:
                 self.requests.labels(name, outcome)
             for reason in reasons:
@@ -339,6 +351,18 @@ class Metrics:
             "gatekeeper_state_free_bytes",
             "Free bytes on the state directory's file system (sampled every 0.25 s by the"
             " jobs tick; below jobs.min_free_bytes new jobs are refused storage_full).",
+            registry=r,
+        )
+        self.state_db_detached = Gauge(
+            "gatekeeper_state_db_detached",
+            "1 while the job database was deleted or replaced under gatekeeper and could not"
+            " be put back at its path (new jobs are refused storage_error).",
+            registry=r,
+        )
+        self.state_db_rehomed = Counter(
+            "gatekeeper_state_db_rehomed",
+            "Times the job database, deleted or replaced under gatekeeper, was put back at"
+            " its path whole (the open database copied; a replacement kept aside).",
             registry=r,
         )
         self.results_bytes = Gauge(

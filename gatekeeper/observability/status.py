@@ -11,7 +11,9 @@ is refused ``engine_down`` (a queued job waits). Every engine down is also the
 warning ``upstream_unavailable``. ``engines`` lists each engine: its state, its
 slots and what runs on it. The waiting room's sections (``queue``, ``jobs``)
 come from the source (``StatusSource.queue_sections``): the jobs feature sits
-above observability and renders its own.
+above observability and renders its own; they list the running jobs and the
+first ``STATUS_ENTRIES`` waiting ones (``?limit=N`` or ``?limit=all``), with
+the totals, so the document stays cheap at 10,000 waiting.
 """
 
 from __future__ import annotations
@@ -57,11 +59,34 @@ class StatusSource(Protocol):
     @property
     def ungated(self) -> UngatedWatch: ...
 
-    def queue_sections(self, now: float) -> Mapping[str, Any]:
-        """The waiting room's ``queue`` and ``jobs`` sections; empty without one."""
+    def queue_sections(self, now: float, limit: int | None) -> Mapping[str, Any]:
+        """The waiting room's ``queue`` and ``jobs`` sections; empty without one.
+        ``queue.entries`` lists the running jobs and the first ``limit`` waiting (None: all)."""
 
 
-def status_document(st: StatusSource) -> dict[str, Any]:
+# The waiting jobs a status document lists by default: the first ones, in the order they
+# will start (issue #18 §6: listing 10,000 is one ~80 ms event-loop callback). The
+# ``limit`` query parameter of /status and of the public status path lists N, or ``all``.
+STATUS_ENTRIES = 100
+
+
+def entries_limit(query: Mapping[str, str]) -> int | None:
+    """The ``limit`` query parameter: a count (>= 0), ``all`` (None: every waiting job),
+    or absent (``STATUS_ENTRIES``). ValueError, with the text a 400 shows, otherwise."""
+    raw = query.get("limit")
+    if raw is None:
+        return STATUS_ENTRIES
+    if raw == "all":
+        return None
+    if raw.isdigit() and len(raw) <= 9:
+        return int(raw)
+    raise ValueError(
+        f"limit must be a count of waiting jobs to list (0 or more) or all, not {raw!r}"
+    )
+
+
+def status_document(st: StatusSource, limit: int | None = STATUS_ENTRIES) -> dict[str, Any]:
+    """The document; ``queue.entries`` lists at most ``limit`` waiting jobs (None: all)."""
     now = st.clock()
     gate = st.gate
     cfg = st.config
@@ -132,7 +157,7 @@ def status_document(st: StatusSource) -> dict[str, Any]:
         "alerts": list(st.alerts_firing),
         # Requests that looked like generations but passed ungated: how many, where, latest.
         "ungated": ungated,
-        **st.queue_sections(now),
+        **st.queue_sections(now, limit),
     }
 
 

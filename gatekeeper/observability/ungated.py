@@ -7,16 +7,18 @@ silent. Two kinds of requests on a ``pass`` route look like a generation:
 
 - ``slow_answer``: the engine took ``threshold`` seconds or more to send the *head*
   of its answer. Downloads and progress streams answer at once and then stream; a
-  generation computes for minutes first. The threshold is a quarter of
-  ``admission.expected_seconds``, between 1 s and 30 s.
+  generation computes for minutes first. The threshold is ``log.ungated.slow_answer``,
+  by default a quarter of ``admission.expected_seconds``, between 1 s and 30 s.
 - ``gradio_join``: a Gradio queue join (``…/queue/join``) or a direct
   ``…/run/<api>``/``…/call/<api>`` call: that is how a Gradio app starts its work,
   and it belongs on an ``action: gradio`` route.
 
 ``looks_like_generation`` is the pure decision. ``UngatedWatch`` counts them (for
-``/status`` and ``gatekeeper status``) and logs one WARNING for the first, then at most
-one every ``LOG_INTERVAL`` with the count since the last: a box sending every song
-ungated gets a handful of lines a day, not one per request.
+``/status`` and ``gatekeeper status``; the wiring counts each one in
+``gatekeeper_ungated_generations_total{route,kind}`` too) and logs one WARNING for the
+first, then at most one every ``log.ungated.warn_every`` (``LOG_INTERVAL`` by default)
+with the count since the last: a box sending every song ungated gets a handful of
+lines a day, not one per request.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ MIN_THRESHOLD, MAX_THRESHOLD = 1.0, 30.0
 _GRADIO_CALLS = ("/gradio_api/run/", "/gradio_api/call/")
 
 
-def threshold(expected_seconds: float) -> float:
-    """Seconds before an ungated answer's head that make it look like a generation."""
+def threshold(expected_seconds: float, configured: float | None = None) -> float:
+    """Seconds before an ungated answer's head that make it look like a generation:
+    ``configured`` (``log.ungated.slow_answer``), else derived from the expected duration."""
+    if configured is not None:
+        return configured
     return min(MAX_THRESHOLD, max(MIN_THRESHOLD, expected_seconds / 4))
 
 
@@ -75,6 +80,7 @@ class UngatedWatch:
         head_seconds: float | None,
         limit: float,
         now: float,
+        interval: float = LOG_INTERVAL,
     ) -> str | None:
         """Count one finished request if it looks like an ungated generation."""
         kind = looks_like_generation(action, method, path, head_seconds, limit)
@@ -105,7 +111,7 @@ class UngatedWatch:
                 why,
             )
             self._since_log = 0
-            self._next_log = now + LOG_INTERVAL
+            self._next_log = now + interval
         return kind
 
     def status(self) -> dict[str, Any] | None:

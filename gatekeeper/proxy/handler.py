@@ -35,6 +35,7 @@ from gatekeeper.core.headers import REQUEST_ID, request_id
 from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.lifecycle.runtime import Runtime
+from gatekeeper.observability.status import entries_limit
 from gatekeeper.proxy.admit import Admit
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
@@ -89,13 +90,14 @@ class JobsHandler(Protocol):
 class Features:
     """The plan's outcomes that features serve, as the app registers them.
 
-    ``status``: the status document (None: 404). ``jobs``: None, the jobs API is not
-    enabled (404). ``queue``: None, a queue route is admitted like an admit route.
-    ``gradio``: None, a gradio route's requests all pass. ``batch``: None, a batch
-    route's request is admitted whole like an admit route (issue #20 §3: never passed).
+    ``status``: the status document listing at most N waiting jobs (None: 404).
+    ``jobs``: None, the jobs API is not enabled (404). ``queue``: None, a queue route
+    is admitted like an admit route. ``gradio``: None, a gradio route's requests all pass.
+    ``batch``: None, a batch route's request is admitted whole like an admit route
+    (issue #20 §3: never passed).
     """
 
-    status: Callable[[], Mapping[str, Any]] | None = None
+    status: Callable[[int | None], Mapping[str, Any]] | None = None
     jobs: JobsHandler | None = None
     queue: RouteHandler | None = None
     gradio: RouteHandler | None = None
@@ -199,7 +201,7 @@ class ProxyHandler:
             ports.clock(),
         )
         if isinstance(decided, ServeStatus):
-            return self._status(rec)
+            return self._status(request, rec)
         if isinstance(decided, ServeJobs):
             return await self._jobs(request, cfg, decided.rest, rec)
         route = decided.route
@@ -225,15 +227,23 @@ class ProxyHandler:
 
     # ------------------------------------------------------------------ gatekeeper's endpoints
 
-    def _status(self, rec: RequestRecord) -> web.Response:
+    def _status(self, request: web.BaseRequest, rec: RequestRecord) -> web.Response:
         rec.route, rec.action, rec.decision = "status", "status", "status"
         status = self.features.status
+        limit: int | None = None
+        bad: str | None = None
+        try:
+            limit = entries_limit(request.query)
+        except ValueError as exc:
+            bad = str(exc)
         if status is None:
             resp = json_error(
                 404, "not_found", "no status document here", request_id=rec.request_id
             )
+        elif bad is not None:
+            resp = json_error(400, "bad_request", bad, request_id=rec.request_id)
         else:
-            resp = web.json_response(status())
+            resp = web.json_response(status(limit))
             resp.headers["Cache-Control"] = "no-store"
             resp.headers[REQUEST_ID] = rec.request_id
         rec.status = resp.status

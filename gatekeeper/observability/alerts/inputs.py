@@ -44,11 +44,21 @@ class FreeSpace(Protocol):
     def free(self) -> int | None: ...
 
 
+class DbPlace(Protocol):
+    """Whether the job database is at its path (``jobs.dbwatch.DbWatch``)."""
+
+    @property
+    def detached(self) -> str | None: ...
+
+
 class WaitingRoom(Protocol):
     """The waiting room as the alert inputs and the gauges read it."""
 
     @property
     def floor(self) -> FreeSpace: ...
+
+    @property
+    def db(self) -> DbPlace: ...
 
     def depth(self) -> int: ...
 
@@ -161,6 +171,11 @@ def state_free_bytes(st: Readings, now: float = 0.0) -> float | None:
     return None if free is None else float(free)
 
 
+def state_db_detached(st: Readings, now: float = 0.0) -> float:
+    """1 while the job database is not at its path and could not be put back."""
+    return float(st.jobs is not None and st.jobs.db.detached is not None)
+
+
 def queue_bounds(st: Readings) -> tuple[int, float]:
     """(max_waiting, max_wait) of the live rules."""
     queue = st.config.admission.queue
@@ -241,4 +256,5 @@ SIGNALS: Mapping[str, AlertInput] = _table(
         "gatekeeper_webhook_destination_failing_seconds",
         lambda st, now: 0.0 if st.webhooks is None else st.webhooks.longest_failing(),
     ),
+    AlertInput("state_db_detached", "gatekeeper_state_db_detached", state_db_detached),
 )
