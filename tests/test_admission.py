@@ -7,18 +7,10 @@ import asyncio
 import pytest
 
 from gatekeeper.config import Resources, Threshold
-from gatekeeper.core.admission import (
-    Gate,
-    GateLimits,
-    Readings,
-    Rejection,
-    ResourceState,
-    decide,
-    next_overloaded,
-    retry_after,
-)
+from gatekeeper.core.admission import Gate, GateLimits, Rejection, decide, retry_after
 from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.lease import Lease
+from gatekeeper.core.readings import Readings, ResourceState, next_overloaded
 
 CPU = Threshold(reject_above=90, recover_below=75)
 

@@ -7,14 +7,8 @@ from dataclasses import replace
 import pytest
 
 from gatekeeper.config import Gpu, PressureThreshold, Resources, Threshold
-from gatekeeper.core.admission import (
-    GateLimits,
-    Readings,
-    Rejection,
-    ResourceState,
-    decide,
-    reasons,
-)
+from gatekeeper.core.admission import GateLimits, Rejection, decide, reasons
+from gatekeeper.core.readings import Readings, ResourceState
 from gatekeeper.core.vocab import ADMIT_REASONS, RESOURCE_REASONS, AdmitReason
 
 ALL = Resources(

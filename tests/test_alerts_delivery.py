@@ -18,7 +18,8 @@ from support import free_port
 from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import create_state
 from gatekeeper.config import SIGNALS, AlertRule, Config, Receiver, load_config
-from gatekeeper.core.admission import Rejection, ResourceState
+from gatekeeper.core.admission import Rejection
+from gatekeeper.core.readings import ResourceState
 from gatekeeper.observability.alerts.loop import AlertLoop, SignalReader
 from gatekeeper.observability.alerts.notify import Batch, Notifier, fingerprint
 from gatekeeper.observability.alerts.rules import Evaluation, Evaluator

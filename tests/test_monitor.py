@@ -12,7 +12,7 @@ import pytest
 from test_gpu import FakeNvml
 
 from gatekeeper.config import Admission, Config, Gpu, PressureThreshold, Resources, Threshold
-from gatekeeper.core.admission import ResourceState
+from gatekeeper.core.readings import ResourceState
 from gatekeeper.resources.monitor import Monitor, Reading, SampleError
 from gatekeeper.resources.samplers import HostSampler, Sample
 

@@ -8,9 +8,10 @@ import pytest
 from support import ADMIT_ROUTES
 
 from gatekeeper.config import Config, load_config
-from gatekeeper.core.admission import Gate, GateLimits, ResourceState
+from gatekeeper.core.admission import Gate, GateLimits
 from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
+from gatekeeper.core.readings import ResourceState
 from gatekeeper.core.routes import Router
 
 BASE = "limits: {max_body_bytes: 1000}\nadmission: {retry_after_default: 30}\n"

@@ -22,8 +22,8 @@ from gatekeeper import __version__
 from gatekeeper.app.state import AppState
 from gatekeeper.config import Config
 from gatekeeper.config.jobs import postgres_dsn
-from gatekeeper.core.admission import ResourceState
 from gatekeeper.core.asyncutil import cancel_and_wait
+from gatekeeper.core.readings import ResourceState
 from gatekeeper.gradio.route import GradioRoute
 from gatekeeper.jobs.batch.api import BatchApi
 from gatekeeper.jobs.batch.route import BatchRoute

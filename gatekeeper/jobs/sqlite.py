@@ -39,6 +39,7 @@ from typing import IO, Any
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import (
     sqlite_batches,
+    sqlite_evict,
     sqlite_fair,
     sqlite_handles,
     sqlite_heads,
@@ -50,8 +51,8 @@ from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.record import COLUMNS, STORED, Headers, JobRecord, decode, dump_headers, encode
 from gatekeeper.jobs.sqlite_file import DbFile
 from gatekeeper.jobs.statedir import DB_NAME, add_missing_columns, cause, open_db, open_state
-from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
-from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StateDirError
+from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, sources
+from gatekeeper.jobs.store import StateDirError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -86,6 +87,7 @@ class SqliteJobStore(
     sqlite_handles.SqliteHandles,
     sqlite_batches.SqliteBatches,
     sqlite_recover.Recovery,
+    sqlite_evict.Eviction,
     sqlite_outbox.SqliteOutbox,
 ):
     """Jobs in one state directory, held exclusively by this process until ``close``."""
@@ -325,57 +327,6 @@ class SqliteJobStore(
         return int(r[0])
 
     # -- start and housekeeping --------------------------------------------------------------
-
-    def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
-        """Expire kept results by age, then by total size; returns the ids it expired.
-
-        1. done/failed/cancelled jobs finished more than ``keep`` ago -> expired "keep";
-        2. while ``results_bytes() > max_bytes``: the oldest-finished of them that still
-           has a result file -> expired "max_bytes". Queued and running jobs (and their
-           partial results, which do count) are never touched;
-        3. rows expired more than ``EXPIRED_ROW_KEEP_FACTOR * keep`` ago are deleted.
-        """
-        ledger = self._files.ledger
-        old = [
-            r[0]
-            for r in self._db.execute(
-                f"SELECT id FROM jobs WHERE state IN ({_marks(_KEPT)}) AND finished <= ?",
-                (*_KEPT, now - keep),
-            )
-        ]
-        total = ledger.total - sum(ledger.size_of(i) for i in old)
-        by_size: list[str] = []
-        if total > max_bytes:
-            rows = self._db.execute(
-                f"SELECT id FROM jobs WHERE state IN ({_marks(_KEPT)}) AND finished > ?"
-                " ORDER BY finished, seq",
-                (*_KEPT, now - keep),
-            )
-            for (job_id,) in rows:
-                size = ledger.size_of(job_id)
-                if size:
-                    by_size.append(job_id)
-                    total -= size
-                    if total <= max_bytes:
-                        break
-        by_keep, by_bytes = Endings.EXPIRED_KEEP, Endings.EXPIRED_MAX_BYTES
-        with self._txn() as db:
-            db.executemany(
-                "UPDATE jobs SET state = ?, reason = ?"
-                f" WHERE id = ? AND state IN ({_marks(_KEPT)})",
-                [(by_keep.state.value, by_keep.reason, i, *_KEPT) for i in old]
-                + [(by_bytes.state.value, by_bytes.reason, i, *_KEPT) for i in by_size],
-            )
-            db.execute(
-                "DELETE FROM jobs WHERE state = ? AND finished <= ?",
-                (JobState.EXPIRED.value, now - EXPIRED_ROW_KEEP_FACTOR * keep),
-            )
-            self._drop_orphan_handles(db)
-            sqlite_batches.drop_orphans(db)
-        expired = old + by_size
-        for job_id in expired:
-            ledger.drop_job(job_id)
-        return expired
 
     # -- files (the Protocol documents each) -------------------------------------------------
 

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from gatekeeper.config import Config, Resources
-from gatekeeper.core.admission import READING_OF, ResourceState
+from gatekeeper.core.readings import READING_OF, ResourceState
 from gatekeeper.core.vocab import AdmitReason
 from gatekeeper.resources.samplers import (
     HostSignal,

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from gatekeeper.config import Resources
-from gatekeeper.core.admission import Readings
+from gatekeeper.core.readings import Readings
 from gatekeeper.resources.cgroup import Cgroup, CgroupReader, CgroupReading, find, gib
 from gatekeeper.resources.gpu import GpuDevice, GpuReader, Nvml, NvmlUnavailable, PynvmlAdapter
 from gatekeeper.resources.psi import RESOURCES, Pressure, PsiReader
