@@ -35,6 +35,7 @@ os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 import argparse
 import asyncio
+import inspect
 import json
 import math
 import signal
@@ -179,8 +180,11 @@ def make_app(seconds: float, out_dir: Path, root_path: str | None = None) -> Fas
         return {"ok": True}
 
     demo = build(seconds, out_dir, stats)
+    extra: dict[str, Any] = {}
+    if "ssr_mode" in inspect.signature(gr.mount_gradio_app).parameters:
+        extra["ssr_mode"] = False  # gradio 5+; 4.x (tests/test_gradio4_e2e.py) has no SSR
     return gr.mount_gradio_app(
-        app, demo, path="/", root_path=root_path, allowed_paths=[str(out_dir)], ssr_mode=False
+        app, demo, path="/", root_path=root_path, allowed_paths=[str(out_dir)], **extra
     )
 
 
