@@ -11,6 +11,7 @@ a FastAPI app so it can expose counters of its own::
     GET  /_app/stats  -> {"active": 0, "peak": 1, "started": 3, "completed": 3}
     POST /_app/reset  -> zeroes the counters
 
+A description ``seconds=N`` makes that one generation last N seconds instead.
 Lyrics starting with ``invalid`` get what SongGeneration answers for lyrics it cannot
 sing: no audio (``None``) and a JSON error string, as a successful completion.
 
@@ -115,10 +116,14 @@ def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
     ) -> tuple[str | None, list[str], str]:
         stats.enter()
         try:
-            steps = max(1, int(seconds / 0.1))
+            # A description "seconds=N" makes this one generation last N seconds.
+            length = seconds
+            if description.startswith("seconds="):
+                length = float(description.split("=", 1)[1])
+            steps = max(1, int(length / 0.1))
             progress(0, desc="Starting")
             for i in range(steps):
-                time.sleep(seconds / steps)
+                time.sleep(length / steps)
                 progress((i + 1) / steps, desc="Generating")
             if lyrics.startswith("invalid"):
                 # SongGeneration's answer to lyrics it cannot sing: no audio and a JSON

@@ -200,8 +200,10 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
     assert (await get_json(app + "/_app/stats"))["active"] == 1
 
     async def finished() -> bool:
-        stats = await get_json(app + "/_app/stats")
+        # gatekeeper first, then the app: a slot seen free while the app is seen still
+        # running *afterwards* was freed too early (the other order raced the app's end).
         in_flight = (await get_json(admin + "/status"))["in_flight"]
+        stats = await get_json(app + "/_app/stats")
         assert in_flight == 1 or stats["active"] == 0, "slot freed while the app still ran"
         return bool(stats["completed"] == 1 and in_flight == 0)
 

@@ -96,8 +96,9 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
     gatekeeper_generation_progress_ratio; they go when it ends."""
     app, url, admin, _ = rig
     await idle(app, admin)
+    # 20 s: long enough to start `gatekeeper status` while it runs on a loaded box.
     job = (await asyncio.to_thread(client, url)).submit(
-        "[verse] progress", "pop", api_name="/generate_song"
+        "[verse] progress", "seconds=20", api_name="/generate_song"
     )
     seen: dict[str, Any] = {}
 
@@ -124,7 +125,7 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
         env=env,
     )
     assert shown.returncode == 0 and "(engine: Generating)" in shown.stdout, shown.stdout
-    await asyncio.to_thread(job.result, 30)
+    await asyncio.to_thread(job.result, 60)
 
     async def gone() -> bool:
         return bool((await get_json(admin + "/status"))["in_flight"] == 0)
@@ -179,8 +180,9 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     sent, decision rejected and the refusal's reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
     await idle(app, admin)
+    # 20 s: the second client is made and refused while it runs, even on a loaded box.
     first = (await asyncio.to_thread(client, url)).submit(
-        "[verse] one", "pop", api_name="/generate_song"
+        "[verse] one", "seconds=20", api_name="/generate_song"
     )
 
     async def running() -> bool:
@@ -192,7 +194,7 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
 
     with pytest.raises(AppError):
         await asyncio.to_thread(second.predict, "[verse] two", "rock", api_name="/generate_song")
-    await asyncio.to_thread(first.result, 30)
+    await asyncio.to_thread(first.result, 60)
     lines = access_lines(gk)
     refused = [d for d in lines if d["decision"] == "rejected" and d["route"] == "song"]
     join = [d for d in refused if d["path"].endswith("/queue/join")][-1]

@@ -87,8 +87,10 @@ async def freed_when_the_app_finishes(app: str, admin: str) -> None:
     await poll(started, timeout=20)
 
     async def finished() -> bool:
-        stats = await get_json(app + "/_app/stats")
+        # gatekeeper first, then the app: a slot seen free while the app is seen still
+        # running *afterwards* was freed too early (the other order raced the app's end).
         in_flight = (await get_json(admin + "/status"))["in_flight"]
+        stats = await get_json(app + "/_app/stats")
         assert in_flight == 1 or stats["active"] == 0, "slot freed while the app still ran"
         return bool(stats["completed"] == 1 and in_flight == 0)
 
