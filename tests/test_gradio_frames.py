@@ -1,6 +1,7 @@
 """Reading a gated Gradio event's frames (``gradio.frames``): the engine's progress, and
 which completions carry the generation's result; the record of an answer built in memory
-(``proxy.record.answered``); the status line with the engine's progress."""
+(``proxy.record.answered``); the status line with the engine's progress; the stream target
+gatekeeper reads when no client does (``gradio.orphans.data_target``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from gatekeeper.cli.status_view import generation_line
 from gatekeeper.gradio.frames import Progress, carries_result, decode, progress_of, result_outputs
+from gatekeeper.gradio.orphans import data_target
 from gatekeeper.proxy.record import RequestRecord, answered
 
 
@@ -176,3 +178,22 @@ def test_generation_line_shows_the_engines_progress(
         assert "engine" not in line
     else:
         assert label in line
+
+
+@pytest.mark.parametrize(
+    ("target", "session", "expected"),
+    [
+        ("/gradio_api/queue/join?", "abc", "/gradio_api/queue/data?session_hash=abc"),
+        ("/queue/join", "abc", "/queue/data?session_hash=abc"),  # gradio 4.x
+        ("/song/gradio_api/queue/join", "a b", "/song/gradio_api/queue/data?session_hash=a%20b"),
+        (
+            "/gradio_api/queue/data?session_hash=old",
+            "x/y",
+            "/gradio_api/queue/data?session_hash=x%2Fy",
+        ),
+    ],
+)
+def test_data_target(target: str, session: str, expected: str) -> None:
+    """The session's queue/data target gatekeeper reads when no client does, next to the
+    join (or another queue/data request) of the same app."""
+    assert data_target(target, session) == expected
