@@ -37,8 +37,10 @@ from urllib.parse import quote
 import aiohttp
 
 from gatekeeper.core.errors import UpstreamError
+from gatekeeper.core.headers import upstream_request_headers
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.streams import SessionStream
+from gatekeeper.proxy.context import RequestContext
 from gatekeeper.upstream import UpstreamPool
 
 log = logging.getLogger("gatekeeper.gradio")
@@ -70,8 +72,27 @@ class OrphanReader:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
 
-    def watch(self, session: str, pool: UpstreamPool, target: str, headers: dict[str, str]) -> None:
-        """Check ``session`` after the grace: read its stream if nobody does."""
+    def watch(self, ctx: RequestContext, session: str) -> None:
+        """After the grace, read ``session``'s stream if it has an open event and nobody
+        reads it. ``ctx``: a join or a ``queue/data`` request of the session (its headers
+        go along: the cookies of an app with a login, Host for the file URLs)."""
+        if not self.events.pending(session):
+            return
+        request = ctx.request
+        headers = upstream_request_headers(
+            request.headers,
+            client_ip=request.remote,
+            scheme=request.scheme,
+            request_id=ctx.rec.request_id,
+        )
+        for name in ("Content-Length", "Content-Type", "Content-Encoding", "Expect"):
+            headers.pop(name, None)
+        target = data_target(request.raw_path, session)
+        self._schedule(session, ctx.runtime.passthrough, target, dict(headers))
+
+    def _schedule(
+        self, session: str, pool: UpstreamPool, target: str, headers: dict[str, str]
+    ) -> None:
         loop = asyncio.get_running_loop()
 
         def check() -> None:

@@ -42,7 +42,7 @@ from gatekeeper.core.plan import Refuse, rejected
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.names import ApiNames
-from gatekeeper.gradio.orphans import OrphanReader, data_target
+from gatekeeper.gradio.orphans import OrphanReader
 from gatekeeper.gradio.streams import Heartbeat, SessionStream
 from gatekeeper.gradio.wire import (
     Gating,
@@ -116,7 +116,7 @@ class GradioRoute:
                     return await self._stream(ctx, SessionStream(self.events, session), session)
                 finally:
                     self.events.stream_closed(session)
-                    self._watch(ctx, session)
+                    self.orphans.watch(ctx, session)
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
             observer = Heartbeat(self.events, gp.session_hash)
             return await self._stream(ctx, observer, gp.session_hash)
@@ -141,23 +141,6 @@ class GradioRoute:
         finally:
             if task is not None:
                 self._streams.pop(task, None)
-
-    def _watch(self, ctx: RequestContext, session: str) -> None:
-        """Have the session's stream read by gatekeeper if its client does not read it
-        (``gradio.orphans``); ``ctx``: a join or a queue/data request of the session."""
-        if not self.events.pending(session):
-            return
-        request = ctx.request
-        headers = upstream_request_headers(
-            request.headers,
-            client_ip=request.remote,
-            scheme=request.scheme,
-            request_id=ctx.rec.request_id,
-        )
-        for name in ("Content-Length", "Content-Type", "Content-Encoding", "Expect"):
-            headers.pop(name, None)
-        target = data_target(request.raw_path, session)
-        self.orphans.watch(session, ctx.runtime.passthrough, target, dict(headers))
 
     def close_idle_streams(self) -> int:
         """At stop: end the session streams that report no running generation.
@@ -319,7 +302,7 @@ class GradioRoute:
                     rec.deferred = True
                     self.events.expect_results(event_id, results)
                     if gp.kind == Kind.JOIN and join.session_hash:
-                        self._watch(ctx, join.session_hash)
+                        self.orphans.watch(ctx, join.session_hash)
                 else:
                     log.info(
                         "gradio join not accepted by the app (status %d): slot released; "
