@@ -11,6 +11,10 @@ a FastAPI app so it can expose counters of its own::
     GET  /_app/stats  -> {"active": 0, "peak": 1, "started": 3, "completed": 3}
     POST /_app/reset  -> zeroes the counters
 
+A description ``seconds=N`` makes that one generation last N seconds instead.
+Lyrics starting with ``invalid`` get what SongGeneration answers for lyrics it cannot
+sing: no audio (``None``) and a JSON error string, as a successful completion.
+
 API names (from ``/config`` ``dependencies[]``, gradio 6.31): ``generate_song`` (fn_index 0,
 button "Generate"), ``generate_song_1`` (fn_index 1, button "Generate again", no
 ``api_name`` given: Gradio derives it from the function name), ``echo`` (fn_index 2).
@@ -32,6 +36,8 @@ os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 import argparse
 import asyncio
+import inspect
+import json
 import math
 import signal
 import struct
@@ -107,14 +113,22 @@ def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
         description: str,
         history: list[str],
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
-    ) -> tuple[str, list[str], str]:
+    ) -> tuple[str | None, list[str], str]:
         stats.enter()
         try:
-            steps = max(1, int(seconds / 0.1))
+            # A description "seconds=N" makes this one generation last N seconds.
+            length = seconds
+            if description.startswith("seconds="):
+                length = float(description.split("=", 1)[1])
+            steps = max(1, int(length / 0.1))
             progress(0, desc="Starting")
             for i in range(steps):
-                time.sleep(seconds / steps)
+                time.sleep(length / steps)
                 progress((i + 1) / steps, desc="Generating")
+            if lyrics.startswith("invalid"):
+                # SongGeneration's answer to lyrics it cannot sing: no audio and a JSON
+                # error string, as a successful completion.
+                return None, history or [], json.dumps({"error": "invalid lyrics"})
             fd, name = tempfile.mkstemp(suffix=".wav", dir=out_dir)
             os.close(fd)
             write_wav(Path(name), freq=220.0 + 20 * (len(lyrics) % 20))
@@ -171,8 +185,11 @@ def make_app(seconds: float, out_dir: Path, root_path: str | None = None) -> Fas
         return {"ok": True}
 
     demo = build(seconds, out_dir, stats)
+    extra: dict[str, Any] = {}
+    if "ssr_mode" in inspect.signature(gr.mount_gradio_app).parameters:
+        extra["ssr_mode"] = False  # gradio 5+; 4.x (tests/test_gradio4_e2e.py) has no SSR
     return gr.mount_gradio_app(
-        app, demo, path="/", root_path=root_path, allowed_paths=[str(out_dir)], ssr_mode=False
+        app, demo, path="/", root_path=root_path, allowed_paths=[str(out_dir)], **extra
     )
 
 

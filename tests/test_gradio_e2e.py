@@ -109,7 +109,9 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
     app, url, admin = rig
     await idle(rig)
     first_client = await asyncio.to_thread(client, url)
-    first = first_client.submit("[verse] one", "pop", api_name="/generate_song")
+    # 15 s (tests/gradio_app.py): the refusal, the echo and the checks below happen while it
+    # runs even on a loaded 2-core box (with the app's 3 s it ended first there).
+    first = first_client.submit("[verse] one", "seconds=15", api_name="/generate_song")
 
     async def running() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -203,8 +205,10 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
     assert (await get_json(app + "/_app/stats"))["active"] == 1
 
     async def finished() -> bool:
-        stats = await get_json(app + "/_app/stats")
+        # gatekeeper first, then the app: a slot seen free while the app is seen still
+        # running *afterwards* was freed too early (the other order raced the app's end).
         in_flight = (await get_json(admin + "/status"))["in_flight"]
+        stats = await get_json(app + "/_app/stats")
         assert in_flight == 1 or stats["active"] == 0, "slot freed while the app still ran"
         return bool(stats["completed"] == 1 and in_flight == 0)
 

@@ -42,8 +42,16 @@ def generation_line(doc: dict[str, Any], width: int = 20) -> str:
     frac = elapsed / expected if expected else 0.0
     left = expected - elapsed
     eta = f"~{duration(left)} left" if left > 0 else f"overrunning by {duration(-left)}"
+    # The engine's own report (a Gradio app's progress frames) wins over elapsed/expected.
+    reported, what = oldest.get("progress"), oldest.get("progress_description")
+    engine = ""
+    if reported is not None:
+        frac = float(reported)
+        engine = f" (engine: {what})" if what else " (engine)"
+    elif what:
+        engine = f" (engine: {what})"
     return (
-        f"generating {bar(frac, width)} {min(frac, 9.99) * 100:3.0f}% "
+        f"generating {bar(frac, width)} {min(frac, 9.99) * 100:3.0f}%{engine} "
         f"{duration(elapsed)}/{duration(expected)} {eta}"
     )
 

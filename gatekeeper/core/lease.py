@@ -57,6 +57,10 @@ class Lease:
     released: bool = False
     _handed: bool = field(default=False, repr=False)
     repeats: int = 0  # releases after the first: each one a bug of its caller, made harmless
+    # What the engine reports of the generation's progress (a Gradio app's ``progress``
+    # frames: gradio.frames); None: nothing reported.
+    progress: float | None = None
+    progress_description: str | None = None
 
     def release(self) -> bool:
         """Free the slot; True the first time, False (counted, no effect) afterwards."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import ErrorKind
+from gatekeeper.gradio.frames import Progress
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.proxy.record import RequestRecord
 
@@ -44,6 +45,8 @@ class Pending:
     rec: RequestRecord  # the join's record; logged again as the generation's line
     joined: float
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # Positions of the function's result outputs (``frames.result_outputs``); None: unknown.
+    results: tuple[int, ...] | None = None
 
 
 class GradioEvents:
@@ -97,6 +100,24 @@ class GradioEvents:
     def known(self, event_id: str) -> bool:
         """``event_id`` (the app's) is a gated event in flight."""
         return event_id in self._events
+
+    def expect_results(self, event_id: str, positions: tuple[int, ...] | None) -> None:
+        """Which outputs of the event's completion are its result (``gradio.frames``)."""
+        p = self._events.get(event_id)
+        if p is not None:
+            p.results = positions
+
+    def results(self, event_id: str) -> tuple[int, ...] | None:
+        p = self._events.get(event_id)
+        return None if p is None else p.results
+
+    def progress(self, event_id: str, progress: Progress) -> None:
+        """The engine's progress report for a running event: on its lease, which the
+        status document and the progress gauge read."""
+        p = self._events.get(event_id)
+        if p is not None:
+            p.lease.progress = progress.fraction
+            p.lease.progress_description = progress.description
 
     def pending(self, session: str) -> bool:
         return bool(self._sessions.get(session))

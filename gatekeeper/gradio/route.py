@@ -89,6 +89,7 @@ class GradioRoute:
         self.queue = GradioQueue(ports, respond, events, room)
         self.names = ApiNames()
         self._streams: dict[asyncio.Task[object], str] = {}  # handler task -> session
+        self._told: dict[str, str] = {}  # a refusal's reason, until told in its stream
 
     async def handle(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
@@ -104,8 +105,9 @@ class GradioRoute:
                 return await self._registered(self.queue.serve(ctx, pipe), session)
             if session:
                 refusal = self.events.take_refusal(session)
+                reason = self._told.pop(session, None)
                 if refusal is not None and not self.events.pending(session):
-                    return await self._tell_refusal(ctx, refusal)
+                    return await self._tell_refusal(ctx, refusal, reason)
                 self.events.stream_opened(session)
                 try:
                     return await self._stream(ctx, SessionStream(self.events, session), session)
@@ -271,6 +273,8 @@ class GradioRoute:
                 rec.bytes_in = spool.size if spool is not None else 0
                 event_id = event_id_of(body) if 200 <= upstream.status < 300 else None
                 if event_id is not None:
+                    # Which outputs are the result (read once per app from its /config).
+                    results = await self.names.results(cfg.upstream.url, gp.root, join.fn_index)
                     # From here the event holds the lease; the session's stream ends it.
                     self.events.add(
                         event_id=event_id,
@@ -284,6 +288,7 @@ class GradioRoute:
                         timeout=cfg.upstream.timeouts.read,
                     )
                     rec.deferred = True
+                    self.events.expect_results(event_id, results)
                     if gp.kind == Kind.JOIN and join.session_hash:
                         # gatekeeper reads the session's stream itself from now (pipe.py)
                         self.queue.pipe_for(ctx, join.session_hash).forwarded()
@@ -344,6 +349,8 @@ class GradioRoute:
         body = json.loads(resp.body)  # type: ignore[arg-type]
         event_id = "gatekeeper-" + secrets.token_hex(12)
         self.events.refuse(session, refusal_frames(event_id, body["detail"]), REFUSAL_TTL_SECONDS)
+        self._told[session] = refusal.reason
+        asyncio.get_running_loop().call_later(REFUSAL_TTL_SECONDS, self._told.pop, session, None)
         headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
         out = web.json_response({"event_id": event_id}, headers=headers)
         log.info(
@@ -354,9 +361,13 @@ class GradioRoute:
         )
         return out
 
-    async def _tell_refusal(self, ctx: RequestContext, frames: bytes) -> web.StreamResponse:
-        """The queue/data stream of a session whose only event gatekeeper refused."""
+    async def _tell_refusal(
+        self, ctx: RequestContext, frames: bytes, reason: str | None
+    ) -> web.StreamResponse:
+        """The queue/data stream of a session whose only event gatekeeper refused: logged
+        as a 200 with the frames' bytes, its decision and reason those of the refusal."""
         rec = ctx.rec
+        rec.reason = reason
         out = web.StreamResponse(
             status=200,
             headers={

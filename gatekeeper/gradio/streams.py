@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.gradio.frames import carries_result, decode, progress_of
 from gatekeeper.gradio.wire import SSEParser, ending
 
 log = logging.getLogger("gatekeeper.gradio")
@@ -29,12 +30,24 @@ class SessionStream:
         self.parser = SSEParser()
 
     def feed(self, chunk: bytes) -> None:
+        events = self.events
         for ev in self.parser.feed(chunk):
             end = ending(ev, self.call_event_id)
             if end is None:
+                if self.call_event_id is None and '"progress"' in ev.data:
+                    doc = decode(ev.data)
+                    report = progress_of(doc)
+                    if report is not None and doc is not None:
+                        events.progress(str(doc.get("event_id")), report)
                 continue
             if end.event_id is not None:
-                self.events.end(end.event_id, end.why, success=end.success)
+                success, why = end.success, end.why
+                # A completion with none of the function's result outputs (no audio) is
+                # a failed generation (gradio.frames).
+                completed = success and why == "process_completed"
+                if completed and not carries_result(decode(ev.data), events.results(end.event_id)):
+                    success, why = False, "no_result"
+                events.end(end.event_id, why, success=success)
             else:
                 self.events.end_session(self.session, end.why, success=end.success)
 

@@ -48,7 +48,12 @@ def wire_gauges(st: Mirrored) -> None:
         elapsed = gate.elapsed(st.clock())
         return max(elapsed) if elapsed else 0.0
 
+    def oldest_progress() -> float:
+        reported = [t.progress for t in gate.running() if t.progress is not None]
+        return reported[0] if reported else 0.0
+
     m.in_flight.set_function(lambda: gate.in_flight)
+    m.generation_progress.set_function(oldest_progress)
     m.max_in_flight.set_function(lambda: gate.limits.max_in_flight)
     m.generation_elapsed.set_function(oldest_elapsed)
     m.generation_expected.set_function(lambda: gate.estimator.expected)

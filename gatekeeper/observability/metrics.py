@@ -94,6 +94,12 @@ class Metrics(JobMetrics):
             "Age of the oldest running generation (0 when idle).",
             registry=r,
         )
+        self.generation_progress = Gauge(
+            "gatekeeper_generation_progress_ratio",
+            "Progress (0-1) the engine reports for the oldest running generation that "
+            "reports one (a Gradio app's progress frames); 0 when none does.",
+            registry=r,
+        )
         self.generation_expected = Gauge(
             "gatekeeper_generation_expected_seconds",
             "Current estimate of one generation's duration.",

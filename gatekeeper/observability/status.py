@@ -135,6 +135,9 @@ def status_document(st: StatusSource, limit: int | None = STATUS_ENTRIES) -> dic
                 "engine": t.engine,
                 "elapsed_seconds": round(now - t.started_at, 3),
                 "expected_seconds": round(expected, 3),
+                # What the engine itself reports (a Gradio app's progress frames), or None.
+                "progress": None if t.progress is None else round(t.progress, 4),
+                "progress_description": t.progress_description,
             }
             for t in gate.running()
         ],

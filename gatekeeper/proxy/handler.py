@@ -40,7 +40,7 @@ from gatekeeper.proxy.admit import Admit
 from gatekeeper.proxy.connections import Connections
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.ports import ProxyPorts
-from gatekeeper.proxy.record import RecordLog, RequestRecord
+from gatekeeper.proxy.record import RecordLog, RequestRecord, answered
 from gatekeeper.proxy.relay import Relay
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.responses import json_error
@@ -174,9 +174,12 @@ class ProxyHandler:
         )
         rec.epoch = epoch
         try:
-            return await self._handle(request, rt, rec)
-        except HttpError as exc:
-            return self.respond.error(rt.config, exc, rec)
+            try:
+                resp = await self._handle(request, rt, rec)
+            except HttpError as exc:
+                resp = self.respond.error(rt.config, exc, rec)
+            answered(rec, resp)  # the line tells what the client got
+            return resp
         finally:
             ports.epochs.leave(epoch)
             rec.handler_done = True

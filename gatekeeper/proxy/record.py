@@ -46,6 +46,19 @@ class RequestRecord:
     deferred: bool = False
 
 
+def answered(rec: RequestRecord, resp: web.StreamResponse) -> None:
+    """The record says what the client gets: an answer built in memory (a refusal, an
+    error, a Gradio join answered by gatekeeper) is logged with its own status and body
+    size, whatever a step before decided on the way (a refusal told inside a Gradio
+    stream is a 200 with a small JSON body, not the 503 it would otherwise have been).
+    A streamed answer (prepared by the relay) counted its status and bytes itself."""
+    if isinstance(resp, web.Response) and not resp.prepared:
+        rec.status = resp.status
+        body = resp.body
+        if isinstance(body, bytes | bytearray):
+            rec.bytes_out = len(body)
+
+
 class RecordLog:
     """Hands a finished record to the access log, once, with its total duration."""
 

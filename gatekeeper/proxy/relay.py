@@ -166,7 +166,13 @@ class Relay:
         self.sent_at = ports.clock()
         rec.queue_seconds = self.sent_at - rec.started
         # Without ``finish`` a vanished client cancels the wait (and the upstream request).
-        watch = None if self.finish else _ClientWatch(request, asyncio.get_running_loop())
+        # Not an observed stream's: closing it could lose the end of a generation it
+        # reports (Gradio drops a running job's messages when its session's stream
+        # closes); its head comes at once and ``_relay`` then reads it for nobody.
+        observed = self.observer is not None
+        watch = (
+            None if self.finish or observed else _ClientWatch(request, asyncio.get_running_loop())
+        )
         if watch is not None:
             watch.start()
         try:

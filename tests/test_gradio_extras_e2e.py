@@ -1,0 +1,205 @@
+"""gatekeeper (the real CLI) in front of the real Gradio test app, driven by gradio_client:
+the engine's own progress frames in ``/status``, ``gatekeeper status`` and a metric; a
+completion without audio counted as a failed generation that teaches no duration; and
+the access log telling what the client got for a refusal told inside the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from gradio_support import require_gradio, start_gradio_app
+from support import Proc, metric, poll, start_gatekeeper, wait_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+RULES = """
+admission:
+  expected_seconds: 120
+shutdown:
+  linger: 0s
+routes:
+  - name: song
+    match: {path: /**, api_name: [generate_song, generate_song_1]}
+    action: gradio
+"""
+
+ERRORS = 'gatekeeper_upstream_request_duration_seconds_count{code="error",route="song"}'
+OK = 'gatekeeper_upstream_request_duration_seconds_count{code="200",route="song"}'
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, Proc]]:
+    """(app URL, gatekeeper URL, admin URL, gatekeeper): a 6-second generate_song behind
+    gatekeeper (long enough to look at while it runs on a loaded box), JSON logs."""
+    require_gradio()
+    tmp = tmp_path_factory.mktemp("gradio-extras")
+    procs: list[Proc] = []
+    try:
+        app, app_url = start_gradio_app(tmp, seconds=6.0)
+        procs.append(app)
+        gk, url, admin = start_gatekeeper(tmp, RULES, app_url, "--log-format", "json")
+        procs.append(gk)
+        yield app_url, url, admin, gk
+        assert gk.stop(timeout=10) == 0
+        assert "Traceback" not in gk.output()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.json()
+
+
+async def idle(app: str, admin: str) -> None:
+    async def quiet() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        return bool(stats["active"] == 0 and (await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(quiet, timeout=30)
+    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
+        assert r.status == 200
+
+
+def client(url: str) -> Any:
+    from gradio_client import Client
+
+    return Client(url + "/", verbose=False)
+
+
+def access_lines(gk: Proc) -> list[dict[str, Any]]:
+    out = []
+    for line in gk.output().splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if doc.get("logger") == "gatekeeper.access" and doc.get("message") == "request":
+                out.append(doc)
+    return out
+
+
+async def test_the_engines_progress_shows_in_status_cli_and_metric(
+    rig: tuple[str, str, str, Proc],
+) -> None:
+    """gr.Progress frames of the running gated event feed its running entry's progress
+    and description in /status, `gatekeeper status` and
+    gatekeeper_generation_progress_ratio; they go when it ends."""
+    app, url, admin, _ = rig
+    await idle(app, admin)
+    # 20 s: long enough to start `gatekeeper status` while it runs on a loaded box.
+    job = (await asyncio.to_thread(client, url)).submit(
+        "[verse] progress", "seconds=20", api_name="/generate_song"
+    )
+    seen: dict[str, Any] = {}
+
+    async def reported() -> bool:
+        running = (await get_json(admin + "/status"))["running"]
+        if running and running[0]["progress"] is not None and running[0]["progress"] > 0:
+            seen.update(running[0])
+            return True
+        return False
+
+    await poll(reported, timeout=20)
+    assert 0 < seen["progress"] <= 1 and seen["progress_description"] == "Generating"
+    text = await wait_metrics(
+        admin, lambda t: metric(t, "gatekeeper_generation_progress_ratio") > 0
+    )
+    assert metric(text, "gatekeeper_generation_progress_ratio") <= 1
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gatekeeper", "status", "--admin", admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert shown.returncode == 0 and "(engine: Generating)" in shown.stdout, shown.stdout
+    await asyncio.to_thread(job.result, 60)
+
+    async def gone() -> bool:
+        return bool((await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(gone, timeout=10)
+    text = await wait_metrics(admin, lambda t: True)
+    assert metric(text, "gatekeeper_generation_progress_ratio") == 0
+
+
+async def test_a_completion_without_audio_is_a_failed_generation(
+    rig: tuple[str, str, str, Proc],
+) -> None:
+    """Invalid lyrics: the app answers no audio and a JSON error as a *successful*
+    completion; gatekeeper counts a failed generation (the error code of the duration
+    metric, reason no_result in the access log) and learns no duration from it."""
+    app, url, admin, gk = rig
+    await idle(app, admin)
+    before = await get_json(admin + "/status")
+    metrics = await wait_metrics(admin, lambda t: True)
+    errors, oks = metric(metrics, ERRORS, 0.0), metric(metrics, OK, 0.0)
+    c = await asyncio.to_thread(client, url)
+    audio, info = await asyncio.to_thread(
+        c.predict, "invalid lyrics", "pop", api_name="/generate_song"
+    )
+    assert audio is None and "invalid lyrics" in info
+
+    async def ended() -> bool:
+        return bool((await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(ended, timeout=10)
+    after = await get_json(admin + "/status")
+    assert after["expected_samples"] == before["expected_samples"]  # nothing learned
+    metrics = await wait_metrics(admin, lambda t: metric(t, ERRORS, 0.0) == errors + 1)
+    assert metric(metrics, OK, 0.0) == oks
+    joins = [d for d in access_lines(gk) if d["path"].endswith("/queue/join")]
+    assert joins[-1]["reason"] == "no_result" and joins[-1]["decision"] == "admitted"
+    # A song with audio is a generation again.
+    audio, _info = await asyncio.to_thread(
+        c.predict, "[verse] fine", "pop", api_name="/generate_song"
+    )
+    assert audio is not None
+    await poll(ended, timeout=10)
+    doc = await get_json(admin + "/status")
+    assert doc["expected_samples"] == before["expected_samples"] + 1
+
+
+async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
+    rig: tuple[str, str, str, Proc],
+) -> None:
+    """A second song while one runs: its join is answered 200 with gatekeeper's event id
+    and its stream tells the refusal. Both access lines say status 200 and the bytes
+    sent, decision rejected and the refusal's reason (not status=503 bytes_out=0)."""
+    app, url, admin, gk = rig
+    await idle(app, admin)
+    # 20 s: the second client is made and refused while it runs, even on a loaded box.
+    first = (await asyncio.to_thread(client, url)).submit(
+        "[verse] one", "seconds=20", api_name="/generate_song"
+    )
+
+    async def running() -> bool:
+        return bool((await get_json(admin + "/status"))["in_flight"] == 1)
+
+    await poll(running, timeout=20)
+    second = await asyncio.to_thread(client, url)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError):
+        await asyncio.to_thread(second.predict, "[verse] two", "rock", api_name="/generate_song")
+    await asyncio.to_thread(first.result, 60)
+    lines = access_lines(gk)
+    refused = [d for d in lines if d["decision"] == "rejected" and d["route"] == "song"]
+    join = [d for d in refused if d["path"].endswith("/queue/join")][-1]
+    data = [d for d in refused if d["path"].endswith("/queue/data")][-1]
+    for line in (join, data):
+        assert line["status"] == 200 and line["bytes_out"] > 0, line
+        assert line["reason"] == "busy", line
+    assert data["bytes_out"] > join["bytes_out"]  # the frames with the detail
