@@ -100,3 +100,13 @@ def gradio4_python(version: str) -> Path:
     building.rename(final)  # venv scripts keep the .tmp path in their shebangs; python
     (final / "ready").write_text(version + "\n")  # itself is run by path, so it works
     return python
+
+
+if (
+    __name__ == "__main__"
+):  # CI builds the venvs before the suite: python tests/gradio4_venv.py 4.26.0
+    for wanted in sys.argv[1:]:
+        try:
+            print(f"gradio {wanted}: {gradio4_python(wanted)}")
+        except (Unavailable, Broken) as exc:  # the test says so again, and skips or fails
+            print(f"gradio {wanted}: {exc}", file=sys.stderr)

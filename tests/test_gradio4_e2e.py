@@ -1,7 +1,7 @@
 """gatekeeper (the real CLI) in front of the same test app on gradio 4.x, in a virtualenv
 the test makes (``gradio4_venv``): the routes have no ``/gradio_api`` prefix, one song is
-gated, a second session's song is refused in its own stream (the current behaviour of a
-gated join that finds no slot), a direct ``/run`` call is blocked, the engine's progress
+gated, a second session's song waits its turn in gatekeeper's queue (``estimation``
+frames in its own stream, then its song), a direct ``/run`` call is blocked, the engine's progress
 shows in ``/status`` and a completion without audio teaches no duration.
 
 Versions: ``GATEKEEPER_GRADIO4_VERSIONS`` (comma separated; default 4.26.0, the version
@@ -112,13 +112,14 @@ def completion(seen: list[dict[str, Any]], event_id: str) -> dict[str, Any]:
     return done[0]
 
 
-async def test_gradio4_one_song_gated_the_second_refused_in_its_stream(
+async def test_gradio4_one_song_gated_the_second_waits_its_turn(
     rig: tuple[str, str, str, str],
 ) -> None:
     """4.x paths (no /gradio_api): session A's song runs, its progress shows in /status;
-    session B's join while it runs is answered with gatekeeper's event id and B's stream
-    says it failed with gatekeeper's detail (the behaviour until gated joins wait);
-    a direct /run call is blocked; A gets its song with a URL through the proxy."""
+    session B's join while it runs is answered with gatekeeper's event id, B's stream
+    shows its place (an ``estimation``: rank 0 of 1, an ETA), then B gets its own song
+    under that id once A's is done; a direct /run call is blocked; both songs' URLs go
+    through the proxy and the app never runs two at once."""
     version, app, url, admin = rig
     config = await get_json(url + "/config")
     assert config["version"] == version and not config.get("api_prefix")
@@ -134,27 +135,31 @@ async def test_gradio4_one_song_gated_the_second_refused_in_its_stream(
         assert (await get_json(app + "/_app/stats"))["active"] == 1
         b = await join(http, url, "session0000b", "[verse] second")
         assert b.startswith("gatekeeper-")
-        b_frames = await frames(http, url, "session0000b")
-        failed = completion(b_frames, b)
-        assert failed["success"] is False and failed["output"]["visible"] is True
-        assert "busy" in failed["output"]["error"]
-        assert b_frames[-1]["msg"] == "close_stream"
+        b_stream = asyncio.ensure_future(frames(http, url, "session0000b"))
         direct = {"data": ["[verse] direct", "pop", None]}
         async with http.post(url + "/run/generate_song", json=direct) as r:
             assert r.status == 403 and (await r.json())["reason"] == "blocked"
         song = completion(await asyncio.wait_for(a_stream, 60), a)
-    assert song["success"] is True
-    audio = song["output"]["data"][0]
-    assert audio["url"].startswith(url + "/file=") and audio["url"].endswith(".wav")
+        b_frames = await asyncio.wait_for(b_stream, 60)
+    waiting = [f for f in b_frames if f.get("msg") == "estimation"]
+    assert waiting and waiting[0]["event_id"] == b, b_frames
+    assert waiting[0]["rank"] == 0 and waiting[0]["queue_size"] == 1
+    assert waiting[0]["rank_eta"] is not None
+    second = completion(b_frames, b)
+    assert b_frames[-1]["msg"] == "close_stream"
+    for done in (song, second):
+        assert done["success"] is True
+        audio = done["output"]["data"][0]
+        assert audio["url"].startswith(url + "/file=") and audio["url"].endswith(".wav")
     stats = await get_json(app + "/_app/stats")
-    assert stats["peak"] == 1 and stats["completed"] == 1 and stats["started"] == 1
+    assert stats["peak"] == 1 and stats["completed"] == 2 and stats["started"] == 2
 
     async def freed() -> bool:
         return bool((await get_json(admin + "/status"))["in_flight"] == 0)
 
     await poll(freed, timeout=10)
     doc = await get_json(admin + "/status")
-    assert doc["expected_samples"] == 1 and doc["rejections_by_reason"]["busy"] == 1
+    assert doc["expected_samples"] == 2 and not doc["rejections_by_reason"].get("busy")
 
 
 async def test_gradio4_a_completion_without_audio_teaches_no_duration(

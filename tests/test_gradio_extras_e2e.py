@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 RULES = """
 admission:
   expected_seconds: 120
+  queue:
+    max_waiting: 0   # a second song is refused (told in its stream), not held
 shutdown:
   linger: 0s
 routes:
@@ -175,8 +177,8 @@ async def test_a_completion_without_audio_is_a_failed_generation(
 async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     rig: tuple[str, str, str, Proc],
 ) -> None:
-    """A second song while one runs: its join is answered 200 with gatekeeper's event id
-    and its stream tells the refusal. Both access lines say status 200 and the bytes
+    """A second song while one runs and the queue is full (``max_waiting: 0``): its join
+    is answered 200 with gatekeeper's event id and its stream tells the refusal. Both access lines say status 200 and the bytes
     sent, decision rejected and the refusal's reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
     await idle(app, admin)
@@ -201,5 +203,5 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     data = [d for d in refused if d["path"].endswith("/queue/data")][-1]
     for line in (join, data):
         assert line["status"] == 200 and line["bytes_out"] > 0, line
-        assert line["reason"] == "busy", line
+        assert line["reason"] == "queue_full", line
     assert data["bytes_out"] > join["bytes_out"]  # the frames with the detail

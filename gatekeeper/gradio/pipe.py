@@ -78,6 +78,9 @@ class SessionPipe:
         # their join being forwarded): id -> its leaving when the client goes (True: it left).
         self.held: dict[str, Callable[[], bool]] = {}
         self.forwarding = 0
+        # The reason of a refusal told in this stream, for the log line of the client's
+        # queue/data request that carries it (what the client got: a 200 and frames).
+        self.told: str | None = None
         self._out: deque[tuple[bytes, bool]] = deque()  # (frame, the stream's last)
         self._wake = asyncio.Event()
         self._writer: object | None = None

@@ -175,7 +175,10 @@ class GradioQueue:
     async def serve(self, ctx: RequestContext, pipe: SessionPipe) -> web.StreamResponse:
         """The client's queue/data request of a session gatekeeper writes the stream of."""
         rec = ctx.rec
-        self.respond.count(ctx, Outcome.PASSED)
+        if pipe.told is not None:  # it tells a refusal counted at the join: logged as such
+            rec.decision, rec.reason, pipe.told = Outcome.REJECTED, pipe.told, None
+        else:
+            self.respond.count(ctx, Outcome.PASSED)
         headers = dict(SSE_HEADERS)
         headers[REQUEST_ID] = rec.request_id
         out, sent, gone = await pipe.serve(ctx.request, headers)
@@ -267,6 +270,7 @@ class GradioQueue:
         detail = json.loads(resp.body)["detail"]  # type: ignore[arg-type]
         ours = PREFIX + secrets.token_hex(16)
         pipe.put(failure(ours, detail))
+        pipe.told = refusal.reason
         pipe.maybe_close()
         headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
         log.info(
