@@ -178,8 +178,9 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     rig: tuple[str, str, str, Proc],
 ) -> None:
     """A second song while one runs and the queue is full (``max_waiting: 0``): its join
-    is answered 200 with gatekeeper's event id and its stream tells the refusal. Both access lines say status 200 and the bytes
-    sent, decision rejected and the refusal's reason (not status=503 bytes_out=0)."""
+    is answered 200 with gatekeeper's event id and its stream tells the refusal. Both
+    access lines say status 200 and the bytes sent, decision rejected and the refusal's
+    reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
     await idle(app, admin)
     # 20 s: the second client is made and refused while it runs, even on a loaded box.
