@@ -31,9 +31,9 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
+from gatekeeper.jobs.store import JobStore, StoreOpenError
 from gatekeeper.jobs.webhooks.deliver import Deliverer
 from gatekeeper.jobs.webhooks.emit import Emitter
-from gatekeeper.jobs.store import JobStore, StoreOpenError
 from gatekeeper.lifecycle.probe import Verdict, first_verdicts, probe_loop
 from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime

@@ -23,8 +23,8 @@ from gatekeeper.config.declare import (
     section,
     string,
 )
-from gatekeeper.config.webhooks import Webhooks
 from gatekeeper.config.reader import Context, Section
+from gatekeeper.config.webhooks import Webhooks
 
 STATE_DIR_NAME = "gatekeeper-state"
 LISTING_MODES = ("auto", "on", "off")
