@@ -9,6 +9,8 @@ made once) and registers in ``boxes`` with its internal address, where another
 box will fetch a result from (the relay: docs/postgres.md). Until that relay
 exists, a box replays (``find_coalesce``) and serves only results on its own
 disk, and recovers, evicts and counts (``results_bytes``) only its own files.
+The webhook outbox, a client's list and batches (issue #20) are the mixins of
+``sql_outbox``, ``sql_handles`` and ``sql_batches``.
 
 Every method is synchronous and waits for the database through ``bridge.Bridge``
 (bounded by ``timeout``; a circuit breaker refuses calls at once while the
