@@ -142,6 +142,15 @@ SELECT * FROM j
 """
 
 
+async def _claim_by_id(
+    con: asyncpg.Connection, job_id: str, started: float, engine: str | None, box: str
+) -> JobRecord:
+    row = await con.fetchrow(_MARK_RUNNING, job_id, started, engine, box)
+    if row is None:
+        await _explain(con, job_id, [JobState.QUEUED.value])
+    return decode(row)
+
+
 async def mark_running(
     con: asyncpg.Connection,
     job_id: str,
@@ -150,13 +159,14 @@ async def mark_running(
     box: str,
     outbox: Sequence[Delivery] = (),
 ) -> JobRecord:
-    """The claim by id, with ``outbox`` in its transaction (a refused claim writes none)."""
+    """The claim by id (one statement), with ``outbox`` in its transaction (a refused
+    claim writes none)."""
+    if not outbox:
+        return await _claim_by_id(con, job_id, started, engine, box)
     async with con.transaction():
-        row = await con.fetchrow(_MARK_RUNNING, job_id, started, engine, box)
-        if row is None:
-            await _explain(con, job_id, [JobState.QUEUED.value])
+        row = await _claim_by_id(con, job_id, started, engine, box)
         await sql_outbox.write(con, outbox)
-    return decode(row)
+    return row
 
 
 async def finish(
@@ -169,6 +179,8 @@ async def finish(
 ) -> JobRecord:
     """``update`` to a final state with ``outbox`` in its transaction (a refused change
     writes none)."""
+    if not outbox:
+        return await update(con, job_id, sets, args, states)
     async with con.transaction():
         row = await update(con, job_id, sets, args, states)
         await sql_outbox.write(con, outbox)
@@ -203,17 +215,18 @@ async def kept_ids(con: asyncpg.Connection, box: str, bound: float, older: bool)
 
 
 # Expired rows past their keep go with their 410 marks (no event of theirs is written
-# any more) and with their batch once none of its jobs' rows is left (``sql_batches``).
+# any more).
 _DROP = """
 WITH gone AS (
-    DELETE FROM jobs WHERE state = $1 AND finished <= $2 RETURNING id, batch
-), marks AS (
-    DELETE FROM outbox_gone g USING gone WHERE g.job_id = gone.id
+    DELETE FROM jobs WHERE state = $1 AND finished <= $2 RETURNING id
 )
-DELETE FROM batches b USING gone WHERE b.id = gone.batch
-    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch = b.id AND j.id <> ALL (
-        SELECT id FROM gone))
+DELETE FROM outbox_gone g USING gone WHERE g.job_id = gone.id
 """
+# A batch goes once none of its jobs' rows is left (``sql_batches``). A statement of its
+# own, not a part of _DROP's: it sees the rows this transaction deleted and those another
+# box's eviction committed, so two boxes deleting a batch's last rows at once leave no
+# batch behind for long (the next eviction anywhere deletes it).
+_DROP_BATCHES = "DELETE FROM batches b WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch = b.id)"
 
 
 async def expire(
@@ -227,6 +240,7 @@ async def expire(
             [(i, state, reason, KEPT) for i, state, reason in ids],
         )
         await con.execute(_DROP, JobState.EXPIRED.value, drop_before)
+        await con.execute(_DROP_BATCHES)
         await con.execute(
             "DELETE FROM handles h WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = h.job_id)"
         )
