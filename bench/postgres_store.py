@@ -12,7 +12,10 @@ jobs, each store synchronous as the proxy calls it:
 3. the floor: the same statement awaited directly with asyncpg on the caller's own
    loop (what the bridge's two thread hand-offs add is the difference);
 4. ``claim_next`` (one statement, SKIP LOCKED) with 1,000 jobs of 10 clients queued;
-5. the database frozen (``SIGSTOP`` of the server: connections hang, as behind a
+5. issue #20's calls with ``--jobs`` of each already stored: ``outbox_take`` of one
+   due delivery among them and its ``outbox_delivered``, a page of 20 of a client's
+   list (``client_handles``), ``create_batch`` of 3 items;
+6. the database frozen (``SIGSTOP`` of the server: connections hang, as behind a
    dead network path): the first call blocks the caller for the call timeout, then
    the breaker is open and every call is refused in microseconds; after ``SIGCONT``
    the background probe closes the breaker by itself.
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,10 @@ import contextlib
 from pgserver import PgServer, find_pg_bin
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.guard import StoreUnavailable
+from gatekeeper.jobs.handles import Handle
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.postgres import PostgresJobStore
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.sqlite import SqliteJobStore
@@ -92,6 +99,30 @@ def lifecycle(store: JobStore, n: int) -> dict[str, list[float]]:
         _timed(lambda r=rec: store.mark_running(r.id, time.time()), t["mark_running"])
         _timed(lambda r=rec: store.set_progress(r.id, 0.5, 10), t["set_progress"])
         _timed(lambda r=rec: store.finish(r.id, JobState.DONE, None, time.time()), t["finish"])
+    return t
+
+
+def issue20(store: JobStore, n: int) -> dict[str, list[float]]:
+    """The outbox, a client's list and batches, each call timed with ``n`` rows stored."""
+    t: dict[str, list[float]] = {"outbox_take": [], "delivered": [], "list 20": [], "batch 3": []}
+    rows = [store.create(_record("lister")) for _ in range(n)]
+    for r in rows:
+        store.add_handle(Handle(r.id, r.id, "lister", False, time.time()))
+    now = time.time()
+    store.outbox_add(
+        [
+            Delivery(f"msg_{i}", r.id, "hooks", "http://r/", "job.x", b"{}", now, now)
+            for i, r in enumerate(rows)
+        ]
+    )
+    for _ in range(n):
+        got = _timed(lambda: store.outbox_take(now, 1, now + 60.0), t["outbox_take"])
+        _timed(lambda d=got[0]: store.outbox_delivered(d.id), t["delivered"])
+        _timed(lambda: store.client_handles("lister", limit=20), t["list 20"])
+    for _ in range(max(1, n // 10)):
+        batch = BatchRecord(secrets.token_urlsafe(12), "b", "batch-generate", now, 3)
+        items = [replace(_record("b"), batch=batch.id) for _ in range(3)]
+        _timed(lambda b=batch, i=items: store.create_batch(b, i), t["batch 3"])
     return t
 
 
@@ -204,6 +235,10 @@ def main() -> int:
                     f"{name} claim_next, {args.jobs} queued of 10 clients: {_us(samples)}"
                     f"   {rate:,.0f} claims/s from one caller"
                 )
+            for name, store in (("sqlite", sq), ("postgres", pg)):
+                print(f"{name} store, issue #20 calls ({args.jobs} stored):")
+                for op, samples in issue20(store, args.jobs).items():
+                    print(f"  {op:13s} {_us(samples)}")
             print("postgres, database frozen (SIGSTOP), then back:")
             frozen(server, pg)
         finally:

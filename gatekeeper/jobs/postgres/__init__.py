@@ -10,7 +10,9 @@ coroutine and one line in ``store``):
     schema       DDL, versions and migrations under pg_advisory_xact_lock
     sql_records  jobs: create, read, transitions, coalescing, eviction
     sql_fair     the fairness ring and claim_next (one statement, SKIP LOCKED)
-    sql_handles  handles;  sql_heads: kept_like;  sql_recover: recover
+    sql_handles  handles and a client's list;  sql_heads: kept_like;  sql_recover: recover
+    sql_outbox   the webhook outbox: per-box leases, one job's events in order
+    sql_batches  batches: the batch and its jobs in one transaction
 
 The design decision (docs/postgres.md has the measurements): ``JobStore`` is
 synchronous and called on the proxy's event loop, because every decision it

@@ -11,7 +11,8 @@ queue behind that lock, the first creates the schema, the others find it done
 ``schema_version`` holds one row, the version the schema is at. ``MIGRATIONS``
 maps each version to the statements that bring the schema from the previous one
 to it; a concept that needs a table (a webhook outbox, batches) appends one
-version with its module's DDL. A database of a newer gatekeeper (a higher
+version with its DDL (version 2: the outbox, the client list's index and batches
+of issue #20). A database of a newer gatekeeper (a higher
 version) is refused with both numbers, never guessed at. ``gatekeeper check``
 reads the version without changing anything (``read_version``).
 
@@ -36,7 +37,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -88,7 +89,32 @@ def _version_1() -> list[str]:
     ]
 
 
-MIGRATIONS: dict[int, list[str]] = {1: _version_1()}
+def _version_2() -> list[str]:
+    """Issue #20 on a shared store: the webhook outbox (``sql_outbox``), a client's own
+    list (``sql_handles.client_handles``) and batches (``sql_batches``)."""
+    return [
+        # Deliveries not yet delivered; ``leased``/``leased_by``: the take in flight.
+        "CREATE TABLE outbox (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " id TEXT NOT NULL UNIQUE, job_id TEXT NOT NULL, destination TEXT NOT NULL,"
+        " url TEXT NOT NULL, event TEXT NOT NULL, payload BYTEA NOT NULL,"
+        " created DOUBLE PRECISION NOT NULL, next_at DOUBLE PRECISION NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,"
+        " leased DOUBLE PRECISION, leased_by TEXT)",
+        "CREATE INDEX outbox_due ON outbox (next_at, seq)",
+        "CREATE INDEX outbox_job ON outbox (job_id, destination, seq)",
+        "CREATE INDEX outbox_leased_by ON outbox (leased_by) WHERE leased_by IS NOT NULL",
+        # The (job, destination) pairs that answered 410: nothing more is written for them.
+        "CREATE TABLE outbox_gone (job_id TEXT NOT NULL, destination TEXT NOT NULL,"
+        " PRIMARY KEY (job_id, destination))",
+        # A client's handles newest first from a cursor (``n`` only grows).
+        "CREATE INDEX handles_client ON handles (client, n)",
+        "CREATE TABLE batches (id TEXT PRIMARY KEY, client TEXT NOT NULL, route TEXT NOT NULL,"
+        " created DOUBLE PRECISION NOT NULL, total BIGINT NOT NULL)",
+        "CREATE INDEX jobs_batch ON jobs (batch, seq) WHERE batch IS NOT NULL",
+    ]
+
+
+MIGRATIONS: dict[int, list[str]] = {1: _version_1(), 2: _version_2()}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -136,12 +162,19 @@ async def migrate(con: asyncpg.Connection, schema: str) -> int:
         if found == 0:
             await con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             await con.execute("INSERT INTO schema_version VALUES (0)")
+        if found >= 1:  # before the versions after 1, whose DDL may use a newer column
+            await _add_missing_columns(con)
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version]:
                 await con.execute(statement)
         await con.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION)
-        for f in STORED:  # fields a newer record has (record's module text)
-            decl = column_sql(f.metadata["sql"])
-            if "PRIMARY KEY" not in decl:
-                await con.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {f.name} {decl}")
     return found
+
+
+async def _add_missing_columns(con: asyncpg.Connection) -> None:
+    """Fields a newer record has (record's module text), e.g. ``webhook`` and ``batch``
+    on a version 1 schema made before them."""
+    for f in STORED:
+        decl = column_sql(f.metadata["sql"])
+        if "PRIMARY KEY" not in decl:
+            await con.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {f.name} {decl}")

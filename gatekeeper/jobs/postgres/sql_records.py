@@ -9,12 +9,14 @@ state it is in), as in ``sqlite``. The fairness ring is ``sql_fair``'s.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from gatekeeper.core.vocab import JobState
-from gatekeeper.jobs.postgres import sql_fair
+from gatekeeper.jobs.outbox import Delivery
+from gatekeeper.jobs.postgres import sql_fair, sql_outbox
 from gatekeeper.jobs.postgres.schema import DB_NOW
 from gatekeeper.jobs.record import COLUMNS, STORED, JobRecord, decode, encode
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES
@@ -23,7 +25,7 @@ SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
 # One statement (one round trip): the row, and its client joins the ring (sql_fair.JOIN).
-_INSERT = f"""
+INSERT = f"""
 WITH j AS (
     INSERT INTO jobs ({", ".join(_INSERTED)}, body_box)
     VALUES ({", ".join(f"${i + 1}" for i in range(len(_INSERTED) + 1))})
@@ -51,9 +53,17 @@ def values(record: JobRecord) -> list[Any]:
     return [float(enc[c]) if c in _REAL and enc[c] is not None else enc[c] for c in _INSERTED]
 
 
-async def create(con: asyncpg.Connection, record: JobRecord, box: str) -> JobRecord:
+async def create(
+    con: asyncpg.Connection, record: JobRecord, box: str, outbox: Sequence[Delivery] = ()
+) -> JobRecord:
+    """The new queued job (one statement), with ``outbox`` in its transaction."""
     try:
-        row = await con.fetchrow(_INSERT, *values(record), box)
+        if not outbox:
+            row = await con.fetchrow(INSERT, *values(record), box)
+        else:
+            async with con.transaction():
+                row = await con.fetchrow(INSERT, *values(record), box)
+                await sql_outbox.write(con, outbox)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "jobs_live_key" and record.coalesce_key is not None:
             raise LiveTwin(record.coalesce_key) from exc
@@ -132,13 +142,49 @@ SELECT * FROM j
 """
 
 
-async def mark_running(
+async def _claim_by_id(
     con: asyncpg.Connection, job_id: str, started: float, engine: str | None, box: str
 ) -> JobRecord:
     row = await con.fetchrow(_MARK_RUNNING, job_id, started, engine, box)
     if row is None:
         await _explain(con, job_id, [JobState.QUEUED.value])
     return decode(row)
+
+
+async def mark_running(
+    con: asyncpg.Connection,
+    job_id: str,
+    started: float,
+    engine: str | None,
+    box: str,
+    outbox: Sequence[Delivery] = (),
+) -> JobRecord:
+    """The claim by id (one statement), with ``outbox`` in its transaction (a refused
+    claim writes none)."""
+    if not outbox:
+        return await _claim_by_id(con, job_id, started, engine, box)
+    async with con.transaction():
+        row = await _claim_by_id(con, job_id, started, engine, box)
+        await sql_outbox.write(con, outbox)
+    return row
+
+
+async def finish(
+    con: asyncpg.Connection,
+    job_id: str,
+    sets: str,
+    args: tuple[Any, ...],
+    states: list[str],
+    outbox: Sequence[Delivery],
+) -> JobRecord:
+    """``update`` to a final state with ``outbox`` in its transaction (a refused change
+    writes none)."""
+    if not outbox:
+        return await update(con, job_id, sets, args, states)
+    async with con.transaction():
+        row = await update(con, job_id, sets, args, states)
+        await sql_outbox.write(con, outbox)
+    return row
 
 
 async def add_coalesced(con: asyncpg.Connection, job_id: str) -> int:
@@ -168,6 +214,21 @@ async def kept_ids(con: asyncpg.Connection, box: str, bound: float, older: bool)
     return [str(r["id"]) for r in rows]
 
 
+# Expired rows past their keep go with their 410 marks (no event of theirs is written
+# any more).
+_DROP = """
+WITH gone AS (
+    DELETE FROM jobs WHERE state = $1 AND finished <= $2 RETURNING id
+)
+DELETE FROM outbox_gone g USING gone WHERE g.job_id = gone.id
+"""
+# A batch goes once none of its jobs' rows is left (``sql_batches``). A statement of its
+# own, not a part of _DROP's: it sees the rows this transaction deleted and those another
+# box's eviction committed, so two boxes deleting a batch's last rows at once leave no
+# batch behind for long (the next eviction anywhere deletes it).
+_DROP_BATCHES = "DELETE FROM batches b WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch = b.id)"
+
+
 async def expire(
     con: asyncpg.Connection, ids: list[tuple[str, str, str]], drop_before: float
 ) -> None:
@@ -178,11 +239,8 @@ async def expire(
             "UPDATE jobs SET state = $2, reason = $3 WHERE id = $1 AND state = ANY($4::text[])",
             [(i, state, reason, KEPT) for i, state, reason in ids],
         )
-        await con.execute(
-            "DELETE FROM jobs WHERE state = $1 AND finished <= $2",
-            JobState.EXPIRED.value,
-            drop_before,
-        )
+        await con.execute(_DROP, JobState.EXPIRED.value, drop_before)
+        await con.execute(_DROP_BATCHES)
         await con.execute(
             "DELETE FROM handles h WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = h.job_id)"
         )

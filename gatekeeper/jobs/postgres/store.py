@@ -9,6 +9,8 @@ made once) and registers in ``boxes`` with its internal address, where another
 box will fetch a result from (the relay: docs/postgres.md). Until that relay
 exists, a box replays (``find_coalesce``) and serves only results on its own
 disk, and recovers, evicts and counts (``results_bytes``) only its own files.
+The webhook outbox, a client's list and batches (issue #20) are the mixins of
+``sql_outbox``, ``sql_handles`` and ``sql_batches``.
 
 Every method is synchronous and waits for the database through ``bridge.Bridge``
 (bounded by ``timeout``; a circuit breaker refuses calls at once while the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -28,9 +31,20 @@ from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
+from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.postgres import schema as sch
-from gatekeeper.jobs.postgres import sql_fair, sql_handles, sql_heads, sql_records, sql_recover
+from gatekeeper.jobs.postgres import (
+    sql_fair,
+    sql_handles,
+    sql_heads,
+    sql_outbox,
+    sql_records,
+    sql_recover,
+)
 from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
+from gatekeeper.jobs.postgres.sql_handles import PostgresListing
+from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
 from gatekeeper.jobs.statedir import prepare, take_lock
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
@@ -62,8 +76,9 @@ async def _register(con: asyncpg.Connection, box: str, address: str | None) -> N
     )
 
 
-class PostgresJobStore:
-    """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory."""
+class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
+    """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
+    the outbox, a client's list and batches are their ``sql_*`` modules' mixins."""
 
     def __init__(self, directory: Path, lock: IO[str], bridge: Bridge, box: str):
         self.directory = directory
@@ -97,6 +112,7 @@ class PostgresJobStore:
                 await sch.migrate(con, schema)
                 await con.execute(f"SET search_path TO {schema}")
                 await _register(con, box, address)
+                await sql_outbox.release(con, box)  # this box's last process is gone
 
             try:
                 bridge.start(setup)
@@ -118,11 +134,12 @@ class PostgresJobStore:
 
     # -- records -----------------------------------------------------------------------------
 
-    def create(self, record: JobRecord) -> JobRecord:
+    def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
+        """A new queued job, and the deliveries announcing it in its transaction."""
         check_id(record.id)
         if record.state is not JobState.QUEUED:
             raise ValueError(f"a new job is queued, not {record.state}")
-        return self.bridge.call("create", sql_records.create, record, self.box)
+        return self.bridge.call("create", sql_records.create, record, self.box, list(outbox))
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.bridge.call("get", sql_records.get, job_id)
@@ -167,9 +184,21 @@ class PostgresJobStore:
 
     # -- the life of a job -------------------------------------------------------------------
 
-    def mark_running(self, job_id: str, started: float, engine: str | None = None) -> JobRecord:
+    def mark_running(
+        self,
+        job_id: str,
+        started: float,
+        engine: str | None = None,
+        outbox: Sequence[Delivery] = (),
+    ) -> JobRecord:
         return self.bridge.call(
-            "mark_running", sql_records.mark_running, job_id, float(started), engine, self.box
+            "mark_running",
+            sql_records.mark_running,
+            job_id,
+            float(started),
+            engine,
+            self.box,
+            list(outbox),
         )
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
@@ -202,18 +231,24 @@ class PostgresJobStore:
         )
 
     def finish(
-        self, job_id: str, state: JobState, reason: str | None, finished: float
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
         if state not in FINAL_STATES:
             raise ValueError(f"{state} is not a final state")
         froms = [s.value for s in sources(state) if s in LIVE_STATES]
         row = self.bridge.call(
             "finish",
-            sql_records.update,
+            sql_records.finish,
             job_id,
             "state = $3, reason = $4, finished = $5",
             (state.value, reason, float(finished)),
             froms,
+            list(outbox),
         )
         self._files.drop_body(job_id)
         if state is JobState.EXPIRED:
