@@ -132,6 +132,12 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
         if not self._lock.closed:
             self._lock.close()
 
+    def check_file(self) -> str | None:
+        """The records live in the PostgreSQL server, not in a file of the state
+        directory that could be deleted under this process: nothing to put back (an
+        unreachable server is the breaker's, ``bridge``)."""
+        return None
+
     # -- records -----------------------------------------------------------------------------
 
     def create(self, record: JobRecord, outbox: Sequence[Delivery] = ()) -> JobRecord:
