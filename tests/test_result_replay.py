@@ -126,3 +126,33 @@ async def test_a_result_that_cannot_be_read_is_a_json_503_storage_error(
         body = await _json(r)
         assert (r.status, body["reason"]) == (503, "storage_error"), body
         assert body["detail"] and int(r.headers["Retry-After"]) > 0
+
+
+async def test_a_client_that_leaves_during_a_result_download_ends_it_quietly(
+    engine: TestServer,
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client reads the head of an 8 MiB result and closes its socket: the answer
+    ends there, no "Error handling request" traceback is logged (the result is sent
+    inside the handler, where a ConnectionError used to escape to aiohttp's error log),
+    and the next download is whole."""
+    size = 8 * 1024 * 1024
+    st, client = await _box(engine, aiohttp_client, tmp_path)
+    async with client.get(f"/download?bytes={size}", headers=ASYNC) as r:
+        job_id = (await _json(r))["id"]
+    for _ in range(400):
+        if (await _state(client, job_id))["state"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    url = client.make_url(f"{JOBS}/{job_id}/result")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"GET {url.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    writer.transport.abort()  # gone without reading the body
+    await asyncio.sleep(0.5)
+    async with client.get(f"{JOBS}/{job_id}/result") as r:
+        assert r.status == 200 and len(await r.read()) == size
+    assert not [r for r in caplog.records if "Error handling request" in r.getMessage()]

@@ -33,7 +33,11 @@ class _SentFile(web.FileResponse):
     """A ``FileResponse`` sent inside the handler (while its descriptor is open): the
     server's own ``prepare`` after the handler returns must not open the link again."""
 
+    gone = False  # the client left while it was sent: never open the link again
+
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.gone:  # aiohttp's finish after the handler: quiet about a ConnectionError
+            raise ConnectionResetError("the client left during the answer")
         if self.prepared:  # StreamResponse.prepare: already sent, nothing to do
             return await web.StreamResponse.prepare(self, request)
         return await super().prepare(request)
@@ -47,17 +51,25 @@ async def served(
     headers: Mapping[str, str],
 ) -> web.StreamResponse:
     """The answer ``status`` with ``headers`` and the bytes of the open file ``f``, sent
-    (prepared) before this returns: the caller may close ``f`` then."""
+    (prepared) before this returns: the caller may close ``f`` then. A client that
+    leaves during the answer ends it quietly (aiohttp's own finish logs no traceback
+    for a ConnectionError), as any answer it leaves does."""
     fd = f.fileno()
     if status == 200 and _HAVE_PROC_FD:
         whole = _SentFile(PROC_FD / str(fd), headers=headers)
-        await whole.prepare(request)
+        try:
+            await whole.prepare(request)
+        except ConnectionError:
+            whole.gone = True
         return whole
     out = web.StreamResponse(status=status, reason=reason, headers=headers)
     out.content_length = os.fstat(fd).st_size
-    await out.prepare(request)
-    if request.method != "HEAD":
-        while chunk := f.read(CHUNK):
-            await out.write(chunk)
-    await out.write_eof()
+    try:
+        await out.prepare(request)
+        if request.method != "HEAD":
+            while chunk := f.read(CHUNK):
+                await out.write(chunk)
+        await out.write_eof()
+    except ConnectionError:
+        pass  # the answer is as far as it got; aiohttp's finish is quiet about the rest
     return out
