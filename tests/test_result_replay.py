@@ -139,7 +139,7 @@ async def test_a_client_that_leaves_during_a_result_download_ends_it_quietly(
     inside the handler, where a ConnectionError used to escape to aiohttp's error log),
     and the next download is whole."""
     size = 8 * 1024 * 1024
-    st, client = await _box(engine, aiohttp_client, tmp_path)
+    _st, client = await _box(engine, aiohttp_client, tmp_path)
     async with client.get(f"/download?bytes={size}", headers=ASYNC) as r:
         job_id = (await _json(r))["id"]
     for _ in range(400):
