@@ -26,7 +26,7 @@ PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 
 # Two one-slot engines (issue #11 §1): the limit is always their sum, 2.
 TWO_ENGINE_PHASES = ["finish", "cancel", "mixed"]
 # Exchanges per phase of the storage-fault run (GATEKEEPER_CHAOS_EXCHANGES for a long run).
-STORAGE_EXCHANGES = int(os.environ.get("GATEKEEPER_CHAOS_EXCHANGES", "150"))
+STORAGE_EXCHANGES = int(os.environ.get("GATEKEEPER_CHAOS_EXCHANGES", "100"))
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ async def test_chaos_fast_run(tmp_path: Path) -> None:
     async with Chaos(tmp_path, SEED) as c:
         try:
             for mode, limit in PHASES:
-                await c.phase(120, mode, limit)
+                await c.phase(80, mode, limit)  # volume: the long run (bench/chaos.py)
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
@@ -48,7 +48,7 @@ async def test_chaos_two_engines_fast_run(tmp_path: Path) -> None:
     async with Chaos(tmp_path, SEED, engines=2) as c:
         try:
             for mode in TWO_ENGINE_PHASES:
-                await c.phase(100, mode)
+                await c.phase(70, mode)
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
@@ -240,7 +240,7 @@ async def test_chaos_two_identities_never_cross(tmp_path: Path) -> None:
     async with Chaos(tmp_path, SEED, actions=actions) as c:
         try:
             for mode in ("finish", "cancel"):
-                await c.phase(150, mode)
+                await c.phase(100, mode)
             coalesced = metric_sum(await c.metrics(), "gatekeeper_coalesced_total")
             assert coalesced > 0, "no request was coalesced: the run proved nothing"
             outcomes = Counter[str]()

@@ -183,9 +183,10 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
     await idle(app, admin)
-    # 20 s: the second client is made and refused while it runs, even on a loaded box.
+    # 10 s: the second client is made and refused (the queue is full at once) while it
+    # runs, even on a loaded box.
     first = (await asyncio.to_thread(client, url)).submit(
-        "[verse] one", "seconds=20", api_name="/generate_song"
+        "[verse] one", "seconds=10", api_name="/generate_song"
     )
 
     async def running() -> bool:

@@ -566,6 +566,7 @@ async def _post_and_vanish(gk: Gk, engine: TestServer, seconds: float) -> None:
     writer.close()
 
 
+@pytest.mark.slow  # in process, but seconds of real timeouts: the fast tier stays under a minute
 async def test_client_gone_finish_holds_slot_until_engine_done(
     engine: TestServer, gatekeeper: Any
 ) -> None:
@@ -753,6 +754,7 @@ async def test_trickling_upload_times_out_and_frees_slot(
     assert gk.state.counters.rejections_by_reason == {"client_timeout": 1}
 
 
+@pytest.mark.slow  # in process, but seconds of real timeouts: the fast tier stays under a minute
 async def test_client_that_stops_reading_small_events_is_dropped(
     engine: TestServer, gatekeeper: Any
 ) -> None:

@@ -150,6 +150,7 @@ async def _state(client: TestClient, job_id: str) -> dict[str, Any]:
         return await _json(r)
 
 
+@pytest.mark.slow  # in process, but ~0.6-1.4 s per store call: the fast tier stays under a minute
 @pytest.mark.parametrize("method", METHODS)
 async def test_a_store_fault_at_any_call_never_wedges_the_queue(
     engine: TestServer,

@@ -121,6 +121,7 @@ async def test_410_stops_that_destination_for_that_job(
     assert rig.store.outbox_pending("j1") == []
 
 
+@pytest.mark.slow  # in process, but a real retry delay each: the fast tier stays under a minute
 @pytest.mark.parametrize("status", [500, 302, 401])
 async def test_anything_else_is_retried_with_the_same_id(
     tmp_path: Path, running: Callable[[Rig], None], status: int
