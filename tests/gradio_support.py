@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from support import REQUIRE_E2E, Proc, free_port
 
@@ -50,3 +52,10 @@ def start_gradio_app(
         program=[sys.executable, str(APP)],
     )
     return p, f"http://127.0.0.1:{port}"
+
+
+async def get_json(url: str) -> Any:
+    """GET ``url``: a 200's JSON (the Gradio e2e modules' one reader of app and admin JSON)."""
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.json()

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gradio4_venv import Broken, Unavailable, gradio4_python
-from gradio_support import APP
+from gradio_support import APP, get_json
 from support import REQUIRE_E2E, Proc, free_port, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -80,12 +80,6 @@ def rig(
     finally:
         for p in reversed(procs):
             p.stop()
-
-
-async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        assert r.status == 200, url
-        return await r.json()
 
 
 async def join(http: aiohttp.ClientSession, url: str, session: str, lyrics: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gradio_support import require_gradio, start_gradio_app
+from gradio_support import get_json, require_gradio, start_gradio_app
 from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -56,12 +56,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
     finally:
         for p in reversed(procs):
             p.stop()
-
-
-async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        assert r.status == 200, url
-        return await r.json()
 
 
 async def idle(app: str, admin: str) -> None:

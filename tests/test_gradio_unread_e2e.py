@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from gradio_support import require_gradio, start_gradio_app
+from gradio_support import get_json, require_gradio, start_gradio_app
 from support import Proc, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -50,12 +49,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
     finally:
         for p in reversed(procs):
             p.stop()
-
-
-async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        assert r.status == 200, url
-        return await r.json()
 
 
 async def join(url: str, session: str) -> str:
