@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import REQUIRE_E2E, Proc, free_port
+from support import REQUIRE_E2E, Proc, free_port, poll
 
 APP = Path(__file__).with_name("gradio_app.py")
 
@@ -59,3 +59,22 @@ async def get_json(url: str) -> Any:
     async with aiohttp.ClientSession() as s, s.get(url) as r:
         assert r.status == 200, url
         return await r.json()
+
+
+async def app_idle(app: str, admin: str) -> None:
+    """Nothing running in the app or in gatekeeper; the app's counters zeroed."""
+
+    async def quiet() -> bool:
+        stats = await get_json(app + "/_app/stats")
+        return bool(stats["active"] == 0 and (await get_json(admin + "/status"))["in_flight"] == 0)
+
+    await poll(quiet, timeout=30)
+    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
+        assert r.status == 200
+
+
+def gradio_client(url: str) -> Any:
+    """A quiet gradio_client.Client of the app behind ``url``."""
+    from gradio_client import Client
+
+    return Client(url + "/", verbose=False)

@@ -11,12 +11,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from browser import Browser
-from gradio_support import get_json, require_gradio, start_gradio_app
+from gradio_support import app_idle, get_json, gradio_client, require_gradio, start_gradio_app
 from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -80,20 +78,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
 async def idle(rig: tuple[str, str, str]) -> None:
     """Nothing running in the app or in gatekeeper; the app's counters zeroed."""
     app, _, admin = rig
-
-    async def quiet() -> bool:
-        stats = await get_json(app + "/_app/stats")
-        return bool(stats["active"] == 0 and (await get_json(admin + "/status"))["in_flight"] == 0)
-
-    await poll(quiet, timeout=30)
-    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
-        assert r.status == 200
-
-
-def client(url: str) -> Any:
-    from gradio_client import Client
-
-    return Client(url + "/", verbose=False)
+    await app_idle(app, admin)
 
 
 async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str]) -> None:
@@ -102,7 +87,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
     song runs, and the slot is held for the whole job, not for the join."""
     app, url, admin = rig
     await idle(rig)
-    first_client = await asyncio.to_thread(client, url)
+    first_client = await asyncio.to_thread(gradio_client, url)
     # 15 s (tests/gradio_app.py): the refusal, the echo and the checks below happen while it
     # runs even on a loaded 2-core box (with the app's 3 s it ended first there).
     first = first_client.submit("[verse] one", "seconds=15", api_name="/generate_song")
@@ -113,7 +98,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
     await poll(running, timeout=20)
     status = await get_json(admin + "/status")
     assert status["in_flight"] == 1 and status["running"][0]["route"] == "song"
-    second_client = await asyncio.to_thread(client, url)
+    second_client = await asyncio.to_thread(gradio_client, url)
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as refused:

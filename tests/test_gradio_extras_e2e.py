@@ -14,9 +14,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
-from gradio_support import get_json, require_gradio, start_gradio_app
+from gradio_support import app_idle, get_json, gradio_client, require_gradio, start_gradio_app
 from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -58,22 +57,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
             p.stop()
 
 
-async def idle(app: str, admin: str) -> None:
-    async def quiet() -> bool:
-        stats = await get_json(app + "/_app/stats")
-        return bool(stats["active"] == 0 and (await get_json(admin + "/status"))["in_flight"] == 0)
-
-    await poll(quiet, timeout=30)
-    async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
-        assert r.status == 200
-
-
-def client(url: str) -> Any:
-    from gradio_client import Client
-
-    return Client(url + "/", verbose=False)
-
-
 def access_lines(gk: Proc) -> list[dict[str, Any]]:
     out = []
     for line in gk.output().splitlines():
@@ -91,9 +74,9 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
     and description in /status, `gatekeeper status` and
     gatekeeper_generation_progress_ratio; they go when it ends."""
     app, url, admin, _ = rig
-    await idle(app, admin)
+    await app_idle(app, admin)
     # 20 s: long enough to start `gatekeeper status` while it runs on a loaded box.
-    job = (await asyncio.to_thread(client, url)).submit(
+    job = (await asyncio.to_thread(gradio_client, url)).submit(
         "[verse] progress", "seconds=20", api_name="/generate_song"
     )
     seen: dict[str, Any] = {}
@@ -138,11 +121,11 @@ async def test_a_completion_without_audio_is_a_failed_generation(
     completion; gatekeeper counts a failed generation (the error code of the duration
     metric, reason no_result in the access log) and learns no duration from it."""
     app, url, admin, gk = rig
-    await idle(app, admin)
+    await app_idle(app, admin)
     before = await get_json(admin + "/status")
     metrics = await wait_metrics(admin, lambda t: True)
     errors, oks = metric(metrics, ERRORS, 0.0), metric(metrics, OK, 0.0)
-    c = await asyncio.to_thread(client, url)
+    c = await asyncio.to_thread(gradio_client, url)
     audio, info = await asyncio.to_thread(
         c.predict, "invalid lyrics", "pop", api_name="/generate_song"
     )
@@ -176,10 +159,10 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     access lines say status 200 and the bytes sent, decision rejected and the refusal's
     reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
-    await idle(app, admin)
+    await app_idle(app, admin)
     # 10 s: the second client is made and refused (the queue is full at once) while it
     # runs, even on a loaded box.
-    first = (await asyncio.to_thread(client, url)).submit(
+    first = (await asyncio.to_thread(gradio_client, url)).submit(
         "[verse] one", "seconds=10", api_name="/generate_song"
     )
 
@@ -187,7 +170,7 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
         return bool((await get_json(admin + "/status"))["in_flight"] == 1)
 
     await poll(running, timeout=20)
-    second = await asyncio.to_thread(client, url)
+    second = await asyncio.to_thread(gradio_client, url)
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError):
