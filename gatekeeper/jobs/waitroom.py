@@ -129,10 +129,11 @@ class WaitingRoom:
     one key per waiter) and stays so:
 
     - ``pop_next`` takes the smallest key; V becomes its round, its client's head
-      round goes up by one, no other key changes;
+      round goes up by one, no other key changes. Every key left is above the one
+      taken and a newcomer's round is V, so V never goes back;
     - a client that joins the ring gets round V and the next label (above every
-      label in the ring): its keys sort after every key of round V present and
-      before every key of a later round;
+      label in the ring): its first key sorts after every key of round V present
+      and before every key of a later round, each later one last in its round;
     - a waiter that leaves from the middle of its client's queue: the waiters
       behind it move up one rank, i.e. into the keys before theirs; the client's
       last key is removed, no other key changes;
