@@ -116,8 +116,10 @@ def test_gatekeeper_check_fails_on_unreadable_webhook_secrets(tmp_path: Path) ->
     res = gk_check(config, {"GK_TEST_HOOK_SECRET": SECRET})
     assert res.returncode == 2, res.stdout + res.stderr
     assert "1 problem(s)" in res.stderr, res.stderr
-    assert "line 10: jobs.webhooks.destinations[0].secret_file" in res.stderr
-    assert "whsec_" in res.stderr
+    assert (
+        f"line 10: jobs.webhooks.destinations[0].secret_file: the secret in {tmp_path}/bad.key"
+        " must start with 'whsec_'" in res.stderr
+    ), res.stderr
 
     config = rules(tmp_path, "good.key", "good.key")
     res = gk_check(config, {"GK_TEST_HOOK_SECRET": SECRET})

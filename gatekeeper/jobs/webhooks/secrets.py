@@ -43,18 +43,18 @@ def _read(
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return key, f"cannot read {where}: {why}"
-        label = f"({where}) "
+        label = f"the secret in {where}"
     elif env is not None:
         key = f"{path}secret_env"
         if env not in environ:
             return key, f"${env} is not set"
-        text, label = environ[env], f"(${env}) "
+        text, label = environ[env], f"the secret in ${env}"
     else:
         return f"{path}secret_file", "no secret_file or secret_env"
     try:
         return decode_secret(text)
     except SecretError as exc:
-        return key, f"{label}the secret {exc}"
+        return key, f"{label} {exc}"
 
 
 @dataclass(frozen=True)
