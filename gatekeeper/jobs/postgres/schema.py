@@ -12,9 +12,10 @@ queue behind that lock, the first creates the schema, the others find it done
 maps each version to the statements that bring the schema from the previous one
 to it; a concept that needs a table (a webhook outbox, batches) appends one
 version with its DDL (version 2: the outbox, the client list's index and batches
-of issue #20). A database of a newer gatekeeper (a higher
-version) is refused with both numbers, never guessed at. ``gatekeeper check``
-reads the version without changing anything (``read_version``).
+of issue #20; version 3: the fairness ring's rounds, issue #20 §3). A database of a
+newer gatekeeper (a higher version) is refused with both numbers, never guessed
+at. ``gatekeeper check`` reads the version without changing anything
+(``read_version``).
 
 The ``jobs`` columns are ``record.JobRecord``'s fields (``record.STORED``), their
 SQLite types mapped to PostgreSQL's (``column_sql``); a field added to the record
@@ -37,7 +38,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -114,7 +115,23 @@ def _version_2() -> list[str]:
     ]
 
 
-MIGRATIONS: dict[int, list[str]] = {1: _version_1(), 2: _version_2()}
+def _version_3() -> list[str]:
+    """Issue #20 §3 on a shared store: the ring's rounds (a client joining the ring takes
+    the round in service: ``sql_fair``). A version 2 ring's rows all get round 0 and keep
+    their turns, i.e. their order; the round in service starts at 0. Written to run on
+    a ring that already has any of it."""
+    return [
+        "ALTER TABLE ring ADD COLUMN IF NOT EXISTS round BIGINT NOT NULL DEFAULT 0",
+        "DROP INDEX IF EXISTS ring_by_turn",
+        "CREATE INDEX IF NOT EXISTS ring_order ON ring (round, turn)",
+        # One row: the round of the last job claimed (V).
+        "CREATE TABLE IF NOT EXISTS ring_clock (one BOOLEAN PRIMARY KEY DEFAULT TRUE"
+        " CHECK (one), round BIGINT NOT NULL)",
+        "INSERT INTO ring_clock (one, round) VALUES (TRUE, 0) ON CONFLICT DO NOTHING",
+    ]
+
+
+MIGRATIONS: dict[int, list[str]] = {1: _version_1(), 2: _version_2(), 3: _version_3()}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -130,14 +130,14 @@ async def update(
     return decode(row)
 
 
-# One statement: the claim by id, and its client to the ring's tail (sql_fair.SERVED).
+# One statement: the claim by id, and its client's next round (sql_fair.SERVED).
 _MARK_RUNNING = f"""
 WITH j AS (
     UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $2, engine = $3,
         run_box = $4, heartbeat = {DB_NOW}
     WHERE id = $1 AND state = '{JobState.QUEUED.value}'
     RETURNING {", ".join(COLUMNS)}
-), r AS ({sql_fair.SERVED})
+), {sql_fair.SERVED}
 SELECT * FROM j
 """
 
