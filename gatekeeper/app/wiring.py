@@ -15,6 +15,7 @@ import logging
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -26,7 +27,7 @@ from gatekeeper.config.jobs import postgres_dsn
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.readings import ResourceState
 from gatekeeper.gradio.route import GradioRoute
-from gatekeeper.jobs.anybox import AnyBox
+from gatekeeper.jobs.anybox import AnyBox, apply_cancels
 from gatekeeper.jobs.batch.api import BatchApi
 from gatekeeper.jobs.batch.route import BatchRoute
 from gatekeeper.jobs.deps import JobDeps
@@ -97,7 +98,7 @@ async def create_state(
     st.jobs = JobService(deps, store, directory, ephemeral=ephemeral)
     st.anybox = AnyBox.of(st.jobs)  # a store several boxes share (issue #21)
     if st.anybox is not None:
-        st.boxes = FleetWatch(st.jobs, st.anybox.shared)
+        st.boxes = FleetWatch(st.anybox.shared, st.clock, partial(apply_cancels, st.jobs))
     wire_gauges(st)
     if st.boxes is not None:
         st.boxes.on_read = box_gauges(st.metrics, st.boxes, st.clock)
@@ -141,7 +142,7 @@ def box_address(config: Config) -> str:
     hp = config.admin_listen
     host = hp.host
     if host in ("", "0.0.0.0", "::", "[::]"):
-        host = socket.gethostname()
+        host = socket.getfqdn()
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{hp.port}"

@@ -6,7 +6,8 @@ awaited (``Bridge.acall``). Every ``FLEET_EVERY`` seconds it stamps this box's
 ``seen`` and reads every box and the whole queue (``shared.Fleet``), which
 ``/status``, ``gatekeeper status``, the box gauges and the heartbeat alert read
 (``latest``, ``ages``); every ``CANCELS_EVERY`` seconds it takes the cancel requests
-other boxes left for jobs this box holds and applies them (``anybox.apply_cancels``).
+other boxes left for jobs this box holds and hands them to ``on_cancels`` (the app
+passes ``anybox.apply_cancels``).
 
 A heartbeat age is the database's (``now() - seen`` on its clock) plus the time since
 this box read it on its own loop clock, so it keeps growing while the store does not
@@ -20,10 +21,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gatekeeper.jobs.anybox import apply_cancels
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.ids import client_hash
-from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.shared import Fleet, SharedStore
 
 log = logging.getLogger("gatekeeper.jobs")
@@ -36,10 +35,15 @@ _LOG_EVERY = 60.0  # at most one line a minute while the store does not answer
 class FleetWatch:
     """The boxes and the whole queue as last read, and the cancels of other boxes."""
 
-    def __init__(self, jobs: JobService, shared: SharedStore):
-        self.jobs = jobs
+    def __init__(
+        self,
+        shared: SharedStore,
+        clock: Callable[[], float],
+        on_cancels: Callable[[list[str]], None] = lambda ids: None,
+    ):
         self.shared = shared
-        self.clock = jobs.deps.clock
+        self.clock = clock
+        self.on_cancels = on_cancels  # the cancel requests for jobs this box holds
         self.latest: Fleet | None = None
         self.read_at = 0.0  # loop clock of ``latest``
         self.error: str | None = None  # why the last read failed; None after a good one
@@ -76,7 +80,7 @@ class FleetWatch:
         next_fleet = self.clock()
         while True:
             try:
-                apply_cancels(self.jobs, await self.shared.take_cancels())
+                self.on_cancels(await self.shared.take_cancels())
                 if self.clock() >= next_fleet:
                     next_fleet = self.clock() + FLEET_EVERY
                     self.latest = await self.shared.fleet()
