@@ -164,12 +164,15 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
         "DROP TABLE outbox, outbox_gone, batches",
         "DROP INDEX handles_client",
         "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
+        # and before issue #21's any-box serving (version 3)
+        "DROP TABLE relay_secret, cancel_requests",
+        "ALTER TABLE boxes DROP COLUMN stopped",
         "UPDATE schema_version SET version = 1",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [2]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]
