@@ -187,7 +187,8 @@ async def test_operators_see_one_system_and_the_relay_admits_only_boxes(
     """With one job running on A and one waiting: /status on either box lists both boxes
     (A running one job) and the whole queue, /metrics the boxes' gauges; the relay
     endpoint on A's admin listener refuses a caller without the store's secret (403),
-    and with it serves only a handle it knows (404 for a guess)."""
+    and with it serves only a handle it knows (404 for a guess); A stopped, B answers
+    503 box_unreachable for A's result."""
     monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
     (a, a_admin), (b, b_admin) = two_boxes(tmp_path, procs, fresh_engine[1], pg_schema)
     first = await submit(http, a, song("first", 1.0), VICTIM)
@@ -233,3 +234,11 @@ async def test_operators_see_one_system_and_the_relay_admits_only_boxes(
     async with http.get(f"{a_admin}{RELAY}/{'A' * 24}", headers=box) as r:
         assert r.status == 404
     await until(http, b, second["id"], "done")
+
+    # The box that kept a result is gone: the result cannot be had now, and B says so.
+    a_proc = next(p for p in procs if a_admin.rsplit(":", 1)[1] in " ".join(p.argv))
+    assert a_proc.stop() == 0
+    procs.remove(a_proc)
+    async with http.get(f"{b}{JOBS}/{first['id']}/result") as r:
+        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        assert (await r.json())["reason"] == "box_unreachable"

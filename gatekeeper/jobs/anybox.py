@@ -174,9 +174,11 @@ class AnyBox:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             if out is not None and out.prepared:
-                # Cut mid-body: the client sees a short body (its Content-Length says so).
+                # Cut mid-body: the connection is closed after what was sent, so the client
+                # sees a short body (its Content-Length says so), never a whole-looking one.
                 log.warning("relaying a result from box %s broke off: %s", place.box, exc)
-                raise ConnectionResetError("the producing box went away") from exc
+                out.force_close()
+                return out
             return _unreachable(rid, f"box {place.box} at {place.address}: {exc or type(exc)}")
 
     def authorized(self, request: web.BaseRequest) -> bool:
