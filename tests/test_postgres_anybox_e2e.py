@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +216,18 @@ async def test_operators_see_one_system_and_the_relay_admits_only_boxes(
     assert [j["route"] for j in by_addr[a_admin]["jobs"]] == ["generate"]
     assert all(x["seen_age_seconds"] < 5 for x in doc["boxes"])
     assert first["id"] not in json.dumps(doc)  # ids are capabilities: never in /status
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gatekeeper", "status", "--admin", b_admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert shown.returncode == 0, shown.stderr
+    # The counts move as the song ends (status_view's own tests pin the lines).
+    assert re.search(r"all boxes +\d+ waiting, \d+ running on 2 box\(es\)", shown.stdout)
+    assert f"at {a_admin}: seen" in shown.stdout and "(this box)" in shown.stdout
     async with http.get(b_admin + "/metrics") as r:
         text = await r.text()
     a_id = by_addr[a_admin]["id"]
