@@ -91,6 +91,8 @@ class FleetWatch:
                 if self.clock() - self._logged >= _LOG_EVERY:
                     self._logged = self.clock()
                     log.warning("reading the other boxes failed: %s", exc.detail)
+            except Exception:  # a bug must not end the box's heartbeat: logged, next round
+                log.exception("reading the other boxes failed")
             await asyncio.sleep(CANCELS_EVERY)
 
     async def leave(self) -> None:
