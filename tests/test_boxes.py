@@ -22,9 +22,9 @@ from support import find_binary
 from gatekeeper.app.wiring import box_address
 from gatekeeper.cli.status_view import box_lines
 from gatekeeper.config import Config, default_alert_rules, load_config, load_config_file
+from gatekeeper.jobs.anybox_store import BoxRow, Fleet, RunningJob
 from gatekeeper.jobs.fleet import FleetWatch
 from gatekeeper.jobs.ids import id_prefix, new_job_id, routed_elsewhere
-from gatekeeper.jobs.shared import BoxRow, Fleet, RunningJob
 from gatekeeper.observability.alerts.inputs import SIGNALS
 from gatekeeper.observability.dashboard import dashboard
 from gatekeeper.observability.gauges import box_gauges
@@ -103,7 +103,7 @@ def test_the_stale_box_alert_follows_the_lease() -> None:
 
 @dataclass
 class FakeShared:
-    """A shared store's boxes, as the tests set them (``shared.SharedStore``)."""
+    """A shared store's boxes, as the tests set them (``anybox_store.AnyBoxStore``)."""
 
     box: str = "me"
     fleets: list[Fleet] = field(default_factory=list)

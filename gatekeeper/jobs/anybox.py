@@ -15,7 +15,7 @@ handle). What another box holds:
   chunk by chunk (never read whole into memory), passing ``Range`` and the
   conditional headers both ways, so a 206 is the producing box's own.
 - **The relay endpoint** (``api.relay_endpoint``, served on the admin listener) answers
-  only a caller that shows the store's secret (``SharedStore.relay_secret``:
+  only a caller that shows the store's secret (``AnyBoxStore.relay_secret``:
   ``Authorization: Gatekeeper-Box <secret>``; whoever reads the store is a box of it),
   and only for a *handle*: the asking box sends the handle it resolved for its
   client, the producing box resolves it again, so a result is never served across
@@ -38,10 +38,11 @@ import aiohttp
 from aiohttp import web
 
 from gatekeeper.core.headers import HOP_BY_HOP, REQUEST_ID
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.anybox_store import AnyBoxStore, ResultPlace, anybox_store_of
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
-from gatekeeper.jobs.shared import ResultPlace, SharedStore, shared_of
 from gatekeeper.proxy.responses import json_error
 
 log = logging.getLogger("gatekeeper.jobs")
@@ -59,22 +60,30 @@ _NOT_RELAYED = HOP_BY_HOP | {"content-length", REQUEST_ID.lower()}
 
 
 def foreign(jobs: JobService, job: Job) -> bool:
-    """A live job this box does not hold (another box of a shared store does)."""
-    if job.final or job.id in jobs.live or job.id in jobs.unsaved:
+    """A live job of a shared store that another box holds or runs: not live here, or
+    running here without a runner (a view of a job another box's engine runs; a job
+    this box runs always has its runner task, set in the step that marked it running)."""
+    if job.final or job.id in jobs.unsaved or anybox_store_of(jobs.store) is None:
         return False
-    return shared_of(jobs.store) is not None
+    local = jobs.live.get(job.id)
+    return local is None or (local.state is JobState.RUNNING and local.task is None)
 
 
 async def delete_foreign(jobs: JobService, job: Job, handle: Handle) -> tuple[Job, Handle]:
     """``DELETE`` of ``handle`` on a job another box holds (module text): the job and
     the handle as they are after it (the holder's decision, or within ``CANCEL_WAIT``)."""
-    shared = shared_of(jobs.store)
+    shared = anybox_store_of(jobs.store)
     assert shared is not None
     if jobs.store.get_handle(handle.id) is None:
         jobs.store.add_handle(handle)  # an implied creator's handle: stored now
     handle = jobs.store.detach_handle(handle.id, jobs.deps.wall())
     holders = [h for h in jobs.store.handles_of(job.id) if h.attached and not h.held]
-    if holders:
+    local = jobs.live.get(job.id)  # this box took it: its held connections hold it too
+    if local is not None:
+        local.holders.discard(handle.id)
+        if not handle.held:
+            local.async_owners = max(0, local.async_owners - 1)
+    if holders or (local is not None and local.holders):
         return job, handle  # others hold it: only this handle let go
     shared.request_cancel(job.id)
     deadline = jobs.deps.clock() + CANCEL_WAIT
@@ -114,7 +123,7 @@ class AnyBox:
     """The relay, both ends: fetching a result from the box that produced it, and
     serving this box's results to the other boxes (module text)."""
 
-    def __init__(self, jobs: JobService, shared: SharedStore):
+    def __init__(self, jobs: JobService, shared: AnyBoxStore):
         self.jobs = jobs
         self.shared = shared
         self._secret: str | None = None
@@ -123,7 +132,7 @@ class AnyBox:
     @classmethod
     def of(cls, jobs: JobService | None) -> AnyBox | None:
         """The relay of ``jobs``' store; None for a store of one box."""
-        shared = None if jobs is None else shared_of(jobs.store)
+        shared = None if jobs is None else anybox_store_of(jobs.store)
         return None if jobs is None or shared is None else cls(jobs, shared)
 
     def secret(self) -> str:

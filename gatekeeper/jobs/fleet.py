@@ -3,7 +3,7 @@
 ``FleetWatch.run`` is a background task of the waiting room (``app.wiring``) with a
 store several boxes share. It never blocks the proxy's loop: its store calls are
 awaited (``Bridge.acall``). Every ``FLEET_EVERY`` seconds it stamps this box's
-``seen`` and reads every box and the whole queue (``shared.Fleet``), which
+``seen`` and reads every box and the whole queue (``anybox_store.Fleet``), which
 ``/status``, ``gatekeeper status``, the box gauges and the heartbeat alert read
 (``latest``, ``ages``); every ``CANCELS_EVERY`` seconds it takes the cancel requests
 other boxes left for jobs this box holds and hands them to ``on_cancels`` (the app
@@ -21,9 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gatekeeper.jobs.anybox_store import AnyBoxStore, Fleet
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.ids import client_hash
-from gatekeeper.jobs.shared import Fleet, SharedStore
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -37,7 +37,7 @@ class FleetWatch:
 
     def __init__(
         self,
-        shared: SharedStore,
+        shared: AnyBoxStore,
         clock: Callable[[], float],
         on_cancels: Callable[[list[str]], None] = lambda ids: None,
     ):

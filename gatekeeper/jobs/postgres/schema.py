@@ -116,10 +116,10 @@ def _version_2() -> list[str]:
 
 
 def _version_3_anybox() -> list[str]:
-    """Issue #21, every box answers for every job (``sql_boxes``): the secret the boxes
+    """Issue #21, every box answers for every job (``sql_anybox``): the secret the boxes
     of one store authenticate the result relay with (one row, written by the first box
     that needs it), and the cancel requests a box made for a job another box holds
-    (that box takes them with its next look: ``sql_boxes.take_cancels``)."""
+    (that box takes them with its next look: ``sql_anybox.take_cancels``)."""
     return [
         "CREATE TABLE relay_secret (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),"
         " secret TEXT NOT NULL)",

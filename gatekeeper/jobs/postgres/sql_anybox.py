@@ -1,6 +1,6 @@
 """The boxes of one store, as each of them sees the others (issue #21: any box serves
 any job, operators see one system). One coroutine per statement, and the facade's
-methods (``PostgresBoxes``, mixed into ``PostgresJobStore``).
+methods (``PostgresAnyBox``, mixed into ``PostgresJobStore``).
 
 - **Where a result is** (``result_box``): the job's ``run_box`` and that box's
   ``boxes.address``, its internal URL (``jobs.postgres.address``), where the relay
@@ -28,9 +28,9 @@ import secrets
 import asyncpg
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.anybox_store import BoxRow, Fleet, ResultPlace, RunningJob
 from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.postgres.schema import DB_NOW
-from gatekeeper.jobs.shared import BoxRow, Fleet, ResultPlace, RunningJob
 
 _Q, _R = JobState.QUEUED.value, JobState.RUNNING.value
 # A box that stopped cleanly is listed this long after (seconds), then no more.
@@ -157,8 +157,8 @@ async def fleet(con: asyncpg.Connection, box: str) -> Fleet:
     )
 
 
-class PostgresBoxes:
-    """The ``shared.SharedStore`` methods of ``PostgresJobStore`` (which sets these)."""
+class PostgresAnyBox:
+    """The ``anybox_store.AnyBoxStore`` methods of ``PostgresJobStore`` (which sets these)."""
 
     bridge: Bridge
     box: str

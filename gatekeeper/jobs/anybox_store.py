@@ -13,7 +13,7 @@ what does:
 - **operators** see every box and the whole queue (``fleet``: ``Fleet``), read every
   second by ``fleet.FleetWatch``, which also stamps this box's ``seen``.
 
-The SQLite store is one box's and has none of this: ``shared_of`` returns None.
+The SQLite store is one box's and has none of this: ``anybox_store_of`` returns None.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["BoxRow", "Fleet", "ResultPlace", "RunningJob", "SharedStore", "shared_of"]
+__all__ = ["AnyBoxStore", "BoxRow", "Fleet", "ResultPlace", "RunningJob", "anybox_store_of"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class BoxRow:
 
 @dataclass(frozen=True)
 class Fleet:
-    """Every box and the whole queue, read in one round (``SharedStore.fleet``)."""
+    """Every box and the whole queue, read in one round (``AnyBoxStore.fleet``)."""
 
     box: str  # the box that read it
     boxes: tuple[BoxRow, ...]
@@ -69,8 +69,8 @@ class Fleet:
 
 
 @runtime_checkable
-class SharedStore(Protocol):
-    """The calls of a store several boxes share (``postgres.sql_boxes``)."""
+class AnyBoxStore(Protocol):
+    """The calls of a store several boxes share (``postgres.sql_anybox``)."""
 
     box: str
 
@@ -87,8 +87,8 @@ class SharedStore(Protocol):
     async def leave(self) -> None: ...
 
 
-def shared_of(store: Any) -> SharedStore | None:
+def anybox_store_of(store: Any) -> AnyBoxStore | None:
     """The store's shared side (a ``guard.GuardedStore``'s inner one too); None for a
     store of one box."""
     inner = getattr(store, "inner", store)
-    return inner if isinstance(inner, SharedStore) else None
+    return inner if isinstance(inner, AnyBoxStore) else None

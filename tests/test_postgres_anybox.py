@@ -1,4 +1,4 @@
-"""The boxes of one PostgreSQL store (issue #21, ``postgres.sql_boxes``), two stores on
+"""The boxes of one PostgreSQL store (issue #21, ``postgres.sql_anybox``), two stores on
 one schema as two boxes: where a result is, the relay's shared secret, cancel requests
 taken only by the box that holds the job, and every box and the whole queue as read."""
 
@@ -14,8 +14,8 @@ from pgserver import PgServer
 from test_postgres_issue20 import _open, _sql, record
 
 from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.anybox_store import AnyBoxStore, anybox_store_of
 from gatekeeper.jobs.postgres import PostgresJobStore
-from gatekeeper.jobs.shared import SharedStore, shared_of
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,10 @@ def _run(store: PostgresJobStore, job: str) -> None:
 def test_a_shared_store_is_one_and_every_box_learns_one_secret(
     boxes: tuple[PostgresJobStore, PostgresJobStore],
 ) -> None:
-    """The PostgreSQL store is a ``SharedStore``; both boxes read the same relay secret,
+    """The PostgreSQL store is a ``AnyBoxStore``; both boxes read the same relay secret,
     however many times it is asked for, and it is not guessable."""
     a, b = boxes
-    assert isinstance(a, SharedStore) and shared_of(a) is a
+    assert isinstance(a, AnyBoxStore) and anybox_store_of(a) is a
     secret = b.relay_secret()
     assert a.relay_secret() == secret == b.relay_secret() and len(secret) >= 40
 
