@@ -7,12 +7,14 @@ read metrics or, later, trigger reloads.
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gatekeeper.jobs.anybox import RELAY_PATH
 from gatekeeper.lifecycle.reload import RELOADER, Reloader
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import StatusSource, entries_limit, status_document
@@ -28,6 +30,8 @@ class Observed(StatusSource, Protocol):
     @property
     def metrics(self) -> Metrics: ...
 
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The typed key under which the admin handlers find what they read.
 STATE = web.AppKey("state", Observed)
@@ -103,8 +107,14 @@ async def status_page(request: web.Request) -> web.Response:
     )
 
 
-def build_admin_app(state: Observed, reloader: Reloader | None = None) -> web.Application:
+def build_admin_app(
+    state: Observed, reloader: Reloader | None = None, relay: Handler | None = None
+) -> web.Application:
+    """``relay``: the result relay's endpoint for the other boxes of a shared job store
+    (issue #21; ``jobs.api.relay_endpoint``), served here, never on the public port."""
     app = web.Application()
+    if relay is not None:
+        app.router.add_get(f"{RELAY_PATH}/{{handle}}", relay)
     app[STATE] = state
     if reloader is not None:
         app[RELOADER] = reloader

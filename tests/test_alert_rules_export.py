@@ -145,6 +145,7 @@ def test_promql_of_every_default_rule_names_an_exported_metric() -> None:
     m.rejections.labels("generate", "busy").inc()
     m.upstream_errors.labels("generate", "timeout").inc()
     m.webhook_failing.labels("app").set(0)
+    m.box_heartbeat_age.labels("box").set(0)
     exposed = generate_latest(m.registry).decode()
     for rule in load_config_file(PACKAGED).alerts.rules:
         metric = promql(rule).split("(")[-1].split("[")[0].split("{")[0].split(")")[0].strip()
@@ -160,8 +161,8 @@ def test_promtool_check_rules() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     count = len(load_config_file(PACKAGED).alerts.rules)
-    # cpu, memory, rejections, upstream x2, stuck, reload, disk, webhooks, db, queue x2
-    assert count == 12
+    # cpu, memory, rejections, upstream x2, stuck, reload, disk, webhooks, db, box, queue x2
+    assert count == 13
     assert f"SUCCESS: {count} rules found" in res.stdout
 
 

@@ -31,6 +31,7 @@ DEFAULT_NAMES = (
     "GatekeeperStateDiskLow",
     "GatekeeperWebhookFailing",
     "GatekeeperStateDbDetached",
+    "GatekeeperBoxHeartbeatStale",
     "GatekeeperQueueFull",
     "GatekeeperQueueWaitLong",
 )

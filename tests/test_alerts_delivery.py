@@ -234,6 +234,7 @@ async def test_signal_reader_reads_live_state(state: tuple[AppState, list[float]
         "state_free_bytes": None,  # no waiting room wired: no free-space sample
         "webhook_failing_seconds": 0.0,  # no webhook deliverer wired: nothing failing
         "state_db_detached": 0.0,  # nor a database that could be detached
+        "box_heartbeat_age_seconds": 0.0,  # a store of one box: no other box to hear from
     }
     now[0] += 61  # a minute later, with no new events: per-minute rates fall to 0
     st.upstream_up, st.config_reload_failed = False, True

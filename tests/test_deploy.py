@@ -114,6 +114,8 @@ def test_every_file_in_deploy_parses() -> None:
             assert re.search(r"^global$", path.read_text(), re.M), rel
         elif path.suffix == ".py":
             compile(path.read_text(), rel, "exec")
+        elif path.suffix == ".md":  # a recipe's README: a title, then text
+            assert path.read_text().startswith("# "), rel
         else:
             pytest.fail(f"deploy/{rel}: no check for this kind of file")
     assert "systemd/gatekeeper.service" in seen

@@ -149,6 +149,11 @@ def test_one_box_reads_anothers_batch_and_list(
     assert [e.handle.id for e in done.entries] == added[::-1]
 
 
+# What version 4 (issue #21's any-box serving) added, taken away again.
+_UNDO_VERSION_4 = (
+    "DROP TABLE relay_secret, cancel_requests",
+    "ALTER TABLE boxes DROP COLUMN stopped",
+)
 # What version 3 (the ring's rounds, issue #20 §3) added, taken away again.
 _UNDO_VERSION_3 = (
     "DROP TABLE ring_clock",
@@ -173,13 +178,14 @@ def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_se
     _sql(
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
+        *_UNDO_VERSION_4,
         *_UNDO_VERSION_3,
         "UPDATE schema_version SET version = 2",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
         first = s.claim_next(1.0)
         assert first is not None and names[first.id] == "A1"
         names[s.create(record(s, "D")).id] = "D1"
@@ -207,12 +213,13 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
         "DROP INDEX handles_client",
         "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
         *_UNDO_VERSION_3,
+        *_UNDO_VERSION_4,
         "UPDATE schema_version SET version = 1",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]

@@ -58,17 +58,20 @@ class Prometheus:
         return result
 
 
-def start_prometheus(tmp_path: Path, target: str) -> Prometheus:
+def start_prometheus(tmp_path: Path, target: str, rule_file: Path | None = None) -> Prometheus:
+    """Prometheus scraping ``target`` every second; ``rule_file``: its alerting rules,
+    evaluated every second."""
     binary = find_binary("prometheus")
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
+    rules = "" if rule_file is None else f"rule_files: ['{rule_file}']\n"
     cfg.write_text(
         f"""
 global:
   scrape_interval: 1s
   scrape_timeout: 900ms
   evaluation_interval: 1s
-scrape_configs:
+{rules}scrape_configs:
   - job_name: gatekeeper
     static_configs:
       - targets: ['{target}']

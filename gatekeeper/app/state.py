@@ -24,6 +24,8 @@ from gatekeeper.core.estimator import DurationEstimator
 from gatekeeper.core.routes import PASS_ROUTE
 from gatekeeper.core.vocab import ErrorKind, Outcome
 from gatekeeper.gradio.events import GradioEvents
+from gatekeeper.jobs.anybox import AnyBox
+from gatekeeper.jobs.fleet import FleetWatch
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.views import jobs_status, queue_status
 from gatekeeper.jobs.webhooks.deliver import Deliverer
@@ -56,6 +58,10 @@ class AppState:
     jobs: JobService | None = None
     # The webhook outbox's sender (issue #20 §1), while the waiting room runs.
     webhooks: Deliverer | None = None
+    # With a store several boxes share (issue #21): the result relay, both ends, and
+    # what this box sees of the others (every box, the whole queue, their cancels).
+    anybox: AnyBox | None = None
+    boxes: FleetWatch | None = None
     # The gated Gradio events in flight (issue #10): gradio routes.
     gradio: GradioEvents | None = None
     # The monitor's last sample (issue #11 §3): which signals are live, PSI, GPUs, cgroup.
@@ -123,7 +129,10 @@ class AppState:
         jobs = jobs_status(self.jobs)
         if self.webhooks is not None:
             jobs["webhooks"] = self.webhooks.backlog()
-        return {"queue": queue_status(self.jobs, now, limit), "jobs": jobs}
+        sections = {"queue": queue_status(self.jobs, now, limit), "jobs": jobs}
+        if self.boxes is not None:  # every box and the whole queue (issue #21)
+            sections.update(self.boxes.status(now))
+        return sections
 
     @classmethod
     def create(cls, runtime: Runtime, metrics: Metrics, clock: Callable[[], float]) -> AppState:

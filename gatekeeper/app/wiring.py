@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -25,9 +27,11 @@ from gatekeeper.config.jobs import postgres_dsn
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.readings import ResourceState
 from gatekeeper.gradio.route import GradioRoute
+from gatekeeper.jobs.anybox import AnyBox, apply_cancels
 from gatekeeper.jobs.batch.api import BatchApi
 from gatekeeper.jobs.batch.route import BatchRoute
 from gatekeeper.jobs.deps import JobDeps
+from gatekeeper.jobs.fleet import FleetWatch
 from gatekeeper.jobs.route import JobsEndpoint, QueueRoute
 from gatekeeper.jobs.service import JobService
 from gatekeeper.jobs.sqlite import SqliteJobStore
@@ -39,7 +43,7 @@ from gatekeeper.lifecycle.reload import Reloader
 from gatekeeper.lifecycle.runtime import Runtime
 from gatekeeper.observability.alerts.loop import AlertLoop
 from gatekeeper.observability.alerts.notify import Notifier
-from gatekeeper.observability.gauges import host_publisher, wire_gauges
+from gatekeeper.observability.gauges import box_gauges, host_publisher, wire_gauges
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import status_document
 from gatekeeper.observability.ungated import threshold as ungated_threshold
@@ -92,7 +96,12 @@ async def create_state(
     )
     store = open_store(config, directory)
     st.jobs = JobService(deps, store, directory, ephemeral=ephemeral)
+    st.anybox = AnyBox.of(st.jobs)  # a store several boxes share (issue #21)
+    if st.anybox is not None:
+        st.boxes = FleetWatch(st.anybox.shared, st.clock, partial(apply_cancels, st.jobs))
     wire_gauges(st)
+    if st.boxes is not None:
+        st.boxes.on_read = box_gauges(st.metrics, st.boxes, st.clock)
     st.prime_metrics()
     st.metrics.config_reloads.labels("success")  # exists from the start, at 0
     st.metrics.config_last_reload_success.set_to_current_time()
@@ -116,8 +125,27 @@ def open_store(config: Config, directory: Path) -> JobStore:
     except ValueError as exc:
         raise StoreOpenError(str(exc)) from exc
     return PostgresJobStore.open(
-        directory, dsn=dsn, schema=pg.schema, pool_size=pg.pool_size, timeout=pg.timeout
+        directory,
+        dsn=dsn,
+        schema=pg.schema,
+        pool_size=pg.pool_size,
+        timeout=pg.timeout,
+        address=box_address(config),
     )
+
+
+def box_address(config: Config) -> str:
+    """``jobs.postgres.address``, or this box's admin listener (where the relay is
+    served): its host, or the host name when it listens on every address."""
+    if config.jobs.postgres.address is not None:
+        return config.jobs.postgres.address
+    hp = config.admin_listen
+    host = hp.host
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{hp.port}"
 
 
 def _background(
@@ -161,9 +189,17 @@ def _waiting_room(st: AppState) -> Callable[[web.Application], AsyncIterator[Non
             deliverer.keys()  # a secret that cannot be read is logged at start
             jobs.start()
             sender = asyncio.create_task(deliverer.run(), name="gatekeeper-webhooks")
+        boxes = None
+        if st.boxes is not None:  # the other boxes and their cancels (issue #21)
+            boxes = asyncio.create_task(st.boxes.run(), name="gatekeeper-boxes")
         yield
         if sender is not None:  # an attempt cut here is sent again after the next start
             await cancel_and_wait([sender])
+        if boxes is not None and st.boxes is not None:
+            await cancel_and_wait([boxes])
+            await st.boxes.leave()
+        if st.anybox is not None:
+            await st.anybox.close()
         if jobs is not None:
             await jobs.close()  # the endings it writes are delivered after the next start
 
@@ -280,7 +316,7 @@ def build_proxy_app(
         Features(
             status=lambda limit: status_document(st, limit),
             jobs=_events_end_at_stop(
-                JobsEndpoint(jobs, st.clock, BatchApi(jobs, st.clock)), ports.streams
+                JobsEndpoint(jobs, st.clock, BatchApi(jobs, st.clock), st.anybox), ports.streams
             )
             if jobs is not None
             else None,

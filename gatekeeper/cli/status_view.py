@@ -245,6 +245,7 @@ def queue_lines(doc: dict[str, Any]) -> list[str]:
         more = int(q.get("waiting") or 0) - int(q.get("listed", q.get("waiting")) or 0)
         if more > 0:  # the document lists the first ones only (issue #18 §6)
             lines.append(f"    ... and {more} more waiting (gatekeeper status --all lists them)")
+    lines.extend(box_lines(doc))
     j = doc.get("jobs")
     if isinstance(j, dict):
         line = f"  {'results':<11} {size(j.get('results_bytes') or 0)} kept"
@@ -256,6 +257,44 @@ def queue_lines(doc: dict[str, Any]) -> list[str]:
         w = j.get("webhooks")
         if isinstance(w, dict):
             lines.append(webhook_line(w))
+    return lines
+
+
+def box_lines(doc: dict[str, Any]) -> list[str]:
+    """The whole queue and every box of a shared job store (issue #21): its address, how
+    long ago it stamped its heartbeat, what it runs; nothing with a store of one box."""
+    q, boxes = doc.get("shared_queue"), doc.get("boxes")
+    if not isinstance(q, dict) or not isinstance(boxes, list):
+        return []
+    if q.get("waiting") is None:
+        line = f"  {'all boxes':<11} not read yet"
+    else:
+        line = (
+            f"  {'all boxes':<11} {q['waiting']} waiting, {q.get('running', 0)} running"
+            f" on {sum(1 for b in boxes if not b.get('stopped'))} box(es)"
+        )
+        if q.get("waiting"):
+            line += f" (oldest waited {duration(float(q.get('oldest_wait_seconds') or 0))})"
+    if q.get("error"):
+        line += f"   STORE: {q['error']}"
+    lines = [line]
+    for b in boxes:
+        if not isinstance(b, dict):
+            continue
+        me = " (this box)" if b.get("this") else ""
+        if b.get("stopped"):
+            state = "stopped"
+        else:
+            state = f"seen {duration(float(b.get('seen_age_seconds') or 0))} ago"
+        lines.append(
+            f"  {'box':<11} {b.get('id', '?')}{me} at {b.get('address') or '?'}: {state},"
+            f" {b.get('running', 0)} running"
+        )
+        for j in b.get("jobs") or []:
+            lines.append(
+                f"    running {j.get('route', '?')} on {j.get('engine') or '?'}"
+                f" client {j.get('client', '?')}, {duration(float(j.get('elapsed_seconds') or 0))}"
+            )
     return lines
 
 

@@ -40,6 +40,7 @@ SIGNALS: tuple[str, ...] = (
     "state_free_bytes",
     "webhook_failing_seconds",
     "state_db_detached",
+    "box_heartbeat_age_seconds",
 )
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
@@ -270,12 +271,17 @@ def _receivers(
 
 # Default rules whose threshold follows another key: GenerationStuck follows
 # ``upstream.timeouts.read``, QueueWaitLong half of ``admission.queue.max_wait``,
-# StateDiskLow ``jobs.min_free_bytes`` (it fires while new jobs are refused storage_full).
-_FOLLOWS: dict[str, Callable[[float, float, float], float]] = {
-    "GatekeeperGenerationStuck": lambda read_timeout, max_wait, min_free: read_timeout,
-    "GatekeeperQueueWaitLong": lambda read_timeout, max_wait, min_free: max_wait / 2,
-    "GatekeeperStateDiskLow": lambda read_timeout, max_wait, min_free: min_free,
+# StateDiskLow ``jobs.min_free_bytes`` (it fires while new jobs are refused storage_full),
+# BoxHeartbeatStale ``jobs.lease`` (issue #21: a box silent that long has its running
+# jobs taken over by the others).
+_FOLLOWS: dict[str, Callable[[float, float, float, float], float]] = {
+    "GatekeeperGenerationStuck": lambda read_timeout, max_wait, min_free, lease: read_timeout,
+    "GatekeeperQueueWaitLong": lambda read_timeout, max_wait, min_free, lease: max_wait / 2,
+    "GatekeeperStateDiskLow": lambda read_timeout, max_wait, min_free, lease: min_free,
+    "GatekeeperBoxHeartbeatStale": lambda read_timeout, max_wait, min_free, lease: lease,
 }
+# ``jobs.lease`` when the rules do not declare it (the shipped rule's threshold).
+LEASE_DEFAULT = 30.0
 
 
 @functools.cache
@@ -294,11 +300,14 @@ def _shipped_rules() -> tuple[AlertRule, ...]:
 
 
 def default_alert_rules(
-    read_timeout: float = 900.0, max_wait: float = 1800.0, min_free: float = 512 * 1024**2
+    read_timeout: float = 900.0,
+    max_wait: float = 1800.0,
+    min_free: float = 512 * 1024**2,
+    lease: float = LEASE_DEFAULT,
 ) -> tuple[AlertRule, ...]:
     """The rules shipped in rules.yaml, with the thresholds that follow other keys."""
     return tuple(
-        replace(rule, threshold=_FOLLOWS[rule.alert](read_timeout, max_wait, min_free))
+        replace(rule, threshold=_FOLLOWS[rule.alert](read_timeout, max_wait, min_free, lease))
         if rule.alert in _FOLLOWS
         else rule
         for rule in _shipped_rules()
@@ -317,6 +326,7 @@ def _rules(
         ctx.values.get("upstream.timeouts.read", 900.0),
         ctx.values.get("admission.queue.max_wait", 1800.0),
         ctx.values.get("jobs.min_free_bytes", 512 * 1024**2),
+        ctx.values.get("jobs.lease", LEASE_DEFAULT),
     )
 
 

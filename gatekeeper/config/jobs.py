@@ -24,6 +24,7 @@ from gatekeeper.config.declare import (
     string,
 )
 from gatekeeper.config.reader import Context, Section
+from gatekeeper.config.values import URL_SCHEMA, to_url, url_error
 from gatekeeper.config.webhooks import Webhooks
 
 STATE_DIR_NAME = "gatekeeper-state"
@@ -106,6 +107,17 @@ class Postgres:
         " the store counts as unavailable (new submissions get 503 store_unavailable)"
         " until a background probe sees it answer again.",
         default=1.0,
+    )
+    address: str | None = checked(
+        "This box's internal URL, where the other boxes of the store fetch the results it"
+        " produced (the relay is served on the admin listener; docs/postgres.md). null:"
+        " http://<admin_listen host>:<admin port>, the host name when admin_listen is a"
+        " wildcard (0.0.0.0, ::). Set it when the other boxes reach this one by another name.",
+        url_error,
+        URL_SCHEMA,
+        allow_none=True,
+        convert=to_url,
+        default=None,
     )
 
 

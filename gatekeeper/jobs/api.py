@@ -26,7 +26,11 @@ no answer carries another submitter's id.
 A job id (144 random bits) is the only capability to read a result: the only
 listing on the public port is a caller's own (``listing``), an unknown or
 malformed id is a plain 404, except an id naming another box
-(``<box>.<token>``, issue #11 §2): 421 misdirected.
+(``<box>.<token>``, issue #11 §2): 421 misdirected. With a store every box shares
+(``jobs.store: postgres``, issue #21) ids name no box and every box answers for
+every job: one another box holds is read from the store, its result relayed from
+the box that produced it, its ``DELETE`` left as a request for its holder
+(``anybox``); ``relay_endpoint`` is that relay's end on the admin listener.
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ from gatekeeper.config import Config
 from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import listing, openapi, watch
+from gatekeeper.jobs.anybox import FOREIGN_LOOK, AnyBox, delete_foreign, foreign
 from gatekeeper.jobs.guard import StorageError, StoreUnavailable, describe
 from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
 from gatekeeper.jobs.handles import Handle
-from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
+from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id, routed_elsewhere
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.replay import served
 from gatekeeper.jobs.service import JobService
@@ -85,10 +90,11 @@ def job_json(status: int, view: dict[str, Any], rid: str, **headers: str) -> web
 
 
 class JobsApi:
-    def __init__(self, jobs: JobService, base: str, clock: Any):
+    def __init__(self, jobs: JobService, base: str, clock: Any, anybox: AnyBox | None = None):
         self.jobs = jobs
         self.base = base
         self.clock = clock
+        self.anybox = anybox  # a shared store's relay: results kept on another box
 
     async def handle(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         try:
@@ -113,9 +119,9 @@ class JobsApi:
         job_id, sub = parts[0], parts[1] if len(parts) == 2 else ""
         held = self.jobs.find_handle(job_id)  # each submitter's own id (handles)
         if held is None:
-            owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
             here = self.jobs.config.box_id
-            if sep and owner != here:
+            owner = routed_elsewhere(job_id, here, self.jobs.config.jobs.store)
+            if owner is not None:
                 # RFC 9110 §15.5.20: this box cannot answer for that target. Behind HAProxy
                 # the job URL must go to its box (issue #11 §2); a 404 would say the job
                 # does not exist, which this box cannot know.
@@ -151,6 +157,10 @@ class JobsApi:
                 )
             return await self._result(request, found, rid, handle.id)
         if request.method == "DELETE":
+            if foreign(self.jobs, found) and handle.attached:
+                found, handle = await delete_foreign(self.jobs, found, handle)
+                view = handle_view(self.jobs, found, handle, self.clock(), self.base)
+                return job_json(200, view, rid)
             return self._delete(found, handle, rid)
         return job_json(200, handle_view(self.jobs, found, handle, self.clock(), self.base), rid)
 
@@ -211,6 +221,10 @@ class JobsApi:
                 job_reason=row.reason,
             )
         path = self.jobs.store.result_path(row.id)
+        if path is None and self.anybox is not None:
+            place = self.anybox.shared.result_place(row.id)
+            if place is not None and place.box != self.anybox.shared.box:
+                return await self.anybox.relay(request, place, handle_id, rid)
         if path is None or path.name != row.id:  # a partial file is never a final job's result
             return _gone(found, rid, "no such file")
         headers = end_to_end(_cim(row.result_headers or ()), drop=_NOT_REPLAYED)
@@ -256,6 +270,8 @@ class JobsApi:
             if held is None:
                 return
             job_changed = held[0].changed()
+            # A job another box holds: nothing here tells its changes, so look again.
+            look_again = FOREIGN_LOOK if foreign(self.jobs, held[0]) else None
             now = self.clock()
             view = handle_view(self.jobs, *held, now, self.base)
             final = view["state"] in FINAL_STATES
@@ -272,10 +288,31 @@ class JobsApi:
             look = watch.next_look(told, view, now, self.jobs.schedule.steady_for(now))
             keepalive = max(0.0, wrote + KEEPALIVE_SECONDS - now)
             wait = keepalive if look is None else min(keepalive, max(0.05, look))
+            if look_again is not None:
+                wait = min(wait, look_again)
             woken = await _either(job_changed, queue_moved, wait)
             if not woken and self.clock() >= wrote + KEEPALIVE_SECONDS:
                 wrote = self.clock()
                 await out.write(b": keep-alive\n\n")
+
+
+def relay_endpoint(anybox: AnyBox) -> Any:
+    """``GET/HEAD <anybox.RELAY_PATH>/<handle>`` on the admin listener: a box of the
+    store (``AnyBox.authorized``) asks for the result of a handle it resolved for its
+    client; answered as ``GET <handle>/result`` is here (Range included), never relayed
+    further."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        rid = request.headers.get(REQUEST_ID, "relay")
+        if not anybox.authorized(request):
+            return _answer(
+                403, "forbidden", "only the boxes of this job store may fetch results here", rid
+            )
+        jobs = anybox.jobs
+        api = JobsApi(jobs, jobs.config.jobs_path or "", jobs.deps.clock)
+        return await api.handle(request, f"/{request.match_info['handle']}/result", rid)
+
+    return serve
 
 
 def _gone(found: Job, rid: str, why: str) -> web.Response:

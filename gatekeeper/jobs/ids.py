@@ -33,8 +33,10 @@ __all__ = [
     "check_idempotency_key",
     "client_hash",
     "coalesce_key",
+    "id_prefix",
     "is_job_id",
     "new_job_id",
+    "routed_elsewhere",
     "vary_headers",
     "vary_values",
     "wants_async",
@@ -56,6 +58,22 @@ def new_job_id(box_id: str | None = None) -> str:
     when given (the box prefix names where the job lives; it adds no secrecy)."""
     token = secrets.token_urlsafe(JOB_ID_BYTES)
     return token if box_id is None else f"{box_id}{BOX_SEPARATOR}{token}"
+
+
+def id_prefix(box_id: str | None, store: str) -> str | None:
+    """The prefix of new job ids: ``box_id`` with a store of one box (HAProxy routes a
+    job URL to the box that holds it, issue #11 §2); none with a store every box shares
+    (``postgres``, issue #21): any box answers for any job, so no routing is needed."""
+    return None if store == "postgres" else box_id
+
+
+def routed_elsewhere(job_id: str, box_id: str | None, store: str) -> str | None:
+    """The box an unknown id names when it is not this one and job URLs are routed by
+    box (a store of one box): the 421 of ``jobs.api``; None otherwise (a plain 404)."""
+    owner, sep, _ = job_id.rpartition(BOX_SEPARATOR)
+    if not sep or owner == box_id or store == "postgres":
+        return None
+    return owner
 
 
 def is_job_id(s: str) -> bool:

@@ -63,11 +63,16 @@ class Job:
     def from_record(
         cls, record: JobRecord, *, now: float, wall: float, route: str | None = None
     ) -> Job:
-        """The job of ``record``; its arrival on the loop clock is ``now`` minus its age."""
+        """The job of ``record``; its arrival on the loop clock is ``now`` minus its age,
+        and a running one's start too (a job another box runs, read back: issue #21)."""
+        started = None
+        if record.state is JobState.RUNNING and record.started is not None:
+            started = now - max(0.0, wall - record.started)
         return cls(
             record=record,
             route=record.route if route is None else route,
             arrived=now - max(0.0, wall - record.created),
+            started=started,
             result_bytes=record.result_bytes,
             progress=record.progress,
         )

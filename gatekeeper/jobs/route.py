@@ -52,6 +52,7 @@ from gatekeeper.core.errors import BadRequest
 from gatekeeper.core.headers import upstream_request_headers
 from gatekeeper.core.vocab import JobState, Outcome
 from gatekeeper.jobs import held
+from gatekeeper.jobs.anybox import AnyBox
 from gatekeeper.jobs.api import JobsApi, job_json, storage_error_answer
 from gatekeeper.jobs.guard import StorageError
 from gatekeeper.jobs.handle_view import given_view
@@ -60,6 +61,7 @@ from gatekeeper.jobs.ids import (
     BadHeader,
     check_idempotency_key,
     coalesce_key,
+    id_prefix,
     new_job_id,
     vary_headers,
     vary_values,
@@ -93,17 +95,24 @@ class JobsEndpoint:
     """The async-job endpoints under ``jobs_path``, as the proxy handler calls them;
     ``batches``: those under ``jobs_path/batches`` (``jobs.batch.api``)."""
 
-    def __init__(self, jobs: JobService, clock: Clock, batches: JobsHandler | None = None):
+    def __init__(
+        self,
+        jobs: JobService,
+        clock: Clock,
+        batches: JobsHandler | None = None,
+        anybox: AnyBox | None = None,
+    ):
         self.jobs = jobs
         self.clock = clock
         self.batches = batches
+        self.anybox = anybox  # results kept on another box of a shared store (issue #21)
 
     async def __call__(
         self, request: web.BaseRequest, config: Config, rest: str, request_id: str
     ) -> web.StreamResponse:
         if self.batches is not None and (rest == "/batches" or rest.startswith("/batches/")):
             return await self.batches(request, config, rest[len("/batches") :], request_id)
-        api = JobsApi(self.jobs, config.jobs_path or "", self.clock)
+        api = JobsApi(self.jobs, config.jobs_path or "", self.clock, self.anybox)
         return await api.handle(request, rest, request_id)
 
 
@@ -186,7 +195,7 @@ class QueueRoute:
                 request_id=rec.request_id,
             )
             arrival = JobRecord(
-                id=new_job_id(cfg.box_id),
+                id=new_job_id(id_prefix(cfg.box_id, cfg.jobs.store)),
                 route=route.name,
                 client=client,
                 held=not want_async,

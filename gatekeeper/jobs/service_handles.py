@@ -21,7 +21,7 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.guard import GuardedStore
 from gatekeeper.jobs.handles import Handle, creator_of
-from gatekeeper.jobs.ids import new_job_id
+from gatekeeper.jobs.ids import id_prefix, new_job_id
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.states import Ending, Endings
@@ -63,7 +63,7 @@ class HandleOps:
         """A fresh handle on ``job`` for ``request`` (coalesced onto it, or given its kept
         result: ``holds`` False, a done job has nothing to hold)."""
         handle = Handle(
-            new_job_id(self.deps.config.box_id),
+            new_job_id(id_prefix(self.deps.config.box_id, self.deps.config.jobs.store)),
             job.id,
             request.client,
             request.held,

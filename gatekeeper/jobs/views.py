@@ -40,7 +40,8 @@ def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
             "starts_in_seconds": round(starts_in, 1),
             "waited_seconds": round(waited, 1),
             "elapsed_seconds": round(now - j.started, 1) if j.started is not None else None,
-            "engine": j.ticket.engine if j.ticket is not None else None,
+            # A job another box runs has no ticket here: the engine its record names.
+            "engine": j.ticket.engine if j.ticket is not None else j.record.engine,
             "progress": j.progress,
             "coalesced": j.record.coalesced,
             "cancel_requested": j.cancel_requested,

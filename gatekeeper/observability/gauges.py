@@ -15,6 +15,7 @@ from gatekeeper.config import Engine
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import RESOURCE_REASONS, AdmitReason
 from gatekeeper.observability.alerts.inputs import (
+    Boxes,
     Readings,
     queue_bounds,
     queue_depth,
@@ -97,6 +98,31 @@ def wire_engine_gauges(m: Metrics, gate: Gate, engines: Iterable[Engine]) -> Non
         m.engine_in_flight.labels(e.name).set_function(in_flight)
         m.engine_max_in_flight.labels(e.name).set(e.max_in_flight)
         m.engine_admitted.labels(e.name)
+
+
+def box_gauges(m: Metrics, boxes: Boxes, clock: Callable[[], float]) -> Callable[[], None]:
+    """Point the shared store's gauges (issue #21) at ``boxes``; returns what to call
+    after each read of the boxes, which gives each box that came its series and takes
+    those of the boxes that went (stopped, or their rows deleted)."""
+    m.shared_queue_depth.set_function(lambda: _or_nan(boxes.queued))
+    m.shared_queue_running.set_function(lambda: _or_nan(boxes.running))
+
+    def age(box: str) -> float:
+        return boxes.ages(clock()).get(box, float("nan"))
+
+    def running(box: str) -> float:
+        return float(boxes.running_on().get(box, 0))
+
+    def follow() -> None:
+        ids = set(boxes.ages(clock()))
+        for family in (m.box_heartbeat_age, m.box_running_jobs):
+            for gone in {s.labels["box"] for s in _samples(family)} - ids:
+                family.remove(gone)
+        for box in ids:
+            m.box_heartbeat_age.labels(box).set_function(partial(age, box))
+            m.box_running_jobs.labels(box).set_function(partial(running, box))
+
+    return follow
 
 
 def _readers(gate: Gate, name: str) -> tuple[Callable[[], float], Callable[[], float]]:

@@ -1,5 +1,5 @@
-"""The waiting room's and the webhooks' metrics (issues #9, #20): a part of
-``metrics.Metrics``, which every metric is declared on once."""
+"""The waiting room's, the webhooks' and the shared store's boxes' metrics (issues #9,
+#20, #21): a part of ``metrics.Metrics``, which every metric is declared on once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,35 @@ ETA_ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
 
 class JobMetrics:
     """Mixed into ``Metrics``: its queue and webhook series."""
+
+    def _box_metrics(self, r: CollectorRegistry) -> None:
+        """The boxes sharing a job store (``jobs.store: postgres``, issue #21), read from it
+        every second; absent with a store of one box. Every box exports every box's series
+        (any one scraped shows the whole system); the gauges are wired in ``gauges``."""
+        self.shared_queue_depth = Gauge(
+            "gatekeeper_shared_queue_depth",
+            "Jobs waiting in the whole queue of the shared job store, every box's"
+            " (gatekeeper_queue_depth is this box's waiting room).",
+            registry=r,
+        )
+        self.shared_queue_running = Gauge(
+            "gatekeeper_shared_queue_running",
+            "Jobs running on any box of the shared job store.",
+            registry=r,
+        )
+        self.box_running_jobs = Gauge(
+            "gatekeeper_box_running_jobs",
+            "Jobs running on each box of the shared job store.",
+            ["box"],
+            registry=r,
+        )
+        self.box_heartbeat_age = Gauge(
+            "gatekeeper_box_heartbeat_age_seconds",
+            "Seconds since each box of the shared job store last stamped its heartbeat"
+            " (boxes.seen, on the database's clock).",
+            ["box"],
+            registry=r,
+        )
 
     def _queue_metrics(self, r: CollectorRegistry) -> None:
         """The waiting room and its jobs (issue #9); the gauges are wired in ``gauges``."""

@@ -178,6 +178,7 @@ class Metrics(JobMetrics):
         self._alert_metrics(r)
         self._queue_metrics(r)
         self._webhook_metrics(r)
+        self._box_metrics(r)
         self._engine_metrics(r)
         self._signal_metrics(r)
 

@@ -32,7 +32,7 @@ from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.batch.service import delete_batch, items_of
 from gatekeeper.jobs.batch.view import batch_view, has_result, results_index
 from gatekeeper.jobs.guard import StorageError
-from gatekeeper.jobs.ids import BOX_SEPARATOR, is_job_id
+from gatekeeper.jobs.ids import is_job_id, routed_elsewhere
 from gatekeeper.jobs.record import Headers
 from gatekeeper.jobs.service import JobService
 from gatekeeper.proxy.ports import Clock
@@ -96,8 +96,8 @@ class BatchApi:
             return json_error(404, "not_found", f"no such batch resource {sub!r}", request_id=rid)
         batch = self.jobs.store.get_batch(batch_id)
         if batch is None or batch.client != request_client(cfg, request):
-            owner, sep, _ = batch_id.rpartition(BOX_SEPARATOR)
-            if batch is None and sep and owner != cfg.box_id:
+            owner = routed_elsewhere(batch_id, cfg.box_id, cfg.jobs.store)
+            if batch is None and owner is not None:
                 detail = f"batch {batch_id} belongs to box {owner!r}, this is box {cfg.box_id!r}"
                 return json_error(421, "misdirected", detail, request_id=rid)
             return json_error(404, "not_found", f"no batch {batch_id}", request_id=rid)

@@ -34,7 +34,7 @@ from gatekeeper.jobs.batch.record import BatchRecord
 from gatekeeper.jobs.batch.service import CapReached, submit_batch
 from gatekeeper.jobs.batch.view import batch_view
 from gatekeeper.jobs.guard import StorageError
-from gatekeeper.jobs.ids import new_job_id
+from gatekeeper.jobs.ids import id_prefix, new_job_id
 from gatekeeper.jobs.model import Refused
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service import JobService
@@ -129,11 +129,9 @@ class BatchRoute:
         )
         copied = [(k, v) for k, v in headers.items() if k.lower() not in _NOT_COPIED]
         copied.append(("Content-Type", "application/json"))
-        batch = BatchRecord(new_job_id(cfg.box_id), client, route.name, 0.0, len(bodies))
-        items = [
-            (_item(cfg.box_id, batch.id, each.name, client, spec.each, copied, b), b)
-            for b in bodies
-        ]
+        box = id_prefix(cfg.box_id, cfg.jobs.store)
+        batch = BatchRecord(new_job_id(box), client, route.name, 0.0, len(bodies))
+        items = [(_item(box, batch.id, each.name, client, spec.each, copied, b), b) for b in bodies]
         result = submit_batch(jobs, batch, items, spec)
         if isinstance(result, Refused):
             return self._waiting(ctx, result)

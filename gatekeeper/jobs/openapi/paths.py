@@ -43,7 +43,16 @@ def _json(description: str, schema: str, **headers: JSON) -> JSON:
 
 _JOB_HEADER = {"$ref": "#/components/headers/X-Gatekeeper-Job"}
 _STORAGE = error("storage_error: the state directory failed a read or a write.", retry_after=True)
-_MISDIRECTED = error("misdirected: the id names another box (box says which).")
+_MISDIRECTED = error(
+    "misdirected: the id names another box (box says which); never with jobs.store:"
+    " postgres, where every box answers for every job."
+)
+_RESULT_UNAVAILABLE = error(
+    "storage_error: the state directory failed a read or a write; box_unreachable: the"
+    " result is kept on another box of the shared store (jobs.store: postgres), which"
+    " does not answer now.",
+    retry_after=True,
+)
 _NOT_FOUND = error("not_found: no such job (an unknown or malformed id).")
 _ID: JSON = {
     "name": "id",
@@ -188,7 +197,7 @@ def jobs_paths() -> JSON:
                     ),
                     "410": error("expired: the result was kept jobs.keep and is gone."),
                     "421": _MISDIRECTED,
-                    "503": _STORAGE,
+                    "503": _RESULT_UNAVAILABLE,
                     "default": {
                         "description": "The engine's own error answer, as it was.",
                         "content": {"*/*": {}},

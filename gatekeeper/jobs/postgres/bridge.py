@@ -140,6 +140,31 @@ class Bridge:
         except asyncpg.PostgresError as exc:
             raise StoreFault(op, exc) from exc
 
+    async def acall(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``call`` for a coroutine of the caller's loop (a background look, never a
+        request's decision): the caller's loop goes on while the store answers; the same
+        bound, breaker and errors."""
+        if not self.breaker.allow():
+            raise StoreUnavailable(op, self.breaker.why, self.breaker.retry_after())
+        if self._closed or self._pool is None:
+            raise StoreUnavailable(op, "the store is closed", self.breaker.retry_after())
+        fut = asyncio.run_coroutine_threadsafe(self._with_connection(fn, args), self._loop)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
+        except TimeoutError as exc:
+            fut.cancel()
+            why = f"no answer within {self.timeout:g}s"
+            self.breaker.failed(why)
+            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
+        except PASSED:
+            raise
+        except LOST as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self.breaker.failed(why)
+            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreFault(op, exc) from exc
+
     async def _with_connection(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         assert self._pool is not None
         async with self._pool.acquire() as con:

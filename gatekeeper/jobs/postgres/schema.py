@@ -12,7 +12,8 @@ queue behind that lock, the first creates the schema, the others find it done
 maps each version to the statements that bring the schema from the previous one
 to it; a concept that needs a table (a webhook outbox, batches) appends one
 version with its DDL (version 2: the outbox, the client list's index and batches
-of issue #20; version 3: the fairness ring's rounds, issue #20 §3). A database of a
+of issue #20; version 3: the fairness ring's rounds, issue #20 §3; version 4: the
+relay's secret and cross-box cancel requests of issue #21). A database of a
 newer gatekeeper (a higher version) is refused with both numbers, never guessed
 at. ``gatekeeper check`` reads the version without changing anything
 (``read_version``).
@@ -38,7 +39,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -131,7 +132,27 @@ def _version_3() -> list[str]:
     ]
 
 
-MIGRATIONS: dict[int, list[str]] = {1: _version_1(), 2: _version_2(), 3: _version_3()}
+def _version_4_anybox() -> list[str]:
+    """Issue #21, every box answers for every job (``sql_anybox``): the secret the boxes
+    of one store authenticate the result relay with (one row, written by the first box
+    that needs it), and the cancel requests a box made for a job another box holds
+    (that box takes them with its next look: ``sql_anybox.take_cancels``)."""
+    return [
+        "CREATE TABLE relay_secret (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),"
+        " secret TEXT NOT NULL)",
+        "CREATE TABLE cancel_requests (job_id TEXT PRIMARY KEY,"
+        " requested DOUBLE PRECISION NOT NULL, by_box TEXT NOT NULL)",
+        # When a box stopped cleanly (it left; it is not silent): NULL while it runs.
+        "ALTER TABLE boxes ADD COLUMN stopped DOUBLE PRECISION",
+    ]
+
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: _version_1(),
+    2: _version_2(),
+    3: _version_3(),
+    4: _version_4_anybox(),
+}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

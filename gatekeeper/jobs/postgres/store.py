@@ -6,9 +6,10 @@ box that made them, in its own state directory (``files.JobFiles``, locked by
 took the request (``body_box``), the result on the box that ran it
 (``run_box``). Each box has an id kept in its state directory (``box-id``,
 made once) and registers in ``boxes`` with its internal address, where another
-box will fetch a result from (the relay: docs/postgres.md). Until that relay
-exists, a box replays (``find_coalesce``) and serves only results on its own
-disk, and recovers, evicts and counts (``results_bytes``) only its own files.
+box fetches a result from (the relay on the admin listener: ``sql_anybox``,
+``jobs.anybox``, docs/postgres.md). A box replays (``find_coalesce``) only
+results on its own disk, and recovers, evicts and counts (``results_bytes``)
+only its own files.
 The webhook outbox, a client's list and batches (issue #20) are the mixins of
 ``sql_outbox``, ``sql_handles`` and ``sql_batches``.
 
@@ -42,6 +43,7 @@ from gatekeeper.jobs.postgres import (
     sql_recover,
 )
 from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.postgres.sql_anybox import PostgresAnyBox
 from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
@@ -76,9 +78,10 @@ async def _register(con: asyncpg.Connection, box: str, address: str | None) -> N
     )
 
 
-class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
+class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, PostgresAnyBox):
     """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
-    the outbox, a client's list and batches are their ``sql_*`` modules' mixins."""
+    the outbox, a client's list, batches and the boxes (``anybox_store.AnyBoxStore``: the
+    relay, cross-box cancels, the fleet) are their ``sql_*`` modules' mixins."""
 
     def __init__(self, directory: Path, lock: IO[str], bridge: Bridge, box: str):
         self.directory = directory

@@ -73,6 +73,24 @@ class FailingDestinations(Protocol):
     def longest_failing(self) -> float: ...
 
 
+class Boxes(Protocol):
+    """The boxes sharing the job store as last read (``jobs.fleet.FleetWatch``; issue #21)."""
+
+    def ages(self, now: float) -> Mapping[str, float]:
+        """Each running box's heartbeat age in seconds, by box id."""
+
+    def running_on(self) -> Mapping[str, int]:
+        """Each running box's running jobs, by box id."""
+
+    @property
+    def queued(self) -> int | None:
+        """Jobs waiting in the whole shared queue; None before the first read."""
+
+    @property
+    def running(self) -> int | None:
+        """Jobs running on any box; None before the first read."""
+
+
 class Readings(Protocol):
     """What the alert inputs read of the running gatekeeper (the app's state is one)."""
 
@@ -96,6 +114,9 @@ class Readings(Protocol):
 
     @property
     def webhooks(self) -> FailingDestinations | None: ...
+
+    @property
+    def boxes(self) -> Boxes | None: ...
 
 
 Reader = Callable[[Readings, float], "float | None"]
@@ -187,6 +208,12 @@ def _queue_full_ratio(st: Readings, now: float) -> float:
     return queue_depth(st) / capacity if capacity > 0 else 0.0
 
 
+def box_heartbeat_age(st: Readings, now: float) -> float:
+    """The oldest heartbeat of the boxes sharing the job store; 0 with a store of one box."""
+    ages = {} if st.boxes is None else st.boxes.ages(now)
+    return max(ages.values(), default=0.0)
+
+
 def _table(*signals: AlertInput) -> Mapping[str, AlertInput]:
     return {s.name: s for s in signals}
 
@@ -257,4 +284,9 @@ SIGNALS: Mapping[str, AlertInput] = _table(
         lambda st, now: 0.0 if st.webhooks is None else st.webhooks.longest_failing(),
     ),
     AlertInput("state_db_detached", "gatekeeper_state_db_detached", state_db_detached),
+    # Every box exports every box's age (issue #21); Prometheus takes the max over the
+    # box label, as the built-in reader does.
+    AlertInput(
+        "box_heartbeat_age_seconds", "gatekeeper_box_heartbeat_age_seconds", box_heartbeat_age
+    ),
 )

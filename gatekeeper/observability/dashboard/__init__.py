@@ -19,6 +19,7 @@ The modules, imports pointing down::
     layout    rows on the 24-column grid, ids, the document around the panels
     panels    what each panel shows and its PromQL (config -> panel dicts)
     queue     the waiting room's panels, built the same way
+    boxes     the boxes row (a shared job store only: jobs.store postgres)
     grafana   how Grafana spells targets, thresholds, options, overrides
     promql    the instance selector, exact-match regex literals, route alternations
 """

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gatekeeper.config import Config
+from gatekeeper.observability.dashboard import boxes as b
 from gatekeeper.observability.dashboard import panels as p
 from gatekeeper.observability.dashboard import queue as q
 from gatekeeper.observability.dashboard.grafana import DS, Panel
@@ -60,6 +61,20 @@ ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
         ),
     ),
 )
+
+# With a job store several boxes share (jobs.store: postgres, issue #21), after the
+# waiting room: every box's heartbeat and running jobs, and the whole queue.
+BOXES_ROW: tuple[str, tuple[Cell, ...]] = (
+    "Boxes",
+    ((8, 8, b.heartbeat_age), (8, 8, b.running_per_box), (8, 8, b.whole_queue)),
+)
+
+
+def rows_of(config: Config) -> tuple[tuple[str, tuple[Cell, ...]], ...]:
+    """The dashboard's rows for ``config``: the boxes row only with a shared store."""
+    if config.jobs.store != "postgres":
+        return ROWS
+    return (*ROWS[:2], BOXES_ROW, *ROWS[2:])
 
 
 class Grid:
@@ -128,7 +143,7 @@ def _instance_variable() -> dict[str, Any]:
 def dashboard(config: Config) -> dict[str, Any]:
     """The Grafana dashboard for ``config``, ready for "Import dashboard"."""
     grid = Grid()
-    for title, row in ROWS:
+    for title, row in rows_of(config):
         grid.row(title)
         for w, h, build in row:
             grid.add(w, h, build(config))

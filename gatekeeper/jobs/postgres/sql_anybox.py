@@ -1,0 +1,182 @@
+"""The boxes of one store, as each of them sees the others (issue #21: any box serves
+any job, operators see one system). One coroutine per statement, and the facade's
+methods (``PostgresAnyBox``, mixed into ``PostgresJobStore``).
+
+- **Where a result is** (``result_box``): the job's ``run_box`` and that box's
+  ``boxes.address``, its internal URL (``jobs.postgres.address``), where the relay
+  fetches it from.
+- **The relay's secret** (``relay_secret``): one row, made by the first box that asks
+  (``INSERT ... ON CONFLICT DO NOTHING``, then read back: every box gets the same
+  value). Whoever can read the store is a box of it; nobody else knows the secret.
+- **Cancel requests across boxes** (``request_cancel`` / ``take_cancels``): a
+  ``DELETE`` served by a box that does not hold the job detaches the caller's handle
+  (in the shared ``handles``) and leaves a request; the box that holds the job (its
+  ``run_box`` while it runs, its ``body_box`` while it waits) takes its requests with
+  its next look (``fleet.FleetWatch``, every second) and decides with what only it
+  knows (its held connections), exactly as for a ``DELETE`` of its own.
+- **The fleet** (``fleet``): every box with its address, the age of its last ``seen``
+  stamp on the database's clock (``DB_NOW``: boxes' clocks may disagree) and its
+  running jobs, and the whole queue's totals; ``stamp`` writes this box's ``seen``.
+  A box that stops cleanly marks itself ``stopped`` (``leave``): it is not silent,
+  it left, and no alert should fire for it.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+
+from gatekeeper.core.vocab import JobState
+from gatekeeper.jobs.anybox_store import BoxRow, Fleet, ResultPlace, RunningJob
+from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.postgres.schema import DB_NOW
+
+_Q, _R = JobState.QUEUED.value, JobState.RUNNING.value
+# A box that stopped cleanly is listed this long after (seconds), then no more.
+STOPPED_SHOWN = 3600.0
+# The running jobs a read lists (each box runs a few: one per engine slot).
+RUNNING_LISTED = 200
+
+
+async def result_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None:
+    row = await con.fetchrow(
+        "SELECT j.run_box, b.address FROM jobs j LEFT JOIN boxes b ON b.id = j.run_box"
+        " WHERE j.id = $1",
+        job_id,
+    )
+    if row is None or row["run_box"] is None:
+        return None
+    return ResultPlace(row["run_box"], row["address"])
+
+
+async def relay_secret(con: asyncpg.Connection, candidate: str) -> str:
+    await con.execute(
+        "INSERT INTO relay_secret (secret) VALUES ($1) ON CONFLICT DO NOTHING", candidate
+    )
+    return str(await con.fetchval("SELECT secret FROM relay_secret"))
+
+
+async def request_cancel(con: asyncpg.Connection, job_id: str, box: str) -> None:
+    await con.execute(
+        f"INSERT INTO cancel_requests (job_id, requested, by_box) VALUES ($1, {DB_NOW}, $2)"
+        " ON CONFLICT (job_id) DO UPDATE SET requested = EXCLUDED.requested,"
+        " by_box = EXCLUDED.by_box",
+        job_id,
+        box,
+    )
+
+
+# The requests for jobs this box holds, taken (deleted) in the statement that reads
+# them; requests of jobs that ended meanwhile (or whose rows are gone) are dropped too.
+_TAKE = f"""
+WITH mine AS (
+    DELETE FROM cancel_requests c USING jobs j
+    WHERE c.job_id = j.id
+      AND ((j.state = '{_R}' AND j.run_box = $1) OR (j.state = '{_Q}' AND j.body_box = $1))
+    RETURNING c.job_id
+), stale AS (
+    DELETE FROM cancel_requests c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs j WHERE j.id = c.job_id AND j.state IN ('{_Q}', '{_R}')
+    )
+)
+SELECT job_id FROM mine
+"""
+
+
+async def take_cancels(con: asyncpg.Connection, box: str) -> list[str]:
+    return [r["job_id"] for r in await con.fetch(_TAKE, box)]
+
+
+async def stamp(con: asyncpg.Connection, box: str) -> None:
+    await con.execute(f"UPDATE boxes SET seen = {DB_NOW}, stopped = NULL WHERE id = $1", box)
+
+
+async def leave(con: asyncpg.Connection, box: str) -> None:
+    await con.execute(f"UPDATE boxes SET stopped = {DB_NOW} WHERE id = $1", box)
+
+
+_BOXES = f"""
+SELECT b.id, b.address, {DB_NOW} - b.started AS up, {DB_NOW} - b.seen AS age,
+       b.stopped IS NOT NULL AS stopped,
+       (SELECT count(*) FROM jobs j WHERE j.run_box = b.id AND j.state = '{_R}') AS running
+FROM boxes b
+WHERE b.stopped IS NULL OR b.stopped > {DB_NOW} - $1
+ORDER BY b.id
+"""
+_TOTALS = f"""
+SELECT count(*) FILTER (WHERE state = '{_Q}') AS queued,
+       count(*) FILTER (WHERE state = '{_R}') AS running,
+       {DB_NOW} - min(created) FILTER (WHERE state = '{_Q}') AS oldest
+FROM jobs WHERE state IN ('{_Q}', '{_R}')
+"""
+
+
+_RUNNING = f"""
+SELECT run_box, route, engine, client, {DB_NOW} - started AS elapsed, progress
+FROM jobs WHERE state = '{_R}' ORDER BY started LIMIT $1
+"""
+
+
+async def fleet(con: asyncpg.Connection, box: str) -> Fleet:
+    """This box's ``seen`` stamped, then every box and the whole queue, in one round."""
+    await stamp(con, box)
+    rows = await con.fetch(_BOXES, STOPPED_SHOWN)
+    totals = await con.fetchrow(_TOTALS)
+    boxes = tuple(
+        BoxRow(
+            id=r["id"],
+            address=r["address"],
+            uptime=max(0.0, float(r["up"])),
+            seen_age=max(0.0, float(r["age"])),
+            running=int(r["running"]),
+            stopped=bool(r["stopped"]),
+        )
+        for r in rows
+    )
+    jobs = tuple(
+        RunningJob(
+            box=r["run_box"] or "?",
+            route=r["route"],
+            engine=r["engine"],
+            client=r["client"],
+            elapsed=max(0.0, float(r["elapsed"] or 0.0)),
+            progress=r["progress"],
+        )
+        for r in await con.fetch(_RUNNING, RUNNING_LISTED)
+    )
+    oldest = totals["oldest"]
+    return Fleet(
+        box=box,
+        boxes=boxes,
+        queued=int(totals["queued"]),
+        running=int(totals["running"]),
+        oldest_wait=0.0 if oldest is None else max(0.0, float(oldest)),
+        jobs=jobs,
+    )
+
+
+class PostgresAnyBox:
+    """The ``anybox_store.AnyBoxStore`` methods of ``PostgresJobStore`` (which sets these)."""
+
+    bridge: Bridge
+    box: str
+
+    def result_place(self, job_id: str) -> ResultPlace | None:
+        return self.bridge.call("result_place", result_box, job_id)
+
+    def relay_secret(self) -> str:
+        return self.bridge.call("relay_secret", relay_secret, secrets.token_urlsafe(32))
+
+    def request_cancel(self, job_id: str) -> None:
+        self.bridge.call("request_cancel", request_cancel, job_id, self.box)
+
+    async def take_cancels(self) -> list[str]:
+        return await self.bridge.acall("take_cancels", take_cancels, self.box)
+
+    async def fleet(self) -> Fleet:
+        return await self.bridge.acall("fleet", fleet, self.box)
+
+    async def leave(self) -> None:
+        await self.bridge.acall("leave", leave, self.box)
