@@ -25,6 +25,7 @@ from support import ProductionLikeServer, connections_closed, eventually, settle
 from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
+from gatekeeper.gradio import outbox
 
 
 @dataclass
@@ -181,6 +182,8 @@ async def rig(aiohttp_server: Any, request: pytest.FixtureRequest) -> AsyncItera
         cfg_doc[k] = v
     cfg: Config = load_config(yaml.safe_dump(cfg_doc))
     st = await create_state(cfg)
+    for engine in st.gate.engine_up or {"default": None}:
+        st.gate.engine_up[engine] = True  # no probe here: the engine is up (waiters start)
     server = ProductionLikeServer(build_proxy_app(st, monitor=False, probe=False))
     await server.start_server()
     async with aiohttp.ClientSession(auto_decompress=False) as http:
@@ -245,23 +248,6 @@ async def test_a_second_join_is_refused_with_its_detail_in_the_session_stream(ri
     assert rig.state.counters.rejections_by_reason == {"queue_full": 1}
 
 
-async def test_a_refused_join_of_a_streaming_session_gets_503_json(rig: Rig) -> None:
-    """The session's stream is already open (it cannot be told through a new one): the
-    join gets 503 with JSON detail and Retry-After (Gradio's clients show their own
-    "queue is full" text for it)."""
-    await rig.join("s1")
-    light = await rig.join("s2", fn_index=1)  # a light event: s2's stream opens, stays open
-    stream = await rig.stream("s2")
-    await stream.content.readuntil(b"\n\n")
-    refused = await rig.join("s2")
-    assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
-    body = json.loads(await refused.read())
-    assert body["reason"] == "busy" and "busy" in body["detail"]
-    assert rig.in_flight == 1
-    rig.fake.events[json.loads(await light.read())["event_id"]].finish.set()
-    assert b'"close_stream"' in await stream.read()
-
-
 async def test_tab_closed_mid_job_keeps_the_slot_until_the_app_finishes(rig: Rig) -> None:
     """The browser leaves while its job runs: gatekeeper keeps reading the session's
     stream (and its heartbeat) itself; the slot frees when process_completed arrives."""
@@ -308,24 +294,46 @@ async def test_unknown_event_ids_and_foreign_sessions_change_nothing(rig: Rig) -
 
 
 @pytest.mark.parametrize("success", [True, False])
-async def test_the_call_rest_flow_is_gated_the_same_way(rig: Rig, success: bool) -> None:
+async def test_the_call_rest_flow_is_gated_the_same_way(
+    rig: Rig, success: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """POST /call/<api> takes the slot; its GET /call/<api>/<event_id> stream's
-    ``event: complete`` (or ``error``) frees it; a second call meanwhile is refused."""
+    ``event: complete`` (or ``error``) frees it. A second call meanwhile waits its turn
+    (issue #19): answered at once with gatekeeper's id, its stream carries Gradio's
+    heartbeats while it waits, then the app's frames once the first call ended."""
+    monkeypatch.setattr(outbox, "HEARTBEAT_SECONDS", 0.2)
     base = rig.base + "/gradio_api/call/generate_song"
     async with rig.http.post(base, json={"data": ["la"]}) as r:
         assert r.status == 200
         eid = (await r.json())["event_id"]
     assert rig.in_flight == 1
     async with rig.http.post(base, json={"data": ["again"]}) as r:
-        assert r.status == 503 and r.headers["X-Gatekeeper-Reason"] == "busy"
+        assert r.status == 200
+        ours = (await r.json())["event_id"]
+    assert ours.startswith("gatekeeper-") and len(rig.fake.events) == 1
+    assert rig.state.jobs is not None and rig.state.jobs.depth() == 1
+    waiting = await rig.http.get(f"{base}/{ours}")
+    assert waiting.status == 200
+    assert await waiting.content.readuntil(b"\n\n") == b"event: heartbeat\ndata: null\n\n"
     stream = await rig.http.get(f"{base}/{eid}")
     assert await stream.content.readuntil(b"\n\n") == b"event: generating\ndata: [null]\n\n"
     assert rig.in_flight == 1
     rig.fake.events[eid].success = success
     rig.fake.events[eid].finish.set()
     assert (b"event: complete" if success else b"event: error") in await stream.read()
-    assert rig.in_flight == 0
-    assert rig.state.gate.estimator.samples == (1 if success else 0)
+    assert await eventually(lambda: len(rig.fake.events) == 2)  # its turn: forwarded
+    app_id = next(e for e in rig.fake.events if e != eid)
+    assert rig.in_flight == 1 and rig.state.jobs.depth() == 0
+    rig.fake.events[app_id].finish.set()
+    rest = await waiting.read()
+    assert rest.endswith(
+        b'event: generating\ndata: [null]\n\nevent: complete\ndata: ["song.wav"]\n\n'
+    )
+    assert app_id.encode() not in rest
+    assert await eventually(lambda: rig.in_flight == 0)
+    assert rig.state.gate.estimator.samples == (2 if success else 1)
+    gone = await rig.http.get(f"{base}/{ours}")  # all was told: nothing more to read
+    assert gone.status == 404 and (await gone.json())["reason"] == "not_found"
 
 
 async def test_stop_ends_idle_session_streams_at_once(rig: Rig) -> None:
