@@ -29,6 +29,7 @@ class CancellingGradio(FakeGradio):
     def __init__(self) -> None:
         super().__init__()
         self.cancels: list[str] = []
+        self.closes = 0  # close_stream frames written
         self.app.router.add_post("/gradio_api/cancel", self.cancel)
 
     async def data(self, request: web.Request) -> web.StreamResponse:
@@ -48,6 +49,7 @@ class CancellingGradio(FakeGradio):
             )
         await asyncio.sleep(0.3)  # the next join of the session arrives meanwhile
         await resp.write(frame(msg="close_stream", event_id=None))
+        self.closes += 1
         return resp
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -188,7 +190,7 @@ async def test_a_waiting_event_joins_a_stream_already_open_for_a_light_function(
     rig.fake.events[light].finish.set()
     told = await frames(stream, "process_completed", light)
     assert all(m["msg"] != "close_stream" for m in told)
-    await asyncio.sleep(0.5)  # the app's close_stream after the light event: swallowed
+    assert await eventually(lambda: rig.fake.closes == 1)  # after the light event: swallowed
     rig.fake.events[running].finish.set()  # the slot frees: ours goes to the app
     assert await eventually(lambda: len(rig.fake.joins) == 3)
     app_id = next(e for e in rig.fake.events if e not in (running, light))
@@ -203,6 +205,7 @@ async def test_a_waiting_event_joins_a_stream_already_open_for_a_light_function(
     assert await eventually(lambda: rig.in_flight == 0)
 
 
+@pytest.mark.slow  # a real 2 s max_wait
 @pytest.mark.parametrize(
     "rig",
     [{"admission": {"expected_seconds": 60, "queue": {"max_wait": "2s", "per_client": 8}}}],
