@@ -85,7 +85,15 @@ class FakeGradio:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b"event: generating\ndata: [null]\n\n")
-        await e.finish.wait()
+        cut = asyncio.ensure_future(self.cut.wait())
+        done = asyncio.ensure_future(e.finish.wait())
+        await asyncio.wait((cut, done), return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        done.cancel()
+        if self.cut.is_set():
+            assert request.transport is not None
+            request.transport.abort()  # the engine breaks the stream mid-call
+            return resp
         name = b"complete" if e.success else b"error"
         await resp.write(b"event: " + name + b'\ndata: ["song.wav"]\n\n')
         return resp
@@ -334,6 +342,50 @@ async def test_the_call_rest_flow_is_gated_the_same_way(
     assert rig.state.gate.estimator.samples == (2 if success else 1)
     gone = await rig.http.get(f"{base}/{ours}")  # all was told: nothing more to read
     assert gone.status == 404 and (await gone.json())["reason"] == "not_found"
+
+
+async def test_a_call_whose_stream_is_never_opened_frees_the_slot_when_the_app_ends(
+    rig: Rig,
+) -> None:
+    """POST /call/<api> admitted at once and its GET never opened (a client that posted
+    and left): gatekeeper reads the app's call stream itself, so the slot frees when the
+    app finishes, not at upstream.timeouts.read; a GET that comes later still gets the
+    whole result."""
+    base = rig.base + "/gradio_api/call/generate_song"
+    async with rig.http.post(base, json={"data": ["la"]}) as r:
+        eid = (await r.json())["event_id"]
+    assert rig.in_flight == 1
+    rig.fake.events[eid].finish.set()
+    assert await eventually(lambda: rig.in_flight == 0)
+    assert rig.state.gate.estimator.samples == 1
+    late = await rig.http.get(f"{base}/{eid}")
+    assert (
+        await late.read()
+        == b'event: generating\ndata: [null]\n\nevent: complete\ndata: ["song.wav"]\n\n'
+    )
+
+
+async def test_a_waited_call_whose_app_stream_breaks_frees_the_slot_once(rig: Rig) -> None:
+    """A /call that waited, then ran: the app breaking its call stream mid-job ends the
+    event (``stream_cut``, no duration learned), frees the slot exactly once, and the
+    client's stream is aborted after what the app had said."""
+    base = rig.base + "/gradio_api/call/generate_song"
+    async with rig.http.post(base, json={"data": ["la"]}) as r:
+        eid = (await r.json())["event_id"]
+    async with rig.http.post(base, json={"data": ["again"]}) as r:
+        ours = (await r.json())["event_id"]
+    waiting = await rig.http.get(f"{base}/{ours}")
+    rig.fake.events[eid].finish.set()
+    first = await rig.http.get(f"{base}/{eid}")
+    assert b"event: complete" in await first.read()
+    assert await waiting.content.readuntil(b"\n\n") == b"event: generating\ndata: [null]\n\n"
+    assert rig.in_flight == 1 and len(rig.fake.events) == 2
+    rig.fake.cut.set()
+    with pytest.raises(aiohttp.ClientError):
+        await waiting.read()
+    assert await eventually(lambda: rig.in_flight == 0)
+    assert rig.state.gradio is not None and len(rig.state.gradio) == 0
+    assert rig.state.gate.estimator.samples == 1  # the first call only
 
 
 async def test_stop_ends_idle_session_streams_at_once(rig: Rig) -> None:

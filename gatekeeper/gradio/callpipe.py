@@ -22,6 +22,11 @@ gatekeeper from a ``CallPipe``:
   boundaries). They carry no event id: nothing is rewritten. The event ends
   with the app's ``complete``/``error`` (``streams.SessionStream``), the stream
   with the app's.
+
+A call admitted at once (a slot was free) gets a ``CallPipe`` too, under the app's
+own id (``read_app``): gatekeeper reads its stream from the app's answer on, so a
+call whose ``GET`` nobody opens frees its slot when the app finishes, as a session's
+pipe does for a ``queue/join``.
 """
 
 from __future__ import annotations
@@ -95,11 +100,16 @@ class CallPipe(Outbox):
         self.unbound(ours, raw)
 
     def bound(self, ours: str, app: str) -> None:
-        """The app accepted the call as ``app``: its stream is read from now."""
+        """The app accepted the waiting call as ``app``: its stream is read from now."""
         self.forwarding -= 1
         self.leave = None
+        self.read_app(app)
+
+    def read_app(self, app: str) -> None:
+        """Read the app's stream of its event ``app`` from now (a call admitted at once is
+        its own pipe's id: the client reads it under the app's id, nothing waits)."""
         self.app_id = app
-        self._reader = asyncio.create_task(self._read(app), name=f"gradio-call-{ours[11:19]}")
+        self._reader = asyncio.create_task(self._read(app), name=f"gradio-call-{app[-8:]}")
 
     def forwarded(self) -> None:
         """(A session pipe opens the app's stream here; a call's opens in ``bound``.)"""

@@ -100,8 +100,12 @@ class GradioRoute:
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
             observer = Heartbeat(self.events, gp.session_hash)
             return await self._stream(ctx, observer, gp.session_hash)
-        elif gp.kind == Kind.CALL_STREAM and gp.event_id and gp.event_id.startswith(PREFIX):
-            held = self.queue.call_pipe(gp.event_id)  # a /call that waited in gatekeeper
+        elif (
+            gp.kind == Kind.CALL_STREAM
+            and gp.event_id
+            and (gp.event_id.startswith(PREFIX) or self.queue.call_pipe(gp.event_id) is not None)
+        ):
+            held = self.queue.call_pipe(gp.event_id)  # a gated /call: gatekeeper reads it
             if held is None:
                 raise HttpError(
                     f"no waiting or running call {gp.event_id} here: it ended (its result "
@@ -289,6 +293,9 @@ class GradioRoute:
                     if gp.kind == Kind.JOIN and join.session_hash:
                         # gatekeeper reads the session's stream itself from now (pipe.py)
                         self.queue.pipe_for(ctx, join.session_hash).forwarded()
+                    elif gp.kind == Kind.CALL:
+                        # ... and the call's stream (callpipe.py), read by the client or not
+                        self.queue.call_for(ctx, event_id).read_app(event_id)
                 else:
                     log.info(
                         "gradio join not accepted by the app (status %d): slot released; "
