@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from support import ProductionLikeServer, eventually
+from support import ProductionLikeServer, connections_closed, eventually, settle
 from test_gradio_route import RULES, FakeGradio, Rig, frame
 
 from gatekeeper.app.wiring import build_proxy_app, create_state
@@ -246,3 +246,24 @@ async def test_a_waiting_call_cancelled_left_or_timed_out_leaves_the_queue(rig: 
     assert len(rig.fake.events) == 1 and rig.fake.cancels == []
     unknown = await rig.http.get(f"{base}/gatekeeper-{'0' * 32}")
     assert unknown.status == 404 and (await unknown.json())["reason"] == "not_found"
+
+
+async def test_a_stream_left_with_only_light_events_is_over_for_its_session(rig: Rig) -> None:
+    """The client leaves a stream that carries only a light event: gatekeeper closes its
+    reader of the app's stream too (as a relay would) and keeps nothing for the session:
+    its next stream starts fresh with the next event, not a stale close_stream."""
+    light = json.loads(await (await rig.join("s2", fn_index=1)).read())["event_id"]
+    stream = await rig.stream("s2")
+    await frames(stream, "estimation", light)
+    stream.close()
+    assert await eventually(lambda: connections_closed(rig.server))
+    await settle()
+    rig.fake.events[light].finish.set()
+    again = json.loads(await (await rig.join("s2", fn_index=1)).read())["event_id"]
+    fresh = await rig.stream("s2")
+    told = await frames(fresh, "estimation", again)
+    assert [m["msg"] for m in told] == ["estimation"], told
+    rig.fake.events[again].finish.set()
+    rest = await fresh.read()
+    msgs = [json.loads(x[6:]) for x in rest.split(b"\n\n") if x.startswith(b"data: ")]
+    assert [m["msg"] for m in msgs][-2:] == ["process_completed", "close_stream"]

@@ -1,11 +1,13 @@
 """One session's queue/data stream, written by gatekeeper (issue #19; rules: ``splice``).
 
 Gradio keeps one ``queue/data`` stream per session and every event of the
-session reports on it. Once a gated event of the session exists (admitted at
-once or waiting in gatekeeper's waiting room), gatekeeper owns that stream:
+session reports on it. gatekeeper owns that stream from the moment the client
+opens it or a gated event of the session exists (admitted at once or waiting in
+gatekeeper's waiting room), so a gated event can always join it (``pipes``):
 
 - **the reader** (``_read``): gatekeeper's own connection to the app's
-  ``queue/data`` for the session, opened when a join was forwarded and read
+  ``queue/data`` for the session, opened when the client opened its stream or a
+  join was forwarded, and read
   until the app ends it, whether or not a client is listening (so a join whose
   client never opened the stream, or whose tab closed, frees its slot when the
   app finishes, not at ``upstream.timeouts.read``). It cuts the app's bytes into
@@ -277,8 +279,13 @@ class SessionPipe(Outbox):
                 self.held.pop(ours, None)
         reader = self._reader
         quiet = not self.held and self.forwarding == 0 and not self.events.pending(self.session)
-        if quiet and reader is not None and not reader.done():
-            reader.cancel()
+        if quiet:
+            # Nothing is owed to anyone: the stream is over (no close_stream queued for a
+            # client that is gone), and a later stream of the session starts a new pipe.
+            self._out.clear()
+            self.closed = True
+            if reader is not None and not reader.done():
+                reader.cancel()
         if not self.busy():
             self._on_idle(self)
 
