@@ -69,7 +69,11 @@ class Song:
 async def sing(s: aiohttp.ClientSession, proxy: str, song: Song) -> None:
     """One client: join, read the session's stream to the event's end."""
     session = f"bench-{song.client}-{time.monotonic_ns()}"
-    body = {"data": ["[verse] la", "pop", None], "fn_index": 0, "session_hash": session}
+    body = {
+        "data": ["[verse] la", "pop", None, "Pop", None],
+        "fn_index": 0,
+        "session_hash": session,
+    }
     headers = {"X-Client": song.client}
     song.joined = time.monotonic()
     async with s.post(proxy + "/gradio_api/queue/join", json=body, headers=headers) as r:

@@ -1,17 +1,21 @@
 """A small real Gradio app shaped like the SongGeneration demo, for Gradio-aware tests.
 
 Modelled on tencent-ailab/SongGeneration ``tools/gradio/app.py``: ``gr.Blocks``, a sync
-generate function with ``gr.Progress(track_tqdm=True)``, two ``.click`` listeners on that
-same function (so one concurrency group, Gradio's default limit 1), a ``gr.State`` and an
-audio output. Unlike the demo it also has a light ``echo`` listener, and it is mounted in
-a FastAPI app so it can expose counters of its own::
+``generate_song(lyric, description, prompt_audio, genre, history, progress=gr.Progress(
+track_tqdm=True))`` (an optional ``gr.Audio`` prompt, uploaded through ``/upload``, may be
+None; a genre dropdown), two ``.click`` listeners on that same function (so one
+concurrency group, Gradio's default limit 1), a ``gr.State`` and an audio output. Unlike
+the demo it also has a light ``echo`` listener (``sleep=N`` makes it take N s), and it is
+mounted in a FastAPI app so it can expose counters of its own (running generations and
+their peak)::
 
     python tests/gradio_app.py --port 7860 --seconds 2 [--root-path /x]
 
     GET  /_app/stats  -> {"active": 0, "peak": 1, "started": 3, "completed": 3}
     POST /_app/reset  -> zeroes the counters
 
-A description ``seconds=N`` makes that one generation last N seconds instead.
+A description ``seconds=N`` makes that one generation last N seconds instead. The info
+output says ``generated N song(s), <genre>`` and, with a prompt, its file name and size.
 Lyrics starting with ``invalid`` get what SongGeneration answers for lyrics it cannot
 sing: no audio (``None``) and a JSON error string, as a successful completion.
 
@@ -105,12 +109,21 @@ def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0) -> Path:
     return path
 
 
+# SongGeneration's genre choices (its dropdown's, "Pop" the default).
+GENRES = [
+    "Pop", "R&B", "Dance", "Jazz", "Folk", "Rock", "Chinese Style", "Chinese Tradition",
+    "Metal", "Reggae", "Chinese Opera", "Auto",
+]  # fmt: skip
+
+
 def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
     """The Blocks app; ``seconds`` is how long one generation sleeps."""
 
     def generate_song(
-        lyrics: str,
+        lyric: str,
         description: str,
+        prompt_audio: str | None,
+        genre: str,
         history: list[str],
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
     ) -> tuple[str | None, list[str], str]:
@@ -125,44 +138,52 @@ def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
             for i in range(steps):
                 time.sleep(length / steps)
                 progress((i + 1) / steps, desc="Generating")
-            if lyrics.startswith("invalid"):
+            if lyric.startswith("invalid"):
                 # SongGeneration's answer to lyrics it cannot sing: no audio and a JSON
                 # error string, as a successful completion.
                 return None, history or [], json.dumps({"error": "invalid lyrics"})
             fd, name = tempfile.mkstemp(suffix=".wav", dir=out_dir)
             os.close(fd)
-            write_wav(Path(name), freq=220.0 + 20 * (len(lyrics) % 20))
-            history = [*(history or []), lyrics]
-            return name, history, f"generated {len(history)} song(s)"
+            write_wav(Path(name), freq=220.0 + 20 * (len(lyric) % 20))
+            history = [*(history or []), lyric]
+            info = f"generated {len(history)} song(s), {genre}"
+            if prompt_audio:  # the uploaded prompt, as the app received it
+                info += (
+                    f", prompt {Path(prompt_audio).name} ({Path(prompt_audio).stat().st_size} B)"
+                )
+            return name, history, info
         finally:
             stats.leave()
 
     def echo(text: str) -> str:
+        """The light function (nobody gates it); ``sleep=N`` makes it take N seconds."""
+        if text.startswith("sleep="):
+            time.sleep(float(text.split("=", 1)[1]))
         return text
 
     with gr.Blocks(title="gatekeeper test app") as demo:
         gr.Markdown("# Song generation (test app)")
         history = gr.State([])
         with gr.Row():
-            lyrics = gr.Textbox(label="Lyrics", value="[verse] la la la", lines=3)
+            lyric = gr.Textbox(label="Lyrics", value="[verse] la la la", lines=3)
             description = gr.Textbox(label="Description", value="pop, happy")
+        with gr.Row():
+            prompt_audio = gr.Audio(label="Prompt audio (optional)", type="filepath")
+            genre = gr.Dropdown(label="Genre", choices=GENRES, value="Pop")
         with gr.Row():
             generate = gr.Button("Generate", variant="primary")
             again = gr.Button("Generate again")
         audio = gr.Audio(label="Song", type="filepath")
         info = gr.Textbox(label="Info")
+        inputs = [lyric, description, prompt_audio, genre, history]
         # Two listeners on the same fn, as SongGeneration has: one concurrency group.
         generate.click(
             fn=generate_song,
-            inputs=[lyrics, description, history],
+            inputs=inputs,
             outputs=[audio, history, info],
             api_name="generate_song",
         )
-        again.click(
-            fn=generate_song,
-            inputs=[lyrics, description, history],
-            outputs=[audio, history, info],
-        )
+        again.click(fn=generate_song, inputs=inputs, outputs=[audio, history, info])
         with gr.Row():
             text = gr.Textbox(label="Echo input", value="hello")
             echoed = gr.Textbox(label="Echo output")

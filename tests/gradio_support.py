@@ -73,6 +73,18 @@ async def app_idle(app: str, admin: str) -> None:
         assert r.status == 200
 
 
+def song(lyric: str, description: str = "pop", prompt_audio: Any = None) -> tuple[Any, ...]:
+    """``generate_song``'s arguments as gradio_client takes them (lyric, description,
+    prompt_audio, genre; the ``gr.State`` is the app's, not the client's)."""
+    return (lyric, description, prompt_audio, "Pop")
+
+
+def join_data(lyric: str, description: str = "pop") -> list[Any]:
+    """The ``data`` of a raw ``queue/join`` of ``generate_song``: its five inputs, the
+    prompt none and the ``gr.State`` null (the app holds it per session)."""
+    return [lyric, description, None, "Pop", None]
+
+
 def gradio_client(url: str) -> Any:
     """A quiet gradio_client.Client of the app behind ``url``."""
     from gradio_client import Client

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gradio4_venv import Broken, Unavailable, gradio4_python
-from gradio_support import APP, get_json
+from gradio_support import APP, get_json, join_data
 from support import REQUIRE_E2E, Proc, free_port, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -83,7 +83,7 @@ def rig(
 
 
 async def join(http: aiohttp.ClientSession, url: str, session: str, lyrics: str) -> str:
-    body = {"data": [lyrics, "pop", None], "fn_index": 0, "session_hash": session}
+    body = {"data": join_data(lyrics), "fn_index": 0, "session_hash": session}
     async with http.post(url + "/queue/join", json=body) as r:
         assert r.status == 200, await r.text()
         return str((await r.json())["event_id"])
@@ -130,7 +130,7 @@ async def test_gradio4_one_song_gated_the_second_waits_its_turn(
         b = await join(http, url, "session0000b", "[verse] second")
         assert b.startswith("gatekeeper-")
         b_stream = asyncio.ensure_future(frames(http, url, "session0000b"))
-        direct = {"data": ["[verse] direct", "pop", None]}
+        direct = {"data": join_data("[verse] direct")}
         async with http.post(url + "/run/generate_song", json=direct) as r:
             assert r.status == 403 and (await r.json())["reason"] == "blocked"
         song = completion(await asyncio.wait_for(a_stream, 60), a)

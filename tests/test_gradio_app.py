@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from browser import Browser
-from gradio_support import require_gradio, start_gradio_app
+from gradio_support import require_gradio, song, start_gradio_app
 from support import Proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -81,11 +81,11 @@ async def test_client_predict_returns_audio_and_is_counted(app: str) -> None:
     """gradio_client's predict on /generate_song returns a WAV path; stats count one run."""
     client = await asyncio.to_thread(_client, app)
     audio, info = await asyncio.to_thread(
-        client.predict, "[verse] hi", "pop", api_name="/generate_song"
+        client.predict, *song("[verse] hi", "pop"), api_name="/generate_song"
     )
     assert Path(audio).suffix == ".wav"
     assert (await asyncio.to_thread(Path(audio).read_bytes))[:4] == b"RIFF"
-    assert info == "generated 1 song(s)"
+    assert info == "generated 1 song(s), Pop"
     assert await _stats(app) == {"active": 0, "peak": 1, "started": 1, "completed": 1}
     async with aiohttp.ClientSession() as s, s.post(app + "/_app/reset") as r:
         assert r.status == 200
@@ -96,8 +96,8 @@ async def test_two_listeners_share_one_slot(app: str) -> None:
     """generate_song and generate_song_1 submitted together never run at the same time."""
     client = await asyncio.to_thread(_client, app)
     jobs = [
-        client.submit("a", "b", api_name="/generate_song"),
-        client.submit("c", "d", api_name="/generate_song_1"),
+        client.submit(*song("a", "b"), api_name="/generate_song"),
+        client.submit(*song("c", "d"), api_name="/generate_song_1"),
     ]
     results = await asyncio.gather(*(asyncio.to_thread(j.result, 20) for j in jobs))
     assert all(Path(audio).suffix == ".wav" for audio, _ in results)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from browser import Browser
-from gradio_support import app_idle, get_json, gradio_client, require_gradio, start_gradio_app
+from gradio_support import (
+    app_idle,
+    get_json,
+    gradio_client,
+    require_gradio,
+    song,
+    start_gradio_app,
+)
 from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -90,7 +97,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
     first_client = await asyncio.to_thread(gradio_client, url)
     # 15 s (tests/gradio_app.py): the refusal, the echo and the checks below happen while it
     # runs even on a loaded 2-core box (with the app's 3 s it ended first there).
-    first = first_client.submit("[verse] one", "seconds=15", api_name="/generate_song")
+    first = first_client.submit(*song("[verse] one", "seconds=15"), api_name="/generate_song")
 
     async def running() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -103,7 +110,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
 
     with pytest.raises(AppError) as refused:
         await asyncio.to_thread(
-            second_client.predict, "[verse] two", "rock", api_name="/generate_song_1"
+            second_client.predict, *song("[verse] two", "rock"), api_name="/generate_song_1"
         )
     assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
     echo = await asyncio.to_thread(second_client.predict, "still here", api_name="/echo")

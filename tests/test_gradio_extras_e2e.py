@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gradio_support import app_idle, get_json, gradio_client, require_gradio, start_gradio_app
+from gradio_support import (
+    app_idle,
+    get_json,
+    gradio_client,
+    require_gradio,
+    song,
+    start_gradio_app,
+)
 from support import Proc, metric, poll, start_gatekeeper, wait_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -77,7 +84,7 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
     await app_idle(app, admin)
     # 20 s: long enough to start `gatekeeper status` while it runs on a loaded box.
     job = (await asyncio.to_thread(gradio_client, url)).submit(
-        "[verse] progress", "seconds=20", api_name="/generate_song"
+        *song("[verse] progress", "seconds=20"), api_name="/generate_song"
     )
     seen: dict[str, Any] = {}
 
@@ -127,7 +134,7 @@ async def test_a_completion_without_audio_is_a_failed_generation(
     errors, oks = metric(metrics, ERRORS, 0.0), metric(metrics, OK, 0.0)
     c = await asyncio.to_thread(gradio_client, url)
     audio, info = await asyncio.to_thread(
-        c.predict, "invalid lyrics", "pop", api_name="/generate_song"
+        c.predict, *song("invalid lyrics", "pop"), api_name="/generate_song"
     )
     assert audio is None and "invalid lyrics" in info
 
@@ -143,7 +150,7 @@ async def test_a_completion_without_audio_is_a_failed_generation(
     assert joins[-1]["reason"] == "no_result" and joins[-1]["decision"] == "admitted"
     # A song with audio is a generation again.
     audio, _info = await asyncio.to_thread(
-        c.predict, "[verse] fine", "pop", api_name="/generate_song"
+        c.predict, *song("[verse] fine", "pop"), api_name="/generate_song"
     )
     assert audio is not None
     await poll(ended, timeout=10)
@@ -163,7 +170,7 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     # 10 s: the second client is made and refused (the queue is full at once) while it
     # runs, even on a loaded box.
     first = (await asyncio.to_thread(gradio_client, url)).submit(
-        "[verse] one", "seconds=10", api_name="/generate_song"
+        *song("[verse] one", "seconds=10"), api_name="/generate_song"
     )
 
     async def running() -> bool:
@@ -174,7 +181,9 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError):
-        await asyncio.to_thread(second.predict, "[verse] two", "rock", api_name="/generate_song")
+        await asyncio.to_thread(
+            second.predict, *song("[verse] two", "rock"), api_name="/generate_song"
+        )
     await asyncio.to_thread(first.result, 60)
     lines = access_lines(gk)
     refused = [d for d in lines if d["decision"] == "rejected" and d["route"] == "song"]

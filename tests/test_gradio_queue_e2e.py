@@ -10,15 +10,17 @@ and is forwarded to the app when its turn comes.
 from __future__ import annotations
 
 import asyncio
-import signal
+import json
 import time
+import wave
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from gradio_support import get_json, require_gradio, start_gradio_app
+from gradio_support import get_json, join_data, require_gradio, song, start_gradio_app
 from support import Proc, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -89,10 +91,13 @@ _OPEN: list[Any] = []
 
 @pytest.fixture(autouse=True)
 def close_clients() -> Iterator[None]:
-    """Each test's gradio_clients end their heartbeat streams after it."""
+    """Each test's gradio_clients end their heartbeat streams after it, all at once
+    (``Client.close`` waits up to 1 s for its heartbeat thread: one after the other, three
+    clients made a 3 s teardown)."""
     yield
-    while _OPEN:
-        _OPEN.pop().close()
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda c: c.close(), _OPEN))
+    _OPEN.clear()
 
 
 def client(url: str, key: str) -> Any:
@@ -120,15 +125,30 @@ def watch(jobs: list[Any], seen: list[list[tuple[int | None, float | None]]]) ->
 
 
 async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
-    rig: tuple[str, str, str],
+    rig: tuple[str, str, str], tmp_path: Path
 ) -> None:
     """Three gradio_client jobs from three clients at once: all three get their song, the
     app never runs two at once, and a waiting job's status() shows rank 1, then 0, with
-    an ETA; /status lists the waiting events."""
+    an ETA; /status lists the waiting events. One uploads a prompt_audio through
+    gatekeeper, which reaches generate_song whole."""
+    from gradio_client import handle_file
+
     app, url, admin = rig
     await idle(rig)
+    prompt = tmp_path / "prompt.wav"
+    with wave.open(str(prompt), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 4000)
     a, b, c = await clients(url, "a", "b", "c")
-    jobs = [cl.submit("[verse] n", "pop", api_name="/generate_song") for cl in (a, b, c)]
+    jobs = [
+        cl.submit(
+            *song("[verse] n", "pop", handle_file(str(prompt)) if cl is c else None),
+            api_name="/generate_song",
+        )
+        for cl in (a, b, c)
+    ]
     seen: list[list[tuple[int | None, float | None]]] = [[], [], []]
     watcher = asyncio.create_task(asyncio.to_thread(watch, jobs, seen))
 
@@ -141,6 +161,7 @@ async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
     results = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
     await watcher
     assert all(Path(audio).suffix == ".wav" for audio, _ in results)
+    assert results[2][1].endswith(f", prompt prompt.wav ({prompt.stat().st_size} B)")
     stats = await get_json(app + "/_app/stats")
     assert stats == {"active": 0, "peak": 1, "started": 3, "completed": 3}
     last = [s for s in seen if s and s[0][0] == 1]
@@ -156,7 +177,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
     app, url, admin = rig
     await idle(rig)
     first, a, b = await clients(url, "first", "A", "B")
-    running = first.submit("[verse] first", "pop", api_name="/generate_song")
+    running = first.submit(*song("[verse] first", "pop"), api_name="/generate_song")
 
     async def started() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -166,7 +187,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
     jobs: list[Any] = []
     for key, cl, n in (("A", a, 3), ("B", b, 1)):
         for i in range(n):
-            job = cl.submit(f"[verse] {key}{i}", "pop", api_name="/generate_song")
+            job = cl.submit(*song(f"[verse] {key}{i}", "pop"), api_name="/generate_song")
             job.add_done_callback(lambda _, key=key: order.append(key))
             jobs.append(job)
 
@@ -179,46 +200,83 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
     assert (await get_json(app + "/_app/stats"))["peak"] == 1
 
 
-async def test_a_waiting_event_cancelled_leaves_the_queue(rig: tuple[str, str, str]) -> None:
+async def test_a_waiting_event_cancelled_leaves_the_queue_and_a_waiting_call_waits_too(
+    rig: tuple[str, str, str],
+) -> None:
     """job.cancel() of a waiting event (its /cancel names gatekeeper's id): it leaves the
-    queue at once, the app never runs it, and the next one moves up."""
+    queue at once, the app never runs it, and the next one moves up. A /call (Gradio's
+    two-step REST API, as curl uses it) that finds the slot taken waits in the same
+    queue: answered at once with gatekeeper's id, its GET stream held open while it
+    waits, then the app's ``event: complete`` with the song's URL on gatekeeper."""
     app, url, admin = rig
     await idle(rig)
     a, b, c = await clients(url, "ca", "cb", "cc")
-    running = a.submit("[verse] run", "pop", api_name="/generate_song")
+    running = a.submit(*song("[verse] run", "pop"), api_name="/generate_song")
 
     async def started() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
 
     await poll(started, timeout=20)
-    doomed = b.submit("[verse] doomed", "pop", api_name="/generate_song")
-    later = c.submit("[verse] later", "pop", api_name="/generate_song")
+    doomed = b.submit(*song("[verse] doomed", "pop"), api_name="/generate_song")
+    later = c.submit(*song("[verse] later", "pop"), api_name="/generate_song")
 
     async def waiting(n: int) -> bool:
         return bool((await get_json(admin + "/status"))["queue"]["waiting"] == n)
 
     await poll(lambda: waiting(2), timeout=20)
-    assert await asyncio.to_thread(doomed.cancel)
-    await poll(lambda: waiting(1), timeout=10)
+    call = url + "/gradio_api/call/generate_song"
+    async with aiohttp.ClientSession() as http:
+        body = {"data": list(song("[verse] rest"))}
+        async with http.post(call, json=body, headers={"X-Client": "rest"}) as r:
+            assert r.status == 200
+            ours = (await r.json())["event_id"]
+        assert ours.startswith("gatekeeper-")
+        await poll(lambda: waiting(3), timeout=10)
+        async with http.get(f"{call}/{ours}") as stream:
+            assert stream.status == 200
+            assert await asyncio.to_thread(doomed.cancel)
+            await poll(lambda: waiting(2), timeout=10)
+            async with asyncio.timeout(60):
+                told = await stream.read()
     await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (running, later)))
+    event, data = told.strip().split(b"\n\n")[-1].split(b"\n")
+    assert event == b"event: complete", told
+    assert json.loads(data.removeprefix(b"data: "))[0]["url"].startswith(url + "/gradio_api/file=")
     stats = await get_json(app + "/_app/stats")
-    assert stats["started"] == 2 and stats["peak"] == 1
+    assert stats["started"] == 3 and stats["peak"] == 1
 
 
-async def test_one_session_one_running_one_waiting_on_one_stream(
+async def test_one_session_streaming_a_light_function_then_two_songs_on_one_stream(
     rig: tuple[str, str, str],
 ) -> None:
-    """One client (one session, one queue/data stream): its first job runs in the app,
-    its second waits in gatekeeper; both end with their song on that one stream."""
+    """A client's session stream is open carrying only the light function while another
+    client's song runs: its two songs wait in gatekeeper (not refused) and join that open
+    stream; the first then runs in the app while the second still waits; all three end
+    with their results on the one stream."""
+    from gradio_client.utils import Status
+
     app, url, _ = rig
     await idle(rig)
-    (one,) = await clients(url, "solo")
-    first = one.submit("[verse] 1", "pop", api_name="/generate_song")
-    second = one.submit("[verse] 2", "rock", api_name="/generate_song_1")
-    out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (first, second)))
+    one, other = await clients(url, "solo", "other")
+    running = other.submit(*song("[verse] 0", "pop"), api_name="/generate_song")
+
+    async def started() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+    await poll(started, timeout=20)
+    light = one.submit("sleep=2", api_name="/echo")
+
+    async def streaming() -> bool:  # its process_starts came on the session's stream
+        return bool(light.status().code == Status.PROCESSING)
+
+    await poll(streaming, timeout=10)
+    first = one.submit(*song("[verse] 1", "pop"), api_name="/generate_song")
+    second = one.submit(*song("[verse] 2", "rock"), api_name="/generate_song_1")
+    out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (running, first, second)))
     assert all(Path(audio).suffix == ".wav" for audio, _ in out)
+    assert await asyncio.to_thread(light.result, 10) == "sleep=2"
     stats = await get_json(app + "/_app/stats")
-    assert stats == {"active": 0, "peak": 1, "started": 2, "completed": 2}
+    assert stats == {"active": 0, "peak": 1, "started": 3, "completed": 3}
 
 
 async def test_a_join_whose_stream_is_never_read_frees_the_slot_when_the_app_ends(
@@ -229,7 +287,7 @@ async def test_a_join_whose_stream_is_never_read_frees_the_slot_when_the_app_end
     app, url, admin = rig
     await idle(rig)
     async with aiohttp.ClientSession() as s:
-        body = {"data": ["[verse] x", "pop", None], "fn_index": 0, "session_hash": "nostream1"}
+        body = {"data": join_data("[verse] x"), "fn_index": 0, "session_hash": "nostream1"}
         async with s.post(url + "/gradio_api/queue/join", json=body) as r:
             assert r.status == 200
 
@@ -258,7 +316,7 @@ async def test_cpu_over_threshold_holds_dispatch_and_recovery_dispatches(
 
         await poll(hot, timeout=10)
         a, b = await clients(url, "hot-a", "hot-b")
-        jobs = [cl.submit("[verse] h", "pop", api_name="/generate_song") for cl in (a, b)]
+        jobs = [cl.submit(*song("[verse] h", "pop"), api_name="/generate_song") for cl in (a, b)]
 
         async def both_wait() -> bool:
             return bool((await get_json(admin + "/status"))["queue"]["waiting"] == 2)
@@ -287,7 +345,7 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
     cls = await clients(url, "f0", "f1", "f2", "f3", "f4", "f5")
     jobs = []
     for i, cl in enumerate(cls[:5]):
-        jobs.append(cl.submit(f"[verse] {i}", "pop", api_name="/generate_song"))
+        jobs.append(cl.submit(*song(f"[verse] {i}", "pop"), api_name="/generate_song"))
 
         async def placed(k: int = i) -> bool:
             doc = await get_json(admin + "/status")
@@ -295,67 +353,8 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
 
         await poll(placed, timeout=20)
     with pytest.raises(AppError) as refused:
-        await asyncio.to_thread(cls[5].predict, "[verse] 5", "pop", api_name="/generate_song")
+        await asyncio.to_thread(
+            cls[5].predict, *song("[verse] 5", "pop"), api_name="/generate_song"
+        )
     assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
     await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in jobs))
-
-
-def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> None:
-    """SIGTERM with one event running and two waiting: the waiting two fail at once with
-    gatekeeper's draining text; the running one gets its song; the process exits 0, and
-    started again it holds no phantom slot and no waiter."""
-    require_gradio()
-    from gradio_client.exceptions import AppError
-
-    app, app_url = start_gradio_app(tmp_path, seconds=4.0)
-    try:
-        # linger: the running song's file is fetched after its event ended
-        rules = RULES.replace("linger: 0s", "linger: 5s")
-        gk, url, admin = start_gatekeeper(
-            tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
-        )
-        try:
-            cls = [client(url, k) for k in ("s1", "s2", "s3")]
-            jobs = [cls[0].submit("[verse] s", "pop", api_name="/generate_song")]
-            while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
-                time.sleep(0.1)
-            jobs += [cl.submit("[verse] s", "pop", api_name="/generate_song") for cl in cls[1:]]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                doc = asyncio.run(get_json(admin + "/status"))
-                if doc["in_flight"] == 1 and doc["queue"]["waiting"] == 2:
-                    break
-                time.sleep(0.1)
-            gk.signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            failures = []
-            for j in jobs[1:]:
-                with pytest.raises(AppError) as failed:
-                    j.result(10)
-                failures.append(str(failed.value))
-            assert time.monotonic() - t0 < 5  # at once, not after the running song
-            assert all("restarting" in f and "waited" in f for f in failures), failures
-            audio, _ = jobs[0].result(30)
-            assert Path(audio).suffix == ".wav"
-            assert gk.wait(30) == 0
-            assert "Traceback" not in gk.output()
-            # Started again on the same state directory: no phantom slot, nobody waiting,
-            # and the next song goes through.
-            gk2, url2, admin2 = start_gatekeeper(
-                tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
-            )
-            try:
-                doc = asyncio.run(get_json(admin2 + "/status"))
-                assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
-                audio, _ = client(url2, "after").predict(
-                    "[verse] again", "pop", api_name="/generate_song"
-                )
-                assert Path(audio).suffix == ".wav"
-            finally:
-                gk2.stop()
-        finally:
-            gk.stop()
-            while _OPEN:
-                _OPEN.pop().close()
-    finally:
-        app.stop()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gatekeeper.gradio.queueing import data_path
+from gatekeeper.gradio.pipes import data_path
 from gatekeeper.gradio.splice import (
     CLOSE_STREAM,
     Estimate,

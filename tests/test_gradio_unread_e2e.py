@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from gradio_support import get_json, require_gradio, start_gradio_app
+from gradio_support import get_json, join_data, require_gradio, start_gradio_app
 from support import Proc, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -53,7 +53,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, st
 
 async def join(url: str, session: str) -> str:
     """A browser's join of ``generate_song`` in ``session``; returns its event id."""
-    body = {"data": ["[verse] la", "pop", None], "fn_index": 0, "session_hash": session}
+    body = {"data": join_data("[verse] la"), "fn_index": 0, "session_hash": session}
     async with (
         aiohttp.ClientSession() as s,
         s.post(url + "/gradio_api/queue/join?", json=body) as r,

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from support import ProductionLikeServer, eventually
+from support import ProductionLikeServer, connections_closed, eventually, settle
 from test_gradio_route import RULES, FakeGradio, Rig, frame
 
 from gatekeeper.app.wiring import build_proxy_app, create_state
@@ -29,6 +29,7 @@ class CancellingGradio(FakeGradio):
     def __init__(self) -> None:
         super().__init__()
         self.cancels: list[str] = []
+        self.closes = 0  # close_stream frames written
         self.app.router.add_post("/gradio_api/cancel", self.cancel)
 
     async def data(self, request: web.Request) -> web.StreamResponse:
@@ -48,6 +49,7 @@ class CancellingGradio(FakeGradio):
             )
         await asyncio.sleep(0.3)  # the next join of the session arrives meanwhile
         await resp.write(frame(msg="close_stream", event_id=None))
+        self.closes += 1
         return resp
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -61,12 +63,12 @@ class CancellingGradio(FakeGradio):
 
 
 @pytest.fixture
-async def rig(aiohttp_server: Any) -> AsyncIterator[Rig]:
+async def rig(aiohttp_server: Any, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     fake = CancellingGradio()
     upstream = await aiohttp_server(fake.app)
-    cfg = load_config(
-        yaml.safe_dump({**RULES, "upstream": {"url": str(upstream.make_url("")).rstrip("/")}})
-    )
+    doc = {**RULES, "upstream": {"url": str(upstream.make_url("")).rstrip("/")}}
+    doc.update(getattr(request, "param", {}))
+    cfg = load_config(yaml.safe_dump(doc))
     st = await create_state(cfg)
     for engine in st.gate.engine_up or {"default": None}:
         st.gate.engine_up[engine] = True  # no probe here: the engine is up
@@ -164,3 +166,104 @@ async def test_cancel_of_a_waiting_event_and_of_a_running_one(rig: Rig) -> None:
     assert done[-1]["event_id"] == later and done[-1]["success"] is False
     assert b'"close_stream"' in await three.read()
     assert await eventually(lambda: rig.in_flight == 0)
+
+
+async def test_a_waiting_event_joins_a_stream_already_open_for_a_light_function(
+    rig: Rig,
+) -> None:
+    """The session's stream is already open, carrying only a light (ungated) event, when
+    a gated join of the session finds the slot taken: the join waits (not 503) and its
+    frames join that open stream: its place, the light event's frames untouched and in
+    order, the app's close_stream after the light one swallowed (ours still waits), then
+    its own frames under gatekeeper's id and one close_stream at the very end."""
+    running = json.loads(await (await rig.join("s1")).read())["event_id"]
+    light = json.loads(await (await rig.join("s2", fn_index=1)).read())["event_id"]
+    stream = await rig.stream("s2")
+    first = await frames(stream, "process_starts", light)
+    assert [m["msg"] for m in first] == ["estimation", "process_starts"]
+    gated = await rig.join("s2")
+    assert gated.status == 200
+    ours = json.loads(await gated.read())["event_id"]
+    assert ours.startswith("gatekeeper-") and len(rig.fake.joins) == 2
+    told = await frames(stream, "estimation", ours)
+    assert told[-1]["rank"] == 0 and told[-1]["queue_size"] == 1
+    rig.fake.events[light].finish.set()
+    told = await frames(stream, "process_completed", light)
+    assert all(m["msg"] != "close_stream" for m in told)
+    assert await eventually(lambda: rig.fake.closes == 1)  # after the light event: swallowed
+    rig.fake.events[running].finish.set()  # the slot frees: ours goes to the app
+    assert await eventually(lambda: len(rig.fake.joins) == 3)
+    app_id = next(e for e in rig.fake.events if e not in (running, light))
+    told = await frames(stream, "process_starts", ours)
+    assert all(m["msg"] in ("estimation", "heartbeat") for m in told[:-1]), told
+    rig.fake.events[app_id].finish.set()
+    rest = await stream.read()
+    assert app_id.encode() not in rest
+    msgs = [json.loads(x[6:]) for x in rest.split(b"\n\n") if x.startswith(b"data: ")]
+    assert [m["msg"] for m in msgs] == ["process_completed", "close_stream"]
+    assert msgs[0]["event_id"] == ours and msgs[0]["success"] is True
+    assert await eventually(lambda: rig.in_flight == 0)
+
+
+@pytest.mark.slow  # a real 2 s max_wait
+@pytest.mark.parametrize(
+    "rig",
+    [{"admission": {"expected_seconds": 60, "queue": {"max_wait": "2s", "per_client": 8}}}],
+    indirect=True,
+)
+async def test_a_waiting_call_cancelled_left_or_timed_out_leaves_the_queue(rig: Rig) -> None:
+    """/call events waiting in gatekeeper: a /cancel naming gatekeeper's id ends its
+    stream as Gradio ends a cancelled call's (``event: complete``, ``data: null``); one
+    whose client closes its stream leaves the queue; one that waits past max_wait gets
+    ``event: error`` with the queue_timeout text and the wait; the app runs none of them."""
+    base = rig.base + "/gradio_api/call/generate_song"
+
+    async def call() -> str:
+        async with rig.http.post(base, json={"data": ["x"]}) as r:
+            assert r.status == 200
+            return str((await r.json())["event_id"])
+
+    await call()  # runs: the slot is taken
+    assert rig.state.jobs is not None
+    cancelled, left, timed_out = await call(), await call(), await call()
+    assert rig.state.jobs.depth() == 3
+    one = await rig.http.get(f"{base}/{cancelled}")
+    body = {"session_hash": cancelled, "fn_index": 0, "event_id": cancelled}
+    resp = await rig.http.post(rig.base + "/gradio_api/cancel", json=body)
+    assert resp.status == 200 and (await resp.json()) == {"success": True}
+    assert await one.read() == b"event: complete\ndata: null\n\n"
+    two = await rig.http.get(f"{base}/{left}")
+    assert two.status == 200
+    two.close()
+    assert await eventually(lambda: rig.state.jobs is not None and rig.state.jobs.depth() == 1)
+    three = await rig.http.get(f"{base}/{timed_out}")
+    async with asyncio.timeout(10):
+        told = await three.read()
+    event, data = told.split(b"\n")[:2]
+    assert event == b"event: error"
+    error = json.loads(data.removeprefix(b"data: "))
+    assert "2 s" in error["error"] and error["visible"] is True
+    assert len(rig.fake.events) == 1 and rig.fake.cancels == []
+    unknown = await rig.http.get(f"{base}/gatekeeper-{'0' * 32}")
+    assert unknown.status == 404 and (await unknown.json())["reason"] == "not_found"
+
+
+async def test_a_stream_left_with_only_light_events_is_over_for_its_session(rig: Rig) -> None:
+    """The client leaves a stream that carries only a light event: gatekeeper closes its
+    reader of the app's stream too (as a relay would) and keeps nothing for the session:
+    its next stream starts fresh with the next event, not a stale close_stream."""
+    light = json.loads(await (await rig.join("s2", fn_index=1)).read())["event_id"]
+    stream = await rig.stream("s2")
+    await frames(stream, "estimation", light)
+    stream.close()
+    assert await eventually(lambda: connections_closed(rig.server))
+    await settle()
+    rig.fake.events[light].finish.set()
+    again = json.loads(await (await rig.join("s2", fn_index=1)).read())["event_id"]
+    fresh = await rig.stream("s2")
+    told = await frames(fresh, "estimation", again)
+    assert [m["msg"] for m in told] == ["estimation"], told
+    rig.fake.events[again].finish.set()
+    rest = await fresh.read()
+    msgs = [json.loads(x[6:]) for x in rest.split(b"\n\n") if x.startswith(b"data: ")]
+    assert [m["msg"] for m in msgs][-2:] == ["process_completed", "close_stream"]

@@ -48,6 +48,16 @@ from gatekeeper.gradio.wire import (
             "/gradio_api/call/generate_song/ev1",
             GradioPath(Kind.CALL_STREAM, api_name="generate_song", event_id="ev1"),
         ),
+        (  # 6.x keyword calls: gated like /call (they were passed ungated)
+            "POST",
+            "/gradio_api/call/v2/generate_song",
+            GradioPath(Kind.CALL, api_name="generate_song"),
+        ),
+        (
+            "GET",
+            "/song/gradio_api/call/v2/generate_song/ev1",
+            GradioPath(Kind.CALL_STREAM, "/song", api_name="generate_song", event_id="ev1"),
+        ),
         (
             "POST",
             "/gradio_api/run/generate_song",

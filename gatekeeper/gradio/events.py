@@ -65,10 +65,6 @@ class GradioEvents:
         self._events: dict[str, Pending] = {}
         self._sessions: dict[str, set[str]] = {}
         self._idle: dict[str, asyncio.Event] = {}
-        # Sessions whose queue/data stream is open through gatekeeper now, and refusals
-        # waiting to be told to a session through its next stream (``gradio.route``).
-        self._streams: dict[str, int] = {}
-        self._refusals: dict[str, bytes] = {}
         self.on_record = on_record  # the access log (app wiring)
 
     def __len__(self) -> int:
@@ -121,28 +117,6 @@ class GradioEvents:
 
     def pending(self, session: str) -> bool:
         return bool(self._sessions.get(session))
-
-    def stream_opened(self, session: str) -> None:
-        self._streams[session] = self._streams.get(session, 0) + 1
-
-    def stream_closed(self, session: str) -> None:
-        n = self._streams.get(session, 0) - 1
-        if n > 0:
-            self._streams[session] = n
-        else:
-            self._streams.pop(session, None)
-
-    def streaming(self, session: str) -> bool:
-        """A queue/data stream of ``session`` is open through gatekeeper right now."""
-        return session in self._streams
-
-    def refuse(self, session: str, frames: bytes, ttl: float) -> None:
-        """Keep ``frames`` (SSE) for ``session``'s next queue/data stream, for ``ttl`` s."""
-        self._refusals[session] = self._refusals.get(session, b"") + frames
-        asyncio.get_running_loop().call_later(ttl, self._refusals.pop, session, None)
-
-    def take_refusal(self, session: str) -> bytes | None:
-        return self._refusals.pop(session, None)
 
     def idle(self, session: str) -> asyncio.Event:
         ev = self._idle.get(session)

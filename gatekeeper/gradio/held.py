@@ -27,9 +27,7 @@ import aiohttp
 from gatekeeper.core.errors import UpstreamError, UpstreamProtocolError
 from gatekeeper.core.lease import Lease
 from gatekeeper.gradio.events import GradioEvents
-from gatekeeper.gradio.pipe import SessionPipe
-from gatekeeper.gradio.splice import failure
-from gatekeeper.gradio.wire import event_id_of, frame
+from gatekeeper.gradio.wire import event_id_of
 from gatekeeper.proxy.ports import LiveRules
 from gatekeeper.proxy.record import RequestRecord
 
@@ -50,9 +48,25 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(out)
 
 
-def cancelled(event_id: str) -> bytes:
-    """What Gradio itself says of a cancelled event (``routes.cancel_event``)."""
-    return frame({"msg": "process_completed", "event_id": event_id, "output": {}, "success": True})
+class EventPipe(Protocol):
+    """Where a held event is told (``pipe.SessionPipe``: a queue/join's session stream;
+    ``callpipe.CallPipe``: a /call's own stream), in that stream's own terms."""
+
+    forwarding: int
+
+    def failure(self, event_id: str, detail: str) -> bytes: ...
+
+    def cancelled(self, event_id: str) -> bytes: ...
+
+    def event_session(self, app_id: str) -> str: ...
+
+    def unbound(self, ours: str, raw: bytes) -> None: ...
+
+    def forward_failed(self, ours: str, raw: bytes) -> None: ...
+
+    def bound(self, ours: str, app: str) -> None: ...
+
+    def forwarded(self) -> None: ...
 
 
 class Seats(Protocol):
@@ -76,7 +90,7 @@ class HeldEvent:
         headers: dict[str, str],
         body: bytes,
         rec: RequestRecord,
-        pipe: SessionPipe,
+        pipe: EventPipe,
         events: GradioEvents,
         rules: LiveRules,
         seats: Seats,
@@ -122,7 +136,7 @@ class HeldEvent:
     def left(self, reason: str, detail: str) -> None:
         """It left the room without a slot (``max_wait``, drain): told in its stream."""
         self.state = "ended"
-        self.pipe.unbound(self.id, failure(self.id, detail))
+        self.pipe.unbound(self.id, self.pipe.failure(self.id, detail))
         self._log(reason)
 
     # ------------------------------------------------------------------ the client's side
@@ -132,7 +146,7 @@ class HeldEvent:
         if self.state != "waiting" or not self.seats.unseat(self.id):
             return False
         self.state = "ended"
-        self.pipe.unbound(self.id, cancelled(self.id))
+        self.pipe.unbound(self.id, self.pipe.cancelled(self.id))
         self._log("cancelled")
         return True
 
@@ -179,7 +193,7 @@ class HeldEvent:
         self.rec.upstream_status = status
         self.events.add(
             event_id=app_id,
-            session=self.session,
+            session=self.pipe.event_session(app_id),
             route=self.route,
             api_name=self.api_name,
             lease=lease,
@@ -193,7 +207,7 @@ class HeldEvent:
 
     def _fail(self, detail: str) -> None:
         self.state = "ended"
-        self.pipe.forward_failed(self.id, failure(self.id, detail))
+        self.pipe.forward_failed(self.id, self.pipe.failure(self.id, detail))
         self._log("upstream_error")
 
     def _log(self, reason: str) -> None:

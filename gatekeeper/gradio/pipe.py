@@ -1,11 +1,13 @@
 """One session's queue/data stream, written by gatekeeper (issue #19; rules: ``splice``).
 
 Gradio keeps one ``queue/data`` stream per session and every event of the
-session reports on it. Once a gated event of the session exists (admitted at
-once or waiting in gatekeeper's waiting room), gatekeeper owns that stream:
+session reports on it. gatekeeper owns that stream from the moment the client
+opens it or a gated event of the session exists (admitted at once or waiting in
+gatekeeper's waiting room), so a gated event can always join it (``pipes``):
 
 - **the reader** (``_read``): gatekeeper's own connection to the app's
-  ``queue/data`` for the session, opened when a join was forwarded and read
+  ``queue/data`` for the session, opened when the client opened its stream or a
+  join was forwarded, and read
   until the app ends it, whether or not a client is listening (so a join whose
   client never opened the stream, or whose tab closed, frees its slot when the
   app finishes, not at ``upstream.timeouts.read``). It cuts the app's bytes into
@@ -29,34 +31,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
 
 from gatekeeper.core.errors import UpstreamError
 from gatekeeper.gradio.events import GradioEvents
-from gatekeeper.gradio.splice import CLOSE_STREAM, Framer, IdMap, data_of, forward_close, rewrite
+from gatekeeper.gradio.outbox import Outbox
+from gatekeeper.gradio.splice import (
+    CLOSE_STREAM,
+    Framer,
+    IdMap,
+    cancelled,
+    data_of,
+    failure,
+    forward_close,
+    rewrite,
+)
 from gatekeeper.gradio.streams import SessionStream
 from gatekeeper.gradio.wire import frame, parse_message
 from gatekeeper.upstream import Exchange
 
 log = logging.getLogger("gatekeeper.gradio")
 
-# Frames kept for a session nobody reads: past this, progress and heartbeats are dropped.
-MAX_DETACHED_FRAMES = 256
-# How often an idle writer checks that its client is still there.
-CLIENT_POLL_SECONDS = 0.5
-# gatekeeper's own heartbeat on a stream it writes with nothing from the app (Gradio: 15 s).
-HEARTBEAT_SECONDS = 15.0
 _DROPPABLE = frozenset({"progress", "heartbeat"})
 _HEARTBEAT = frame({"msg": "heartbeat", "event_id": None})
 
 Opener = Callable[[], Awaitable[Exchange]]
 
 
-class SessionPipe:
+class SessionPipe(Outbox):
+    heartbeat = _HEARTBEAT
+
     def __init__(
         self,
         session: str,
@@ -65,6 +71,7 @@ class SessionPipe:
         send_timeout: Callable[[], float],
         on_idle: Callable[[SessionPipe], None],
     ):
+        super().__init__(send_timeout)
         self.session = session
         self.events = events
         self.ids = IdMap()
@@ -72,7 +79,6 @@ class SessionPipe:
         # endings of gated events; its end (``done``) is this pipe's own (``_read``).
         self.observer = SessionStream(events, session)
         self.open_upstream = open_upstream  # the app's queue/data for this session
-        self._send_timeout = send_timeout
         self._on_idle = on_idle
         # gatekeeper's events of this session the app has not answered yet (waiting, or
         # their join being forwarded): id -> its leaving when the client goes (True: it left).
@@ -81,29 +87,14 @@ class SessionPipe:
         # The reason of a refusal told in this stream, for the log line of the client's
         # queue/data request that carries it (what the client got: a 200 and frames).
         self.told: str | None = None
-        self._out: deque[tuple[bytes, bool]] = deque()  # (frame, the stream's last)
-        self._wake = asyncio.Event()
-        self._writer: object | None = None
         self._reader: asyncio.Task[None] | None = None
         self._seq = 0  # joins forwarded to the app (the reader reopens for new ones)
         self._parked: list[bytes] = []
         self._framer = Framer()
         self._close_mark: int | None = None  # _seq when the app said close_stream
         self.closed = False  # close_stream is queued: the client's stream ends after it
-        self.cut = False  # the app's stream broke: the client's is aborted after the outbox
 
     # ------------------------------------------------------------------ the outbox
-
-    def put(self, raw: bytes, *, droppable: bool = False, last: bool = False) -> None:
-        """Queue a whole frame; ``last``: close_stream, the client's stream ends after it."""
-        if self._writer is None and droppable and len(self._out) >= MAX_DETACHED_FRAMES:
-            return  # nobody reads: a progress tick or a heartbeat is not worth keeping
-        self._out.append((raw, last))
-        self._wake.set()
-
-    @property
-    def attached(self) -> bool:
-        return self._writer is not None
 
     def busy(self) -> bool:
         """Anything left to tell or to hear for this session."""
@@ -130,6 +121,16 @@ class SessionPipe:
             self._on_idle(self)
 
     # ------------------------------------------------------------------ gatekeeper's events
+
+    def failure(self, event_id: str, detail: str) -> bytes:
+        return failure(event_id, detail)
+
+    def cancelled(self, event_id: str) -> bytes:
+        return cancelled(event_id)
+
+    def event_session(self, app_id: str) -> str:
+        """The session the app's event belongs to in ``GradioEvents``."""
+        return self.session
 
     def forwarded(self) -> None:
         """A join of this session went to the app: its frames come on the app's stream."""
@@ -262,66 +263,29 @@ class SessionPipe:
 
     # ------------------------------------------------------------------ the writer
 
-    async def serve(
-        self, request: web.BaseRequest, headers: dict[str, str]
-    ) -> tuple[web.StreamResponse, int, bool]:
-        """Write the outbox to ``request``'s client until close_stream (or a newer stream
-        of the session replaces this one); returns (the response, bytes written, the
-        client left)."""
-        token = object()
-        if self._writer is not None:
-            self._wake.set()  # the older stream ends: one stream per session
-        self._writer = token
-        out = web.StreamResponse(status=200, headers=headers)
-        sent, gone = 0, False
-        loop = asyncio.get_running_loop()
-        quiet_since = loop.time()
-        try:
-            await out.prepare(request)
-            while self._writer is token:
-                while self._out and self._writer is token:
-                    raw, last = self._out.popleft()
-                    async with asyncio.timeout(self._send_timeout()):
-                        await out.write(raw)
-                    sent += len(raw)
-                    quiet_since = loop.time()
-                    if last:
-                        await out.write_eof()
-                        return out, sent, False
-                if self.cut and not self._out:
-                    _abort(request)
-                    return out, sent, False
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    gone = True
-                    return out, sent, True
-                if loop.time() - quiet_since >= HEARTBEAT_SECONDS:
-                    self._out.append((_HEARTBEAT, False))
-                    continue
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(CLIENT_POLL_SECONDS):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-            return out, sent, False
-        except (ConnectionError, aiohttp.ClientConnectionResetError, TimeoutError):
-            gone = True
-            _abort(request)
-            return out, sent, True
-        finally:
-            if self._writer is token:
-                self._writer = None
-                if gone:
-                    self.on_client_gone()
-                elif not self.busy() and self.closed:
-                    self._on_idle(self)
+    def writer_done(self, gone: bool) -> None:
+        if gone:
+            self.on_client_gone()
+        elif not self.busy() and self.closed:
+            self._on_idle(self)
 
     def on_client_gone(self) -> None:
-        """The tab closed: its waiting events leave the queue; the app's go on."""
+        """The tab closed: its waiting events leave the queue; the app's gated events go
+        on (the slot follows the engine). With none of those left, the app's stream is
+        closed as the client's was, so Gradio drops the session's events (those of
+        functions nobody gates) as it does when a tab closes."""
         for ours, leave in list(self.held.items()):
             if leave():
                 self.held.pop(ours, None)
+        reader = self._reader
+        quiet = not self.held and self.forwarding == 0 and not self.events.pending(self.session)
+        if quiet:
+            # Nothing is owed to anyone: the stream is over (no close_stream queued for a
+            # client that is gone), and a later stream of the session starts a new pipe.
+            self._out.clear()
+            self.closed = True
+            if reader is not None and not reader.done():
+                reader.cancel()
         if not self.busy():
             self._on_idle(self)
 
@@ -330,8 +294,3 @@ class SessionPipe:
         if reader is not None and not reader.done():
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-
-
-def _abort(request: web.BaseRequest) -> None:
-    if request.transport is not None:
-        request.transport.abort()

@@ -21,32 +21,29 @@ import json
 import logging
 import secrets
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from aiohttp import web
 
 from gatekeeper.core.clientkey import client_key
 from gatekeeper.core.headers import REQUEST_ID, upstream_request_headers
 from gatekeeper.core.vocab import Outcome
+from gatekeeper.gradio.callpipe import CallPipe
 from gatekeeper.gradio.events import GradioEvents
 from gatekeeper.gradio.held import HeldEvent
 from gatekeeper.gradio.joinbody import MAX_JOIN_BODY
 from gatekeeper.gradio.pipe import SessionPipe
+from gatekeeper.gradio.pipes import Pipes
 from gatekeeper.gradio.splice import PREFIX, Estimate, estimation, failure
 from gatekeeper.gradio.wire import Join
 from gatekeeper.proxy.context import RequestContext
 from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import Responder
 from gatekeeper.proxy.spool import Spool
-from gatekeeper.upstream import Exchange
 
 log = logging.getLogger("gatekeeper.gradio")
 
-# How long a pipe nobody reads is kept once idle (its last frames, for a client late to
-# open its stream), and how often a waiting event's place is looked at with no change.
-IDLE_PIPE_SECONDS = 60.0
+# How often a waiting event's place is looked at with no change.
 ESTIMATE_SECONDS = 1.0
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 class Refusal(Protocol):
@@ -92,13 +89,7 @@ class WaitingRoomPort(Protocol):
     def depth(self) -> int: ...
 
 
-def data_path(join_raw_path: str, session: str) -> str:
-    """The session's queue/data target beside a join's (``…/queue/join`` -> ``…/queue/data``)."""
-    base = join_raw_path.split("?", 1)[0].rstrip("/")
-    return base[: -len("join")] + "data?session_hash=" + quote(session, safe="")
-
-
-class GradioQueue:
+class GradioQueue(Pipes):
     def __init__(
         self,
         ports: ProxyPorts,
@@ -106,97 +97,19 @@ class GradioQueue:
         events: GradioEvents,
         room: WaitingRoomPort | None,
     ):
-        self.ports = ports
-        self.respond = respond
-        self.events = events
+        super().__init__(ports, respond, events)
         self.room = room
-        self.pipes: dict[str, SessionPipe] = {}
         self.held: dict[str, HeldEvent] = {}  # waiting (or being forwarded), by our id
         self._estimating: dict[str, asyncio.Task[None]] = {}
 
-    # ------------------------------------------------------------------ pipes
-
-    def pipe(self, session: str) -> SessionPipe | None:
-        """The session's pipe, unless it has nothing left to write."""
-        pipe = self.pipes.get(session)
-        if pipe is not None and pipe.finished():
-            del self.pipes[session]
-            return None
-        return pipe
-
-    def passed(self, session: str | None) -> None:
-        """A join of a function nobody gates went to the app: if gatekeeper writes the
-        session's stream, the app's frames for it come through gatekeeper's reader."""
-        pipe = self.pipe(session) if session is not None else None
-        if pipe is not None:
-            pipe.forwarded()
-
-    def pipe_for(self, ctx: RequestContext, session: str) -> SessionPipe:
-        """The session's pipe, made on its first gated event (its stream: ``pipe``)."""
-        pipe = self.pipe(session)
-        if pipe is not None:
-            return pipe
-        request = ctx.request
-        headers = upstream_request_headers(
-            request.headers,
-            client_ip=request.remote,
-            scheme=request.scheme,
-            request_id=ctx.rec.request_id,
-        )
-        for name in ("Content-Length", "Content-Type", "Content-Encoding"):
-            headers.popall(name, None)
-        headers["Accept"] = "text/event-stream"
-        headers["Accept-Encoding"] = "identity"  # parsed as it passes
-        path = data_path(request.raw_path, session)
-
-        async def open_upstream() -> Exchange:
-            rt = self.ports.rules.runtime
-            return await rt.passthrough.send(
-                "GET", path, headers, None, max_body_bytes=rt.config.limits.max_body_bytes
-            )
-
-        pipe = SessionPipe(
-            session,
-            self.events,
-            open_upstream,
-            send_timeout=lambda: self.ports.rules.runtime.config.limits.client_send_timeout,
-            on_idle=self._idle,
-        )
-        self.pipes[session] = pipe
-        return pipe
-
-    def _idle(self, pipe: SessionPipe) -> None:
-        def drop() -> None:
-            if self.pipes.get(pipe.session) is pipe and not pipe.busy() and not pipe.attached:
-                del self.pipes[pipe.session]
-
-        asyncio.get_running_loop().call_later(IDLE_PIPE_SECONDS, drop)
-
-    async def serve(self, ctx: RequestContext, pipe: SessionPipe) -> web.StreamResponse:
-        """The client's queue/data request of a session gatekeeper writes the stream of."""
-        rec = ctx.rec
-        if pipe.told is not None:  # it tells a refusal counted at the join: logged as such
-            rec.decision, rec.reason, pipe.told = Outcome.REJECTED, pipe.told, None
-        else:
-            self.respond.count(ctx, Outcome.PASSED)
-        headers = dict(SSE_HEADERS)
-        headers[REQUEST_ID] = rec.request_id
-        out, sent, gone = await pipe.serve(ctx.request, headers)
-        rec.status, rec.bytes_out, rec.client_gone = 200, sent, gone
-        return out
-
     # ------------------------------------------------------------------ waiting
 
-    def can_hold(self, ctx: RequestContext, join: Join, body: bytes | None) -> bool:
-        """A join that may wait here: a waiting room, a session, a body in memory, and no
-        stream of the session already relayed as it came (it could not be spliced)."""
-        session = join.session_hash
-        return (
-            self.room is not None
-            and session is not None
-            and body is not None
-            and (session in self.pipes or not self.events.streaming(session))
-        )
+    def can_hold(self, join: Join | None, body: bytes | None) -> bool:
+        """A join (with its session) or a /call (``join`` None) that may wait here: a
+        waiting room and a body in memory. Every session's stream is written from its
+        pipe (``pipes``), open or not yet, so a waiting event can always join it."""
+        has_session = join is None or join.session_hash is not None
+        return self.room is not None and body is not None and has_session
 
     def others_wait(self) -> bool:
         """Someone waits already: a new join queues behind them, whatever the gate says."""
@@ -204,8 +117,46 @@ class GradioQueue:
 
     def hold(self, ctx: RequestContext, join: Join, api: str | None, body: bytes) -> web.Response:
         """Seat the join in the waiting room; answered at once with gatekeeper's id."""
-        assert self.room is not None and join.session_hash is not None  # can_hold said so
-        request, rec, session = ctx.request, ctx.rec, join.session_hash
+        assert join.session_hash is not None  # can_hold said so
+        session = join.session_hash
+        pipe = self.pipe_for(ctx, session)
+        seated = self._seat(ctx, api, body, session, pipe)
+        if not isinstance(seated, HeldEvent):
+            return self._refused(ctx, session, seated)
+        if session not in self._estimating:
+            self._estimating[session] = asyncio.create_task(
+                self._estimates(pipe), name=f"gradio-eta-{session[:8]}"
+            )
+        return web.json_response({"event_id": seated.id}, headers={REQUEST_ID: ctx.rec.request_id})
+
+    def hold_call(self, ctx: RequestContext, api: str | None, body: bytes) -> web.Response:
+        """``POST {p}/call/<api>`` with no free slot: seated like a join, answered at once
+        with gatekeeper's id; its ``GET`` stream is written from a ``CallPipe``. Refused
+        by the waiting room: the plain JSON refusal (its stream has no other client
+        than the caller, who reads the status and the ``detail``)."""
+        ours = PREFIX + secrets.token_hex(16)
+        pipe = self.call_for(ctx, ours)
+        seated = self._seat(ctx, api, body, ours, pipe, ours)
+        if not isinstance(seated, HeldEvent):
+            del self.calls[ours]
+            return self.respond.refuse_waiting(
+                ctx, seated.status, seated.reason, seated.retry_after, seated.fields
+            )
+        return web.json_response({"event_id": ours}, headers={REQUEST_ID: ctx.rec.request_id})
+
+    def _seat(
+        self,
+        ctx: RequestContext,
+        api: str | None,
+        body: bytes,
+        session: str,
+        pipe: SessionPipe | CallPipe,
+        ours: str | None = None,
+    ) -> HeldEvent | Refusal:
+        """A held event for the request, seated in the waiting room (which may start it
+        at once: a slot freed meanwhile), or the room's refusal."""
+        assert self.room is not None  # can_hold said so
+        request, rec = ctx.request, ctx.rec
         q = ctx.config.admission.queue
         forwarded_for = request.headers.getall("X-Forwarded-For", [])
         client = client_key(
@@ -220,8 +171,7 @@ class GradioQueue:
         headers["Content-Length"] = str(len(body))
         headers["Accept-Encoding"] = "identity"  # the answer is read for its event_id
         self._ended()  # those that ran or left since the last look
-        ours = PREFIX + secrets.token_hex(16)
-        pipe = self.pipe_for(ctx, session)
+        ours = ours or PREFIX + secrets.token_hex(16)
         held = HeldEvent(
             event_id=ours,
             client=client,
@@ -238,47 +188,58 @@ class GradioQueue:
             seats=self.room,
             clock=self.ports.clock,
         )
-        pipe.held[ours] = held.client_gone
+        if isinstance(pipe, CallPipe):
+            pipe.leave = held.client_gone
+        else:
+            pipe.held[ours] = held.client_gone
         self.held[ours] = held
         refusal = self.room.seat(held)  # may start it at once (a slot freed meanwhile)
         if refusal is not None:
-            pipe.held.pop(ours, None)
+            if isinstance(pipe, CallPipe):
+                pipe.leave = None
+            else:
+                pipe.held.pop(ours, None)
             self.held.pop(ours, None)
-            return self._refused(ctx, pipe, refusal)
+            return refusal
         self.respond.count(ctx, Outcome.QUEUED)
         rec.deferred = True  # the line is written when the event ends
         rec.status, rec.bytes_in = 200, len(body)
         log.info(
-            "gradio join waits its turn as %s…: route=%s request_id=%s",
+            "gradio %s waits its turn as %s…: route=%s request_id=%s",
+            "call" if isinstance(pipe, CallPipe) else "join",
             ours[:19],
             ctx.route.name,
             rec.request_id,
         )
-        if session not in self._estimating:
-            self._estimating[session] = asyncio.create_task(
-                self._estimates(pipe), name=f"gradio-eta-{session[:8]}"
-            )
-        return web.json_response({"event_id": ours}, headers={REQUEST_ID: rec.request_id})
+        return held
 
-    def _refused(self, ctx: RequestContext, pipe: SessionPipe, refusal: Refusal) -> web.Response:
-        """``client_limit`` / ``queue_full``: the join's answer names an event of ours that
-        the session's stream reports failed with the refusal's text (an error toast;
-        gradio_client's AppError), as for a refusal by the gate (``route``)."""
+    def _refused(self, ctx: RequestContext, session: str, refusal: Refusal) -> web.Response:
+        """``client_limit`` / ``queue_full``: told in the session's stream, as for a
+        refusal by the gate (``route``)."""
         resp = self.respond.refuse_waiting(
             ctx, refusal.status, refusal.reason, refusal.retry_after, refusal.fields
         )
-        detail = json.loads(resp.body)["detail"]  # type: ignore[arg-type]
-        ours = PREFIX + secrets.token_hex(16)
-        pipe.put(failure(ours, detail))
-        pipe.told = refusal.reason
-        pipe.maybe_close()
-        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
         log.info(
             "gradio join refused by the waiting room (%s): route=%s request_id=%s",
             refusal.reason,
             ctx.route.name,
             ctx.rec.request_id,
         )
+        return self.tell_refusal(ctx, session, resp, refusal.reason)
+
+    def tell_refusal(
+        self, ctx: RequestContext, session: str, resp: web.Response, reason: str
+    ) -> web.Response:
+        """The join's answer names an event of ours that the session's stream (written
+        from its pipe, open or not yet) reports failed with the refusal's text (an error
+        toast; gradio_client's AppError). ``resp``: the refusal as JSON, counted."""
+        detail = json.loads(resp.body)["detail"]  # type: ignore[arg-type]
+        ours = PREFIX + secrets.token_hex(16)
+        pipe = self.pipe_for(ctx, session)
+        pipe.put(failure(ours, detail))
+        pipe.told = reason
+        pipe.maybe_close()
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
         return web.json_response({"event_id": ours}, headers=headers)
 
     async def _estimates(self, pipe: SessionPipe) -> None:
@@ -360,18 +321,20 @@ class GradioQueue:
             log.info("gradio event %s… cancelled by its client while it waited", eid[:19])
             return web.json_response({"success": True}), None
         session = doc.get("session_hash")
-        pipe = self.pipes.get(session) if isinstance(session, str) else None
-        app = pipe.ids.to_app(eid) if pipe is not None else None
+        call = self.calls.get(eid)
+        if call is not None:  # a /call of ours the app runs: its session is the app's id
+            app = call.app_id
+            if app is not None and session in (None, eid):
+                doc["session_hash"] = app
+        else:
+            pipe = self.pipes.get(session) if isinstance(session, str) else None
+            app = pipe.ids.to_app(eid) if pipe is not None else None
         if app is None:
             return web.json_response({"success": True}), None  # over already: as Gradio says
         doc["event_id"] = app
         return None, json.dumps(doc, separators=(",", ":")).encode()
 
     # ------------------------------------------------------------------ stop
-
-    def sessions_busy(self, session: str) -> bool:
-        pipe = self.pipes.get(session)
-        return pipe is not None and pipe.busy()
 
     async def close(self) -> None:
         """gatekeeper stops: the readers of the app's streams end (their events' slots
@@ -380,6 +343,4 @@ class GradioQueue:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for pipe in list(self.pipes.values()):
-            await pipe.close()
-        self.pipes.clear()
+        await self.close_pipes()

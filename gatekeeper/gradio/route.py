@@ -23,9 +23,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
 from collections.abc import Awaitable
 
 import aiohttp
@@ -33,7 +31,7 @@ from aiohttp import web
 
 from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
-from gatekeeper.core.errors import UpstreamProtocolError, UpstreamTimeout
+from gatekeeper.core.errors import HttpError, UpstreamProtocolError, UpstreamTimeout
 from gatekeeper.core.headers import (
     REQUEST_ID,
     downstream_response_headers,
@@ -47,6 +45,7 @@ from gatekeeper.gradio.held import MAX_JOIN_ANSWER, read_bounded
 from gatekeeper.gradio.joinbody import read_join, take_join_body
 from gatekeeper.gradio.names import ApiNames
 from gatekeeper.gradio.queueing import GradioQueue, WaitingRoomPort
+from gatekeeper.gradio.splice import PREFIX
 from gatekeeper.gradio.streams import Heartbeat, SessionStream
 from gatekeeper.gradio.wire import (
     Gating,
@@ -55,7 +54,6 @@ from gatekeeper.gradio.wire import (
     Kind,
     classify,
     event_id_of,
-    refusal_frames,
 )
 from gatekeeper.proxy.admit import Admit
 from gatekeeper.proxy.context import RequestContext
@@ -67,9 +65,6 @@ from gatekeeper.upstream import ClientGone
 
 log = logging.getLogger("gatekeeper.gradio")
 DRAINING = AdmitReason.DRAINING  # a join that finds gatekeeper draining does not wait
-
-# How long a refusal waits for the session's queue/data stream to be told through.
-REFUSAL_TTL_SECONDS = 60.0
 
 
 class GradioRoute:
@@ -89,7 +84,6 @@ class GradioRoute:
         self.queue = GradioQueue(ports, respond, events, room)
         self.names = ApiNames()
         self._streams: dict[asyncio.Task[object], str] = {}  # handler task -> session
-        self._told: dict[str, str] = {}  # a refusal's reason, until told in its stream
 
     async def handle(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
@@ -100,22 +94,26 @@ class GradioRoute:
             return await self._cancel(ctx)
         if gp.kind == Kind.DATA:
             session = request.query.get("session_hash")
-            pipe = self.queue.pipe(session) if session else None
-            if session and pipe is not None:  # a session with a gated event: spliced
+            if session:  # written from the session's pipe, so any gated event can join it
+                pipe = self.queue.stream_for(ctx, session)
                 return await self._registered(self.queue.serve(ctx, pipe), session)
-            if session:
-                refusal = self.events.take_refusal(session)
-                reason = self._told.pop(session, None)
-                if refusal is not None and not self.events.pending(session):
-                    return await self._tell_refusal(ctx, refusal, reason)
-                self.events.stream_opened(session)
-                try:
-                    return await self._stream(ctx, SessionStream(self.events, session), session)
-                finally:
-                    self.events.stream_closed(session)
         elif gp.kind == Kind.HEARTBEAT and gp.session_hash:
             observer = Heartbeat(self.events, gp.session_hash)
             return await self._stream(ctx, observer, gp.session_hash)
+        elif (
+            gp.kind == Kind.CALL_STREAM
+            and gp.event_id
+            and (gp.event_id.startswith(PREFIX) or self.queue.call_pipe(gp.event_id) is not None)
+        ):
+            held = self.queue.call_pipe(gp.event_id)  # a gated /call: gatekeeper reads it
+            if held is None:
+                raise HttpError(
+                    f"no waiting or running call {gp.event_id} here: it ended (its result "
+                    "was read) or never existed",
+                    status=404,
+                    reason="not_found",
+                )
+            return await self._registered(self.queue.serve_call(ctx, held), gp.event_id)
         elif gp.kind == Kind.CALL_STREAM and gp.event_id:
             # A /call's session is its event id (gradio: no session_hash given).
             call = SessionStream(self.events, gp.event_id, call_event_id=gp.event_id)
@@ -211,7 +209,10 @@ class GradioRoute:
     ) -> web.StreamResponse:
         ports, request, cfg, route, rec = self.ports, ctx.request, ctx.config, ctx.route, ctx.rec
         body = spool.memory() if spool is not None else b"{}"
-        may_wait = gp.kind == Kind.JOIN and self.queue.can_hold(ctx, join, body)
+        calling = gp.kind == Kind.CALL
+        may_wait = (gp.kind == Kind.JOIN or calling) and self.queue.can_hold(
+            None if calling else join, body
+        )
         now = ports.clock()
         result: Lease | Rejection | None
         if may_wait and self.queue.others_wait():  # behind those who wait, whatever is free
@@ -222,15 +223,15 @@ class GradioRoute:
         if may_wait and body is not None and waits:  # issue #19: it waits its turn
             if spool is not None:
                 spool.close()
+            if calling:
+                return self.queue.hold_call(ctx, api, body)
             return self.queue.hold(ctx, join, api, body)
         if not isinstance(result, Lease):
             assert result is not None  # None (a free slot) waits
             if spool is not None:
                 spool.close()
             session = join.session_hash if gp.kind == Kind.JOIN else None
-            if session is not None and not (
-                self.events.pending(session) or self.events.streaming(session)
-            ):
+            if session is not None:
                 return self._refuse_in_stream(ctx, rejected(route, result, cfg), session)
             return self._refuse(ctx, rejected(route, result, cfg), api)
         lease = result
@@ -292,6 +293,9 @@ class GradioRoute:
                     if gp.kind == Kind.JOIN and join.session_hash:
                         # gatekeeper reads the session's stream itself from now (pipe.py)
                         self.queue.pipe_for(ctx, join.session_hash).forwarded()
+                    elif gp.kind == Kind.CALL:
+                        # ... and the call's stream (callpipe.py), read by the client or not
+                        self.queue.call_for(ctx, event_id).read_app(event_id)
                 else:
                     log.info(
                         "gradio join not accepted by the app (status %d): slot released; "
@@ -341,51 +345,18 @@ class GradioRoute:
 
     def _refuse_in_stream(self, ctx: RequestContext, refusal: Refuse, session: str) -> web.Response:
         """No slot, told the way Gradio's clients show an error *with its text*: the join
-        is answered with an event id of gatekeeper's own, and the session's next
-        queue/data stream (the client opens it now) says that event failed with the
-        refusal's detail (gradio_client: AppError(detail); the page: an error toast).
-        A 503 to the join would be shown as Gradio's own "queue is full" text instead."""
+        is answered with an event id of gatekeeper's own, and the session's queue/data
+        stream (open, or opened next) says that event failed with the refusal's detail
+        (gradio_client: AppError(detail); the page: an error toast). A 503 to the join
+        would be shown as Gradio's own "queue is full" text instead."""
         resp = self.respond.refuse(ctx, refusal)  # counted, logged, the detail rendered
-        body = json.loads(resp.body)  # type: ignore[arg-type]
-        event_id = "gatekeeper-" + secrets.token_hex(12)
-        self.events.refuse(session, refusal_frames(event_id, body["detail"]), REFUSAL_TTL_SECONDS)
-        self._told[session] = refusal.reason
-        asyncio.get_running_loop().call_later(REFUSAL_TTL_SECONDS, self._told.pop, session, None)
-        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
-        out = web.json_response({"event_id": event_id}, headers=headers)
         log.info(
             "gradio join refused (%s), told in the session's stream: route=%s request_id=%s",
             refusal.reason,
             refusal.route.name,
             ctx.rec.request_id,
         )
-        return out
-
-    async def _tell_refusal(
-        self, ctx: RequestContext, frames: bytes, reason: str | None
-    ) -> web.StreamResponse:
-        """The queue/data stream of a session whose only event gatekeeper refused: logged
-        as a 200 with the frames' bytes, its decision and reason those of the refusal."""
-        rec = ctx.rec
-        rec.reason = reason
-        out = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-            },
-        )
-        out.headers[REQUEST_ID] = rec.request_id
-        rec.decision = Outcome.REJECTED  # counted at the join; this only tells it
-        try:
-            await out.prepare(ctx.request)
-            await out.write(frames)
-            await out.write_eof()
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            rec.client_gone = True
-        rec.status = 200
-        rec.bytes_out = len(frames)
-        return out
+        return self.queue.tell_refusal(ctx, session, resp, refusal.reason)
 
     def _refuse(self, ctx: RequestContext, refusal: Refuse, api: str | None) -> web.Response:
         """No slot for a gated join: 503 + detail + Retry-After (Gradio's clients show

@@ -160,10 +160,24 @@ def failure(event_id: str, detail: str) -> bytes:
     """The held event ended without running: a failed ``process_completed`` carrying
     ``detail`` the way Gradio's ``gr.Error`` does (the page: a toast with the text;
     gradio_client: ``AppError(detail)``)."""
-    error = {"error": detail, "title": "gatekeeper", "duration": 30, "visible": True}
     return frame(
-        {"msg": "process_completed", "event_id": event_id, "success": False, "output": error}
+        {
+            "msg": "process_completed",
+            "event_id": event_id,
+            "success": False,
+            "output": failure_output(detail),
+        }
     )
+
+
+def failure_output(detail: str) -> dict[str, object]:
+    """The ``output`` of a failed completion, as Gradio gives a ``gr.Error``'s, shown."""
+    return {"error": detail, "title": "gatekeeper", "duration": 30, "visible": True}
+
+
+def cancelled(event_id: str) -> bytes:
+    """What Gradio itself says of a cancelled event (``routes.cancel_event``)."""
+    return frame({"msg": "process_completed", "event_id": event_id, "output": {}, "success": True})
 
 
 @dataclass(frozen=True, slots=True)

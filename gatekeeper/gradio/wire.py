@@ -83,8 +83,14 @@ def classify(method: str, path: str) -> GradioPath:
         return GradioPath(Kind.HEARTBEAT, _root("/".join(segs[:-2])), session_hash=last)
     if method == "POST" and second == "call" and last:
         return GradioPath(Kind.CALL, _root("/".join(segs[:-2])), api_name=last)
+    # 6.x also takes keyword data at .../call/v2/<api_name> (same event ids, same stream).
+    if method == "POST" and second == "v2" and third == "call" and last:
+        return GradioPath(Kind.CALL, _root("/".join(segs[:-3])), api_name=last)
     if method == "GET" and third == "call" and second and last:
         root = _root("/".join(segs[:-3]))
+        return GradioPath(Kind.CALL_STREAM, root, api_name=second, event_id=last)
+    if method == "GET" and third == "v2" and n >= 4 and segs[-4] == "call" and second and last:
+        root = _root("/".join(segs[:-4]))
         return GradioPath(Kind.CALL_STREAM, root, api_name=second, event_id=last)
     if method == "POST" and second in ("run", "api") and last:
         return GradioPath(Kind.DIRECT, _root("/".join(segs[:-2])), api_name=last)
@@ -378,14 +384,3 @@ def ending(ev: SSEEvent, call_event_id: str | None = None) -> Ending | None:
 def frame(msg: dict[str, Any]) -> bytes:
     """One SSE ``data:`` frame carrying ``msg`` as JSON."""
     return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
-
-
-def refusal_frames(event_id: str, detail: str) -> bytes:
-    """What a session's queue/data stream says of a join gatekeeper refused: the event
-    ``event_id`` failed with ``detail``, then the stream closes.
-
-    The error carries the fields of Gradio's own ``gr.Error`` output, which
-    gradio_client raises as ``AppError(detail)`` and the page shows as a toast."""
-    error = {"error": detail, "title": "gatekeeper", "duration": 30, "visible": True}
-    failed = {"msg": "process_completed", "event_id": event_id, "success": False, "output": error}
-    return frame(failed) + frame({"msg": "close_stream", "event_id": None})
