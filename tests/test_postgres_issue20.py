@@ -161,15 +161,18 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
     _sql(  # what version 1 was
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
-        "DROP TABLE outbox, outbox_gone, batches",
+        "DROP TABLE outbox, outbox_gone, batches, bodies",
         "DROP INDEX handles_client",
-        "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
+        "DROP TRIGGER jobs_queued_notify ON jobs",
+        "DROP TRIGGER jobs_final_body ON jobs",
+        "DROP FUNCTION notify_queued, drop_body",
+        "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch, DROP COLUMN body_in_db",
         "UPDATE schema_version SET version = 1",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [2]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]

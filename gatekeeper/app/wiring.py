@@ -116,7 +116,13 @@ def open_store(config: Config, directory: Path) -> JobStore:
     except ValueError as exc:
         raise StoreOpenError(str(exc)) from exc
     return PostgresJobStore.open(
-        directory, dsn=dsn, schema=pg.schema, pool_size=pg.pool_size, timeout=pg.timeout
+        directory,
+        dsn=dsn,
+        schema=pg.schema,
+        pool_size=pg.pool_size,
+        timeout=pg.timeout,
+        max_body_bytes=pg.max_body_bytes,
+        lease=jobs.lease,
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from gatekeeper.core.errors import UpstreamError
 from gatekeeper.core.headers import downstream_response_headers
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.jobs.deps import JobDeps
-from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError
+from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError, StoreUnavailable
 from gatekeeper.jobs.model import Job, ResultBroken
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
@@ -94,7 +94,9 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             head = downstream_response_headers(resp.headers)
             pairs = list(head.items())
             job.head = (resp.status, resp.reason or "", pairs)
-            store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
+            _record(
+                job, lambda: store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
+            )
             writer = store.result_writer(job.id)
             job.notify()
             scan = _ProgressScanner() if _is_sse(head) else None
@@ -129,7 +131,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
         status = resp.status
         elapsed = deps.clock() - sent_at
         deps.metrics.upstream_duration.labels(job.route, str(status)).observe(elapsed)
-        store.set_progress(job.id, job.progress, size)
+        _record(job, lambda: store.set_progress(job.id, job.progress, size))
         if job.cancel_requested:
             jobs.finish(job, Endings.DELETED_RUNNING)
         elif 200 <= status < 300:
@@ -187,6 +189,16 @@ async def follow(store: GuardedStore, job: Job) -> AsyncIterator[bytes]:
     finally:
         if f is not None:
             f.close()
+
+
+def _record(job: Job, write: Callable[[], None]) -> None:
+    """A runner write of the job's head or progress. A shared store that is unreachable
+    (issue #21) does not end the generation: the write is made again with the job's
+    ending when the store is back (``upkeep.save_unsaved``), so the result is kept."""
+    try:
+        write()
+    except StoreUnavailable:
+        job.unsynced = True
 
 
 def _storage_cause(exc: BaseException) -> BaseException:

@@ -19,6 +19,7 @@ database is unreachable: ``guard.StoreUnavailable``, 503 ``store_unavailable``).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ import asyncpg
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
+from gatekeeper.jobs.guard import StoreUnavailable
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.outbox import Delivery
@@ -43,6 +45,7 @@ from gatekeeper.jobs.postgres import (
 )
 from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
+from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes, body_of
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
@@ -76,14 +79,28 @@ async def _register(con: asyncpg.Connection, box: str, address: str | None) -> N
     )
 
 
-class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
+class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, PostgresBoxes):
     """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
-    the outbox, a client's list and batches are their ``sql_*`` modules' mixins."""
+    the outbox, a client's list, batches and the boxes' heartbeats and sweep
+    (``shared.SharedQueue``) are their ``sql_*`` modules' mixins."""
 
-    def __init__(self, directory: Path, lock: IO[str], bridge: Bridge, box: str):
+    def __init__(
+        self,
+        directory: Path,
+        lock: IO[str],
+        bridge: Bridge,
+        box: str,
+        *,
+        channel: str = "",
+        max_body_bytes: int = 0,
+        lease: float = 30.0,
+    ):
         self.directory = directory
         self.box = box
         self.bridge = bridge
+        self.channel = channel
+        self.max_body_bytes = max_body_bytes
+        self.lease = lease  # jobs.lease: a box seen within it is alive (``recover``)
         self._lock = lock
         self._files = JobFiles(directory)
 
@@ -97,6 +114,8 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
         pool_size: int = 4,
         timeout: float = 1.0,
         address: str | None = None,
+        max_body_bytes: int = 1024**2,
+        lease: float = 30.0,
     ) -> PostgresJobStore:
         """Lock ``directory``, connect, create or migrate the schema and register the box.
         ``StateDirError`` for the directory, ``StoreOpenError`` for the database."""
@@ -124,7 +143,15 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
         except BaseException:
             lock.close()
             raise
-        return cls(directory, lock, bridge, box)
+        return cls(
+            directory,
+            lock,
+            bridge,
+            box,
+            channel=sch.channel(schema),
+            max_body_bytes=max_body_bytes,
+            lease=lease,
+        )
 
     def close(self) -> None:
         """Close the pool, stop the store's thread, release the directory; idempotent."""
@@ -145,7 +172,17 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
         check_id(record.id)
         if record.state is not JobState.QUEUED:
             raise ValueError(f"a new job is queued, not {record.state}")
-        return self.bridge.call("create", sql_records.create, record, self.box, list(outbox))
+        body = self.shared_body(record)
+        return self.bridge.call("create", sql_records.create, record, self.box, list(outbox), body)
+
+    def shared_body(self, record: JobRecord) -> bytes | None:
+        """The body any box may read from the database (up to ``max_body_bytes``, read
+        from the file ``submit`` just wrote); None: it stays on this box, the only one
+        that may claim the job (docs/postgres.md)."""
+        if record.body_size > self.max_body_bytes:
+            return None
+        path = self._files.body_path(record.id)
+        return b"" if path is None else path.read_bytes()
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.bridge.call("get", sql_records.get, job_id)
@@ -211,7 +248,19 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
         """The next queued job of the whole shared queue by the fairness rule, now
         running on this box (``sql_fair.CLAIM``: one statement); None if none."""
         row = self.bridge.call("claim_next", sql_fair.claim, float(started), engine, self.box)
-        return None if row is None else decode(row)
+        if row is None:
+            return None
+        claimed = decode(row)
+        if self._files.body_path(claimed.id) is None:  # taken by another box: from the database
+            body = self.bridge.call("claim_next", body_of, claimed.id)
+            if body is not None:
+                writer = self._files.body_writer(claimed.id)
+                try:
+                    writer.write(body)
+                    writer.commit()
+                finally:
+                    writer.abort()
+        return claimed
 
     def set_result_head(
         self, job_id: str, status: int, reason: str | None, headers: Headers
@@ -223,6 +272,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
             "result_status = $3, result_reason = $4, result_headers = $5",
             (status, reason, dump_headers(headers)),
             [JobState.RUNNING.value],
+            self.box,
         )
 
     def set_progress(self, job_id: str, progress: float | None, result_bytes: int) -> None:
@@ -234,6 +284,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
             f"progress = $3, result_bytes = $4, heartbeat = {sch.DB_NOW}",
             (None if progress is None else float(progress), result_bytes),
             [JobState.RUNNING.value],
+            self.box,
         )
 
     def finish(
@@ -255,6 +306,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
             (state.value, reason, float(finished)),
             froms,
             list(outbox),
+            self.box,
         )
         self._files.drop_body(job_id)
         if state is JobState.EXPIRED:
@@ -270,6 +322,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
             float(now),
             retry_interrupted,
             lambda job_id: self._files.body_path(job_id) is not None,
+            float(self.lease),
         )
         for r in changed:
             if r.state is not JobState.QUEUED or r.started is None:
@@ -327,7 +380,10 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches):
 
     def result_writer(self, job_id: str) -> ResultWriter:
         def committed(size: int) -> None:
-            self.bridge.call("result_writer", sql_records.set_result_bytes, job_id, size)
+            # The file is whole; an unreachable store gets the size with the job's ending
+            # (the runner's set_progress is written again then: issue #21).
+            with contextlib.suppress(StoreUnavailable):
+                self.bridge.call("result_writer", sql_records.set_result_bytes, job_id, size)
 
         return self._files.result_writer(job_id, committed)
 
