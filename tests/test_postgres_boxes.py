@@ -9,6 +9,7 @@ is the relay's (docs/postgres.md)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 from pgserver import PgServer
-from support import Proc, poll, rules, start_engine, start_gatekeeper
+from support import Proc, poll, rules, start_engine, start_gatekeeper, wait_output
 
 pytestmark = pytest.mark.usefixtures("no_traceback")
 
@@ -260,3 +261,73 @@ async def test_postgres_restarted_mid_run_loses_nothing(
     stats = [await _stats(http, box) for box in (a, b)]
     assert sum(s["completed_generations"] for s in stats) >= 8
     assert [s["peak_active_generations"] for s in stats] == [1, 1]
+
+
+async def test_identical_requests_on_two_boxes_make_one_generation(
+    tmp_path: Path,
+    procs: list[Proc],
+    http: aiohttp.ClientSession,
+    pg_server: PgServer,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same request (same client, same body) submitted to box A and then to box B while
+    it runs (on either): B's create is refused by the database's unique key over live jobs and B
+    attaches to A's job, as to a twin on one box: two job ids (handles), one row, one
+    generation."""
+    monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
+    text = _rules(pg_schema, seconds=1.0)
+    a = _box(tmp_path, procs, "a", text, 1.0)
+    b = _box(tmp_path, procs, "b", text, 1.0)
+    first = await _submit(http, a, "u", 1)
+    runs = {box.id: box for box in (a, b)}
+
+    async def running() -> bool:
+        return any(r["state"] == "running" for r in await _rows(pg_server.dsn, pg_schema))
+
+    await poll(running, 20)
+    second = await _submit(http, b, "u", 1)
+    assert second != first
+    rows = await _all_final(pg_server.dsn, pg_schema, 1, 30)
+    assert [(r["id"], r["state"]) for r in rows] == [(first, "done")]
+    ran = runs[rows[0]["run_box"]]
+    stats = {box.id: (await _stats(http, box))["completed_generations"] for box in (a, b)}
+    assert stats == {box.id: int(box is ran) for box in (a, b)}
+
+
+async def test_a_box_swept_while_stopped_discards_its_generation(
+    tmp_path: Path,
+    procs: list[Proc],
+    http: aiohttp.ClientSession,
+    pg_server: PgServer,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Box B is stopped (SIGSTOP) while it runs a job, for longer than jobs.lease: A fails
+    the job ``interrupted``. B continued (SIGCONT) finds the job taken (its heartbeat no
+    longer lists it, its writes are fenced): it stops that generation, keeps no result of
+    it and records nothing over it; then it takes new jobs as before."""
+    monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
+    text = _rules(pg_schema, seconds=1.0)
+    a = _box(tmp_path, procs, "a", text, 1.0)
+    b = _box(tmp_path, procs, "b", text, 1.0)
+    for n in range(2):  # one runs on each box
+        await _submit(http, a, "u", n, seconds=1.5)
+    victim = await _running_on(pg_server.dsn, pg_schema, b, 20)
+    b.proc.signal(signal.SIGSTOP)
+
+    async def swept() -> bool:
+        rows = {r["id"]: r for r in await _rows(pg_server.dsn, pg_schema)}
+        return rows[victim]["state"] == "failed"
+
+    try:
+        await poll(swept, 4 * LEASE)
+    finally:
+        b.proc.signal(signal.SIGCONT)
+    await wait_output(b.proc, "was taken from this box", 10)
+    again = await _submit(http, a, "v", 0)
+    rows = {r["id"]: r for r in await _all_final(pg_server.dsn, pg_schema, 3, 30)}
+    assert (rows[victim]["state"], rows[victim]["reason"]) == ("failed", "interrupted")
+    assert rows[again]["state"] == "done"
+    results = b.state / "results"
+    assert not any(p.name.startswith(victim) for p in results.iterdir())

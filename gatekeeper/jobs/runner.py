@@ -30,6 +30,7 @@ from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError, StoreUnavailable
 from gatekeeper.jobs.model import Job, ResultBroken
 from gatekeeper.jobs.outbox import JobEvents
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
 from gatekeeper.upstream import ClientGone, UpstreamPool
 
@@ -139,6 +140,13 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             jobs.finish(job, Endings.DONE)
         else:
             jobs.finish(job, Endings.UPSTREAM_STATUS)
+    except Fenced:
+        # Another box owns the job now (this box's lease lapsed while it was away: issue
+        # #21): this generation stops here, its result is dropped, nothing is recorded
+        # over the job (``finish`` meets the fence too: ``service_shared.fenced``).
+        if writer is not None:
+            writer.abort()
+        jobs.finish(job, Endings.INTERRUPTED)
     except StorageError as exc:
         # The state directory failed (a full disk, an I/O error, a file deleted under us):
         # what was written is not the whole answer and is never served as one.

@@ -40,6 +40,7 @@ class HandleOps:
     _enter: Callable[[Job, Config], None]
     finish: Callable[[Job, Ending], None]
     dispatch: Callable[[], None]
+    owns: Callable[[Job], bool]
     room: WaitingRoom
 
     def find(self, job_id: str) -> Job | None:
@@ -123,7 +124,7 @@ class HandleOps:
         job.followers = max(0, job.followers - 1)
         if handle is not None:
             job.holders.discard(handle)
-        if job.wanted or job.final:
+        if job.wanted or job.final or not self.owns(job):  # owns: service_shared
             return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
@@ -138,6 +139,8 @@ class HandleOps:
 
     def delete(self, job: Job) -> None:
         """DELETE: queued -> removed; running -> per on_client_disconnect."""
+        if not self.owns(job):  # another box's job: its holders are not all here
+            return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
             self.finish(job, Endings.DELETED_WAITING)

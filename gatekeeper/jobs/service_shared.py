@@ -47,7 +47,7 @@ from gatekeeper.core.admission import Rejection
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS
-from gatekeeper.jobs.guard import GuardedStore, StorageError
+from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
@@ -88,6 +88,14 @@ class SharedOps:
         self._beat_at = self._sweep_at = 0.0
         self._beat_ok_since: float | None = None  # beats succeeding since (loop clock)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Jobs another box took that this box watches (a twin attached to across boxes):
+        # their holders are not all here, so nothing here cancels them (``owns``).
+        self._foreign: set[str] = set()
+
+    def owns(self, job: Job) -> bool:
+        """This box took ``job`` (its held clients and handles are here): a held client
+        gone or a DELETE may end it. Another box's job is that box's to end."""
+        return job.id not in self._foreign
 
     def _shared_start(self) -> None:
         """Listen for queued jobs (each notification schedules a claim here)."""
@@ -108,8 +116,14 @@ class SharedOps:
         if self.shared is None or not running:
             return running
         box = self.shared.box
-        mine = {w.record.id for w in self.shared.where([r.id for r in running]) if w.run_box == box}
+        mine = {w.record.id for w in self._where([r.id for r in running]) if w.run_box == box}
         return [r for r in running if r.id in mine]
+
+    def _where(self, ids: list[str]) -> list[Where]:
+        """``SharedQueue.where``, its faults as ``StorageError`` (as the guarded store's)."""
+        shared = self.shared
+        assert shared is not None
+        return guarded("where", lambda: shared.where(ids))
 
     # ------------------------------------------------------------------ claims
 
@@ -207,6 +221,7 @@ class SharedOps:
                 row, now=deps.clock(), wall=deps.wall(), route=self._route_of(row)
             )
             self.live[job.id] = job
+            self._foreign.add(job.id)
         self._by_key[key] = job
         return job
 
@@ -270,11 +285,12 @@ class SharedOps:
         """Read back the live jobs this box watches but does not run (module text)."""
         if self.shared is None:
             return
+        self._foreign &= self.live.keys()  # those that ended here (claimed, then run here)
         ids = [i for i, j in self.live.items() if j.task is None and i not in self.unsaved]
         if not ids:
             return
         try:
-            found = self.shared.where(ids)
+            found = self._where(ids)
         except StorageError as exc:
             log.debug("reading back watched jobs: %s", exc.detail)
             return
@@ -297,6 +313,7 @@ class SharedOps:
         """The job ended on another box (or was swept): it leaves this box's live set as
         stored there, with no write from here."""
         self.live.pop(job.id, None)
+        self._foreign.discard(job.id)
         key = job.record.coalesce_key
         if key is not None and self._by_key.get(key) is job:
             del self._by_key[key]
@@ -306,6 +323,11 @@ class SharedOps:
         """A write of ``job``'s ending was refused: another box owns it now (the lease).
         Its result here is discarded; this box follows the database's record."""
         if job.task is not None:
+            log.warning(
+                "job %s… was taken from this box (its lease lapsed: jobs.lease): its"
+                " result here is discarded",
+                job.id[:6],
+            )
             path = self.store.result_path(job.id)
             if path is not None:
                 self.store.drop_file(path)
@@ -316,7 +338,7 @@ class SharedOps:
         found = []
         if self.shared is not None:
             with contextlib.suppress(StorageError):
-                found = self.shared.where([job.id])
+                found = self._where([job.id])
         if found:
             self._moved(job, found[0])
         else:
