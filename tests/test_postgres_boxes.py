@@ -135,21 +135,20 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     pg_schema: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """12 async jobs of 3 clients (a's 4, then b's, then c's), all submitted to box A while
-    only A runs: A runs the first (a 3 s song) at once, the others wait; boxes B and C
-    then start and claim from the shared queue. Every job is done exactly once, every
-    engine ran some and never two at once, and the claims follow the fair order
-    (round-robin across a, b, c, FIFO within each), not the arrival order."""
+    """Three idle boxes; 12 async jobs of 3 clients (a's 4, then b's, then c's), all
+    submitted to box A: the first three (3 s songs) start at once, one per box (B and C
+    woken by the notification), the others wait and are pulled by whichever box frees a
+    slot. Every job is done exactly once, every engine ran some and never two at once,
+    and the claims follow the fair order (round-robin across a, b, c, FIFO within each),
+    not the arrival order."""
     monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
     text = _rules(pg_schema, seconds=0.6)
-    a = _box(tmp_path, procs, "a", text, 0.6)
+    a, b, c = (_box(tmp_path, procs, name, text, 0.6) for name in "abc")
     ids: list[tuple[str, str]] = []
     for user in ("a", "b", "c"):
         for n in range(4):
-            seconds = 3.0 if not ids else None  # the rest arrive while it runs
+            seconds = 3.0 if len(ids) < 3 else None  # the rest arrive while they run
             ids.append((await _submit(http, a, user, n, seconds), user))
-    b = _box(tmp_path, procs, "b", text, 0.6)
-    c = _box(tmp_path, procs, "c", text, 0.6)
     rows = await _all_final(pg_server.dsn, pg_schema, 12, 60)
     assert {r["state"] for r in rows} == {"done"}
     assert {r["body_box"] for r in rows} == {a.id}
@@ -161,7 +160,7 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     # Claimed in the fair order (``started`` is each claimer's clock: two claims within
     # a moment on two boxes may swap, never move further).
     started = [r["id"] for r in sorted(rows, key=lambda r: r["started"])]
-    expected = _fair(ids, 1)
+    expected = _fair(ids, 3)
     who = dict(ids)
     assert all(abs(started.index(j) - expected.index(j)) <= 1 for j in expected), (
         [who[j] + str([i for i, _ in ids].index(j)) for j in started],
@@ -240,20 +239,29 @@ async def test_postgres_restarted_mid_run_loses_nothing(
     pg_schema: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Two boxes run 6 async jobs; PostgreSQL is stopped while they run and started again
-    3 s later (longer than a song and than jobs.lease). Every job ends done: the
-    generations that ended while the store was away keep their results and are recorded
-    when it is back, and no box is taken for dead after the outage (no job interrupted);
-    both boxes take jobs again by themselves afterwards."""
+    """Two boxes run 6 async jobs; PostgreSQL is stopped while each box runs one (2 s
+    songs) and started again 3 s later (longer than those songs and than jobs.lease).
+    Every job ends done: the generations that ended while the store was away keep their
+    results and are recorded when it is back, and no box is taken for dead after the
+    outage (no job interrupted); both boxes take jobs again by themselves afterwards."""
     monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
     text = _rules(pg_schema, seconds=0.8)
     a = _box(tmp_path, procs, "a", text, 0.8)
     b = _box(tmp_path, procs, "b", text, 0.8)
-    ids = [await _submit(http, a, u, n) for n in range(2) for u in ("x", "y", "z")]
-    await _running_on(pg_server.dsn, pg_schema, b, 20)
-    await asyncio.to_thread(pg_server.restart, 3.0)
+    ids = [await _submit(http, a, u, 0, seconds=2.0) for u in ("x", "y")]  # one per box
+
+    async def both_running() -> bool:
+        rows = await _rows(pg_server.dsn, pg_schema)
+        return sum(r["state"] == "running" for r in rows) == 2
+
+    await poll(both_running, 20)
+    ids += [await _submit(http, a, u, n) for n in range(1, 3) for u in ("x", "y")]
+    await asyncio.to_thread(pg_server.restart, 3.0)  # both songs end while it is down
     rows = await _all_final(pg_server.dsn, pg_schema, 6, 60)
     assert [(r["state"], r["reason"]) for r in rows] == [("done", None)] * 6
+    logs = a.proc.output() + b.proc.output()
+    assert logs.count("could not be stored as done") == 2  # the two ended in the outage
+    assert logs.count("stored as done (None)") == 2
     more = [await _submit(http, a, "w", n) for n in range(2)]
     rows = await _all_final(pg_server.dsn, pg_schema, 8, 30)
     assert {r["id"] for r in rows} == {*ids, *more}

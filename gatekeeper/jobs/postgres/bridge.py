@@ -61,6 +61,9 @@ LOST: tuple[type[BaseException], ...] = (
     OSError,  # TimeoutError and ConnectionError are OSErrors
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A pooled connection caught mid-operation by a server shutting down ("cannot switch
+    # to state ...; another operation is in progress"): as lost as the others.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
