@@ -24,6 +24,7 @@ from support import Proc, poll, rules, start_engine, start_gatekeeper, wait_outp
 pytestmark = pytest.mark.usefixtures("no_traceback")
 
 ASYNC = {"Prefer": "respond-async"}
+JOBS = "/_gatekeeper/jobs"
 LEASE = 2.0
 
 
@@ -149,6 +150,15 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
         for n in range(4):
             seconds = 3.0 if len(ids) < 3 else None  # the rest arrive while they run
             ids.append((await _submit(http, a, user, n, seconds), user))
+    ran: set[str] = set()
+    while len(ran) < 12:  # box A answers for its jobs wherever they run
+        for job_id, _ in ids:
+            async with http.get(f"{a.url}{JOBS}/{job_id}") as r:
+                assert r.status == 200, await r.text()
+                view = await r.json()
+            if view["state"] == "done":
+                ran.add(job_id)
+        await asyncio.sleep(0.2)
     rows = await _all_final(pg_server.dsn, pg_schema, 12, 60)
     assert {r["state"] for r in rows} == {"done"}
     assert {r["body_box"] for r in rows} == {a.id}

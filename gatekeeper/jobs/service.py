@@ -56,7 +56,7 @@ from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.service_handles import HandleOps
 from gatekeeper.jobs.service_reads import ReadOps
 from gatekeeper.jobs.service_shared import SharedOps
-from gatekeeper.jobs.shared import Fenced, LiveTwin
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
@@ -185,12 +185,13 @@ class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
         wall = deps.wall()
         try:
             new = replace(request, created=wall)
-            row = self.store.create(new, self.events.queued(new))
-        except (StorageError, LiveTwin) as exc:
+            row = self.create_or_twin(new)  # a live twin on another box: service_shared
+        except StorageError:
             self.store.drop_file(target)
-            if isinstance(exc, LiveTwin) and self.attach_twin(exc.key) is not None:
-                return self.submit(request, save_body)  # attaches to it, as to a twin here
             raise
+        if isinstance(row, Job):
+            self.store.drop_file(target)
+            return self.submit(request, save_body)  # attaches to it, as to a twin here
         job = Job.from_record(row, now=now, wall=wall)
         if held:
             job.followers = 1

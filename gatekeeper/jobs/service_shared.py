@@ -51,8 +51,8 @@ from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
-from gatekeeper.jobs.shared import SharedQueue, Where
-from gatekeeper.jobs.states import Ending, Endings
+from gatekeeper.jobs.shared import LiveTwin, SharedQueue, Where
+from gatekeeper.jobs.states import ALL_ENDINGS, Ending, Endings
 from gatekeeper.jobs.waitroom import WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
@@ -119,11 +119,11 @@ class SharedOps:
         mine = {w.record.id for w in self._where([r.id for r in running]) if w.run_box == box}
         return [r for r in running if r.id in mine]
 
-    def _where(self, ids: list[str]) -> list[Where]:
+    def _where(self, ids: list[str], *, queued: bool = True) -> list[Where]:
         """``SharedQueue.where``, its faults as ``StorageError`` (as the guarded store's)."""
         shared = self.shared
         assert shared is not None
-        return guarded("where", lambda: shared.where(ids))
+        return guarded("where", lambda: shared.where(ids, queued=queued))
 
     # ------------------------------------------------------------------ claims
 
@@ -206,6 +206,20 @@ class SharedOps:
 
     # ------------------------------------------------------------------ coalescing
 
+    def create_or_twin(self, record: JobRecord) -> JobRecord | Job:
+        """``create``; or, refused as a ``LiveTwin`` (another box's live job has its
+        key), that job, watched here for the request to attach to. A twin that ended
+        between the two leaves its key free: created then (a few tries, then the
+        refusal as it is)."""
+        for _ in range(2):
+            try:
+                return self.store.create(record, self.events.queued(record))
+            except LiveTwin as exc:
+                twin = self.attach_twin(exc.key)
+                if twin is not None:
+                    return twin
+        return self.store.create(record, self.events.queued(record))
+
     def attach_twin(self, key: str) -> Job | None:
         """The live job with ``key`` on any box, watched here (None: it just ended)."""
         deps = self.deps
@@ -220,6 +234,7 @@ class SharedOps:
             job = Job.from_record(
                 row, now=deps.clock(), wall=deps.wall(), route=self._route_of(row)
             )
+            self._follow(job, row)
             self.live[job.id] = job
             self._foreign.add(job.id)
         self._by_key[key] = job
@@ -290,7 +305,7 @@ class SharedOps:
         if not ids:
             return
         try:
-            found = self._where(ids)
+            found = self._where(ids, queued=False)  # a box's queue: few rows moved
         except StorageError as exc:
             log.debug("reading back watched jobs: %s", exc.detail)
             return
@@ -302,16 +317,29 @@ class SharedOps:
     def _moved(self, job: Job, w: Where) -> None:
         """``job`` runs or ended on another box: this box's view follows the database."""
         self.room.leave(job.id)
-        job.record, job.run_box = w.record, w.run_box
-        job.result_bytes, job.progress = w.record.result_bytes, w.record.progress
+        job.run_box = w.run_box
+        self._follow(job, w.record)
         if w.record.state in FINAL_STATES:
             self._ended_elsewhere(job)
         job.notify()
         self._changed_all()
 
+    def _follow(self, job: Job, row: JobRecord) -> None:
+        """``job`` as stored now (it runs or ran on another box): its record, and a start
+        on this box's loop clock for its ETA and elapsed time."""
+        job.record, job.result_bytes, job.progress = row, row.result_bytes, row.progress
+        if row.started is not None and job.started is None:
+            job.started = self.deps.clock() - max(0.0, self.deps.wall() - row.started)
+
     def _ended_elsewhere(self, job: Job) -> None:
         """The job ended on another box (or was swept): it leaves this box's live set as
         stored there, with no write from here."""
+        rec = job.record
+        if job.ending is None:  # as stored there (a held client's answer reads it)
+            job.ending = next(
+                (e for e in ALL_ENDINGS if (e.state, e.reason) == (rec.state, rec.reason)),
+                Ending(rec.state, rec.reason, None),
+            )
         self.live.pop(job.id, None)
         self._foreign.discard(job.id)
         key = job.record.coalesce_key

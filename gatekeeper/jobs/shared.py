@@ -80,6 +80,7 @@ class SharedQueue(Protocol):
         seconds; ``done`` gets the changed records."""
         ...
 
-    def where(self, job_ids: Sequence[str]) -> list[Where]:
-        """Where each of ``job_ids`` is now (unknown ids are left out)."""
+    def where(self, job_ids: Sequence[str], *, queued: bool = True) -> list[Where]:
+        """Where each of ``job_ids`` is now (unknown ids are left out; ``queued`` False:
+        queued ones left out)."""
         ...

@@ -103,8 +103,11 @@ async def sweep(
 _WHERE = f"SELECT {', '.join(COLUMNS)}, run_box FROM jobs WHERE id = ANY($1::text[])"
 
 
-async def where(con: asyncpg.Connection, job_ids: list[str]) -> list[Where]:
-    rows = await con.fetch(_WHERE, job_ids)
+async def where(con: asyncpg.Connection, job_ids: list[str], queued: bool) -> list[Where]:
+    """The rows of ``job_ids`` (``queued`` False: only those no longer queued, the few
+    that moved among a box's many waiting jobs)."""
+    sql = _WHERE if queued else f"{_WHERE} AND state <> '{_QUEUED}'"
+    rows = await con.fetch(sql, job_ids)
     return [Where(decode(r), r["run_box"]) for r in rows]
 
 
@@ -140,5 +143,5 @@ class PostgresBoxes:
             "sweep", sweep, self.box, float(lease), retry_interrupted, float(wall), done=done
         )
 
-    def where(self, job_ids: Sequence[str]) -> list[Where]:
-        return self.bridge.call("where", where, list(job_ids))
+    def where(self, job_ids: Sequence[str], *, queued: bool = True) -> list[Where]:
+        return self.bridge.call("where", where, list(job_ids), queued)
