@@ -348,31 +348,40 @@ class SharedOps:
         job.finished = self.deps.clock()
 
     def fenced(self, job: Job) -> None:
-        """A write of ``job``'s ending was refused: another box owns it now (the lease).
-        Its result here is discarded; this box follows the database's record."""
-        if job.task is not None:
-            log.warning(
-                "job %s… was taken from this box (its lease lapsed: jobs.lease): its"
-                " result here is discarded",
-                job.id[:6],
-            )
-            path = self.store.result_path(job.id)
-            if path is not None:
-                self.store.drop_file(path)
-            mine = self._running.get(job.record.client)
-            if mine is not None and mine.pop(job.id, None) is not None and not mine:
-                del self._running[job.record.client]
-            job.task = None  # no runner of this box owns it any more (the lease follows it)
-        found = []
-        if self.shared is not None:
-            with contextlib.suppress(StorageError):
-                found = self._where([job.id])
-        if found:
-            self._moved(job, found[0])
+        """A write of ``job``'s ending was refused: another box owns it now.
+
+        Ran here (a generation of this box, swept while the box was away): the
+        generation is over for this box, its result file deleted, and the job ends
+        *here* (interrupted, or as stored if it ended there) without a write: the
+        database may have queued it again or given it to another box, which this box
+        must never end (the runner task's own end would otherwise try to). Not run here
+        (this box's view lagged: another box claimed it a moment ago): followed as it is.
+        """
+        found: list[Where] = []
+        with contextlib.suppress(StorageError):
+            found = self._where([job.id])
+        if job.task is None:
+            if found:
+                self._moved(job, found[0])
+            return
+        log.warning(
+            "job %s… was taken from this box (its lease lapsed: jobs.lease): its"
+            " result here is discarded",
+            job.id[:6],
+        )
+        path = self.store.result_path(job.id)
+        if path is not None:
+            self.store.drop_file(path)
+        mine = self._running.get(job.record.client)
+        if mine is not None and mine.pop(job.id, None) is not None and not mine:
+            del self._running[job.record.client]
+        if found and found[0].record.state in FINAL_STATES:
+            self._follow(job, found[0].record)
         else:
             job.ending = Endings.INTERRUPTED
-            self._ended_elsewhere(job)
-            job.notify()
+        self._ended_elsewhere(job)
+        job.notify()
+        self._changed_all()
 
     def keeps_ending(self, exc: StorageError, ending: Ending) -> bool:
         """The store was unreachable when ``ending`` was to be written: with a shared store

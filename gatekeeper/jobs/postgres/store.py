@@ -41,17 +41,18 @@ from gatekeeper.jobs.postgres import (
     sql_heads,
     sql_outbox,
     sql_records,
-    sql_recover,
 )
 from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.postgres.housekeeping import PostgresHousekeeping
 from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
 from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes, body_of
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.statedir import prepare, take_lock
-from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
-from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StoreOpenError
+from gatekeeper.jobs.states import KEPT_STATES, sources
+from gatekeeper.jobs.store import StoreOpenError
 
 BOX_ID_FILE = "box-id"
 _KEPT = frozenset(s.value for s in KEPT_STATES)
@@ -79,10 +80,12 @@ async def _register(con: asyncpg.Connection, box: str, address: str | None) -> N
     )
 
 
-class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, PostgresBoxes):
+class PostgresJobStore(
+    PostgresOutbox, PostgresListing, PostgresBatches, PostgresBoxes, PostgresHousekeeping
+):
     """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
-    the outbox, a client's list, batches and the boxes' heartbeats and sweep
-    (``shared.SharedQueue``) are their ``sql_*`` modules' mixins."""
+    the outbox, a client's list, batches, the boxes' heartbeats and sweep
+    (``shared.SharedQueue``) and recovery and eviction are their modules' mixins."""
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         self.lease = lease  # jobs.lease: a box seen within it is alive (``recover``)
         self._lock = lock
         self._files = JobFiles(directory)
+        self._claimed: set[str] = set()  # running here, by this process (``finish``)
 
     @classmethod
     def open(
@@ -234,7 +238,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         engine: str | None = None,
         outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
-        return self.bridge.call(
+        row = self.bridge.call(
             "mark_running",
             sql_records.mark_running,
             job_id,
@@ -243,6 +247,8 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             self.box,
             list(outbox),
         )
+        self._claimed.add(job_id)
+        return row
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job of the whole shared queue by the fairness rule, now
@@ -251,6 +257,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         if row is None:
             return None
         claimed = decode(row)
+        self._claimed.add(claimed.id)
         if self._files.body_path(claimed.id) is None:  # taken by another box: from the database
             body = self.bridge.call("claim_next", body_of, claimed.id)
             if body is not None:
@@ -297,8 +304,32 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
     ) -> JobRecord:
         if state not in FINAL_STATES:
             raise ValueError(f"{state} is not a final state")
-        froms = [s.value for s in sources(state) if s in LIVE_STATES]
-        row = self.bridge.call(
+        # The fence (issue #21): a job this process claimed ends only while it still runs
+        # here; any other job only while it is queued. So a box swept while it was away
+        # never ends a job queued again meanwhile (``shared.Fenced`` instead).
+        ran = JobState.RUNNING if job_id in self._claimed else JobState.QUEUED
+        froms = [s.value for s in sources(state) if s is ran]
+        try:
+            row = self._finish(job_id, state, reason, finished, outbox, froms)
+        except Fenced:
+            self._claimed.discard(job_id)
+            raise
+        self._claimed.discard(job_id)
+        self._files.drop_body(job_id)
+        if state is JobState.EXPIRED:
+            self._files.ledger.drop_job(job_id)
+        return row
+
+    def _finish(
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery],
+        froms: list[str],
+    ) -> JobRecord:
+        return self.bridge.call(
             "finish",
             sql_records.finish,
             job_id,
@@ -308,57 +339,6 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             list(outbox),
             self.box,
         )
-        self._files.drop_body(job_id)
-        if state is JobState.EXPIRED:
-            self._files.ledger.drop_job(job_id)
-        return row
-
-    def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
-        """This box's rows made true again after it died (``sql_recover``)."""
-        changed = self.bridge.call(
-            "recover",
-            sql_recover.recover,
-            self.box,
-            float(now),
-            retry_interrupted,
-            lambda job_id: self._files.body_path(job_id) is not None,
-            float(self.lease),
-        )
-        for r in changed:
-            if r.state is not JobState.QUEUED or r.started is None:
-                self._files.ledger.drop_job(r.id)
-        states = self.bridge.call("recover", sql_recover.file_states, self.box)
-        self._files.sweep(
-            keep_body=lambda name: states.get(name) == JobState.QUEUED.value,
-            keep_result=lambda name: states.get(name) in _KEPT,
-        )
-        return changed
-
-    def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
-        """This box's kept results expired by age, then by size (``JobStore.evict``)."""
-        ledger = self._files.ledger
-        old = self.bridge.call("evict", sql_records.kept_ids, self.box, float(now - keep), True)
-        total = ledger.total - sum(ledger.size_of(i) for i in old)
-        by_size: list[str] = []
-        if total > max_bytes:
-            newer = self.bridge.call(
-                "evict", sql_records.kept_ids, self.box, float(now - keep), False
-            )
-            for job_id in newer:
-                size = ledger.size_of(job_id)
-                if size:
-                    by_size.append(job_id)
-                    total -= size
-                    if total <= max_bytes:
-                        break
-        by_keep, by_bytes = Endings.EXPIRED_KEEP, Endings.EXPIRED_MAX_BYTES
-        changes = [(i, by_keep.state.value, by_keep.reason) for i in old]
-        changes += [(i, by_bytes.state.value, by_bytes.reason) for i in by_size]
-        drop_before = float(now - EXPIRED_ROW_KEEP_FACTOR * keep)
-        self.bridge.call("evict", sql_records.expire, changes, drop_before)
-        for job_id in old + by_size:
-            ledger.drop_job(job_id)
-        return old + by_size
 
     # -- files: this box's (the Protocol documents each) -------------------------------------
 
