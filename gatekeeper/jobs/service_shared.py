@@ -80,6 +80,7 @@ class SharedOps:
     _start_guest: Callable[..., bool]
     _changed_all: Callable[[], None]
     finish: Callable[..., None]
+    dispatch: Callable[[], None]
 
     def _shared_init(self, store: object) -> None:
         self.shared: SharedQueue | None = store if isinstance(store, SharedQueue) else None
@@ -102,7 +103,7 @@ class SharedOps:
         if self.shared is None:
             return
         self._loop = asyncio.get_running_loop()
-        self.shared.watch(lambda: self._soon(self.dispatch_shared))
+        self.shared.watch(lambda: self._soon(self.dispatch))  # dispatch: one at a time
 
     def _soon(self, fn: Callable[..., None], *args: object) -> None:
         """``fn(*args)`` on the service's loop, from the store's thread."""
@@ -264,7 +265,7 @@ class SharedOps:
             self._synced = now
             self.sync_watched()
         if now - self._polled >= POLL_SECONDS:
-            self.dispatch_shared()
+            self.dispatch()
 
     def _beaten(self, sent: set[str], ids: set[str] | None) -> None:
         now = self.deps.clock()
