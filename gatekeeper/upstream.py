@@ -46,6 +46,7 @@ from gatekeeper.core.errors import (
     BodyTooLarge,
     ClientTimeout,
     UpstreamBusy,
+    UpstreamDropped,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -299,6 +300,16 @@ class UpstreamPool:
         await self.session.close()
 
 
+# The engine closed or reset a connection it had accepted: a verdict on the engine
+# (``UpstreamDropped.engine_gone``), not only on this exchange.
+DROPPED = (
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientConnectionResetError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+)
+
+
 def _map_error(
     exc: BaseException,
     state: BodyState,
@@ -319,6 +330,8 @@ def _map_error(
         return UpstreamUnavailable(f"cannot connect to the upstream: {exc.os_error}")
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return UpstreamTimeout(f"the upstream sent nothing for {read:g}s")
+    if isinstance(exc, DROPPED):
+        return UpstreamDropped(f"the upstream closed the connection before its answer: {exc!r}")
     if isinstance(exc, aiohttp.ClientError):
         return UpstreamProtocolError(f"the upstream connection failed: {exc!r}")
     if isinstance(exc, UpstreamError):

@@ -6,7 +6,8 @@ generations (``GET /progress``, in the order they started) is the judge of order
 - the seed-shaped batch body (``POST /batch-generate {"items": [...]}``) of 5 songs
   becomes 5 async jobs under one batch id: 202 + Location; 5 results, as one JSON
   index and as one tar; another user's song, sent after the batch, runs second
-  (the fair ring), not sixth; the batch is its submitter's alone (404 to another);
+  (the fair ring), not sixth, and second too when the batch found the engine idle
+  (its first song already running); the batch is its submitter's alone (404 to another);
 - each malformed batch is 400/413 naming the JSON pointer that failed, and nothing
   is queued; a batch past ``batch.per_client`` is 429 with Retry-After; DELETE of a
   batch cancels its own items only;
@@ -166,6 +167,25 @@ async def test_a_seed_batch_of_5_songs_is_5_fair_jobs_with_5_results(
         async with http.request(method, url + location, headers=user("B")) as r:
             assert r.status == 404, await r.text()
     assert (await get_json(http, url + location, "A"))["done"] == 5
+
+
+async def test_a_batch_that_finds_the_engine_idle_lets_another_users_song_run_second(
+    gk: tuple[str, str, str], http: aiohttp.ClientSession
+) -> None:
+    """Issue #20 §3's sentence on an idle engine: A's 5-song batch starts its first song at
+    once; B's one song, sent next, is told position 1 and runs second (A0 B A1 A2 A3 A4),
+    not third behind A's second song (the newcomer takes the round in service)."""
+    url, _, engine = gk
+    batch = seed_batch(5, "A", seconds=0.6)  # A0 still runs when B arrives
+    async with http.post(url + "/batch-generate", json=batch, headers=user("A")) as r:
+        assert r.status == 202, await r.text()
+        location = r.headers["Location"]
+    song = {"lyrics": "b", "description": "B", "seconds": SONG}
+    async with http.post(url + "/generate", json=song, headers={**ASYNC, **user("B")}) as r:
+        assert r.status == 202, await r.text()
+        assert (await r.json())["position"] == 1
+    await until_complete(http, url + location, "A", timeout=30)
+    assert await started_order(http, engine) == ["A0", "B", "A1", "A2", "A3", "A4"]
 
 
 async def _chunked(data: bytes) -> AsyncIterator[bytes]:

@@ -286,3 +286,39 @@ async def test_an_engine_that_refuses_a_connection_is_down_before_its_next_probe
     nxt = await final(http, url, await submit(http, url, "on gpu1", 0.3))
     assert nxt["state"] == "done", nxt
     assert (await stats(http, b_url))["completed_generations"] == 1  # it ran on gpu1
+
+
+async def test_an_engine_that_dies_mid_song_is_down_before_its_next_probe(
+    tmp_path: Path, procs: list[Proc], http: aiohttp.ClientSession
+) -> None:
+    """gpu0 crashes while it computes a song (probe interval 30 s): the connection it had
+    accepted is dropped, its job fails, and gpu0 is down from that moment (a dropped
+    connection is a verdict on the engine, as a refused one is), so the next job runs on
+    gpu1. Before: only a refused connection was; gpu0, idle and first in the file, was
+    sent the next job, which failed to connect (CI: bench section h)."""
+    a, a_url = start_engine(tmp_path, seconds=0.3)
+    b, b_url = start_engine(tmp_path, seconds=0.3)
+    procs += [a, b]
+    text = rules(
+        BASE,
+        resources_file(tmp_path / "calm.json"),
+        engines(("gpu0", a_url), ("gpu1", b_url)),
+        {"upstream": {"probe": {"interval": 30}}},  # no probe between the crash and the jobs
+    )
+    gk, url, admin = start_gatekeeper(tmp_path, text, None, "--state-dir", str(tmp_path / "s"))
+    procs.append(gk)
+    await poll(lambda: _all_up(http, admin), 10)
+    long_job = await submit(http, url, "killed mid-song", 600)
+
+    async def running_on_gpu0() -> bool:
+        v = await view(http, url, long_job)
+        return bool(v["state"] == "running" and v["engine"] == "gpu0")
+
+    await poll(running_on_gpu0, 10)
+    a.kill()
+    dead = await final(http, url, long_job)
+    assert dead["state"] == "failed", dead
+    assert [e["up"] for e in (await status(http, admin))["engines"]] == [False, True]
+    nxt = await final(http, url, await submit(http, url, "on gpu1", 0.3))
+    assert nxt["state"] == "done", nxt
+    assert (await stats(http, b_url))["completed_generations"] == 1  # it ran on gpu1

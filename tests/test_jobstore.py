@@ -365,6 +365,34 @@ def test_open_lays_out_the_directory(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_ring_made_before_issue_20_gets_its_rounds_and_keeps_the_order(tmp_path: Path) -> None:
+    """A state directory whose fairness ring has no rounds (``ring(client, turn)`` and
+    its ``ring_turn`` index, no ``ring_clock``: before issue #20 §3) opens: the ring gets
+    its column, the round in service starts at 0, the queue keeps its order, and a
+    client arriving after a claim takes the round in service."""
+    d = tmp_path / "state"
+    s = SqliteJobStore.open(d)
+    names = {add(s, client=c).id: n for c, n in (("A", "A1"), ("A", "A2"), ("B", "B1"))}
+    s.close()
+    with sqlite3.connect(d / "jobs.sqlite3") as db:
+        db.executescript(
+            "DROP TABLE ring; DROP TABLE ring_clock;"
+            " CREATE TABLE ring (client TEXT PRIMARY KEY, turn INTEGER NOT NULL);"
+            " CREATE INDEX ring_turn ON ring (turn);"
+        )
+    s = SqliteJobStore.open(d)
+    try:
+        first = s.claim_next(1.0)
+        assert first is not None and names[first.id] == "A1"
+        names[add(s, client="C").id] = "C1"
+        order = ["A1"]
+        while (row := s.claim_next(1.0)) is not None:
+            order.append(names[row.id])
+    finally:
+        s.close()
+    assert order == ["A1", "B1", "C1", "A2"]
+
+
 def test_a_second_opener_is_refused_while_the_lock_is_held(tmp_path: Path) -> None:
     """Another gatekeeper on the same directory gets StateDirError naming the holder's pid."""
     first = SqliteJobStore.open(tmp_path)

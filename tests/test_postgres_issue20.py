@@ -149,6 +149,57 @@ def test_one_box_reads_anothers_batch_and_list(
     assert [e.handle.id for e in done.entries] == added[::-1]
 
 
+# What version 3 (the ring's rounds, issue #20 §3) added, taken away again.
+# What version 4 (issue #21, several boxes) added, undone.
+_UNDO_VERSION_4 = (
+    "DROP TABLE bodies",
+    "DROP TRIGGER jobs_queued_notify ON jobs",
+    "DROP TRIGGER jobs_final_body ON jobs",
+    "DROP FUNCTION notify_queued, drop_body",
+    "ALTER TABLE jobs DROP COLUMN body_in_db",
+)
+_UNDO_VERSION_3 = (
+    "DROP TABLE ring_clock",
+    "DROP INDEX ring_order",
+    "ALTER TABLE ring DROP COLUMN round",
+    "CREATE INDEX ring_by_turn ON ring (turn)",
+)
+
+
+def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_service(
+    pg_server: PgServer, pg_schema: str, tmp_path: Path
+) -> None:
+    """A version 2 ring (turns only) is brought to version 3 at the next open: its clients
+    keep their order (A B C A C A), and a client arriving after the first claim takes the
+    round in service (D right after C, before A's second)."""
+    s = _open(pg_server, pg_schema, tmp_path / "a")
+    names = {}
+    for client, n in (("A", 3), ("B", 1), ("C", 2)):
+        for i in range(n):
+            names[s.create(record(s, client)).id] = f"{client}{i + 1}"
+    s.close()
+    _sql(
+        pg_server.dsn,
+        f"SET search_path TO {pg_schema}",
+        *_UNDO_VERSION_4,
+        *_UNDO_VERSION_3,
+        "UPDATE schema_version SET version = 2",
+    )
+    s = _open(pg_server, pg_schema, tmp_path / "a")
+    try:
+        rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
+        first = s.claim_next(1.0)
+        assert first is not None and names[first.id] == "A1"
+        names[s.create(record(s, "D")).id] = "D1"
+        order = ["A1"]
+        while (row := s.claim_next(1.0)) is not None:
+            order.append(names[row.id])
+    finally:
+        s.close()
+    assert order == ["A1", "B1", "C1", "D1", "A2", "C2", "A3"]
+
+
 def test_a_version_1_schema_is_migrated_keeping_its_jobs(
     pg_server: PgServer, pg_schema: str, tmp_path: Path
 ) -> None:
@@ -161,18 +212,17 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
     _sql(  # what version 1 was
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
-        "DROP TABLE outbox, outbox_gone, batches, bodies",
+        "DROP TABLE outbox, outbox_gone, batches",
         "DROP INDEX handles_client",
-        "DROP TRIGGER jobs_queued_notify ON jobs",
-        "DROP TRIGGER jobs_final_body ON jobs",
-        "DROP FUNCTION notify_queued, drop_body",
-        "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch, DROP COLUMN body_in_db",
+        "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
+        *_UNDO_VERSION_4,
+        *_UNDO_VERSION_3,
         "UPDATE schema_version SET version = 1",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]

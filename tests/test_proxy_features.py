@@ -70,7 +70,7 @@ class Rig:
             clock=lambda: 0.0,
             counters=self.counters,
             epochs=RuntimeUsage(),
-            engine_refused=lambda engine, kind: None,
+            engine_refused=lambda engine, gone: None,
             upstream_timed=lambda route, code, seconds: None,
         )
         self.handler = ProxyHandler(self.ports, on_record=self.records.append)

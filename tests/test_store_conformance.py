@@ -551,6 +551,43 @@ def test_batch_items_take_their_turn_in_the_fair_ring(store: JobStore) -> None:
     assert store.get(b.id).state is JobState.DONE  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("by_id", [False, True])
+def test_a_newcomer_runs_second_after_a_batch_found_the_engine_idle(
+    store: JobStore, by_id: bool
+) -> None:
+    """Issue #20 §3 on an idle engine: A's 5-item batch is queued, its first item is
+    claimed at once (by claim_next, or by id as the service claims what its waiting room
+    chose), then B's one job arrives: B's runs second (A B A A A A), exactly the order of
+    waitroom.WaitingRoom; a client C arriving later takes the round then in service."""
+    room = WaitingRoom()
+    batch, items = _batch(store, "A", 5)
+    for r in store.create_batch(batch, items):
+        room.join(Waiter(r.id, r.client, r.route, 0.0, float("inf")))
+
+    def claim() -> str:
+        w = room.pop_next()
+        assert w is not None
+        if by_id:
+            row = store.mark_running(w.job_id, 2000.0)
+        else:
+            got = store.claim_next(2000.0)
+            assert got is not None
+            row = got
+        assert row.id == w.job_id
+        return row.client
+
+    order = [claim()]  # A's first item: the engine was idle
+    b = add(store, client="B")
+    room.join(Waiter(b.id, b.client, b.route, 0.0, float("inf")))
+    order += [claim(), claim()]  # B, then A's second (round 1 in service)
+    c = add(store, client="C")
+    room.join(Waiter(c.id, c.client, c.route, 0.0, float("inf")))
+    while room:
+        order.append(claim())
+    assert store.claim_next(2000.0) is None
+    assert order == ["A", "B", "A", "C", "A", "A", "A"]
+
+
 def test_a_batch_goes_with_the_last_of_its_jobs_records(store: JobStore) -> None:
     """evict deletes a batch's row once none of its jobs' rows is left, never before."""
     batch, items = _batch(store, "alice", 2)

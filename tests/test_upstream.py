@@ -11,6 +11,7 @@ from gatekeeper.config import Timeouts
 from gatekeeper.core.errors import (
     BodyTooLarge,
     ClientTimeout,
+    UpstreamDropped,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -82,29 +83,42 @@ def _state(**kw: object) -> BodyState:
 
 
 @pytest.mark.parametrize(
-    ("exc", "state", "write_expired", "expected"),
+    ("exc", "state", "write_expired", "expected", "gone"),
     [
         (
-            aiohttp.ClientConnectorError(None, OSError(111, "refused")),
+            aiohttp.ClientConnectorError(None, OSError(111, "refused")),  # type: ignore[arg-type]
             {},
-            False,  # type: ignore[arg-type]
+            False,
             UpstreamUnavailable,
+            True,
         ),
-        (aiohttp.ConnectionTimeoutError(), {}, False, UpstreamUnavailable),
-        (aiohttp.SocketTimeoutError(), {}, False, UpstreamTimeout),
-        (TimeoutError(), {}, True, UpstreamTimeout),
-        (aiohttp.ServerDisconnectedError(), {}, False, UpstreamProtocolError),
-        (aiohttp.ClientOSError(), {"refusal": BodyTooLarge("x")}, False, BodyTooLarge),
-        (aiohttp.ClientOSError(), {"refusal": ClientTimeout("x")}, False, ClientTimeout),
-        (aiohttp.ClientOSError(), {"refusal": ClientGone("x")}, False, ClientGone),
+        (aiohttp.ConnectionTimeoutError(), {}, False, UpstreamUnavailable, True),
+        (aiohttp.SocketTimeoutError(), {}, False, UpstreamTimeout, False),
+        (TimeoutError(), {}, True, UpstreamTimeout, False),
+        # the engine dropped a connection it had accepted (its process died): a verdict
+        (aiohttp.ServerDisconnectedError(), {}, False, UpstreamDropped, True),
+        (aiohttp.ClientConnectionResetError(), {}, False, UpstreamDropped, True),
+        (aiohttp.ClientOSError(104, "reset"), {}, False, UpstreamDropped, True),
+        (
+            aiohttp.ClientResponseError(None, (), status=400),
+            {},
+            False,
+            UpstreamProtocolError,
+            False,
+        ),  # type: ignore[arg-type]
+        (aiohttp.ClientOSError(), {"refusal": BodyTooLarge("x")}, False, BodyTooLarge, False),
+        (aiohttp.ClientOSError(), {"refusal": ClientTimeout("x")}, False, ClientTimeout, False),
+        (aiohttp.ClientOSError(), {"refusal": ClientGone("x")}, False, ClientGone, False),
     ],
 )
 def test_error_mapping_table(
-    exc: BaseException, state: dict[str, object], write_expired: bool, expected: type
+    exc: BaseException, state: dict[str, object], write_expired: bool, expected: type, gone: bool
 ) -> None:
-    """Each aiohttp failure maps to the error (status, reason) the client is answered with."""
+    """Each aiohttp failure maps to the error (status, reason) the client is answered with,
+    and says whether it is a verdict on the engine (down until its probe answers)."""
     got = _map_error(exc, _state(**state), write_expired=write_expired, timeouts=Timeouts())
     assert type(got) is expected
+    assert getattr(got, "engine_gone", False) is gone
 
 
 def test_cancellation_is_never_translated() -> None:

@@ -79,18 +79,74 @@ def test_client_rejoining_goes_to_tail() -> None:
     assert drain(room) == ["B1", "A2", "C1"]
 
 
-def test_popped_client_goes_to_tail_behind_newcomers() -> None:
-    """After dispatching, a client with more waiters goes behind clients that joined meanwhile."""
+def test_a_newcomer_goes_before_the_next_job_of_the_client_in_service() -> None:
+    """Issue #20 §3: a client that joins the ring takes the round in service, so it goes
+    before the next job of the client whose job just started (this test pinned the
+    opposite, "A was moved to the tail before B joined", until issue #20)."""
     room = room_of("AA")
     first = room.pop_next()
     assert first is not None and first.job_id == "A1"
     room.join(Waiter("B1", "B", "generate", 3, 103))
-    # A was moved to the tail before B joined, so B joined behind A.
-    assert ids(room.order()) == ["A2", "B1"]
+    assert ids(room.order()) == ["B1", "A2"]
     room2 = room_of("AAA")
     room2.join(Waiter("B1", "B", "generate", 3, 103))
-    room2.pop_next()  # A1; A moves behind B
+    room2.pop_next()  # A1; B was already waiting in round 0, A's next is in round 1
     assert ids(room2.order()) == ["B1", "A2", "A3"]
+
+
+def run_script(script: str) -> list[str]:
+    """Play ``script``: a letter is a job of that client arriving (named A1, A2, ... per
+    client), "." one dispatch (a slot took the next waiter); then dispatch the rest.
+    The jobs in the order they were dispatched."""
+    room = WaitingRoom()
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for t, step in enumerate(script.replace(" ", "")):
+        if step == ".":
+            w = room.pop_next()
+            assert w is not None, script
+            out.append(w.job_id)
+            continue
+        seen[step] = seen.get(step, 0) + 1
+        room.join(Waiter(f"{step}{seen[step]}", step, "generate", t, t + 1000))
+        assert [room.position(w.job_id) for w in room.order()] == list(range(1, len(room) + 1))
+    predicted = ids(room.order())
+    rest = drain(room)
+    assert rest == predicted
+    return out + rest
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        # The issue's sentence with 5 songs: a batch (joined whole) finds the engine idle,
+        # its first song starts at once, then B's one song arrives: B runs second.
+        ("AAAAA . B", "A1 B1 A2 A3 A4 A5"),
+        # The engine busy (Z running): the batch and B wait together; B is still second.
+        ("Z . AAAAA B", "Z1 A1 B1 A2 A3 A4 A5"),
+        # Two slots free: A1 and A2 start at once (round 1 in service); B takes round 1.
+        ("AAAAA . . B", "A1 A2 B1 A3 A4 A5"),
+        # Newcomers one after another join the round in service in the order they come.
+        ("AAAAA . B C", "A1 B1 C1 A2 A3 A4 A5"),
+        # A newcomer goes after those still waiting in the round in service (B), before
+        # the served client's next round (A2); old rule: A1 B1 A2 C1 B2.
+        ("AABB . C", "A1 B1 C1 A2 B2"),
+        # Both round-0 jobs started: C takes round 0, ahead of everyone's round 1.
+        ("AAB . . C", "A1 B1 C1 A2"),
+        ("ABAB . . . C", "A1 B1 A2 B2 C1"),
+        # A client that had none waiting rejoins like a newcomer (no credit, no debt):
+        # A's second song sent after its first started joins round 0 before B arrives.
+        ("A . AAAA B", "A1 A2 B1 A3 A4 A5"),
+        ("AB . A C", "A1 B1 A2 C1"),
+        # The round in service only moves forward; with nobody waiting nothing is owed.
+        ("A . B . C", "A1 B1 C1"),
+        ("AAA . . . B", "A1 A2 A3 B1"),
+    ],
+)
+def test_the_round_in_service(script: str, expected: str) -> None:
+    """A client joining the ring takes the round of the job last dispatched, behind those
+    waiting in that round, ahead of every later round (start-time fair queuing)."""
+    assert run_script(script) == expected.split()
 
 
 @pytest.mark.parametrize(

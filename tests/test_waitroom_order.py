@@ -3,7 +3,7 @@
 Random sequences of join / leave / pop_next / expire over few and many client
 keys: after every step, ``order()``, its first k (``first``), every waiter's ``position`` and every
 popped or expired waiter are the reference implementation's
-(``waitroom_reference.ReferenceRoom``, the OrderedDict room it replaces).
+(``waitroom_reference.ReferenceRoom``, the rule written out plainly).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import random
 import pytest
 from waitroom_reference import ReferenceRoom
 
-from gatekeeper.jobs.ordered import Labelled, Labels
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 
 
@@ -79,25 +78,3 @@ def test_a_long_queue_of_one_client_and_many_leaving() -> None:
     assert [room.position(j) for j in order] == list(range(1, len(order) + 1))
     for k in (0, 1, 37, 100, len(order), len(order) + 5):
         assert ids(room.first(k)) == order[:k]
-
-
-def test_labels_stay_ordered_when_one_gap_is_filled_again_and_again() -> None:
-    labels = Labels()
-    first = Labelled()
-    labels.insert_after(None, first)
-    end = Labelled()
-    labels.insert_after(first, end)
-    at, made = first, [first]
-    for _ in range(5000):  # always right after the newest: halves one gap each time
-        new = Labelled()
-        labels.insert_after(at, new)
-        made.append(new)
-        at = new
-    made.append(end)
-    got = [x.label for x in made]
-    assert got == sorted(got) and len(set(got)) == len(got)
-    node, walked = labels.first(), []
-    while node is not None:
-        walked.append(node)
-        node = node.next
-    assert walked == made

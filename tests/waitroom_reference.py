@@ -1,5 +1,8 @@
-"""The waiting room as it was before issue #18 (OrderedDicts, O(clients + rank) position):
-the reference the O(log n) ``WaitingRoom`` is table-tested against (test_waitroom_order)."""
+"""The waiting room's rule written out plainly (OrderedDicts, O(clients) dispatch, O(n log n)
+order): the reference the O(log n) ``WaitingRoom`` is table-tested against
+(test_waitroom_order). Issue #20 §3 gave the rule its newcomer clause (a client joins in
+the round in service); this room states it directly rather than by the ring moves of the
+room it replaced."""
 
 from __future__ import annotations
 
@@ -12,20 +15,25 @@ from gatekeeper.jobs.waitroom import QueueLimits, Waiter
 
 
 class ReferenceRoom:
-    """Round-robin across client keys, FIFO within one key (rule: module docstring).
+    """The rule of ``waitroom`` written out directly, O(clients) per step: each client
+    in the ring has its queue, the round of its head and its label; dispatch takes
+    the client with the smallest (round, label); a client joins with round V (the
+    round last dispatched) and the next label.
 
     Invariants: every waiter is in ``_by_id`` and in exactly one client queue of
-    ``_ring``; a client is in ``_ring`` iff its queue is non-empty; ``_ring``'s
-    key order is the ring order (head first). ``_deadlines`` is a min-heap of
-    (deadline, join number, waiter) with lazy deletion: an entry is live iff
-    ``_by_id.get(waiter.job_id) is waiter``; it is rebuilt when stale entries
-    outnumber live ones, so its size stays O(n).
+    ``_ring``; a client is in ``_ring`` (and ``_turn``) iff its queue is non-empty.
+    ``_deadlines`` is a min-heap of (deadline, join number, waiter) with lazy
+    deletion: an entry is live iff ``_by_id.get(waiter.job_id) is waiter``; it is
+    rebuilt when stale entries outnumber live ones, so its size stays O(n).
     """
 
     def __init__(self) -> None:
         self._by_id: dict[str, Waiter] = {}  # insertion order = join order
-        # OrderedDict for both levels: O(1) removal anywhere, O(1) head/tail moves.
-        self._ring: OrderedDict[str, OrderedDict[str, Waiter]] = OrderedDict()
+        # OrderedDict for the queues: O(1) removal anywhere.
+        self._ring: dict[str, OrderedDict[str, Waiter]] = {}
+        self._turn: dict[str, list[int]] = {}  # client -> [round of its head, label]
+        self._round = 0  # V
+        self._labels = _count()
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._joins = _count()
 
@@ -50,13 +58,14 @@ class ReferenceRoom:
         return None
 
     def join(self, w: Waiter) -> None:
-        """Add ``w`` at the end of its client's queue (the client at the ring's tail if new)."""
+        """Add ``w`` at the end of its client's queue (a new client: round V, next label)."""
         if w.job_id in self._by_id:
             raise ValueError(f"job {w.job_id!r} is already waiting")
         self._by_id[w.job_id] = w
         queue = self._ring.get(w.client)
         if queue is None:
             queue = self._ring[w.client] = OrderedDict()
+            self._turn[w.client] = [self._round, next(self._labels)]
         queue[w.job_id] = w
         heapq.heappush(self._deadlines, (w.deadline, next(self._joins), w))
 
@@ -68,7 +77,7 @@ class ReferenceRoom:
         queue = self._ring[w.client]
         del queue[job_id]
         if not queue:
-            del self._ring[w.client]  # the others keep their places in the ring
+            del self._ring[w.client], self._turn[w.client]  # the others keep their turns
         self._forgot()
         return w
 
@@ -76,56 +85,32 @@ class ReferenceRoom:
         """Remove and return the next waiter to dispatch (the fairness rule), or None."""
         if not self._ring:
             return None
-        client, queue = next(iter(self._ring.items()))
+        client = min(self._ring, key=lambda c: self._turn[c])
+        queue = self._ring[client]
         _, w = queue.popitem(last=False)
-        if queue:
-            self._ring.move_to_end(client)
-        else:
-            del self._ring[client]
+        self._round = self._turn[client][0]
+        self._turn[client][0] += 1
+        if not queue:
+            del self._ring[client], self._turn[client]
         del self._by_id[w.job_id]
         self._forgot()
         return w
 
     def order(self) -> list[Waiter]:
-        """The order ``pop_next`` would give, without changing anything.
-
-        Each pop moves its client to the tail, so the ring order never changes
-        among the clients that remain: round r takes the r-th waiter of every
-        client that has more than r, in ring order.
-        """
-        queues = [list(q.values()) for q in self._ring.values()]
-        out: list[Waiter] = []
-        rnd = 0
-        while queues:
-            out.extend(q[rnd] for q in queues)
-            rnd += 1
-            queues = [q for q in queues if len(q) > rnd]
-        return out
+        """The order ``pop_next`` would give, without changing anything: every waiter's
+        turn (its client's head round + its rank in the queue, its client's label),
+        sorted."""
+        turns = []
+        for client, queue in self._ring.items():
+            rnd, label = self._turn[client]
+            turns += [((rnd + k, label), w) for k, w in enumerate(queue.values())]
+        return [w for _, w in sorted(turns, key=lambda t: t[0])]
 
     def position(self, job_id: str) -> int | None:
-        """1-based index of ``job_id`` in ``order()``; None if it is not waiting.
-
-        Counted without building the order: a waiter of rank r in its client's
-        queue comes after min(len, r) waiters of every client, plus the r-th
-        waiter of every client ahead of its own in the ring that has one.
-        """
-        w = self._by_id.get(job_id)
-        if w is None:
+        """1-based index of ``job_id`` in ``order()``; None if it is not waiting."""
+        if job_id not in self._by_id:
             return None
-        rank = 0
-        for other in self._ring[w.client]:
-            if other == job_id:
-                break
-            rank += 1
-        ahead = 0
-        before = True
-        for client, queue in self._ring.items():
-            if client == w.client:
-                before = False
-            ahead += min(len(queue), rank)
-            if before and len(queue) > rank:
-                ahead += 1
-        return ahead + 1
+        return [w.job_id for w in self.order()].index(job_id) + 1
 
     def expire(self, now: float) -> list[Waiter]:
         """Remove and return the waiters whose deadline is <= ``now``, earliest first."""

@@ -94,9 +94,9 @@ class AppState:
         """One engine's own busy signal (``probe.engine_busy``; issue #18 §5)."""
         engine_busy(self.gate, engine, busy)
 
-    def engine_refused(self, engine: str, kind: ErrorKind) -> None:
-        """A refused connection's verdict on ``engine`` (``probe.engine_refused``)."""
-        engine_refused(self.gate, engine, kind)
+    def engine_refused(self, engine: str, gone: bool) -> None:
+        """A failed generation's verdict on ``engine`` (``probe.engine_refused``)."""
+        engine_refused(self.gate, engine, gone)
 
     # The proxy handler's names for the ``Counters`` writers.
 

@@ -60,6 +60,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         where += " (the packaged default: no --config and no ./rules.yaml here)"
     try:
         cfg = load_config_file(path)
+        # The webhook secrets are read from files / the environment, not the rules: an
+        # unreadable one is as wrong as a bad key (issue #20 §1), named by its YAML path.
+        from gatekeeper.jobs.webhooks.secrets import check as check_secrets
+
+        check_secrets(cfg)
     except ConfigError:
         print(f"checked {where}: INVALID", flush=True)
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +41,27 @@ def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
+
+
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def line_at(text: str, path: str) -> int | None:
+    """The line of the value at a problem's ``path`` (``jobs.webhooks.destinations[0].url``)
+    in rules ``text``; None if the text is not YAML or has nothing there (a problem
+    found after loading, e.g. a secret file that cannot be read, still names its line)."""
+    try:
+        node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    for key, index in _STEP.findall(path):
+        if isinstance(node, yaml.MappingNode) and key:
+            node = next((v for k, v in node.value if value_of(k) == key), None)
+        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+            node = node.value[int(index)]
+        else:
+            return None
+    return line_of(node)
 
 
 def suggestion(key: str, known: set[str]) -> str:

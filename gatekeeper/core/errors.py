@@ -17,8 +17,10 @@ an ``HttpError`` into a JSON body ``{"detail", "reason", ...}`` plus the
             ├── UpstreamUnavailable  502  upstream_unavailable (connect failed, or
             │   │                          the connection broke before a response)
             │   └── UpstreamProtocolError  502  upstream_unavailable, kind protocol (the
-            │                                   connection broke or spoke nonsense before
-            │                                   a complete head; a Gradio join's answer)
+            │       │                           connection broke or spoke nonsense before
+            │       │                           a complete head; a Gradio join's answer)
+            │       └── UpstreamDropped   502  the engine closed or reset the connection
+            │                                   before its head (its process died?)
             ├── UpstreamBusy         503  upstream_busy (no free pool connection in time)
             └── UpstreamTimeout      504  upstream_timeout (no byte within the read timeout,
                                           or a request write stalled past the write timeout)
@@ -77,12 +79,16 @@ class UpstreamError(HttpError):
     """The upstream failed; ``kind`` is the metric label (connect|timeout|pool|protocol)."""
 
     kind: ErrorKind = ErrorKind.PROTOCOL
+    # A verdict on the engine itself (it refused the connection, or dropped one it had
+    # accepted): down until its probe answers again (``lifecycle.probe.engine_refused``).
+    engine_gone: bool = False
 
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
     reason = "upstream_unavailable"
     kind = ErrorKind.CONNECT
+    engine_gone = True
 
 
 class UpstreamBusy(UpstreamError):
@@ -101,3 +107,11 @@ class UpstreamProtocolError(UpstreamUnavailable):
     """The connection broke or spoke nonsense before a complete response head arrived."""
 
     kind = ErrorKind.PROTOCOL
+    engine_gone = False
+
+
+class UpstreamDropped(UpstreamProtocolError):
+    """The engine closed or reset a connection it had accepted before its answer's head:
+    what a crashed engine process looks like to a generation in flight."""
+
+    engine_gone = True

@@ -37,7 +37,7 @@ class Epochs(Protocol):
 class EngineVerdicts(Protocol):
     """An engine that refused a connection is down from now, not from its next probe."""
 
-    def engine_refused(self, engine: str, kind: ErrorKind) -> None: ...
+    def engine_refused(self, engine: str, gone: bool) -> None: ...
 
 
 class JobCounters(Protocol):

@@ -1,14 +1,11 @@
 """Order statistics for the waiting room (issue #18 §6). PURE, no I/O.
 
 ``waitroom.WaitingRoom`` answers "where is this waiter in the dispatch order" in
-O(log n) with three structures:
+O(log n) with two structures:
 
-- ``Labels``: an order-maintenance list (Bender et al., "Two simplified
-  algorithms for maintaining order in a list", 2002): integer labels that
-  compare like list positions, an insertion anywhere in amortised O(log n)
-  (a crowded range is relabelled evenly, never the whole list at once);
 - ``Treap``: a randomised balanced search tree with subtree sizes over keys
-  ``(round, owner)`` compared as ``(round, owner.label)``; insert, delete, rank
+  ``(round, owner)`` compared as ``(round, owner.label)`` (``label``: an integer
+  the owner keeps, its place among the owners of one round); insert, delete, rank
   and first in O(log n) expected;
 - ``Fenwick``: prefix sums over a growing array of 0/1 flags (who is still
   there), so a waiter's rank within its own client's queue is O(log n).
@@ -18,84 +15,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Fenwick", "Labelled", "Labels", "Treap"]
-
-
-class Labelled:
-    """An element of ``Labels``: ``label`` compares like its place in the list."""
-
-    __slots__ = ("label", "next", "prev")
-
-    def __init__(self) -> None:
-        self.label = 0
-        self.prev: Labelled | None = None
-        self.next: Labelled | None = None
+__all__ = ["Fenwick", "Labelled", "Treap"]
 
 
-class Labels:
-    """Labels in (0, 2**62); a fixed base element at 0 is before everyone."""
+class Labelled(Protocol):
+    """What a ``Treap`` key's owner has: ``label``, which breaks ties within a round."""
 
-    BITS = 62
-    T = 1.4  # density threshold base: a range of 2**i may hold (2 / T)**i labels
-
-    def __init__(self) -> None:
-        self.base = Labelled()
-        self.last: Labelled = self.base
-
-    def insert_after(self, x: Labelled | None, new: Labelled) -> None:
-        """Put ``new`` right after ``x`` (None: first)."""
-        at = self.base if x is None else x
-        nxt = at.next.label if at.next is not None else 1 << self.BITS
-        if nxt - at.label < 2:
-            self._spread(at)
-            nxt = at.next.label if at.next is not None else 1 << self.BITS
-        new.label = (at.label + nxt) // 2
-        new.prev, new.next = at, at.next
-        if at.next is not None:
-            at.next.prev = new
-        else:
-            self.last = new
-        at.next = new
-
-    def remove(self, x: Labelled) -> None:
-        assert x.prev is not None
-        x.prev.next = x.next
-        if x.next is not None:
-            x.next.prev = x.prev
-        else:
-            self.last = x.prev
-        x.prev = x.next = None
-
-    def first(self) -> Labelled | None:
-        return self.base.next
-
-    def _spread(self, at: Labelled) -> None:
-        """Relabel the smallest aligned range around ``at`` that is sparse enough."""
-        lo = hi = at
-        count = 1 if at is not self.base else 0
-        for i in range(1, self.BITS + 1):
-            start = (at.label >> i) << i
-            end = start + (1 << i)
-            while lo.prev is not None and lo.prev is not self.base and lo.prev.label >= start:
-                lo = lo.prev
-                count += 1
-            while hi.next is not None and hi.next.label < end:
-                hi = hi.next
-                count += 1
-            if (count + 1) * self.T**i <= (1 << i):
-                break
-        else:
-            raise OverflowError("more labels than the label space holds")
-        first = lo if lo is not self.base else lo.next
-        step = (1 << i) // (count + 1)
-        node, n = first, 1
-        while node is not None and n <= count:
-            node.label = max(start + step * n, 1)
-            if node is hi:
-                break
-            node, n = node.next, n + 1
+    label: int
 
 
 class _Node:

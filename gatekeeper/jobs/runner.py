@@ -32,7 +32,7 @@ from gatekeeper.jobs.model import Job, ResultBroken
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
-from gatekeeper.upstream import ClientGone, UpstreamPool
+from gatekeeper.upstream import DROPPED, ClientGone, UpstreamPool
 
 log = logging.getLogger("gatekeeper.jobs")
 
@@ -80,7 +80,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
         except UpstreamError as exc:
             deps.counters.upstream_error(job.route, exc.kind)
             if job.ticket is not None:
-                deps.engines.engine_refused(job.ticket.engine, exc.kind)
+                deps.engines.engine_refused(job.ticket.engine, exc.engine_gone)
             log.warning(
                 "job %s… upstream error: kind=%s status=%d: %s",
                 job.id[:6],
@@ -114,6 +114,8 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
         except (aiohttp.ClientError, TimeoutError) as exc:
             kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
             deps.counters.upstream_error(job.route, kind)
+            if job.ticket is not None and isinstance(exc, DROPPED):  # its engine may have died
+                deps.engines.engine_refused(job.ticket.engine, True)
             log.warning(
                 "job %s… engine failed mid-answer after %d bytes: kind=%s %r",
                 job.id[:6],

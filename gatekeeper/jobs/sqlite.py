@@ -97,6 +97,7 @@ class SqliteJobStore(
         self._db = db
         add_missing_columns(db, "jobs", [(f.name, f.metadata["sql"]) for f in STORED])
         sqlite_batches.prepare(db)
+        sqlite_fair.prepare(db)
         self._lock = lock
         self._files = JobFiles(directory)
         self._in_txn = False

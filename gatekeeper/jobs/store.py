@@ -13,7 +13,8 @@ Design notes for an implementation shared by several boxes (PostgreSQL):
   table does not allow raises ValueError, an unknown id KeyError, so two boxes
   racing for one row learn it from the store, not from a corrupted row;
 - ``claim_next`` takes the next queued job by the waiting room's fairness rule
-  (round-robin across client keys, FIFO within a key: ``waitroom``) and marks
+  (round-robin across client keys, FIFO within a key, a newcomer in the round in
+  service: ``waitroom``) and marks
   it running, for exactly one caller (a shared store: one statement with
   ``FOR UPDATE SKIP LOCKED``); ``mark_running`` claims a job by id (the one the
   service's waiting room chose: a single box keeps the same rule in memory
@@ -203,8 +204,8 @@ class JobStore(Protocol):
     ) -> JobRecord:
         """queued -> running on ``engine`` (a claim by id), with ``outbox`` in the same
         transaction; ValueError from another state,
-        KeyError if unknown. Its client goes to the tail of the fairness ring (as a
-        claim_next would)."""
+        KeyError if unknown. Its client's next job is in the next round of the fairness
+        ring, and the job's round is the one in service (as a claim_next would)."""
         ...
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:

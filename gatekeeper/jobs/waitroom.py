@@ -5,13 +5,26 @@ orchestrator (``service.JobService``) joins a ``Waiter`` when a job finds no fre
 ``pop_next``s one when the gate has room, ``leave``s one whose client went away
 or cancelled, and ``expire``s those past their deadline.
 
-**The fairness rule** (round-robin across client keys, FIFO within one key).
-The clients with someone waiting form a ring in the order they joined it.
-Dispatch takes the first waiter of the client at the head of the ring, then
-moves that client to the tail if it still has waiters (else it leaves the
-ring). A client that joins the ring (its first waiter, or first again after it
-left the ring) goes to the tail. So with A×10 waiting, then B×1, then C×2 the
-order is A B C A C A A A ...: one user's ten jobs cannot starve another's one.
+**The fairness rule** (round-robin across client keys, FIFO within one key,
+and a newcomer's first job next in turn: issue #20 §3). Every waiting job has a
+turn ``(round, label)``; dispatch takes the smallest. A client's waiting jobs
+take consecutive rounds in arrival order (its next one in ``r``, the one after
+in ``r + 1``, ...); ``label`` is when the client joined the ring (a counter), so
+within one round the clients take their turns in the order they joined. ``V``,
+the round in service, is the round of the last job dispatched. A client joins
+the ring (its first waiting job, or first again after it had none waiting) with
+round ``V``: behind those already waiting their turn in the round being served,
+ahead of everyone's next round. So:
+
+- engine busy, A×10 waiting, then B×1, then C×2: A B C A C A A A ...
+  (all joined in round 0: one user's ten jobs cannot starve another's one);
+- engine idle, a batch of A×20: A0 starts at once (V = 0, A's next job is in
+  round 1); B's one song then joins in round 0: A0 B0 A1 A2 ..., B runs
+  second, not third (a batch never starves other users: issue #20 §3).
+
+It is start-time fair queuing (Goyal, Vin and Cheng, SIGCOMM 1996) with every
+job counting one turn, and no credit or debt carried across a client's empty
+spell: a client that had none waiting rejoins like a newcomer.
 
 Cost: ``join``, ``leave``, ``pop_next`` and ``position`` are O(log n)
 (``WaitingRoom`` says how), ``waiting_for``, ``len`` and ``in`` O(1),
@@ -40,7 +53,7 @@ from dataclasses import dataclass
 from itertools import count as _count
 
 from gatekeeper.core.vocab import QueueReason
-from gatekeeper.jobs.ordered import Fenwick, Labelled, Labels, Treap
+from gatekeeper.jobs.ordered import Fenwick, Treap
 
 __all__ = [
     "QueueLimits",
@@ -78,19 +91,20 @@ class Waiter:
     deadline: float  # arrived + max_wait
 
 
-class _Client(Labelled):
-    """One client key in the ring: its waiters in arrival order, its head's round.
+class _Client:
+    """One client key in the ring: its waiters in arrival order, its head's round,
+    its label (when it joined the ring: ties within a round go by it).
 
     ``items`` holds its waiters by join (None once gone); ``alive`` is a Fenwick
     of 1 per waiter still there, so a waiter's rank in the client's queue is a
     prefix sum; ``first`` is the index (0-based) of the oldest one still there.
     """
 
-    __slots__ = ("alive", "count", "first", "items", "key", "round")
+    __slots__ = ("alive", "count", "first", "items", "key", "label", "round")
 
-    def __init__(self, key: str, rnd: int) -> None:
-        super().__init__()
+    def __init__(self, key: str, rnd: int, label: int) -> None:
         self.key = key
+        self.label = label
         self.round = rnd  # the round of its head waiter; rank k is in round + k
         self.items: list[Waiter | None] = []
         self.alive = Fenwick()
@@ -106,22 +120,20 @@ class _Client(Labelled):
 
 
 class WaitingRoom:
-    """Round-robin across client keys, FIFO within one key (rule: module docstring).
+    """Round-robin across client keys, FIFO within one key, a newcomer in the round in
+    service (the rule: module docstring).
 
     **How the order is kept** (O(log n) for join, leave, pop_next and position).
-    Give each client in the ring a *label* (``ordered.Labels``: comparable
-    positions in a list) and the *round* of its head waiter; the waiter of rank k
-    in its client's queue has the key ``(round + k, label)``. The order is the
-    keys' order (``ordered.Treap``, one key per waiter) and stays so:
+    The waiter of rank k in its client's queue has the key ``(round + k, label)``
+    (the rule: module docstring); the order is the keys' order (``ordered.Treap``,
+    one key per waiter) and stays so:
 
-    - every client's head key lies in ``[(H, l0), (H + 1, l0))``, where ``(H, l0)``
-      is the key of the ring's head; the ring order is the head keys' order;
-    - ``pop_next`` takes the smallest key; its client's head round becomes H + 1,
-      which is above every other head key: the client is at the tail, and no
-      other key changes;
-    - a client that joins the ring is labelled right after the tail's label
-      (``Labels.insert_after``) with the tail's round: just above the tail,
-      still below ``(H + 1, l0)``;
+    - ``pop_next`` takes the smallest key; V becomes its round, its client's head
+      round goes up by one, no other key changes. Every key left is above the one
+      taken and a newcomer's round is V, so V never goes back;
+    - a client that joins the ring gets round V and the next label (above every
+      label in the ring): its first key sorts after every key of round V present
+      and before every key of a later round, each later one last in its round;
     - a waiter that leaves from the middle of its client's queue: the waiters
       behind it move up one rank, i.e. into the keys before theirs; the client's
       last key is removed, no other key changes;
@@ -137,9 +149,9 @@ class WaitingRoom:
         self._by_id: dict[str, Waiter] = {}  # insertion order = join order
         self._index: dict[str, int] = {}  # job id -> its place in its client's items
         self._clients: dict[str, _Client] = {}
-        self._labels = Labels()
         self._keys = Treap()
-        self._tail: _Client | None = None
+        self._round = 0  # V: the round of the last waiter dispatched (the round in service)
+        self._labels = _count()  # ring joins, in order
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._joins = _count()
 
@@ -164,16 +176,14 @@ class WaitingRoom:
         return None
 
     def join(self, w: Waiter) -> None:
-        """Add ``w`` at the end of its client's queue (the client at the ring's tail if new)."""
+        """Add ``w`` at the end of its client's queue (a client new to the ring: in the
+        round in service, after those already waiting in it)."""
         if w.job_id in self._by_id:
             raise ValueError(f"job {w.job_id!r} is already waiting")
         c = self._clients.get(w.client)
         if c is None:
-            tail = self._tail
-            c = _Client(w.client, tail.round if tail is not None else 0)
-            self._labels.insert_after(tail, c)
+            c = _Client(w.client, self._round, next(self._labels))
             self._clients[w.client] = c
-            self._tail = c
         self._by_id[w.job_id] = w
         self._keys.insert(c.round + c.count, c)
         self._index[w.job_id] = len(c.items)
@@ -203,9 +213,8 @@ class WaitingRoom:
         self._keys.delete(rnd, c)
         w = c.head()
         del self._by_id[w.job_id]
+        self._round = rnd
         c.round += 1
-        if c.count > 1:
-            self._tail = c
         self._drop(c, self._index.pop(w.job_id))
         self._forgot()
         return w
@@ -285,14 +294,7 @@ class WaitingRoom:
         c.alive.add(index + 1, -1)
         c.count -= 1
         if c.count == 0:
-            del self._clients[c.key]
-            if self._tail is c:  # the new tail: its label's predecessor, else the last
-                prev = c.prev if c.prev is not self._labels.base else None
-                last = self._labels.last if self._labels.last is not c else None
-                tail = prev if prev is not None else last
-                assert tail is None or isinstance(tail, _Client)
-                self._tail = tail
-            self._labels.remove(c)
+            del self._clients[c.key]  # out of the ring: it rejoins as a newcomer
         elif len(c.items) > 2 * c.count + 32:
             self._compact(c)
 

@@ -6,7 +6,7 @@ aiohttp: this is one of gatekeeper's own low-rate calls, off the proxy path,
 and it must not queue behind a 15-minute generation in the proxy's pools.
 
 The verdicts live on the gate (``Gate.engine_up``, which admission reads):
-``engine_verdict`` records the probe's, ``engine_refused`` the one a refused
+``engine_verdict`` records the probe's, ``engine_refused`` the one a refused or dropped
 connection gives before the next probe.
 
 The engine's busy signal (issue #18 §5): with ``upstream.probe.busy.pointer``
@@ -29,7 +29,6 @@ import httpx
 
 from gatekeeper.config import Config, Engine, ProbeBusy
 from gatekeeper.core.admission import Gate
-from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.observability.logs import redact_url
 
 log = logging.getLogger("gatekeeper.probe")
@@ -48,19 +47,21 @@ def engine_verdict(gate: Gate, engine: str, up: bool) -> None:
         gate.on_free()
 
 
-def engine_refused(gate: Gate, engine: str, kind: ErrorKind) -> None:
-    """A generation sent to ``engine`` could not connect (``kind`` connect): the
-    engine is down from now, not from its next probe (issue #11 §1). Until then the
-    gate would send it every next job (it is the least loaded: nothing runs there),
+def engine_refused(gate: Gate, engine: str, gone: bool) -> None:
+    """A generation sent to ``engine`` failed; ``gone``: the failure is a verdict on the
+    engine (``UpstreamError.engine_gone``: it refused the connection, or closed or reset
+    one it had accepted, as a crashed process does). Such an engine is down from now,
+    not from its next probe (issue #11 §1). Until then the gate would send it every
+    next job (it is the least loaded: nothing runs there, its generation just ended),
     and each would fail in milliseconds while another engine idled; a crash would
     empty the waiting room into 502s. The probe's next answer says up again (and
-    wakes the waiting room). Any other failure (a timeout, a broken answer) is not
-    a verdict on the engine: a live engine can time out one song.
+    wakes the waiting room). Any other failure (a timeout, an error status) is not a
+    verdict on the engine: a live engine can time out one song.
     """
-    if kind != ErrorKind.CONNECT or gate.engine_up.get(engine) is False:
+    if not gone or gate.engine_up.get(engine) is False:
         return
     gate.engine_up[engine] = False
-    log.warning("engine %s refused a generation's connection: down until its probe answers", engine)
+    log.warning("engine %s dropped or refused a generation: down until its probe answers", engine)
 
 
 def engine_busy(gate: Gate, engine: str, busy: bool | None) -> None:

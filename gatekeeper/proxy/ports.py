@@ -18,8 +18,9 @@ from gatekeeper.proxy.streams import OpenStreams
 
 # The loop clock (seconds): every duration the proxy measures reads it.
 Clock = Callable[[], float]
-# A generation sent to an engine could not connect: the engine's name and the failure.
-EngineRefused = Callable[[str, ErrorKind], None]
+# A generation sent to an engine failed: the engine's name, and whether that is a
+# verdict on the engine (``UpstreamError.engine_gone``: it refused or dropped the connection).
+EngineRefused = Callable[[str, bool], None]
 # An engine's answer read to its end: route name, status code, seconds (the histogram).
 UpstreamTimed = Callable[[str, str, float], None]
 

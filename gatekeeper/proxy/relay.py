@@ -41,7 +41,7 @@ from gatekeeper.proxy.ports import ProxyPorts
 from gatekeeper.proxy.respond import client_left
 from gatekeeper.proxy.spool import Spool
 from gatekeeper.proxy.streams import is_event_stream
-from gatekeeper.upstream import ClientGone, Exchange, UpstreamPool
+from gatekeeper.upstream import DROPPED, ClientGone, Exchange, UpstreamPool
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -198,7 +198,7 @@ class Relay:
             return client_left(ports.counters, self.route.name, rec, "sending the request body")
         except UpstreamError as exc:
             if self.lease is not None:  # a generation: its engine may be down
-                ports.engine_refused(self.lease.engine, exc.kind)
+                ports.engine_refused(self.lease.engine, exc.engine_gone)
             raise
         finally:
             if watch is not None:
@@ -366,6 +366,8 @@ class Relay:
         rec, route = self.rec, self.route
         kind = ErrorKind.TIMEOUT if isinstance(exc, TimeoutError) else ErrorKind.PROTOCOL
         self.ports.counters.upstream_error(route.name, kind)
+        if self.lease is not None and isinstance(exc, DROPPED):  # its engine may have died
+            self.ports.engine_refused(self.lease.engine, True)
         log.warning(
             "upstream failed mid-response, aborting client connection: "
             "request_id=%s route=%s kind=%s after %d bytes: %r",

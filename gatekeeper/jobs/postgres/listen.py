@@ -1,7 +1,7 @@
 """The wake-up of idle boxes: ``LISTEN`` on the schema's channel (issue #21).
 
 Every row that becomes queued notifies ``gatekeeper_<schema>`` from inside the
-statement that queued it (the ``notify_queued`` trigger, schema version 3).
+statement that queued it (the ``notify_queued`` trigger, schema version 4).
 ``Listener`` runs on the store's loop (``Bridge.spawn``) and holds one connection
 outside the pool, listening; each notification calls ``wake``, which only
 schedules the service's claim on the proxy's loop (the claim itself is the

@@ -12,9 +12,11 @@ queue behind that lock, the first creates the schema, the others find it done
 maps each version to the statements that bring the schema from the previous one
 to it; a concept that needs a table (a webhook outbox, batches) appends one
 version with its DDL (version 2: the outbox, the client list's index and batches
-of issue #20). A database of a newer gatekeeper (a higher
-version) is refused with both numbers, never guessed at. ``gatekeeper check``
-reads the version without changing anything (``read_version``).
+of issue #20; version 3: the fairness ring's rounds, issue #20 §3; version 4: bodies
+in the database and the wake-up of several boxes, issue #21). A database of a
+newer gatekeeper (a higher version) is refused with both numbers, never guessed
+at. ``gatekeeper check`` reads the version without changing anything
+(``read_version``).
 
 The ``jobs`` columns are ``record.JobRecord``'s fields (``record.STORED``), their
 SQLite types mapped to PostgreSQL's (``column_sql``); a field added to the record
@@ -37,7 +39,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -114,13 +116,29 @@ def _version_2() -> list[str]:
     ]
 
 
+def _version_3() -> list[str]:
+    """Issue #20 §3 on a shared store: the ring's rounds (a client joining the ring takes
+    the round in service: ``sql_fair``). A version 2 ring's rows all get round 0 and keep
+    their turns, i.e. their order; the round in service starts at 0. Written to run on
+    a ring that already has any of it."""
+    return [
+        "ALTER TABLE ring ADD COLUMN IF NOT EXISTS round BIGINT NOT NULL DEFAULT 0",
+        "DROP INDEX IF EXISTS ring_by_turn",
+        "CREATE INDEX IF NOT EXISTS ring_order ON ring (round, turn)",
+        # One row: the round of the last job claimed (V).
+        "CREATE TABLE IF NOT EXISTS ring_clock (one BOOLEAN PRIMARY KEY DEFAULT TRUE"
+        " CHECK (one), round BIGINT NOT NULL)",
+        "INSERT INTO ring_clock (one, round) VALUES (TRUE, 0) ON CONFLICT DO NOTHING",
+    ]
+
+
 def channel(schema: str) -> str:
     """The ``LISTEN/NOTIFY`` channel of ``schema``'s queue: one per schema, so two queues
     on one server never wake each other."""
     return f"gatekeeper_{check_name(schema)}"
 
 
-def _version_3() -> list[str]:
+def _version_4() -> list[str]:
     """Several boxes (issue #21): bodies any box can read, and the wake-up.
 
     ``bodies``: a request body up to ``jobs.postgres.max_body_bytes``, written with its
@@ -129,27 +147,35 @@ def _version_3() -> list[str]:
     row that becomes queued (a new job, a batch item, a job queued again by a lease
     sweep or by ``retry_interrupted``) notifies the schema's channel from inside the
     statement that queued it; PostgreSQL delivers it at commit, never for a rolled
-    back job, and folds the identical notifications of one transaction into one."""
+    back job, and folds the identical notifications of one transaction into one.
+    Written to run on a schema that already has any of it."""
     return [
         "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS body_in_db BOOLEAN NOT NULL DEFAULT false",
-        "CREATE TABLE bodies (job_id TEXT PRIMARY KEY, body BYTEA NOT NULL)",
-        "CREATE FUNCTION notify_queued() RETURNS trigger LANGUAGE plpgsql"
+        "CREATE TABLE IF NOT EXISTS bodies (job_id TEXT PRIMARY KEY, body BYTEA NOT NULL)",
+        "CREATE OR REPLACE FUNCTION notify_queued() RETURNS trigger LANGUAGE plpgsql"
         " SET search_path FROM CURRENT AS $$"
         " BEGIN PERFORM pg_notify('gatekeeper_' || TG_TABLE_SCHEMA, ''); RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS jobs_queued_notify ON jobs",
         "CREATE TRIGGER jobs_queued_notify AFTER INSERT OR UPDATE OF state ON jobs"
         f" FOR EACH ROW WHEN (NEW.state = '{JobState.QUEUED.value}')"
         " EXECUTE FUNCTION notify_queued()",
         # A body in the database goes when its job ends, whichever box or sweep ended it.
-        "CREATE FUNCTION drop_body() RETURNS trigger LANGUAGE plpgsql"
+        "CREATE OR REPLACE FUNCTION drop_body() RETURNS trigger LANGUAGE plpgsql"
         " SET search_path FROM CURRENT AS $$"
         " BEGIN DELETE FROM bodies WHERE job_id = NEW.id; RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS jobs_final_body ON jobs",
         "CREATE TRIGGER jobs_final_body AFTER UPDATE OF state ON jobs FOR EACH ROW"
         f" WHEN (NEW.body_in_db AND NOT {_LIVE.replace('state', 'NEW.state')})"
         " EXECUTE FUNCTION drop_body()",
     ]
 
 
-MIGRATIONS: dict[int, list[str]] = {1: _version_1(), 2: _version_2(), 3: _version_3()}
+MIGRATIONS: dict[int, list[str]] = {
+    1: _version_1(),
+    2: _version_2(),
+    3: _version_3(),
+    4: _version_4(),
+}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

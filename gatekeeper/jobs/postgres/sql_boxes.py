@@ -61,11 +61,12 @@ _FAIL = f"""
 UPDATE jobs SET state = $2, reason = $3, finished = $4
 WHERE state = '{_RUNNING}' AND run_box = ANY($1::text[]) {RETURNING}
 """
-# A requeued job's client keeps its ring row (its turn) or joins at the tail.
+# A requeued job's client keeps its ring row (its place), or joins as a newcomer does
+# (``sql_fair.JOIN``: the round in service, a new turn).
 _RING = """
-INSERT INTO ring (client, turn)
-SELECT client, nextval('ring_turn') FROM (SELECT DISTINCT client FROM unnest($1::text[])
-    AS c(client)) AS c
+INSERT INTO ring (client, turn, round)
+SELECT client, nextval('ring_turn'), (SELECT round FROM ring_clock) FROM (
+    SELECT DISTINCT client FROM unnest($1::text[]) AS c(client)) AS c
 ON CONFLICT (client) DO NOTHING
 """
 _HELD = f"""

@@ -27,7 +27,7 @@ RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
 _BODY = f"${len(_INSERTED) + 2}::bytea"
 # One statement (one round trip): the row, its body when it is small enough for any box
-# to read it (``bodies``; schema version 3), and its client joins the ring (sql_fair.JOIN).
+# to read it (``bodies``; schema version 4), and its client joins the ring (sql_fair.JOIN).
 # Its arguments: ``values(record)``, the receiving box, the body or None.
 INSERT = f"""
 WITH j AS (
@@ -151,14 +151,14 @@ async def update(
     return decode(row)
 
 
-# One statement: the claim by id, and its client to the ring's tail (sql_fair.SERVED).
+# One statement: the claim by id, and its client's next round (sql_fair.SERVED).
 _MARK_RUNNING = f"""
 WITH j AS (
     UPDATE jobs SET state = '{JobState.RUNNING.value}', started = $2, engine = $3,
         run_box = $4, heartbeat = {DB_NOW}
     WHERE id = $1 AND state = '{JobState.QUEUED.value}'
     RETURNING {", ".join(COLUMNS)}
-), r AS ({sql_fair.SERVED})
+), {sql_fair.SERVED}
 SELECT * FROM j
 """
 

@@ -37,10 +37,11 @@ _RUNNING, _QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
 # While other boxes are alive (seen within ``lease``), the ring is theirs too (issue
 # #21): a box that restarts must not reorder the fair queue they are serving. Only
 # clients with a queued job but no ring row (their jobs were queued again above) join
-# it, at the tail, in the order of their oldest queued job; the others keep their turns.
+# it, as newcomers do (the round in service, a new turn: ``sql_fair.JOIN``), in the order
+# of their oldest queued job; the others keep their places.
 _RING = """
-INSERT INTO ring (client, turn)
-SELECT client, nextval('ring_turn') FROM (
+INSERT INTO ring (client, turn, round)
+SELECT client, nextval('ring_turn'), (SELECT round FROM ring_clock) FROM (
     SELECT client, MIN(seq) AS first FROM jobs j WHERE state = $1
         AND NOT EXISTS (SELECT 1 FROM ring r WHERE r.client = j.client)
     GROUP BY client ORDER BY first
