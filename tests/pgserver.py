@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,16 @@ class PgServer:
             server.stop()
             raise
         return server
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server (fast: every session is ended), stay down ``down`` seconds, and
+        start it again on the same port and data (issue #21: boxes reconnect by themselves)."""
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+        time.sleep(down)
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off"
+        log = str(self.root / "log")
+        self._run(pg_ctl, "-D", str(self.data), "-o", opts, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: sessions are ended) and delete its directory."""

@@ -223,7 +223,7 @@ async def test_operators_see_one_system_and_the_relay_admits_only_boxes(
     (a, a_admin), (b, b_admin) = two_boxes(tmp_path, procs, fresh_engine[1], pg_schema)
     both = [(a, a_admin), (b, b_admin)]
     first = await submit(http, a, song("first", 2.5), VICTIM)
-    second = await submit(http, a, song("second", 0.3), ATTACKER)
+    second = await submit(http, a, song("second", 2.5), ATTACKER)  # both run: two boxes
     await until(http, b, first["id"], "running")
     (ran, ran_admin), (other, _) = await runner_of(pg_server.dsn, pg_schema, first["id"], both)
 
@@ -287,5 +287,5 @@ async def test_operators_see_one_system_and_the_relay_admits_only_boxes(
     assert gone.stop() == 0
     procs.remove(gone)
     async with http.get(f"{other}{JOBS}/{first['id']}/result") as r:
-        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        assert r.status == 503 and r.headers["Retry-After"] == "5", await r.text()
         assert (await r.json())["reason"] == "box_unreachable"

@@ -154,6 +154,14 @@ _UNDO_VERSION_4 = (
     "DROP TABLE relay_secret, cancel_requests",
     "ALTER TABLE boxes DROP COLUMN stopped",
 )
+# What version 5 (issue #21, several boxes) added, undone.
+_UNDO_VERSION_5 = (
+    "DROP TABLE bodies",
+    "DROP TRIGGER jobs_queued_notify ON jobs",
+    "DROP TRIGGER jobs_final_body ON jobs",
+    "DROP FUNCTION notify_queued, drop_body",
+    "ALTER TABLE jobs DROP COLUMN body_in_db",
+)
 # What version 3 (the ring's rounds, issue #20 §3) added, taken away again.
 _UNDO_VERSION_3 = (
     "DROP TABLE ring_clock",
@@ -178,6 +186,7 @@ def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_se
     _sql(
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
+        *_UNDO_VERSION_5,
         *_UNDO_VERSION_4,
         *_UNDO_VERSION_3,
         "UPDATE schema_version SET version = 2",
@@ -185,7 +194,7 @@ def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_se
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [5]
         first = s.claim_next(1.0)
         assert first is not None and names[first.id] == "A1"
         names[s.create(record(s, "D")).id] = "D1"
@@ -212,14 +221,15 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
         "DROP TABLE outbox, outbox_gone, batches",
         "DROP INDEX handles_client",
         "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
-        *_UNDO_VERSION_3,
+        *_UNDO_VERSION_5,
         *_UNDO_VERSION_4,
+        *_UNDO_VERSION_3,
         "UPDATE schema_version SET version = 1",
     )
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [4]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [5]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]

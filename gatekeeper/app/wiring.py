@@ -131,6 +131,8 @@ def open_store(config: Config, directory: Path) -> JobStore:
         pool_size=pg.pool_size,
         timeout=pg.timeout,
         address=box_address(config),
+        max_body_bytes=pg.max_body_bytes,
+        lease=jobs.lease,
     )
 
 

@@ -119,6 +119,13 @@ class Postgres:
         convert=to_url,
         default=None,
     )
+    max_body_bytes: int = integer(
+        "Request bodies up to this size are stored in PostgreSQL with their job, so any box"
+        " may claim it; a larger body stays on the box that took the request, the only box"
+        " that runs that job (issue #21). 0: every body stays on its box.",
+        minimum=0,
+        default=1024**2,
+    )
 
 
 @section_check(Postgres)
@@ -172,6 +179,14 @@ class Jobs:
     retry_interrupted: bool = boolean(
         "A job running when the process died is re-queued instead of failed 'interrupted'.",
         default=False,
+    )
+    lease: float = duration(
+        "With jobs.store: postgres, a box that has not stamped its heartbeat for this long"
+        " (PostgreSQL's clock; each box beats every lease/3) is dead to the others: its"
+        " running jobs are failed 'interrupted' (queued again in their place with"
+        " retry_interrupted) by the first box that notices (every lease/2), and a box that"
+        " comes back after that stops those generations and discards their results.",
+        default=30.0,
     )
     min_free_bytes: int = integer(
         "Free space the state directory keeps: below it, new jobs are refused 503 storage_full"

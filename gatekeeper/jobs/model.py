@@ -57,6 +57,11 @@ class Job:
     result_bytes: int = 0  # streamed so far (the record has it from the end of the run)
     progress: float | None = None  # the latest seen while streaming
     cancel_requested: bool = False
+    # A shared store (issue #21): the box that runs or ran it (None: none yet, or one box),
+    # read by the relay of results between boxes; and whether a runner write (head,
+    # progress) met an unreachable store and is written again with its ending.
+    run_box: str | None = None
+    unsynced: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @classmethod

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,9 +27,10 @@ from gatekeeper.core.errors import UpstreamError
 from gatekeeper.core.headers import downstream_response_headers
 from gatekeeper.core.vocab import ErrorKind
 from gatekeeper.jobs.deps import JobDeps
-from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError
+from gatekeeper.jobs.guard import GuardedStore, GuardedWriter, StorageError, StoreUnavailable
 from gatekeeper.jobs.model import Job, ResultBroken
 from gatekeeper.jobs.outbox import JobEvents
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.states import Ending, Endings, mid_body, upstream_refused
 from gatekeeper.upstream import DROPPED, ClientGone, UpstreamPool
 
@@ -94,7 +95,9 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             head = downstream_response_headers(resp.headers)
             pairs = list(head.items())
             job.head = (resp.status, resp.reason or "", pairs)
-            store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
+            _record(
+                job, lambda: store.set_result_head(job.id, resp.status, resp.reason, tuple(pairs))
+            )
             writer = store.result_writer(job.id)
             job.notify()
             scan = _ProgressScanner() if _is_sse(head) else None
@@ -131,7 +134,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
         status = resp.status
         elapsed = deps.clock() - sent_at
         deps.metrics.upstream_duration.labels(job.route, str(status)).observe(elapsed)
-        store.set_progress(job.id, job.progress, size)
+        _record(job, lambda: store.set_progress(job.id, job.progress, size))
         if job.cancel_requested:
             jobs.finish(job, Endings.DELETED_RUNNING)
         elif 200 <= status < 300:
@@ -139,6 +142,13 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
             jobs.finish(job, Endings.DONE)
         else:
             jobs.finish(job, Endings.UPSTREAM_STATUS)
+    except Fenced:
+        # Another box owns the job now (this box's lease lapsed while it was away: issue
+        # #21): this generation stops here, its result is dropped, nothing is recorded
+        # over the job (``finish`` meets the fence too: ``service_shared.fenced``).
+        if writer is not None:
+            writer.abort()
+        jobs.finish(job, Endings.INTERRUPTED)
     except StorageError as exc:
         # The state directory failed (a full disk, an I/O error, a file deleted under us):
         # what was written is not the whole answer and is never served as one.
@@ -189,6 +199,16 @@ async def follow(store: GuardedStore, job: Job) -> AsyncIterator[bytes]:
     finally:
         if f is not None:
             f.close()
+
+
+def _record(job: Job, write: Callable[[], None]) -> None:
+    """A runner write of the job's head or progress. A shared store that is unreachable
+    (issue #21) does not end the generation: the write is made again with the job's
+    ending when the store is back (``upkeep.save_unsaved``), so the result is kept."""
+    try:
+        write()
+    except StoreUnavailable:
+        job.unsynced = True
 
 
 def _storage_cause(exc: BaseException) -> BaseException:

@@ -55,6 +55,8 @@ from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.service_handles import HandleOps
 from gatekeeper.jobs.service_reads import ReadOps
+from gatekeeper.jobs.service_shared import SharedOps
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.store import JobStore
 from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
@@ -62,7 +64,7 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService(HandleOps, GuestOps, ReadOps):
+class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
@@ -95,6 +97,7 @@ class JobService(HandleOps, GuestOps, ReadOps):
         self._changed = asyncio.Event()  # any queue change (SSE positions)
         deps.gate.on_free = self.dispatch
         self.events: JobEvents = Silent()  # the webhooks, when the app sets them up
+        self._shared_init(store)  # a store shared by boxes: a worker of its queue
 
     @property
     def config(self) -> Config:
@@ -106,10 +109,10 @@ class JobService(HandleOps, GuestOps, ReadOps):
         """Recover what a previous process left, then start the background tick."""
         deps, cfg = self.deps, self.deps.config
         now, wall = deps.clock(), deps.wall()
-        hold_orphans(deps.gate, cfg.upstream, self.store.running(), now, wall)
+        hold_orphans(deps.gate, cfg.upstream, self.own_running(self.store.running()), now, wall)
         upkeep.recover(self, wall)
         router = deps.live.runtime.router
-        for row in self.store.queued():
+        for row in self.store.queued() if self.shared is None else ():  # shared: the queue
             route = next((r for r in cfg.routes if r.name == row.route), None)
             if route is None:  # its route was renamed or removed: match its target again
                 route = router.match(row.method, row.target.split("?", 1)[0])
@@ -117,6 +120,7 @@ class JobService(HandleOps, GuestOps, ReadOps):
         if self.live:
             log.info("restored %d queued job(s) from %s", len(self.live), self.state_dir)
         self._task = asyncio.create_task(upkeep.tick(self), name="gatekeeper-jobs")
+        self._shared_start()
         self.dispatch()
 
     @property
@@ -181,10 +185,13 @@ class JobService(HandleOps, GuestOps, ReadOps):
         wall = deps.wall()
         try:
             new = replace(request, created=wall)
-            row = self.store.create(new, self.events.queued(new))
+            row = self.create_or_twin(new)  # a live twin on another box: service_shared
         except StorageError:
             self.store.drop_file(target)
             raise
+        if isinstance(row, Job):
+            self.store.drop_file(target)
+            return self.submit(request, save_body)  # attaches to it, as to a twin here
         job = Job.from_record(row, now=now, wall=wall)
         if held:
             job.followers = 1
@@ -246,7 +253,7 @@ class JobService(HandleOps, GuestOps, ReadOps):
             return  # a release inside this loop (a failed claim) is seen by the loop itself
         self._dispatching = True
         try:
-            self._dispatch()
+            self._dispatch() if self.shared is None else self.dispatch_shared()
         finally:
             self._dispatching = False
 
@@ -342,10 +349,14 @@ class JobService(HandleOps, GuestOps, ReadOps):
         try:
             events = self.events.completed(job, ending, wall)
             job.record = self.store.finish(job.id, ending.state, ending.reason, wall, events)
+        except Fenced:
+            self.fenced(job)  # another box owns it now (service_shared)
+            return
         except StorageError as exc:
-            # Not stored: whatever the engine answered, this job's result is not kept whole.
+            # Not stored: whatever the engine answered, this job's result is not kept whole,
+            # unless a shared store was unreachable: then it is written when it is back.
             log.error("job %s… could not be stored as %s: %s", job.id[:6], ending.state, exc.detail)
-            ending = Endings.STORAGE_ERROR
+            ending = ending if self.keeps_ending(exc, ending) else Endings.STORAGE_ERROR
             job.record = replace(
                 job.record, state=ending.state, reason=ending.reason, finished=wall
             )

@@ -40,11 +40,16 @@ class HandleOps:
     _enter: Callable[[Job, Config], None]
     finish: Callable[[Job, Ending], None]
     dispatch: Callable[[], None]
+    owns: Callable[[Job], bool]
+    sync_watched: Callable[..., None]
     room: WaitingRoom
 
     def find(self, job_id: str) -> Job | None:
         """The job: live here, else read back from the store; None if there is no such job."""
         live = self.live.get(job_id) or self.unsaved.get(job_id)
+        if live is not None and live.task is None and live.state is JobState.RUNNING:
+            self.sync_watched(only=job_id)  # another box runs it: as the database says now
+            live = self.live.get(job_id) or self.unsaved.get(job_id)
         if live is not None:
             return live
         row = self.store.get(job_id)
@@ -123,7 +128,7 @@ class HandleOps:
         job.followers = max(0, job.followers - 1)
         if handle is not None:
             job.holders.discard(handle)
-        if job.wanted or job.final:
+        if job.wanted or job.final or not self.owns(job):  # owns: service_shared
             return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
@@ -138,6 +143,8 @@ class HandleOps:
 
     def delete(self, job: Job) -> None:
         """DELETE: queued -> removed; running -> per on_client_disconnect."""
+        if not self.owns(job):  # another box's job: its holders are not all here
+            return
         if job.state == JobState.QUEUED:
             self.room.leave(job.id)
             self.finish(job, Endings.DELETED_WAITING)

@@ -65,7 +65,10 @@ def steps(jobs: JobService, now: float) -> list[Callable[[], object]]:
         todo.append(lambda: jobs.floor.sample(now, jobs.config.jobs.min_free_bytes))
     if jobs.unsaved:
         todo.append(lambda: save_unsaved(jobs))
-    todo += [lambda: expire_waiters(jobs, now), jobs.dispatch]
+    todo.append(lambda: expire_waiters(jobs, now))
+    # A shared store: beats, the lease sweep, the watched jobs and the polled claim
+    # (service_shared); one box's own queue: dispatch.
+    todo.append(jobs.dispatch if jobs.shared is None else lambda: jobs.shared_tick(now))
     if now >= jobs.next_evict:
         jobs.next_evict = now + EVICT_EVERY_SECONDS
         todo.append(jobs.evict)
@@ -78,6 +81,11 @@ def save_unsaved(jobs: JobService) -> None:
         row = job.record
         try:
             ending = job.ending or Endings.STORAGE_ERROR
+            if job.unsynced:  # the runner's writes that met an unreachable store
+                if job.head is not None:
+                    jobs.store.set_result_head(job_id, job.head[0], job.head[1], tuple(job.head[2]))
+                jobs.store.set_progress(job_id, job.progress, job.result_bytes)
+                job.unsynced = False
             events = jobs.events.completed(job, ending, row.finished or 0.0)
             jobs.store.finish(job_id, row.state, row.reason, row.finished or 0.0, events)
         except StorageError:

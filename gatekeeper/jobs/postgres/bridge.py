@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -37,12 +38,32 @@ from gatekeeper.jobs.guard import StoreFault, StoreUnavailable
 from gatekeeper.jobs.postgres.breaker import Breaker
 
 T = TypeVar("T")
+log = logging.getLogger("gatekeeper.jobs")
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs each failed reconnect with a traceback; while PostgreSQL
+    restarts that is expected (the breaker and the probe deal with it): one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.msg = f"{record.msg}: {record.exc_info[1]!r}"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_POOL_LOG = logging.getLogger("asyncpg.pool")
+if not any(isinstance(f, _OneLine) for f in _POOL_LOG.filters):
+    _POOL_LOG.addFilter(_OneLine())
 
 # What a dead server, a broken network or a restarted PostgreSQL raises.
 LOST: tuple[type[BaseException], ...] = (
     OSError,  # TimeoutError and ConnectionError are OSErrors
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A pooled connection caught mid-operation by a server shutting down ("cannot switch
+    # to state ...; another operation is in progress"): as lost as the others.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
@@ -63,6 +84,7 @@ class Bridge:
         probe_every: float = 1.0,
     ):
         self.timeout = timeout
+        self.dsn = dsn  # the listening connection's too (``listen``)
         self.breaker = Breaker(time.monotonic, probe_every)
         self._dsn = dsn
         self._schema = schema
@@ -73,6 +95,7 @@ class Bridge:
         )
         self._pool: asyncpg.Pool | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # spawned: cancelled at close
         self._closed = False
 
     def start(self, setup: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
@@ -165,6 +188,50 @@ class Bridge:
         except asyncpg.PostgresError as exc:
             raise StoreFault(op, exc) from exc
 
+    def fire(
+        self,
+        op: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        done: Callable[[T | None], None],
+    ) -> None:
+        """``await fn(connection, *args)`` on the store's loop, never waited for (heartbeats,
+        the lease sweep: issue #21). ``done`` gets the answer on the store's thread, or None
+        when it failed; a lost connection or a timeout opens the breaker as ``call``'s do."""
+        if not self.breaker.allow() or self._closed or self._pool is None:
+            done(None)
+            return
+        asyncio.run_coroutine_threadsafe(self._fired(op, fn, args, done), self._loop)
+
+    async def _fired(
+        self,
+        op: str,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        done: Callable[[T | None], None],
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self._with_connection(fn, args)
+        except LOST as exc:  # TimeoutError is an OSError
+            self.breaker.failed(f"{op}: {type(exc).__name__}: {exc}")
+            done(None)
+        except Exception:
+            log.exception("the store's %s failed", op)
+            done(None)
+        else:
+            done(result)
+
+    def spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``job()`` on the store's loop until ``close`` (the listening connection)."""
+        if self._closed:
+            return
+
+        def start() -> None:
+            self._tasks.append(self._loop.create_task(job()))
+
+        self._loop.call_soon_threadsafe(start)
+
     async def _with_connection(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         assert self._pool is not None
         async with self._pool.acquire() as con:
@@ -185,6 +252,9 @@ class Bridge:
             self._loop.close()
 
     async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,7 +13,8 @@ maps each version to the statements that bring the schema from the previous one
 to it; a concept that needs a table (a webhook outbox, batches) appends one
 version with its DDL (version 2: the outbox, the client list's index and batches
 of issue #20; version 3: the fairness ring's rounds, issue #20 §3; version 4: the
-relay's secret and cross-box cancel requests of issue #21). A database of a
+relay's secret and cross-box cancel requests of issue #21; version 5: bodies in the
+database and the wake-up of several boxes, issue #21). A database of a
 newer gatekeeper (a higher version) is refused with both numbers, never guessed
 at. ``gatekeeper check`` reads the version without changing anything
 (``read_version``).
@@ -39,7 +40,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -147,11 +148,50 @@ def _version_4_anybox() -> list[str]:
     ]
 
 
+def channel(schema: str) -> str:
+    """The ``LISTEN/NOTIFY`` channel of ``schema``'s queue: one per schema, so two queues
+    on one server never wake each other."""
+    return f"gatekeeper_{check_name(schema)}"
+
+
+def _version_5() -> list[str]:
+    """Several boxes (issue #21): bodies any box can read, and the wake-up.
+
+    ``bodies``: a request body up to ``jobs.postgres.max_body_bytes``, written with its
+    job (``body_in_db``), so any box may claim the job; a larger one stays on the box
+    that took it (``body_box``), the only box that claims it. ``notify_queued``: every
+    row that becomes queued (a new job, a batch item, a job queued again by a lease
+    sweep or by ``retry_interrupted``) notifies the schema's channel from inside the
+    statement that queued it; PostgreSQL delivers it at commit, never for a rolled
+    back job, and folds the identical notifications of one transaction into one.
+    Written to run on a schema that already has any of it."""
+    return [
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS body_in_db BOOLEAN NOT NULL DEFAULT false",
+        "CREATE TABLE IF NOT EXISTS bodies (job_id TEXT PRIMARY KEY, body BYTEA NOT NULL)",
+        "CREATE OR REPLACE FUNCTION notify_queued() RETURNS trigger LANGUAGE plpgsql"
+        " SET search_path FROM CURRENT AS $$"
+        " BEGIN PERFORM pg_notify('gatekeeper_' || TG_TABLE_SCHEMA, ''); RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS jobs_queued_notify ON jobs",
+        "CREATE TRIGGER jobs_queued_notify AFTER INSERT OR UPDATE OF state ON jobs"
+        f" FOR EACH ROW WHEN (NEW.state = '{JobState.QUEUED.value}')"
+        " EXECUTE FUNCTION notify_queued()",
+        # A body in the database goes when its job ends, whichever box or sweep ended it.
+        "CREATE OR REPLACE FUNCTION drop_body() RETURNS trigger LANGUAGE plpgsql"
+        " SET search_path FROM CURRENT AS $$"
+        " BEGIN DELETE FROM bodies WHERE job_id = NEW.id; RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS jobs_final_body ON jobs",
+        "CREATE TRIGGER jobs_final_body AFTER UPDATE OF state ON jobs FOR EACH ROW"
+        f" WHEN (NEW.body_in_db AND NOT {_LIVE.replace('state', 'NEW.state')})"
+        " EXECUTE FUNCTION drop_body()",
+    ]
+
+
 MIGRATIONS: dict[int, list[str]] = {
     1: _version_1(),
     2: _version_2(),
     3: _version_3(),
     4: _version_4_anybox(),
+    5: _version_5(),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 

@@ -10,7 +10,7 @@ row goes in the statement that deletes the last of its jobs' rows
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import asyncpg
@@ -30,6 +30,7 @@ async def create(
     items: Sequence[JobRecord],
     outbox: Sequence[Delivery],
     box: str,
+    bodies: Sequence[bytes | None],
 ) -> list[JobRecord]:
     out: list[JobRecord] = []
     try:
@@ -43,8 +44,8 @@ async def create(
                 float(batch.created),
                 batch.total,
             )
-            for r in items:
-                row = await con.fetchrow(sql_records.INSERT, *sql_records.values(r), box)
+            for r, body in zip(items, bodies, strict=True):
+                row = await con.fetchrow(sql_records.INSERT, *sql_records.values(r), box, body)
                 out.append(replace(r, seq=decode(row).seq))
             await sql_outbox.write(con, outbox)
     except asyncpg.UniqueViolationError as exc:
@@ -74,6 +75,8 @@ class PostgresBatches:
     bridge: Bridge
     box: str
 
+    shared_body: Callable[[JobRecord], bytes | None]  # the store's (``store``)
+
     def create_batch(
         self,
         batch: BatchRecord,
@@ -90,7 +93,10 @@ class PostgresBatches:
             check_id(r.id)
             if r.state is not JobState.QUEUED or r.batch != batch.id:
                 raise ValueError(f"job {r.id} is not a queued item of batch {batch.id}")
-        return self.bridge.call("create_batch", create, batch, list(items), list(outbox), self.box)
+        bodies = [self.shared_body(r) for r in items]
+        return self.bridge.call(
+            "create_batch", create, batch, list(items), list(outbox), self.box, bodies
+        )
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
         return self.bridge.call("get_batch", get, batch_id)

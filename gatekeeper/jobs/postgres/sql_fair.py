@@ -49,6 +49,7 @@ WITH pick AS (
     CROSS JOIN LATERAL (
         SELECT q.seq FROM jobs q
         WHERE q.client = r.client AND q.state = '{_QUEUED}'
+            AND (q.body_in_db OR q.body_box = $3)  -- a body this box can read (issue #21)
         ORDER BY q.seq LIMIT 1
     ) j
     ORDER BY r.round, r.turn

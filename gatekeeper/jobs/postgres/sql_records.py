@@ -19,32 +19,29 @@ from gatekeeper.jobs.outbox import Delivery
 from gatekeeper.jobs.postgres import sql_fair, sql_outbox
 from gatekeeper.jobs.postgres.schema import DB_NOW
 from gatekeeper.jobs.record import COLUMNS, STORED, JobRecord, decode, encode
+from gatekeeper.jobs.shared import Fenced, LiveTwin
 from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES
 
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _INSERTED = tuple(c for c in COLUMNS if c != "seq")
-# One statement (one round trip): the row, and its client joins the ring (sql_fair.JOIN).
+_BODY = f"${len(_INSERTED) + 2}::bytea"
+# One statement (one round trip): the row, its body when it is small enough for any box
+# to read it (``bodies``; schema version 4), and its client joins the ring (sql_fair.JOIN).
+# Its arguments: ``values(record)``, the receiving box, the body or None.
 INSERT = f"""
 WITH j AS (
-    INSERT INTO jobs ({", ".join(_INSERTED)}, body_box)
-    VALUES ({", ".join(f"${i + 1}" for i in range(len(_INSERTED) + 1))})
+    INSERT INTO jobs ({", ".join(_INSERTED)}, body_box, body_in_db)
+    VALUES ({", ".join(f"${i + 1}" for i in range(len(_INSERTED) + 1))}, {_BODY} IS NOT NULL)
     RETURNING {", ".join(COLUMNS)}
+), b AS (
+    INSERT INTO bodies (job_id, body) SELECT id, {_BODY} FROM j WHERE {_BODY} IS NOT NULL
 ), r AS ({sql_fair.JOIN})
 SELECT * FROM j
 """
 _REAL = frozenset(f.name for f in STORED if f.metadata["sql"].startswith("REAL"))
 LIVE = [s.value for s in LIVE_STATES]
 KEPT = [s.value for s in KEPT_STATES]
-
-
-class LiveTwin(ValueError):
-    """A live job with the same coalescing key exists (maybe on another box): the
-    database's unique key over live jobs refused a second one (issue #21)."""
-
-    def __init__(self, key: str):
-        super().__init__(f"a queued or running job has coalescing key {key!r}")
-        self.key = key
 
 
 def values(record: JobRecord) -> list[Any]:
@@ -54,15 +51,20 @@ def values(record: JobRecord) -> list[Any]:
 
 
 async def create(
-    con: asyncpg.Connection, record: JobRecord, box: str, outbox: Sequence[Delivery] = ()
+    con: asyncpg.Connection,
+    record: JobRecord,
+    box: str,
+    outbox: Sequence[Delivery] = (),
+    body: bytes | None = None,
 ) -> JobRecord:
-    """The new queued job (one statement), with ``outbox`` in its transaction."""
+    """The new queued job (one statement), with ``outbox`` in its transaction; ``body``:
+    its request body when any box may read it from the database (None: only ``box``)."""
     try:
         if not outbox:
-            row = await con.fetchrow(INSERT, *values(record), box)
+            row = await con.fetchrow(INSERT, *values(record), box, body)
         else:
             async with con.transaction():
-                row = await con.fetchrow(INSERT, *values(record), box)
+                row = await con.fetchrow(INSERT, *values(record), box, body)
                 await sql_outbox.write(con, outbox)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "jobs_live_key" and record.coalesce_key is not None:
@@ -107,26 +109,45 @@ async def kept_with_key(
     return [decode(r) for r in rows]
 
 
-async def _explain(con: asyncpg.Connection, job_id: str, states: list[str]) -> None:
-    """Raise why an UPDATE of ``job_id`` from ``states`` matched no row."""
-    state = await con.fetchval("SELECT state FROM jobs WHERE id = $1", job_id)
-    if state is None:
+async def _explain(
+    con: asyncpg.Connection, job_id: str, states: list[str], box: str | None = None
+) -> None:
+    """Raise why an UPDATE of ``job_id`` from ``states`` (fenced to ``box``) matched no row."""
+    row = await con.fetchrow("SELECT state, run_box FROM jobs WHERE id = $1", job_id)
+    if row is None:
         raise KeyError(job_id)
+    state, run_box = row["state"], row["run_box"]
+    if box is not None and (run_box != box or state != JobState.RUNNING.value):
+        # Not (or no longer) this box's to change: taken by a sweep, ended elsewhere.
+        raise Fenced(job_id, run_box, state)
     raise ValueError(f"job {job_id} is {state}, not {' or '.join(states)}")
 
 
 async def update(
-    con: asyncpg.Connection, job_id: str, sets: str, args: tuple[Any, ...], states: list[str]
+    con: asyncpg.Connection,
+    job_id: str,
+    sets: str,
+    args: tuple[Any, ...],
+    states: list[str],
+    box: str | None = None,
 ) -> JobRecord:
-    """``UPDATE jobs SET <sets>`` (placeholders from $3) of a job in one of ``states``."""
+    """``UPDATE jobs SET <sets>`` (placeholders from $3) of a job in one of ``states``.
+
+    ``box``: the fence (issue #21): a running job changes only by the box that runs it
+    (``run_box``); any box may end a queued one. A box whose lease lapsed finds its
+    job taken (requeued or failed by a sweep, maybe running elsewhere): ``Fenced``."""
+    fence = ""
+    if box is not None:
+        fence = f" AND (state = '{JobState.QUEUED.value}' OR run_box = ${len(args) + 3})"
+        args = (*args, box)
     row = await con.fetchrow(
-        f"UPDATE jobs SET {sets} WHERE id = $1 AND state = ANY($2::text[]) {RETURNING}",
+        f"UPDATE jobs SET {sets} WHERE id = $1 AND state = ANY($2::text[]){fence} {RETURNING}",
         job_id,
         states,
         *args,
     )
     if row is None:
-        await _explain(con, job_id, states)
+        await _explain(con, job_id, states, box)
     return decode(row)
 
 
@@ -176,13 +197,14 @@ async def finish(
     args: tuple[Any, ...],
     states: list[str],
     outbox: Sequence[Delivery],
+    box: str | None = None,
 ) -> JobRecord:
     """``update`` to a final state with ``outbox`` in its transaction (a refused change
-    writes none)."""
+    writes none); fenced to ``box`` (``update``)."""
     if not outbox:
-        return await update(con, job_id, sets, args, states)
+        return await update(con, job_id, sets, args, states, box)
     async with con.transaction():
-        row = await update(con, job_id, sets, args, states)
+        row = await update(con, job_id, sets, args, states, box)
         await sql_outbox.write(con, outbox)
     return row
 

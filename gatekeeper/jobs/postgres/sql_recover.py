@@ -10,7 +10,9 @@ lost. Other boxes' jobs are theirs. The rules are ``sqlite_recover``'s:
 - held queued -> cancelled "restart";
 - async queued without its body file -> failed "body_lost" (``has_body`` asks
   the box's files);
-- the ring is rebuilt from the queued jobs, as a restarted box's waiting room is.
+- alone (no other box seen within ``lease``), the ring is rebuilt from the queued jobs,
+  as a restarted box's waiting room is; with other boxes alive it is theirs too: only
+  a client of a job queued again joins it if it is not in it (``_RING``).
 
 A box whose heartbeat lapsed while it is still away is recovered by the others
 (``jobs.lease``; issue #21, not in this version: docs/postgres.md).
@@ -24,11 +26,28 @@ import asyncpg
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.postgres import sql_fair
+from gatekeeper.jobs.postgres.schema import DB_NOW
 from gatekeeper.jobs.postgres.sql_records import SELECT
 from gatekeeper.jobs.record import JobRecord, decode
 from gatekeeper.jobs.states import Endings
 
 _RUNNING, _QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
+
+
+# While other boxes are alive (seen within ``lease``), the ring is theirs too (issue
+# #21): a box that restarts must not reorder the fair queue they are serving. Only
+# clients with a queued job but no ring row (their jobs were queued again above) join
+# it, as newcomers do (the round in service, a new turn: ``sql_fair.JOIN``), in the order
+# of their oldest queued job; the others keep their places.
+_RING = """
+INSERT INTO ring (client, turn, round)
+SELECT client, nextval('ring_turn'), (SELECT round FROM ring_clock) FROM (
+    SELECT client, MIN(seq) AS first FROM jobs j WHERE state = $1
+        AND NOT EXISTS (SELECT 1 FROM ring r WHERE r.client = j.client)
+    GROUP BY client ORDER BY first
+) AS missing
+ON CONFLICT (client) DO NOTHING
+"""
 
 
 async def recover(
@@ -37,6 +56,7 @@ async def recover(
     now: float,
     retry_interrupted: bool,
     has_body: Callable[[str], bool],
+    lease: float = 30.0,
 ) -> list[JobRecord]:
     """Returns the changed records in seq order (``JobStore.recover``)."""
     changed: dict[str, None] = {}
@@ -86,7 +106,13 @@ async def recover(
                 r["id"],
             )
             changed[r["id"]] = None
-    await sql_fair.rebuild(con)
+    others = await con.fetchval(
+        f"SELECT count(*) FROM boxes WHERE id <> $1 AND seen > {DB_NOW} - $2", box, lease
+    )
+    if others:
+        await con.execute(_RING, _QUEUED)
+    else:  # alone: the ring as this box's restarted waiting room would be
+        await sql_fair.rebuild(con)
     rows = await con.fetch(f"{SELECT} WHERE id = ANY($1::text[]) ORDER BY seq", list(changed))
     return [decode(r) for r in rows]
 

@@ -20,6 +20,7 @@ database is unreachable: ``guard.StoreUnavailable``, 503 ``store_unavailable``).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import asyncpg
 
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.files import BodyWriter, JobFiles, ResultWriter, check_id
+from gatekeeper.jobs.guard import StoreUnavailable
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.head import RequestHead
 from gatekeeper.jobs.outbox import Delivery
@@ -40,17 +42,19 @@ from gatekeeper.jobs.postgres import (
     sql_heads,
     sql_outbox,
     sql_records,
-    sql_recover,
 )
 from gatekeeper.jobs.postgres.bridge import Bridge
+from gatekeeper.jobs.postgres.housekeeping import PostgresHousekeeping
 from gatekeeper.jobs.postgres.sql_anybox import PostgresAnyBox
 from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
+from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes, body_of
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
+from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.statedir import prepare, take_lock
-from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings, sources
-from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR, StoreOpenError
+from gatekeeper.jobs.states import KEPT_STATES, sources
+from gatekeeper.jobs.store import StoreOpenError
 
 BOX_ID_FILE = "box-id"
 _KEPT = frozenset(s.value for s in KEPT_STATES)
@@ -78,17 +82,40 @@ async def _register(con: asyncpg.Connection, box: str, address: str | None) -> N
     )
 
 
-class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, PostgresAnyBox):
+class PostgresJobStore(
+    PostgresOutbox,
+    PostgresListing,
+    PostgresBatches,
+    PostgresBoxes,
+    PostgresHousekeeping,
+    PostgresAnyBox,
+):
     """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
-    the outbox, a client's list, batches and the boxes (``anybox_store.AnyBoxStore``: the
-    relay, cross-box cancels, the fleet) are their ``sql_*`` modules' mixins."""
+    the outbox, a client's list, batches, the boxes' heartbeats and sweep
+    (``shared.SharedQueue``), recovery and eviction, and any box answering for every job
+    (``anybox_store.AnyBoxStore``: the relay, cross-box cancels, the fleet) are their
+    modules' mixins."""
 
-    def __init__(self, directory: Path, lock: IO[str], bridge: Bridge, box: str):
+    def __init__(
+        self,
+        directory: Path,
+        lock: IO[str],
+        bridge: Bridge,
+        box: str,
+        *,
+        channel: str = "",
+        max_body_bytes: int = 0,
+        lease: float = 30.0,
+    ):
         self.directory = directory
         self.box = box
         self.bridge = bridge
+        self.channel = channel
+        self.max_body_bytes = max_body_bytes
+        self.lease = lease  # jobs.lease: a box seen within it is alive (``recover``)
         self._lock = lock
         self._files = JobFiles(directory)
+        self._claimed: set[str] = set()  # running here, by this process (``finish``)
 
     @classmethod
     def open(
@@ -100,6 +127,8 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         pool_size: int = 4,
         timeout: float = 1.0,
         address: str | None = None,
+        max_body_bytes: int = 1024**2,
+        lease: float = 30.0,
     ) -> PostgresJobStore:
         """Lock ``directory``, connect, create or migrate the schema and register the box.
         ``StateDirError`` for the directory, ``StoreOpenError`` for the database."""
@@ -127,7 +156,15 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         except BaseException:
             lock.close()
             raise
-        return cls(directory, lock, bridge, box)
+        return cls(
+            directory,
+            lock,
+            bridge,
+            box,
+            channel=sch.channel(schema),
+            max_body_bytes=max_body_bytes,
+            lease=lease,
+        )
 
     def close(self) -> None:
         """Close the pool, stop the store's thread, release the directory; idempotent."""
@@ -148,7 +185,17 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         check_id(record.id)
         if record.state is not JobState.QUEUED:
             raise ValueError(f"a new job is queued, not {record.state}")
-        return self.bridge.call("create", sql_records.create, record, self.box, list(outbox))
+        body = self.shared_body(record)
+        return self.bridge.call("create", sql_records.create, record, self.box, list(outbox), body)
+
+    def shared_body(self, record: JobRecord) -> bytes | None:
+        """The body any box may read from the database (up to ``max_body_bytes``, read
+        from the file ``submit`` just wrote); None: it stays on this box, the only one
+        that may claim the job (docs/postgres.md)."""
+        if record.body_size > self.max_body_bytes:
+            return None
+        path = self._files.body_path(record.id)
+        return b"" if path is None else path.read_bytes()
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.bridge.call("get", sql_records.get, job_id)
@@ -200,7 +247,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
         engine: str | None = None,
         outbox: Sequence[Delivery] = (),
     ) -> JobRecord:
-        return self.bridge.call(
+        row = self.bridge.call(
             "mark_running",
             sql_records.mark_running,
             job_id,
@@ -209,12 +256,27 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             self.box,
             list(outbox),
         )
+        self._claimed.add(job_id)
+        return row
 
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job of the whole shared queue by the fairness rule, now
         running on this box (``sql_fair.CLAIM``: one statement); None if none."""
         row = self.bridge.call("claim_next", sql_fair.claim, float(started), engine, self.box)
-        return None if row is None else decode(row)
+        if row is None:
+            return None
+        claimed = decode(row)
+        self._claimed.add(claimed.id)
+        if self._files.body_path(claimed.id) is None:  # taken by another box: from the database
+            body = self.bridge.call("claim_next", body_of, claimed.id)
+            if body is not None:
+                writer = self._files.body_writer(claimed.id)
+                try:
+                    writer.write(body)
+                    writer.commit()
+                finally:
+                    writer.abort()
+        return claimed
 
     def set_result_head(
         self, job_id: str, status: int, reason: str | None, headers: Headers
@@ -226,6 +288,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             "result_status = $3, result_reason = $4, result_headers = $5",
             (status, reason, dump_headers(headers)),
             [JobState.RUNNING.value],
+            self.box,
         )
 
     def set_progress(self, job_id: str, progress: float | None, result_bytes: int) -> None:
@@ -237,6 +300,7 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             f"progress = $3, result_bytes = $4, heartbeat = {sch.DB_NOW}",
             (None if progress is None else float(progress), result_bytes),
             [JobState.RUNNING.value],
+            self.box,
         )
 
     def finish(
@@ -249,8 +313,32 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
     ) -> JobRecord:
         if state not in FINAL_STATES:
             raise ValueError(f"{state} is not a final state")
-        froms = [s.value for s in sources(state) if s in LIVE_STATES]
-        row = self.bridge.call(
+        # The fence (issue #21): a job this process claimed ends only while it still runs
+        # here; any other job only while it is queued. So a box swept while it was away
+        # never ends a job queued again meanwhile (``shared.Fenced`` instead).
+        ran = JobState.RUNNING if job_id in self._claimed else JobState.QUEUED
+        froms = [s.value for s in sources(state) if s is ran]
+        try:
+            row = self._finish(job_id, state, reason, finished, outbox, froms)
+        except Fenced:
+            self._claimed.discard(job_id)
+            raise
+        self._claimed.discard(job_id)
+        self._files.drop_body(job_id)
+        if state is JobState.EXPIRED:
+            self._files.ledger.drop_job(job_id)
+        return row
+
+    def _finish(
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        finished: float,
+        outbox: Sequence[Delivery],
+        froms: list[str],
+    ) -> JobRecord:
+        return self.bridge.call(
             "finish",
             sql_records.finish,
             job_id,
@@ -258,57 +346,8 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
             (state.value, reason, float(finished)),
             froms,
             list(outbox),
-        )
-        self._files.drop_body(job_id)
-        if state is JobState.EXPIRED:
-            self._files.ledger.drop_job(job_id)
-        return row
-
-    def recover(self, now: float, retry_interrupted: bool) -> list[JobRecord]:
-        """This box's rows made true again after it died (``sql_recover``)."""
-        changed = self.bridge.call(
-            "recover",
-            sql_recover.recover,
             self.box,
-            float(now),
-            retry_interrupted,
-            lambda job_id: self._files.body_path(job_id) is not None,
         )
-        for r in changed:
-            if r.state is not JobState.QUEUED or r.started is None:
-                self._files.ledger.drop_job(r.id)
-        states = self.bridge.call("recover", sql_recover.file_states, self.box)
-        self._files.sweep(
-            keep_body=lambda name: states.get(name) == JobState.QUEUED.value,
-            keep_result=lambda name: states.get(name) in _KEPT,
-        )
-        return changed
-
-    def evict(self, now: float, keep: float, max_bytes: int) -> list[str]:
-        """This box's kept results expired by age, then by size (``JobStore.evict``)."""
-        ledger = self._files.ledger
-        old = self.bridge.call("evict", sql_records.kept_ids, self.box, float(now - keep), True)
-        total = ledger.total - sum(ledger.size_of(i) for i in old)
-        by_size: list[str] = []
-        if total > max_bytes:
-            newer = self.bridge.call(
-                "evict", sql_records.kept_ids, self.box, float(now - keep), False
-            )
-            for job_id in newer:
-                size = ledger.size_of(job_id)
-                if size:
-                    by_size.append(job_id)
-                    total -= size
-                    if total <= max_bytes:
-                        break
-        by_keep, by_bytes = Endings.EXPIRED_KEEP, Endings.EXPIRED_MAX_BYTES
-        changes = [(i, by_keep.state.value, by_keep.reason) for i in old]
-        changes += [(i, by_bytes.state.value, by_bytes.reason) for i in by_size]
-        drop_before = float(now - EXPIRED_ROW_KEEP_FACTOR * keep)
-        self.bridge.call("evict", sql_records.expire, changes, drop_before)
-        for job_id in old + by_size:
-            ledger.drop_job(job_id)
-        return old + by_size
 
     # -- files: this box's (the Protocol documents each) -------------------------------------
 
@@ -330,7 +369,10 @@ class PostgresJobStore(PostgresOutbox, PostgresListing, PostgresBatches, Postgre
 
     def result_writer(self, job_id: str) -> ResultWriter:
         def committed(size: int) -> None:
-            self.bridge.call("result_writer", sql_records.set_result_bytes, job_id, size)
+            # The file is whole; an unreachable store gets the size with the job's ending
+            # (the runner's set_progress is written again then: issue #21).
+            with contextlib.suppress(StoreUnavailable):
+                self.bridge.call("result_writer", sql_records.set_result_bytes, job_id, size)
 
         return self._files.result_writer(job_id, committed)
 
