@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,36 @@ async def app_idle(app: str, admin: str) -> None:
         assert r.status == 200
 
 
+# A song that runs until the test ends it with :func:`finish` (tests/gradio_app.py's
+# description "seconds=N"): a minute, so one progress step (0.1 s) shows in /status.
+HELD = "seconds=60"
+
+
+async def finish(app: str, running: int = 1) -> None:
+    """End the app's ``running`` song(s) now, once they run (each answers with its audio)."""
+
+    async def started() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == running)
+
+    await poll(started, timeout=30)
+    async with aiohttp.ClientSession() as s, s.post(app + "/_app/finish") as r:
+        assert r.status == 200 and (await r.json())["finished"] == running
+
+
 def gradio_client(url: str) -> Any:
     """A quiet gradio_client.Client of the app behind ``url``."""
     from gradio_client import Client
 
     return Client(url + "/", verbose=False)
+
+
+def close_clients(clients: list[Any]) -> None:
+    """Close gradio_clients together and empty ``clients``. Each ``close()`` waits up to a
+    second for its heartbeat thread (blocked reading until the app's next heartbeat), so
+    one after another they cost a second each."""
+    threads = [threading.Thread(target=c.close) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    clients.clear()

@@ -18,12 +18,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gradio_support import get_json, require_gradio, start_gradio_app
+from gradio_support import HELD, close_clients, finish, get_json, require_gradio, start_gradio_app
 from support import Proc, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-SONG_SECONDS = 3.0
+# A song nobody needs to look at while it runs; one that must still run while the test
+# acts (the slot taken, a rank seen) is held (gradio_support.HELD) until it ends it.
+SONG_SECONDS = 0.5
 # Each gradio_client (like each browser tab) holds its heartbeat stream open on the
 # passthrough pool, and each session with an event in the app one queue/data stream.
 RULES = """
@@ -50,7 +52,7 @@ READINGS: list[Path] = []  # the CPU/memory readings file of the module's gateke
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
+    """(app URL, gatekeeper URL, admin URL): a half-second generate_song behind gatekeeper."""
     require_gradio()
     tmp = tmp_path_factory.mktemp("gradio-queue")
     procs: list[Proc] = []
@@ -88,11 +90,10 @@ _OPEN: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
+def _close_clients() -> Iterator[None]:
     """Each test's gradio_clients end their heartbeat streams after it."""
     yield
-    while _OPEN:
-        _OPEN.pop().close()
+    close_clients(_OPEN)
 
 
 def client(url: str, key: str) -> Any:
@@ -128,7 +129,7 @@ async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
     app, url, admin = rig
     await idle(rig)
     a, b, c = await clients(url, "a", "b", "c")
-    jobs = [cl.submit("[verse] n", "pop", api_name="/generate_song") for cl in (a, b, c)]
+    jobs = [cl.submit("[verse] n", HELD, api_name="/generate_song") for cl in (a, b, c)]
     seen: list[list[tuple[int | None, float | None]]] = [[], [], []]
     watcher = asyncio.create_task(asyncio.to_thread(watch, jobs, seen))
 
@@ -138,6 +139,15 @@ async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
     await poll(two_wait, timeout=20)
     entries = (await get_json(admin + "/status"))["queue"]["entries"]
     assert [e["position"] for e in entries] == [1, 2] and all(e["held"] for e in entries)
+
+    async def last_at(rank: int) -> bool:
+        return any(s and s[0][0] == 1 and s[-1][0] == rank for s in seen)
+
+    await poll(lambda: last_at(1), timeout=20)  # its client was told rank 1
+    await finish(app)  # the first ends: the second runs, the last moves up to rank 0
+    await poll(lambda: last_at(0), timeout=20)
+    await finish(app)
+    await finish(app)
     results = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
     await watcher
     assert all(Path(audio).suffix == ".wav" for audio, _ in results)
@@ -156,7 +166,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
     app, url, admin = rig
     await idle(rig)
     first, a, b = await clients(url, "first", "A", "B")
-    running = first.submit("[verse] first", "pop", api_name="/generate_song")
+    running = first.submit("[verse] first", HELD, api_name="/generate_song")
 
     async def started() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -174,6 +184,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
                 return bool((await get_json(admin + "/status"))["queue"]["waiting"] == k)
 
             await poll(queued, timeout=20)  # joined in this order
+    await finish(app)
     await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in [running, *jobs]))
     assert order == ["A", "B", "A", "A"]
     assert (await get_json(app + "/_app/stats"))["peak"] == 1
@@ -185,7 +196,7 @@ async def test_a_waiting_event_cancelled_leaves_the_queue(rig: tuple[str, str, s
     app, url, admin = rig
     await idle(rig)
     a, b, c = await clients(url, "ca", "cb", "cc")
-    running = a.submit("[verse] run", "pop", api_name="/generate_song")
+    running = a.submit("[verse] run", HELD, api_name="/generate_song")
 
     async def started() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -200,6 +211,7 @@ async def test_a_waiting_event_cancelled_leaves_the_queue(rig: tuple[str, str, s
     await poll(lambda: waiting(2), timeout=20)
     assert await asyncio.to_thread(doomed.cancel)
     await poll(lambda: waiting(1), timeout=10)
+    await finish(app)
     await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (running, later)))
     stats = await get_json(app + "/_app/stats")
     assert stats["started"] == 2 and stats["peak"] == 1
@@ -210,11 +222,17 @@ async def test_one_session_one_running_one_waiting_on_one_stream(
 ) -> None:
     """One client (one session, one queue/data stream): its first job runs in the app,
     its second waits in gatekeeper; both end with their song on that one stream."""
-    app, url, _ = rig
+    app, url, admin = rig
     await idle(rig)
     (one,) = await clients(url, "solo")
-    first = one.submit("[verse] 1", "pop", api_name="/generate_song")
+    first = one.submit("[verse] 1", HELD, api_name="/generate_song")
     second = one.submit("[verse] 2", "rock", api_name="/generate_song_1")
+
+    async def second_waits() -> bool:
+        return bool((await get_json(admin + "/status"))["queue"]["waiting"] == 1)
+
+    await poll(second_waits, timeout=20)
+    await finish(app)
     out = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in (first, second)))
     assert all(Path(audio).suffix == ".wav" for audio, _ in out)
     stats = await get_json(app + "/_app/stats")
@@ -287,7 +305,8 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
     cls = await clients(url, "f0", "f1", "f2", "f3", "f4", "f5")
     jobs = []
     for i, cl in enumerate(cls[:5]):
-        jobs.append(cl.submit(f"[verse] {i}", "pop", api_name="/generate_song"))
+        # The first holds the slot until the refusal is seen.
+        jobs.append(cl.submit(f"[verse] {i}", HELD if i == 0 else "pop", api_name="/generate_song"))
 
         async def placed(k: int = i) -> bool:
             doc = await get_json(admin + "/status")
@@ -297,65 +316,67 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
     with pytest.raises(AppError) as refused:
         await asyncio.to_thread(cls[5].predict, "[verse] 5", "pop", api_name="/generate_song")
     assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
+    await finish(rig[0])
     await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in jobs))
 
 
-def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> None:
+def test_sigterm_fails_the_waiting_and_finishes_the_running(
+    rig: tuple[str, str, str], tmp_path: Path
+) -> None:
     """SIGTERM with one event running and two waiting: the waiting two fail at once with
     gatekeeper's draining text; the running one gets its song; the process exits 0, and
-    started again it holds no phantom slot and no waiter."""
-    require_gradio()
+    started again it holds no phantom slot and no waiter (a gatekeeper of its own in front
+    of the module's app)."""
     from gradio_client.exceptions import AppError
 
-    app, app_url = start_gradio_app(tmp_path, seconds=4.0)
+    app_url = rig[0]
+    asyncio.run(idle(rig))
+    # linger: the running song's file is fetched after its event ended
+    rules = RULES.replace("linger: 0s", "linger: 2s")
+    gk, url, admin = start_gatekeeper(
+        tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
+    )
     try:
-        # linger: the running song's file is fetched after its event ended
-        rules = RULES.replace("linger: 0s", "linger: 5s")
-        gk, url, admin = start_gatekeeper(
+        cls = [client(url, k) for k in ("s1", "s2", "s3")]
+        # Held: it runs until the waiting two have failed, however slow the box.
+        jobs = [cls[0].submit("[verse] s", HELD, api_name="/generate_song")]
+        while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
+            time.sleep(0.1)
+        jobs += [cl.submit("[verse] s", "pop", api_name="/generate_song") for cl in cls[1:]]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            doc = asyncio.run(get_json(admin + "/status"))
+            if doc["in_flight"] == 1 and doc["queue"]["waiting"] == 2:
+                break
+            time.sleep(0.1)
+        gk.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        failures = []
+        for j in jobs[1:]:
+            with pytest.raises(AppError) as failed:
+                j.result(10)
+            failures.append(str(failed.value))
+        assert time.monotonic() - t0 < 5  # at once, not after the running song
+        assert all("restarting" in f and "waited" in f for f in failures), failures
+        asyncio.run(finish(app_url))
+        audio, _ = jobs[0].result(30)
+        assert Path(audio).suffix == ".wav"
+        assert gk.wait(30) == 0
+        assert "Traceback" not in gk.output()
+        # Started again on the same state directory: no phantom slot, nobody waiting,
+        # and the next song goes through.
+        gk2, url2, admin2 = start_gatekeeper(
             tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
         )
         try:
-            cls = [client(url, k) for k in ("s1", "s2", "s3")]
-            jobs = [cls[0].submit("[verse] s", "pop", api_name="/generate_song")]
-            while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
-                time.sleep(0.1)
-            jobs += [cl.submit("[verse] s", "pop", api_name="/generate_song") for cl in cls[1:]]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                doc = asyncio.run(get_json(admin + "/status"))
-                if doc["in_flight"] == 1 and doc["queue"]["waiting"] == 2:
-                    break
-                time.sleep(0.1)
-            gk.signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            failures = []
-            for j in jobs[1:]:
-                with pytest.raises(AppError) as failed:
-                    j.result(10)
-                failures.append(str(failed.value))
-            assert time.monotonic() - t0 < 5  # at once, not after the running song
-            assert all("restarting" in f and "waited" in f for f in failures), failures
-            audio, _ = jobs[0].result(30)
-            assert Path(audio).suffix == ".wav"
-            assert gk.wait(30) == 0
-            assert "Traceback" not in gk.output()
-            # Started again on the same state directory: no phantom slot, nobody waiting,
-            # and the next song goes through.
-            gk2, url2, admin2 = start_gatekeeper(
-                tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
+            doc = asyncio.run(get_json(admin2 + "/status"))
+            assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
+            audio, _ = client(url2, "after").predict(
+                "[verse] again", "pop", api_name="/generate_song"
             )
-            try:
-                doc = asyncio.run(get_json(admin2 + "/status"))
-                assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
-                audio, _ = client(url2, "after").predict(
-                    "[verse] again", "pop", api_name="/generate_song"
-                )
-                assert Path(audio).suffix == ".wav"
-            finally:
-                gk2.stop()
+            assert Path(audio).suffix == ".wav"
         finally:
-            gk.stop()
-            while _OPEN:
-                _OPEN.pop().close()
+            gk2.stop()
     finally:
-        app.stop()
+        gk.stop()
+        close_clients(_OPEN)
