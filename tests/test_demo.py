@@ -238,7 +238,9 @@ def test_one_ctrl_c_mid_song_lets_the_song_finish(tmp_path: Path, repo_root: Pat
         assert finished == {"finished": 1}
         code = proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # failed: its children too, or the held song burns on
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
             proc.kill()
         t.join(timeout=60)
     text = log.read_text()
