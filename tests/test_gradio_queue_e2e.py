@@ -51,13 +51,17 @@ READINGS: list[Path] = []  # the CPU/memory readings file of the module's gateke
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(app URL, gatekeeper URL, admin URL): a half-second generate_song behind gatekeeper."""
+def rig(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, str]]:
+    """(app URL, gatekeeper URL, admin URL): generate_song behind gatekeeper, as long as
+    the module's ``SONG_SECONDS`` (a browser cannot hold a song: its module sets 3 s)."""
     require_gradio()
     tmp = tmp_path_factory.mktemp("gradio-queue")
     procs: list[Proc] = []
     try:
-        app, app_url = start_gradio_app(tmp, seconds=SONG_SECONDS)
+        seconds = getattr(request.module, "SONG_SECONDS", SONG_SECONDS)
+        app, app_url = start_gradio_app(tmp, seconds=seconds)
         procs.append(app)
         gk, url, admin = start_gatekeeper(
             tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
@@ -226,6 +230,11 @@ async def test_one_session_one_running_one_waiting_on_one_stream(
     await idle(rig)
     (one,) = await clients(url, "solo")
     first = one.submit("[verse] 1", HELD, api_name="/generate_song")
+
+    async def first_runs() -> bool:
+        return bool((await get_json(app + "/_app/stats"))["active"] == 1)
+
+    await poll(first_runs, timeout=20)  # the held one runs: the second waits behind it
     second = one.submit("[verse] 2", "rock", api_name="/generate_song_1")
 
     async def second_waits() -> bool:
