@@ -97,13 +97,16 @@ def gradio_client(url: str) -> Any:
     return Client(url + "/", verbose=False)
 
 
-def close_clients(clients: list[Any]) -> None:
+def close_clients(clients: list[Any], *, wait: bool = False) -> None:
     """Close gradio_clients together and empty ``clients``. Each ``close()`` waits up to a
     second for its heartbeat thread (blocked reading until the app's next heartbeat), so
-    one after another they cost a second each."""
-    threads = [threading.Thread(target=c.close) for c in clients]
+    each runs in a daemon thread of its own; ``wait``: until they are done. Without it the
+    heartbeat threads end when their stream next speaks or closes (gatekeeper ends idle
+    Gradio streams when it stops; an app alone waits for them: wait there)."""
+    threads = [threading.Thread(target=c.close, daemon=True) for c in clients]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    if wait:
+        for t in threads:
+            t.join()
     clients.clear()

@@ -58,7 +58,7 @@ def _close_clients() -> Iterator[None]:
     """Each test's gradio_clients end their heartbeat streams after it (left open, they
     hold the app's shutdown at the end of the module for seconds)."""
     yield
-    close_clients(_OPEN)
+    close_clients(_OPEN, wait=True)
 
 
 def _client(url: str):  # type: ignore[no-untyped-def]
