@@ -13,9 +13,13 @@ their peak)::
 
     GET  /_app/stats  -> {"active": 0, "peak": 1, "started": 3, "completed": 3}
     POST /_app/reset  -> zeroes the counters
+    POST /_app/finish -> {"finished": n}: every running generation ends now, with its song
 
 A description ``seconds=N`` makes that one generation last N seconds instead. The info
 output says ``generated N song(s), <genre>`` and, with a prompt, its file name and size.
+A test that must look at a song while it runs gives it hours and ends it with
+``/_app/finish`` once it has seen what it is about, however slow the box: no length to
+guess.
 Lyrics starting with ``invalid`` get what SongGeneration answers for lyrics it cannot
 sing: no audio (``None``) and a JSON error string, as a successful completion.
 
@@ -65,13 +69,38 @@ class Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
         self.active = self.peak = self.started = self.completed = 0
+        self.epoch = 0  # advanced by finish_running: generations started before it end
+        # Generations still in their sleep loop: those finish_running ends (one past its
+        # loop, writing its song, is ending anyway and is not counted).
+        self.looping = 0
 
-    def enter(self) -> None:
+    def enter(self) -> int:
+        """Count a generation in; the epoch it runs in (see :meth:`nap`)."""
         with self._lock:
             self.active += 1
             self.started += 1
             self.peak = max(self.peak, self.active)
+            self.looping += 1
+            return self.epoch
+
+    def looped(self) -> None:
+        """The generation left its sleep loop."""
+        with self._lock:
+            self.looping -= 1
+
+    def nap(self, seconds: float, epoch: int) -> bool:
+        """Sleep ``seconds``; True at once when ``finish_running`` ended ``epoch``."""
+        with self._finished:
+            return self._finished.wait_for(lambda: self.epoch != epoch, timeout=seconds)
+
+    def finish_running(self) -> int:
+        """End every running generation now (each returns its song); how many."""
+        with self._finished:
+            self.epoch += 1
+            self._finished.notify_all()
+            return self.looping
 
     def leave(self) -> None:
         with self._lock:
@@ -127,7 +156,7 @@ def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
         history: list[str],
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
     ) -> tuple[str | None, list[str], str]:
-        stats.enter()
+        epoch = stats.enter()
         try:
             # A description "seconds=N" makes this one generation last N seconds.
             length = seconds
@@ -135,9 +164,13 @@ def build(seconds: float, out_dir: Path, stats: Stats) -> gr.Blocks:
                 length = float(description.split("=", 1)[1])
             steps = max(1, int(length / 0.1))
             progress(0, desc="Starting")
-            for i in range(steps):
-                time.sleep(length / steps)
-                progress((i + 1) / steps, desc="Generating")
+            try:
+                for i in range(steps):
+                    if stats.nap(length / steps, epoch):
+                        break
+                    progress((i + 1) / steps, desc="Generating")
+            finally:
+                stats.looped()
             if lyric.startswith("invalid"):
                 # SongGeneration's answer to lyrics it cannot sing: no audio and a JSON
                 # error string, as a successful completion.
@@ -204,6 +237,10 @@ def make_app(seconds: float, out_dir: Path, root_path: str | None = None) -> Fas
     def reset() -> dict[str, Any]:
         stats.reset()
         return {"ok": True}
+
+    @app.post("/_app/finish")
+    def finish() -> dict[str, int]:
+        return {"finished": stats.finish_running()}
 
     demo = build(seconds, out_dir, stats)
     extra: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,45 @@ def join_data(lyric: str, description: str = "pop") -> list[Any]:
     return [lyric, description, None, "Pop", None]
 
 
+# A song that runs until the test ends it with :func:`finish` (tests/gradio_app.py's
+# description "seconds=N"): a minute, so one progress step (0.1 s) shows in /status.
+HELD = "seconds=60"
+
+
+async def finish(app: str, running: int = 1) -> None:
+    """End the app's ``running`` song(s) now, once they run (each answers with its audio)."""
+
+    ended = 0
+
+    async def ended_all() -> bool:  # a song between two of its steps is ended at its next
+        nonlocal ended
+        if (await get_json(app + "/_app/stats"))["active"] >= running - ended:
+            async with aiohttp.ClientSession() as s, s.post(app + "/_app/finish") as r:
+                assert r.status == 200, await r.text()
+                ended += (await r.json())["finished"]
+        assert ended <= running, ended
+        return ended == running
+
+    await poll(ended_all, timeout=30)
+
+
 def gradio_client(url: str) -> Any:
     """A quiet gradio_client.Client of the app behind ``url``."""
     from gradio_client import Client
 
     return Client(url + "/", verbose=False)
+
+
+def close_clients(clients: list[Any], *, wait: bool = False) -> None:
+    """Close gradio_clients together and empty ``clients``. Each ``close()`` waits up to a
+    second for its heartbeat thread (blocked reading until the app's next heartbeat), so
+    each runs in a daemon thread of its own; ``wait``: until they are done. Without it the
+    heartbeat threads end when their stream next speaks or closes (gatekeeper ends idle
+    Gradio streams when it stops; an app alone waits for them: wait there)."""
+    threads = [threading.Thread(target=c.close, daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    if wait:
+        for t in threads:
+            t.join()
+    clients.clear()

@@ -164,9 +164,10 @@ def test_log_lines_and_the_live_line_share_a_terminal(tmp_path: Path, repo_root:
 
 
 def _start_demo(
-    tmp_path: Path, repo_root: Path, seconds: float
+    tmp_path: Path, repo_root: Path, seconds: float, linger: str = "5s"
 ) -> tuple[Any, Path, int, int, Path]:
-    """The demo on the shipped rules with file readings (calm), output to a file."""
+    """The demo on the shipped rules with file readings (calm), output to a file;
+    ``linger``: its shutdown.linger (the shipped 5 s unless a test fetches nothing after)."""
     port, admin, engine = free_port(), free_port(), free_port()
     readings = tmp_path / "readings.json"
     readings.write_text('{"cpu_percent": 5, "memory_percent": 5}')
@@ -174,6 +175,8 @@ def _start_demo(
     rules = rules.replace("source: psutil", "source: file").replace(
         "file: null", f"file: {readings}"
     )
+    assert "  linger: 5s\n" in rules
+    rules = rules.replace("  linger: 5s\n", f"  linger: {linger}\n")
     (tmp_path / "rules.yaml").write_text(rules)
     log = tmp_path / "demo.log"
     argv = ["demo", "--port", str(port), "--admin-port", str(admin), "--engine-port", str(engine)]
@@ -204,11 +207,17 @@ def test_one_ctrl_c_mid_song_lets_the_song_finish(tmp_path: Path, repo_root: Pat
     client), never a timed second signal that drops it; the demo exits 0."""
     import threading
 
-    proc, log, port, admin, _ = _start_demo(tmp_path, repo_root, seconds=8)
+    # linger 0s: the song is read whole before the drain ends; nothing is fetched after.
+    proc, log, port, admin, _ = _start_demo(tmp_path, repo_root, seconds=2, linger="0s")
+    engine = re.search(r"engine simulator \(direct, bypassing\):\s+(http://\S+)", log.read_text())
+    assert engine, log.read_text()
     answer: dict[str, Any] = {}
 
     def song() -> None:
-        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"lyrics": "x"}, timeout=60)
+        # An hour long: it still runs when the drain starts, however slow the box; the
+        # test ends it (engine-sim's POST /_sim/finish) once the drain waits for it.
+        body = {"lyrics": "x", "seconds": 3600}
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", json=body, timeout=60)
         answer.update(status=r.status_code, head=r.content[:4])
 
     t = threading.Thread(target=song)
@@ -219,9 +228,19 @@ def test_one_ctrl_c_mid_song_lets_the_song_finish(tmp_path: Path, repo_root: Pat
             assert time.monotonic() < deadline
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
+        _wait_for(log, "a running song finishes first")
+        status = f"http://127.0.0.1:{admin}/status"
+        while not httpx.get(status, timeout=5).json()["draining"]:
+            assert time.monotonic() < deadline + 15
+            time.sleep(0.1)
+        assert proc.poll() is None and t.is_alive()  # the drain waits for the song
+        finished = httpx.post(engine.group(1) + "/_sim/finish", timeout=5).json()
+        assert finished == {"finished": 1}
         code = proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # failed: its children too, or the held song burns on
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
             proc.kill()
         t.join(timeout=60)
     text = log.read_text()

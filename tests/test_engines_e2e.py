@@ -147,9 +147,11 @@ async def test_a_killed_engine_fails_only_its_job_and_gets_no_new_one(
     """kill -9 of one engine mid-job: that job fails (502, never re-run on the other
     engine), the other engine's job is delivered, and every later job runs on the
     engine that is left while the dead one is reported down."""
-    url, admin, _, b_url = start_two(tmp_path, procs, seconds=3.0)
+    url, admin, _, b_url = start_two(tmp_path, procs, seconds=0.5)
     await poll(lambda: _all_up(http, admin), 10)
-    first = [await submit(http, url, f"first {i}", 3.0) for i in range(2)]
+    # Held (an hour): both still run at the kill, however slow the box; gpu1's is ended
+    # below (engine-sim /_sim/finish).
+    first = [await submit(http, url, f"first {i}", 3600.0) for i in range(2)]
 
     async def both_running() -> bool:
         return [(await view(http, url, i))["state"] for i in first] == ["running"] * 2
@@ -169,6 +171,9 @@ async def test_a_killed_engine_fails_only_its_job_and_gets_no_new_one(
         return [e["up"] for e in (await status(http, admin))["engines"]] == [False, True]
 
     await poll(down, 10)
+    assert (await view(http, url, on["gpu1"]))["state"] == "running"
+    async with http.post(b_url + "/_sim/finish") as r:
+        assert (await r.json())["finished"] == 1
     later = [await submit(http, url, f"later {i}", 0.5) for i in range(2)]
     assert [(await final(http, url, i))["state"] for i in later] == ["done", "done"]
     assert (await final(http, url, on["gpu1"]))["state"] == "done"
@@ -184,11 +189,12 @@ async def test_reload_adds_and_removes_engines_without_touching_a_running_job(
     """A reload that removes gpu0 while it runs a job and adds gpu2: the job on gpu0 is
     delivered (status lists gpu0 as removed until then), new jobs go to gpu1 and gpu2
     only, and gpu0's metric series go."""
-    url, admin, a_url, b_url = start_two(tmp_path, procs, seconds=2.0)
+    url, admin, a_url, b_url = start_two(tmp_path, procs, seconds=0.5)
     c, c_url = start_engine(tmp_path, seconds=0.5)
     procs.append(c)
     await poll(lambda: _all_up(http, admin), 10)
-    running = await submit(http, url, "on gpu0", 2.0)
+    # Held (an hour): it runs through the reload, however slow the box; ended below.
+    running = await submit(http, url, "on gpu0", 3600.0)
     await poll(lambda: _state_is(http, url, running, "running"), 10)
     assert (await view(http, url, running))["engine"] == "gpu0"
 
@@ -211,6 +217,8 @@ async def test_reload_adds_and_removes_engines_without_touching_a_running_job(
         ("gpu0", True, 1),
     ]
     later = [await submit(http, url, f"later {i}", 0.5) for i in range(4)]
+    async with http.post(a_url + "/_sim/finish") as r:
+        assert (await r.json())["finished"] == 1
     assert (await final(http, url, running))["state"] == "done"
     assert [(await final(http, url, i))["state"] for i in later] == ["done"] * 4
     sa, sb, sc = [await stats(http, u) for u in (a_url, b_url, c_url)]

@@ -313,6 +313,31 @@ async def test_stats_count_requests_and_reset_clears_them(client: Client) -> Non
     assert stats["completed_generations"] == 0
 
 
+async def test_finish_ends_the_running_generations_now_with_their_songs(client: Client) -> None:
+    """POST /_sim/finish ends every running generation at once (an hour-long one too): each
+    answers 200 with its WAV, and the call itself is not recorded."""
+    songs = [
+        asyncio.create_task(client.post("/generate", json={"lyrics": f"s{i}", "seconds": 3600}))
+        for i in range(2)
+    ]
+
+    async def running() -> int:
+        stats = await (await client.get("/_sim/stats")).json()
+        return int(stats["active_generations"])
+
+    while await running() < 2:
+        await asyncio.sleep(0.01)
+    assert (await (await client.post("/_sim/finish")).json()) == {"finished": 2}
+    for resp in await asyncio.gather(*songs):
+        assert resp.status == 200
+        with wave.open(io.BytesIO(await resp.read())) as w:
+            assert w.getnframes() > 0
+    assert (await (await client.post("/_sim/finish")).json()) == {"finished": 0}
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["completed_generations"] == 2 and stats["active_generations"] == 0
+    assert stats["requests"] == {"POST /generate": 2}
+
+
 async def test_echo_shows_repeated_headers_and_body(client: Client) -> None:
     """/_sim/echo returns method, path, query, every header pair and the body digest."""
     resp = await client.request(

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from browser import Browser
-from gradio_support import require_gradio, song, start_gradio_app
+from gradio_support import close_clients, require_gradio, song, start_gradio_app
 from support import Proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -50,10 +50,23 @@ def app(app_server: str) -> str:
     return app_server
 
 
+_OPEN: list[object] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Each test's gradio_clients end their heartbeat streams after it (left open, they
+    hold the app's shutdown at the end of the module for seconds)."""
+    yield
+    close_clients(_OPEN, wait=True)
+
+
 def _client(url: str):  # type: ignore[no-untyped-def]
     from gradio_client import Client
 
-    return Client(url + "/", verbose=False, download_files=True)
+    client = Client(url + "/", verbose=False, download_files=True)
+    _OPEN.append(client)
+    return client
 
 
 async def _stats(url: str) -> dict[str, int]:

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from gradio_support import (
+    HELD,
     app_idle,
+    finish,
     get_json,
     gradio_client,
     require_gradio,
@@ -46,13 +48,14 @@ OK = 'gatekeeper_upstream_request_duration_seconds_count{code="200",route="song"
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, Proc]]:
-    """(app URL, gatekeeper URL, admin URL, gatekeeper): a 6-second generate_song behind
-    gatekeeper (long enough to look at while it runs on a loaded box), JSON logs."""
+    """(app URL, gatekeeper URL, admin URL, gatekeeper): a half-second generate_song behind
+    gatekeeper, JSON logs. A test that looks at a song while it runs makes it hours long
+    and ends it (``gradio_support.HELD`` and ``finish``)."""
     require_gradio()
     tmp = tmp_path_factory.mktemp("gradio-extras")
     procs: list[Proc] = []
     try:
-        app, app_url = start_gradio_app(tmp, seconds=6.0)
+        app, app_url = start_gradio_app(tmp, seconds=0.5)
         procs.append(app)
         gk, url, admin = start_gatekeeper(tmp, RULES, app_url, "--log-format", "json")
         procs.append(gk)
@@ -82,9 +85,9 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
     gatekeeper_generation_progress_ratio; they go when it ends."""
     app, url, admin, _ = rig
     await app_idle(app, admin)
-    # 20 s: long enough to start `gatekeeper status` while it runs on a loaded box.
+    # Held: it runs until `gatekeeper status` has shown it, however loaded the box.
     job = (await asyncio.to_thread(gradio_client, url)).submit(
-        *song("[verse] progress", "seconds=20"), api_name="/generate_song"
+        *song("[verse] progress", HELD), api_name="/generate_song"
     )
     seen: dict[str, Any] = {}
 
@@ -111,6 +114,7 @@ async def test_the_engines_progress_shows_in_status_cli_and_metric(
         env=env,
     )
     assert shown.returncode == 0 and "(engine: Generating)" in shown.stdout, shown.stdout
+    await finish(app)
     await asyncio.to_thread(job.result, 60)
 
     async def gone() -> bool:
@@ -167,10 +171,10 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
     reason (not status=503 bytes_out=0)."""
     app, url, admin, gk = rig
     await app_idle(app, admin)
-    # 10 s: the second client is made and refused (the queue is full at once) while it
-    # runs, even on a loaded box.
+    # Held: the second client is made and refused (the queue is full at once) while it
+    # runs, however loaded the box.
     first = (await asyncio.to_thread(gradio_client, url)).submit(
-        *song("[verse] one", "seconds=10"), api_name="/generate_song"
+        *song("[verse] one", HELD), api_name="/generate_song"
     )
 
     async def running() -> bool:
@@ -184,6 +188,7 @@ async def test_a_refusal_told_in_the_stream_is_logged_as_what_the_client_got(
         await asyncio.to_thread(
             second.predict, *song("[verse] two", "rock"), api_name="/generate_song"
         )
+    await finish(app)
     await asyncio.to_thread(first.result, 60)
     lines = access_lines(gk)
     refused = [d for d in lines if d["decision"] == "rejected" and d["route"] == "song"]

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 from browser import Browser, Tab
 from support import poll
-from test_gradio_queue_e2e import close_clients, get_json, idle, rig
+from test_gradio_queue_e2e import get_json, idle, rig
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-__all__ = ["close_clients", "rig"]  # the shared fixtures
+__all__ = ["rig"]  # the shared fixture
+# The rig's song length here: a tab cannot hold its song (gradio_support.HELD), so each
+# lasts long enough for the others to be seen waiting.
+SONG_SECONDS = 3.0
 
 READY = "[...document.querySelectorAll('button')].length >= 3"
 SONG_URL = """(() => {

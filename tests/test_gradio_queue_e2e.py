@@ -14,18 +14,28 @@ import json
 import time
 import wave
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from gradio_support import get_json, join_data, require_gradio, song, start_gradio_app
+from gradio_support import (
+    HELD,
+    close_clients,
+    finish,
+    get_json,
+    join_data,
+    require_gradio,
+    song,
+    start_gradio_app,
+)
 from support import Proc, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-SONG_SECONDS = 3.0
+# A song nobody needs to look at while it runs; one that must still run while the test
+# acts (the slot taken, a rank seen) is held (gradio_support.HELD) until it ends it.
+SONG_SECONDS = 0.5
 # Each gradio_client (like each browser tab) holds its heartbeat stream open on the
 # passthrough pool, and each session with an event in the app one queue/data stream.
 RULES = """
@@ -51,13 +61,17 @@ READINGS: list[Path] = []  # the CPU/memory readings file of the module's gateke
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
+def rig(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, str]]:
+    """(app URL, gatekeeper URL, admin URL): generate_song behind gatekeeper, as long as
+    the module's ``SONG_SECONDS`` (a browser cannot hold a song: its module sets 3 s)."""
     require_gradio()
     tmp = tmp_path_factory.mktemp("gradio-queue")
     procs: list[Proc] = []
     try:
-        app, app_url = start_gradio_app(tmp, seconds=SONG_SECONDS)
+        seconds = getattr(request.module, "SONG_SECONDS", SONG_SECONDS)
+        app, app_url = start_gradio_app(tmp, seconds=seconds)
         procs.append(app)
         gk, url, admin = start_gatekeeper(
             tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
@@ -90,14 +104,10 @@ _OPEN: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Each test's gradio_clients end their heartbeat streams after it, all at once
-    (``Client.close`` waits up to 1 s for its heartbeat thread: one after the other, three
-    clients made a 3 s teardown)."""
+def _close_clients() -> Iterator[None]:
+    """Each test's gradio_clients end their heartbeat streams after it."""
     yield
-    with ThreadPoolExecutor() as pool:
-        list(pool.map(lambda c: c.close(), _OPEN))
-    _OPEN.clear()
+    close_clients(_OPEN)
 
 
 def client(url: str, key: str) -> Any:
@@ -144,7 +154,7 @@ async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
     a, b, c = await clients(url, "a", "b", "c")
     jobs = [
         cl.submit(
-            *song("[verse] n", "pop", handle_file(str(prompt)) if cl is c else None),
+            *song("[verse] n", HELD, handle_file(str(prompt)) if cl is c else None),
             api_name="/generate_song",
         )
         for cl in (a, b, c)
@@ -158,6 +168,15 @@ async def test_three_clients_at_once_all_get_their_song_one_at_a_time(
     await poll(two_wait, timeout=20)
     entries = (await get_json(admin + "/status"))["queue"]["entries"]
     assert [e["position"] for e in entries] == [1, 2] and all(e["held"] for e in entries)
+
+    async def last_at(rank: int) -> bool:
+        return any(s and s[0][0] == 1 and s[-1][0] == rank for s in seen)
+
+    await poll(lambda: last_at(1), timeout=20)  # its client was told rank 1
+    await finish(app)  # the first ends: the second runs, the last moves up to rank 0
+    await poll(lambda: last_at(0), timeout=20)
+    await finish(app)
+    await finish(app)
     results = await asyncio.gather(*(asyncio.to_thread(j.result, 60) for j in jobs))
     await watcher
     assert all(Path(audio).suffix == ".wav" for audio, _ in results)
@@ -177,7 +196,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
     app, url, admin = rig
     await idle(rig)
     first, a, b = await clients(url, "first", "A", "B")
-    running = first.submit(*song("[verse] first", "pop"), api_name="/generate_song")
+    running = first.submit(*song("[verse] first", HELD), api_name="/generate_song")
 
     async def started() -> bool:
         return bool((await get_json(app + "/_app/stats"))["active"] == 1)
@@ -195,6 +214,7 @@ async def test_two_client_keys_take_turns(rig: tuple[str, str, str]) -> None:
                 return bool((await get_json(admin + "/status"))["queue"]["waiting"] == k)
 
             await poll(queued, timeout=20)  # joined in this order
+    await finish(app)
     await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in [running, *jobs]))
     assert order == ["A", "B", "A", "A"]
     assert (await get_json(app + "/_app/stats"))["peak"] == 1
@@ -345,7 +365,10 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
     cls = await clients(url, "f0", "f1", "f2", "f3", "f4", "f5")
     jobs = []
     for i, cl in enumerate(cls[:5]):
-        jobs.append(cl.submit(*song(f"[verse] {i}", "pop"), api_name="/generate_song"))
+        # The first holds the slot until the refusal is seen.
+        jobs.append(
+            cl.submit(*song(f"[verse] {i}", HELD if i == 0 else "pop"), api_name="/generate_song")
+        )
 
         async def placed(k: int = i) -> bool:
             doc = await get_json(admin + "/status")
@@ -357,4 +380,5 @@ async def test_a_full_queue_still_refuses_with_the_text(rig: tuple[str, str, str
             cls[5].predict, *song("[verse] 5", "pop"), api_name="/generate_song"
         )
     assert "queue is full" in str(refused.value) and "请约" in str(refused.value)
+    await finish(rig[0])
     await asyncio.gather(*(asyncio.to_thread(j.result, 90) for j in jobs))

@@ -197,11 +197,22 @@ async def running_on(s: aiohttp.ClientSession, c: Cluster, among: str = "ab") ->
     return found[0]
 
 
+# A song that runs until the test ends it with ``finish`` (engine-sim's /_sim/finish): it
+# still runs while the test acts, however slow the box.
+HELD = 3600.0
+
+
+async def finish(s: aiohttp.ClientSession, engine: str) -> None:
+    """End the songs running in ``engine`` now (each answers with its WAV)."""
+    async with s.post(engine + "/_sim/finish") as r:
+        assert r.status == 200
+
+
 async def occupy_a(s: aiohttp.ClientSession, c: Cluster) -> asyncio.Task[tuple[int, Any]]:
-    """A 3 s generation through HAProxy running on box a (one that lands on b is refused
-    by b's engine at once; then send another)."""
+    """A held generation through HAProxy running on box a (one that lands on b is refused
+    by b's engine at once; then send another); ``finish(s, c["a"].engine)`` ends it."""
     for _ in range(10):
-        task = asyncio.create_task(generate(s, c.url, 3.0))
+        task = asyncio.create_task(generate(s, c.url, HELD))
 
         async def started(task: asyncio.Task[tuple[int, Any]] = task) -> bool:
             return task.done() or (await stats(s, c["a"].engine))["active_generations"] > 0
@@ -295,6 +306,7 @@ async def test_engine_503_is_not_retried_gatekeepers_refusal_is(
             assert "X-Gatekeeper-Engine-Status" not in headers
             assert seen == ["/generate"]  # once: a retry would have gone to a and got 200
             assert (await stats(s, engines[0]))["completed_generations"] == 0
+            await finish(s, engines[0])
             assert (await long)[0] == 200
             # Async submissions: a (max_waiting 0, busy) refuses with queue_full, which
             # HAProxy resends to b; b's gatekeeper takes the job (its engine then 503s).
@@ -309,6 +321,7 @@ async def test_engine_503_is_not_retried_gatekeepers_refusal_is(
                 # b has no waiting room either (max_waiting 0): let its job end (its engine
                 # 503s at once) before the next, or b too would refuse queue_full, rightly.
                 await poll(functools.partial(_ended, s, c.url + location), 10)
+            await finish(s, engines[0])
             assert (await long)[0] == 200
 
 
@@ -320,13 +333,15 @@ async def test_a_draining_box_gets_no_new_work_and_delivers_its_job(
     c = Cluster(tmp_path, procs, engines, max_waiting=16)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
         await c.ready(s)
-        running = asyncio.create_task(generate(s, c.url, 3.0))
+        running = asyncio.create_task(generate(s, c.url, HELD))
         name = await running_on(s, c)
         draining, other = c[name], c["b" if name == "a" else "a"]
         assert draining.proc is not None
         draining.proc.signal(signal.SIGTERM)
         later = [await generate(s, c.url, 0.2) for _ in range(3)]
         assert [a[0] for a in later] == [200] * 3, later
+        assert not running.done()  # the draining box still runs its job
+        await finish(s, draining.engine)
         assert (await running)[0] == 200
         assert (await stats(s, other.engine))["completed_generations"] == 3
         assert (await stats(s, draining.engine))["completed_generations"] == 1
@@ -341,7 +356,7 @@ async def test_a_killed_box_fails_its_job_only(
     c = Cluster(tmp_path, procs, engines, max_waiting=16)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
         await c.ready(s)
-        running = asyncio.create_task(generate(s, c.url, 5.0))
+        running = asyncio.create_task(generate(s, c.url, HELD))
         name = await running_on(s, c)
         dead, other = c[name], c["b" if name == "a" else "a"]
         assert dead.proc is not None

@@ -191,7 +191,8 @@ async def test_one_identity_shares_but_each_submitter_holds_its_own_handle(
         assert r.status == 200 and r.headers["X-Gatekeeper-Job"] == second["id"]
 
     # Another song, detached while running: the other holder keeps the generation.
-    long = song("sung for one user, longer", 6.0)
+    # Held (an hour): it still runs through every step below, however slow the box.
+    long = song("sung for one user, longer", 3600.0)
     _, _, t = await submit(http, url, long, VICTIM)
     a = json.loads(t)["id"]
     await until(http, url, a, "running")
@@ -210,6 +211,8 @@ async def test_one_identity_shares_but_each_submitter_holds_its_own_handle(
     assert code == 200 and last["id"] == a
     ended = await until(http, url, a, "cancelled")
     assert ended["reason"] == "deleted"
+    async with http.post(engine + "/_sim/finish") as r:  # the engine's abandoned song
+        assert r.status == 200
 
     async def engine_idle() -> bool:
         return bool((await engine_stats(http, engine))["active_generations"] == 0)

@@ -26,6 +26,7 @@ from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import Config, load_config
 from gatekeeper.enginesim import SimConfig, create_app, gzip_plain_body
+from gatekeeper.enginesim.state import ENGINE
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -119,6 +120,14 @@ async def raw_request(port: int, data: bytes, read: bool = True) -> bytes:
 
 
 GEN = {"lyrics": "la la", "description": "pop"}
+# A song that runs until the test ends it (``finish``): it still holds its slot while the
+# test looks, however slow the box, and ends as soon as the test is done with it.
+HELD = {**GEN, "seconds": 3600}
+
+
+def finish(engine: TestServer) -> int:
+    """End the engine's running songs now (each answers with its WAV); how many."""
+    return engine.app[ENGINE].finish_running()
 
 
 # --------------------------------------------------------------------------- transparency
@@ -322,7 +331,7 @@ async def test_body_limit(engine: TestServer, gatekeeper: Any) -> None:
 async def test_rejection_format(engine: TestServer, gatekeeper: Any) -> None:
     """A busy rejection: 503, Retry-After from the running generation, reason header, JSON."""
     gk = await gatekeeper(rules(url(engine)))
-    first = asyncio.create_task(gk.client.post("/generate", json={**GEN, "seconds": 1.0}))
+    first = asyncio.create_task(gk.client.post("/generate", json=HELD))
     assert await eventually(lambda: gk.state.gate.in_flight == 1)
     async with gk.client.post("/generate", json=GEN) as r:
         assert r.status == 503
@@ -332,6 +341,7 @@ async def test_rejection_format(engine: TestServer, gatekeeper: Any) -> None:
     assert body["reason"] == "busy" and body["retry_after"] == retry
     assert 55 <= retry <= 60  # expected_seconds 60 minus the few ms elapsed
     assert "请" in body["detail"] and "busy" in body["detail"]
+    assert await eventually(lambda: finish(engine) == 1)
     resp = await first
     assert resp.status == 200 and resp.headers["Content-Type"] == "audio/wav"
     resp.release()
@@ -670,11 +680,12 @@ async def test_keepalive_cap(engine: TestServer, gatekeeper: Any) -> None:
 async def test_pass_routes_not_starved_by_generation(engine: TestServer, gatekeeper: Any) -> None:
     """While a generation holds the gated pool, status polls use their own pool and succeed."""
     gk = await gatekeeper(rules(url(engine)))
-    gen = asyncio.create_task(gk.client.post("/generate", json={**GEN, "seconds": 1.0}))
+    gen = asyncio.create_task(gk.client.post("/generate", json=HELD))
     assert await eventually(lambda: gk.state.gate.in_flight == 1)
     for _ in range(5):
         async with gk.client.get("/progress") as r:
             assert r.status == 200
+    assert await eventually(lambda: finish(engine) == 1)
     resp = await gen
     assert resp.status == 200
     resp.release()

@@ -38,6 +38,9 @@ routes:
 """
 
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
+# The two songs that must still run while the rules change: an hour long, ended by the
+# test (engine-sim's POST /_sim/finish) once every step is done, however slow the box.
+HELD = {**SONG, "seconds": 3600}
 
 
 def metric(text: str, sample: str) -> float:
@@ -58,7 +61,7 @@ async def test_rules_change_under_running_generations(tmp_path: Path, procs: lis
         "cpu_recover": 75,
         "watch": "false",
     }
-    engine, upstream = start_engine(tmp_path, seconds=1.5)
+    engine, upstream = start_engine(tmp_path, seconds=0.3)
     procs.append(engine)
     gk, proxy, admin = start_gatekeeper(tmp_path, RULES.format(**params), upstream)
     procs.append(gk)
@@ -80,8 +83,12 @@ async def test_rules_change_under_running_generations(tmp_path: Path, procs: lis
         async def ready() -> bool:
             return (await c.get(admin + "/readyz")).status_code == 200
 
+        async def engine_running(n: int) -> bool:
+            stats = (await c.get(upstream + "/_sim/stats")).json()
+            return bool(stats["active_generations"] == n)
+
         await poll(ready)
-        first = asyncio.create_task(c.post(proxy + "/generate", json=SONG))
+        first = asyncio.create_task(c.post(proxy + "/generate", json=HELD))
         await poll(lambda: in_flight(1))
         busy = await c.post(proxy + "/generate", json=SONG)
         assert (busy.status_code, busy.headers["X-Gatekeeper-Reason"]) == (503, "busy")
@@ -94,7 +101,7 @@ async def test_rules_change_under_running_generations(tmp_path: Path, procs: lis
             return bool((await status())["max_in_flight"] == n)
 
         await poll(lambda: limit(2))
-        second = asyncio.create_task(c.post(proxy + "/generate", json=SONG))
+        second = asyncio.create_task(c.post(proxy + "/generate", json=HELD))
         await poll(lambda: in_flight(2))
 
         # Lower it and tighten the CPU threshold with POST /reload: nothing is cancelled.
@@ -131,7 +138,10 @@ async def test_rules_change_under_running_generations(tmp_path: Path, procs: lis
         await poll(logged)
         assert (await status())["max_in_flight"] == 1
 
-        # Both songs arrive whole.
+        # Both songs arrive whole once the engine ends them.
+        await poll(lambda: engine_running(2))
+        assert not first.done() and not second.done()
+        assert (await c.post(upstream + "/_sim/finish")).json() == {"finished": 2}
         for task in (first, second):
             song = await task
             assert song.status_code == 200

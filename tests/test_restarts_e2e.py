@@ -125,7 +125,8 @@ async def test_a_reload_renaming_the_busy_engine_keeps_its_slot(
         tmp_path, _rules(4.0, False, first), None, "--state-dir", str(state)
     )
     procs.append(gk)
-    long = await _submit(http, url, "a song under the old name", 3.0)
+    # Held (an hour): it runs through the reload, however slow the box; ended below.
+    long = await _submit(http, url, "a song under the old name", 3600.0)
     await _until(http, url, long, "running")
     _rename_engine(Path(gk.args[gk.args.index("--config") + 1]), "renamed")
     async with http.post(admin + "/reload") as r:
@@ -138,6 +139,8 @@ async def test_a_reload_renaming_the_busy_engine_keeps_its_slot(
     if (await _job(http, url, long))["state"] == "running":  # one engine, its one job
         seen = [(e["name"], e["in_flight"]) for e in status["engines"]]
         assert seen == [("renamed", 1)], status["engines"]
+    async with http.post(engine + "/_sim/finish") as r:
+        assert r.status == 200 and (await r.json())["finished"] == 1
     await _until(http, url, nxt, "done", timeout=15)
     sim = await _sim(http, engine)
     assert sim["peak_active_generations"] == 1, sim

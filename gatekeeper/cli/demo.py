@@ -269,6 +269,11 @@ Live status (Ctrl-C to stop):
 
 def run(args: argparse.Namespace, config: str) -> int:
     """The ``demo`` command on the rules file ``config``; returns the exit code."""
+    # httpx (the status loop's client) is imported here, not in _watch: a Ctrl-C that lands
+    # in the middle of an import comes out of it as a RuntimeError (a dataclass's
+    # __set_name__ wraps it), not the KeyboardInterrupt that drains, and the song was lost.
+    import httpx  # noqa: F401
+
     from gatekeeper.cli.status_view import status_line
 
     load_config_file(config)  # fail here, with every problem listed, not in a child

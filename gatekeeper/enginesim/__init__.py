@@ -45,10 +45,15 @@ Test helpers under ``/_sim/``:
 ``GET /_sim/stats``
     ``{"requests": {"METHOD /path": n}, "active_generations", "completed_generations",
     "failed_generations", "peak_active_generations", "in_flight_requests",
-    "peak_in_flight_requests", "last_headers"}``. Requests to ``/_sim/stats`` and
-    ``/_sim/reset`` are not recorded, so that looking does not change what is seen.
+    "peak_in_flight_requests", "last_headers"}``. Requests to ``/_sim/stats``,
+    ``/_sim/reset`` and ``/_sim/finish`` are not recorded, so that looking does not
+    change what is seen.
 ``POST /_sim/reset``
     Clears the request counts, last headers and the completed/failed/peak counters.
+``POST /_sim/finish``
+    Ends every running generation now, as if its work were done (each answers with its
+    song as usual): ``{"finished": n}``. Tests hold songs for as long as their steps
+    take, however loaded the machine, then end them instead of waiting a fixed time.
 ``ANY /_sim/echo[/...]``
     Echoes method, path, query string, headers as ``[name, value]`` pairs in wire order,
     and the body's length and sha256.

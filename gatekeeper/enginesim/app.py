@@ -18,7 +18,7 @@ WORK_ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("POST", "/batch-generate"),
 )
 
-_UNRECORDED = frozenset({"/_sim/stats", "/_sim/reset"})
+_UNRECORDED = frozenset({"/_sim/stats", "/_sim/reset", "/_sim/finish"})
 
 
 @web.middleware
@@ -73,6 +73,7 @@ def create_app(config: SimConfig) -> web.Application:
     r.add_get("/healthz", api.healthz)
     r.add_get("/_sim/stats", testkit.stats)
     r.add_post("/_sim/reset", testkit.reset)
+    r.add_post("/_sim/finish", testkit.finish)
     r.add_route("*", "/_sim/echo", testkit.echo)
     r.add_route("*", "/_sim/echo/{tail:.*}", testkit.echo)
     r.add_get("/_sim/gzip", testkit.gzipped)

@@ -50,6 +50,10 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def finish(request: web.Request) -> web.Response:
+    return web.json_response({"finished": request.app[ENGINE].finish_running()})
+
+
 async def echo(request: web.Request) -> web.Response:
     total, sha256 = await digest_body(request)
     return web.json_response(
