@@ -356,3 +356,41 @@ async def test_a_box_swept_while_stopped_discards_its_generation(
     results = b.state / "results"
     if rows[victim]["run_box"] != b.id:  # (B may have run it again itself, as a new claim)
         assert not any(p.name.startswith(victim) for p in results.iterdir())
+
+
+async def test_a_held_request_gets_the_answer_another_box_produced(
+    tmp_path: Path,
+    procs: list[Proc],
+    http: aiohttp.ClientSession,
+    pg_server: PgServer,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The frontend's plain (held) POST /generate reaches the box whose engine is busy;
+    the other box claims its job from the shared queue and runs it; the held client, still
+    on the first box, gets the engine's answer relayed (200 and the song, its own job id),
+    not an error. Before: 503 internal (the answer's bytes were on the other box)."""
+    monkeypatch.setenv("GK_E2E_DSN", pg_server.dsn)
+    text = _rules(pg_schema, seconds=0.5)
+    a = _box(tmp_path, procs, "a", text, 0.5)
+    b = _box(tmp_path, procs, "b", text, 0.5)
+    long_job = await _submit(http, a, "busy", 1, seconds=600)
+    runs = {box.id: box for box in (a, b)}
+
+    async def running() -> bool:
+        return any(r["state"] == "running" for r in await _rows(pg_server.dsn, pg_schema))
+
+    await poll(running, 20)
+    (row,) = [r for r in await _rows(pg_server.dsn, pg_schema) if r["id"] == long_job]
+    busy = runs[row["run_box"]]
+    idle = b if busy is a else a
+    body = {"lyrics": "held", "description": "pop", "seconds": 0.5}
+    async with http.post(busy.url + "/generate", json=body, headers={"X-User": "held"}) as r:
+        song = await r.read()
+        assert r.status == 200, song[:300]
+        assert r.headers["Content-Type"].startswith("audio/")
+        held_id = r.headers["X-Gatekeeper-Job"]
+    assert song[:4] == b"RIFF"
+    (held,) = [r for r in await _rows(pg_server.dsn, pg_schema) if r["id"] == held_id]
+    assert held["state"] == "done" and runs[held["run_box"]] is idle
+    assert (await _stats(http, idle))["completed_generations"] == 1

@@ -322,7 +322,9 @@ def build_proxy_app(
             )
             if jobs is not None
             else None,
-            queue=QueueRoute(jobs, st.clock, handler.respond, handler.budget, conns).handle
+            queue=QueueRoute(
+                jobs, st.clock, handler.respond, handler.budget, conns, st.anybox
+            ).handle
             if jobs is not None
             else None,
             gradio=gradio.handle,

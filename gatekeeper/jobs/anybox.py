@@ -152,27 +152,40 @@ class AnyBox:
         return self._session
 
     async def relay(
-        self, request: web.BaseRequest, place: ResultPlace, handle_id: str, rid: str
+        self,
+        request: web.BaseRequest,
+        place: ResultPlace,
+        handle_id: str,
+        rid: str,
+        *,
+        held: bool = False,
     ) -> web.StreamResponse:
-        """The result of ``handle_id``'s job, fetched from ``place`` and streamed."""
+        """The result of ``handle_id``'s job, fetched from ``place`` and streamed.
+
+        ``held``: the answer of a held client's request (a ``POST`` that waited on this
+        box while another box's engine ran its job): the whole result, fetched with a
+        plain ``GET`` whatever the request's method and conditional headers were."""
         if place.address is None:
             return _unreachable(rid, f"box {place.box} registered no address")
         url = f"{place.address}{RELAY_PATH}/{handle_id}"
-        asked = {k: v for k in _ASKED if (v := request.headers.get(k)) is not None}
+        asked = {} if held else {k: v for k in _ASKED if (v := request.headers.get(k)) is not None}
         asked["Authorization"] = f"{AUTH_SCHEME} {self.secret()}"
         asked[REQUEST_ID] = rid
         out: web.StreamResponse | None = None
         try:
-            async with self._client().request(request.method, url, headers=asked) as up:
+            method = "GET" if held else request.method
+            async with self._client().request(method, url, headers=asked) as up:
                 out = web.StreamResponse(status=up.status, reason=up.reason)
                 for k, v in up.headers.items():
                     if k.lower() not in _NOT_RELAYED:
                         out.headers.add(k, v)
                 out.headers[REQUEST_ID] = rid
+                if held:
+                    out.headers["X-Gatekeeper-Job"] = handle_id
                 if up.content_length is not None:
                     out.content_length = up.content_length
                 await out.prepare(request)
-                if request.method != "HEAD":
+                if method != "HEAD":
                     async for chunk in up.content.iter_any():
                         await out.write(chunk)
                 await out.write_eof()

@@ -124,12 +124,15 @@ class QueueRoute:
         respond: Responder,
         budget: SpoolBudget,
         conns: Connections | None = None,
+        anybox: AnyBox | None = None,
     ):
         self.jobs = jobs
         self.clock = clock
         self.respond = respond
         self.budget = budget  # limits.max_spooled_bytes, shared with every route that spools
         self.conns = conns
+        # A shared store's relay: a held client's job another box ran (issue #21).
+        self.anybox = anybox
 
     async def handle(self, ctx: RequestContext) -> web.StreamResponse:
         try:
@@ -292,6 +295,15 @@ class QueueRoute:
             )
             if job.ticket is not None:
                 rec.engine = job.ticket.engine
+            if job.head is None and job.state is JobState.DONE and self.anybox is not None:
+                # Another box's engine ran it (a shared queue): its answer is relayed.
+                place = self.anybox.shared.result_place(job.id)
+                if place is not None and place.box != self.anybox.shared.box:
+                    resp = await self.anybox.relay(
+                        request, place, handle, rec.request_id, held=True
+                    )
+                    rec.status = rec.upstream_status = resp.status
+                    return resp
             if job.head is None:
                 return held.job_error(jobs, self.clock, ctx, job, handle)
             return await held.stream(jobs, ctx, job, coalesced, handle)
