@@ -97,7 +97,8 @@ class BoxesResult:
 
 
 def _song(rng: random.Random, n: int | None = None) -> dict[str, Any]:
-    return {"lyrics": f"song {rng.randrange(4) if n is None else n}", "seconds": 0.3}
+    """A fresh song, or song ``n`` of a small pool (identical requests meet: coalescing)."""
+    return {"lyrics": f"song {rng.randrange(10**9) if n is None else n}", "seconds": 0.3}
 
 
 class Boxes:
@@ -303,89 +304,10 @@ class Boxes:
             await con.close()
 
     async def check(self, outcomes: dict[str, Counter[str]]) -> tuple[list[str], dict[str, int]]:
-        """The cross-box invariants at the end of a phase (module text)."""
-        bad: list[str] = []
-        deadline = time.monotonic() + FINAL_TIMEOUT
-        while True:
-            jobs, handles = await self._rows()
-            live = [j["id"] for j in jobs if j["state"] in RUNNING]
-            if not live or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        if live:
-            bad.append(f"{len(live)} job(s) never reached a final state: {live[:3]}")
-        state = {j["id"]: j["state"] for j in jobs}
-        by_handle = {h["id"]: h for h in handles}
-        for box in self.boxes:
-            stats = await self.engine_stats(box)
-            if stats is not None:
-                box.ledger.fold(stats)
-        started = [j for j in jobs if j["run_box"] is not None and j["started"] is not None]
-        received = sum(b.ledger.requests.get("POST /generate", 0) for b in self.boxes)
-        # The engines' counters are reset each phase: compare with this phase's jobs.
-        if received > len(started) - self.started_before:
-            bad.append(
-                f"engines received {received} generations but"
-                f" {len(started) - self.started_before} jobs started"
-            )
-        for box in self.boxes:
-            abandoned = sum(
-                1 for j in started if j["run_box"] == box.id and j["state"] == "cancelled"
-            )
-            if box.ledger.peak_active > 1 + abandoned:
-                bad.append(
-                    f"engine of box {box.name} ran {box.ledger.peak_active} at once > its 1 slot"
-                    f" (+{abandoned} abandoned)"
-                )
-        lost = [h for h in self.handles if h not in by_handle]
-        if lost:
-            bad.append(f"{len(lost)} handle(s) given to clients not in the database: {lost[:3]}")
-        for h, who in self.handles.items():
-            row = by_handle.get(h)
-            if row is not None and row["client"] not in (who, f"hdr:{who}"):
-                bad.append(f"handle {h} of {who} belongs to client {row['client']}")
-        known = sorted(h for h in self.handles if h in by_handle)
-        sample = random.Random(f"{self.seed}:check:{len(self.results)}").sample(
-            known, min(40, len(known))
-        )
-        for h in sample:
-            seen = []
-            for box in self.boxes:
-                async with self.http.get(f"{box.url}{JOBS}/{h}") as r:
-                    await self.answer(r, self.handles[h])
-                    seen.append(r.status if r.status != 200 else (await r.json())["state"])
-            # A detached handle (DELETE) is cancelled whatever its shared job became.
-            detached = by_handle[h]["detached"] is not None
-            want = "cancelled" if detached else state.get(by_handle[h]["job_id"])
-            if len(set(seen)) != 1 or (seen[0] != want and seen[0] != 404):
-                bad.append(
-                    f"handle {h} (held {by_handle[h]['held']}, job {by_handle[h]['job_id']}):"
-                    f" boxes a, b answer {seen}, the database says {want}"
-                )
-        for who in USERS:
-            for box in self.boxes:
-                async with self.http.get(box.url + JOBS, headers={"X-User": who}) as r:
-                    await self.answer(r, who)
-        if self.problems:
-            bad.append(
-                f"{len(self.problems)} refusal(s) not JSON detail+reason: {self.problems[0]}"
-            )
-            self.problems.clear()
-        if crossed := chaos_identity.crossed(outcomes):
-            bad.append(f"{crossed} exchange(s) crossed identities")
-        if stuck := sum(c["STUCK"] for c in outcomes.values()):
-            bad.append(f"{stuck} exchange(s) stuck")
-        for box in self.boxes:
-            if "Traceback" in box.proc.output():
-                bad.append(f"box {box.name} logged a traceback")
-        checks = {
-            "jobs_final": len(jobs) - len(live),
-            "handles_in_db": len(self.handles) - len(lost),
-            "read_on_both_boxes": len(sample),
-            "engine_generations": received,
-            "jobs_started": len(started) - self.started_before,
-        }
-        return bad, checks
+        """The cross-box invariants at the end of a phase (``chaos_boxes_check``)."""
+        from chaos_boxes_check import check
+
+        return await check(self, outcomes)
 
     async def sigterm(self) -> dict[str, int | None]:
         """SIGTERM both boxes with a job running on each: both must exit 0."""
