@@ -47,6 +47,7 @@ USERS = ("alice", "bob")
 FINAL_TIMEOUT = 30.0
 EXCHANGE_TIMEOUT = 20.0
 RUNNING = ("queued", "running")
+RUN_WIDE = ("jobs_final", "handles_in_db")  # checks counted over the run, not a phase
 
 
 def box_rules(schema: str, dsn_env: str) -> str:
@@ -331,7 +332,7 @@ class Boxes:
         checks: Counter[str] = Counter()
         for r in self.results:
             faults.update(r.faults)
-            checks.update(r.checks)
+            checks.update({k: v for k, v in r.checks.items() if k not in RUN_WIDE})
             for name, c in r.outcomes.items():
                 actions.setdefault(name, Counter()).update(c)
         total = sum(sum(c.values()) for c in actions.values())
@@ -340,7 +341,15 @@ class Boxes:
             detail = " ".join(f"{k}={v}" for k, v in sorted(actions[name].items()))
             lines.append(f"  {name:<16} {sum(actions[name].values()):>5}  {detail}")
         lines.append("  faults: " + " ".join(f"{k}={v}" for k, v in sorted(faults.items())))
-        lines.append("  checked: " + " ".join(f"{k}={v}" for k, v in sorted(checks.items())))
+        if self.results:  # these two count the whole run's rows: the last phase's
+            checks.update({k: self.results[-1].checks[k] for k in RUN_WIDE})
+        summed = " ".join(f"{k}={v}" for k, v in sorted(checks.items()) if "peak" not in k)
+        lines.append(f"  checked: {summed}")
+        for r in self.results:
+            peaks = " ".join(f"{k}={v}" for k, v in r.checks.items() if k.startswith("peak"))
+            lines.append(
+                f"  phase {r.index} {r.exchanges} exchanges {r.seconds:5.1f}s engine {peaks}"
+            )
         lines.append(f"  drain exit codes: {self.drain}")
         return "\n".join(lines)
 

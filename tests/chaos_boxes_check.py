@@ -89,5 +89,6 @@ async def check(b: Boxes, outcomes: dict[str, Counter[str]]) -> tuple[list[str],
         "read_on_both_boxes": len(sample),
         "engine_generations": received,
         "jobs_started": len(started) - b.started_before,
+        **{f"peak_{box.name}": box.ledger.peak_active for box in b.boxes},
     }
     return bad, checks
