@@ -4,9 +4,9 @@
 ``jobs.lease`` short, ``client_key: header:X-User``), each in front of its own engine-sim
 (one slot), and sends seeded hostile exchanges spread over both public listeners: async
 jobs submitted on one box and read on the other, held requests, cancels on the other
-box (and by the other identity first), held clients that vanish mid-wait, the same song
-from both users on both boxes at once (coalescing across boxes), while a fault task
-reloads either box (SIGHUP) or SIGKILLs either engine and restarts it. After each phase
+box, held clients that vanish mid-wait, the same song from both users on both boxes at
+once (coalescing across boxes), each user's own list, while a fault task reloads either
+box (SIGHUP or ``POST /reload``) or SIGKILLs either engine and restarts it. After each phase
 the invariants are checked ACROSS the boxes, from the database and the engines:
 
 - each engine's own peak (``/_sim/stats``, folded over its restarts) never exceeds its
@@ -232,11 +232,18 @@ class Boxes:
             if self.rng.random() < 0.5:
                 faults["kill_engine"] += 1
                 await self.kill_engine()
-            else:
+            elif self.rng.random() < 0.5:
                 box = self.rng.choice(self.boxes)
                 faults["sighup"] += 1
                 box.proc.signal(signal.SIGHUP)
-                self.note(f"fault: box {box.name} reloaded")
+                self.note(f"fault: box {box.name} reloaded by SIGHUP")
+            else:
+                box = self.rng.choice(self.boxes)
+                faults["post_reload"] += 1
+                async with self.http.post(box.admin + "/reload") as r:
+                    if r.status != 200:
+                        self.problems.append(f"POST /reload on box {box.name}: {r.status}")
+                self.note(f"fault: box {box.name} reloaded by POST /reload")
 
     # ---------------------------------------------------------------- phases
 
