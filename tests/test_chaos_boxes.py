@@ -78,3 +78,5 @@ async def test_a_box_answers_for_a_job_it_took_as_the_database_says_at_once(
             assert (await r.json())["state"] == "done", n
     rows = await _rows(pg_server.dsn, pg_schema)
     assert {r["run_box"] for r in rows if r["client"].endswith("u")} == {b.id}
+    async with http.post(a.engine_url + "/_sim/finish") as r:  # the long song: ended
+        assert r.status == 200
