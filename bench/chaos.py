@@ -7,6 +7,7 @@ Run with the project's virtualenv from the repository root::
     .venv/bin/python bench/chaos.py --seed 1234 --keep       # keep the logs of a failure
     .venv/bin/python bench/chaos.py --engines 2              # two engines in upstream.engines
     sudo .venv/bin/python bench/chaos.py --storage      # state dir on a tmpfs: disk-full faults
+    .venv/bin/python bench/chaos.py --boxes 2 --minutes 8   # two boxes, one PostgreSQL
 
 The driver is ``tests/chaos.py`` (the fast CI run is ``tests/test_chaos.py``). It starts
 ``gatekeeper engine-sim`` and ``gatekeeper run`` on 127.0.0.1 free ports, runs phases of
@@ -19,8 +20,11 @@ killed), and the invariants hold per engine too. ``--storage`` (root) puts the s
 directory on a 16 MiB tmpfs, adds held jobs on a queue route and a ``disk_full`` fault
 (filled, then freed), and checks that no answer is a bare 500 (issue #18 §1). It stops
 at ``--exchanges`` or after ``--minutes``, whichever comes first (the phase running then
-is completed). Exit status: 0 every invariant held, 1 one failed (the message names the
-seed to replay and the temp dir is kept)."""
+is completed). ``--boxes 2`` runs ``tests/chaos_boxes.py`` instead: two boxes on one
+real PostgreSQL (``tests/pgserver.py``), each with its own engine-sim, the exchanges
+spread over both and the invariants checked across them (issue #21). Exit status: 0
+every invariant held, 1 one failed (the message names the seed to replay and the temp
+dir is kept)."""
 
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ SCHEDULE = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed"
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> int:
+    if args.boxes:
+        return await run_boxes(args, tmp)
     deadline = time.monotonic() + args.minutes * 60
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -80,6 +86,46 @@ async def _run(
     return 0
 
 
+async def run_boxes(args: argparse.Namespace, tmp: Path) -> int:
+    """Two boxes on one PostgreSQL (chaos_boxes): phases until --exchanges or --minutes."""
+    from chaos_boxes import Boxes
+    from pgserver import PgServer, find_pg_bin
+
+    if args.boxes != 2:
+        print("--boxes: only 2 is supported", file=sys.stderr)
+        return 2
+    bindir = find_pg_bin()
+    if bindir is None:
+        print("--boxes needs PostgreSQL (apt-get install postgresql)", file=sys.stderr)
+        return 2
+    server = await asyncio.to_thread(PgServer.start, bindir)
+    started = time.monotonic()
+    deadline = started + args.minutes * 60
+    try:
+        async with Boxes(tmp, args.seed, server.dsn, "chaos", concurrency=args.concurrency) as b:
+            try:
+                sent = 0
+                while sent < args.exchanges and time.monotonic() < deadline:
+                    n = min(args.phase_size, args.exchanges - sent)
+                    r = await b.phase(n)
+                    sent += n
+                    print(
+                        f"phase {r.index}: {n} exchanges in {r.seconds:.1f}s, faults"
+                        f" {dict(r.faults)}, checked {r.checks}: ok",
+                        flush=True,
+                    )
+                await b.sigterm()
+            except InvariantViolation as exc:
+                print(b.summary())
+                print(f"\nFAILED: {exc}", file=sys.stderr)
+                return 1
+            print(b.summary())
+    finally:
+        await asyncio.to_thread(server.stop)
+    print(f"all invariants held ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=1, help="schedule seed (default: 1)")
@@ -89,6 +135,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=4, help="exchanges at once (default: 4)")
     p.add_argument(
         "--engines", type=int, default=0, help="N engines in upstream.engines (default: one)"
+    )
+    p.add_argument(
+        "--boxes", type=int, default=0, help="2: two boxes on one PostgreSQL (issue #21)"
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, rules)")
     p.add_argument(

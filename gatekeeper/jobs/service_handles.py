@@ -47,8 +47,11 @@ class HandleOps:
     def find(self, job_id: str) -> Job | None:
         """The job: live here, else read back from the store; None if there is no such job."""
         live = self.live.get(job_id) or self.unsaved.get(job_id)
-        if live is not None and live.task is None and live.state is JobState.RUNNING:
-            self.sync_watched(only=job_id)  # another box runs it: as the database says now
+        if live is not None and live.task is None and not live.final:
+            # Queued here, or running without a runner: another box may have claimed it,
+            # run it, ended it. Answer as the database says now, not as of the last tick
+            # (the two-box chaos run saw "queued" for a job the database had done).
+            self.sync_watched(only=job_id)
             live = self.live.get(job_id) or self.unsaved.get(job_id)
         if live is not None:
             return live
