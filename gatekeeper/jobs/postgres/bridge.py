@@ -142,51 +142,55 @@ class Bridge:
     def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(connection, *args)`` on the store's loop, waited for at most
         ``timeout`` seconds; ``StoreUnavailable`` when the store cannot answer."""
-        if not self.breaker.allow():
-            raise StoreUnavailable(op, self.breaker.why, self.breaker.retry_after())
-        if self._closed or self._pool is None:
-            raise StoreUnavailable(op, "the store is closed", self.breaker.retry_after())
-        fut = asyncio.run_coroutine_threadsafe(self._with_connection(fn, args), self._loop)
+        fut = self._start(op, fn, args)
         try:
             return fut.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError as exc:
-            fut.cancel()
-            why = f"no answer within {self.timeout:g}s"
-            self.breaker.failed(why)
-            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
-        except PASSED:
-            raise
-        except LOST as exc:
-            why = f"{type(exc).__name__}: {exc}"
-            self.breaker.failed(why)
-            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreFault(op, exc) from exc
+        except Exception as exc:
+            failure = self._failure(op, exc, fut)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     async def acall(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``call`` for a coroutine of the caller's loop (a background look, never a
         request's decision): the caller's loop goes on while the store answers; the same
         bound, breaker and errors."""
+        fut = self._start(op, fn, args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
+        except Exception as exc:
+            failure = self._failure(op, exc, fut)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    def _start(
+        self, op: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> concurrent.futures.Future[T]:
+        """``fn`` sent to the store's loop, unless the breaker is open or the store closed."""
         if not self.breaker.allow():
             raise StoreUnavailable(op, self.breaker.why, self.breaker.retry_after())
         if self._closed or self._pool is None:
             raise StoreUnavailable(op, "the store is closed", self.breaker.retry_after())
-        fut = asyncio.run_coroutine_threadsafe(self._with_connection(fn, args), self._loop)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
-        except TimeoutError as exc:
+        return asyncio.run_coroutine_threadsafe(self._with_connection(fn, args), self._loop)
+
+    def _failure(self, op: str, exc: Exception, fut: concurrent.futures.Future[Any]) -> Exception:
+        """What a failed ``call``/``acall`` raises: no answer in time or a lost connection
+        open the breaker (``StoreUnavailable``); a statement's error is ``StoreFault``;
+        the store's own answers (``PASSED``: a refused transition, an unknown id) as they are."""
+        if isinstance(exc, TimeoutError):  # concurrent.futures' too (3.11+)
             fut.cancel()
             why = f"no answer within {self.timeout:g}s"
-            self.breaker.failed(why)
-            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
-        except PASSED:
-            raise
-        except LOST as exc:
+        elif isinstance(exc, PASSED):
+            return exc
+        elif isinstance(exc, LOST):
             why = f"{type(exc).__name__}: {exc}"
-            self.breaker.failed(why)
-            raise StoreUnavailable(op, why, self.breaker.retry_after()) from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreFault(op, exc) from exc
+        elif isinstance(exc, asyncpg.PostgresError):
+            return StoreFault(op, exc)
+        else:
+            return exc
+        self.breaker.failed(why)
+        return StoreUnavailable(op, why, self.breaker.retry_after())
 
     def fire(
         self,
