@@ -11,19 +11,18 @@ Every request on a ``queue`` route becomes a job (docs/architecture.md):
   ``max_in_flight``): while the gate would admit, the next fair waiter gets a
   ``Lease`` and a runner task (``runner.run``); the runner task holds the lease
   (``Lease.follow``: the task's end releases it, exactly once, whatever ended it);
-- held clients follow the result file as it grows, so an SSE answer stays live;
-  async clients (``Prefer: respond-async``) read it later through ``jobs.api``.
+- held clients follow the result file as it grows (an SSE answer stays live); async
+  clients read it later through ``jobs.api``.
 
-A job ends in ``finish`` with one of the ``states.Endings``: the one place its
-final state is stored, counted and announced. The store (``store.JobStore``)
-is written synchronously on the loop: each call is one small statement in WAL
-mode (microseconds; bench/ measures).
+A job ends in ``finish`` with one of the ``states.Endings``: the one place its final
+state is stored, counted and announced. The store (``store.JobStore``) is written
+synchronously on the loop, one small statement per call (bench/ measures).
 
 Storage faults never wedge the queue (issue #18 §1): any failure of the state
 directory is one ``guard.StorageError``; dispatch stores a claim before it takes
 a lease (a waiter whose claim failed waits again) and releases the lease itself
-until the runner task owns it; ``finish`` never raises for a store that cannot
-write (``unsaved``: ``find`` reads it, the tick writes it later: ``upkeep``).
+until the runner task owns it (``_admit_and_start``, one and shared dispatch);
+``finish`` never raises for a store that cannot write (``unsaved``: ``upkeep``).
 """
 
 from __future__ import annotations
@@ -273,34 +272,36 @@ class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
             job = self.live.get(waiter.job_id)
             if job is None:  # cannot happen: room and live change together
                 continue
-            # The engine the lease will name (the same synchronous step: nothing between
-            # this and try_admit can change the gate), recorded with the claim.
+            # The engine the lease will name (nothing before try_admit changes the gate).
             engine = deps.gate.pick(now, probed_only=True)
             try:  # the claim is stored first: no slot is held while the store is asked
                 wall = deps.wall()
                 events = self.events.started(job, wall, engine)
                 job.record = self.store.mark_running(job.id, wall, engine, events)
             except StorageError as exc:
-                # Not claimed: the job waits again (at its client's tail), and nothing is
-                # claimed until the store had a moment (the tick tries again).
+                # Not claimed: it waits again (at its client's tail); the tick retries.
                 log.error("job %s… could not start: %s", job.id[:6], exc.detail)
                 self.room.join(waiter)
                 self._hold_until = now + STORAGE_HOLD_SECONDS
                 return
-            result = deps.gate.try_admit(job.route, now, probed_only=True)  # checked above
-            if isinstance(result, Rejection):
-                self.finish(job, Endings.INTERNAL)
-                continue
-            try:
-                self._start(job, result, now)
-            except BaseException as exc:
-                if job.task is None:  # no runner owns the slot: it is released here, once
-                    job.started = job.ticket = None
-                    result.release()
-                if not isinstance(exc, Exception):
-                    raise
-                log.exception("job %s… could not start", job.id[:6])
-                self.finish(job, Endings.INTERNAL)
+            self._admit_and_start(job, now)
+
+    def _admit_and_start(self, job: Job, now: float) -> None:
+        """Take the claimed ``job``'s slot (the gate checked in this same step), start it."""
+        result = self.deps.gate.try_admit(job.route, now, probed_only=True)
+        if isinstance(result, Rejection):
+            self.finish(job, Endings.INTERNAL)
+            return
+        try:
+            self._start(job, result, now)
+        except BaseException as exc:
+            if job.task is None:  # no runner owns the slot: it is released here, once
+                job.started = job.ticket = None
+                result.release()
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("job %s… could not start", job.id[:6])
+            self.finish(job, Endings.INTERNAL)
 
     def _held(self, now: float) -> bool:
         """No claim now: the store just failed one, the database is not at its path

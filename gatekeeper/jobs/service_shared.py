@@ -43,7 +43,6 @@ import logging
 from collections.abc import Callable
 
 from gatekeeper.config import Config
-from gatekeeper.core.admission import Rejection
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS
@@ -76,7 +75,7 @@ class SharedOps:
     _hold_until: float
     _closing: bool
     _held: Callable[[float], bool]
-    _start: Callable[..., None]
+    _admit_and_start: Callable[[Job, float], None]
     _start_guest: Callable[..., bool]
     _changed_all: Callable[[], None]
     finish: Callable[..., None]
@@ -152,20 +151,7 @@ class SharedOps:
                 return
             job = self._claimed(row, now, wall)
             self._announce_started(job, wall, engine)
-            result = deps.gate.try_admit(job.route, now, probed_only=True)  # checked above
-            if isinstance(result, Rejection):
-                self.finish(job, Endings.INTERNAL)
-                continue
-            try:
-                self._start(job, result, now)
-            except BaseException as exc:
-                if job.task is None:  # no runner owns the slot: it is released here, once
-                    job.started = job.ticket = None
-                    result.release()
-                if not isinstance(exc, Exception):
-                    raise
-                log.exception("job %s… could not start", job.id[:6])
-                self.finish(job, Endings.INTERNAL)
+            self._admit_and_start(job, now)
 
     def _start_guest_first(self, waiter_id: str, now: float) -> bool:
         """A Gradio guest at the head of this box's room runs here before a claim."""
