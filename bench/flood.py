@@ -21,8 +21,10 @@ Two engines, because the answer depends on what a generation is:
   nginx's ``return 503`` instead shows what the cheapest possible "no" costs.
 
 gatekeeper runs as it ships (issue #18 §8): ``--log-level INFO`` (refusal lines
-aggregated under the flood, ``log.refusals``) and at the ``Nice=`` of the shipped
-systemd unit, its CPU weight below the engine's (read from
+aggregated under the flood, ``log.refusals``), refusals past 500 a second answered
+at that pace (``limits.refusal_pacing``: a closed-loop flooder then waits for its
+answers instead of taking the CPU) and at the ``Nice=`` of the shipped systemd
+unit, its CPU weight below the engine's (read from
 ``deploy/systemd/gatekeeper.service``). The engines and the load generators run at
 nice 0.
 """
@@ -173,7 +175,8 @@ async def section_e(svcs: Services, plan: Plan, summary: Summary) -> None:
     print(f"    hey -c {c} -q 1                              (open loop, {c:,} req/s)")
     print(
         f"  gatekeeper as shipped: --log-level INFO, nice {targets.shipped_nice()}"
-        " (the systemd unit's Nice=); engines and load generators at nice 0"
+        " (the systemd unit's Nice=), limits.refusal_pacing as shipped (500/s past a burst"
+        " of 500, at most 2 s); engines and load generators at nice 0"
     )
     print(
         f"  {plan.repeat} generation(s) per row, interleaved (idle, each flood, idle, ...);"

@@ -30,7 +30,7 @@ async def _gatekeeper_runs(svcs: Services, plan: Plan) -> tuple[list[Run], int]:
     """hey against gatekeeper while one generation holds the slot; (runs, engine count)."""
     with svcs.scope():
         _, engine = targets.engine(svcs, "--no-cpu", "--seconds", "60", "--memory-mb", "16")
-        gk, proxy = targets.gatekeeper(svcs, engine)
+        gk, proxy = targets.gatekeeper(svcs, engine, name="rules-unpaced", paced=False)
         async with aiohttp.ClientSession() as session:
             long_gen = asyncio.create_task(post_generate(session, proxy + "/generate"))
             try:

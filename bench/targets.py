@@ -199,20 +199,26 @@ def gatekeeper(
     action: str = "admit",
     nice: int = 0,
     command: Sequence[str] = ("-m", "gatekeeper"),
+    paced: bool = True,
 ) -> tuple[Service, str]:
     """``gatekeeper run`` with the bench's rules; returns (service, proxy URL).
 
     ``admission`` is YAML added under :data:`BENCH_RULES`'s ``admission:`` (indented two
     spaces), written to ``<name>.yaml``; ``args`` are more command-line flags; ``nice``
     runs it under ``nice -n`` (``nice`` execs it: the service's pid is gatekeeper's);
-    ``command``: what python runs instead of ``-m gatekeeper`` (``bench/loopwatch.py``)."""
+    ``command``: what python runs instead of ``-m gatekeeper`` (``bench/loopwatch.py``);
+    ``paced=False`` turns ``limits.refusal_pacing`` off (as shipped it is on), for the
+    sections that measure what one refusal costs rather than what a storm costs."""
     port, admin = free_port(), free_port()
     rules = svcs.workdir / f"{name}.yaml"
     if not rules.exists():
         readings = svcs.workdir / "readings.json"
         readings.write_text(json.dumps({"cpu_percent": 5, "memory_percent": 5}))
         text = BENCH_RULES.format(readings=readings, action=action)
-        rules.write_text(text.replace("admission:\n", "admission:\n" + admission, 1))
+        text = text.replace("admission:\n", "admission:\n" + admission, 1)
+        if not paced:
+            text += "limits:\n  refusal_pacing: {rate: 0}\n"
+        rules.write_text(text)
     argv = ["nice", "-n", str(nice)] if nice else []
     argv += [PYTHON, *command, "run", "--config", str(rules)]
     argv += ["--upstream", upstream, "--listen", f"127.0.0.1:{port}"]

@@ -308,6 +308,11 @@ def build_proxy_app(
     access = AccessLog(st.clock, lambda: st.config.log.refusals)
     record = _recorder(st, access)
     handler = ProxyHandler(ports, on_record=record, conns=conns)
+    handler.on_paced = st.metrics.refusals_paced.inc  # limits.refusal_pacing (issue #18 §8)
+    pacer = handler.pacer
+    st.metrics.refusal_pacing_delay.set_function(
+        lambda: pacer.behind(st.config.limits.refusal_pacing, st.clock())
+    )
     assert st.gradio is not None  # AppState.create builds it
     st.gradio.on_record = record  # a Gradio generation's line, at its end
     jobs = st.jobs

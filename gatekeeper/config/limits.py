@@ -4,14 +4,36 @@ These bound a *client*, not the engine: a slow or hostile client may cost a
 connection, a file descriptor and a spool file for a bounded time, but never
 the generation slot (the body of an admit route is taken before admission,
 see ``gatekeeper.proxy.spool``); all clients together may hold at most
-``max_spooled_bytes`` of spooled bodies.
+``max_spooled_bytes`` of spooled bodies. ``refusal_pacing`` bounds what all
+refused clients together may cost the box: past a rate, a refusal is answered
+later (``gatekeeper.core.pacing``, issue #18 §8).
 """
 
 from __future__ import annotations
 
 from gatekeeper.config.build import section_check
-from gatekeeper.config.declare import declared, duration, integer
+from gatekeeper.config.declare import declared, duration, integer, number, section
 from gatekeeper.config.reader import Context, Section
+
+
+@declared
+class RefusalPacing:
+    rate: float = number(
+        "Refusals a second answered at once (after burst); past it a refusal waits for its"
+        " turn in a schedule of this many answers a second, at most max_delay, so a retry"
+        " storm costs the box a bounded rate of refusals. 0: refusals are never paced.",
+        default=500.0,
+    )
+    burst: int = integer(
+        "Refusals answered at once above the rate before pacing begins.",
+        minimum=0,
+        default=500,
+    )
+    max_delay: float = duration(
+        "Longest a refusal waits for its turn; one that would wait longer is answered after"
+        " this long. Never paced while over half of max_client_connections are open.",
+        default=2.0,
+    )
 
 
 @declared
@@ -60,6 +82,11 @@ class Limits:
         " when no other is being received.",
         minimum=0,
         default=1024 * 1024 * 1024,
+    )
+    refusal_pacing: RefusalPacing = section(
+        "A retry storm answered at a bounded rate: past rate refusals a second, a refusal"
+        " is answered later (within max_delay), never faster than the box can afford.",
+        factory=RefusalPacing,
     )
 
 

@@ -161,6 +161,18 @@ class Metrics(JobMetrics):
         )
         for reason in ("header_timeout", "connection_limit"):
             self.client_connections_closed.labels(reason)
+        self.refusals_paced = Counter(
+            "gatekeeper_refusals_paced",
+            "Refusals answered later than decided: past limits.refusal_pacing.rate a second"
+            " (a retry storm), each waited for its turn (at most max_delay).",
+            registry=r,
+        )
+        self.refusal_pacing_delay = Gauge(
+            "gatekeeper_refusal_pacing_delay_seconds",
+            "How far ahead the refusal schedule runs: the wait of a refusal decided now"
+            " (0: refusals are answered at once).",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "gatekeeper_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

@@ -18,11 +18,15 @@ The path of one request (see docs/architecture.md):
    back, chunk by chunk, never whole;
 6. the lease is released exactly once, on every path, by its holder
    (``core.lease``); the access-log line is written once, by whoever ends last:
-   this handler, the ``finish`` task, or the Gradio event.
+   this handler, the ``finish`` task, or the Gradio event;
+7. a refusal (decision ``rejected``, whichever route refused) is answered at
+   once, or later under a retry storm (``core.pacing``, ``limits.refusal_pacing``):
+   it holds nothing but its connection meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +36,7 @@ from aiohttp import web
 from gatekeeper.config import Config
 from gatekeeper.core.errors import BadRequest, HttpError, MethodNotAllowed
 from gatekeeper.core.headers import REQUEST_ID, request_id
+from gatekeeper.core.pacing import RefusalPacer
 from gatekeeper.core.plan import Forward, Refuse, ServeJobs, ServeStatus, plan
 from gatekeeper.core.vocab import Outcome
 from gatekeeper.lifecycle.runtime import Runtime
@@ -127,6 +132,10 @@ class ProxyHandler:
         self.budget = SpoolBudget(lambda: spool_limit(ports.rules.runtime.config))
         self.admit = Admit(ports, self.respond, self.log_record, self.budget)
         self.features = Features()
+        # One schedule of refusals for the process (limits.refusal_pacing); on_paced
+        # counts each refusal answered later (gatekeeper_refusals_paced_total).
+        self.pacer = RefusalPacer()
+        self.on_paced: Callable[[], None] = lambda: None
 
     def register(self, features: Features) -> None:
         self.features = features
@@ -179,7 +188,6 @@ class ProxyHandler:
             except HttpError as exc:
                 resp = self.respond.error(rt.config, exc, rec)
             answered(rec, resp)  # the line tells what the client got
-            return resp
         finally:
             ports.epochs.leave(epoch)
             rec.handler_done = True
@@ -187,6 +195,20 @@ class ProxyHandler:
                 pass  # a Gradio event's line: logged when the event ends (gradio.events)
             elif rec.job is None or rec.job.done():
                 self.log_record(rec)  # else the finish job, still running, logs it when it ends
+        if rec.decision == Outcome.REJECTED and not resp.prepared:
+            await self._pace(rt.config)
+        return resp
+
+    async def _pace(self, cfg: Config) -> None:
+        """A refusal's turn under a retry storm (``core.pacing``): none while draining (a
+        stop must not wait for refusals) or while the connection table is half full."""
+        conns = self.conns
+        crowded = self.ports.gate.draining or (conns is not None and 2 * conns.open > conns.cap)
+        rule = cfg.limits.refusal_pacing
+        delay = self.pacer.delay(rule, self.ports.clock(), crowded=crowded)
+        if delay > 0.0:
+            self.on_paced()
+            await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ carrying out the plan
 

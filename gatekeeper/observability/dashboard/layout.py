@@ -49,6 +49,7 @@ ROWS: tuple[tuple[str, tuple[Cell, ...]], ...] = (
             (12, 8, p.rejections_per_minute),
             (12, 6, p.requests_in_range),
             (12, 6, p.rejections_in_range),
+            (24, 6, p.refusals_paced),
         ),
     ),
     ("Resources (what admission sees)", ((12, 8, p.cpu), (12, 8, p.memory))),

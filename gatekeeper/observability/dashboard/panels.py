@@ -202,6 +202,18 @@ def rejections_per_minute(_config: Config) -> Panel:
     )
 
 
+def refusals_paced(_config: Config) -> Panel:
+    return timeseries(
+        "Refusals answered later per minute (retry storm paced)",
+        "Past limits.refusal_pacing.rate refusals a second, each refusal waits its turn"
+        " (at most max_delay) before its answer, so clients retrying at once are slowed"
+        " to the pace instead of taking the engine's CPU. Above 0: someone is flooding"
+        " (runbook: a flood of refused requests).",
+        [(f"sum(rate(gatekeeper_refusals_paced_total{sel()}[$__rate_interval])) * 60", "paced")],
+        unit="short",
+    )
+
+
 def requests_in_range(_config: Config) -> Panel:
     return _counted("Requests in the time range", "gatekeeper_requests_total", "outcome", "blue")
 
