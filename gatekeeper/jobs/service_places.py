@@ -64,7 +64,7 @@ class PlacesOps:
         self._places_due = min(self._places_due, max(now, self._places_last + SOON))
         if self._loop is not None and not self._places_timer:
             self._places_timer = True
-            self._loop.call_at(self._places_due, self._places_timer_fired)
+            self._loop.call_later(max(0.0, self._places_due - now), self._places_timer_fired)
 
     def _places_timer_fired(self) -> None:
         self._places_timer = False

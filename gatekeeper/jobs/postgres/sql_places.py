@@ -98,7 +98,7 @@ async def standing(
         client_guests=0 if limits is None else limits.client_guests,
         guests=0 if limits is None else limits.guests,
     )
-    mine = await con.fetch(MINE, client)
+    mine = await con.fetch(MINE, client) if row["client_live"] else []
     running = tuple(max(0.0, float(r["elapsed"] or 0.0)) for r in mine if r["state"] == _R)
     first = next((str(r["id"]) for r in mine if r["state"] == _Q), None)
     return Standing(counts, running, first)
