@@ -144,7 +144,8 @@ class LimitOps:
         if first is not None:
             picture = self.schedule.picture
             pos = None if picture is None else picture.position(first)
-            if pos is None:
+            if pos is None:  # not placed yet: at the end until the next reads place it
+                self.schedule.asked[first] = now
                 pos = self.schedule.waiting() + 1
             done_in.append(eta_for(pos, remaining, slots, expected)[1])
         return retry_after_client(done_in)
