@@ -162,6 +162,8 @@ _UNDO_VERSION_5 = (
     "DROP FUNCTION notify_queued, drop_body",
     "ALTER TABLE jobs DROP COLUMN body_in_db",
 )
+# What version 6 (issue #21, places in the whole queue) added, undone.
+_UNDO_VERSION_6 = ("ALTER TABLE boxes DROP COLUMN slots", "DROP INDEX jobs_waiting")
 # What version 3 (the ring's rounds, issue #20 §3) added, taken away again.
 _UNDO_VERSION_3 = (
     "DROP TABLE ring_clock",
@@ -186,6 +188,7 @@ def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_se
     _sql(
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
+        *_UNDO_VERSION_6,
         *_UNDO_VERSION_5,
         *_UNDO_VERSION_4,
         *_UNDO_VERSION_3,
@@ -194,7 +197,7 @@ def test_a_version_2_ring_keeps_its_order_and_takes_newcomers_in_the_round_in_se
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [5]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [6]
         first = s.claim_next(1.0)
         assert first is not None and names[first.id] == "A1"
         names[s.create(record(s, "D")).id] = "D1"
@@ -218,6 +221,7 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
     _sql(  # what version 1 was
         pg_server.dsn,
         f"SET search_path TO {pg_schema}",
+        *_UNDO_VERSION_6,  # first: its index is over the batch column
         "DROP TABLE outbox, outbox_gone, batches",
         "DROP INDEX handles_client",
         "ALTER TABLE jobs DROP COLUMN webhook, DROP COLUMN batch",
@@ -229,7 +233,7 @@ def test_a_version_1_schema_is_migrated_keeping_its_jobs(
     s = _open(pg_server, pg_schema, tmp_path / "a")
     try:
         rows = _sql(pg_server.dsn, f"SELECT version FROM {pg_schema}.schema_version")
-        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [5]
+        assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [6]
         assert s.get(old.id) == old
         batch = BatchRecord("b" + secrets.token_hex(8), "bob", "batch-generate", 1000.0, 2)
         items = [record(s, "bob", batch.id) for _ in range(2)]

@@ -114,7 +114,7 @@ class GuestOps:
         pos = self.room.position(guest_id)
         if pos is None:
             return None
-        remaining, slots, expected = self.schedule.running_remaining(self.deps.clock())
+        remaining, slots, expected = self.schedule.running_here(self.deps.clock())
         _, done_in = eta_for(pos, remaining, slots, expected)
         return Place(pos, len(self.room), done_in)
 

@@ -50,7 +50,7 @@ def job_error(
         route=route.name,
         retry_after=retry_after or 0,
         max_wait=int(q.max_wait),
-        waiting=jobs.depth(),
+        waiting=jobs.schedule.waiting(),
         max_waiting=q.max_waiting,
         per_client=q.per_client,
     )

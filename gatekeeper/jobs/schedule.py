@@ -4,6 +4,13 @@ The arithmetic is pure (``waitroom.start_delays`` and friends, and the
 ``retry_after_*`` functions below); this class reads
 its inputs: the running slots' elapsed times from the gate (each expected to
 take the gate's running estimate) and the waiters' order from the room.
+
+With a queue several boxes share (issue #21) the room holds only this box's jobs:
+``picture`` (``places.Picture``, read every ``POLL_SECONDS`` by ``service_places``) is
+the whole queue, and every figure here is computed from it instead: a job's place in
+the whole queue, the running jobs and slots of every live box, every box's waiting
+jobs. A job the last read did not place yet (it arrived since) is counted at the end
+of the queue until the next read (asked for at once: ``asked``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Sequence
 from gatekeeper.core.admission import Gate
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.places import Picture
 from gatekeeper.jobs.waitroom import WaitingRoom, eta_for, eta_new, start_delay
 
 
@@ -21,12 +29,41 @@ class Schedule:
     def __init__(self, gate: Gate, room: WaitingRoom):
         self.gate = gate
         self.room = room
+        self.picture: Picture | None = None  # the whole shared queue; None: the room is
+        # Queued jobs shown here that the last picture did not place (job id -> when asked).
+        self.asked: dict[str, float] = {}
 
     def running_remaining(self, now: float) -> tuple[list[float], int, float]:
-        """(seconds each running slot has left, slots, expected seconds of one job)."""
+        """(seconds each running slot has left, slots, expected seconds of one job): this
+        box's, or every live box's with a shared queue (module text)."""
+        p = self.picture
+        if p is None:
+            return self.running_here(now)
+        expected = self.gate.estimator.expected
+        remaining = [max(0.0, expected - e) for e in p.elapsed(now)]
+        return remaining, max(1, p.slots), expected
+
+    def running_here(self, now: float) -> tuple[list[float], int, float]:
+        """``running_remaining`` of this box's own slots (its Gradio guests start here)."""
         expected = self.gate.estimator.expected
         remaining = [max(0.0, expected - e) for e in self.gate.elapsed(now)]
         return remaining, self.gate.limits.max_in_flight, expected
+
+    def waiting(self) -> int:
+        """Jobs waiting in the queue: the room's, or the whole shared queue's."""
+        return len(self.room) if self.picture is None else self.picture.waiting
+
+    def position(self, job: Job, now: float) -> int | None:
+        """``job``'s 1-based place (None: not waiting): in the room, or in the whole
+        shared queue (one not placed yet: at the end, and asked for)."""
+        p = self.picture
+        if p is None:
+            return self.room.position(job.id)
+        if job.state != JobState.QUEUED:
+            return None
+        self.asked[job.id] = now  # shown here: placed by the next reads (service_places)
+        pos = p.position(job.id)
+        return p.waiting + 1 if pos is None else pos
 
     def steady_for(self, now: float) -> float:
         """Seconds from ``now`` during which every waiter's ETA counts down with the
@@ -43,7 +80,7 @@ class Schedule:
         if job.state == JobState.RUNNING:
             assert job.started is not None
             return 0.0, max(0.0, expected - (now - job.started))
-        pos = self.room.position(job.id)
+        pos = self.position(job, now)
         if pos is None:
             return 0.0, 0.0
         return eta_for(pos, remaining, slots, expected)
@@ -51,12 +88,13 @@ class Schedule:
     def done_in_new(self, now: float) -> float:
         """Done-in for a job joining the end of the queue now."""
         remaining, slots, expected = self.running_remaining(now)
+        waiting = self.waiting()
         free = (
-            not self.room
+            not waiting
             and len(remaining) < slots
             and self.gate.check(now, probed_only=True) is None
         )
-        return eta_new(remaining, slots, len(self.room), expected, free)
+        return eta_new(remaining, slots, waiting, expected, free)
 
     def retry_after_full(self, now: float) -> int:
         """``queue_full``: when a place frees."""
@@ -69,7 +107,7 @@ class Schedule:
     def retry_after_timeout(self, now: float) -> int:
         """``queue_timeout``: when a newcomer behind today's queue would start."""
         remaining, slots, expected = self.running_remaining(now)
-        return retry_after_timeout(remaining, slots, len(self.room), expected)
+        return retry_after_timeout(remaining, slots, self.waiting(), expected)
 
 
 def _seconds(x: float) -> int:

@@ -38,7 +38,7 @@ from gatekeeper.config import Config
 from gatekeeper.core.admission import Rejection
 from gatekeeper.core.asyncutil import cancel_and_wait
 from gatekeeper.core.lease import Lease
-from gatekeeper.core.vocab import JobState, QueueReason
+from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs import runner, upkeep
 from gatekeeper.jobs.batch.book import OpenItems
 from gatekeeper.jobs.dbwatch import DbWatch
@@ -47,12 +47,14 @@ from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS, DiskFloor
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.guests import Guest, GuestOps
 from gatekeeper.jobs.head import RequestHead
-from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted, queue_limits
+from gatekeeper.jobs.model import Job, Joined, Kept, Refused, Submitted
 from gatekeeper.jobs.orphans import hold_orphans
 from gatekeeper.jobs.outbox import JobEvents, Silent
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.schedule import Schedule
 from gatekeeper.jobs.service_handles import HandleOps
+from gatekeeper.jobs.service_limits import LimitOps
+from gatekeeper.jobs.service_places import PlacesOps
 from gatekeeper.jobs.service_reads import ReadOps
 from gatekeeper.jobs.service_shared import SharedOps
 from gatekeeper.jobs.shared import Fenced
@@ -63,7 +65,7 @@ from gatekeeper.jobs.waitroom import Waiter, WaitingRoom
 log = logging.getLogger("gatekeeper.jobs")
 
 
-class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
+class JobService(HandleOps, GuestOps, LimitOps, ReadOps, SharedOps, PlacesOps):
     def __init__(self, deps: JobDeps, store: JobStore, state_dir: Path, *, ephemeral: bool = False):
         self.deps = deps
         self.store = GuardedStore(store)
@@ -174,7 +176,10 @@ class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
                 deps.metrics.coalesced.labels(route).inc()
                 job = Job.from_record(kept, now=now, wall=deps.wall())
                 return Kept(job, handle=self._new_handle(job, request, holds=False))
-        refusal = self.storage_refusal(now) or self._refusal(request.client, cfg, now)
+        # A shared queue's limits are decided with the insert (service_limits).
+        refusal = self.storage_refusal(now) or (
+            self._refusal(request.client, cfg, now) if self.shared is None else None
+        )
         if refusal is not None:
             return refusal
         # The body file is the job's: written for every job, an empty body too (a queued
@@ -188,6 +193,9 @@ class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
         except StorageError:
             self.store.drop_file(target)
             raise
+        if isinstance(row, Refused):  # over a limit of the shared queue (service_limits)
+            self.store.drop_file(target)
+            return row
         if isinstance(row, Job):
             self.store.drop_file(target)
             return self.submit(request, save_body)  # attaches to it, as to a twin here
@@ -219,28 +227,8 @@ class JobService(HandleOps, GuestOps, ReadOps, SharedOps):
         self._changed_all()
 
     def storage_refusal(self, now: float) -> Refused | None:
-        waiting = len(self.room)  # decidable from a head alone (the disk's floor, dbwatch)
+        waiting = self.schedule.waiting()  # decidable from a head alone (floor, dbwatch)
         return self.floor.refusal(self.config, waiting) or self.db.refusal(self.config, waiting)
-
-    def _refusal(self, client: str, cfg: Config, now: float) -> Refused | None:
-        limits = queue_limits(cfg)
-        mine = self._running.get(client, {})
-        running_jobs = (j.record for js in self._running.values() for j in js.values())
-        running, limits = self.batch_open.exempt(client, len(mine), limits, running_jobs)
-        free_now = not self.room and self.deps.gate.check(now, probed_only=True) is None
-        reason = self.room.refusal(client, running, limits)
-        if reason == QueueReason.QUEUE_FULL and free_now:
-            reason = None  # max_waiting 0: no one waits, but a free slot still serves
-        if reason is None:
-            return None
-        fields = Refused.fields_of(cfg, len(self.room))
-        if reason == QueueReason.CLIENT_LIMIT:
-            # The earliest of the client's jobs to be done: a running one, or its
-            # first waiter (the others of its queue start after that one).
-            retry_after = self.retry_after_client(self.room.first_of(client), mine, now)
-            return Refused(reason, 429, retry_after, fields)
-        retry_after = self.schedule.retry_after_full(now)
-        return Refused(reason, cfg.admission.reject_status, retry_after, fields)
 
     # ------------------------------------------------------------------ dispatch
 

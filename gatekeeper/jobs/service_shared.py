@@ -18,7 +18,8 @@ is a worker of one waiting room, held in the database (a pull model):
   them. Every ``POLL_SECONDS`` the jobs this box watches but does not run are read
   back (``where``): one claimed elsewhere leaves the room and shows its
   ``run_box`` (``Job.run_box``: where the relay fetches its result), one ended
-  elsewhere ends here too, as stored.
+  elsewhere ends here too, as stored. Positions, ETAs and the limits are the whole
+  queue's, not the room's (``service_places``, ``service_limits``).
 - **heartbeats and the lease**: every ``jobs.lease / 3`` the tick (on this loop:
   a wedged box stops beating) asks the store to stamp the box and its running jobs
   (fire and forget: run on the store's thread, never waited for); every
@@ -47,7 +48,7 @@ from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
-from gatekeeper.jobs.model import Job
+from gatekeeper.jobs.model import Job, Refused
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.shared import LiveTwin, SharedQueue, Where
@@ -80,6 +81,9 @@ class SharedOps:
     _changed_all: Callable[[], None]
     finish: Callable[..., None]
     dispatch: Callable[[], None]
+    _create: Callable[[JobRecord], JobRecord | Refused]  # service_limits
+    places_tick: Callable[[float], None]
+    _places_init: Callable[[], None]
 
     def _shared_init(self, store: object) -> None:
         self.shared: SharedQueue | None = store if isinstance(store, SharedQueue) else None
@@ -91,6 +95,7 @@ class SharedOps:
         # Jobs another box took that this box watches (a twin attached to across boxes):
         # their holders are not all here, so nothing here cancels them (``owns``).
         self._foreign: set[str] = set()
+        self._places_init()
 
     def owns(self, job: Job) -> bool:
         """This box took ``job`` (its held clients and handles are here): a held client
@@ -193,19 +198,20 @@ class SharedOps:
 
     # ------------------------------------------------------------------ coalescing
 
-    def create_or_twin(self, record: JobRecord) -> JobRecord | Job:
-        """``create``; or, refused as a ``LiveTwin`` (another box's live job has its
+    def create_or_twin(self, record: JobRecord) -> JobRecord | Job | Refused:
+        """``create`` (with a shared store under the whole queue's limits:
+        ``service_limits``); or, refused as a ``LiveTwin`` (another box's live job has its
         key), that job, watched here for the request to attach to. A twin that ended
         between the two leaves its key free: created then (a few tries, then the
         refusal as it is)."""
         for _ in range(2):
             try:
-                return self.store.create(record, self.events.queued(record))
+                return self._create(record)
             except LiveTwin as exc:
                 twin = self.attach_twin(exc.key)
                 if twin is not None:
                     return twin
-        return self.store.create(record, self.events.queued(record))
+        return self._create(record)
 
     def attach_twin(self, key: str) -> Job | None:
         """The live job with ``key`` on any box, watched here (None: it just ended)."""
@@ -252,6 +258,7 @@ class SharedOps:
             self.sync_watched()
         if now - self._polled >= POLL_SECONDS:
             self.dispatch()
+        self.places_tick(now)  # the whole queue's places (service_places)
 
     def _beaten(self, sent: set[str], ids: set[str] | None) -> None:
         now = self.deps.clock()

@@ -14,7 +14,12 @@ it, beside ``JobStore``:
 - ``beat`` and ``sweep``: fire and forget (never waited for by the caller);
   ``done`` gets the answer on the store's thread, None when the store failed;
 - ``where``: where each of some jobs is now, for the jobs this box watches but
-  does not run (its room is a view of the shared queue: ``service_shared``).
+  does not run (its room is a view of the shared queue: ``service_shared``);
+- the whole queue's places and limits (``places``): ``create_limited`` decides
+  ``per_client`` and ``max_waiting`` over every box's jobs and inserts the job in one
+  transaction, serialised per queue (``OverLimit`` when refused); ``counts`` reads
+  the same counts without inserting (a refusal from the head); ``picture`` reads the
+  whole queue's figures (fire and forget, every ``POLL_SECONDS``: ``service_places``).
 
 ``Fenced`` is the store's answer to a runner write of a box that no longer runs the
 job (its lease lapsed and another box swept it): that generation is stopped and its
@@ -27,6 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from gatekeeper.core.vocab import QueueReason
+from gatekeeper.jobs.outbox import Delivery
+from gatekeeper.jobs.places import Counts
 from gatekeeper.jobs.record import JobRecord
 
 
@@ -46,6 +54,37 @@ class LiveTwin(ValueError):
     def __init__(self, key: str):
         super().__init__(f"a queued or running job has coalescing key {key!r}")
         self.key = key
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The ``admission.queue`` limits a new job is admitted under, with what only this
+    box knows: its Gradio guests waiting (not stored) and whether a slot is free here."""
+
+    per_client: int
+    max_waiting: int
+    free_here: bool = False
+    client_guests: int = 0
+    guests: int = 0
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A client's jobs over every box when it was refused: when its earliest is done."""
+
+    counts: Counts
+    running: tuple[float, ...] = ()  # seconds each of its running jobs has run
+    first_queued: str | None = None  # its oldest queued job (the first of its to start)
+
+
+class OverLimit(ValueError):
+    """``create_limited`` refused the job: ``reason`` (``client_limit``, ``queue_full``),
+    decided over every box's jobs (``standing``), nothing inserted."""
+
+    def __init__(self, reason: QueueReason, standing: Standing):
+        super().__init__(f"refused: {reason}")
+        self.reason = reason
+        self.standing = standing
 
 
 @dataclass(frozen=True)
@@ -83,4 +122,27 @@ class SharedQueue(Protocol):
     def where(self, job_ids: Sequence[str], *, queued: bool = True) -> list[Where]:
         """Where each of ``job_ids`` is now (unknown ids are left out; ``queued`` False:
         queued ones left out)."""
+        ...
+
+    def create_limited(
+        self, record: JobRecord, outbox: Sequence[Delivery], limits: Limits
+    ) -> JobRecord:
+        """``create`` if ``limits`` allow it over every box's jobs, decided and inserted
+        in one transaction serialised per queue; else ``OverLimit``."""
+        ...
+
+    def standing(self, client: str, cap: int | None = None) -> Standing:
+        """``client``'s counts and running jobs over every box (no lock: a head's look);
+        the waiting jobs counted up to ``cap`` (None: all)."""
+        ...
+
+    def picture(
+        self,
+        ids: Sequence[str],
+        slots: int,
+        done: Callable[[tuple[int, dict[str, int], list[float], int] | None], None],
+    ) -> None:
+        """Store this box's ``slots``, then read the whole queue (fire and forget):
+        ``done`` gets (waiting, the places of ``ids`` still queued, running jobs'
+        elapsed seconds, slots of every live box), None if it failed."""
         ...

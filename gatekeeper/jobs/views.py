@@ -35,7 +35,7 @@ def job_view(jobs: JobService, j: Job, now: float, base: str) -> dict[str, Any]:
             "id": j.id,
             "state": j.state,
             "route": j.route,
-            "position": jobs.room.position(j.id) if j.state == JobState.QUEUED else 0,
+            "position": jobs.schedule.position(j, now) if j.state == JobState.QUEUED else 0,
             "eta_seconds": round(done_in, 1),
             "starts_in_seconds": round(starts_in, 1),
             "waited_seconds": round(waited, 1),
@@ -107,18 +107,24 @@ def queue_status(jobs: JobService, now: float, limit: int | None = None) -> dict
         entries.append(_entry(j, 0, max(0.0, expected - (now - j.started)), now))
     # One pass over the order and one schedule for all: linear in what is listed
     # (computing each entry's position and ETA on its own was quadratic).
-    waiting = len(jobs.room)
-    order = jobs.room.order() if limit is None or limit >= waiting else jobs.room.first(limit)
-    starts = start_delays(remaining, slots, len(order), expected) if order else []
-    for pos, (w, start) in enumerate(zip(order, starts, strict=True), start=1):
-        job = jobs.live.get(w.job_id)
-        if job is not None:
-            entries.append(_entry(job, pos, start + expected, now))
-        elif w.job_id in jobs.guests:  # a Gradio event waiting (jobs/guests.py)
-            entries.append(_guest_entry(w, pos, start + expected, now))
+    here = len(jobs.room)
+    order = jobs.room.order() if limit is None or limit >= here else jobs.room.first(limit)
+    if jobs.schedule.picture is not None:  # a shared queue: places in the whole queue
+        entries += sorted(_placed(jobs, order, now), key=lambda e: int(e["position"]))
+    else:
+        starts = start_delays(remaining, slots, len(order), expected) if order else []
+        for pos, (w, start) in enumerate(zip(order, starts, strict=True), start=1):
+            job = jobs.live.get(w.job_id)
+            if job is not None:
+                entries.append(_entry(job, pos, start + expected, now))
+            elif w.job_id in jobs.guests:  # a Gradio event waiting (jobs/guests.py)
+                entries.append(_guest_entry(w, pos, start + expected, now))
+    waiting = jobs.schedule.waiting()
     full = waiting >= q.max_waiting
+    shared = {} if jobs.schedule.picture is None else {"waiting_here": here}
     return {
         "waiting": waiting,
+        **shared,
         "running": len(running),
         # Waiting jobs listed in ``entries`` (the first ones; ``limit``: at most that many).
         "listed": len(order),
@@ -129,6 +135,22 @@ def queue_status(jobs: JobService, now: float, limit: int | None = None) -> dict
         "retry_after": retry_after_full(remaining, slots, expected) if full else None,
         "entries": entries,
     }
+
+
+def _placed(jobs: JobService, order: list[Waiter], now: float) -> list[dict[str, Any]]:
+    """This box's waiters with their places in the whole shared queue (issue #21): a
+    job's from the last read of it (``schedule.Schedule.position``), a Gradio guest's
+    in this box's room (it starts here, before any claim)."""
+    out: list[dict[str, Any]] = []
+    for w in order:
+        job = jobs.live.get(w.job_id)
+        if job is not None:
+            _, done_in = jobs.schedule.eta(job, now)
+            pos = jobs.schedule.position(job, now)
+            out.append(_entry(job, pos or 0, done_in, now))
+        elif (place := jobs.place(w.job_id)) is not None:
+            out.append(_guest_entry(w, place.position, place.done_in, now))
+    return out
 
 
 def _entry(j: Job, position: int, done_in: float, now: float) -> dict[str, Any]:

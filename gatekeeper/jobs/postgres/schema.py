@@ -14,7 +14,8 @@ to it; a concept that needs a table (a webhook outbox, batches) appends one
 version with its DDL (version 2: the outbox, the client list's index and batches
 of issue #20; version 3: the fairness ring's rounds, issue #20 §3; version 4: the
 relay's secret and cross-box cancel requests of issue #21; version 5: bodies in the
-database and the wake-up of several boxes, issue #21). A database of a
+database and the wake-up of several boxes, issue #21; version 6: each box's slots,
+for the whole queue's ETAs, issue #21). A database of a
 newer gatekeeper (a higher version) is refused with both numbers, never guessed
 at. ``gatekeeper check`` reads the version without changing anything
 (``read_version``).
@@ -40,7 +41,7 @@ import asyncpg
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.record import STORED
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The database's clock in seconds since the epoch: heartbeats are stamped with it.
 DB_NOW = "extract(epoch from clock_timestamp())"
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -186,12 +187,26 @@ def _version_5() -> list[str]:
     ]
 
 
+def _version_6_places() -> list[str]:
+    """Places in the whole queue (issue #21, ``sql_places``): each box's slots
+    (``admission.max_in_flight``), written by the box with each read of the queue, so
+    any box computes ETAs over the slots of every live box; and the waiting jobs under
+    ``max_waiting`` (batch items are outside it): a client's by a range, all of them by
+    an index-only scan."""
+    return [
+        "ALTER TABLE boxes ADD COLUMN IF NOT EXISTS slots INTEGER",
+        "CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (client, seq)"
+        f" WHERE state = '{JobState.QUEUED.value}' AND batch IS NULL",
+    ]
+
+
 MIGRATIONS: dict[int, list[str]] = {
     1: _version_1(),
     2: _version_2(),
     3: _version_3(),
     4: _version_4_anybox(),
     5: _version_5(),
+    6: _version_6_places(),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 

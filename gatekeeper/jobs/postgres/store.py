@@ -50,6 +50,7 @@ from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
 from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes, body_of
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
+from gatekeeper.jobs.postgres.sql_places import PostgresPlaces
 from gatekeeper.jobs.record import Headers, JobRecord, decode, dump_headers
 from gatekeeper.jobs.shared import Fenced
 from gatekeeper.jobs.statedir import prepare, take_lock
@@ -89,12 +90,13 @@ class PostgresJobStore(
     PostgresBoxes,
     PostgresHousekeeping,
     PostgresAnyBox,
+    PostgresPlaces,
 ):
     """Jobs in a PostgreSQL schema shared by boxes, files in this box's state directory;
     the outbox, a client's list, batches, the boxes' heartbeats and sweep
     (``shared.SharedQueue``), recovery and eviction, and any box answering for every job
-    (``anybox_store.AnyBoxStore``: the relay, cross-box cancels, the fleet) are their
-    modules' mixins."""
+    (``anybox_store.AnyBoxStore``: the relay, cross-box cancels, the fleet) and the whole
+    queue's places and limits (``sql_places``) are their modules' mixins."""
 
     def __init__(
         self,

@@ -118,7 +118,7 @@ class Emitter:
             now = self._clock()
             view = self._view(Job.from_record(record, now=now, wall=record.created))
             # Not in the waiting room yet: where a newcomer joins, and its ETA.
-            view["position"] = len(self._jobs.room) + 1
+            view["position"] = self._jobs.schedule.waiting() + 1
             view["eta_seconds"] = round(self._jobs.schedule.done_in_new(now), 1)
             return self._rows(record, record.route, "job.queued", record.created, view)
 
