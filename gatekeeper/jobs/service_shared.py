@@ -50,6 +50,7 @@ from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.service_bodies import BodyOps
 from gatekeeper.jobs.shared import LiveTwin, SharedQueue, Where
 from gatekeeper.jobs.states import ALL_ENDINGS, Ending, Endings
 from gatekeeper.jobs.waitroom import WaitingRoom
@@ -61,7 +62,7 @@ log = logging.getLogger("gatekeeper.jobs")
 POLL_SECONDS = 1.0
 
 
-class SharedOps:
+class SharedOps(BodyOps):
     """Mixed into ``JobService`` (which provides the attributes declared here)."""
 
     deps: JobDeps
@@ -91,6 +92,7 @@ class SharedOps:
         # Jobs another box took that this box watches (a twin attached to across boxes):
         # their holders are not all here, so nothing here cancels them (``owns``).
         self._foreign: set[str] = set()
+        self._bodies_init(store)  # large bodies another box keeps (service_bodies)
 
     def owns(self, job: Job) -> bool:
         """This box took ``job`` (its held clients and handles are here): a held client
@@ -140,6 +142,7 @@ class SharedOps:
                 continue
             engine = deps.gate.pick(now, probed_only=True)
             wall = deps.wall()
+            self.skip_bodies(now)
             try:
                 row = self.store.claim_next(wall, engine)
             except StorageError as exc:
@@ -173,6 +176,7 @@ class SharedOps:
             if row.coalesce_key is not None:
                 self._by_key[row.coalesce_key] = job
         job.run_box = self.shared.box if self.shared is not None else None
+        job.returned = False  # a watched twin given back once may be claimed again
         return job
 
     def _route_of(self, row: JobRecord) -> str:
@@ -250,6 +254,8 @@ class SharedOps:
         if now - self._synced >= POLL_SECONDS:
             self._synced = now
             self.sync_watched()
+        if self._returning:
+            self.give_back_pending()
         if now - self._polled >= POLL_SECONDS:
             self.dispatch()
 
@@ -314,6 +320,7 @@ class SharedOps:
         self._follow(job, w.record)
         if w.record.state in FINAL_STATES:
             self._ended_elsewhere(job)
+            self.drop_kept_body(job)  # this box took it: its body is no longer needed
         job.notify()
         self._changed_all()
 
