@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pgserver import PgServer
 from test_postgres_issue20 import _sql
-from test_postgres_shared import add
+from test_postgres_shared import _answer, add
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.anybox_store import BodyStore, body_store_of
@@ -121,3 +121,25 @@ def test_the_taking_box_keeps_the_body_while_the_job_runs_elsewhere_then_drops_i
     b.finish(job.id, JobState.DONE, None, time.time())
     a.evict(time.time(), 3600.0, 1 << 40)
     assert a.body_path(job.id) is None
+
+
+def test_a_large_body_of_a_box_gone_past_max_wait_is_lost_not_run(
+    boxes: tuple[PostgresJobStore, PostgresJobStore], pg_server: PgServer, pg_schema: str
+) -> None:
+    """A is silent past the lease: B's sweep leaves A's large-body job queued (its body may
+    come back) while A is silent for less than ``body_wait`` (the service passes
+    ``admission.queue.max_wait``), and fails it ``body_lost`` once A is silent for
+    longer; A's small-body job stays queued for any box either way."""
+    a, b = boxes
+    big, small = add(a, BIG), add(a, b"{}")
+    silent = f"UPDATE {pg_schema}.boxes SET seen = seen - {{}} WHERE id = '{a.box}'"
+    _sql(pg_server.dsn, silent.format(2 * LEASE))
+    assert _answer(lambda done: b.sweep(LEASE, False, 5.0, done, 1000.0)) == []
+    assert b.get(big.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    _sql(pg_server.dsn, silent.format(1000.0))
+    assert _answer(lambda done: b.sweep(LEASE, False, 5.0, done)) == []  # no bound: waits
+    changed = _answer(lambda done: b.sweep(LEASE, False, 5.0, done, 1000.0))
+    assert [(r.id, r.state, r.reason) for r in changed] == [  # type: ignore[attr-defined]
+        (big.id, JobState.FAILED, "body_lost")
+    ]
+    assert b.get(small.id).state is JobState.QUEUED  # type: ignore[union-attr]

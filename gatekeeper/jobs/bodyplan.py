@@ -39,7 +39,9 @@ taking box whose relay is unreachable (a wrong ``jobs.postgres.address``, a fire
 does not make every idle box claim and give back its jobs in a loop; the taking box
 itself still runs them when a slot of its own frees. A taking box silent for over
 ``jobs.lease`` (dead, or stopped) is not asked at all: the claim skips its large bodies
-(``sql_fair.CLAIM``), which wait for it (docs/postgres.md).
+(``sql_fair.CLAIM``), which wait for it, until it has been silent for longer than
+``admission.queue.max_wait``: then the lease sweep ends them ``body_lost``
+(``sql_boxes``; docs/postgres.md).
 """
 
 from __future__ import annotations

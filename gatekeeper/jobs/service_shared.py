@@ -248,8 +248,9 @@ class SharedOps(BodyOps):
             ok = self._beat_ok_since
             if ok is not None and now - ok >= lease:
                 retry = self.deps.config.jobs.retry_interrupted
+                wait = self.deps.config.admission.queue.max_wait  # large bodies' box: gone
                 self.shared.sweep(
-                    lease, retry, self.deps.wall(), lambda rows: self._soon(self._swept, rows)
+                    lease, retry, self.deps.wall(), lambda rows: self._soon(self._swept, rows), wait
                 )
         if now - self._synced >= POLL_SECONDS:
             self._synced = now
