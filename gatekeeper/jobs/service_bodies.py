@@ -30,6 +30,7 @@ was not watching them (``PostgresHousekeeping.evict``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -192,7 +193,9 @@ class BodyOps:
         self._changed_all()
 
     def drop_kept_body(self, job: Job) -> None:
-        """``job`` ended on another box: the body this box kept for it goes."""
-        path = self.store.body_path(job.id)
-        if path is not None:
-            self.store.drop_file(path)
+        """``job`` ended on another box: the body this box kept for it goes (a disk that
+        fails here leaves it to the eviction's sweep, ``PostgresHousekeeping.evict``)."""
+        with contextlib.suppress(StorageError):
+            path = self.store.body_path(job.id)
+            if path is not None:
+                self.store.drop_file(path)
