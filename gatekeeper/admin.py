@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatekeeper.jobs.anybox import RELAY_PATH
+from gatekeeper.jobs.bodyrelay import BODY_PATH
 from gatekeeper.lifecycle.reload import RELOADER, Reloader
 from gatekeeper.observability.metrics import Metrics
 from gatekeeper.observability.status import StatusSource, entries_limit, status_document
@@ -108,13 +109,19 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def build_admin_app(
-    state: Observed, reloader: Reloader | None = None, relay: Handler | None = None
+    state: Observed,
+    reloader: Reloader | None = None,
+    relay: Handler | None = None,
+    body_relay: Handler | None = None,
 ) -> web.Application:
     """``relay``: the result relay's endpoint for the other boxes of a shared job store
-    (issue #21; ``jobs.api.relay_endpoint``), served here, never on the public port."""
+    (issue #21; ``jobs.api.relay_endpoint``), served here, never on the public port;
+    ``body_relay``: the large request bodies this box keeps (``jobs.bodyrelay``)."""
     app = web.Application()
     if relay is not None:
         app.router.add_get(f"{RELAY_PATH}/{{handle}}", relay)
+    if body_relay is not None:
+        app.router.add_get(f"{BODY_PATH}/{{box}}/{{job}}", body_relay)
     app[STATE] = state
     if reloader is not None:
         app[RELOADER] = reloader

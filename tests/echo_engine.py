@@ -37,7 +37,8 @@ class EchoEngine:
 
     def app(self) -> web.Application:
         """A new app on this engine's record (an aiohttp app runs only once)."""
-        app = web.Application(handler_args={"auto_decompress": False})
+        # Bodies of any size (a large body relayed between boxes: issue #21), not aiohttp's 1 MiB.
+        app = web.Application(handler_args={"auto_decompress": False}, client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

@@ -78,7 +78,8 @@ def test_a_small_body_is_claimed_by_any_box_a_large_one_only_by_its_own(
 ) -> None:
     """A body up to max_body_bytes goes into the database with its job: another box claims
     it and finds the body in its own bodies/ (written at the claim); a larger one stays on
-    the box that took it, and only that box claims the job. A body leaves the database when
+    the box that took it, and only that box claims the job here (these boxes register no
+    address to fetch it from: test_postgres_bodies.py). A body leaves the database when
     its job ends."""
     a, b = boxes
     big = add(a, b"x" * 11)

@@ -35,7 +35,7 @@ from gatekeeper.app.state import AppState
 from gatekeeper.app.wiring import build_proxy_app, create_state, probe_first, start_probe
 from gatekeeper.config import Config
 from gatekeeper.core.asyncutil import cancel_and_wait
-from gatekeeper.jobs.api import relay_endpoint
+from gatekeeper.jobs.api import body_relay, relay_endpoint
 from gatekeeper.lifecycle.changes import Overrides
 from gatekeeper.lifecycle.eventloop import freeze_startup_objects
 from gatekeeper.lifecycle.haproxy_agent import AgentServer
@@ -110,7 +110,10 @@ class Gatekeeper:
             lingering_time=LINGER_SECONDS,
         )
         relay = None if st.anybox is None else relay_endpoint(st.anybox)  # issue #21
-        admin = web.AppRunner(build_admin_app(st, rl, relay), access_log=None, shutdown_timeout=1.0)
+        bodies = None if st.anybox is None else body_relay(st.anybox)
+        admin = web.AppRunner(
+            build_admin_app(st, rl, relay, bodies), access_log=None, shutdown_timeout=1.0
+        )
         for runner, where, urls in (
             (proxy, cfg.listen, self.proxy_urls),
             (admin, cfg.admin_listen, self.admin_urls),

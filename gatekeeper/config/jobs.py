@@ -110,7 +110,8 @@ class Postgres:
     )
     address: str | None = checked(
         "This box's internal URL, where the other boxes of the store fetch the results it"
-        " produced (the relay is served on the admin listener; docs/postgres.md). null:"
+        " produced and the large request bodies it took (the relays are served on the admin"
+        " listener; docs/postgres.md). null:"
         " http://<admin_listen host>:<admin port>, the host name when admin_listen is a"
         " wildcard (0.0.0.0, ::). Set it when the other boxes reach this one by another name.",
         url_error,
@@ -121,8 +122,10 @@ class Postgres:
     )
     max_body_bytes: int = integer(
         "Request bodies up to this size are stored in PostgreSQL with their job, so any box"
-        " may claim it; a larger body stays on the box that took the request, the only box"
-        " that runs that job (issue #21). 0: every body stays on its box.",
+        " may claim it and read its body from the database; a larger body stays on the box"
+        " that took the request, and a box that claims that job fetches it from there"
+        " through the body relay (the admin listener; docs/postgres.md; issue #21). 0:"
+        " every body stays on its box.",
         minimum=0,
         default=1024**2,
     )

@@ -40,6 +40,7 @@ from aiohttp import web
 from gatekeeper.core.headers import HOP_BY_HOP, REQUEST_ID
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.anybox_store import AnyBoxStore, ResultPlace, anybox_store_of
+from gatekeeper.jobs.bodyrelay import AUTH_SCHEME
 from gatekeeper.jobs.handles import Handle
 from gatekeeper.jobs.model import Job
 from gatekeeper.jobs.service import JobService
@@ -49,7 +50,6 @@ log = logging.getLogger("gatekeeper.jobs")
 
 # On the admin listener: GET/HEAD <RELAY_PATH>/<handle id>.
 RELAY_PATH = "/relay/result"
-AUTH_SCHEME = "Gatekeeper-Box"
 FOREIGN_LOOK = 0.5  # seconds: how often a watcher of a foreign job reads it again
 CANCEL_WAIT = 2.0  # seconds a DELETE of a foreign job waits for its holder to act
 RELAY_CONNECT = 5.0  # seconds to reach the producing box

@@ -10,6 +10,11 @@ what does:
   (``anybox``), which only boxes of the store may use (``relay_secret``);
 - a **cancel** of a job another box holds is a request in the store
   (``request_cancel``), which that box takes with its next look (``take_cancels``);
+- a **large request body** (over ``jobs.postgres.max_body_bytes``) lives on the box
+  that took the request (``body_place``); the box that claims the job fetches it from
+  there (``bodyrelay``), or gives the job back to the queue (``give_back``) when it
+  cannot; ``skipped_bodies`` are the taking boxes its claims leave alone for now
+  (``bodyplan.Backoff``): ``BodyStore``;
 - **operators** see every box and the whole queue (``fleet``: ``Fleet``), read every
   second by ``fleet.FleetWatch``, which also stamps this box's ``seen``.
 
@@ -21,12 +26,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AnyBoxStore", "BoxRow", "Fleet", "ResultPlace", "RunningJob", "anybox_store_of"]
+from gatekeeper.jobs.record import JobRecord
+
+__all__ = [
+    "AnyBoxStore",
+    "BodyStore",
+    "BoxRow",
+    "Fleet",
+    "ResultPlace",
+    "RunningJob",
+    "anybox_store_of",
+    "body_store_of",
+]
 
 
 @dataclass(frozen=True)
 class ResultPlace:
-    """Where a job's result file is: the box that ran it and that box's internal URL."""
+    """Where a job's file is: the box that keeps it (its result: the box that ran it; its
+    large request body: the box that took it) and that box's internal URL."""
 
     box: str
     address: str | None
@@ -92,3 +109,24 @@ def anybox_store_of(store: Any) -> AnyBoxStore | None:
     store of one box."""
     inner = getattr(store, "inner", store)
     return inner if isinstance(inner, AnyBoxStore) else None
+
+
+@runtime_checkable
+class BodyStore(Protocol):
+    """The calls the claiming box needs for a large body another box keeps."""
+
+    box: str
+    skipped_bodies: frozenset[str]
+
+    def body_place(self, job_id: str) -> ResultPlace | None: ...
+
+    def give_back(self, job_id: str) -> JobRecord | None: ...
+
+    def relay_secret(self) -> str: ...
+
+
+def body_store_of(store: Any) -> BodyStore | None:
+    """The store's large-body side (a ``guard.GuardedStore``'s inner one too); None for a
+    store of one box."""
+    inner = getattr(store, "inner", store)
+    return inner if isinstance(inner, BodyStore) else None

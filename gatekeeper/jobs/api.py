@@ -46,6 +46,7 @@ from gatekeeper.core.headers import REQUEST_ID, end_to_end
 from gatekeeper.core.vocab import FINAL_STATES, JobState
 from gatekeeper.jobs import listing, openapi, watch
 from gatekeeper.jobs.anybox import FOREIGN_LOOK, AnyBox, delete_foreign, foreign
+from gatekeeper.jobs.bodyrelay import body_endpoint
 from gatekeeper.jobs.guard import StorageError, StoreUnavailable, describe
 from gatekeeper.jobs.handle_view import DELETED, handle_view, let_go_alone
 from gatekeeper.jobs.handles import Handle
@@ -313,6 +314,13 @@ def relay_endpoint(anybox: AnyBox) -> Any:
         return await api.handle(request, f"/{request.match_info['handle']}/result", rid)
 
     return serve
+
+
+def body_relay(anybox: AnyBox) -> Any:
+    """The body relay's endpoint (``bodyrelay.body_endpoint``) on this box's admin
+    listener, with the result relay's secret check."""
+    store = anybox.jobs.store
+    return body_endpoint(anybox.shared.box, anybox.authorized, store.body_path)
 
 
 def _gone(found: Job, rid: str, why: str) -> web.Response:

@@ -62,6 +62,9 @@ class Job:
     # progress) met an unreachable store and is written again with its ending.
     run_box: str | None = None
     unsynced: bool = False
+    # Given back to a shared queue before its engine was asked (its body, kept by another
+    # box, could not be fetched: ``service_bodies``): not over, and not this box's now.
+    returned: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @classmethod

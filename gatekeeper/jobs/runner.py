@@ -1,7 +1,8 @@
 """One job's exchange with the engine, and following its result file as it grows.
 
 ``run`` is the body of a job's runner task (``JobService._start`` owns the task
-and its ticket): the body file goes up, the answer is written to
+and its ticket): the body file goes up (one another box keeps is fetched into this
+box's first, whole, or the engine is not asked: ``service_bodies``), the answer is written to
 ``results/<id>.part`` chunk by chunk and renamed when complete; an SSE answer
 is scanned for ``"progress"`` on the way. ``follow`` is what a held client
 reads: the result file from its start, waiting on the job's change event for
@@ -54,6 +55,8 @@ class Host(Protocol):
 
     def finish(self, job: Job, ending: Ending, *, detail: str | None = None) -> None: ...
 
+    async def fetch_body(self, job: Job) -> Path | None: ...
+
 
 async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
     """Send the job's body file to the engine and its answer into the result file."""
@@ -66,6 +69,11 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
     sent_at = deps.clock()
     try:
         path = store.body_path(job.id) if req.body_size else None
+        if req.body_size and path is None:  # kept by the box that took it (issue #21)
+            path = await jobs.fetch_body(job)  # whole here, or the engine is not asked
+            if path is None:
+                return  # ended body_lost, or given back to the queue
+            sent_at = deps.clock()
         try:
             exchange = await pool.send(
                 req.method,
@@ -159,7 +167,7 @@ async def run(jobs: Host, job: Job, cfg: Config, pool: UpstreamPool) -> None:
     except asyncio.CancelledError:
         if writer is not None:
             writer.abort()
-        if not job.final:
+        if not job.final and not job.returned:
             if jobs.closing:
                 jobs.finish(job, Endings.INTERRUPTED)
             elif job.cancel_requested:

@@ -316,7 +316,7 @@ class JobService(HandleOps, GuestOps, LimitOps, ReadOps, SharedOps, PlacesOps):
                 log.error("job %s… runner failed", job.id[:6], exc_info=t.exception())
                 if not job.final:
                     self.finish(job, Endings.INTERNAL)
-            if not job.final:  # cancelled before it could record why
+            if not job.final and not job.returned:  # cancelled before it recorded why
                 self.finish(job, Endings.INTERRUPTED)
 
         task.add_done_callback(done)

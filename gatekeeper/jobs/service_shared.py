@@ -51,18 +51,18 @@ from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
 from gatekeeper.jobs.model import Job, Refused
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
+from gatekeeper.jobs.service_bodies import BodyOps
 from gatekeeper.jobs.shared import LiveTwin, SharedQueue, Where
 from gatekeeper.jobs.states import ALL_ENDINGS, Ending, Endings
 from gatekeeper.jobs.waitroom import WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
 
-# How often a box with a free slot claims without a notification, and reads back the
-# jobs it watches but does not run.
+# A box with a free slot claims unprompted, and reads back the jobs it watches, this often.
 POLL_SECONDS = 1.0
 
 
-class SharedOps:
+class SharedOps(BodyOps):
     """Mixed into ``JobService`` (which provides the attributes declared here)."""
 
     deps: JobDeps
@@ -88,14 +88,14 @@ class SharedOps:
     def _shared_init(self, store: object) -> None:
         self.shared: SharedQueue | None = store if isinstance(store, SharedQueue) else None
         self._polled = 0.0  # the last claim that found nothing (loop clock)
-        self._synced = 0.0
-        self._beat_at = self._sweep_at = 0.0
+        self._synced = self._beat_at = self._sweep_at = 0.0
         self._beat_ok_since: float | None = None  # beats succeeding since (loop clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Jobs another box took that this box watches (a twin attached to across boxes):
         # their holders are not all here, so nothing here cancels them (``owns``).
         self._foreign: set[str] = set()
         self._places_init()
+        self._bodies_init(store)  # large bodies another box keeps (service_bodies)
 
     def owns(self, job: Job) -> bool:
         """This box took ``job`` (its held clients and handles are here): a held client
@@ -145,6 +145,7 @@ class SharedOps:
                 continue
             engine = deps.gate.pick(now, probed_only=True)
             wall = deps.wall()
+            self.skip_bodies(now)
             try:
                 row = self.store.claim_next(wall, engine)
             except StorageError as exc:
@@ -178,6 +179,7 @@ class SharedOps:
             if row.coalesce_key is not None:
                 self._by_key[row.coalesce_key] = job
         job.run_box = self.shared.box if self.shared is not None else None
+        job.returned = False  # a watched twin given back once may be claimed again
         return job
 
     def _route_of(self, row: JobRecord) -> str:
@@ -250,12 +252,15 @@ class SharedOps:
             ok = self._beat_ok_since
             if ok is not None and now - ok >= lease:
                 retry = self.deps.config.jobs.retry_interrupted
+                wait = self.deps.config.admission.queue.max_wait  # large bodies' box: gone
                 self.shared.sweep(
-                    lease, retry, self.deps.wall(), lambda rows: self._soon(self._swept, rows)
+                    lease, retry, self.deps.wall(), lambda rows: self._soon(self._swept, rows), wait
                 )
         if now - self._synced >= POLL_SECONDS:
             self._synced = now
             self.sync_watched()
+        if self._returning:
+            self.give_back_pending()
         if now - self._polled >= POLL_SECONDS:
             self.dispatch()
         self.places_tick(now)  # the whole queue's places (service_places)
@@ -321,6 +326,7 @@ class SharedOps:
         self._follow(job, w.record)
         if w.record.state in FINAL_STATES:
             self._ended_elsewhere(job)
+            self.drop_kept_body(job)  # this box took it: its body is no longer needed
         job.notify()
         self._changed_all()
 

@@ -114,9 +114,11 @@ class SharedQueue(Protocol):
         retry_interrupted: bool,
         wall: float,
         done: Callable[[list[JobRecord] | None], None],
+        body_wait: float | None = None,
     ) -> None:
         """End (or queue again) the running jobs of boxes silent for over ``lease``
-        seconds; ``done`` gets the changed records."""
+        seconds, and fail ``body_lost`` the queued jobs whose body only a box silent for
+        over ``body_wait`` keeps; ``done`` gets the changed records."""
         ...
 
     def where(self, job_ids: Sequence[str], *, queued: bool = True) -> list[Where]:

@@ -2,21 +2,23 @@
 
 Both touch only this box's rows and files (``run_box``/``body_box`` is this box):
 ``recover`` makes its rows true again after it died (``sql_recover``), ``evict``
-expires its kept results by age, then by size (``JobStore.evict``). A mixin of
+expires its kept results by age, then by size (``JobStore.evict``), and deletes the
+bodies it kept for jobs that ended elsewhere meanwhile. A mixin of
 ``store.PostgresJobStore``, as the ``sql_*`` modules' mixins are.
 """
 
 from __future__ import annotations
 
 from gatekeeper.core.vocab import JobState
-from gatekeeper.jobs.files import JobFiles
+from gatekeeper.jobs.files import SAFE_ID, JobFiles
 from gatekeeper.jobs.postgres import sql_records, sql_recover
 from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.record import JobRecord
-from gatekeeper.jobs.states import KEPT_STATES, Endings
+from gatekeeper.jobs.states import KEPT_STATES, LIVE_STATES, Endings
 from gatekeeper.jobs.store import EXPIRED_ROW_KEEP_FACTOR
 
 _KEPT = frozenset(s.value for s in KEPT_STATES)
+_LIVE = frozenset(s.value for s in LIVE_STATES)
 
 
 class PostgresHousekeeping:
@@ -42,8 +44,8 @@ class PostgresHousekeeping:
             if r.state is not JobState.QUEUED or r.started is None:
                 self._files.ledger.drop_job(r.id)
         states = self.bridge.call("recover", sql_recover.file_states, self.box)
-        self._files.sweep(
-            keep_body=lambda name: states.get(name) == JobState.QUEUED.value,
+        self._files.sweep(  # a body another box may still fetch stays (issue #21)
+            keep_body=lambda name: states.get(name) in _LIVE,
             keep_result=lambda name: states.get(name) in _KEPT,
         )
         return changed
@@ -72,4 +74,14 @@ class PostgresHousekeeping:
         self.bridge.call("evict", sql_records.expire, changes, drop_before)
         for job_id in old + by_size:
             ledger.drop_job(job_id)
+        self._drop_ended_bodies()
         return old + by_size
+
+    def _drop_ended_bodies(self) -> None:
+        """The bodies this box kept for jobs that ended while it did not watch them (it
+        restarted while another box ran them: issue #21, ``service_bodies``)."""
+        names = [p.name for p in self._files.bodies.iterdir() if SAFE_ID.fullmatch(p.name)]
+        if names:
+            ended = self.bridge.call("evict", sql_recover.ended_of, names)
+            for job_id in ended:
+                self._files.drop_body(job_id)

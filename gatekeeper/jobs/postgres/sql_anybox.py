@@ -14,6 +14,12 @@ methods (``PostgresAnyBox``, mixed into ``PostgresJobStore``).
   ``run_box`` while it runs, its ``body_box`` while it waits) takes its requests with
   its next look (``fleet.FleetWatch``, every second) and decides with what only it
   knows (its held connections), exactly as for a ``DELETE`` of its own.
+- **Where a large body is** (``body_box``): a body over ``jobs.postgres.max_body_bytes``
+  stays on the box that took the request (the job's ``body_box``); the box that claimed
+  the job fetches it from that box's address (``bodyrelay``). A fetch that failed gives
+  the job back (``give_back``): queued again in its place (its ``seq``), in the statement
+  fenced to the claiming box (``run_box``, still running), its client's ring row moved
+  back the round the claim moved it on (``sql_fair``), so it keeps its turn.
 - **The fleet** (``fleet``): every box with its address, the age of its last ``seen``
   stamp on the database's clock (``DB_NOW``: boxes' clocks may disagree) and its
   running jobs, and the whole queue's totals; ``stamp`` writes this box's ``seen``.
@@ -31,6 +37,8 @@ from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.anybox_store import BoxRow, Fleet, ResultPlace, RunningJob
 from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.postgres.schema import DB_NOW
+from gatekeeper.jobs.postgres.sql_records import RETURNING
+from gatekeeper.jobs.record import JobRecord, decode
 
 _Q, _R = JobState.QUEUED.value, JobState.RUNNING.value
 # A box that stopped cleanly is listed this long after (seconds), then no more.
@@ -48,6 +56,39 @@ async def result_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None
     if row is None or row["run_box"] is None:
         return None
     return ResultPlace(row["run_box"], row["address"])
+
+
+async def body_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None:
+    row = await con.fetchrow(
+        "SELECT j.body_box, b.address FROM jobs j LEFT JOIN boxes b ON b.id = j.body_box"
+        " WHERE j.id = $1",
+        job_id,
+    )
+    if row is None or row["body_box"] is None:
+        return None
+    return ResultPlace(row["body_box"], row["address"])
+
+
+_GIVE_BACK = f"""
+WITH j AS (
+    UPDATE jobs SET state = '{_Q}', started = NULL, engine = NULL, result_status = NULL,
+        result_reason = NULL, result_headers = NULL, result_bytes = 0, progress = NULL,
+        run_box = NULL, heartbeat = NULL
+    WHERE id = $1 AND state = '{_R}' AND run_box = $2 {RETURNING}
+), r AS (
+    INSERT INTO ring (client, turn, round)
+    SELECT client, nextval('ring_turn'), (SELECT round FROM ring_clock) FROM j
+    ON CONFLICT (client) DO UPDATE SET round = GREATEST(ring.round - 1, 0)
+)
+SELECT * FROM j
+"""
+
+
+async def give_back(con: asyncpg.Connection, job_id: str, box: str) -> JobRecord | None:
+    """``job_id``, claimed by ``box`` and not started, queued again (module text); None:
+    it is not running on ``box`` any more (swept, or ended)."""
+    row = await con.fetchrow(_GIVE_BACK, job_id, box)
+    return None if row is None else decode(row)
 
 
 async def relay_secret(con: asyncpg.Connection, candidate: str) -> str:
@@ -162,6 +203,17 @@ class PostgresAnyBox:
 
     bridge: Bridge
     box: str
+    _claimed: set[str]
+
+    def body_place(self, job_id: str) -> ResultPlace | None:
+        """Where ``job_id``'s request body is kept: the box that took it, its address."""
+        return self.bridge.call("body_place", body_box, job_id)
+
+    def give_back(self, job_id: str) -> JobRecord | None:
+        """``job_id`` (claimed here, its engine not asked) queued again in its place."""
+        row = self.bridge.call("give_back", give_back, job_id, self.box)
+        self._claimed.discard(job_id)
+        return row
 
     def result_place(self, job_id: str) -> ResultPlace | None:
         return self.bridge.call("result_place", result_box, job_id)

@@ -14,7 +14,9 @@ clocks may disagree, the database is one clock.
   ``notify_queued`` trigger wakes the idle boxes); their held queued jobs are
   cancelled ``restart`` (their clients were connected to the dead box). Their
   async queued jobs were never theirs: any box claims them (bodies in the
-  database; a larger body waits for its box: docs/postgres.md).
+  database; a larger body waits for its box: docs/postgres.md), but one whose body
+  only a box silent for over ``body_wait`` keeps (``admission.queue.max_wait``: the
+  job has waited longer than any job may) fails ``body_lost``: that box is gone.
 - ``where``: the rows of jobs a box watches but does not run.
 """
 
@@ -75,11 +77,25 @@ WHERE state = '{_QUEUED}' AND held <> 0 AND body_box = ANY($1::text[]) {RETURNIN
 """
 
 
+# The queued jobs whose body only a box silent for over $5 seconds keeps.
+_LOST = f"""
+UPDATE jobs SET state = $2, reason = $3, finished = $4
+WHERE state = '{_QUEUED}' AND NOT body_in_db AND body_box = ANY($1::text[])
+    AND body_box IN (SELECT id FROM boxes WHERE id = ANY($1::text[]) AND seen < {DB_NOW} - $5)
+{RETURNING}
+"""
+
+
 async def sweep(
-    con: asyncpg.Connection, box: str, lease: float, retry_interrupted: bool, wall: float
+    con: asyncpg.Connection,
+    box: str,
+    lease: float,
+    retry_interrupted: bool,
+    wall: float,
+    body_wait: float | None = None,
 ) -> list[JobRecord]:
     """The work of boxes silent for over ``lease`` seconds (module text); the changed
-    records."""
+    records. ``body_wait`` None: large bodies wait for their box however long."""
     async with con.transaction():
         dead = await con.fetch(
             f"SELECT id FROM boxes WHERE id <> $1 AND seen < {DB_NOW} - $2 FOR UPDATE SKIP LOCKED",
@@ -97,7 +113,12 @@ async def sweep(
             rows = await con.fetch(_FAIL, boxes, end.state.value, end.reason, float(wall))
         restart = Endings.RESTART
         held = await con.fetch(_HELD, boxes, restart.state.value, restart.reason, float(wall))
-    changed = {str(r["id"]): decode(r) for r in [*rows, *held]}
+        lost: list[asyncpg.Record] = []
+        if body_wait is not None:
+            end = Endings.BODY_LOST
+            args = (end.state.value, end.reason, float(wall), float(body_wait))
+            lost = await con.fetch(_LOST, boxes, *args)
+    changed = {str(r["id"]): decode(r) for r in [*rows, *held, *lost]}
     return list(changed.values())
 
 
@@ -139,9 +160,17 @@ class PostgresBoxes:
         retry_interrupted: bool,
         wall: float,
         done: Callable[[list[JobRecord] | None], None],
+        body_wait: float | None = None,
     ) -> None:
         self.bridge.fire(
-            "sweep", sweep, self.box, float(lease), retry_interrupted, float(wall), done=done
+            "sweep",
+            sweep,
+            self.box,
+            float(lease),
+            retry_interrupted,
+            float(wall),
+            body_wait,
+            done=done,
         )
 
     def where(self, job_ids: Sequence[str], *, queued: bool = True) -> list[Where]:

@@ -42,6 +42,14 @@ from gatekeeper.jobs.record import COLUMNS
 
 _QUEUED = JobState.QUEUED.value
 
+# A body only its taking box keeps is fetched from it (``bodyplan``, ``bodyrelay``): a job
+# is claimed for it only while that box is alive (seen within ``$4``, ``jobs.lease``; not
+# stopped; with an address) and not one this box skips after failed fetches (``$5``).
+# A dead box's large bodies wait for it (docs/postgres.md).
+_FETCHABLE = f"""q.body_box <> ALL($5::text[]) AND EXISTS (
+                SELECT 1 FROM boxes b WHERE b.id = q.body_box AND b.address IS NOT NULL
+                    AND b.stopped IS NULL AND b.seen > {DB_NOW} - $4)"""
+
 CLAIM = f"""
 WITH pick AS (
     SELECT r.client, r.round, j.seq
@@ -49,7 +57,7 @@ WITH pick AS (
     CROSS JOIN LATERAL (
         SELECT q.seq FROM jobs q
         WHERE q.client = r.client AND q.state = '{_QUEUED}'
-            AND (q.body_in_db OR q.body_box = $3)  -- a body this box can read (issue #21)
+            AND (q.body_in_db OR q.body_box = $3 OR ({_FETCHABLE}))  -- issue #21
         ORDER BY q.seq LIMIT 1
     ) j
     ORDER BY r.round, r.turn
@@ -72,10 +80,19 @@ SELECT * FROM claimed
 
 
 async def claim(
-    con: asyncpg.Connection, started: float, engine: str | None, box: str
+    con: asyncpg.Connection,
+    started: float,
+    engine: str | None,
+    box: str,
+    lease: float = 30.0,
+    skip: frozenset[str] = frozenset(),
 ) -> asyncpg.Record | None:
-    """The next job by the rule, now running on ``box`` (one statement); None if none."""
-    row: asyncpg.Record | None = await con.fetchrow(CLAIM, started, engine, box)
+    """The next job by the rule, now running on ``box`` (one statement); None if none.
+    ``lease``: a taking box seen within it serves its large bodies; ``skip``: taking
+    boxes whose large bodies this box leaves alone for now (``bodyplan.Backoff``)."""
+    row: asyncpg.Record | None = await con.fetchrow(
+        CLAIM, started, engine, box, float(lease), sorted(skip)
+    )
     return row
 
 

@@ -121,3 +121,15 @@ async def file_states(con: asyncpg.Connection, box: str) -> dict[str, str]:
     """The state of every job with a file on ``box`` (for the sweep of its files)."""
     rows = await con.fetch("SELECT id, state FROM jobs WHERE body_box = $1 OR run_box = $1", box)
     return {str(r["id"]): str(r["state"]) for r in rows}
+
+
+async def ended_of(con: asyncpg.Connection, job_ids: list[str]) -> list[str]:
+    """Of ``job_ids``, those whose job is no longer queued or running (a body file this
+    box kept for it may go: ``PostgresHousekeeping.evict``)."""
+    rows = await con.fetch(
+        "SELECT id FROM jobs WHERE id = ANY($1::text[]) AND state NOT IN ($2, $3)",
+        job_ids,
+        _QUEUED,
+        _RUNNING,
+    )
+    return [str(r["id"]) for r in rows]

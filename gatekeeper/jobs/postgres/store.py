@@ -118,6 +118,7 @@ class PostgresJobStore(
         self._lock = lock
         self._files = JobFiles(directory)
         self._claimed: set[str] = set()  # running here, by this process (``finish``)
+        self.skipped_bodies: frozenset[str] = frozenset()  # set by the service (``bodyplan``)
 
     @classmethod
     def open(
@@ -264,7 +265,10 @@ class PostgresJobStore(
     def claim_next(self, started: float, engine: str | None = None) -> JobRecord | None:
         """The next queued job of the whole shared queue by the fairness rule, now
         running on this box (``sql_fair.CLAIM``: one statement); None if none."""
-        row = self.bridge.call("claim_next", sql_fair.claim, float(started), engine, self.box)
+        skip = self.skipped_bodies  # taking boxes whose large bodies wait (``bodyplan``)
+        row = self.bridge.call(
+            "claim_next", sql_fair.claim, float(started), engine, self.box, self.lease, skip
+        )
         if row is None:
             return None
         claimed = decode(row)
