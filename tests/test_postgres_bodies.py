@@ -143,3 +143,28 @@ def test_a_large_body_of_a_box_gone_past_max_wait_is_lost_not_run(
         (big.id, JobState.FAILED, "body_lost")
     ]
     assert b.get(small.id).state is JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_small_body_that_cannot_be_written_at_the_claim_gives_the_job_back(
+    boxes: tuple[PostgresJobStore, PostgresJobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B claims A's small job (its body in the database) but its own disk refuses the body:
+    the claim raises and the job is queued again in its place, not left running on B
+    without a body; once B's disk takes it, the same job is claimed, body and all."""
+    a, b = boxes
+    job = add(a, b"tiny")  # within max_body_bytes: in the database
+    real = b._files.body_writer
+
+    def full(job_id: str) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(b._files, "body_writer", full)
+    with pytest.raises(OSError):
+        b.claim_next(1.0)
+    again = b.get(job.id)
+    assert again is not None and again.state == JobState.QUEUED
+    monkeypatch.setattr(b._files, "body_writer", real)
+    got = b.claim_next(2.0)
+    assert got is not None and got.id == job.id and got.state == JobState.RUNNING
+    path = b.body_path(job.id)
+    assert path is not None and path.read_bytes() == b"tiny"

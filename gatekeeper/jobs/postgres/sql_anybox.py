@@ -29,14 +29,17 @@ methods (``PostgresAnyBox``, mixed into ``PostgresJobStore``).
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 import asyncpg
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.anybox_store import BoxRow, Fleet, ResultPlace, RunningJob
+from gatekeeper.jobs.files import JobFiles
 from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.postgres.schema import DB_NOW
+from gatekeeper.jobs.postgres.sql_boxes import body_of
 from gatekeeper.jobs.postgres.sql_records import RETURNING
 from gatekeeper.jobs.record import JobRecord, decode
 
@@ -198,12 +201,38 @@ async def fleet(con: asyncpg.Connection, box: str) -> Fleet:
     )
 
 
+log = logging.getLogger("gatekeeper.jobs")
+
+
 class PostgresAnyBox:
     """The ``anybox_store.AnyBoxStore`` methods of ``PostgresJobStore`` (which sets these)."""
 
     bridge: Bridge
     box: str
     _claimed: set[str]
+    _files: JobFiles
+
+    def body_from_db(self, job_id: str) -> None:
+        """A job just claimed here whose body is in the database (another box took it):
+        the body written into this box's spool. Never left running here without it: if
+        the database's copy cannot be read or this box's disk cannot take it, the job is
+        given back in its place and the fault raised (a ``StorageError`` to the caller,
+        which holds this box's dispatch)."""
+        try:
+            body = self.bridge.call("claim_next", body_of, job_id)
+            if body is not None:
+                writer = self._files.body_writer(job_id)
+                try:
+                    writer.write(body)
+                    writer.commit()
+                finally:
+                    writer.abort()
+        except Exception:
+            try:
+                self.give_back(job_id)
+            except Exception:  # the database failing too: the lease sweep is what is left
+                log.exception("job %s: not given back after its body failed", job_id)
+            raise
 
     def body_place(self, job_id: str) -> ResultPlace | None:
         """Where ``job_id``'s request body is kept: the box that took it, its address."""

@@ -47,7 +47,7 @@ from gatekeeper.jobs.postgres.bridge import Bridge
 from gatekeeper.jobs.postgres.housekeeping import PostgresHousekeeping
 from gatekeeper.jobs.postgres.sql_anybox import PostgresAnyBox
 from gatekeeper.jobs.postgres.sql_batches import PostgresBatches
-from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes, body_of
+from gatekeeper.jobs.postgres.sql_boxes import PostgresBoxes
 from gatekeeper.jobs.postgres.sql_handles import PostgresListing
 from gatekeeper.jobs.postgres.sql_outbox import PostgresOutbox
 from gatekeeper.jobs.postgres.sql_places import PostgresPlaces
@@ -274,14 +274,7 @@ class PostgresJobStore(
         claimed = decode(row)
         self._claimed.add(claimed.id)
         if self._files.body_path(claimed.id) is None:  # taken by another box: from the database
-            body = self.bridge.call("claim_next", body_of, claimed.id)
-            if body is not None:
-                writer = self._files.body_writer(claimed.id)
-                try:
-                    writer.write(body)
-                    writer.commit()
-                finally:
-                    writer.abort()
+            self.body_from_db(claimed.id)  # sql_anybox: given back if it cannot be written
         return claimed
 
     def set_result_head(
