@@ -18,11 +18,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from echo_engine import EchoEngine
 from pgserver import PgServer
-from support import eventually, resources_file
+from support import eventually, poll, resources_file
 from test_postgres_shared import add
 
 from gatekeeper.app.wiring import build_proxy_app, create_state
 from gatekeeper.config import load_config
+from gatekeeper.core.lease import Lease
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.bodyrelay import BODY_PATH
 from gatekeeper.jobs.postgres import PostgresJobStore
@@ -128,3 +129,62 @@ async def test_a_fetch_broken_off_gives_the_job_back_and_a_gone_body_is_lost(
         assert not [p for p in bodies.iterdir() if p.name.startswith((job.id, lost.id))]
     finally:
         a.close()
+
+
+async def test_a_job_queued_again_elsewhere_waits_again_in_its_taking_box_view(
+    aiohttp_client: ClientFactory,
+    pg_server: PgServer,
+    pg_schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Box A (in process, its one slot held) takes an async job; box B (a store) claims
+    it, so A shows it running on B; B gives it back (its body's fetch failed, or a sweep
+    queued it again): A's view follows the database back to ``queued`` with a place,
+    not "running on B" until the next claim."""
+    monkeypatch.setenv("GK_TEST_APP_DSN", pg_server.dsn)
+    doc: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:1",
+        "upstream": {"url": "http://127.0.0.1:9"},  # A never runs it: its slot is held
+        "admission": {"max_in_flight": 1, **resources_file(tmp_path / "calm.json")["admission"]},
+        "jobs": {
+            "min_free_bytes": 0,
+            "store": "postgres",
+            "postgres": {"dsn_env": "GK_TEST_APP_DSN", "schema": pg_schema},
+        },
+        "routes": [{"name": "gen", "match": {"path": "/generate"}, "action": "queue"}],
+    }
+    st = await create_state(load_config(yaml.safe_dump(doc)), state_dir=tmp_path / "a")
+    st.set_upstream_up(True)
+    held = st.gate.try_admit("gen", st.clock())
+    assert isinstance(held, Lease)
+    client = await aiohttp_client(build_proxy_app(st, monitor=False, probe=False))
+    b = PostgresJobStore.open(tmp_path / "b", dsn=pg_server.dsn, schema=pg_schema)
+    try:
+        async with client.post("/generate", data=b"{}", headers={"Prefer": "respond-async"}) as r:
+            assert r.status == 202, await r.text()
+            job = (await r.json())["id"]
+
+        async def view() -> dict[str, Any]:
+            async with client.get(f"/_gatekeeper/jobs/{job}") as r:
+                assert r.status == 200
+                got: dict[str, Any] = await r.json()
+                return got
+
+        claimed = b.claim_next(1.0)
+        assert claimed is not None and claimed.id == job
+        seen: list[dict[str, Any]] = []
+
+        async def shows(state: str) -> bool:
+            seen.append(await view())
+            return seen[-1]["state"] == state
+
+        await poll(lambda: shows("running"), timeout=10)
+        assert seen[-1]["state"] == "running"
+        assert b.give_back(job) is not None
+        await poll(lambda: shows("queued"), timeout=10)
+        assert seen[-1].get("position") == 1, seen[-1]
+    finally:
+        held.release()
+        b.close()

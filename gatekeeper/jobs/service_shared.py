@@ -16,10 +16,10 @@ is a worker of one waiting room, held in the database (a pull model):
 - **the room is a view**: this box's waiting room holds only the jobs it took
   (their held clients and positions) and its Gradio guests; another box may run
   them. Every ``POLL_SECONDS`` the jobs this box watches but does not run are read
-  back (``where``): one claimed elsewhere leaves the room and shows its
-  ``run_box`` (``Job.run_box``: where the relay fetches its result), one ended
-  elsewhere ends here too, as stored. Positions, ETAs and the limits are the whole
-  queue's, not the room's (``service_places``, ``service_limits``).
+  back (``service_watched``): claimed elsewhere, queued again after running
+  elsewhere, or ended elsewhere, this box's view follows the database. Positions,
+  ETAs and the limits are the whole queue's, not the room's (``service_places``,
+  ``service_limits``).
 - **heartbeats and the lease**: every ``jobs.lease / 3`` the tick (on this loop:
   a wedged box stops beating) asks the store to stamp the box and its running jobs
   (fire and forget: run on the store's thread, never waited for); every
@@ -44,7 +44,7 @@ import logging
 from collections.abc import Callable
 
 from gatekeeper.config import Config
-from gatekeeper.core.vocab import FINAL_STATES, JobState
+from gatekeeper.core.vocab import FINAL_STATES
 from gatekeeper.jobs.deps import JobDeps
 from gatekeeper.jobs.floor import STORAGE_HOLD_SECONDS
 from gatekeeper.jobs.guard import GuardedStore, StorageError, guarded
@@ -52,8 +52,9 @@ from gatekeeper.jobs.model import Job, Refused
 from gatekeeper.jobs.outbox import JobEvents
 from gatekeeper.jobs.record import JobRecord
 from gatekeeper.jobs.service_bodies import BodyOps
+from gatekeeper.jobs.service_watched import WatchedOps
 from gatekeeper.jobs.shared import LiveTwin, SharedQueue, Where
-from gatekeeper.jobs.states import ALL_ENDINGS, Ending, Endings
+from gatekeeper.jobs.states import Ending, Endings
 from gatekeeper.jobs.waitroom import WaitingRoom
 
 log = logging.getLogger("gatekeeper.jobs")
@@ -62,7 +63,7 @@ log = logging.getLogger("gatekeeper.jobs")
 POLL_SECONDS = 1.0
 
 
-class SharedOps(BodyOps):
+class SharedOps(BodyOps, WatchedOps):
     """Mixed into ``JobService`` (which provides the attributes declared here)."""
 
     deps: JobDeps
@@ -294,64 +295,6 @@ class SharedOps(BodyOps):
                 row.state,
                 row.reason,
             )
-
-    def sync_watched(self, only: str | None = None) -> None:
-        """Read back the live jobs this box watches but does not run (module text);
-        ``only``: that one job now (a request asks for a job another box runs: its
-        answer must not lag the tick's second behind the database)."""
-        if self.shared is None:
-            return
-        self._foreign &= self.live.keys()  # those that ended here (claimed, then run here)
-        ids = [
-            i
-            for i, j in self.live.items()
-            if j.task is None and i not in self.unsaved and only in (None, i)
-        ]
-        if not ids:
-            return
-        try:
-            found = self._where(ids, queued=False)  # a box's queue: few rows moved
-        except StorageError as exc:
-            log.debug("reading back watched jobs: %s", exc.detail)
-            return
-        for w in found:
-            job = self.live.get(w.record.id)
-            if job is not None and job.task is None and w.record.state is not JobState.QUEUED:
-                self._moved(job, w)
-
-    def _moved(self, job: Job, w: Where) -> None:
-        """``job`` runs or ended on another box: this box's view follows the database."""
-        self.room.leave(job.id)
-        job.run_box = w.run_box
-        self._follow(job, w.record)
-        if w.record.state in FINAL_STATES:
-            self._ended_elsewhere(job)
-            self.drop_kept_body(job)  # this box took it: its body is no longer needed
-        job.notify()
-        self._changed_all()
-
-    def _follow(self, job: Job, row: JobRecord) -> None:
-        """``job`` as stored now (it runs or ran on another box): its record, and a start
-        on this box's loop clock for its ETA and elapsed time."""
-        job.record, job.result_bytes, job.progress = row, row.result_bytes, row.progress
-        if row.started is not None and job.started is None:
-            job.started = self.deps.clock() - max(0.0, self.deps.wall() - row.started)
-
-    def _ended_elsewhere(self, job: Job) -> None:
-        """The job ended on another box (or was swept): it leaves this box's live set as
-        stored there, with no write from here."""
-        rec = job.record
-        if job.ending is None:  # as stored there (a held client's answer reads it)
-            job.ending = next(
-                (e for e in ALL_ENDINGS if (e.state, e.reason) == (rec.state, rec.reason)),
-                Ending(rec.state, rec.reason, None),
-            )
-        self.live.pop(job.id, None)
-        self._foreign.discard(job.id)
-        key = job.record.coalesce_key
-        if key is not None and self._by_key.get(key) is job:
-            del self._by_key[key]
-        job.finished = self.deps.clock()
 
     def fenced(self, job: Job) -> None:
         """A write of ``job``'s ending was refused: another box owns it now.
