@@ -18,7 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from echo_engine import EchoEngine
 from pgserver import PgServer
-from support import eventually, poll, resources_file
+from prometheus_client import generate_latest
+from support import eventually, metric, poll, resources_file
 from test_postgres_shared import add
 
 from gatekeeper.app.wiring import build_proxy_app, create_state
@@ -125,6 +126,9 @@ async def test_a_fetch_broken_off_gives_the_job_back_and_a_gone_body_is_lost(
         assert len(engine.posts("/")) == 1
         assert await eventually(lambda: st.gate.in_flight == 0, 5)
         assert st.gate.repeat_releases == 0
+        text = generate_latest(st.metrics.registry).decode()
+        for result, n in (("fetched", 1), ("given_back", 1), ("lost", 1)):
+            assert metric(text, f'gatekeeper_body_fetches_total{{result="{result}"}}') == n
         bodies = tmp_path / "b" / "bodies"
         assert not [p for p in bodies.iterdir() if p.name.startswith((job.id, lost.id))]
     finally:

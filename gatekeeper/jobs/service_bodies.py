@@ -126,6 +126,7 @@ class BodyOps:
         took = self.deps.clock() - started
         if verdict is Step.RUN:
             self._backoff.worked(box)
+            self.deps.metrics.body_fetches.labels("fetched").inc()
             log.info(
                 "job %s… body of %d bytes fetched from box %s in %.3f s",
                 job.id[:6],
@@ -146,11 +147,13 @@ class BodyOps:
 
     def _lost(self, job: Job, why: str) -> None:
         log.error("job %s… its request body can never come back (%s): body_lost", job.id[:6], why)
+        self.deps.metrics.body_fetches.labels("lost").inc()
         self.finish(job, Endings.BODY_LOST, detail=why)
 
     def _give_back(self, job: Job, why: str) -> None:
         """``job`` queued again in its place (module text); this box lets go of it."""
         log.warning("job %s… given back to the queue, its body not fetched: %s", job.id[:6], why)
+        self.deps.metrics.body_fetches.labels("given_back").inc()
         job.returned = True
         row: JobRecord | None = None
         try:

@@ -81,6 +81,16 @@ class JobMetrics:
             ["route"],
             registry=r,
         )
+        self.body_fetches = Counter(
+            "gatekeeper_body_fetches",
+            "Large request bodies fetched from the box that took the job (jobs.store:"
+            " postgres), by result: fetched (run here), given_back (the fetch failed: queued"
+            " again in its place), lost (the taking box has it no more: body_lost).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("fetched", "given_back", "lost"):
+            self.body_fetches.labels(result)
         self.state_free_bytes = Gauge(
             "gatekeeper_state_free_bytes",
             "Free bytes on the state directory's file system (sampled every 0.25 s by the"
