@@ -158,7 +158,7 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three idle boxes; 12 async jobs of 3 clients (a's 4, then b's, then c's), all
-    submitted to box A: the first three (3 s songs) start at once, one per box (B and C
+    submitted to box A: the first three (held songs) start at once, one per box (B and C
     woken by the notification), the others wait and are pulled by whichever box frees a
     slot. Every job is done exactly once, every engine ran some and never two at once,
     and the claims follow the fair order (round-robin across a, b, c, FIFO within each),
@@ -169,8 +169,16 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     ids: list[tuple[str, str]] = []
     for user in ("a", "b", "c"):
         for n in range(4):
-            seconds = 3.0 if len(ids) < 3 else None  # the rest arrive while they run
+            # The first three held (an hour) until all have arrived: the rest wait.
+            seconds = 3600.0 if len(ids) < 3 else None
             ids.append((await _submit(http, a, user, n, seconds), user))
+    for box in (a, b, c):  # each engine runs one held song: end it
+
+        async def ended(box: Box = box) -> bool:
+            async with http.post(box.engine_url + "/_sim/finish") as r:
+                return bool((await r.json())["finished"] == 1)
+
+        await poll(ended)
     ran: set[str] = set()
     while len(ran) < 12:  # box A answers for its jobs wherever they run
         for job_id, _ in ids:
