@@ -36,7 +36,7 @@ class Plan:
 
 FULL = Plan(5.0, 1.0, 3, 500, GiB, 5.0, 1000, 1000)
 QUICK = Plan(2.0, 1.0, 1, 500, 256 * MiB, 3.0, 1000, 1000)
-SMOKE = Plan(1.0, 0.0, 1, 100, 64 * MiB, 1.0, 1000, 20)
+SMOKE = Plan(1.0, 0.0, 1, 100, 64 * MiB, 0.5, 1000, 20)
 
 
 @dataclass(frozen=True)

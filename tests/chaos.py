@@ -599,9 +599,12 @@ class Chaos:
         faults: bool = True,
         engines: int = 0,
         storage: Path | None = None,
+        fault_gap: tuple[float, float] = (1.0, 3.0),
     ) -> None:
         """``engines`` 0: one engine-sim given by ``--upstream``; N: N engine-sims listed in
-        ``upstream.engines`` (gpu0...), one slot each, so the limit is N (issue #11 §1)."""
+        ``upstream.engines`` (gpu0...), one slot each, so the limit is N (issue #11 §1).
+        ``fault_gap``: the range of the random pause between two faults, seconds (the
+        tests' short runs use a shorter one: as many faults in fewer exchanges)."""
         self.tmp = tmp
         self.seed = seed
         self.concurrency = concurrency
@@ -620,6 +623,7 @@ class Chaos:
         )
         self.bad_answers: list[str] = []  # 5xx answers that were not gatekeeper's JSON
         self.faults_enabled = faults
+        self.fault_gap = fault_gap
         self.rng = random.Random(seed)
         self.log: list[str] = []
         self.mode = "finish"  # on_client_disconnect in the rules file now
@@ -833,7 +837,7 @@ class Chaos:
     async def _fault_loop(self, faults: Counter[str], stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.rng.uniform(1.0, 3.0)):
+                async with asyncio.timeout(self.rng.uniform(*self.fault_gap)):
                     await stop.wait()
             if stop.is_set():
                 return
@@ -870,13 +874,17 @@ class Chaos:
     # ---------------------------------------------------------------- phases
 
     def _schedule(self, n: int) -> list[tuple[int, str]]:
-        names = list(self.actions)
-        weights = [self.actions[k][1] for k in names]
+        """The next ``n`` exchanges, drawn from shuffled decks: each deck holds every action
+        as many times as its weight, so any run of a deck's length or more (30 exchanges
+        with the default actions) sends every hostile action, in a seeded random order."""
+        deck = [name for name, (_, weight) in self.actions.items() for _ in range(weight)]
         out = []
         for _ in range(n):
             i = self.next_exchange
             self.next_exchange += 1
-            out.append((i, random.Random(f"{self.seed}:{i}").choices(names, weights)[0]))
+            order = list(deck)
+            random.Random(f"{self.seed}:deck:{i // len(deck)}").shuffle(order)
+            out.append((i, order[i % len(deck)]))
         return out
 
     async def _run_one(self, i: int, name: str, outcomes: dict[str, Counter[str]]) -> None:

@@ -276,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         # then re-raises it to the handler that was there before: make that one a no-op so
         # the process exits 0 after its clean shutdown instead of dying of the signal.
         signal.signal(signal.SIGTERM, lambda *_: None)
+        # A gradio_client's heartbeat stream stays open after its close() until the next
+        # heartbeat (15 s): waiting for it made a stop take up to 15 s. No test asks the
+        # app to drain: open streams get a second, then are closed.
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
         )
         server = Server(config)
         asyncio.run(server.serve())

@@ -258,7 +258,7 @@ async def test_the_per_client_cap_and_delete_touch_only_the_submitters_batch(
     DELETE of A's batch is 404 and cancels nothing; A's DELETE cancels A's items only."""
     url, admin, _ = gk
     async with http.post(
-        url + "/batch-generate", json=seed_batch(5, "A", 2.0), headers=user("A")
+        url + "/batch-generate", json=seed_batch(5, "A", 1.0), headers=user("A")
     ) as r:
         assert r.status == 202, await r.text()
         mine = r.headers["Location"]
@@ -299,7 +299,7 @@ async def test_kill_9_mid_batch_keeps_the_batch_view_consistent(
     first, url, _ = start_gatekeeper(tmp_path, _rules(), engine, "--state-dir", str(state))
     procs.append(first)
     async with http.post(
-        url + "/batch-generate", json=seed_batch(4, "A", 2.0), headers=user("A")
+        url + "/batch-generate", json=seed_batch(4, "A", 1.0), headers=user("A")
     ) as r:
         assert r.status == 202, await r.text()
         location = r.headers["Location"]

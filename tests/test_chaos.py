@@ -26,32 +26,53 @@ PHASES = [("finish", 1), ("cancel", 1), ("finish", 2), ("cancel", 2), ("mixed", 
 # Two one-slot engines (issue #11 §1): the limit is always their sum, 2.
 TWO_ENGINE_PHASES = ["finish", "cancel", "mixed"]
 # Exchanges per phase of the storage-fault run (GATEKEEPER_CHAOS_EXCHANGES for a long run).
-STORAGE_EXCHANGES = int(os.environ.get("GATEKEEPER_CHAOS_EXCHANGES", "100"))
+STORAGE_EXCHANGES = int(os.environ.get("GATEKEEPER_CHAOS_EXCHANGES", "50"))
+# A fault every 0.5-1.5 s (the long runs of bench/chaos.py: 1-3 s): the short phases here
+# see as many engine kills and reloads as phases twice as long did; volume is bench/'s.
+FAULT_GAP = (0.5, 1.5)
+
+
+def _assert_chaos_happened(c: Chaos, *, kills_and_reloads: bool = True) -> None:
+    """The run exercised what its docstring claims: every hostile action of the driver
+    ran (its decks guarantee it), and, unless told otherwise, an engine was killed and the
+    rules reloaded (a run without them proved nothing)."""
+    ran: Counter[str] = Counter()
+    faults: Counter[str] = Counter()
+    for r in c.results:
+        faults.update(r.faults)
+        for name, outcomes in r.outcomes.items():
+            ran[name] += sum(outcomes.values())
+    assert not set(c.actions) - set(ran), f"actions never run: {set(c.actions) - set(ran)}"
+    if kills_and_reloads:
+        reloads = faults["sighup"] + faults["post_reload"] + faults["toggle_mode"]
+        assert faults["kill_engine"] > 0 and reloads > 0, (c.seed, faults)
 
 
 @pytest.mark.slow
 async def test_chaos_fast_run(tmp_path: Path) -> None:
     """Hostile clients, engine kills and reloads in both modes: no leak, no over-admission."""
-    async with Chaos(tmp_path, SEED) as c:
+    async with Chaos(tmp_path, SEED, fault_gap=FAULT_GAP) as c:
         try:
             for mode, limit in PHASES:
-                await c.phase(80, mode, limit)  # volume: the long run (bench/chaos.py)
+                await c.phase(40, mode, limit)  # volume: the long run (bench/chaos.py)
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
+    _assert_chaos_happened(c)
 
 
 @pytest.mark.slow
 async def test_chaos_two_engines_fast_run(tmp_path: Path) -> None:
     """Two engine-sims in upstream.engines, a random one killed and restarted, reloads,
     hostile clients: each engine within its one slot, per-engine counts add up."""
-    async with Chaos(tmp_path, SEED, engines=2) as c:
+    async with Chaos(tmp_path, SEED, engines=2, fault_gap=FAULT_GAP) as c:
         try:
             for mode in TWO_ENGINE_PHASES:
-                await c.phase(70, mode)
+                await c.phase(35, mode)
             await c.sigterm_phase()
         finally:
             print("\n" + c.summary())
+    _assert_chaos_happened(c)
 
 
 @pytest.mark.slow
@@ -60,7 +81,7 @@ async def test_chaos_storage_faults_fast_run(tmp_path: Path) -> None:
     held jobs with bodies on a queue route, with the usual hostile clients, engine kills
     and reloads: no leak, no over-admission, no bare 500, the fresh generation served."""
     with small_tmpfs(tmp_path / "fs", "16m") as fs:
-        async with Chaos(tmp_path, SEED, storage=fs) as c:
+        async with Chaos(tmp_path, SEED, storage=fs, fault_gap=FAULT_GAP) as c:
             try:
                 for mode in ("finish", "cancel"):
                     await c.phase(STORAGE_EXCHANGES, mode)
@@ -70,6 +91,7 @@ async def test_chaos_storage_faults_fast_run(tmp_path: Path) -> None:
     outcomes = sum((r.outcomes.get("queued_job", Counter()) for r in c.results), Counter())
     assert outcomes["200"] > 0, outcomes  # jobs were served between the faults
     assert sum(r.faults["disk_full"] for r in c.results) > 0
+    _assert_chaos_happened(c, kills_and_reloads=False)  # most faults here fill the disk
 
 
 def _observation(**change: object) -> Observation:
@@ -237,10 +259,10 @@ async def test_chaos_two_identities_never_cross(tmp_path: Path) -> None:
     one identity do coalesce, and no answer carries the other identity's id or answer."""
     actions = {k: ACTIONS[k] for k in ("identities", "gen_ok", "hang")}
     actions["identities"] = (ACTIONS["identities"][0], 6)
-    async with Chaos(tmp_path, SEED, actions=actions) as c:
+    async with Chaos(tmp_path, SEED, actions=actions, fault_gap=FAULT_GAP) as c:
         try:
             for mode in ("finish", "cancel"):
-                await c.phase(100, mode)
+                await c.phase(50, mode)
             coalesced = metric_sum(await c.metrics(), "gatekeeper_coalesced_total")
             assert coalesced > 0, "no request was coalesced: the run proved nothing"
             outcomes = Counter[str]()
@@ -249,6 +271,7 @@ async def test_chaos_two_identities_never_cross(tmp_path: Path) -> None:
             assert outcomes["ok"] > 0 and "CROSSED" not in outcomes, outcomes
         finally:
             print("\n" + c.summary())
+    _assert_chaos_happened(c)
 
 
 def test_checker_counts_queue_jobs_started_as_admitted() -> None:

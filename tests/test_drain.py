@@ -37,6 +37,16 @@ shutdown:
 SONG = {"lyrics": "[verse] 海风吹过夏天的街", "description": "pop, piano, 90 bpm"}
 
 
+async def _finish(c: httpx.AsyncClient, engine: str) -> None:
+    """End the engine's running song now (engine-sim's /_sim/finish): a song held for as
+    long as the test's steps take, however slow the box."""
+
+    async def ended() -> bool:
+        return bool((await c.post(engine + "/_sim/finish")).json()["finished"] == 1)
+
+    await poll(ended)
+
+
 def wav_frames(body: bytes) -> int:
     with wave.open(io.BytesIO(body)) as w:
         return w.getnframes()
@@ -59,20 +69,29 @@ async def _ready(c: httpx.AsyncClient, admin: str) -> None:
 def _start(
     tmp_path: Path, procs: list[Proc], seconds: float, drain_timeout: str, linger: str = "0s"
 ) -> tuple[Proc, str, str]:
+    gk, proxy, admin, _ = _start_with_engine(tmp_path, procs, seconds, drain_timeout, linger)
+    return gk, proxy, admin
+
+
+def _start_with_engine(
+    tmp_path: Path, procs: list[Proc], seconds: float, drain_timeout: str, linger: str = "0s"
+) -> tuple[Proc, str, str, str]:
+    """``_start``, and the engine's URL last."""
     engine, upstream = start_engine(tmp_path, seconds=seconds)
     procs.append(engine)
     gk, proxy, admin = start_gatekeeper(
         tmp_path, RULES.format(drain_timeout=drain_timeout, linger=linger), upstream
     )
     procs.append(gk)
-    return gk, proxy, admin
+    return gk, proxy, admin, upstream
 
 
 async def test_sigterm_lets_the_running_generation_finish(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """SIGTERM mid-song: full WAV delivered, new songs 503 draining, passes served, exit 0."""
-    gk, proxy, admin = _start(tmp_path, procs, seconds=3.0, drain_timeout="30s")
+    # Held (an hour), ended below once every check during the drain is done.
+    gk, proxy, admin, engine = _start_with_engine(tmp_path, procs, 3600.0, "30s")
     async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
         await _ready(c, admin)
         song = asyncio.create_task(c.post(proxy + "/generate", json=SONG))
@@ -96,6 +115,12 @@ async def test_sigterm_lets_the_running_generation_finish(
         assert [g["state"] for g in progress.json()["generations"]] == ["running"]
         assert gk.proc.poll() is None
 
+        async def logged_twice() -> bool:  # drain_log_interval 500ms: it keeps saying so
+            return gk.output().count("draining: waiting for 1 generation(s)") >= 2
+
+        await poll(logged_twice)
+        assert gk.proc.poll() is None
+        await _finish(c, engine)
         resp = await song
         finished = time.monotonic()
         assert resp.status_code == 200
@@ -112,7 +137,7 @@ async def test_sigterm_lets_the_running_generation_finish(
 
 async def test_result_download_works_during_linger(tmp_path: Path, procs: list[Proc]) -> None:
     """An SSE job's client fetches /result/{id} after "done": linger keeps it served."""
-    gk, proxy, admin = _start(tmp_path, procs, seconds=1.5, drain_timeout="30s", linger="2s")
+    gk, proxy, admin, engine = _start_with_engine(tmp_path, procs, 3600.0, "30s", "2s")
     async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
         await _ready(c, admin)
         done: dict[str, Any] = {}
@@ -130,6 +155,7 @@ async def test_result_download_works_during_linger(tmp_path: Path, procs: list[P
         job = asyncio.create_task(stream())
         await _running(c, admin)
         gk.signal(signal.SIGTERM)
+        await _finish(c, engine)  # the song (held) ends while gatekeeper drains
         await job
         result = await c.get(proxy + done["url"])
         assert result.status_code == 200

@@ -304,9 +304,12 @@ async def test_every_way_to_start_a_generation_is_admitted_once(
     await http.post(engine[1] + "/_sim/reset")
     host, port = url.removeprefix("http://").split(":")
 
+    # admit: the first song outlasts the others' arrival; queue: all five run in turn.
+    seconds = 0.5 if action == "admit" else 0.2
+
     async def one(i: int) -> bytes:
         # Five different songs: identical ones would (rightly) be coalesced into one job.
-        body = json.dumps({**GEN, "lyrics": f"song {i}", "seconds": 0.5}).encode()
+        body = json.dumps({**GEN, "lyrics": f"song {i}", "seconds": seconds}).encode()
         # Raw bytes: aiohttp's client would normalise the path before sending it.
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gradio4_venv import Broken, Unavailable, gradio4_python
-from gradio_support import APP, get_json, join_data
+from gradio_support import APP, HELD, finish, get_json, join_data
 from support import REQUIRE_E2E, Proc, free_port, poll, start_gatekeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -82,8 +82,11 @@ def rig(
             p.stop()
 
 
-async def join(http: aiohttp.ClientSession, url: str, session: str, lyrics: str) -> str:
-    body = {"data": join_data(lyrics), "fn_index": 0, "session_hash": session}
+async def join(
+    http: aiohttp.ClientSession, url: str, session: str, lyrics: str, description: str = "pop"
+) -> str:
+    """A join of ``generate_song``; ``description`` "seconds=N": a song of N seconds."""
+    body = {"data": join_data(lyrics, description), "fn_index": 0, "session_hash": session}
     async with http.post(url + "/queue/join", json=body) as r:
         assert r.status == 200, await r.text()
         return str((await r.json())["event_id"])
@@ -118,7 +121,7 @@ async def test_gradio4_one_song_gated_the_second_waits_its_turn(
     config = await get_json(url + "/config")
     assert config["version"] == version and not config.get("api_prefix")
     async with aiohttp.ClientSession() as http:
-        a = await join(http, url, "session0000a", "[verse] first")
+        a = await join(http, url, "session0000a", "[verse] first", HELD)  # ended below
         a_stream = asyncio.ensure_future(frames(http, url, "session0000a"))
 
         async def reporting() -> bool:
@@ -127,12 +130,13 @@ async def test_gradio4_one_song_gated_the_second_waits_its_turn(
 
         await poll(reporting, timeout=30)
         assert (await get_json(app + "/_app/stats"))["active"] == 1
-        b = await join(http, url, "session0000b", "[verse] second")
+        b = await join(http, url, "session0000b", "[verse] second", "seconds=0.5")
         assert b.startswith("gatekeeper-")
         b_stream = asyncio.ensure_future(frames(http, url, "session0000b"))
         direct = {"data": join_data("[verse] direct")}
         async with http.post(url + "/run/generate_song", json=direct) as r:
             assert r.status == 403 and (await r.json())["reason"] == "blocked"
+        await finish(app)  # A's song ends only now: B waited for it
         song = completion(await asyncio.wait_for(a_stream, 60), a)
         b_frames = await asyncio.wait_for(b_stream, 60)
     waiting = [f for f in b_frames if f.get("msg") == "estimation"]
@@ -164,7 +168,7 @@ async def test_gradio4_a_completion_without_audio_teaches_no_duration(
     _version, _app, url, admin = rig
     before = (await get_json(admin + "/status"))["expected_samples"]
     async with aiohttp.ClientSession() as http:
-        event = await join(http, url, "session0000c", "invalid lyrics")
+        event = await join(http, url, "session0000c", "invalid lyrics", "seconds=0.5")
         done = completion(await frames(http, url, "session0000c"), event)
     assert done["success"] is True and done["output"]["data"][0] is None
 

@@ -55,10 +55,11 @@ _OPEN: list[object] = []
 
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
-    """Each test's gradio_clients end their heartbeat streams after it (left open, they
-    hold the app's shutdown at the end of the module for seconds)."""
+    """Each test's gradio_clients are closed after it, without waiting a second each for
+    its heartbeat thread: the app's stop closes their streams (tests/gradio_app.py gives
+    open streams a second)."""
     yield
-    close_clients(_OPEN, wait=True)
+    close_clients(_OPEN)
 
 
 def _client(url: str):  # type: ignore[no-untyped-def]

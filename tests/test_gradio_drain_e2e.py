@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gradio_support import get_json, require_gradio, song, start_gradio_app
+from gradio_support import HELD, finish, get_json, require_gradio, song, start_gradio_app
 from support import start_gatekeeper
 from test_gradio_queue_e2e import _OPEN, RULES, client
 
@@ -24,16 +24,17 @@ def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> N
     require_gradio()
     from gradio_client.exceptions import AppError
 
-    app, app_url = start_gradio_app(tmp_path, seconds=4.0)
+    # The running songs are HELD: each ends when the test says (finish), never on a clock.
+    app, app_url = start_gradio_app(tmp_path, seconds=0.2)
     try:
         # linger: the running song's file is fetched after its event ended
-        rules = RULES.replace("linger: 0s", "linger: 5s")
+        rules = RULES.replace("linger: 0s", "linger: 2s")
         gk, url, admin = start_gatekeeper(
             tmp_path, rules + f"jobs: {{dir: '{tmp_path / 'state'}'}}\n", app_url
         )
         try:
             cls = [client(url, k) for k in ("s1", "s2", "s3")]
-            jobs = [cls[0].submit(*song("[verse] s", "pop"), api_name="/generate_song")]
+            jobs = [cls[0].submit(*song("[verse] s", HELD), api_name="/generate_song")]
             while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
                 time.sleep(0.1)
             jobs += [
@@ -54,6 +55,7 @@ def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> N
                 failures.append(str(failed.value))
             assert time.monotonic() - t0 < 5  # at once, not after the running song
             assert all("restarting" in f and "waited" in f for f in failures), failures
+            asyncio.run(finish(app_url))  # the running song ends only now: it was waited for
             audio, _ = jobs[0].result(30)
             assert Path(audio).suffix == ".wav"
             assert gk.wait(30) == 0
@@ -71,7 +73,7 @@ def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> N
                 doc = asyncio.run(get_json(admin2 + "/status"))
                 assert doc["in_flight"] == 0 and doc["queue"]["waiting"] == 0
                 after = client(url2, "after").submit(
-                    *song("[verse] again", "pop"), api_name="/generate_song"
+                    *song("[verse] again", HELD), api_name="/generate_song"
                 )
                 while asyncio.run(get_json(app_url + "/_app/stats"))["active"] != 1:
                     time.sleep(0.1)
@@ -79,6 +81,7 @@ def test_sigterm_fails_the_waiting_and_finishes_the_running(tmp_path: Path) -> N
                 with pytest.raises(AppError) as timed_out:
                     client(url2, "late").predict(*song("[verse] late"), api_name="/generate_song")
                 assert "waited 1 s" in str(timed_out.value), timed_out.value
+                asyncio.run(finish(app_url))
                 audio, _ = after.result(30)
                 assert Path(audio).suffix == ".wav"
                 stats = asyncio.run(get_json(app_url + "/_app/stats"))

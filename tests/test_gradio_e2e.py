@@ -65,12 +65,14 @@ TOAST_SETTLED = """(() => {
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(app URL, gatekeeper URL, admin URL): a 3-second generate_song behind gatekeeper."""
+    """(app URL, gatekeeper URL, admin URL): generate_song behind gatekeeper, a minute
+    long: each song runs until its test ends it (gradio_support.finish), however slow the
+    box (a browser tab cannot ask for a HELD song)."""
     require_gradio()
     tmp = tmp_path_factory.mktemp("gradio-e2e")
     procs: list[Proc] = []
     try:
-        app, app_url = start_gradio_app(tmp, seconds=3.0)
+        app, app_url = start_gradio_app(tmp, seconds=60.0)
         procs.append(app)
         gk, url, admin = start_gatekeeper(
             tmp, RULES + f"jobs: {{dir: '{tmp / 'state'}'}}\n", app_url
@@ -98,7 +100,7 @@ async def test_gradio_client_one_generation_at_a_time(rig: tuple[str, str, str])
     await idle(rig)
     first_client = await asyncio.to_thread(gradio_client, url)
     # Held (gradio_support.HELD): the refusal, the echo and the checks below happen while
-    # it runs however loaded the box (with the app's 3 s it ended first on a busy one).
+    # it runs however loaded the box (a timed song of 3 s ended first on a busy one).
     first = first_client.submit(*song("[verse] one", HELD), api_name="/generate_song")
 
     async def running() -> bool:
@@ -162,6 +164,7 @@ async def test_browser_two_tabs_and_the_refusal_toast(
         keep = os.environ.get("GATEKEEPER_SCREENSHOT_DIR")
         if keep:
             shutil.copy(shot, Path(keep) / "gradio-refused.png")
+        await finish(app)
         src = await one.wait_for(SONG_URL, timeout=30)
         assert src.startswith(url + "/") and src.endswith(".wav")  # URLs point at the proxy
     stats = await get_json(app + "/_app/stats")
@@ -192,6 +195,7 @@ async def test_tab_closed_mid_job_holds_the_slot_until_the_app_finishes(
     await wait_metrics(admin, lambda t: metric(t, "gatekeeper_client_connections") <= before)
     assert (await get_json(admin + "/status"))["in_flight"] == 1
     assert (await get_json(app + "/_app/stats"))["active"] == 1
+    await finish(app)  # the app finishes the closed tab's song now
 
     async def finished() -> bool:
         # gatekeeper first, then the app: a slot seen free while the app is seen still

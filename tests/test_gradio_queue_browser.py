@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 from browser import Browser, Tab
+from gradio_support import finish
 from support import poll
 from test_gradio_queue_e2e import get_json, idle, rig
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 __all__ = ["rig"]  # the shared fixture
-# The rig's song length here: a tab cannot hold its song (gradio_support.HELD), so each
-# lasts long enough for the others to be seen waiting.
-SONG_SECONDS = 3.0
+# The rig's song length here: a minute, so each song runs until the test ends it
+# (gradio_support.finish) once the others were seen waiting, however slow the box.
+SONG_SECONDS = 60.0
 
 READY = "[...document.querySelectorAll('button')].length >= 3"
 SONG_URL = """(() => {
@@ -77,6 +78,8 @@ async def test_three_tabs_at_once_show_gradios_queue_indicator_and_all_get_songs
         keep = os.environ.get("GATEKEEPER_SCREENSHOT_DIR")
         if keep:
             shutil.copy(shot, Path(keep) / "gradio-waiting.png")
+        for _ in tabs:  # one at a time, as each starts
+            await finish(app)
         songs = [await t.wait_for(SONG_URL, timeout=60) for t in tabs]
         assert all(re.match(re.escape(url) + r"/.*\.wav$", s) for s in songs), songs
         assert len(set(songs)) == 3
@@ -111,7 +114,9 @@ async def test_a_tab_closed_while_waiting_leaves_the_queue(
         await poll(one_waits, timeout=10)
         moved = f"(() => {{ const t = {QUEUE_TEXT}; return t === '1/1' ? t : null; }})()"
         await three.wait_for(moved, timeout=10)
+        await finish(app)
         await one.wait_for(SONG_URL, timeout=60)
+        await finish(app)
         await three.wait_for(SONG_URL, timeout=60)
     stats = await get_json(app + "/_app/stats")
     assert stats["started"] == 2 and stats["completed"] == 2 and stats["peak"] == 1

@@ -95,6 +95,16 @@ async def generations(s: aiohttp.ClientSession, engine: str) -> int:
     return int((await engine_stats(s, engine))["requests"].get("POST /generate", 0))
 
 
+async def finish(s: aiohttp.ClientSession, engine: str) -> None:
+    """End the engine's running (held) song now: it ran through every step before."""
+
+    async def ended() -> bool:
+        async with s.post(engine + "/_sim/finish") as r:
+            return bool((await r.json())["finished"] == 1)
+
+    await poll(ended)
+
+
 def never_shows(foreign: str, *answers: Any) -> None:
     """No part of any answer (headers, body) carries ``foreign``."""
     for a in answers:
@@ -109,7 +119,7 @@ async def test_different_authorization_never_shares_a_job(
     the attacker never learns the victim's id and cannot cancel the victim's generation."""
     engine = fresh_engine[1]
     _, url, admin = start(tmp_path, procs, engine)
-    body = song("the victim's song", 2.0)
+    body = song("the victim's song", 3600.0)  # held: ended below, after every step
     code, _, vtext = await submit(http, url, body, VICTIM)
     assert code == 202, vtext
     victim = json.loads(vtext)["id"]
@@ -138,6 +148,7 @@ async def test_different_authorization_never_shares_a_job(
         never_shows(victim, await r.text())
     async with http.get(admin + "/status") as r:
         never_shows(victim, await r.text())
+    await finish(http, engine)
     done = await until(http, url, victim, "done")
     assert done["result"]["status"] == 200
     # One generation: the victim's; the others were deleted while they waited.
@@ -286,7 +297,7 @@ async def test_sharing_across_identities_only_when_configured(
     engine = fresh_engine[1]
     shared = {"jobs": {"coalesce_vary": [], "coalesce_across_clients": True}}
     _, url, _ = start(tmp_path, procs, engine, shared)
-    body = song("one answer for everyone", 2.0)
+    body = song("one answer for everyone", 3600.0)  # held: ended below, after the DELETE
     _, _, text = await submit(http, url, body, VICTIM)
     victim = json.loads(text)["id"]
     await until(http, url, victim, "running")
@@ -296,6 +307,8 @@ async def test_sharing_across_identities_only_when_configured(
     never_shows(victim, text, h)
     code, gone = await delete(http, url, attacker)
     assert code == 200 and (gone["id"], gone["state"]) == (attacker, "cancelled")
+    assert (await view(http, url, victim))["state"] == "running"
+    await finish(http, engine)
     done = await until(http, url, victim, "done")
     assert done["result"]["status"] == 200
     assert await generations(http, engine) == 1

@@ -422,9 +422,10 @@ async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
         {"admission": {"max_in_flight": 2}, "jobs": {"max_bytes": max_bytes}},
     )
     _, url, admin = gatekeeper(tmp_path, procs, engine, tmp_path / "state", text)
-    # A streamed (SSE) generation: its result file grows for the whole test.
+    # A streamed (SSE) generation: its result file grows for the whole test (held: an
+    # hour's song, ended below).
     async with http.post(
-        url + "/generate?stream=sse", json=song("stream", 3.0), headers=ASYNC
+        url + "/generate?stream=sse", json=song("stream", 3600.0), headers=ASYNC
     ) as r:
         assert r.status == 202
         streaming = (await r.json())["id"]
@@ -443,6 +444,14 @@ async def test_tiny_max_bytes_evicts_old_results_not_a_running_one(
     code, _, newest = await result(http, url, finished[2])
     assert code == 200 and newest == (await direct(http, engine, song("three", 0.2)))[1]
 
+    async def streamed_a_while() -> bool:  # progress every 0.2 s: five events and more
+        async with http.get(engine + "/progress") as r:
+            gens = (await r.json())["generations"]
+        return any(g["state"] == "running" and g["elapsed_seconds"] >= 1.2 for g in gens)
+
+    await poll(streamed_a_while)
+    async with http.post(engine + "/_sim/finish") as r:
+        assert (await r.json())["finished"] == 1
     done = await until_state(http, url, streaming, "done")
     code, headers, body = await result(http, url, streaming)
     assert code == 200 and headers["Content-Type"].startswith("text/event-stream")

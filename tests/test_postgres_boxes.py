@@ -51,6 +51,8 @@ def _rules(schema: str, *, seconds: float, retry: bool = False) -> str:
                 "queue": {"client_key": "header:X-User", "per_client": 20, "max_waiting": 100},
             },
             "upstream": {"probe": {"interval": 0.2}},
+            # Nothing is fetched after a box stops: its teardown waits for no linger.
+            "shutdown": {"linger": "0s"},
             "jobs": {
                 "store": "postgres",
                 "lease": LEASE,
@@ -108,6 +110,25 @@ async def _all_final(dsn: str, schema: str, n: int, timeout: float) -> list[asyn
     return rows
 
 
+async def _finished(
+    http: aiohttp.ClientSession, boxes: tuple[Box, ...], dsn: str, schema: str, n: int
+) -> list[asyncpg.Record]:
+    """``_all_final``, ending the held songs (engine-sim's ``/_sim/finish``) that run on
+    the boxes' engines meanwhile, instead of waiting for them."""
+    rows: list[asyncpg.Record] = []
+
+    async def final() -> bool:
+        nonlocal rows
+        for box in boxes:
+            async with http.post(box.engine_url + "/_sim/finish") as r:
+                assert r.status == 200
+        rows = await _rows(dsn, schema)
+        return len(rows) == n and all(r["state"] not in ("queued", "running") for r in rows)
+
+    await poll(final, 30)
+    return rows
+
+
 async def _stats(http: aiohttp.ClientSession, box: Box) -> Any:
     async with http.get(box.engine_url + "/_sim/stats") as r:
         return await r.json()
@@ -137,7 +158,7 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three idle boxes; 12 async jobs of 3 clients (a's 4, then b's, then c's), all
-    submitted to box A: the first three (3 s songs) start at once, one per box (B and C
+    submitted to box A: the first three (held songs) start at once, one per box (B and C
     woken by the notification), the others wait and are pulled by whichever box frees a
     slot. Every job is done exactly once, every engine ran some and never two at once,
     and the claims follow the fair order (round-robin across a, b, c, FIFO within each),
@@ -148,8 +169,16 @@ async def test_three_boxes_run_one_boxs_jobs_on_every_engine_in_the_fair_order(
     ids: list[tuple[str, str]] = []
     for user in ("a", "b", "c"):
         for n in range(4):
-            seconds = 3.0 if len(ids) < 3 else None  # the rest arrive while they run
+            # The first three held (an hour) until all have arrived: the rest wait.
+            seconds = 3600.0 if len(ids) < 3 else None
             ids.append((await _submit(http, a, user, n, seconds), user))
+    for box in (a, b, c):  # each engine runs one held song: end it
+
+        async def ended(box: Box = box) -> bool:
+            async with http.post(box.engine_url + "/_sim/finish") as r:
+                return bool((await r.json())["finished"] == 1)
+
+        await poll(ended)
     ran: set[str] = set()
     while len(ran) < 12:  # box A answers for its jobs wherever they run
         for job_id, _ in ids:
@@ -332,8 +361,8 @@ async def test_a_box_swept_while_stopped_discards_its_generation(
     text = _rules(pg_schema, seconds=1.0, retry=retry)
     a = _box(tmp_path, procs, "a", text, 1.0)
     b = _box(tmp_path, procs, "b", text, 1.0)
-    for n in range(2):  # one runs on each box; A's still runs when B's is swept
-        await _submit(http, a, "u", n, seconds=5.0)
+    for n in range(2):  # one runs on each box, held: A's still runs when B's is swept
+        await _submit(http, a, "u", n, seconds=600)
     victim = await _running_on(pg_server.dsn, pg_schema, b, 20)
     b.proc.signal(signal.SIGSTOP)
 
@@ -347,7 +376,7 @@ async def test_a_box_swept_while_stopped_discards_its_generation(
         b.proc.signal(signal.SIGCONT)
     await wait_output(b.proc, "was taken from this box", 10)
     again = await _submit(http, a, "v", 0)
-    rows = {r["id"]: r for r in await _all_final(pg_server.dsn, pg_schema, 3, 30)}
+    rows = {r["id"]: r for r in await _finished(http, (a, b), pg_server.dsn, pg_schema, 3)}
     if retry:  # queued again while A was busy: B, back, never ended it; it ran again
         assert rows[victim]["state"] == "done"
     else:

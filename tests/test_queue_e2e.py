@@ -106,6 +106,20 @@ async def post(
     return await c.post(proxy + "/generate", json=body, headers={USER: user, **headers})
 
 
+# A song that runs until the test ends it with ``finish`` (engine-sim's /_sim/finish):
+# the slot stays busy for as long as the test's steps take, however loaded the box.
+HELD = 600.0
+
+
+async def finish(c: httpx.AsyncClient, upstream: str) -> None:
+    """End the engine's running (held) song now, once it runs there."""
+
+    async def ended() -> bool:
+        return bool((await c.post(upstream + "/_sim/finish")).json()["finished"] >= 1)
+
+    await poll(ended)
+
+
 def retry_after(r: httpx.Response) -> int:
     assert "Retry-After" in r.headers, r.headers
     return int(r.headers["Retry-After"])
@@ -138,14 +152,15 @@ async def test_ten_waiters_from_three_clients_are_served_round_robin(
 
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(held("Z1", 1.5))
+        first = asyncio.create_task(held("Z1", HELD))
         await running(c, admin)
         tasks = []
         for i, name in enumerate(ARRIVALS, start=1):
-            tasks.append(asyncio.create_task(held(name, 0.25)))
+            tasks.append(asyncio.create_task(held(name, 0.1)))
             await waiting(c, admin, i)  # arrivals in exactly this order
         entries = (await status(c, admin))["queue"]["entries"]
         assert [e["state"] for e in entries] == ["running"] + ["queued"] * 10
+        await finish(c, upstream)
         assert (await first).status_code == 200
         answers = await asyncio.gather(*tasks)
         stats = await engine_stats(c, upstream)
@@ -165,7 +180,7 @@ async def test_a_waiter_that_disconnects_leaves_the_queue_at_once(
     _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE))
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(post(c, proxy, "run", 1.5, user="a"))
+        first = asyncio.create_task(post(c, proxy, "run", HELD, user="a"))
         await running(c, admin)
         writer = await send_generation(proxy, song("leaver", 0.2))
         await waiting(c, admin, 1)
@@ -177,6 +192,7 @@ async def test_a_waiter_that_disconnects_leaves_the_queue_at_once(
         left_after = time.monotonic() - closed
         doc = await status(c, admin)
         assert doc["in_flight"] == 1  # the running job never noticed
+        await finish(c, upstream)
         assert (await first).status_code == 200
         assert (await stayer).status_code == 200
         stats = await engine_stats(c, upstream)
@@ -196,12 +212,13 @@ async def test_max_wait_fires_on_time_while_the_slot_is_busy(
     _, proxy, admin, upstream = start(tmp_path, procs, text)
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(post(c, proxy, "run", 2.5, user="a"))
+        first = asyncio.create_task(post(c, proxy, "run", HELD, user="a"))
         await running(c, admin)
         sent = time.monotonic()
         r = await post(c, proxy, "late", 0.2, user="b")
         took = time.monotonic() - sent
         doc = await status(c, admin)
+        await finish(c, upstream)
         assert (await first).status_code == 200
         stats = await engine_stats(c, upstream)
     print(f"queue_timeout after {took:.2f} s, Retry-After {r.headers.get('Retry-After')}")
@@ -226,7 +243,7 @@ async def test_queue_full_and_client_limit_answer_with_a_retry_after_from_the_qu
     _, proxy, admin, upstream = start(tmp_path, procs, text)
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(post(c, proxy, "a-run", 2.5, user="a"))
+        first = asyncio.create_task(post(c, proxy, "a-run", HELD, user="a"))
         await running(c, admin)
         a_wait = asyncio.create_task(post(c, proxy, "a-wait", 0.2, user="a"))
         await waiting(c, admin, 1)
@@ -235,6 +252,7 @@ async def test_queue_full_and_client_limit_answer_with_a_retry_after_from_the_qu
         await waiting(c, admin, 2)
         full = await post(c, proxy, "c-full", 0.2, user="c")
         doc = await status(c, admin)
+        await finish(c, upstream)
         answers = [await first, await a_wait, await b_wait]
         stats = await engine_stats(c, upstream)
     print(
@@ -320,7 +338,7 @@ async def test_sigterm_answers_held_waiters_draining_and_finishes_the_running_jo
     gk, proxy, admin, upstream = start(tmp_path, procs, rules(BASE, shutdown))
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(post(c, proxy, "run", 2.0, user="a"))
+        first = asyncio.create_task(post(c, proxy, "run", HELD, user="a"))
         await running(c, admin)
 
         async def timed(name: str) -> tuple[httpx.Response, float]:
@@ -333,6 +351,7 @@ async def test_sigterm_answers_held_waiters_draining_and_finishes_the_running_jo
         signalled = time.monotonic()
         gk.signal(signal.SIGTERM)
         answered = await asyncio.gather(*waiters)
+        await finish(c, upstream)  # only now: the drain waited for it
         runner = await first
     code = await asyncio.to_thread(gk.wait, 30)
     for r, at in answered:
@@ -423,7 +442,7 @@ async def test_status_lists_running_then_waiters_and_never_a_job_id(
     _, proxy, admin, upstream = start(tmp_path, procs, rules(BASE))
     async with client() as c:
         await ready(c, admin)
-        first = asyncio.create_task(post(c, proxy, "run", 1.2, user="a"))
+        first = asyncio.create_task(post(c, proxy, "run", HELD, user="a"))
         await running(c, admin)
         w1 = await post(c, proxy, "async", 0.2, user="b", **ASYNC)
         assert w1.status_code == 202
@@ -434,6 +453,7 @@ async def test_status_lists_running_then_waiters_and_never_a_job_id(
             (await c.get(proxy + "/_gatekeeper/status")).text,
         ]
         doc = json.loads(texts[0])
+        await finish(c, upstream)
         answers = [await first, *(await asyncio.gather(*held))]
         stats = await engine_stats(c, upstream)
     entries = doc["queue"]["entries"]

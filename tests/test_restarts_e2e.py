@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("no_traceback")
 
 JOBS = "/_gatekeeper/jobs"
 ASYNC = {"Prefer": "respond-async"}
-LONG = 5.0  # the orphaned song, seconds
+LONG = 3.0  # the orphaned song, seconds
 
 
 def _rules(expected: float, busy: bool, engines: list[dict[str, Any]] | None = None) -> str:
@@ -85,7 +85,7 @@ async def _sim(s: aiohttp.ClientSession, engine: str) -> Any:
 
 @pytest.mark.parametrize(
     ("expected", "busy"),
-    [(0.5, True), (LONG + 3.0, False)],
+    [(0.5, True), (LONG + 2.0, False)],  # grace: 2 s more than the song takes
     ids=["busy-signal", "grace"],
 )
 async def test_kill_9_restart_waits_for_the_orphaned_generation(

@@ -3,6 +3,7 @@ the counter and its rate-limited warning, `gatekeeper check`, and a real gatekee
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -148,8 +149,8 @@ async def test_a_slow_pass_answer_is_counted_and_warned_once(
         page = (await c.get(admin + "/metrics")).text
         for kind in ("slow_answer", "gradio_join"):
             assert metric(page, _ungated(kind)) == 0
-        for _ in range(2):
-            assert (await c.get(proxy + "/_sim/sleep?seconds=1.5")).status_code == 200
+        slow = [c.get(proxy + "/_sim/sleep?seconds=1.5") for _ in range(2)]  # side by side
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
         await c.post(proxy + "/gradio_api/queue/join", json={})
         doc = (await c.get(admin + "/status")).json()
         page = (await c.get(admin + "/metrics")).text
