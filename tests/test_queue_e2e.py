@@ -371,10 +371,12 @@ async def test_sigterm_answers_held_waiters_draining_and_finishes_the_running_jo
 async def test_eta_is_within_20_percent_after_five_completed_jobs(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
-    """Async jobs of 0.4 s, prior 5 s: once 5 are done, each 202's eta_seconds is within 20 %."""
+    """Async jobs of 0.8 s, prior 5 s: once 5 are done, each 202's eta_seconds is within 20 %.
+    (0.8 s, not shorter: the tens of milliseconds of polling and dispatch on a loaded box
+    must stay well inside the 20 %; a 0.4 s song measured 20.2 % once under load.)"""
     text = rules(BASE, {"admission": {"expected_seconds": 5}})
     _, proxy, admin, upstream = start(tmp_path, procs, text)
-    length = 0.4
+    length = 0.8
 
     async with client() as c:
         await ready(c, admin)
