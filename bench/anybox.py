@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgserver import PgServer, find_pg_bin
+from pgserver import PgServer, bench_server
 
 from bench.procs import Service, Services
 from gatekeeper.cli.procs import free_port, gatekeeper_argv
@@ -186,16 +185,8 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    bindir = find_pg_bin()
-    if bindir is None:
-        print("PostgreSQL is not installed (apt-get install postgresql)", file=sys.stderr)
-        return 2
-    pg = PgServer.start(bindir)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-anybox-") as tmp:
-            asyncio.run(run(args, Path(tmp), pg))
-    finally:
-        pg.stop()
+    with bench_server("bench-anybox-") as (pg, tmp):
+        asyncio.run(run(args, tmp, pg))
     return 0
 
 

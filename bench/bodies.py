@@ -31,7 +31,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgserver import PgServer, find_pg_bin
+from pgserver import PgServer, bench_server
 
 from bench.anybox import PeakRss, rss_kib, start, until_state
 from bench.procs import Service, Services
@@ -146,16 +145,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--big-mb", type=int, default=100)
     args = ap.parse_args()
-    bindir = find_pg_bin()
-    if bindir is None:
-        print("PostgreSQL is not installed (apt-get install postgresql)", file=sys.stderr)
-        return 2
-    pg = PgServer.start(bindir)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-bodies-") as tmp:
-            asyncio.run(run(args, Path(tmp), pg))
-    finally:
-        pg.stop()
+    with bench_server("bench-bodies-") as (pg, tmp):
+        asyncio.run(run(args, tmp, pg))
     return 0
 
 

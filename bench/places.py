@@ -27,14 +27,13 @@ import queue
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pgserver import PgServer, find_pg_bin
+from pgserver import bench_server
 
 from gatekeeper.jobs.postgres import PostgresJobStore
 from gatekeeper.jobs.record import JobRecord
@@ -108,42 +107,32 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--asked", type=int, default=200, help="jobs a read places (shown lately)")
     args = ap.parse_args()
-    bindir = find_pg_bin()
-    if bindir is None:
-        print("PostgreSQL is not installed (apt-get install postgresql)", file=sys.stderr)
-        sys.exit(2)
-    server = PgServer.start(bindir)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            a, b = (
-                PostgresJobStore.open(Path(tmp) / n, dsn=server.dsn, schema="bench", timeout=30.0)
-                for n in ("a", "b")
-            )
-            t = time.perf_counter()
-            ids: list[str] = []
-            for i in range(args.queued):
-                store = (a, b)[i % 2]
-                ids.append(store.create(_record(store, f"c{i % args.clients}")).id)
-            print(
-                f"{args.queued} queued jobs of {args.clients} clients on two boxes"
-                f" (filled in {time.perf_counter() - t:.1f} s)"
-            )
-            # The queue holds --queued jobs: max_waiting is above it, so every submission
-            # counts them all (the worst case: a limit far from the queue costs less).
-            limits = Limits(per_client=10**6, max_waiting=args.queued + 4 * args.runs + 1)
-            for fresh in (True, False):
-                if not fresh:  # what autovacuum does soon after such a fill
-                    _analyze(server.dsn)
-                    print(
-                        "after VACUUM ANALYZE (statistics, visibility: as autovacuum keeps them):"
-                    )
-                else:
-                    print("right after the fill (no statistics yet: the planner guesses):")
-                _figures(a, b, args, limits, ids)
-            a.close()
-            b.close()
-    finally:
-        server.stop()
+    with bench_server("bench-places-") as (server, tmp):
+        a, b = (
+            PostgresJobStore.open(tmp / n, dsn=server.dsn, schema="bench", timeout=30.0)
+            for n in ("a", "b")
+        )
+        t = time.perf_counter()
+        ids: list[str] = []
+        for i in range(args.queued):
+            store = (a, b)[i % 2]
+            ids.append(store.create(_record(store, f"c{i % args.clients}")).id)
+        print(
+            f"{args.queued} queued jobs of {args.clients} clients on two boxes"
+            f" (filled in {time.perf_counter() - t:.1f} s)"
+        )
+        # The queue holds --queued jobs: max_waiting is above it, so every submission
+        # counts them all (the worst case: a limit far from the queue costs less).
+        limits = Limits(per_client=10**6, max_waiting=args.queued + 4 * args.runs + 1)
+        for fresh in (True, False):
+            if not fresh:  # what autovacuum does soon after such a fill
+                _analyze(server.dsn)
+                print("after VACUUM ANALYZE (statistics, visibility: as autovacuum keeps them):")
+            else:
+                print("right after the fill (no statistics yet: the planner guesses):")
+            _figures(a, b, args, limits, ids)
+        a.close()
+        b.close()
 
 
 def _analyze(dsn: str) -> None:

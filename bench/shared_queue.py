@@ -34,7 +34,6 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ if __package__ in (None, ""):  # run as ``python bench/shared_queue.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pgserver import PgServer, find_pg_bin
+from pgserver import PgServer, bench_server
 
 from bench.procs import Services
 from gatekeeper.cli.procs import free_port, gatekeeper_argv
@@ -239,41 +238,32 @@ def main() -> None:
     ap.add_argument("--claims", type=int, default=3000)
     ap.add_argument("--claimers", type=int, default=4)
     args = ap.parse_args()
-    bindir = find_pg_bin()
-    if bindir is None:
-        print("PostgreSQL is not installed (initdb, pg_ctl)", file=sys.stderr)
-        raise SystemExit(2)
-    pg = PgServer.start(bindir)
-    os.environ["BENCH_PG_DSN"] = pg.dsn
-    try:
-        with tempfile.TemporaryDirectory(prefix="gk-bench-shared-") as tmp:
-            work = Path(tmp)
-            print(f"1. claims: {args.claims} queued jobs of 50 clients")
-            one_claim = 0.0
-            for k in (args.claimers, 1):
-                rate, lat = claims(pg, work, args.claims, k)
-                one_claim = statistics.median(lat)
-                print(
-                    f"   {k} claimer(s) at once: {rate:,.0f} claims/s;"
-                    f" one claim p50 {_ms(one_claim)}, p99 {_ms(_pct(lat, 0.99))}"
-                )
-            print(f"2. makespan: {args.jobs} jobs of {args.seconds:g} s, all submitted to box A")
-            spans = {}
-            gaps: list[float] = []
-            for boxes in (1, 3):
-                spans[boxes], g = asyncio.run(makespan(pg, work, boxes, args.jobs, args.seconds))
-                gaps += g if boxes == 3 else []
-                print(f"   {boxes} box(es): {spans[boxes]:.2f} s")
-            print(f"   three boxes / one box: {spans[3] / spans[1]:.2f}")
-            if gaps:
-                print(
-                    f"3. slot free -> next claim on the same box ({len(gaps)} starts):"
-                    f" p50 {_ms(statistics.median(gaps))}, p99 {_ms(_pct(gaps, 0.99))};"
-                    f" with the claim's round trip (p50 {_ms(one_claim)}):"
-                    f" p50 {_ms(statistics.median(gaps) + one_claim)}"
-                )
-    finally:
-        pg.stop()
+    with bench_server("gk-bench-shared-") as (pg, work):
+        os.environ["BENCH_PG_DSN"] = pg.dsn
+        print(f"1. claims: {args.claims} queued jobs of 50 clients")
+        one_claim = 0.0
+        for k in (args.claimers, 1):
+            rate, lat = claims(pg, work, args.claims, k)
+            one_claim = statistics.median(lat)
+            print(
+                f"   {k} claimer(s) at once: {rate:,.0f} claims/s;"
+                f" one claim p50 {_ms(one_claim)}, p99 {_ms(_pct(lat, 0.99))}"
+            )
+        print(f"2. makespan: {args.jobs} jobs of {args.seconds:g} s, all submitted to box A")
+        spans = {}
+        gaps: list[float] = []
+        for boxes in (1, 3):
+            spans[boxes], g = asyncio.run(makespan(pg, work, boxes, args.jobs, args.seconds))
+            gaps += g if boxes == 3 else []
+            print(f"   {boxes} box(es): {spans[boxes]:.2f} s")
+        print(f"   three boxes / one box: {spans[3] / spans[1]:.2f}")
+        if gaps:
+            print(
+                f"3. slot free -> next claim on the same box ({len(gaps)} starts):"
+                f" p50 {_ms(statistics.median(gaps))}, p99 {_ms(_pct(gaps, 0.99))};"
+                f" with the claim's round trip (p50 {_ms(one_claim)}):"
+                f" p50 {_ms(statistics.median(gaps) + one_claim)}"
+            )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ when ``GATEKEEPER_REQUIRE_E2E=1`` (``support.find_binary``'s rule).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,22 @@ def open_test_store(directory: Path) -> Any:
     return PostgresJobStore.open(
         directory, dsn=os.environ[DSN_ENV], schema=os.environ[SCHEMA_ENV], timeout=5.0
     )
+
+
+@contextlib.contextmanager
+def bench_server(prefix: str) -> Iterator[tuple[PgServer, Path]]:
+    """For a bench run: a throwaway server and a temporary directory, both gone after it
+    whatever happens; without PostgreSQL the run exits 2 saying so."""
+    bindir = find_pg_bin()
+    if bindir is None:
+        print("PostgreSQL is not installed (apt-get install postgresql)", file=sys.stderr)
+        raise SystemExit(2)
+    server = PgServer.start(bindir)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield server, Path(tmp)
+    finally:
+        server.stop()
 
 
 def require_pg_bin() -> Path:
