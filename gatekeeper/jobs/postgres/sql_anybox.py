@@ -50,26 +50,25 @@ STOPPED_SHOWN = 3600.0
 RUNNING_LISTED = 200
 
 
-async def result_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None:
+async def _place(con: asyncpg.Connection, job_id: str, column: str) -> ResultPlace | None:
+    """The box a job's ``column`` (``run_box``: its result; ``body_box``: its body) names,
+    and that box's address; None when the job or the box is not known."""
     row = await con.fetchrow(
-        "SELECT j.run_box, b.address FROM jobs j LEFT JOIN boxes b ON b.id = j.run_box"
-        " WHERE j.id = $1",
+        f"SELECT j.{column} AS box, b.address FROM jobs j"
+        f" LEFT JOIN boxes b ON b.id = j.{column} WHERE j.id = $1",
         job_id,
     )
-    if row is None or row["run_box"] is None:
+    if row is None or row["box"] is None:
         return None
-    return ResultPlace(row["run_box"], row["address"])
+    return ResultPlace(row["box"], row["address"])
+
+
+async def result_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None:
+    return await _place(con, job_id, "run_box")
 
 
 async def body_box(con: asyncpg.Connection, job_id: str) -> ResultPlace | None:
-    row = await con.fetchrow(
-        "SELECT j.body_box, b.address FROM jobs j LEFT JOIN boxes b ON b.id = j.body_box"
-        " WHERE j.id = $1",
-        job_id,
-    )
-    if row is None or row["body_box"] is None:
-        return None
-    return ResultPlace(row["body_box"], row["address"])
+    return await _place(con, job_id, "body_box")
 
 
 _GIVE_BACK = f"""
