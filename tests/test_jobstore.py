@@ -599,3 +599,24 @@ def test_recovery_after_kill_9_keeps_queue_order_and_done_results(
         assert store.recover(now=5001.0, retry_interrupted=retry) == []  # idempotent
     finally:
         store.close()
+
+
+def test_close_releases_the_lock_even_when_the_database_will_not_close(tmp_path: Path) -> None:
+    """A database whose close fails (a broken file, a fault) still lets go of the state
+    directory: the lock's descriptor is closed (no leak, no ResourceWarning at collection)
+    and another store may open the directory."""
+    s = SqliteJobStore.open(tmp_path)
+
+    class Broken:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def close(self) -> None:
+            self.db.close()
+            raise sqlite3.OperationalError("disk I/O error")
+
+    s._db = Broken(s._db)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        s.close()
+    assert s._lock.closed
+    SqliteJobStore.open(tmp_path).close()

@@ -123,10 +123,14 @@ class SqliteJobStore(
             raise
 
     def close(self) -> None:
-        """Close the database and release the lock; safe to call more than once."""
-        self._db.close()
-        if not self._lock.closed:
-            self._lock.close()  # closing the descriptor drops the flock
+        """Close the database and release the lock; safe to call more than once. The lock
+        is released even when closing the database fails (a broken database: the
+        directory must not stay locked, nor its descriptor leak)."""
+        try:
+            self._db.close()
+        finally:
+            if not self._lock.closed:
+                self._lock.close()  # closing the descriptor drops the flock
 
     def check_file(self) -> str | None:
         """None while the database file is the one at its path; else (deleted or

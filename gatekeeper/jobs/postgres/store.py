@@ -170,10 +170,13 @@ class PostgresJobStore(
         )
 
     def close(self) -> None:
-        """Close the pool, stop the store's thread, release the directory; idempotent."""
-        self.bridge.close()
-        if not self._lock.closed:
-            self._lock.close()
+        """Close the pool, stop the store's thread, release the directory (even when
+        closing the pool fails); idempotent."""
+        try:
+            self.bridge.close()
+        finally:
+            if not self._lock.closed:
+                self._lock.close()
 
     def check_file(self) -> str | None:
         """The records live in the PostgreSQL server, not in a file of the state
