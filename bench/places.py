@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import queue
-import secrets
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pgserver import bench_server
+from pgserver import bench_server, queued_record
 
 from gatekeeper.jobs.postgres import PostgresJobStore
 from gatekeeper.jobs.record import JobRecord
@@ -47,21 +46,7 @@ def _ms(samples: list[float]) -> str:
 
 
 def _record(store: PostgresJobStore, client: str) -> JobRecord:
-    job_id = secrets.token_urlsafe(18)
-    w = store.body_writer(job_id)
-    w.write(b"{}")
-    return JobRecord(
-        id=job_id,
-        route="generate",
-        client=client,
-        held=False,
-        method="POST",
-        target="/generate",
-        headers=(),
-        coalesce_key=None,
-        created=time.time(),
-        body_size=w.commit(),
-    )
+    return queued_record(store, client)
 
 
 def _read(store: PostgresJobStore, ids: list[str]) -> Any:

@@ -155,6 +155,32 @@ def open_test_store(directory: Path) -> Any:
     )
 
 
+def queued_record(
+    store: Any, client: str = "c", key: str | None = None, body: bytes = b"{}"
+) -> Any:
+    """A new queued job's record for ``store`` (a ``POST /generate`` of ``client``), its
+    body already written to the store's spool: ``store.create`` it."""
+    import secrets
+
+    from gatekeeper.jobs.record import JobRecord
+
+    job_id = secrets.token_urlsafe(18)
+    w = store.body_writer(job_id)
+    w.write(body)
+    return JobRecord(
+        id=job_id,
+        route="generate",
+        client=client,
+        held=False,
+        method="POST",
+        target="/generate",
+        headers=(),
+        coalesce_key=key,
+        created=time.time(),
+        body_size=w.commit(),
+    )
+
+
 @contextlib.contextmanager
 def bench_server(prefix: str) -> Iterator[tuple[PgServer, Path]]:
     """For a bench run: a throwaway server and a temporary directory, both gone after it

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import queue
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import PgServer
+from pgserver import PgServer, queued_record
 from test_postgres_store import _fetch
 
 from gatekeeper.core.vocab import JobState, QueueReason
@@ -42,21 +41,7 @@ def boxes(
 
 
 def _record(store: PostgresJobStore, client: str, key: str | None = None) -> JobRecord:
-    job_id = secrets.token_urlsafe(18)
-    w = store.body_writer(job_id)
-    w.write(b"{}")
-    return JobRecord(
-        id=job_id,
-        route="generate",
-        client=client,
-        held=False,
-        method="POST",
-        target="/generate",
-        headers=(),
-        coalesce_key=key,
-        created=time.time(),
-        body_size=w.commit(),
-    )
+    return queued_record(store, client, key)
 
 
 def _read(store: PostgresJobStore, ids: list[str] | None = None, slots: int = 1) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgserver import PgServer
+from pgserver import PgServer, queued_record
 from test_postgres_store import _fetch
 
 from gatekeeper.core.vocab import JobState
@@ -41,24 +41,7 @@ def boxes(
 
 
 def add(store: PostgresJobStore, body: bytes = b"{}", client: str = "c") -> JobRecord:
-    job_id = f"j{time.monotonic_ns()}"
-    w = store.body_writer(job_id)
-    w.write(body)
-    size = w.commit()
-    return store.create(
-        JobRecord(
-            id=job_id,
-            route="generate",
-            client=client,
-            held=False,
-            method="POST",
-            target="/generate",
-            headers=(),
-            coalesce_key=None,
-            created=time.time(),
-            body_size=size,
-        )
-    )
+    return store.create(queued_record(store, client, body=body))
 
 
 def _answer(call: object) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pgserver import PgServer
+from pgserver import PgServer, queued_record
 
 from gatekeeper.core.vocab import JobState
 from gatekeeper.jobs.guard import StoreUnavailable
@@ -41,24 +40,7 @@ def boxes(
 
 
 def add(store: PostgresJobStore, client: str = "c", key: str | None = None) -> JobRecord:
-    job_id = secrets.token_urlsafe(18)
-    w = store.body_writer(job_id)
-    w.write(b"{}")
-    size = w.commit()
-    return store.create(
-        JobRecord(
-            id=job_id,
-            route="generate",
-            client=client,
-            held=False,
-            method="POST",
-            target="/generate",
-            headers=(),
-            coalesce_key=key,
-            created=time.time(),
-            body_size=size,
-        )
-    )
+    return store.create(queued_record(store, client, key))
 
 
 def _fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
